@@ -1,0 +1,26 @@
+"""Core types shared by every layer: states, errors, config base, registry."""
+
+from worldloom.core.config import ConfigBase
+from worldloom.core.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DeviceError,
+    ShapeError,
+    UnknownModelError,
+    WorldloomError,
+)
+from worldloom.core.types import LatentState, Trajectory
+
+__all__ = [
+    "CheckpointError",
+    "ConfigBase",
+    "ConfigError",
+    "DataError",
+    "DeviceError",
+    "LatentState",
+    "ShapeError",
+    "Trajectory",
+    "UnknownModelError",
+    "WorldloomError",
+]

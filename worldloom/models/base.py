@@ -1,0 +1,224 @@
+"""The ``WorldModel`` handle shared by every model family.
+
+A handle holds a Flax module, its frozen config, a params pytree, an RNG key
+and the device. Protocol methods are thin wrappers over jitted pure functions.
+Training goes through :meth:`WorldModel.make_update`, which returns pure
+``init``/``step`` functions the trainer jits, scans and donates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from worldloom.core.arrays import as_array
+from worldloom.core.config import ConfigBase, require
+from worldloom.core.devices import device_name, resolve_device
+
+Params = Any
+Batch = Mapping[str, jax.Array]
+Metrics = dict
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings(ConfigBase):
+    """What a trainer asks of a model's optimiser."""
+
+    learning_rate: float = 3e-4
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay (0 disables it)."""
+    grad_clip: float = 100.0
+    """Global gradient-norm clip (0 or None disables it)."""
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up from 0 over this many updates."""
+
+    def validate(self) -> None:
+        require(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}.")
+        require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}.")
+        require(self.grad_clip is None or self.grad_clip >= 0,
+                f"grad_clip must be >= 0 or None, got {self.grad_clip}.")
+        require(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}.")
+
+    def schedule(self):
+        """Learning rate as a function of the update count (linear warm-up, then constant)."""
+        import optax
+
+        if self.warmup_steps > 0:
+            return optax.linear_schedule(0.0, self.learning_rate, self.warmup_steps)
+        return optax.constant_schedule(self.learning_rate)
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateFunctions:
+    """Pure training functions of a model, for a trainer to jit and scan.
+
+    Attributes:
+        init: ``init(params) -> state``; the state pytree holds params,
+            optimiser state and any other training state (target nets, scales).
+        step: ``step(state, batch, key) -> (state, metrics)``; one update on
+            a ``[B, T, ...]`` batch. ``metrics`` maps names to f32 scalars and
+            always holds ``"loss"``.
+        params: ``params(state) -> params``: the model params inside a state.
+    """
+
+    init: Callable[[Params], Any]
+    step: Callable[[Any, Batch, jax.Array], tuple]
+    params: Callable[[Any], Params]
+
+
+class ParameterView:
+    """A named view of one parameter array (``numel()``, ``shape``, ``__array__``)."""
+
+    __slots__ = ("name", "value")
+
+    def __init__(self, name: str, value: jax.Array):
+        self.name = name
+        self.value = value
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.value.shape)
+
+    @property
+    def dtype(self):
+        return self.value.dtype
+
+    def numel(self) -> int:
+        return int(np.prod(self.value.shape, dtype=np.int64))
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.asarray(self.value)
+        return out.astype(dtype) if dtype is not None else out
+
+    def __jax_array__(self):
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"ParameterView({self.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+def flatten_params(params: Params) -> list[tuple[str, jax.Array]]:
+    """``[(dotted_name, array), ...]`` in a stable order."""
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    out = []
+    for path, leaf in flat:
+        parts = [str(getattr(p, "key", getattr(p, "idx", p))) for p in path]
+        if parts and parts[0] == "params":
+            parts = parts[1:]
+        out.append((".".join(parts), leaf))
+    return out
+
+
+class WorldModel:
+    """Base handle. Subclasses set ``family`` and implement the protocol."""
+
+    family: ClassVar[str] = ""
+
+    def __init__(self, config: ConfigBase, params: Params, *, seed: int = 0, device=None,
+                 preset: str | None = None):
+        self.config = config
+        self.preset = preset
+        self.device = resolve_device(device)
+        self.params = jax.device_put(params, self.device)
+        self.seed = int(seed)
+        self._key = jax.device_put(jax.random.PRNGKey(self.seed + 1), self.device)
+        self.training = True
+
+    # ------------------------------------------------------------ protocol
+
+    def initial_state(self, batch_size: int):
+        raise NotImplementedError
+
+    def encode(self, obs):
+        raise NotImplementedError
+
+    def observe(self, obs, actions, is_first=None, state=None):
+        raise NotImplementedError
+
+    def predict(self, state, action):
+        raise NotImplementedError
+
+    def decode(self, state):
+        raise NotImplementedError
+
+    def imagine(self, state, actions):
+        raise NotImplementedError
+
+    def compute_loss(self, batch, key=None):
+        raise NotImplementedError
+
+    def prepare_batch(self, batch) -> dict:
+        """Check a ``[B, T, ...]`` batch and move it to the device (jit-ready dtypes)."""
+        raise NotImplementedError
+
+    def make_update(self, settings: OptimizerSettings) -> UpdateFunctions:
+        raise NotImplementedError
+
+    @staticmethod
+    def init_params(config, key) -> Params:
+        """Fresh params for ``config`` (subclasses implement)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ common
+
+    def next_key(self) -> jax.Array:
+        """A fresh key; advances the handle's RNG."""
+        self._key, key = jax.random.split(self._key)
+        return key
+
+    def _put(self, x, dtype=None) -> jax.Array:
+        return jax.device_put(as_array(x, dtype), self.device)
+
+    def parameters(self) -> list[ParameterView]:
+        """Every parameter as a :class:`ParameterView` (``p.numel()`` works)."""
+        return [ParameterView(n, v) for n, v in flatten_params(self.params)]
+
+    def named_parameters(self) -> Iterator[tuple[str, ParameterView]]:
+        for view in self.parameters():
+            yield view.name, view
+
+    def num_parameters(self) -> int:
+        """Total number of trained parameters (target networks excluded)."""
+        return int(sum(np.prod(x.shape, dtype=np.int64) for x in jax.tree_util.tree_leaves(self.params)))
+
+    def train(self, mode: bool = True) -> WorldModel:
+        """Training mode: stochastic latents are sampled, augmentation/dropout on."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> WorldModel:
+        """Evaluation mode: deterministic where the model allows it."""
+        return self.train(False)
+
+    def to(self, device) -> WorldModel:
+        """Move params to ``device`` (``"cpu"``, ``"cuda"``, ...)."""
+        self.device = resolve_device(device)
+        self.params = jax.device_put(self.params, self.device)
+        self._key = jax.device_put(self._key, self.device)
+        return self
+
+    def load_params(self, params: Params) -> WorldModel:
+        """Replace the params (same structure) in place."""
+        self.params = jax.device_put(params, self.device)
+        return self
+
+    def save_pretrained(self, path) -> None:
+        """Write ``config.json`` and the weights (orbax) to directory ``path``, atomically."""
+        from worldloom.models.checkpoint import save_model
+
+        save_model(self, path)
+
+    def __repr__(self) -> str:
+        name = f"{self.family}:{self.preset}" if self.preset else self.family
+        return (f"{type(self).__name__}({name}, params={self.num_parameters():,}, "
+                f"device={device_name(self.device)}, training={self.training})")
+
+
+def zeros_like_tree(tree):
+    return jax.tree_util.tree_map(jnp.zeros_like, tree)

@@ -1,0 +1,239 @@
+"""DreamerV3 pure functions: the scanned posterior, imagination and the loss.
+
+Time alignment (buffer convention): row ``t`` holds ``obs_t, action_t,
+reward_t, continue_t``, where ``reward_t``/``continue_t`` follow ``action_t``.
+State ``s_t`` summarises ``obs_0..t`` and ``action_0..t-1``. The reward and
+continue of transition ``t`` are predicted from the state the model reaches
+after ``action_t``: the posterior ``s_{t+1}`` when ``obs_{t+1}`` is in the same
+window and episode; otherwise (last row of a window, or the next row starts a
+new episode) from the prior step ``img_step(s_t, action_t)``, exactly as
+imagination predicts them. So no transition's reward or termination is
+dropped, the terminal one included.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from worldloom.core.types import LatentState
+from worldloom.models.dreamerv3.config import DreamerV3Config
+from worldloom.models.dreamerv3.networks import DreamerV3Networks
+from worldloom.nn.functional import (
+    categorical_entropy,
+    categorical_kl,
+    dreamer_bins,
+    straight_through_mode,
+    straight_through_sample,
+    symexp,
+    symlog,
+    twohot_loss,
+    twohot_mean,
+    unimix_probs,
+)
+
+sg = jax.lax.stop_gradient
+
+
+class DreamerV3Functions:
+    """Pure functions over ``params`` for one config. Everything here jits."""
+
+    def __init__(self, config: DreamerV3Config):
+        self.config = config
+        self.net = DreamerV3Networks(config)
+        self.bins = dreamer_bins(config.reward_bins)
+
+    # ------------------------------------------------------------ pieces
+
+    def _apply(self, params, method, *args):
+        return self.net.apply({"params": params}, *args, method=method)
+
+    def init(self, key) -> Any:
+        cfg = self.config
+        obs = jnp.zeros((1, *cfg.obs_shape), jnp.uint8 if cfg.is_image else jnp.float32)
+        return self.net.init(key, obs, jnp.zeros((1, cfg.action_dim)))["params"]
+
+    def encode(self, params, obs):
+        """Tokens for ``obs`` ``[..., *obs_shape]`` -> ``[..., token_dim]``."""
+        lead = obs.shape[: obs.ndim - len(self.config.obs_shape)]
+        flat = obs.reshape(-1, *self.config.obs_shape)
+        tokens = self._apply(params, DreamerV3Networks.encode, flat)
+        return tokens.reshape(*lead, tokens.shape[-1])
+
+    def core(self, params, deter, stoch, action):
+        return self._apply(params, DreamerV3Networks.core, deter, stoch, action)
+
+    def prior(self, params, deter):
+        return self._apply(params, DreamerV3Networks.prior, deter)
+
+    def posterior(self, params, deter, tokens):
+        return self._apply(params, DreamerV3Networks.posterior, deter, tokens)
+
+    def sample(self, logits, key, stochastic: bool = True):
+        """Flat straight-through one-hot latent ``[..., 32*classes]`` from logits."""
+        probs = unimix_probs(logits, self.config.unimix)
+        onehot = straight_through_sample(key, probs) if stochastic else straight_through_mode(probs)
+        return onehot.reshape(*onehot.shape[:-2], -1)
+
+    def state(self, deter, logits, stoch) -> LatentState:
+        return LatentState(deter, stoch, logits, jnp.concatenate([deter, stoch], -1))
+
+    def initial(self, params, batch_size: int) -> LatentState:
+        """The all-zero state (the reference's ``initial``) for ``batch_size``."""
+        cfg = self.config
+        deter = jnp.zeros((batch_size, cfg.deter), jnp.float32)
+        stoch = jnp.zeros((batch_size, cfg.stoch_size), jnp.float32)
+        logits = jnp.zeros((batch_size, cfg.stoch, cfg.classes), jnp.float32)
+        return self.state(deter, logits, stoch)
+
+    # ------------------------------------------------------------ recurrences
+
+    def img_step(self, params, state: LatentState, action, key, stochastic=True) -> LatentState:
+        """Prior step: ``s_t, a_t -> s_{t+1}`` without an observation."""
+        deter = self.core(params, state.deterministic, state.stochastic, action)
+        logits = self.prior(params, deter)
+        return self.state(deter, logits, self.sample(logits, key, stochastic))
+
+    def observe_scan(self, params, tokens, prev_actions, is_first, start: LatentState, key,
+                     stochastic=True):
+        """Posterior over a sequence, one ``lax.scan`` over time.
+
+        Args:
+            tokens: Encoder tokens ``[B, T, E]``.
+            prev_actions: Action leading into each step ``[B, T, A]``.
+            is_first: ``[B, T]`` bool; the carry and action reset there.
+            start: State before step 0 ``[B, ...]``.
+
+        Returns:
+            ``(posterior, cont_deter)``: posterior states ``[B, T, ...]`` and the
+            GRU output before resets ``[B, T, D]`` (the continuation of the
+            previous state, which differs from the posterior's deter only where
+            ``is_first``).
+        """
+        batch = tokens.shape[0]
+        zero = self.initial(params, 1)
+        zero_action = jnp.zeros((1, prev_actions.shape[-1]), jnp.float32)
+        first_deter = self.core(params, zero.deterministic, zero.stochastic, zero_action)
+        keys = jax.random.split(key, tokens.shape[1])
+
+        def step(carry, inputs):
+            deter, stoch = carry
+            token, prev_action, first, step_key = inputs
+            cont = self.core(params, deter, stoch, prev_action)
+            deter = jnp.where(first[:, None], jnp.broadcast_to(first_deter, cont.shape), cont)
+            logits = self.posterior(params, deter, token)
+            stoch = self.sample(logits, step_key, stochastic)
+            return (deter, stoch), (deter, stoch, logits, cont)
+
+        time_major = jax.tree_util.tree_map(lambda x: jnp.swapaxes(x, 0, 1), (tokens, prev_actions, is_first))
+        carry = (start.deterministic.reshape(batch, -1), start.stochastic.reshape(batch, -1))
+        _, (deter, stoch, logits, cont) = jax.lax.scan(step, carry, (*time_major, keys))
+        deter, stoch, logits, cont = (jnp.swapaxes(x, 0, 1) for x in (deter, stoch, logits, cont))
+        return self.state(deter, logits, stoch), cont
+
+    def imagine(self, params, start: LatentState, actions, key, stochastic=True):
+        """Prior rollout over ``actions`` ``[H, B, A]`` -> states ``[H, B, ...]``."""
+        keys = jax.random.split(key, actions.shape[0])
+
+        def step(state, inputs):
+            action, step_key = inputs
+            nxt = self.img_step(params, state, action, step_key, stochastic)
+            return nxt, nxt
+
+        _, states = jax.lax.scan(step, start, (actions, keys))
+        return states
+
+    # ------------------------------------------------------------ heads
+
+    def reward(self, params, features):
+        """Predicted reward in real units ``[...]``."""
+        logits = self._apply(params, DreamerV3Networks.reward_logits, features)
+        return twohot_mean(logits, self.bins)
+
+    def continue_prob(self, params, features):
+        return jax.nn.sigmoid(self._apply(params, DreamerV3Networks.continue_logit, features))
+
+    def decode_obs(self, params, deter, stoch):
+        """Reconstruction in observation units ``[..., *obs_shape]`` (images in [0, 1])."""
+        lead = deter.shape[:-1]
+        out = self._apply(params, DreamerV3Networks.decode, deter.reshape(-1, deter.shape[-1]),
+                          stoch.reshape(-1, stoch.shape[-1]))
+        out = out.reshape(*lead, *self.config.obs_shape)
+        return out if self.config.is_image else symexp(out)
+
+    # ------------------------------------------------------------ loss
+
+    def loss(self, params, batch, key, stochastic=True):
+        """World-model loss on a ``[B, T, ...]`` batch.
+
+        Returns:
+            ``(loss, metrics)``: the scalar total and a dict with ``loss`` and
+            ``loss/<term>`` per term plus entropies, all f32 scalars.
+        """
+        cfg = self.config
+        obs = batch["obs"]
+        actions = batch["actions"].astype(jnp.float32)
+        rewards = batch["rewards"].astype(jnp.float32)
+        continues = batch["continues"].astype(jnp.float32)
+        batch_size, length = rewards.shape
+        is_first = batch.get("is_first")
+        is_first = jnp.zeros((batch_size, length), bool) if is_first is None else is_first.astype(bool)
+        prev_actions = jnp.concatenate([jnp.zeros_like(actions[:, :1]), actions[:, :-1]], 1)
+        scan_key, next_key = jax.random.split(key)
+
+        tokens = self.encode(params, obs)
+        start = self.initial(params, batch_size)
+        post, cont_deter = self.observe_scan(params, tokens, prev_actions, is_first, start, scan_key, stochastic)
+
+        # Priors for the KL and for the states after each action, in one pass.
+        last_deter = self.core(params, post.deterministic[:, -1], post.stochastic[:, -1], actions[:, -1])
+        after_deter = jnp.concatenate([cont_deter[:, 1:], last_deter[:, None]], 1)
+        all_prior = self.prior(params, jnp.concatenate([cont_deter, last_deter[:, None]], 1))
+        # From the zero start, step 0 and every reset step share one deter, so
+        # the prior of step 0 stands for all of them.
+        reset = is_first.at[:, 0].set(True)
+        prior_logits = jnp.where(reset[..., None, None], all_prior[:, :1], all_prior[:, :-1])
+
+        post_probs = unimix_probs(post.logits, cfg.unimix)
+        prior_probs = unimix_probs(prior_logits, cfg.unimix)
+        dyn = categorical_kl(sg(post_probs), prior_probs).sum(-1)
+        rep = categorical_kl(post_probs, sg(prior_probs)).sum(-1)
+        losses = {
+            "dyn": jnp.maximum(dyn, cfg.free_nats),
+            "rep": jnp.maximum(rep, cfg.free_nats),
+        }
+
+        recon = self._apply(
+            params, DreamerV3Networks.decode,
+            post.deterministic.reshape(batch_size * length, -1),
+            post.stochastic.reshape(batch_size * length, -1),
+        ).reshape(batch_size, length, *cfg.obs_shape)
+        if cfg.is_image:
+            target = obs.astype(jnp.float32) / (255.0 if obs.dtype == jnp.uint8 else 1.0)
+        else:
+            target = symlog(obs.astype(jnp.float32))
+        sq = (recon - sg(target)) ** 2
+        losses["rec"] = sq.reshape(batch_size, length, -1).sum(-1)
+
+        after_prior_stoch = self.sample(all_prior[:, 1:], next_key, stochastic)
+        use_prior = jnp.concatenate([is_first[:, 1:], jnp.ones((batch_size, 1), bool)], 1)
+        next_post_stoch = jnp.concatenate([post.stochastic[:, 1:], post.stochastic[:, -1:]], 1)
+        after_stoch = jnp.where(use_prior[..., None], after_prior_stoch, next_post_stoch)
+        features = jnp.concatenate([after_deter, after_stoch], -1)
+        reward_logits = self._apply(params, DreamerV3Networks.reward_logits, features)
+        losses["rew"] = twohot_loss(reward_logits, rewards, self.bins)
+        cont_logit = self._apply(params, DreamerV3Networks.continue_logit, features)
+        cont_target = continues * (1.0 - 1.0 / cfg.contdisc_horizon)
+        losses["con"] = -(cont_target * jax.nn.log_sigmoid(cont_logit)
+                          + (1.0 - cont_target) * jax.nn.log_sigmoid(-cont_logit))
+
+        scales = {"rec": cfg.loss_scale_rec, "rew": cfg.loss_scale_rew, "con": cfg.loss_scale_con,
+                  "dyn": cfg.loss_scale_dyn, "rep": cfg.loss_scale_rep}
+        total = sum(scales[k] * losses[k].mean() for k in scales)
+        metrics = {"loss": total}
+        metrics.update({f"loss/{k}": v.mean() for k, v in losses.items()})
+        metrics["prior_entropy"] = categorical_entropy(prior_probs).sum(-1).mean()
+        metrics["post_entropy"] = categorical_entropy(post_probs).sum(-1).mean()
+        return total, metrics

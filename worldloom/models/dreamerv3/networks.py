@@ -1,0 +1,243 @@
+"""DreamerV3 Flax modules: encoder, RSSM cell, decoder and heads.
+
+Each method computes one step (or one time-parallel pass); the scans over
+time live in :mod:`worldloom.models.dreamerv3.losses`, which calls these
+methods through ``module.apply``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from worldloom.models.dreamerv3.config import DreamerV3Config
+from worldloom.nn.functional import symlog
+from worldloom.nn.layers import BlockLinear, Dense, RMSNorm, dreamer_init
+
+
+def _dtype(config: DreamerV3Config):
+    return jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
+
+
+class NormAct(nn.Module):
+    """``Dense(units) -> RMSNorm -> SiLU``."""
+
+    units: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        x = Dense(self.units, dtype=self.dtype)(x)
+        return jax.nn.silu(RMSNorm()(x))
+
+
+class Conv(nn.Module):
+    """Same-padded conv with DreamerV3's init."""
+
+    features: int
+    kernel: int
+    outscale: float = 1.0
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Conv(
+            self.features,
+            (self.kernel, self.kernel),
+            padding="SAME",
+            kernel_init=dreamer_init(self.outscale),
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+        )(x)
+
+
+class Encoder(nn.Module):
+    """Observation ``[N, *obs_shape]`` -> tokens ``[N, token_dim]``."""
+
+    config: DreamerV3Config
+
+    @nn.compact
+    def __call__(self, obs):
+        cfg, dtype = self.config, _dtype(self.config)
+        if not cfg.is_image:
+            x = symlog(obs.reshape(obs.shape[0], -1).astype(jnp.float32))
+            for _ in range(cfg.enc_layers):
+                x = NormAct(cfg.units, dtype)(x)
+            return x
+        if obs.dtype == jnp.uint8:
+            x = obs.astype(jnp.float32) / 255.0 - 0.5
+        else:
+            x = obs.astype(jnp.float32) - 0.5
+        for mult in cfg.cnn_mults:
+            x = Conv(cfg.depth * mult, cfg.kernel, dtype=dtype)(x)
+            n, h, w, c = x.shape
+            x = x.reshape(n, h // 2, 2, w // 2, 2, c).max((2, 4))
+            x = jax.nn.silu(RMSNorm()(x))
+        return x.reshape(x.shape[0], -1)
+
+
+class Decoder(nn.Module):
+    """Features (deter ``[N, D]``, stoch ``[N, S]``) -> reconstruction ``[N, *obs_shape]``.
+
+    Vectors come out in symlog space; images in [0, 1] (sigmoid).
+    """
+
+    config: DreamerV3Config
+
+    @nn.compact
+    def __call__(self, deter, stoch):
+        cfg, dtype = self.config, _dtype(self.config)
+        if not cfg.is_image:
+            x = jnp.concatenate([deter, stoch], -1)
+            for _ in range(cfg.dec_layers):
+                x = NormAct(cfg.units, dtype)(x)
+            x = Dense(cfg.obs_size)(x).astype(jnp.float32)
+            return x.reshape(x.shape[0], *cfg.obs_shape)
+        depths = [cfg.depth * m for m in cfg.cnn_mults]
+        factor = 2 ** len(depths)
+        min_h, min_w = cfg.obs_shape[0] // factor, cfg.obs_shape[1] // factor
+        shape = (min_h, min_w, depths[-1])
+        size, groups = math.prod(shape), cfg.decoder_blocks
+        x0 = BlockLinear(size, groups, dtype=dtype)(deter)
+        # '(g h w c) -> h w (g c)'
+        x0 = x0.reshape(-1, groups, min_h, min_w, size // (groups * min_h * min_w))
+        x0 = x0.transpose(0, 2, 3, 1, 4).reshape(-1, *shape)
+        x1 = jax.nn.silu(RMSNorm()(Dense(2 * cfg.units, dtype=dtype)(stoch)))
+        x1 = Dense(size, dtype=dtype)(x1).reshape(-1, *shape)
+        x = jax.nn.silu(RMSNorm()(x0 + x1))
+        for depth in reversed(depths[:-1]):
+            x = x.repeat(2, 1).repeat(2, 2)
+            x = jax.nn.silu(RMSNorm()(Conv(depth, cfg.kernel, dtype=dtype)(x)))
+        x = x.repeat(2, 1).repeat(2, 2)
+        x = Conv(cfg.obs_shape[-1], cfg.kernel, dtype=dtype)(x)
+        return jax.nn.sigmoid(x.astype(jnp.float32))
+
+
+class RSSM(nn.Module):
+    """The recurrent state-space model's cell, prior and posterior.
+
+    ``deter`` is the GRU state ``[N, D]``; ``stoch`` the flat one-hot sample
+    ``[N, 32 * classes]``; logits are ``[N, 32, classes]``.
+    """
+
+    config: DreamerV3Config
+
+    def setup(self):
+        cfg, dtype = self.config, _dtype(self.config)
+        self.dyn_in = [NormAct(cfg.hidden, dtype) for _ in range(3)]
+        self.dyn_hidden = BlockLinear(cfg.deter, cfg.blocks, dtype=dtype)
+        self.dyn_hidden_norm = RMSNorm()
+        self.dyn_gru = BlockLinear(3 * cfg.deter, cfg.blocks, dtype=dtype)
+        self.prior_layers = [NormAct(cfg.hidden, dtype) for _ in range(cfg.img_layers)]
+        self.prior_out = Dense(cfg.stoch_size, dtype=dtype)
+        self.post_layers = [NormAct(cfg.hidden, dtype) for _ in range(cfg.obs_layers)]
+        self.post_out = Dense(cfg.stoch_size, dtype=dtype)
+
+    def core(self, deter, stoch, action):
+        """One GRU step: ``deter [N, D], stoch [N, S], action [N, A] -> deter [N, D]``."""
+        cfg = self.config
+        action = action / jax.lax.stop_gradient(jnp.maximum(1.0, jnp.abs(action)))
+        branches = [layer(x) for layer, x in zip(self.dyn_in, (deter, stoch, action))]
+        x = jnp.concatenate(branches, -1)
+        groups = cfg.blocks
+        x = jnp.broadcast_to(x[..., None, :], (*x.shape[:-1], groups, x.shape[-1]))
+        deter_groups = deter.reshape(*deter.shape[:-1], groups, -1).astype(x.dtype)
+        x = jnp.concatenate([deter_groups, x], -1).reshape(*deter.shape[:-1], -1)
+        x = jax.nn.silu(self.dyn_hidden_norm(self.dyn_hidden(x)))
+        x = self.dyn_gru(x).astype(jnp.float32)
+        x = x.reshape(*x.shape[:-1], groups, 3, -1)
+        reset, cand, update = (x[..., i, :].reshape(*deter.shape[:-1], -1) for i in range(3))
+        reset = jax.nn.sigmoid(reset)
+        cand = jnp.tanh(reset * cand)
+        update = jax.nn.sigmoid(update - 1.0)
+        return update * cand + (1.0 - update) * deter
+
+    def prior(self, deter):
+        """Prior logits ``[N, 32, classes]`` from ``deter [N, D]``."""
+        x = deter
+        for layer in self.prior_layers:
+            x = layer(x)
+        return self._logits(self.prior_out(x))
+
+    def posterior(self, deter, tokens):
+        """Posterior logits ``[N, 32, classes]`` from ``deter`` and encoder ``tokens``."""
+        x = jnp.concatenate([deter, tokens.astype(deter.dtype)], -1)
+        for layer in self.post_layers:
+            x = layer(x)
+        return self._logits(self.post_out(x))
+
+    def _logits(self, x):
+        cfg = self.config
+        return x.astype(jnp.float32).reshape(*x.shape[:-1], cfg.stoch, cfg.classes)
+
+    def __call__(self, deter, stoch, action, tokens):
+        deter = self.core(deter, stoch, action)
+        return self.prior(deter), self.posterior(deter, tokens)
+
+
+class Head(nn.Module):
+    """``head_layers x NormAct(units)`` then a linear output of ``outputs``."""
+
+    config: DreamerV3Config
+    outputs: int
+    outscale: float = 1.0
+
+    @nn.compact
+    def __call__(self, features):
+        cfg = self.config
+        x = features
+        for _ in range(cfg.head_layers):
+            x = NormAct(cfg.units, _dtype(cfg))(x)
+        return Dense(self.outputs, outscale=self.outscale)(x).astype(jnp.float32)
+
+
+class DreamerV3Networks(nn.Module):
+    """All DreamerV3 world-model networks under one params tree.
+
+    Params: ``encoder``, ``rssm``, ``decoder``, ``reward``, ``continue``.
+    """
+
+    config: DreamerV3Config
+
+    def setup(self):
+        cfg = self.config
+        self.encoder = Encoder(cfg)
+        self.rssm = RSSM(cfg)
+        self.decoder = Decoder(cfg)
+        self.reward = Head(cfg, cfg.reward_bins, outscale=0.0)
+        self.cont = Head(cfg, 1, name="continue")
+
+    def encode(self, obs):
+        return self.encoder(obs)
+
+    def core(self, deter, stoch, action):
+        return self.rssm.core(deter, stoch, action)
+
+    def prior(self, deter):
+        return self.rssm.prior(deter)
+
+    def posterior(self, deter, tokens):
+        return self.rssm.posterior(deter, tokens)
+
+    def decode(self, deter, stoch):
+        return self.decoder(deter, stoch)
+
+    def reward_logits(self, features):
+        return self.reward(features)
+
+    def continue_logit(self, features):
+        return self.cont(features)[..., 0]
+
+    def __call__(self, obs, action):
+        """Touches every parameter once (used by ``init``)."""
+        cfg = self.config
+        batch = obs.shape[0]
+        deter = jnp.zeros((batch, cfg.deter))
+        stoch = jnp.zeros((batch, cfg.stoch_size))
+        tokens = self.encode(obs)
+        _, post = self.rssm(deter, stoch, action, tokens)
+        features = jnp.concatenate([deter, post.reshape(batch, -1)], -1)
+        return (self.decode(deter, stoch), self.reward_logits(features), self.continue_logit(features))

@@ -1,0 +1,197 @@
+"""Pure math shared by the model families: symlog, two-hot, unimix, returns.
+
+All functions are jittable and act on the last axis unless stated.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# ---------------------------------------------------------------- symlog
+
+
+def symlog(x: jax.Array) -> jax.Array:
+    """``sign(x) * log(1 + |x|)``, elementwise."""
+    return jnp.sign(x) * jnp.log1p(jnp.abs(x))
+
+
+def symexp(x: jax.Array) -> jax.Array:
+    """Inverse of :func:`symlog`: ``sign(x) * (exp(|x|) - 1)``."""
+    return jnp.sign(x) * jnp.expm1(jnp.abs(x))
+
+
+# ---------------------------------------------------------------- DreamerV3 two-hot
+
+DREAMER_NUM_BINS = 255
+
+
+def dreamer_bins(num_bins: int = DREAMER_NUM_BINS, limit: float = 20.0) -> jax.Array:
+    """DreamerV3's symexp-spaced bins, symmetric around an exact zero.
+
+    ``symexp(linspace(-limit, 0, (n+1)/2))`` mirrored, so ``bins[n//2] == 0``.
+
+    Returns:
+        ``[num_bins]`` float32 bin centres in real units.
+    """
+    if num_bins % 2 != 1:
+        raise ValueError(f"num_bins must be odd, got {num_bins}")
+    half = symexp(jnp.linspace(-limit, 0.0, (num_bins + 1) // 2, dtype=jnp.float32))
+    return jnp.concatenate([half, -half[:-1][::-1]], 0)
+
+
+def twohot(x: jax.Array, bins: jax.Array) -> jax.Array:
+    """Two-hot encoding of ``x`` ``[...]`` over sorted ``bins`` ``[K]`` -> ``[..., K]``.
+
+    The weight is split between the two neighbouring bins in proportion to
+    the distance; values outside the range put all weight on the end bin.
+    """
+    x = x.astype(jnp.float32)[..., None]
+    num = bins.shape[0]
+    below = jnp.sum((bins <= x).astype(jnp.int32), -1) - 1
+    above = num - jnp.sum((bins > x).astype(jnp.int32), -1)
+    below = jnp.clip(below, 0, num - 1)
+    above = jnp.clip(above, 0, num - 1)
+    equal = below == above
+    x = x[..., 0]
+    dist_below = jnp.where(equal, 1.0, jnp.abs(bins[below] - x))
+    dist_above = jnp.where(equal, 1.0, jnp.abs(bins[above] - x))
+    total = dist_below + dist_above
+    weight_below = dist_above / total
+    weight_above = dist_below / total
+    return (
+        jax.nn.one_hot(below, num) * weight_below[..., None]
+        + jax.nn.one_hot(above, num) * weight_above[..., None]
+    )
+
+
+def twohot_mean(logits: jax.Array, bins: jax.Array) -> jax.Array:
+    """Expected value ``sum(softmax(logits) * bins)`` ``[..., K] -> [...]``.
+
+    Summed from the outside in around the zero bin, so symmetric logits (zero
+    logits at initialisation) predict exactly 0.
+    """
+    probs = jax.nn.softmax(logits.astype(jnp.float32), -1)
+    mid = (bins.shape[0] - 1) // 2
+    lower = probs[..., :mid] * bins[:mid]
+    upper = probs[..., mid + 1:] * bins[mid + 1:]
+    centre = probs[..., mid] * bins[mid]
+    return centre + jnp.sum(lower[..., ::-1] + upper, -1)
+
+
+def twohot_loss(logits: jax.Array, target: jax.Array, bins: jax.Array) -> jax.Array:
+    """Cross-entropy of ``logits`` ``[..., K]`` against the two-hot of ``target`` ``[...]``."""
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+    return -jnp.sum(jax.lax.stop_gradient(twohot(target, bins)) * log_probs, -1)
+
+
+# ---------------------------------------------------------------- TD-MPC2 two-hot
+
+TDMPC_NUM_BINS = 101
+TDMPC_VMIN = -10.0
+TDMPC_VMAX = 10.0
+
+
+def tdmpc_bins(num_bins: int = TDMPC_NUM_BINS, vmin: float = TDMPC_VMIN, vmax: float = TDMPC_VMAX):
+    """TD-MPC2's evenly spaced bins in symlog space, ``[num_bins]``."""
+    return jnp.linspace(vmin, vmax, num_bins, dtype=jnp.float32)
+
+
+def tdmpc_twohot(
+    x: jax.Array, num_bins: int = TDMPC_NUM_BINS, vmin: float = TDMPC_VMIN, vmax: float = TDMPC_VMAX
+) -> jax.Array:
+    """TD-MPC2 two-hot of ``symlog(x)`` ``[...]`` -> ``[..., num_bins]``."""
+    bin_size = (vmax - vmin) / (num_bins - 1)
+    y = jnp.clip(symlog(x.astype(jnp.float32)), vmin, vmax)
+    position = (y - vmin) / bin_size
+    index = jnp.clip(jnp.floor(position), 0, num_bins - 1)
+    offset = position - index
+    index = index.astype(jnp.int32)
+    upper = jnp.clip(index + 1, 0, num_bins - 1)
+    return jax.nn.one_hot(index, num_bins) * (1.0 - offset)[..., None] + jax.nn.one_hot(
+        upper, num_bins
+    ) * offset[..., None]
+
+
+def tdmpc_twohot_mean(
+    logits: jax.Array, vmin: float = TDMPC_VMIN, vmax: float = TDMPC_VMAX
+) -> jax.Array:
+    """``symexp(sum(softmax(logits) * bins))`` ``[..., K] -> [...]``."""
+    bins = tdmpc_bins(logits.shape[-1], vmin, vmax)
+    return symexp(jnp.sum(jax.nn.softmax(logits.astype(jnp.float32), -1) * bins, -1))
+
+
+def tdmpc_twohot_loss(
+    logits: jax.Array, target: jax.Array, vmin: float = TDMPC_VMIN, vmax: float = TDMPC_VMAX
+) -> jax.Array:
+    """Soft cross-entropy of ``logits`` ``[..., K]`` against two-hot ``target`` ``[...]``."""
+    soft = jax.lax.stop_gradient(tdmpc_twohot(target, logits.shape[-1], vmin, vmax))
+    return -jnp.sum(soft * jax.nn.log_softmax(logits.astype(jnp.float32), -1), -1)
+
+
+# ---------------------------------------------------------------- categorical latents
+
+
+def unimix_probs(logits: jax.Array, unimix: float = 0.01) -> jax.Array:
+    """``(1 - unimix) * softmax(logits) + unimix / classes`` over the last axis."""
+    probs = jax.nn.softmax(logits.astype(jnp.float32), -1)
+    return (1.0 - unimix) * probs + unimix / logits.shape[-1]
+
+
+def unimix_logits(logits: jax.Array, unimix: float = 0.01) -> jax.Array:
+    """Log of :func:`unimix_probs`: logits of the mixed distribution."""
+    return jnp.log(unimix_probs(logits, unimix))
+
+
+def straight_through_sample(key: jax.Array, probs: jax.Array) -> jax.Array:
+    """One-hot sample ``[..., C]`` whose gradient flows into ``probs``."""
+    index = jax.random.categorical(key, jnp.log(probs), axis=-1)
+    sample = jax.nn.one_hot(index, probs.shape[-1], dtype=probs.dtype)
+    return sample + probs - jax.lax.stop_gradient(probs)
+
+
+def straight_through_mode(probs: jax.Array) -> jax.Array:
+    """One-hot of the most likely class, with straight-through gradients."""
+    sample = jax.nn.one_hot(jnp.argmax(probs, -1), probs.shape[-1], dtype=probs.dtype)
+    return sample + probs - jax.lax.stop_gradient(probs)
+
+
+def categorical_kl(p_probs: jax.Array, q_probs: jax.Array) -> jax.Array:
+    """``KL[p || q]`` over the last axis, ``[..., C] -> [...]``."""
+    return jnp.sum(p_probs * (jnp.log(p_probs) - jnp.log(q_probs)), -1)
+
+
+def categorical_entropy(probs: jax.Array) -> jax.Array:
+    return -jnp.sum(probs * jnp.log(probs), -1)
+
+
+# ---------------------------------------------------------------- returns
+
+
+def lambda_return(
+    rewards: jax.Array, values: jax.Array, continues: jax.Array, lam: float
+) -> jax.Array:
+    """TD(lambda) returns along a trajectory, time first.
+
+    ``rewards[t]``, ``continues[t]`` belong to arriving at state ``t`` (the
+    DreamerV3 convention); ``continues`` already include the discount.
+    ``R[T-1] = v[T-1]`` and
+    ``R[t] = r[t+1] + c[t+1] * ((1 - lam) * v[t+1] + lam * R[t+1])``.
+
+    Args:
+        rewards, values, continues: ``[T, ...]``.
+        lam: The lambda of TD(lambda).
+
+    Returns:
+        ``[T-1, ...]`` returns of states ``0 .. T-2``.
+    """
+
+    def step(next_return, inputs):
+        reward, value, cont = inputs
+        ret = reward + cont * ((1.0 - lam) * value + lam * next_return)
+        return ret, ret
+
+    _, returns = jax.lax.scan(
+        step, values[-1], (rewards[1:], values[1:], continues[1:]), reverse=True
+    )
+    return returns

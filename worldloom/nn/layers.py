@@ -1,0 +1,129 @@
+"""Flax Linen layers and the reference initialisers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Initializer = Callable[..., jax.Array]
+
+# std of a standard normal truncated to [-2, 2]; dividing by it restores unit std.
+_TRUNC_STD = 0.87962566103423978
+
+
+def dreamer_init(scale: float = 1.0) -> Initializer:
+    """DreamerV3's fan-in truncated normal: ``trunc_normal(+-2) * 1.1368 * scale / sqrt(fan_in)``.
+
+    ``scale == 0`` gives zeros (the reference zero-initialised output layers).
+    The last axis of the kernel is fan-out; every other axis counts to fan-in,
+    except a leading block axis for :class:`BlockLinear` (pass ``in_axis``).
+    """
+
+    def init(key, shape, dtype=jnp.float32, fan_in=None):
+        if scale == 0.0:
+            return jnp.zeros(shape, dtype)
+        if fan_in is None:
+            fan_in = 1
+            for d in shape[:-1]:
+                fan_in *= d
+        std = scale / jnp.sqrt(fan_in) / _TRUNC_STD
+        return (jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32) * std).astype(dtype)
+
+    return init
+
+
+def tdmpc_init(std: float = 0.02) -> Initializer:
+    """TD-MPC2's weight init (``trunc_normal_(std=0.02)``, cut at +-2 absolute)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        cut = 2.0 / std
+        return (jax.random.truncated_normal(key, -cut, cut, shape, jnp.float32) * std).astype(dtype)
+
+    return init
+
+
+class RMSNorm(nn.Module):
+    """``x * rsqrt(mean(x^2) + eps) * scale`` over the last axis, in float32."""
+
+    eps: float = 1e-4
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = x.dtype
+        x = x.astype(jnp.float32)
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+        x = x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + self.eps) * scale
+        return x.astype(dtype)
+
+
+class Dense(nn.Module):
+    """Linear layer with DreamerV3's init and an optional compute dtype."""
+
+    features: int
+    use_bias: bool = True
+    outscale: float = 1.0
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nn.Dense(
+            self.features,
+            use_bias=self.use_bias,
+            kernel_init=dreamer_init(self.outscale),
+            bias_init=nn.initializers.zeros,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+        )(x)
+
+
+class BlockLinear(nn.Module):
+    """Block-diagonal linear layer: ``blocks`` independent dense maps.
+
+    Input ``[..., I]`` is split into ``blocks`` groups of ``I/blocks``, each
+    mapped to ``features/blocks`` outputs; kernel ``[blocks, I/b, F/b]``, bias ``[F]``.
+    """
+
+    features: int
+    blocks: int
+    outscale: float = 1.0
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_features = x.shape[-1]
+        if in_features % self.blocks or self.features % self.blocks:
+            raise ValueError(
+                f"BlockLinear: {in_features} inputs and {self.features} outputs must divide "
+                f"into {self.blocks} blocks"
+            )
+        init = dreamer_init(self.outscale)
+        kernel = self.param(
+            "kernel",
+            lambda k, s: init(k, s, fan_in=s[1]),
+            (self.blocks, in_features // self.blocks, self.features // self.blocks),
+        )
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        dtype = self.dtype or x.dtype
+        grouped = x.reshape(*x.shape[:-1], self.blocks, in_features // self.blocks)
+        out = jnp.einsum("...gi,gio->...go", grouped.astype(dtype), kernel.astype(dtype))
+        return out.reshape(*x.shape[:-1], self.features) + bias.astype(dtype)
+
+
+def simnorm(x: jax.Array, group: int = 8) -> jax.Array:
+    """Simplicial normalisation: softmax over consecutive groups of ``group``."""
+    shape = x.shape
+    grouped = x.reshape(*shape[:-1], shape[-1] // group, group)
+    return jax.nn.softmax(grouped.astype(jnp.float32), -1).reshape(shape).astype(x.dtype)
+
+
+class SimNorm(nn.Module):
+    """Module form of :func:`simnorm`."""
+
+    group: int = 8
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return simnorm(x, self.group)
