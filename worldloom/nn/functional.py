@@ -68,15 +68,15 @@ def twohot(x: jax.Array, bins: jax.Array) -> jax.Array:
 def twohot_mean(logits: jax.Array, bins: jax.Array) -> jax.Array:
     """Expected value ``sum(softmax(logits) * bins)`` ``[..., K] -> [...]``.
 
-    Summed from the outside in around the zero bin, so symmetric logits (zero
-    logits at initialisation) predict exactly 0.
+    ``bins`` must be symmetric around an exact zero centre (as
+    :func:`dreamer_bins`). The mirrored probabilities are subtracted before
+    weighting, so symmetric logits (zero logits at initialisation) predict
+    exactly 0 whatever order the compiler sums in, and large bins do not cancel.
     """
     probs = jax.nn.softmax(logits.astype(jnp.float32), -1)
     mid = (bins.shape[0] - 1) // 2
-    lower = probs[..., :mid] * bins[:mid]
-    upper = probs[..., mid + 1:] * bins[mid + 1:]
-    centre = probs[..., mid] * bins[mid]
-    return centre + jnp.sum(lower[..., ::-1] + upper, -1)
+    difference = probs[..., mid + 1:] - probs[..., :mid][..., ::-1]
+    return jnp.sum(difference * bins[mid + 1:], -1)
 
 
 def twohot_loss(logits: jax.Array, target: jax.Array, bins: jax.Array) -> jax.Array:

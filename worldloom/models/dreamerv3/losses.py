@@ -113,25 +113,41 @@ class DreamerV3Functions:
             ``is_first``).
         """
         batch = tokens.shape[0]
-        zero = self.initial(params, 1)
-        zero_action = jnp.zeros((1, prev_actions.shape[-1]), jnp.float32)
-        first_deter = self.core(params, zero.deterministic, zero.stochastic, zero_action)
+        first_deter = self.first_deter(params, prev_actions.shape[-1])
         keys = jax.random.split(key, tokens.shape[1])
 
         def step(carry, inputs):
-            deter, stoch = carry
-            token, prev_action, first, step_key = inputs
-            cont = self.core(params, deter, stoch, prev_action)
-            deter = jnp.where(first[:, None], jnp.broadcast_to(first_deter, cont.shape), cont)
-            logits = self.posterior(params, deter, token)
-            stoch = self.sample(logits, step_key, stochastic)
-            return (deter, stoch), (deter, stoch, logits, cont)
+            return self.obs_step(params, carry, inputs, first_deter, stochastic)
 
         time_major = jax.tree_util.tree_map(lambda x: jnp.swapaxes(x, 0, 1), (tokens, prev_actions, is_first))
         carry = (start.deterministic.reshape(batch, -1), start.stochastic.reshape(batch, -1))
         _, (deter, stoch, logits, cont) = jax.lax.scan(step, carry, (*time_major, keys))
         deter, stoch, logits, cont = (jnp.swapaxes(x, 0, 1) for x in (deter, stoch, logits, cont))
         return self.state(deter, logits, stoch), cont
+
+    def first_deter(self, params, action_dim: int):
+        """GRU output from the zero state and zero action ``[1, D]``: every reset lands here."""
+        zero = self.initial(params, 1)
+        return self.core(params, zero.deterministic, zero.stochastic, jnp.zeros((1, action_dim), jnp.float32))
+
+    def obs_step(self, params, carry, inputs, first_deter, stochastic=True):
+        """One posterior step, the body of :meth:`observe_scan`.
+
+        Args:
+            carry: ``(deter [B, D], stoch [B, S])`` of the previous step.
+            inputs: ``(token [B, E], prev_action [B, A], is_first [B], key)``.
+            first_deter: :meth:`first_deter`, where resets land.
+
+        Returns:
+            ``(carry, (deter, stoch, logits, cont_deter))``.
+        """
+        deter, stoch = carry
+        token, prev_action, first, step_key = inputs
+        cont = self.core(params, deter, stoch, prev_action)
+        deter = jnp.where(first[:, None], jnp.broadcast_to(first_deter, cont.shape), cont)
+        logits = self.posterior(params, deter, token)
+        stoch = self.sample(logits, step_key, stochastic)
+        return (deter, stoch), (deter, stoch, logits, cont)
 
     def imagine(self, params, start: LatentState, actions, key, stochastic=True):
         """Prior rollout over ``actions`` ``[H, B, A]`` -> states ``[H, B, ...]``."""

@@ -1,0 +1,155 @@
+"""DreamerV3: reference sizes, the scanned posterior, learning and imagination."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from worldloom import ShapeError, create_world_model, get_model_info
+from worldloom.models.base import OptimizerSettings
+from worldloom.models.dreamerv3.config import PRESETS, DreamerV3Config
+from worldloom.models.dreamerv3.losses import DreamerV3Functions
+
+TINY = dict(deter=64, hidden=32, units=32, classes=4, stoch=4, depth=2)
+
+# Reference world-model parameter counts for a 64x64x3 image and 18 discrete
+# actions: the reference totals less a 3-layer policy and a 3-layer critic.
+REFERENCE_COUNTS = {
+    "dreamerv3:size1m": 688_004 - 116_817,
+    "dreamerv3:size12m": 10_498_772 - 792_594 - 853_503,
+    "dreamerv3:size50m": 41_659_284 - 6_437_649,
+    "dreamerv3:size200m": 165_967_124 - 25_457_937,
+}
+
+
+@pytest.mark.parametrize("name,expected", sorted(REFERENCE_COUNTS.items()))
+def test_parameter_counts_match_reference(name, expected):
+    assert expected in (571_187, 8_852_675, 35_221_635, 140_509_187)
+    count = get_model_info(name)["num_parameters"]
+    assert abs(count - expected) / expected < 0.01, (count, expected)
+
+
+def test_size12m_parts_match_reference_split():
+    cfg = DreamerV3Config(**PRESETS["size12m"], obs_shape=(64, 64, 3), action_dim=18, action_type="discrete")
+    shapes = jax.eval_shape(lambda: DreamerV3Functions(cfg).init(jax.random.PRNGKey(0)))
+    parts = {k: sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(v)) for k, v in shapes.items()}
+    assert parts == {"rssm": 5_982_720, "decoder": 1_272_003, "reward": 721_407,
+                     "continue": 656_129, "encoder": 220_416}
+
+
+def test_scanned_observe_equals_python_loop(rng):
+    cfg = DreamerV3Config(**TINY, obs_shape=(5,), action_dim=3)
+    fns = DreamerV3Functions(cfg)
+    params = fns.init(jax.random.PRNGKey(0))
+    batch, length = 2, 6
+    obs = jnp.asarray(rng.normal(size=(batch, length, 5)), jnp.float32)
+    prev_actions = jnp.asarray(rng.uniform(-1, 1, size=(batch, length, 3)), jnp.float32)
+    is_first = jnp.asarray([[0, 0, 1, 0, 0, 0], [0, 0, 0, 0, 1, 0]], bool)
+    key = jax.random.PRNGKey(3)
+    tokens = fns.encode(params, obs)
+    start = fns.initial(params, batch)
+    post, cont = fns.observe_scan(params, tokens, prev_actions, is_first, start, key)
+
+    first = fns.first_deter(params, 3)
+    carry = (start.deterministic, start.stochastic)
+    keys = jax.random.split(key, length)
+    outs = []
+    for t in range(length):
+        carry, out = fns.obs_step(params, carry, (tokens[:, t], prev_actions[:, t], is_first[:, t], keys[t]), first)
+        outs.append(out)
+    deter, stoch, logits, cont_loop = (jnp.stack(x, 1) for x in zip(*outs))
+    np.testing.assert_allclose(post.deterministic, deter, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(post.stochastic, stoch, atol=1e-6)
+    np.testing.assert_allclose(post.logits, logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(cont, cont_loop, rtol=1e-5, atol=1e-5)
+    # Every reset lands on the same deter, whatever came before.
+    np.testing.assert_allclose(post.deterministic[0, 2], post.deterministic[1, 4], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(post.deterministic[0, 2], first[0], rtol=1e-5, atol=1e-6)
+
+
+def _pattern_episodes(rng, episodes, length=8):
+    """obs = one-hot phase (t % 4); reward = action on phase 3 else 0; terminal at the end."""
+    t = np.arange(length)
+    obs = np.broadcast_to(np.eye(4, dtype=np.float32)[t % 4], (episodes, length, 4)).copy()
+    actions = rng.uniform(-1, 1, size=(episodes, length, 1)).astype(np.float32)
+    rewards = np.where(t % 4 == 3, actions[..., 0], 0.0).astype(np.float32)
+    continues = np.ones((episodes, length), np.float32)
+    continues[:, -1] = 0.0
+    is_first = np.zeros((episodes, length), bool)
+    is_first[:, 0] = True
+    return dict(obs=obs, actions=actions, rewards=rewards, continues=continues, is_first=is_first)
+
+
+def test_learns_pattern_and_imagines_its_rewards(rng):
+    model = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=1, seed=0, **TINY)
+    update = model.make_update(OptimizerSettings(learning_rate=3e-3))
+    step = jax.jit(update.step)
+    state = update.init(model.params)
+    key = jax.random.PRNGKey(0)
+    losses = []
+    for _ in range(300):
+        key, sample_key = jax.random.split(key)
+        state, metrics = step(state, _pattern_episodes(rng, 16), sample_key)
+        losses.append(float(metrics["loss"]))
+    assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:5]), (losses[:5], losses[-20:])
+
+    model.load_params(update.params(state)).eval()
+    data = _pattern_episodes(np.random.default_rng(7), 32)
+    post = model.observe(data["obs"][:, :2], data["actions"][:, :2], is_first=data["is_first"][:, :2])
+    actions = jnp.swapaxes(jnp.asarray(data["actions"][:, 1:]), 0, 1)  # [7, B, 1]
+    traj = model.imagine(post[:, 1], actions)
+    true_rewards = data["rewards"][:, 1:].T
+    error = float(jnp.mean(jnp.abs(traj.rewards - true_rewards)))
+    baseline = float(np.mean(np.abs(true_rewards)))
+    assert error < 0.35 * baseline, (error, baseline)
+    # The terminal transition (the episode's last action) is predicted as the end.
+    assert float(jnp.mean(traj.continues[-1])) < 0.3
+    assert float(jnp.mean(traj.continues[:-1])) > 0.8
+
+
+def test_loss_terms_and_shapes(rng):
+    model = create_world_model("dreamerv3:size1m", obs_shape=(3, 2), action_dim=2,
+                               action_type="discrete", **TINY)
+    batch = dict(obs=rng.normal(size=(2, 5, 3, 2)), actions=rng.integers(0, 2, size=(2, 5)),
+                 rewards=rng.normal(size=(2, 5)), continues=np.ones((2, 5)))
+    losses = model.compute_loss(batch)
+    assert set(losses) >= {"loss", "loss/rec", "loss/rew", "loss/con", "loss/dyn", "loss/rep"}
+    assert all(np.isfinite(float(v)) for v in losses.values())
+    # Free bits: the KL terms never go below 1 nat.
+    assert float(losses["loss/dyn"]) >= 1.0 and float(losses["loss/rep"]) >= 1.0
+    # Zero-initialised reward head: exactly zero predictions at initialisation.
+    state = model.encode(batch["obs"][:, 0])
+    assert float(jnp.abs(model.decode(state)["reward"]).max()) == 0.0
+    assert model.decode(state)["obs"].shape == (2, 3, 2)
+
+
+def test_image_observations_uint8_and_float(rng):
+    model = create_world_model("dreamerv3:size1m", obs_shape=(16, 16, 3), action_dim=2, **TINY)
+    images = rng.integers(0, 255, size=(2, 3, 16, 16, 3), dtype=np.uint8)
+    batch = dict(obs=images, actions=rng.uniform(-1, 1, (2, 3, 2)), rewards=np.zeros((2, 3)),
+                 continues=np.ones((2, 3)))
+    as_uint8 = model.eval().compute_loss(batch)
+    as_float = model.compute_loss(dict(batch, obs=images.astype(np.float32) / 255.0))
+    np.testing.assert_allclose(float(as_uint8["loss/rec"]), float(as_float["loss/rec"]), rtol=1e-4)
+    recon = model.decode(model.encode(images[:, 0]))["obs"]
+    assert recon.shape == (2, 16, 16, 3) and float(recon.min()) >= 0.0 and float(recon.max()) <= 1.0
+
+
+def test_bad_shapes_raise_clear_errors():
+    model = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, **TINY)
+    with pytest.raises(ShapeError, match=r"obs: expected shape \[B, 4\], got \[3, 5\]"):
+        model.encode(np.zeros((3, 5)))
+    state = model.encode(np.zeros((3, 4)))
+    with pytest.raises(ShapeError, match="actions: expected shape"):
+        model.imagine(state, np.zeros((15, 3, 5)))
+    with pytest.raises(ShapeError, match="batch lacks 'rewards'"):
+        model.compute_loss(dict(obs=np.zeros((2, 3, 4)), actions=np.zeros((2, 3, 2))))
+
+
+def test_eval_mode_is_deterministic(rng):
+    model = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, **TINY).eval()
+    obs = rng.normal(size=(2, 4))
+    a = model.imagine(model.encode(obs), np.zeros((5, 2, 2)))
+    b = model.imagine(model.encode(obs), np.zeros((5, 2, 2)))
+    np.testing.assert_array_equal(a.rewards, b.rewards)
+    np.testing.assert_array_equal(a.states.features, b.states.features)

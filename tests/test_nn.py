@@ -1,0 +1,138 @@
+"""The numbers DESIGN.md pins, and the layers' defining properties."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from worldloom import nn as wnn
+from worldloom.nn.optim import clip_by_agc, laprop_agc
+
+
+def test_symlog_symexp():
+    assert float(wnn.symlog(10.0)) == pytest.approx(2.3978953, rel=1e-6)
+    assert float(wnn.symexp(2.0)) == pytest.approx(6.3890562, rel=1e-6)
+    x = jnp.array([-1e3, -2.5, 0.0, 0.3, 7.0, 1e4])
+    np.testing.assert_allclose(wnn.symexp(wnn.symlog(x)), x, rtol=1e-5)
+
+
+def test_dreamer_bins():
+    bins = wnn.dreamer_bins()
+    assert bins.shape == (255,)
+    assert float(bins[127]) == 0.0
+    assert float(bins[128]) == pytest.approx(0.17055778, rel=1e-5)
+    assert float(bins[254]) == pytest.approx(4.851652e8, rel=1e-6)
+    np.testing.assert_array_equal(bins, -bins[::-1])
+
+
+def test_dreamer_twohot_of_one():
+    weights = np.asarray(wnn.twohot(jnp.array(1.0), wnn.dreamer_bins()))
+    assert set(np.nonzero(weights)[0]) == {131, 132}
+    assert weights[131] == pytest.approx(0.6173297, rel=1e-5)
+    assert weights[132] == pytest.approx(0.3826703, rel=1e-5)
+    assert weights.sum() == pytest.approx(1.0)
+
+
+def test_twohot_decodes_back():
+    bins = wnn.dreamer_bins()
+    values = jnp.array([-123.4, -1.0, 0.0, 0.5, 1.0, 42.0])
+    encoded = wnn.twohot(values, bins)
+    np.testing.assert_allclose(encoded @ bins, values, rtol=1e-4, atol=1e-6)
+
+
+def test_zero_logits_predict_zero_and_cost_log255():
+    bins = wnn.dreamer_bins()
+    assert float(wnn.twohot_mean(jnp.zeros(255), bins)) == 0.0
+    assert float(wnn.twohot_loss(jnp.zeros(255), jnp.array(0.0), bins)) == pytest.approx(5.5412636, rel=1e-6)
+
+
+def test_unimix():
+    probs = wnn.unimix_probs(jnp.array([2.0, 0.0, -1.0, 0.5]))
+    np.testing.assert_allclose(probs, [0.7054989, 0.0976406, 0.0375003, 0.1593603], rtol=1e-5)
+
+
+def test_straight_through_sample_is_one_hot_with_gradient():
+    probs = wnn.unimix_probs(jnp.array([[1.0, 2.0, 0.5]]))
+    sample = wnn.straight_through_sample(jax.random.PRNGKey(0), probs)
+    np.testing.assert_allclose(jnp.sum(jnp.round(sample), -1), 1.0)
+    grad = jax.grad(lambda p: (wnn.straight_through_sample(jax.random.PRNGKey(0), p) * jnp.arange(3.0)).sum())(probs)
+    np.testing.assert_allclose(grad, [[0.0, 1.0, 2.0]])
+
+
+def test_lambda_return_numbers():
+    returns = wnn.lambda_return(jnp.array([0.0, 1, 1, 1]), jnp.full(4, 0.5), jnp.ones(4), 0.95)
+    np.testing.assert_allclose(returns, [3.3525, 2.45, 1.5], rtol=1e-6)
+
+
+def test_lambda_return_scan_matches_loop(rng):
+    rewards, values = rng.normal(size=(2, 9, 3)).astype(np.float32)
+    continues = (rng.random((9, 3)) > 0.2).astype(np.float32) * 0.99
+    lam = 0.9
+    expected = [values[-1]]
+    for t in reversed(range(8)):
+        expected.append(rewards[t + 1] + continues[t + 1] * ((1 - lam) * values[t + 1] + lam * expected[-1]))
+    expected = np.stack(expected[::-1][:-1])
+    np.testing.assert_allclose(wnn.lambda_return(rewards, values, continues, lam), expected, rtol=1e-5)
+
+
+def test_tdmpc_twohot_of_one():
+    weights = np.asarray(wnn.tdmpc_twohot(jnp.array(1.0)))
+    assert set(np.nonzero(weights)[0]) == {53, 54}
+    assert weights[53] == pytest.approx(0.534264, rel=1e-5)
+    assert weights[54] == pytest.approx(0.465736, rel=1e-5)
+
+
+def test_tdmpc_twohot_round_trip():
+    values = jnp.array([-50.0, -1.0, 0.0, 2.0, 300.0])
+    weights = wnn.tdmpc_twohot(values)
+    decoded = wnn.symexp(weights @ wnn.tdmpc_bins())
+    np.testing.assert_allclose(decoded, values, rtol=1e-4, atol=1e-5)
+    assert float(wnn.tdmpc_twohot_mean(jnp.zeros(101))) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_simnorm():
+    np.testing.assert_allclose(wnn.simnorm(jnp.zeros(16)), 0.125)
+    out = wnn.simnorm(jax.random.normal(jax.random.PRNGKey(0), (3, 32)))
+    np.testing.assert_allclose(out.reshape(3, 4, 8).sum(-1), 1.0, rtol=1e-6)
+
+
+def test_rmsnorm():
+    x = jnp.array([[3.0, -4.0]])
+    out = wnn.RMSNorm().apply({"params": {"scale": jnp.ones(2)}}, x)
+    np.testing.assert_allclose(out, x / np.sqrt(12.5 + 1e-4), rtol=1e-6)
+
+
+def test_block_linear_equals_block_diagonal_dense():
+    layer = wnn.BlockLinear(features=12, blocks=3)
+    x = jax.random.normal(jax.random.PRNGKey(1), (5, 6))
+    params = layer.init(jax.random.PRNGKey(0), x)["params"]
+    kernel = np.asarray(params["kernel"])
+    assert kernel.shape == (3, 2, 4)
+    dense = np.zeros((6, 12), np.float32)
+    for g in range(3):
+        dense[2 * g:2 * g + 2, 4 * g:4 * g + 4] = kernel[g]
+    np.testing.assert_allclose(layer.apply({"params": params}, x), np.asarray(x) @ dense, rtol=1e-5, atol=1e-6)
+
+
+def test_dreamer_init_scale():
+    weights = wnn.dreamer_init()(jax.random.PRNGKey(0), (1024, 512))
+    assert float(jnp.std(weights)) == pytest.approx(1 / np.sqrt(1024), rel=0.02)
+    assert float(jnp.max(jnp.abs(weights))) <= 2 / 0.87962566 / np.sqrt(1024) + 1e-6
+    assert not jnp.any(wnn.dreamer_init(0.0)(jax.random.PRNGKey(0), (4, 4)))
+
+
+def test_agc_clips_relative_to_param_norm():
+    params = {"w": jnp.full((4,), 0.5)}  # norm 1
+    updates = {"w": jnp.full((4,), 5.0)}  # norm 10
+    clipped, _ = clip_by_agc(0.3).update(updates, clip_by_agc(0.3).init(params), params)
+    assert float(jnp.linalg.norm(clipped["w"])) == pytest.approx(0.3, rel=1e-5)
+    small = {"w": jnp.full((4,), 0.01)}
+    kept, _ = clip_by_agc(0.3).update(small, None, params)
+    np.testing.assert_allclose(kept["w"], small["w"])
+
+
+def test_laprop_first_step_is_lr_times_sign():
+    tx = laprop_agc(1e-2, agc=1e9)
+    params = {"w": jnp.array([1.0, -2.0, 3.0])}
+    updates, _ = tx.update({"w": jnp.array([0.5, -0.1, 2.0])}, tx.init(params), params)
+    np.testing.assert_allclose(updates["w"], [-1e-2, 1e-2, -1e-2], rtol=1e-5)
