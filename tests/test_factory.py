@@ -1,0 +1,159 @@
+"""create_world_model: presets, aliases, overrides, devices, save/load."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import worldloom
+from worldloom import (
+    CheckpointError,
+    ConfigError,
+    DeviceError,
+    UnknownModelError,
+    create_world_model,
+    get_model_info,
+    list_models,
+)
+
+TINY = dict(deter=64, hidden=32, units=32, classes=4, stoch=4, depth=2)
+
+
+def test_list_models_names_every_preset():
+    names = list_models()
+    for size in ("size1m", "size12m", "size25m", "size50m", "size100m", "size200m", "size400m"):
+        assert f"dreamerv3:{size}" in names
+    verbose = list_models(verbose=True)
+    assert len(verbose) == len(names)
+    info = next(v for v in verbose if v["name"] == "dreamerv3:size12m")
+    assert info["family"] == "dreamerv3" and "dreamer" in info["aliases"] and info["num_parameters"] > 8_000_000
+
+
+@pytest.mark.parametrize(
+    "alias,preset",
+    [("dreamer", "size12m"), ("dreamerv3", "size12m"), ("dreamer-small", "size1m"),
+     ("dreamer-medium", "size12m"), ("dreamer-large", "size50m"), ("DreamerV3:Size1M", "size1m")],
+)
+def test_aliases(alias, preset):
+    assert get_model_info(alias)["preset"] == preset
+
+
+def test_unknown_preset_names_the_available_ones():
+    with pytest.raises(UnknownModelError) as err:
+        create_world_model("dreamerv3:size3m", obs_shape=(4,), action_dim=2)
+    message = str(err.value)
+    assert "dreamerv3:size12m" in message and "dreamer-small" in message and "size3m" in message
+
+
+def test_overrides_apply_and_unknown_override_is_named():
+    model = create_world_model("dreamer-small", obs_shape=(4,), action_dim=3, action_type="discrete", **TINY)
+    assert model.config.deter == 64 and model.config.action_type == "discrete"
+    with pytest.raises(ConfigError, match="no field 'detr'.*deter"):
+        create_world_model("dreamer-small", obs_shape=(4,), action_dim=3, detr=64)
+    with pytest.raises(ConfigError, match="action_type"):
+        create_world_model("dreamer-small", obs_shape=(4,), action_dim=3, action_type="binary")
+    with pytest.raises(ConfigError, match="obs_shape= and action_dim="):
+        create_world_model("dreamer-small")
+
+
+def test_devices():
+    model = create_world_model("dreamer-small", obs_shape=(4,), action_dim=2, device="cpu", **TINY)
+    assert model.device.platform == "cpu"
+    auto = create_world_model("dreamer-small", obs_shape=(4,), action_dim=2, device="auto", **TINY)
+    assert auto.device == jax.devices()[0]
+    if not any(d.platform == "tpu" for d in jax.devices()):
+        with pytest.raises(DeviceError, match="not available; available: .*cpu"):
+            create_world_model("dreamer-small", obs_shape=(4,), action_dim=2, device="tpu", **TINY)
+    with pytest.raises(DeviceError, match="Unknown device"):
+        create_world_model("dreamer-small", obs_shape=(4,), action_dim=2, device="quantum", **TINY)
+
+
+def test_seed_controls_init():
+    a = create_world_model("dreamer-small", obs_shape=(4,), action_dim=2, seed=1, **TINY)
+    b = create_world_model("dreamer-small", obs_shape=(4,), action_dim=2, seed=1, **TINY)
+    c = create_world_model("dreamer-small", obs_shape=(4,), action_dim=2, seed=2, **TINY)
+    leaves = lambda m: jax.tree_util.tree_leaves(m.params)  # noqa: E731
+    assert all(np.array_equal(x, y) for x, y in zip(leaves(a), leaves(b)))
+    assert not all(np.array_equal(x, y) for x, y in zip(leaves(a), leaves(c)))
+
+
+def test_parameters_views():
+    model = create_world_model("dreamer-small", obs_shape=(4,), action_dim=2, **TINY)
+    total = sum(p.numel() for p in model.parameters())
+    assert total == model.num_parameters() > 0
+    names = dict(model.named_parameters())
+    assert names["rssm.dyn_hidden.kernel"].shape == (8, 64 // 8 + 3 * 32, 64 // 8)
+    assert names["rssm.dyn_gru.kernel"].shape == (8, 64 // 8, 3 * 64 // 8)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = create_world_model("dreamer-small", obs_shape=(4,), action_dim=2, seed=5, **TINY)
+    path = tmp_path / "model"
+    model.save_pretrained(path)
+    return model, path
+
+
+def test_save_load_round_trip_bit_for_bit(saved, tmp_path):
+    model, path = saved
+    assert sorted(os.listdir(tmp_path)) == ["model"]  # no temporary leftovers
+    loaded = create_world_model(str(path))
+    assert loaded.config == model.config and loaded.preset == "size1m"
+    for (name_a, a), (name_b, b) in zip(model.named_parameters(), loaded.named_parameters()):
+        assert name_a == name_b
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    obs = np.random.default_rng(0).normal(size=(2, 4))
+    model.eval(), loaded.eval()
+    np.testing.assert_array_equal(model.decode(model.encode(obs))["obs"], loaded.decode(loaded.encode(obs))["obs"])
+
+
+def test_save_overwrites_atomically(saved):
+    model, path = saved
+    other = create_world_model("dreamer-small", obs_shape=(4,), action_dim=2, seed=9, **TINY)
+    other.save_pretrained(path)
+    loaded = create_world_model(path)
+    np.testing.assert_array_equal(
+        np.asarray(jax.tree_util.tree_leaves(loaded.params)[0]), np.asarray(jax.tree_util.tree_leaves(other.params)[0])
+    )
+    assert sorted(os.listdir(path.parent)) == ["model"]
+
+
+def test_missing_and_corrupt_directories(saved, tmp_path):
+    _, path = saved
+    with pytest.raises(CheckpointError, match="No saved model"):
+        create_world_model(str(tmp_path / "nowhere"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match="no config.json"):
+        create_world_model(str(empty))
+    config = path / "config.json"
+    good = config.read_text()
+    config.write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        create_world_model(str(path))
+    meta = json.loads(good)
+    meta["weights_sha256"] = "0" * 64
+    config.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="checksum"):
+        create_world_model(str(path))
+
+
+def test_truncated_weights_are_an_error(saved):
+    _, path = saved
+    files = sorted(p for p in (path / "weights").rglob("*") if p.is_file() and p.stat().st_size > 64)
+    assert files
+    for file in files:
+        file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    with pytest.raises(CheckpointError):
+        create_world_model(str(path))
+
+
+def test_import_worldloom_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, worldloom; worldloom.list_models(); assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert worldloom.__version__
