@@ -1,0 +1,345 @@
+"""The TD-MPC2 ``WorldModel`` handle."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from worldloom.core.arrays import check_trailing_shape
+from worldloom.core.errors import ShapeError
+from worldloom.core.types import LatentState, Trajectory
+from worldloom.models.base import OptimizerSettings, UpdateFunctions, WorldModel
+from worldloom.models.tdmpc2 import planner
+from worldloom.models.tdmpc2.config import TDMPC2Config
+from worldloom.models.tdmpc2.functions import TDMPC2Functions
+from worldloom.models.tdmpc2.losses import loss_metrics
+from worldloom.models.tdmpc2.scale import running_scale
+from worldloom.models.tdmpc2.update import make_update
+
+
+def _latent_state(z: jax.Array) -> LatentState:
+    return LatentState(deterministic=None, stochastic=z, logits=None, features=z)
+
+
+class _Programs:
+    """The jitted programs of one config, shared by every handle with that config."""
+
+    def __init__(self, config: TDMPC2Config):
+        fns = self.functions = TDMPC2Functions(config)
+        scale = running_scale(config.tau)
+        self.encode = jax.jit(fns.encode)
+        self.next = jax.jit(fns.next)
+        self.imagine = jax.jit(self._imagine)
+        self.heads = jax.jit(self._heads, static_argnames="reduce")
+        self.loss = jax.jit(lambda params, batch, key, train: loss_metrics(fns, scale, params, batch, key, train),
+                            static_argnames="train")
+        self.act = jax.jit(self._act, static_argnames=("eval_mode", "use_policy"))
+
+    def _imagine(self, params, z, actions, task):
+        fns = self.functions
+        zs = fns.rollout(params, z, actions, task)
+        rewards = fns.reward(params, zs[:-1], actions, task)
+        return Trajectory(_latent_state(zs[1:]), actions, rewards, fns.continue_prob(params, zs[1:], task))
+
+    def _heads(self, params, z, action, task, reduce):
+        fns = self.functions
+        if action is None:
+            action = fns.pi_mean(params, z, task)
+        q = fns.q_all(params, z, action, task)
+        q = {"mean": lambda: q.mean(0), "min": lambda: q.min(0), "all": lambda: jnp.moveaxis(q, 0, -1)}[reduce]()
+        return {"reward": fns.reward(params, z, action, task), "q": q, "continue": fns.continue_prob(params, z, task)}
+
+    def _act(self, params, obs, prev_mean, t0, key, task, eval_mode, use_policy):
+        fns = self.functions
+        z = fns.encode(params, obs, task)
+        if use_policy:
+            action = fns.pi_mean(params, z, task) if eval_mode else fns.pi(params, z, key, task)[0]
+            return action, prev_mean
+        keys = jax.random.split(key, obs.shape[0])
+        tasks = task if task is not None else jnp.zeros((obs.shape[0],), jnp.int32)
+
+        def one(z, mean, first, k, task_id):
+            return planner.plan(fns, params, z, mean, first, k, eval_mode, task_id if task is not None else None)
+
+        return jax.vmap(one)(z, prev_mean, t0, keys, tasks)
+
+
+@functools.lru_cache(maxsize=16)
+def _programs(config: TDMPC2Config) -> _Programs:
+    return _Programs(config)
+
+
+class TDMPC2WorldModel(WorldModel):
+    """TD-MPC2's implicit world model, its policy prior and MPPI planner.
+
+    The latent ``z`` is a SimNorm vector; there is no recurrent state and no
+    observation decoder (TD-MPC2 never reconstructs observations), so
+    :meth:`decode` returns reward, Q and continue predictions only.
+
+    Shapes: observations ``[B, *obs_shape]`` (sequences ``[B, T, *obs_shape]``),
+    actions ``[B, A]`` in [-1, 1] (discrete models also take integer indices),
+    imagined actions ``[H, B, A]``. Multitask models take ``task`` ids ``[B]``.
+
+    Example:
+        >>> from worldloom import create_world_model
+        >>> model = create_world_model("tdmpc2:1m", obs_shape=(3,), action_dim=1)
+        >>> state = model.encode(np.zeros((2, 3)))
+        >>> model.imagine(state, np.zeros((3, 2, 1))).rewards.shape
+        (3, 2)
+        >>> action = model.act(np.zeros(3), t0=True)  # MPPI plan, action in [-1, 1]
+    """
+
+    family = "tdmpc2"
+    config: TDMPC2Config
+
+    def __init__(self, config: TDMPC2Config, params, **kwargs):
+        super().__init__(config, params, **kwargs)
+        self.programs = _programs(config)
+        self.functions = self.programs.functions
+        self._plan_mean = None
+
+    @staticmethod
+    def init_params(config: TDMPC2Config, key):
+        return TDMPC2Functions(config).init(key)
+
+    # ------------------------------------------------------------ inputs
+
+    def _obs(self, obs, lead: int):
+        obs = self._put(obs)
+        check_trailing_shape("obs", obs, self.config.obs_shape, min_lead=lead)
+        if obs.ndim != len(self.config.obs_shape) + lead:
+            dims = ", ".join(["B", "T"][:lead] + [str(d) for d in self.config.obs_shape])
+            raise ShapeError(f"obs: expected shape [{dims}], got {list(obs.shape)}.")
+        return obs if obs.dtype == jnp.uint8 else obs.astype(jnp.float32)
+
+    def _actions(self, actions, lead_shape: tuple, names: str):
+        """Actions ``[*lead_shape, A]`` as f32; discrete integer indices ``[*lead_shape]`` become one-hot."""
+        actions = self._put(actions)
+        cfg = self.config
+        if cfg.action_type == "discrete" and jnp.issubdtype(actions.dtype, jnp.integer):
+            if actions.ndim == len(lead_shape) + 1 and actions.shape[-1] == 1:
+                actions = actions[..., 0]
+            if actions.shape == tuple(lead_shape):
+                return jax.nn.one_hot(actions, cfg.action_dim, dtype=jnp.float32)
+        if tuple(actions.shape) != (*lead_shape, cfg.action_dim):
+            want = ", ".join([f"{n}={d}" for n, d in zip(names.split(","), lead_shape)] + [str(cfg.action_dim)])
+            raise ShapeError(f"actions: expected shape [{want}], got {list(actions.shape)}.")
+        return actions.astype(jnp.float32)
+
+    def _z(self, state) -> jax.Array:
+        z = state.features if isinstance(state, LatentState) else self._put(state, jnp.float32)
+        if z.ndim < 1 or z.shape[-1] != self.config.latent_dim:
+            raise ShapeError(f"state: expected latents [..., {self.config.latent_dim}], got {list(z.shape)}.")
+        return z
+
+    def _task(self, task, lead_shape: tuple):
+        if not self.config.multitask:
+            return None
+        if task is None:
+            raise ShapeError(f"This multitask model ({self.config.num_tasks} tasks) needs task ids, got task=None.")
+        ids = np.asarray(task)
+        if not np.issubdtype(ids.dtype, np.integer) or ids.size == 0 or ids.min() < 0 \
+                or ids.max() >= self.config.num_tasks:
+            raise ShapeError(f"task: expected integer ids in [0, {self.config.num_tasks}), got {ids.tolist()}.")
+        try:
+            np.broadcast_to(ids, lead_shape)
+        except ValueError as err:
+            raise ShapeError(f"task: expected shape broadcastable to {list(lead_shape)}, "
+                             f"got {list(ids.shape)}.") from err
+        return self._put(ids.astype(np.int32))
+
+    # ------------------------------------------------------------ protocol
+
+    def initial_state(self, batch_size: int) -> LatentState:
+        """A neutral latent (SimNorm of zeros) ``[batch_size, L]``; real states come from :meth:`encode`."""
+        return _latent_state(self.functions.initial_latent(int(batch_size)))
+
+    def encode(self, obs, task=None) -> LatentState:
+        """Latent of observations ``[B, *obs_shape]`` -> state ``[B, L]`` (``stochastic = features = z``)."""
+        obs = self._obs(obs, 1)
+        return _latent_state(self.programs.encode(self.params, obs, self._task(task, obs.shape[:1])))
+
+    def observe(self, obs, actions=None, is_first=None, state=None, task=None) -> LatentState:
+        """Latents of every step of ``obs`` ``[B, T, *obs_shape]`` -> ``[B, T, L]``.
+
+        TD-MPC2's latent depends on the current observation only, so
+        ``actions``, ``is_first`` and ``state`` do not change the result
+        (``actions`` ``[B, T, A]`` is still checked when given).
+        """
+        del state
+        obs = self._obs(obs, 2)
+        if actions is not None:
+            self._actions(actions, obs.shape[:2], "B,T")
+        if is_first is not None and tuple(np.shape(is_first)) != tuple(obs.shape[:2]):
+            raise ShapeError(f"is_first: expected shape {list(obs.shape[:2])}, got {list(np.shape(is_first))}.")
+        task_ids = self._task(task, obs.shape[:1])
+        if task_ids is not None and task_ids.ndim == 1:
+            task_ids = task_ids[:, None]
+        return _latent_state(self.programs.encode(self.params, obs, task_ids))
+
+    def predict(self, state, action, task=None) -> LatentState:
+        """Latent dynamics: ``state [B, L]``, ``action [B, A]`` -> next state ``[B, L]``."""
+        z = self._z(state)
+        action = self._actions(action, z.shape[:-1], "B")
+        return _latent_state(self.programs.next(self.params, z, action, self._task(task, z.shape[:-1])))
+
+    def imagine(self, state, actions, task=None) -> Trajectory:
+        """Roll the latent dynamics forward under ``actions`` ``[H, B, A]`` (one ``lax.scan``).
+
+        Returns:
+            :class:`Trajectory`: states ``[H, B, L]`` reached after each action,
+            rewards ``[H, B]`` of each action in real units, continue
+            probabilities ``[H, B]`` (ones unless episodic).
+        """
+        z = self._z(state)
+        if z.ndim != 2:
+            raise ShapeError(f"state: expected latents [B, {self.config.latent_dim}], got {list(z.shape)}.")
+        actions = self._put(actions)
+        if actions.ndim < 2:
+            raise ShapeError(f"actions: expected shape [H, B={z.shape[0]}, {self.config.action_dim}], "
+                             f"got {list(actions.shape)}.")
+        actions = self._actions(actions, (actions.shape[0], z.shape[0]), "H,B")
+        return self.programs.imagine(self.params, z, actions, self._task(task, z.shape[:1]))
+
+    def decode(self, state, action=None, task=None) -> dict:
+        """Head predictions of a state ``[..., L]``.
+
+        TD-MPC2 has no observation decoder, so there is no ``"obs"``. Returns
+        ``reward`` and ``q`` (mean over the ensemble) of ``action``, by default
+        the policy prior's mean action, and ``continue``, the probability that
+        the episode goes on in this state (ones unless episodic).
+        """
+        z = self._z(state)
+        if action is not None:
+            action = self._actions(action, z.shape[:-1], "B")
+        return self.programs.heads(self.params, z, action, self._task(task, z.shape[:-1]), reduce="mean")
+
+    def predict_reward(self, state, action, task=None) -> jax.Array:
+        """Reward of taking ``action`` ``[B, A]`` in ``state`` ``[B, L]``, real units ``[B]``."""
+        z = self._z(state)
+        action = self._actions(action, z.shape[:-1], "B")
+        return self.programs.heads(self.params, z, action, self._task(task, z.shape[:-1]), reduce="mean")["reward"]
+
+    def predict_q(self, state, action, task=None, reduce: str = "mean") -> jax.Array:
+        """Q of ``action`` ``[B, A]`` in ``state`` ``[B, L]``: ``reduce`` ``"mean"``/``"min"`` over
+        the ensemble give ``[B]``, ``"all"`` gives ``[B, num_q]``."""
+        if reduce not in ("mean", "min", "all"):
+            raise ValueError(f"reduce must be 'mean', 'min' or 'all', got {reduce!r}.")
+        z = self._z(state)
+        action = self._actions(action, z.shape[:-1], "B")
+        return self.programs.heads(self.params, z, action, self._task(task, z.shape[:-1]), reduce=reduce)["q"]
+
+    # ------------------------------------------------------------ acting
+
+    def act(self, obs, t0=False, eval_mode: bool = False, use_policy: bool = False, prev_plan=None, task=None):
+        """Choose actions by MPPI planning in latent space (or with the policy prior).
+
+        The plan (MPPI mean ``[B, H, A]``) is kept on the handle and shifted to
+        warm-start the next call; ``t0=True`` (per environment: bool or ``[B]``)
+        starts from zeros, as at the start of an episode. The whole plan is one
+        jitted program (iterations in ``lax.scan``, environments in ``vmap``).
+
+        Args:
+            obs: ``[*obs_shape]`` or ``[B, *obs_shape]``.
+            t0: First step of the episode (bool or ``[B]`` bools).
+            eval_mode: No exploration noise (policy: its mean action).
+            use_policy: Act with the policy prior instead of planning.
+            prev_plan: A plan ``[B, H, A]`` to warm-start from instead of the kept one.
+            task: Task ids (multitask models).
+
+        Returns:
+            Actions ``[A]`` or ``[B, A]`` in [-1, 1] (discrete models: indices ``[]`` or ``[B]``).
+        """
+        cfg = self.config
+        obs = self._put(obs)
+        single = obs.ndim == len(cfg.obs_shape)
+        obs = self._obs(obs[None] if single else obs, 1)
+        batch = obs.shape[0]
+        plan_shape = (batch, cfg.horizon, cfg.action_dim)
+        if prev_plan is not None:
+            prev = self._put(prev_plan, jnp.float32)
+            prev = prev[None] if single and prev.ndim == 2 else prev
+            if tuple(prev.shape) != plan_shape:
+                raise ShapeError(f"prev_plan: expected shape {list(plan_shape)}, got {list(prev.shape)}.")
+        elif self._plan_mean is not None and tuple(self._plan_mean.shape) == plan_shape:
+            prev = self._plan_mean
+        else:
+            prev, t0 = jnp.zeros(plan_shape, jnp.float32), True
+        first = jnp.broadcast_to(jnp.asarray(t0, bool), (batch,))
+        task_ids = self._task(task, (batch,))
+        if task_ids is not None:
+            task_ids = jnp.broadcast_to(task_ids, (batch,))
+        action, mean = self.programs.act(self.params, obs, prev, first, self.next_key(), task_ids,
+                                 eval_mode=bool(eval_mode), use_policy=bool(use_policy))
+        if not use_policy:
+            self._plan_mean = mean
+        if cfg.action_type == "discrete":
+            action = jnp.argmax(action, -1)
+        return action[0] if single else action
+
+    @property
+    def plan_mean(self):
+        """The kept MPPI plan ``[B, H, A]`` (None before the first :meth:`act`)."""
+        return self._plan_mean
+
+    def reset_plan(self) -> None:
+        """Forget the kept plan; the next :meth:`act` starts from zeros."""
+        self._plan_mean = None
+
+    # ------------------------------------------------------------ training
+
+    def compute_loss(self, batch, key=None) -> dict:
+        """Loss terms on a ``[B, T, ...]`` batch (T >= 2): ``{"loss", "loss/consistency",
+        "loss/reward", "loss/value", "loss/policy"[, "loss/termination"], ...}`` as f32 scalars.
+
+        The online Q networks stand in for the target networks (the handle
+        holds no training state). Dropout and augmentation follow
+        :meth:`train`/:meth:`eval`.
+        """
+        prepared = self.prepare_batch(batch)
+        key = self.next_key() if key is None else key
+        return self.programs.loss(self.params, prepared, key, train=self.training)
+
+    def prepare_batch(self, batch) -> dict:
+        """Check a ``[B, T, ...]`` batch and move it to the device.
+
+        Keys: ``obs``, ``actions``, ``rewards``, ``continues``; optional
+        ``is_first``, ``terminals`` ``[B, T]`` and ``task`` ``[B]`` (multitask).
+        Integer actions of discrete models become one-hot.
+        """
+        for name in ("obs", "actions", "rewards", "continues"):
+            if name not in batch:
+                raise ShapeError(f"batch lacks {name!r}; expected keys obs, actions, rewards, continues"
+                                 "[, is_first, terminals, task].")
+        obs = self._obs(batch["obs"], 2)
+        lead = tuple(obs.shape[:2])
+        if lead[1] < 2:
+            raise ShapeError(f"obs: TD-MPC2 needs windows of T >= 2 steps, got shape {list(obs.shape)}.")
+        out = {"obs": obs, "actions": self._actions(batch["actions"], lead, "B,T")}
+        for name in ("rewards", "continues", "is_first", "terminals"):
+            if name in batch and batch[name] is not None:
+                value = self._put(batch[name])
+                if tuple(value.shape) != lead:
+                    raise ShapeError(f"{name}: expected shape {list(lead)}, got {list(value.shape)}.")
+                out[name] = value.astype(bool) if name == "is_first" else value.astype(jnp.float32)
+        if self.config.multitask:
+            task = batch.get("task")
+            task = np.asarray(task)[:, 0] if task is not None and np.ndim(task) == 2 else task
+            out["task"] = self._task(task, lead[:1])
+            if out["task"].shape != lead[:1]:
+                raise ShapeError(f"task: expected shape [{lead[0]}], got {list(out['task'].shape)}.")
+        return out
+
+    def make_update(self, settings: OptimizerSettings) -> UpdateFunctions:
+        """TD-MPC2's update: model Adam (encoder lr x ``enc_lr_scale``), policy Adam,
+        target-Q Polyak averaging and the running Q scale, in one pure ``step``."""
+        return make_update(self.functions, settings)
+
+    def to(self, device) -> TDMPC2WorldModel:
+        super().to(device)
+        if self._plan_mean is not None:
+            self._plan_mean = jax.device_put(self._plan_mean, self.device)
+        return self
