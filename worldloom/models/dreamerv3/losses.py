@@ -188,6 +188,11 @@ class DreamerV3Functions:
             ``(loss, metrics)``: the scalar total and a dict with ``loss`` and
             ``loss/<term>`` per term plus entropies, all f32 scalars.
         """
+        total, metrics, _ = self.loss_and_posterior(params, batch, key, stochastic)
+        return total, metrics
+
+    def loss_and_posterior(self, params, batch, key, stochastic=True):
+        """:meth:`loss` plus the posterior states ``[B, T, ...]`` (imagination starts)."""
         cfg = self.config
         obs = batch["obs"]
         actions = batch["actions"].astype(jnp.float32)
@@ -252,4 +257,4 @@ class DreamerV3Functions:
         metrics.update({f"loss/{k}": v.mean() for k, v in losses.items()})
         metrics["prior_entropy"] = categorical_entropy(prior_probs).sum(-1).mean()
         metrics["post_entropy"] = categorical_entropy(post_probs).sum(-1).mean()
-        return total, metrics
+        return total, metrics, post

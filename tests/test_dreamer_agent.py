@@ -1,0 +1,100 @@
+"""DreamerV3 behaviour learning: sizes, returns, normaliser, update, save/load."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from worldloom import create_world_model
+from worldloom.agents import DreamerAgent, DreamerAgentConfig
+from worldloom.agents.dreamer_losses import imagine_with_policy, replay_returns
+from worldloom.agents.dreamer_networks import Actor, Critic, policy_entropy, policy_log_prob, policy_sample
+from worldloom.agents.normalizers import ema_update, percentile_normalizer
+from worldloom.models.base import OptimizerSettings
+
+TINY = dict(deter=64, hidden=32, units=32, classes=4, stoch=4, depth=2)
+
+
+def _count(module, features):
+    shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, features))))
+    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes))
+
+
+def test_actor_critic_sizes_match_reference_size12m():
+    # size12m: features 2048 + 32*16, units 256, 18 discrete actions.
+    assert _count(Actor(18, True, 256), 2560) == 792_594
+    assert _count(Critic(256), 2560) == 853_503
+    assert 8_852_675 + 792_594 + 853_503 == 10_498_772
+
+
+def test_replay_returns_match_python_loop(rng):
+    batch, length, lam, discount = 3, 7, 0.95, 0.997
+    rewards = rng.normal(size=(batch, length)).astype(np.float32)
+    continues = (rng.random((batch, length)) > 0.2).astype(np.float32)
+    is_first = rng.random((batch, length)) > 0.7
+    boot = rng.normal(size=(batch, length)).astype(np.float32)
+    expected = np.zeros((batch, length), np.float32)
+    expected[:, -1] = boot[:, -1]
+    for t in reversed(range(length - 1)):
+        ret = rewards[:, t] + discount * continues[:, t] * ((1 - lam) * boot[:, t + 1] + lam * expected[:, t + 1])
+        expected[:, t] = np.where(is_first[:, t + 1], boot[:, t], ret)
+    got = replay_returns(rewards, continues, is_first, boot, lam, discount)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_percentile_normalizer_and_ema():
+    norm = percentile_normalizer(rate=1.0, limit=1.0)
+    state, low, scale = norm.update(norm.init(), jnp.arange(101.0))
+    assert float(low) == pytest.approx(5.0) and float(scale) == pytest.approx(90.0)
+    _, _, small = norm.update(norm.init(), jnp.zeros(10))
+    assert float(small) == 1.0  # returns smaller than the limit are not scaled up
+    slow = percentile_normalizer(rate=0.01)
+    state, _, _ = slow.update(slow.init(), jnp.arange(101.0))
+    assert float(state.high) == pytest.approx(0.95)
+    np.testing.assert_allclose(ema_update({"w": jnp.zeros(2)}, {"w": jnp.ones(2)}, 0.02)["w"], 0.02)
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_policy_distribution(discrete):
+    raw = jnp.array([[0.3, -0.2, 0.5, 0.1]])
+    action = policy_sample(raw, jax.random.PRNGKey(0), discrete)
+    assert action.shape == ((1, 4) if discrete else (1, 2))
+    log_prob = policy_log_prob(raw, action, discrete)
+    assert np.isfinite(float(log_prob[0])) and np.isfinite(float(policy_entropy(raw, discrete)[0]))
+    if discrete:
+        assert float(action.sum()) == 1.0
+        # unimix keeps every action at least 1%/4 likely
+        assert float(jnp.exp(policy_log_prob(raw, jnp.eye(4)[None, 1], True))[0]) > 0.0025
+
+
+def test_imagination_shapes():
+    wm = create_world_model("dreamer-small", obs_shape=(4,), action_dim=2, action_type="discrete", **TINY)
+    agent = DreamerAgent(wm)
+    start = wm.encode(np.zeros((5, 4)))
+    actor = lambda f: agent.actor_net.apply({"params": agent.behaviour_params["actor"]}, f)  # noqa: E731
+    states, actions = imagine_with_policy(wm.functions, wm.params, actor, start, 4, jax.random.PRNGKey(0), True)
+    assert states.features.shape == (5, 5, wm.config.feature_size) and actions.shape == (5, 5, 2)
+    np.testing.assert_array_equal(states.features[0], start.features)
+
+
+def test_update_runs_and_checkpoint_acts_identically(tmp_path, rng):
+    wm = create_world_model("dreamer-small", obs_shape=(4,), action_dim=2, action_type="discrete", **TINY)
+    agent = DreamerAgent(wm, DreamerAgentConfig(imag_horizon=3), seed=1)
+    update = agent.make_update(OptimizerSettings(learning_rate=1e-3))
+    state = update.init(agent.params)
+    step = jax.jit(update.step, donate_argnums=0)
+    batch = dict(obs=rng.normal(size=(2, 6, 4)).astype("f"), actions=np.eye(2, dtype="f")[rng.integers(0, 2, (2, 6))],
+                 rewards=np.ones((2, 6), "f"), continues=np.ones((2, 6), "f"), is_first=np.eye(6, dtype=bool)[[0, 3]])
+    for i in range(3):
+        state, metrics = step(state, batch, jax.random.PRNGKey(i))
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+    assert {"loss/policy", "loss/value", "loss/repval", "loss/rec", "loss/dyn"} <= set(metrics)
+    agent.load_params(update.params(state))
+    agent.save(tmp_path / "agent")
+    loaded = DreamerAgent.load(tmp_path / "agent")
+    obs = rng.normal(size=(4, 6, 4)).astype("f")
+    agent.reset(4), loaded.reset(4)
+    for t in range(6):
+        key = jax.random.PRNGKey(100 + t)
+        first = np.full(4, t == 0)
+        np.testing.assert_array_equal(agent.act(obs[:, t], first, key=key), loaded.act(obs[:, t], first, key=key))

@@ -1,0 +1,205 @@
+"""``DreamerAgent``: DreamerV3 world model plus actor-critic learned in imagination."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from worldloom.agents.dreamer_losses import DreamerAgentConfig, behaviour_loss
+from worldloom.agents.dreamer_networks import Actor, Critic, policy_sample
+from worldloom.agents.normalizers import ema_update, percentile_normalizer
+from worldloom.core.errors import CheckpointError, ConfigError, ShapeError
+from worldloom.models.base import OptimizerSettings, UpdateFunctions
+from worldloom.models.checkpoint import atomic_directory, restore_pytree, save_pytree
+from worldloom.models.dreamerv3.model import DreamerV3WorldModel
+from worldloom.nn.optim import laprop_agc
+
+sg = jax.lax.stop_gradient
+
+
+class DreamerAgent:
+    """A DreamerV3 agent: world model, actor and critic trained in one jitted update.
+
+    Args:
+        world_model: A :class:`DreamerV3WorldModel` (``create_world_model("dreamerv3:...")``).
+        config: Behaviour hyperparameters.
+        seed: Seeds the actor/critic init and the acting RNG.
+
+    Example:
+        >>> from worldloom import create_world_model
+        >>> wm = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, action_type="discrete")
+        >>> agent = DreamerAgent(wm)
+        >>> agent.reset(3)
+        >>> agent.act(np.zeros((3, 4)), np.ones(3, bool)).shape
+        (3, 2)
+    """
+
+    algo = "dreamerv3"
+
+    def __init__(self, world_model: DreamerV3WorldModel, config: DreamerAgentConfig | None = None, *,
+                 seed: int = 0, behaviour_params=None):
+        if not isinstance(world_model, DreamerV3WorldModel):
+            raise ConfigError(f"DreamerAgent needs a DreamerV3 world model, got {type(world_model).__name__}.")
+        self.world_model = world_model
+        self.config = config or DreamerAgentConfig()
+        wm_cfg = world_model.config
+        self.discrete = wm_cfg.action_type == "discrete"
+        self.actor_net = Actor(wm_cfg.action_dim, self.discrete, wm_cfg.units, self.config.actor_layers,
+                               self.config.actor_outscale)
+        self.critic_net = Critic(wm_cfg.units, self.config.critic_bins, self.config.critic_layers)
+        if behaviour_params is None:
+            behaviour_params = self.init_behaviour(jax.random.PRNGKey(seed + 7))
+        self.behaviour_params = jax.device_put(behaviour_params, world_model.device)
+        self.seed = seed
+        self._key = jax.random.PRNGKey(seed + 11)
+        self._policy_step = jax.jit(self.policy_step, static_argnames="greedy")
+        self._carry = None
+
+    # ------------------------------------------------------------ params
+
+    def init_behaviour(self, key):
+        features = jnp.zeros((1, self.world_model.config.feature_size))
+        actor_key, critic_key = jax.random.split(key)
+        return {"actor": self.actor_net.init(actor_key, features)["params"],
+                "critic": self.critic_net.init(critic_key, features)["params"]}
+
+    @property
+    def params(self) -> dict:
+        """``{"wm", "actor", "critic"}`` params."""
+        return {"wm": self.world_model.params, **self.behaviour_params}
+
+    def load_params(self, params: dict) -> DreamerAgent:
+        self.world_model.load_params(params["wm"])
+        self.behaviour_params = jax.device_put({"actor": params["actor"], "critic": params["critic"]},
+                                               self.world_model.device)
+        return self
+
+    def num_parameters(self) -> int:
+        return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(self.params)))
+
+    # ------------------------------------------------------------ training
+
+    def loss(self, params, slow_critic, retnorm, batch, key):
+        """World-model loss plus behaviour losses; ``(total, (metrics, retnorm))``."""
+        wm_fns = self.world_model.functions
+        wm_key, behaviour_key = jax.random.split(key)
+        wm_loss, wm_metrics, post = wm_fns.loss_and_posterior(params["wm"], batch, wm_key)
+        behaviour, metrics, retnorm = behaviour_loss(
+            self.config, wm_fns, (self.actor_net, self.critic_net), params, slow_critic, retnorm,
+            post, batch, behaviour_key, self.discrete)
+        metrics.update({k if k != "loss" else "loss/world_model": v for k, v in wm_metrics.items()})
+        total = wm_loss + behaviour
+        metrics["loss"] = total
+        return total, (metrics, retnorm)
+
+    def make_update(self, settings: OptimizerSettings) -> UpdateFunctions:
+        """One optimiser (LaProp + AGC) over world model, actor and critic, as the reference."""
+        tx = laprop_agc(settings.schedule(), weight_decay=settings.weight_decay, grad_clip=settings.grad_clip)
+        normalizer = percentile_normalizer(self.config.retnorm_rate, limit=self.config.retnorm_limit)
+        rate = self.config.slow_critic_rate
+
+        def init(params):
+            slow = jax.tree_util.tree_map(jnp.copy, params["critic"])  # own buffers: the state is donated
+            return {"params": params, "opt_state": tx.init(params), "slow_critic": slow,
+                    "retnorm": normalizer.init()}
+
+        def step(state, batch, key):
+            grad_fn = jax.value_and_grad(self.loss, has_aux=True)
+            (_, (metrics, retnorm)), grads = grad_fn(state["params"], state["slow_critic"], state["retnorm"],
+                                                     batch, key)
+            updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+            params = optax.apply_updates(state["params"], updates)
+            slow = ema_update(state["slow_critic"], params["critic"], rate)
+            metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+            return {"params": params, "opt_state": opt_state, "slow_critic": slow, "retnorm": retnorm}, metrics
+
+        return UpdateFunctions(init=init, step=step, params=lambda state: state["params"])
+
+    # ------------------------------------------------------------ acting
+
+    def policy_step(self, params, carry, obs, is_first, key, greedy=False):
+        """One environment step of the policy, pure.
+
+        Args:
+            carry: ``(LatentState [N, ...], prev_action [N, A])``.
+            obs: ``[N, *obs_shape]``; ``is_first``: ``[N]`` bool.
+
+        Returns:
+            ``(carry, action [N, A])``; discrete actions are one-hot.
+        """
+        fns = self.world_model.functions
+        wm = params["wm"]
+        latent, prev_action = carry
+        obs_key, act_key = jax.random.split(key)
+        token = fns.encode(wm, obs)
+        first = fns.first_deter(wm, prev_action.shape[-1])
+        prev_action = jnp.where(is_first[:, None], 0.0, prev_action)
+        inputs = (token, prev_action, is_first, obs_key)
+        _, (deter, stoch, logits, _) = fns.obs_step(
+            wm, (latent.deterministic, latent.stochastic), inputs, first)
+        state = fns.state(deter, logits, stoch)
+        raw = self.actor_net.apply({"params": params["actor"]}, state.features)
+        action = policy_sample(raw, act_key, self.discrete, greedy)
+        return (state, action), action
+
+    def reset(self, num_envs: int) -> None:
+        """Start fresh recurrent states for ``num_envs`` environments."""
+        wm = self.world_model
+        self._carry = (wm.initial_state(num_envs), jnp.zeros((num_envs, wm.config.action_dim)))
+
+    def act(self, obs, is_first, greedy: bool = False, key=None) -> np.ndarray:
+        """Actions ``[N, A]`` for observations ``[N, *obs_shape]`` (one-hot if discrete).
+
+        Continuous actions are clipped to [-1, 1]. ``is_first`` marks the first
+        observation of an episode. Call :meth:`reset` before the first step.
+        """
+        obs = jnp.asarray(obs)
+        shape = tuple(self.world_model.config.obs_shape)
+        if obs.shape[1:] != shape:
+            raise ShapeError(f"obs: expected shape [N, {', '.join(map(str, shape))}], got {list(obs.shape)}.")
+        if self._carry is None or self._carry[1].shape[0] != obs.shape[0]:
+            self.reset(obs.shape[0])
+        if key is None:
+            self._key, key = jax.random.split(self._key)
+        self._carry, action = self._policy_step(self.params, self._carry, obs, jnp.asarray(is_first, bool), key,
+                                                greedy=greedy)
+        action = np.asarray(action)
+        return action if self.discrete else np.clip(action, -1.0, 1.0)
+
+    # ------------------------------------------------------------ save / load
+
+    def save(self, path) -> None:
+        """Write the agent (world model, actor, critic, configs) to ``path`` atomically."""
+        meta = {"format": "worldloom-agent", "algo": self.algo, "config": self.config.to_dict(), "seed": self.seed}
+
+        def fill(tmp: Path) -> None:
+            self.world_model.save_pretrained(tmp / "world_model")
+            save_pytree(self.behaviour_params, tmp / "behaviour")
+            (tmp / "agent.json").write_text(json.dumps(meta, indent=2))
+
+        atomic_directory(Path(path), fill)
+
+    @classmethod
+    def load(cls, path, device=None) -> DreamerAgent:
+        from worldloom.models.checkpoint import load_model
+
+        path = Path(path)
+        try:
+            meta = json.loads((path / "agent.json").read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise CheckpointError(f"No readable agent at {str(path)!r}: {err}") from err
+        if meta.get("algo") != cls.algo:
+            raise CheckpointError(f"{path} holds a {meta.get('algo')!r} agent, expected {cls.algo!r}.")
+        world_model = load_model(path / "world_model", device=device)
+        agent = cls(world_model, DreamerAgentConfig.from_dict(meta["config"]), seed=meta.get("seed", 0))
+        try:
+            behaviour = restore_pytree(path / "behaviour", agent.behaviour_params)
+        except Exception as err:  # noqa: BLE001
+            raise CheckpointError(f"Could not read the behaviour weights at {path / 'behaviour'}: {err}") from err
+        agent.behaviour_params = jax.device_put(behaviour, world_model.device)
+        return agent
