@@ -104,7 +104,8 @@ class DreamerAgent:
         rate = self.config.slow_critic_rate
 
         def init(params):
-            slow = jax.tree_util.tree_map(jnp.copy, params["critic"])  # own buffers: the state is donated
+            params = jax.tree_util.tree_map(jnp.copy, params)  # own buffers: the state is donated
+            slow = jax.tree_util.tree_map(jnp.copy, params["critic"])
             return {"params": params, "opt_state": tx.init(params), "slow_critic": slow,
                     "retnorm": normalizer.init()}
 

@@ -61,6 +61,8 @@ class UpdateFunctions:
     Attributes:
         init: ``init(params) -> state``; the state pytree holds params,
             optimiser state and any other training state (target nets, scales).
+            It owns its buffers (params are copied), so a trainer may donate
+            the state without invalidating the handle's params.
         step: ``step(state, batch, key) -> (state, metrics)``; one update on
             a ``[B, T, ...]`` batch. ``metrics`` maps names to f32 scalars and
             always holds ``"loss"``.

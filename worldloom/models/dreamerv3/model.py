@@ -201,6 +201,7 @@ def make_simple_update(loss_fn, tx: optax.GradientTransformation) -> UpdateFunct
     """Update functions for a model trained by one loss and one optimiser."""
 
     def init(params):
+        params = jax.tree_util.tree_map(jnp.copy, params)  # own buffers: the state is donated
         return {"params": params, "opt_state": tx.init(params)}
 
     def step(state, batch, key):
