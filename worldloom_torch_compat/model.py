@@ -1,0 +1,312 @@
+"""A worldloom world model as a ``torch.nn.Module``.
+
+The JAX handle (``model.jax_model``) does the computing; this module holds
+its params as torch ``nn.Parameter``s and converts at the edge:
+
+- Tensors in and out are torch tensors on the module's device; JAX sees
+  zero-copy DLPack views of them. Image observations are channels first
+  (``[..., C, H, W]``) here and channels last for JAX.
+- The Parameters are the source of truth: before each call they are handed to
+  JAX (zero-copy), so a torch optimiser's steps take effect at once. After
+  JAX-side training (``worldloom_torch_compat.training``) the JAX params are
+  copied back into them. Call :meth:`WorldModel.sync_from_jax` after changing
+  ``jax_model.params`` yourself.
+- With grad mode on, outputs carry a ``grad_fn`` over ``jax.vjp``:
+  ``loss.backward()`` fills ``.grad`` of the Parameters and of float inputs
+  that require grad (continuous actions, float observations, states).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import torch
+from torch import nn
+
+import worldloom
+from worldloom.core.devices import resolve_device
+from worldloom.core.errors import ConfigError, ShapeError
+from worldloom_torch_compat import _params
+from worldloom_torch_compat._autograd import call_jax
+from worldloom_torch_compat._convert import jax_device, torch_device
+from worldloom_torch_compat.types import LatentState, Trajectory, from_jax_types, to_jax_types
+
+
+class WorldModel(nn.Module):
+    """A worldloom world model (DreamerV3, TD-MPC2, ...) as a ``torch.nn.Module``.
+
+    Shapes follow worldloom's: observations ``[B, *obs_shape]`` (sequences
+    ``[B, T, *obs_shape]``, images ``[..., C, H, W]``), actions ``[B, A]``
+    (sequences ``[B, T, A]``, imagined ``[H, B, A]``; discrete models also take
+    integer indices).
+
+    Args:
+        jax_model: The :class:`worldloom.WorldModel` handle to wrap.
+
+    Example:
+        >>> from worldloom_torch_compat import create_world_model
+        >>> model = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, device="cpu")
+        >>> state = model.encode(torch.zeros(3, 4))
+        >>> model.imagine(state, torch.zeros(15, 3, 2)).rewards.shape
+        torch.Size([15, 3])
+    """
+
+    def __init__(self, jax_model: worldloom.WorldModel):
+        super().__init__()
+        if not isinstance(jax_model, worldloom.WorldModel):
+            raise ConfigError(f"WorldModel wraps a worldloom.WorldModel, got {type(jax_model).__name__}.")
+        self.jax_model = jax_model
+        self._treedef = jax.tree_util.tree_structure(jax_model.params)
+        self._paths = _params.register(self, jax_model.params, torch_device(jax_model.device))
+        self.train(jax_model.training)
+
+    # ------------------------------------------------------------ facts
+
+    @property
+    def device(self) -> torch.device:
+        """torch device of the Parameters (and of every output)."""
+        return next(iter(self.parameters())).device
+
+    @property
+    def config(self):
+        """The JAX model's frozen config (``obs_shape`` there is channels last)."""
+        return self.jax_model.config
+
+    @property
+    def family(self) -> str:
+        return self.jax_model.family
+
+    @property
+    def preset(self) -> str | None:
+        return self.jax_model.preset
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.config.obs_shape) == 3
+
+    @property
+    def obs_shape(self) -> tuple:
+        """Observation shape at the torch edge: ``(C, H, W)`` for images."""
+        shape = tuple(self.config.obs_shape)
+        return (shape[2], shape[0], shape[1]) if self.is_image else shape
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.config.action_dim)
+
+    def num_parameters(self) -> int:
+        """Total number of trained parameters (equals ``sum(p.numel() for p in parameters())``)."""
+        return self.jax_model.num_parameters()
+
+    # ------------------------------------------------------------ sync
+
+    def sync_to_jax(self, copy: bool = False) -> worldloom.WorldModel:
+        """Hand the Parameters' current values to the JAX handle and return it.
+
+        Args:
+            copy: Give JAX its own copy instead of zero-copy views (needed
+                before JAX code that donates or keeps the params).
+        """
+        self.jax_model.params = _params.push(self, self._paths, self._treedef, copy=copy)
+        return self.jax_model
+
+    def sync_from_jax(self) -> WorldModel:
+        """Copy the JAX handle's params into the Parameters (after JAX-side training)."""
+        _params.pull(self, self._paths, self.jax_model.params)
+        return self
+
+    # ------------------------------------------------------------ torch module
+
+    def train(self, mode: bool = True) -> WorldModel:
+        """Training mode (stochastic latents); forwarded to the JAX handle."""
+        super().train(mode)
+        self.jax_model.train(mode)
+        return self
+
+    def _apply(self, fn, recurse: bool = True):
+        # .to(), .cuda(), .cpu() and friends move the Parameters; the JAX handle follows.
+        out = super()._apply(fn, recurse)
+        if "_paths" in self.__dict__:
+            self.jax_model.to(jax_device(self.device))
+        return out
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict`` with worldloom errors for a state dict that does not fit.
+
+        Raises:
+            CheckpointError: missing or unexpected keys (when ``strict``).
+            ShapeError: a tensor whose shape differs from the Parameter's.
+        """
+        _params.check_state_dict(self, state_dict, strict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def forward(self, obs, actions, is_first=None, state=None) -> LatentState:
+        """Same as :meth:`observe`: posterior states ``[B, T, ...]`` of a sequence."""
+        return self.observe(obs, actions, is_first=is_first, state=state)
+
+    def __repr__(self) -> str:
+        name = f"{self.family}:{self.preset}" if self.preset else self.family
+        return (f"{type(self).__name__}({name}, params={self.num_parameters():,}, "
+                f"device={self.device}, training={self.training})")
+
+    # ------------------------------------------------------------ edge
+
+    def _call(self, method: str, *args, **kwargs) -> Any:
+        """Run ``jax_model.<method>(*args, **kwargs)`` on torch inputs, differentiably."""
+        handle = self.sync_to_jax()
+        params = jax.tree_util.tree_unflatten(self._treedef, _params.tensors(self, self._paths))
+
+        def run(traced_params, call_args, call_kwargs):
+            if traced_params is None:
+                return getattr(handle, method)(*call_args, **call_kwargs)
+            pushed, handle.params = handle.params, traced_params
+            try:
+                return getattr(handle, method)(*call_args, **call_kwargs)
+            finally:
+                handle.params = pushed
+
+        params = params if torch.is_grad_enabled() else None
+        out = call_jax(run, params, to_jax_types(args), to_jax_types(kwargs), device=self.device)
+        return from_jax_types(out)
+
+    def _obs_in(self, obs, lead: int) -> Any:
+        """Observations as JAX wants them: images channels last ``[..., H, W, C]``."""
+        if not self.is_image or obs is None:
+            return obs
+        obs = torch.as_tensor(obs)
+        if obs.ndim < 3 + lead or tuple(obs.shape[-3:]) != self.obs_shape:
+            dims = ", ".join(["B", "T"][:lead] + [str(d) for d in self.obs_shape])
+            hint = " (channels last; permute to channels first)" if tuple(obs.shape[-3:]) == tuple(
+                self.config.obs_shape) else ""
+            raise ShapeError(f"obs: expected shape [{dims}] (channels first), got {list(obs.shape)}{hint}.")
+        return obs.movedim(-3, -1)
+
+    def _obs_out(self, obs: torch.Tensor) -> torch.Tensor:
+        return obs.movedim(-1, -3) if self.is_image else obs
+
+    # ------------------------------------------------------------ protocol
+
+    def initial_state(self, batch_size: int) -> LatentState:
+        """The model's start state ``[batch_size, ...]``."""
+        return self._call("initial_state", int(batch_size))
+
+    def encode(self, obs) -> LatentState:
+        """Posterior state of a first observation ``[B, *obs_shape]`` -> ``[B, ...]``."""
+        return self._call("encode", self._obs_in(obs, 1))
+
+    def observe(self, obs, actions, is_first=None, state: LatentState | None = None, **kwargs) -> LatentState:
+        """Posterior states of a sequence.
+
+        Args:
+            obs: ``[B, T, *obs_shape]``.
+            actions: ``[B, T, A]``; ``actions[:, t]`` is taken after ``obs[:, t]``.
+            is_first: Optional ``[B, T]`` bool; the state resets there.
+            state: Optional state ``[B, ...]`` before ``obs[:, 0]``.
+            **kwargs: Family-specific extras (DreamerV3: ``prev_action [B, A]``).
+
+        Returns:
+            ``LatentState`` ``[B, T, ...]``.
+        """
+        return self._call("observe", self._obs_in(obs, 2), actions, is_first=is_first, state=state, **kwargs)
+
+    def predict(self, state: LatentState, action) -> LatentState:
+        """One prior step: ``state [B, ...]``, ``action [B, A]`` -> next state ``[B, ...]``."""
+        return self._call("predict", state, action)
+
+    def decode(self, state: LatentState) -> dict:
+        """Heads of a state: ``obs`` (real units; images ``[..., C, H, W]`` in [0, 1]),
+        ``reward`` and ``continue`` ``[...]``."""
+        out = self._call("decode", state)
+        if "obs" in out:
+            out["obs"] = self._obs_out(out["obs"])
+        return out
+
+    def imagine(self, state: LatentState, actions) -> Trajectory:
+        """Roll the prior forward under ``actions`` ``[H, B, A]`` from ``state`` ``[B, ...]``.
+
+        Returns:
+            :class:`Trajectory` with states ``[H, B, ...]``, rewards ``[H, B]``
+            (real units) and continue probabilities ``[H, B]``.
+        """
+        return self._call("imagine", state, actions)
+
+    def compute_loss(self, batch: Mapping[str, Any], key=None) -> dict:
+        """Loss terms on a ``[B, T, ...]`` batch (``obs, actions, rewards, continues``
+        and optionally ``is_first``), as 0-dim tensors: ``{"loss", "loss/rec", ...}``.
+
+        ``compute_loss(batch)["loss"].backward()`` fills the Parameters' ``.grad``.
+        """
+        if not isinstance(batch, Mapping):
+            raise ShapeError(f"batch: expected a dict of [B, T, ...] arrays, got {type(batch).__name__}.")
+        batch = dict(batch)
+        if "obs" in batch:
+            batch["obs"] = self._obs_in(batch["obs"], 2)
+        return self._call("compute_loss", batch, key=key)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write the model (current Parameters) to directory ``path``; load with :func:`create_world_model`."""
+        self.sync_to_jax().save_pretrained(path)
+
+
+# ---------------------------------------------------------------- factory
+
+
+def channels_last(obs_shape: Sequence[int] | None) -> tuple | None:
+    """``(C, H, W)`` -> ``(H, W, C)``; other shapes unchanged.
+
+    Raises:
+        ConfigError: a 3-d shape that looks channels last (``(64, 64, 3)``).
+    """
+    if obs_shape is None:
+        return None
+    shape = tuple(int(d) for d in (obs_shape if isinstance(obs_shape, Sequence) else [obs_shape]))
+    if len(shape) != 3:
+        return shape
+    if shape[0] not in (1, 2, 3, 4) and shape[-1] in (1, 2, 3, 4):
+        raise ConfigError(f"obs_shape: expected an image shape channels first (C, H, W) such as "
+                          f"({shape[-1]}, {shape[0]}, {shape[1]}), got {shape}.")
+    return (shape[1], shape[2], shape[0])
+
+
+def channels_first(obs_shape: Sequence[int]) -> tuple:
+    """``(H, W, C)`` -> ``(C, H, W)``; other shapes unchanged."""
+    shape = tuple(obs_shape)
+    return (shape[2], shape[0], shape[1]) if len(shape) == 3 else shape
+
+
+def _jax_device_name(device) -> str | jax.Device:
+    """The JAX device for ``device``, kept where torch can reach it (no CUDA torch: CPU for "auto")."""
+    name = "auto" if device is None else (device if isinstance(device, jax.Device) else str(device))
+    if name == "auto" and resolve_device("auto").platform == "gpu" and not torch.cuda.is_available():
+        return "cpu"
+    return name
+
+
+def create_world_model(
+    model: str | os.PathLike,
+    obs_shape: Sequence[int] | None = None,
+    action_dim: int | None = None,
+    *,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    **overrides: Any,
+) -> WorldModel:
+    """Create a world model as a ``torch.nn.Module``; arguments as :func:`worldloom.create_world_model`.
+
+    Args:
+        model: A preset (``"dreamerv3:size12m"``), an alias or a ``save_pretrained`` directory.
+        obs_shape: Observation shape; images channels first, ``(C, H, W)``.
+        action_dim: Action size (number of actions when discrete).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device`` or ``"auto"``.
+        seed: Seeds the initial params and the model's RNG.
+        **overrides: Config fields, e.g. ``deter=256``, ``action_type="discrete"``.
+
+    Raises:
+        UnknownModelError, ConfigError, CheckpointError, DeviceError: as worldloom's.
+    """
+    handle = worldloom.create_world_model(model, channels_last(obs_shape), action_dim,
+                                          device=_jax_device_name(device), seed=seed, **overrides)
+    return WorldModel(handle)
