@@ -1,0 +1,335 @@
+"""The replay buffer: a ring of transitions grouped into episodes.
+
+Row ``t`` of an episode holds ``obs_t, action_t, reward_t, done_t``:
+``reward_t`` and ``done_t`` follow ``action_t`` (the spec's collection loop).
+Episodes are written one after another into a ring of ``capacity`` rows.
+When the ring wraps, an episode that is (even partly) overwritten is dropped
+whole, so the retained rows always form one contiguous run of whole episodes
+``[oldest, written)`` in absolute row numbers (row ``a`` lives at slot
+``a % capacity``). A sampled window is ``seq_len`` consecutive rows of that
+run: it may span several episodes (``is_first`` marks where each starts) but
+never reads a dropped row or crosses the write head.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from typing import Any
+
+import numpy as np
+
+from worldloom.core.errors import DataError, ShapeError
+from worldloom.training import _buffer_io
+from worldloom.training._episode import check_episode
+
+BATCH_KEYS = ("obs", "actions", "rewards", "continues", "is_first", "terminals")
+
+
+class ReplayBuffer:
+    """Storage for trajectories, sampled as ``[B, T, ...]`` windows.
+
+    Args:
+        capacity: Maximum number of transitions (rows) held.
+        obs_shape: Shape of one observation, e.g. ``(4,)`` or ``(64, 64, 3)``.
+        action_dim: Size of an action vector (number of actions when discrete).
+        obs_dtype: Storage dtype of observations. ``None``: the dtype of the
+            first episode added (``uint8`` images stay ``uint8``; float64 is
+            stored as float32).
+        seed: Seeds the buffer's own generator used by :meth:`sample`.
+
+    Example:
+        >>> buffer = ReplayBuffer(capacity=1000, obs_shape=(4,), action_dim=2)
+        >>> buffer.add_episode(obs=np.zeros((10, 4)), actions=np.zeros((10, 1), int),
+        ...                    rewards=np.ones(10), dones=np.eye(10)[-1])
+        >>> buffer.sample(batch_size=2, seq_len=5)["obs"].shape
+        (2, 5, 4)
+    """
+
+    def __init__(self, capacity: int, obs_shape, action_dim: int, *, obs_dtype=None, seed: int = 0):
+        capacity = int(capacity)
+        if capacity < 1:
+            raise DataError(f"capacity must be a positive number of transitions, got {capacity}.")
+        self.capacity = capacity
+        self.obs_shape = tuple(int(d) for d in np.atleast_1d(obs_shape))
+        if not self.obs_shape or any(d < 1 for d in self.obs_shape):
+            raise ShapeError(f"obs_shape: expected a tuple of positive sizes, got {obs_shape!r}.")
+        self.action_dim = int(action_dim)
+        if self.action_dim < 1:
+            raise ShapeError(f"action_dim: expected a positive integer, got {action_dim!r}.")
+        self.obs_dtype = None if obs_dtype is None else np.dtype(obs_dtype)
+        self.seed = int(seed)
+        self._rng = np.random.default_rng(self.seed)
+        self._written = 0  # absolute number of rows ever written
+        # Retained episodes, oldest first: (absolute start row, length).
+        self._episodes: collections.deque[tuple[int, int]] = collections.deque()
+        self._final_obs: dict[int, np.ndarray] = {}  # absolute start row -> observation after the episode
+        self._obs = None
+        self._actions = np.zeros((capacity, self.action_dim), np.float32)
+        self._rewards = np.zeros((capacity,), np.float32)
+        self._dones = np.zeros((capacity,), bool)
+        self._terminals = np.zeros((capacity,), bool)
+        self._is_first = np.zeros((capacity,), bool)
+        if self.obs_dtype is not None:
+            self._allocate_obs(self.obs_dtype)
+
+    # ------------------------------------------------------------ accounting
+
+    @property
+    def num_episodes(self) -> int:
+        """Number of whole episodes held."""
+        return len(self._episodes)
+
+    @property
+    def num_transitions(self) -> int:
+        """Number of transitions (rows) held."""
+        return self._written - self._oldest
+
+    def __len__(self) -> int:
+        return self.num_transitions
+
+    @property
+    def _oldest(self) -> int:
+        return self._episodes[0][0] if self._episodes else self._written
+
+    def __repr__(self) -> str:
+        dtype = None if self._obs is None else self._obs.dtype
+        return (f"ReplayBuffer(capacity={self.capacity}, obs_shape={self.obs_shape}, obs_dtype={dtype}, "
+                f"action_dim={self.action_dim}, episodes={self.num_episodes}, "
+                f"transitions={self.num_transitions})")
+
+    # ------------------------------------------------------------ writing
+
+    def _allocate_obs(self, dtype: np.dtype) -> None:
+        self.obs_dtype = np.dtype(dtype)
+        self._obs = np.zeros((self.capacity, *self.obs_shape), self.obs_dtype)
+
+    def add_episode(self, obs, actions, rewards, dones=None, terminated=None, truncated=None, final_obs=None) -> None:
+        """Append one episode of ``T`` transitions.
+
+        Args:
+            obs: ``[T, *obs_shape]``; ``obs[t]`` is seen before ``actions[t]``.
+            actions: ``[T, action_dim]``, or discrete indices ``[T]``/``[T, 1]``
+                (one-hot encoded here when ``action_dim > 1``).
+            rewards: ``[T]``; ``rewards[t]`` follows ``actions[t]``.
+            dones: ``[T]`` bool; the episode ends after this row. Without
+                ``terminated``, a done counts as terminal (continue 0).
+            terminated: Optional ``[T]`` bool: a true terminal (continue 0).
+            truncated: Optional ``[T]`` bool: a time-limit end; the episode
+                stops but the continue stays 1.
+            final_obs: Optional ``[*obs_shape]``: the observation after the last
+                action (kept with the episode, see :meth:`episode`).
+
+        A done before the last row splits the arrays into several episodes.
+
+        Raises:
+            ShapeError: an array of the wrong shape (the message says what was expected).
+            DataError: NaN/inf values, indices out of range, an episode longer than the capacity.
+        """
+        obs_dtype = self.obs_dtype
+        if obs_dtype is None:
+            obs_dtype = np.asarray(obs).dtype
+            obs_dtype = np.dtype(np.float32) if obs_dtype in (np.float64, np.bool_) else obs_dtype
+        episode = check_episode(obs, actions, rewards, dones, terminated, truncated, final_obs,
+                                obs_shape=self.obs_shape, obs_dtype=obs_dtype,
+                                action_dim=self.action_dim)
+        if self._obs is None:
+            self._allocate_obs(obs_dtype)
+        # A done before the last row ends an episode there: write the pieces separately.
+        cuts = np.flatnonzero(episode["dones"][:-1]) + 1
+        bounds = list(zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(episode["rewards"])]])))
+        longest = max(end - start for start, end in bounds)
+        if longest > self.capacity:
+            raise DataError(f"An episode of {longest} transitions does not fit a buffer of capacity {self.capacity}.")
+        for start, end in bounds:
+            last = end == len(episode["rewards"])
+            self._write({k: (v[start:end] if k != "final_obs" else (v if last else None))
+                         for k, v in episode.items()})
+
+    def _write(self, episode: dict[str, Any]) -> None:
+        length = len(episode["rewards"])
+        start = self._written
+        slots = (start + np.arange(length)) % self.capacity
+        self._obs[slots] = episode["obs"]
+        self._actions[slots] = episode["actions"]
+        self._rewards[slots] = episode["rewards"]
+        self._dones[slots] = episode["dones"]
+        self._terminals[slots] = episode["terminals"]
+        self._is_first[slots] = np.arange(length) == 0
+        self._written = start + length
+        self._episodes.append((start, length))
+        if episode.get("final_obs") is not None:
+            self._final_obs[start] = episode["final_obs"]
+        # Drop every episode whose first row has been overwritten.
+        while self._episodes and self._episodes[0][0] < self._written - self.capacity:
+            dropped, _ = self._episodes.popleft()
+            self._final_obs.pop(dropped, None)
+
+    # ------------------------------------------------------------ reading
+
+    def episode(self, index: int) -> dict[str, np.ndarray]:
+        """One held episode (``index`` 0 is the oldest, -1 the newest).
+
+        Returns:
+            ``obs [T, *obs_shape]``, ``actions [T, A]``, ``rewards [T]``,
+            ``dones [T]``, ``terminals [T]`` and ``final_obs`` (or None).
+        """
+        count = len(self._episodes)
+        if not -count <= index < count:
+            raise DataError(f"episode index {index} out of range for a buffer holding {count} episodes.")
+        start, length = self._episodes[index]
+        slots = (start + np.arange(length)) % self.capacity
+        return {
+            "obs": self._obs[slots], "actions": self._actions[slots], "rewards": self._rewards[slots],
+            "dones": self._dones[slots], "terminals": self._terminals[slots],
+            "final_obs": self._final_obs.get(start),
+        }
+
+    def episode_bounds(self) -> np.ndarray:
+        """``[num_episodes, 2]`` absolute ``(start, end)`` rows of the held episodes, oldest first."""
+        if not self._episodes:
+            return np.zeros((0, 2), np.int64)
+        starts = np.fromiter((s for s, _ in self._episodes), np.int64, len(self._episodes))
+        lengths = np.fromiter((n for _, n in self._episodes), np.int64, len(self._episodes))
+        return np.stack([starts, starts + lengths], 1)
+
+    def segments(self) -> np.ndarray:
+        """``[1, 2]``: the contiguous run of held rows ``(oldest, written)``."""
+        return np.array([[self._oldest, self._written]], np.int64)
+
+    def window_rows(self, rng: np.random.Generator, batch_size: int, seq_len: int,
+                    segments: np.ndarray | None = None, lead: tuple = ()) -> np.ndarray:
+        """Absolute rows of ``[*lead, batch_size, seq_len]`` windows, uniform over valid starts.
+
+        Args:
+            rng: The generator to draw window starts from.
+            segments: ``[S, 2]`` absolute ``(start, end)`` runs a window must lie
+                in; defaults to all held rows.
+            lead: Extra leading axes (e.g. ``(K,)`` for K batches at once).
+
+        Raises:
+            DataError: no run holds ``seq_len`` rows.
+        """
+        segments = self.segments() if segments is None else np.asarray(segments, np.int64)
+        counts = np.maximum(segments[:, 1] - segments[:, 0] - seq_len + 1, 0)
+        total = int(counts.sum())
+        if total <= 0:
+            longest = int((segments[:, 1] - segments[:, 0]).max(initial=0))
+            raise DataError(f"Cannot sample windows of seq_len={seq_len}: the buffer holds "
+                            f"{self.num_transitions} transitions and the longest usable run is {longest}; "
+                            f"add more episodes or lower seq_len.")
+        cumulative = np.cumsum(counts)
+        draws = rng.integers(0, total, size=(*lead, batch_size))
+        segment = np.searchsorted(cumulative, draws, side="right")
+        starts = segments[segment, 0] + draws - (cumulative[segment] - counts[segment])
+        return starts[..., None] + np.arange(seq_len)
+
+    def gather(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The batch at absolute ``rows`` ``[..., T]`` (fancy indexing, one pass per field).
+
+        Returns:
+            ``obs [..., T, *obs_shape]`` (storage dtype), ``actions [..., T, A]``
+            f32, ``rewards``/``continues [..., T]`` f32, ``is_first``/``terminals``
+            ``[..., T]`` bool. Row 0 of every window is not forced to be first.
+        """
+        slots = rows % self.capacity
+        terminals = self._terminals[slots]
+        return {
+            "obs": self._obs[slots],
+            "actions": self._actions[slots],
+            "rewards": self._rewards[slots],
+            "continues": (~terminals).astype(np.float32),
+            "is_first": self._is_first[slots],
+            "terminals": terminals,
+        }
+
+    def sample(self, batch_size: int, seq_len: int, device=None) -> dict:
+        """Sample ``batch_size`` windows of ``seq_len`` consecutive transitions.
+
+        Args:
+            batch_size: ``B``.
+            seq_len: ``T``. Windows may span episodes; ``is_first`` marks starts.
+            device: ``None`` gives NumPy arrays; ``"cpu"``, ``"cuda"``, ... give
+                JAX arrays on that device.
+
+        Returns:
+            ``obs [B, T, *obs_shape]``, ``actions [B, T, A]`` f32, ``rewards
+            [B, T]`` f32, ``continues [B, T]`` f32 (``1 - terminal``),
+            ``is_first [B, T]`` bool, ``terminals [B, T]`` bool.
+
+        Raises:
+            DataError: fewer than ``seq_len`` transitions held.
+            DeviceError: ``device`` is not present.
+        """
+        batch_size, seq_len = int(batch_size), int(seq_len)
+        if batch_size < 1 or seq_len < 1:
+            raise DataError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}.")
+        batch = self.gather(self.window_rows(self._rng, batch_size, seq_len))
+        if device is None:
+            return batch
+        import jax
+
+        from worldloom.core.devices import resolve_device
+
+        return jax.device_put(batch, resolve_device(device))
+
+    # ------------------------------------------------------------ files
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Held rows oldest first plus episode lengths and settings (what :meth:`save` writes)."""
+        rows = np.arange(self._oldest, self._written)
+        slots = rows % self.capacity
+        obs = self._obs[slots] if self._obs is not None else np.zeros((0, *self.obs_shape), np.float32)
+        starts = [s for s, _ in self._episodes if s in self._final_obs]
+        final_obs = (np.stack([self._final_obs[s] for s in starts]) if starts
+                     else np.zeros((0, *self.obs_shape), obs.dtype))
+        return {
+            "obs": obs, "actions": self._actions[slots], "rewards": self._rewards[slots],
+            "dones": self._dones[slots], "terminals": self._terminals[slots],
+            "episode_lengths": np.array([n for _, n in self._episodes], np.int64),
+            "final_obs": final_obs,
+            "final_obs_episode": np.array([i for i, (s, _) in enumerate(self._episodes) if s in self._final_obs],
+                                          np.int64),
+            "capacity": np.array(self.capacity, np.int64),
+            "obs_shape": np.array(self.obs_shape, np.int64),
+            "action_dim": np.array(self.action_dim, np.int64),
+            "seed": np.array(self.seed, np.int64),
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the buffer to ``path`` (``.npz``) atomically (temp name + ``os.replace``).
+
+        Keys: ``obs, actions, rewards, dones`` ``[N, ...]`` (held rows, oldest
+        first), ``terminals``, ``episode_lengths``, ``final_obs``,
+        ``final_obs_episode``, ``capacity``, ``obs_shape``, ``action_dim``, ``seed``.
+        """
+        _buffer_io.write_npz(path, self.state_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, capacity: int | None = None, obs_shape=None,
+             action_dim: int | None = None, seed: int | None = None) -> ReplayBuffer:
+        """Read a buffer written by :meth:`save` (or any npz with ``obs, actions, rewards, dones``).
+
+        Args:
+            path: The ``.npz`` file.
+            capacity: Capacity of the new buffer (default: the saved one, at
+                least the number of saved transitions).
+            obs_shape, action_dim: If given, the file must match them.
+            seed: Seed of the new buffer's generator (default: the saved one).
+
+        Raises:
+            CheckpointError: a missing, unreadable or corrupt file.
+            DataError: arrays of inconsistent lengths, or shapes other than requested.
+        """
+        data = _buffer_io.read_npz(path, obs_shape=obs_shape, action_dim=action_dim)
+        saved_capacity = int(data.get("capacity", len(data["rewards"])))
+        capacity = max(saved_capacity, len(data["rewards"]), 1) if capacity is None else int(capacity)
+        seed = int(data.get("seed", 0)) if seed is None else int(seed)
+        buffer = cls(capacity, data["obs"].shape[1:], data["actions"].shape[1], obs_dtype=data["obs"].dtype,
+                     seed=seed)
+        final = dict(zip(data["final_obs_episode"].tolist(), data["final_obs"]))
+        for index, (start, end) in enumerate(_buffer_io.episode_ranges(data)):
+            buffer.add_episode(data["obs"][start:end], data["actions"][start:end], data["rewards"][start:end],
+                               dones=data["dones"][start:end], terminated=data["terminals"][start:end],
+                               final_obs=final.get(index))
+        return buffer
