@@ -1,0 +1,131 @@
+"""``TrainingConfig``: what a training run does, as a frozen dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from worldloom.core.config import ConfigBase, require
+from worldloom.models.base import OptimizerSettings
+
+_DEVICE_KINDS = ("auto", "cpu", "cuda", "gpu", "rocm", "tpu")
+
+# The papers' optimiser settings, per model family.
+REFERENCE_SETTINGS: dict[str, dict[str, Any]] = {
+    # DreamerV3: LaProp + AGC 0.3 (inside the model's optimiser), lr 4e-5, 1000 warm-up updates,
+    # no global-norm clip.
+    "dreamerv3": dict(learning_rate=4e-5, warmup_steps=1000, grad_clip=0.0, weight_decay=0.0),
+    # TD-MPC2: Adam lr 3e-4 (encoder x0.3, inside the model), grad-norm clip 20, no warm-up.
+    "tdmpc2": dict(learning_rate=3e-4, warmup_steps=0, grad_clip=20.0, weight_decay=0.0),
+}
+
+_INT_FIELDS = ("total_steps", "batch_size", "sequence_length", "warmup_steps", "log_interval", "eval_interval",
+               "save_interval", "seed", "steps_per_dispatch", "eval_batches", "prefetch")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig(ConfigBase):
+    """Configuration of a training run (the spec's fields first, then extensions).
+
+    Example:
+        >>> config = TrainingConfig(total_steps=10_000, learning_rate=1e-4)
+        >>> TrainingConfig.reference("dreamerv3").learning_rate
+        4e-05
+    """
+
+    total_steps: int = 50_000
+    """Total number of updates (one batch each)."""
+    batch_size: int = 16
+    """Windows per batch (``B``)."""
+    sequence_length: int = 50
+    """Transitions per window (``T``), the length of backpropagation through time."""
+    learning_rate: float = 3e-4
+    """Peak learning rate of the model's optimiser."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay (L2 regularisation); 0 disables it."""
+    grad_clip: float = 100.0
+    """Global gradient-norm clip; 0 disables it."""
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up from 0 over this many updates."""
+    log_interval: int = 1000
+    """Updates between log writes of :class:`LoggingCallback` (0: only at the end)."""
+    eval_interval: int = 5000
+    """Updates between evaluations on held-out windows (0 disables evaluation)."""
+    save_interval: int = 10000
+    """Updates between checkpoints written to ``checkpoint_dir`` (0: only at the end)."""
+    device: str = "cuda"
+    """Training device; an absent device falls back to the best available one with a warning."""
+    seed: int = 42
+    """Seeds replay sampling, the update keys and the held-out split: same seed, same run."""
+    steps_per_dispatch: int = 10
+    """Updates per jitted call (``lax.scan`` over pre-sampled batches)."""
+    eval_fraction: float = 0.05
+    """Share of the buffer's transitions (newest whole episodes) held out for evaluation."""
+    eval_batches: int = 4
+    """Held-out batches averaged per evaluation."""
+    checkpoint_dir: str | None = None
+    """If set, checkpoints go here every ``save_interval`` updates, at the end and on Ctrl-C."""
+    keep_checkpoints: int = 3
+    """Checkpoints kept in ``checkpoint_dir`` (the newest)."""
+    prefetch: int = 2
+    """Chunks of batches sampled ahead on a background thread."""
+
+    def __post_init__(self) -> None:
+        for name in _INT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, float) and value.is_integer():
+                object.__setattr__(self, name, int(value))
+        if self.checkpoint_dir is not None:
+            object.__setattr__(self, "checkpoint_dir", str(self.checkpoint_dir))
+        super().__post_init__()
+
+    def validate(self) -> None:
+        for name in _INT_FIELDS:
+            value = getattr(self, name)
+            require(isinstance(value, int) and not isinstance(value, bool),
+                    f"{name} must be an integer, got {value!r}.")
+        for name in ("total_steps", "batch_size", "sequence_length", "steps_per_dispatch", "eval_batches",
+                     "prefetch", "keep_checkpoints"):
+            require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}.")
+        for name in ("warmup_steps", "log_interval", "eval_interval", "save_interval"):
+            require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}.")
+        require(0.0 <= self.eval_fraction < 1.0, f"eval_fraction must be in [0, 1), got {self.eval_fraction}.")
+        require(isinstance(self.device, str) and self.device.split(":")[0].strip().lower() in _DEVICE_KINDS,
+                f"device must be one of {', '.join(_DEVICE_KINDS)} (optionally ':index'), got {self.device!r}.")
+        # The optimiser fields are checked where they are used.
+        self.optimizer_settings()
+
+    def optimizer_settings(self) -> OptimizerSettings:
+        """The optimiser fields as the models' :class:`OptimizerSettings`."""
+        return OptimizerSettings(learning_rate=float(self.learning_rate), weight_decay=float(self.weight_decay),
+                                 grad_clip=float(self.grad_clip or 0.0), warmup_steps=int(self.warmup_steps))
+
+    @classmethod
+    def reference(cls, family, **overrides: Any) -> TrainingConfig:
+        """The papers' optimiser settings for a model family.
+
+        Args:
+            family: ``"dreamerv3"`` or ``"tdmpc2"``, a preset name such as
+                ``"dreamerv3:size12m"``, or a ``WorldModel``.
+            **overrides: Any other field.
+
+        Returns:
+            DreamerV3: lr 4e-5 with 1000 warm-up updates and no global clip
+            (its optimiser clips adaptively); TD-MPC2: lr 3e-4, grad clip 20.
+        """
+        name = getattr(family, "family", family)
+        key = str(name).split(":")[0].strip().lower()
+        if key not in REFERENCE_SETTINGS:
+            from worldloom.core import registry
+            from worldloom.core.errors import UnknownModelError
+
+            try:
+                key = registry.resolve(str(name))[0].name
+            except UnknownModelError:
+                pass
+        require(key in REFERENCE_SETTINGS,
+                f"No reference settings for {name!r}; expected one of {sorted(REFERENCE_SETTINGS)}.")
+        values = dict(REFERENCE_SETTINGS[key])
+        values.update(overrides)
+        base = cls()
+        return base.replace(**values)

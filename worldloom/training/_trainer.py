@@ -1,0 +1,341 @@
+"""The trainer: jitted multi-update dispatches over prefetched replay windows."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from worldloom.core.devices import device_name, resolve_device
+from worldloom.core.errors import CheckpointError, ConfigError, DeviceError, ShapeError
+from worldloom.models.base import WorldModel
+from worldloom.training import _checkpoint
+from worldloom.training._buffer import ReplayBuffer
+from worldloom.training._config import TrainingConfig
+from worldloom.training._sampling import Prefetcher, WindowSampler, chunk_plan, split_segments
+from worldloom.training._step import StepProgram, step_program
+from worldloom.training.callbacks import Callback, CheckpointCallback, ProgressCallback
+
+_TRAIN_STREAM, _EVAL_STREAM = 0, 1
+# Fields that change what a resumed run computes.
+_RUN_FIELDS = ("batch_size", "sequence_length", "learning_rate", "weight_decay", "grad_clip", "warmup_steps",
+               "seed", "eval_fraction")
+
+
+def training_device(name: str) -> jax.Device:
+    """The device named ``name``, or the best present one (with a warning) when it is absent."""
+    try:
+        return resolve_device(name)
+    except DeviceError as err:
+        fallback = resolve_device("auto")
+        warnings.warn(f"TrainingConfig.device={name!r} is not available ({err}); training on "
+                      f"{device_name(fallback)} instead.", RuntimeWarning, stacklevel=3)
+        return fallback
+
+
+@contextlib.contextmanager
+def _interrupt_guard():
+    """Turn the first Ctrl-C into a request to stop after the current dispatch."""
+    request = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if request["stop"]:
+            raise KeyboardInterrupt
+        request["stop"] = True
+        print("\nStopping after the current dispatch (a checkpoint is saved if one is configured); "
+              "press Ctrl-C again to abort.", file=sys.stderr)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield request
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _copy(tree):
+    return jax.tree_util.tree_map(jnp.copy, tree)
+
+
+class Trainer:
+    """Trains a world model on a replay buffer.
+
+    Each dispatch runs ``steps_per_dispatch`` updates in one jitted call
+    (``lax.scan`` over batches sampled ahead on a background thread); the
+    train state is donated. Callbacks see every update's losses.
+
+    Args:
+        model: The ``WorldModel`` to train; it receives the trained params.
+        config: A :class:`TrainingConfig` (default: ``TrainingConfig()``).
+        callbacks: Initial callbacks.
+        resume_from: A checkpoint directory (or one ``step_<N>`` in it) to
+            continue from.
+
+    Attributes:
+        step: Updates done (the step of ``state``).
+        state: The train state pytree (params, optimiser state, ...).
+        stop_training: Set by a callback to stop after the current dispatch.
+        interrupted: Whether the last run was stopped by Ctrl-C.
+        last_losses: Losses of the last update; ``eval_history``: ``[(step, metrics)]``.
+    """
+
+    def __init__(self, model: WorldModel, config: TrainingConfig | None = None, callbacks=(), *,
+                 resume_from=None):
+        if config is None:
+            config = TrainingConfig()
+        if not isinstance(config, TrainingConfig):
+            raise ConfigError(f"config must be a TrainingConfig, got {type(config).__name__}.")
+        if not isinstance(model, WorldModel):
+            raise ConfigError(f"model must be a WorldModel (from create_world_model), got {type(model).__name__}.")
+        self.model, self.config = model, config
+        self.callbacks: list[Callback] = []
+        for callback in callbacks:
+            self.add_callback(callback)
+        self.resume_from = resume_from
+        self.step = 0
+        self.state = None
+        self.stop_training = False
+        self.interrupted = False
+        self.last_losses: dict[str, float] = {}
+        self.eval_history: list[tuple[int, dict[str, float]]] = []
+        self.device = None
+        self.program: StepProgram | None = None
+        self._run: dict[str, Any] = {}
+
+    def add_callback(self, callback: Callback) -> None:
+        """Add a callback (an instance of :class:`~worldloom.training.callbacks.Callback`)."""
+        if not isinstance(callback, Callback):
+            raise ConfigError(f"add_callback expects a Callback instance, got {type(callback).__name__}.")
+        self.callbacks.append(callback)
+
+    # ------------------------------------------------------------ setup
+
+    def _check_buffer(self, buffer: ReplayBuffer) -> None:
+        if not isinstance(buffer, ReplayBuffer):
+            raise ConfigError(f"train() expects a ReplayBuffer, got {type(buffer).__name__}.")
+        cfg = self.model.config
+        obs_shape, action_dim = tuple(getattr(cfg, "obs_shape", buffer.obs_shape)), getattr(cfg, "action_dim", None)
+        if tuple(buffer.obs_shape) != obs_shape:
+            raise ShapeError(f"The buffer holds observations of shape {list(buffer.obs_shape)}; the model expects "
+                             f"{list(obs_shape)}.")
+        if action_dim is not None and buffer.action_dim != action_dim:
+            raise ShapeError(f"The buffer holds actions of size {buffer.action_dim}; the model expects {action_dim}.")
+
+    def _layout(self, buffer: ReplayBuffer, segments) -> dict[str, np.dtype]:
+        """Keys and dtypes of the batches the model takes, from one checked probe batch."""
+        cfg = self.config
+        rows = buffer.window_rows(np.random.default_rng(0), cfg.batch_size, cfg.sequence_length, segments)
+        probe = buffer.gather(rows)
+        prepared = self.model.prepare_batch(probe)
+        layout = {}
+        for key, value in prepared.items():
+            if key not in probe or tuple(value.shape) != probe[key].shape:
+                raise ShapeError(f"The model's prepare_batch turns {key!r} into shape {list(value.shape)}; the "
+                                 "trainer feeds replay arrays unchanged and expects the buffer's shapes.")
+            layout[key] = np.dtype(value.dtype)
+        return layout
+
+    def _run_callbacks(self) -> list[Callback]:
+        callbacks = list(self.callbacks)
+        directory = self.config.checkpoint_dir
+        if directory and not any(isinstance(c, CheckpointCallback) and c.save_dir == Path(directory)
+                                 for c in callbacks):
+            callbacks.append(CheckpointCallback(directory, save_every=self.config.save_interval or None,
+                                                keep_last=self.config.keep_checkpoints))
+        return callbacks
+
+    def _resume_source(self, resume: bool, callbacks: list[Callback]) -> Path | None:
+        if self.resume_from is not None:
+            return _checkpoint.find_checkpoint(self.resume_from)
+        if not resume:
+            return None
+        dirs = [c.save_dir for c in callbacks if isinstance(c, CheckpointCallback)]
+        if not dirs:
+            raise ConfigError("train(resume=True) needs a checkpoint directory: set TrainingConfig.checkpoint_dir, "
+                              "add a CheckpointCallback or pass Trainer(resume_from=...).")
+        found = _checkpoint.list_checkpoints(dirs[0])
+        return found[-1][1] if found else None
+
+    def _restore(self, source: Path, fresh_shapes, key) -> tuple[Any, jax.Array, int, int]:
+        like = {"train_state": fresh_shapes, "key": key}
+        meta = _checkpoint.read_meta(_checkpoint.find_checkpoint(source))
+        model = self.model
+        if meta.get("family") != model.family or meta.get("model_config") != model.config.to_dict():
+            raise CheckpointError(f"The checkpoint at {source} was written for a {meta.get('family')} model with "
+                                  f"config {meta.get('model_config')}; this model is {model.family} with "
+                                  f"{model.config.to_dict()}.")
+        saved = meta.get("training_config", {})
+        changed = [f for f in _RUN_FIELDS if f in saved and saved[f] != getattr(self.config, f)]
+        if changed:
+            warnings.warn(f"Resuming from {source} with different {changed} than the checkpoint's run; the "
+                          "result will differ from an uninterrupted run.", RuntimeWarning, stacklevel=3)
+        tree, meta = _checkpoint.load_checkpoint(source, like)
+        sampler = meta.get("sampler", {})
+        return tree["train_state"], tree["key"], int(meta["step"]), int(sampler.get("seed", self.config.seed))
+
+    # ------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, directory, keep_last: int | None = None) -> Path:
+        """Save the train state at :attr:`step` to ``directory/step_<N>`` (see ``CheckpointCallback``)."""
+        if self.state is None:
+            raise CheckpointError("No train state to save yet: call train() first.")
+        model, run = self.model, self._run
+        meta = {
+            "family": model.family, "preset": model.preset, "model_config": model.config.to_dict(),
+            "training_config": self.config.to_dict(),
+            "sampler": {"kind": "per-step", "seed": run["seed"], "next_step": self.step},
+            "data": {"num_transitions": run["num_transitions"], "train_segments": run["train_segments"],
+                     "eval_segments": run["eval_segments"]},
+        }
+        return _checkpoint.save_checkpoint(directory, self.step, {"train_state": self.state, "key": run["key"]},
+                                           meta, keep_last)
+
+    # ------------------------------------------------------------ training
+
+    def train(self, buffer: ReplayBuffer, resume: bool = False) -> WorldModel:
+        """Run ``config.total_steps`` updates (fewer when resuming) and return the model.
+
+        Each call starts from the model's current params with a fresh optimiser
+        state, unless it resumes from a checkpoint (``resume_from`` or
+        ``resume=True`` with a checkpoint directory configured). Ctrl-C stops
+        after the current dispatch: checkpoints are saved and the model
+        (trained so far) is returned, with :attr:`interrupted` set.
+
+        Returns:
+            The same model handle, holding the trained params.
+        """
+        config = self.config
+        self._check_buffer(buffer)
+        self.device = training_device(config.device)
+        model = self.model.to(self.device)
+        callbacks = self._run_callbacks()
+        program = self.program = step_program(model, config.optimizer_settings(), config.steps_per_dispatch)
+        eval_on = config.eval_interval > 0
+        train_segments, eval_segments = split_segments(buffer, config.eval_fraction if eval_on else 0.0,
+                                                       config.sequence_length)
+        if eval_on and eval_segments is None and config.eval_fraction > 0:
+            warnings.warn(f"Evaluation is off: the buffer ({buffer.num_transitions} transitions in "
+                          f"{buffer.num_episodes} episodes) is too small to hold out whole episodes and keep "
+                          f"sequence_length={config.sequence_length} for training.", RuntimeWarning, stacklevel=2)
+        layout = self._layout(buffer, train_segments)
+
+        key, seed = jax.random.PRNGKey(config.seed), config.seed
+        source = self._resume_source(resume, callbacks)
+        if source is not None:
+            shapes = jax.eval_shape(program.update.init, model.params)
+            state, key, self.step, seed = self._restore(source, shapes, key)
+        else:
+            state, self.step = program.update.init(_copy(model.params)), 0
+        # Committed on the device, so every dispatch hits the same executable.
+        self.state, key = jax.device_put((state, key), self.device)
+        train_key, eval_key = jax.random.split(key)
+        self._run = {"key": key, "seed": seed, "num_transitions": buffer.num_transitions,
+                     "train_segments": train_segments.tolist(),
+                     "eval_segments": None if eval_segments is None else eval_segments.tolist()}
+
+        slots = config.steps_per_dispatch
+        sampler = WindowSampler(buffer, config.batch_size, config.sequence_length, seed, train_segments, layout,
+                                slots, self.device)
+        eval_chunks = []
+        if eval_segments is not None:
+            eval_sampler = WindowSampler(buffer, config.batch_size, config.sequence_length, seed, eval_segments,
+                                         layout, slots, self.device)
+            eval_chunks = eval_sampler.fixed_chunks(config.eval_batches, _EVAL_STREAM)
+        intervals = [c.sync_interval() for c in callbacks] + [config.eval_interval if eval_chunks else 0]
+        plan = chunk_plan(self.step, config.total_steps, slots, intervals)
+        schedule = config.optimizer_settings().schedule()
+
+        self.stop_training = self.interrupted = False
+        self.eval_history, last_eval = [], None
+        for callback in callbacks:
+            callback.on_train_begin(self)
+        prefetcher = Prefetcher(plan, sampler.chunk, config.prefetch)
+        try:
+            with _interrupt_guard() as request:
+                for (start, count), batches in prefetcher:
+                    self.state, metrics = program.run(self.state, batches, train_key, np.int32(start),
+                                                      np.int32(count))
+                    self.step = start + count
+                    self._report(start, count, jax.device_get(metrics), schedule, callbacks)
+                    if eval_chunks and self.step % config.eval_interval == 0:
+                        last_eval = self._evaluate(eval_chunks, eval_key, callbacks)
+                    if request["stop"]:
+                        self.interrupted = True
+                    if self.stop_training or self.interrupted:
+                        break
+        except KeyboardInterrupt:
+            self.interrupted = True
+        finally:
+            prefetcher.close()
+        if self.interrupted:
+            print(f"\nTraining interrupted at step {self.step}.", file=sys.stderr)
+        elif eval_chunks and last_eval != self.step and self.step > 0:
+            self._evaluate(eval_chunks, eval_key, callbacks)
+        model.load_params(_copy(program.update.params(self.state)))
+        for callback in callbacks:
+            callback.on_train_end(self)
+        return model
+
+    def _report(self, start: int, count: int, metrics: dict, schedule, callbacks: list[Callback]) -> None:
+        """Hand each update's losses (Python floats, plus ``lr``) to the callbacks."""
+        lr = np.broadcast_to(np.asarray(schedule(np.arange(start, start + count)), np.float64), (count,))
+        columns = {name: np.asarray(values, np.float64)[:count].tolist() for name, values in metrics.items()}
+        for index in range(count):
+            losses = {name: values[index] for name, values in columns.items()}
+            losses["lr"] = float(lr[index])
+            self.last_losses = losses
+            for callback in callbacks:
+                callback.on_step_end(start + index + 1, losses)
+
+    def _evaluate(self, eval_chunks: list, eval_key, callbacks: list[Callback]) -> int:
+        """Mean metrics of the update on each held-out batch, computed on a copy of the state (discarded)."""
+        totals: dict[str, float] = {}
+        for index, chunk in enumerate(eval_chunks):
+            _, metrics = self.program.run(_copy(self.state), chunk, eval_key, np.int32(index), np.int32(1))
+            for name, values in jax.device_get(metrics).items():
+                totals[name] = totals.get(name, 0.0) + float(values[0])
+        result = {f"eval/{name}": total / len(eval_chunks) for name, total in totals.items()}
+        self.eval_history.append((self.step, result))
+        for callback in callbacks:
+            callback.on_eval_end(self.step, result)
+        return self.step
+
+    @property
+    def compile_count(self) -> int:
+        """How many times the multi-update program was traced (compiled) so far."""
+        return 0 if self.program is None else self.program.traces
+
+
+def train(model: WorldModel, buffer: ReplayBuffer, total_steps: int = 50_000, batch_size: int = 16,
+          sequence_length: int = 50, learning_rate: float = 3e-4, *, callbacks=(), progress: bool = False,
+          **more: Any) -> WorldModel:
+    """Train ``model`` on ``buffer`` in one call.
+
+    Args:
+        model: A ``WorldModel`` from ``create_world_model``.
+        buffer: The :class:`ReplayBuffer` to sample windows from.
+        total_steps, batch_size, sequence_length, learning_rate: As in :class:`TrainingConfig`.
+        callbacks: Callbacks to add.
+        progress: Show a progress bar.
+        **more: Any other :class:`TrainingConfig` field (``device``, ``seed``, ...).
+
+    Returns:
+        The same model, holding the trained params.
+    """
+    config = TrainingConfig().replace(total_steps=total_steps, batch_size=batch_size,
+                                      sequence_length=sequence_length, learning_rate=learning_rate, **more)
+    trainer = Trainer(model, config, callbacks)
+    if progress:
+        trainer.add_callback(ProgressCallback())
+    return trainer.train(buffer)

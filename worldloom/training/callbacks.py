@@ -1,0 +1,278 @@
+"""Callbacks: hooks into a :class:`~worldloom.training.Trainer` run.
+
+Hooks, in order: ``on_train_begin(trainer)``; ``on_step_end(step, losses)``
+after every update (``step`` counts updates done, from 1; ``losses`` maps
+names such as ``"loss"``, ``"loss/rec"``, ``"lr"`` to Python floats);
+``on_eval_end(step, metrics)`` after each evaluation on held-out windows
+(``"eval/loss"``, ...); ``on_train_end(trainer)``.
+
+Updates run ``steps_per_dispatch`` at a time, so ``on_step_end`` is called for
+each update of a dispatch once the dispatch is done; ``trainer.step`` is the
+step of the train state (the end of the dispatch). A callback that needs the
+state at exact steps (a checkpoint) returns that period from
+:meth:`Callback.sync_interval`; the trainer then ends a dispatch there.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+from worldloom.core.config import require
+from worldloom.training._checkpoint import list_checkpoints
+
+
+class Callback:
+    """Base class: override the hooks you need.
+
+    Example:
+        >>> class PrintLoss(Callback):
+        ...     def on_step_end(self, step, losses):
+        ...         if step % 1000 == 0:
+        ...             print(f"Step {step}: loss={losses['loss']:.4f}")
+    """
+
+    trainer = None
+
+    def sync_interval(self) -> int | None:
+        """Steps at whose multiples this callback needs the train state (None: never)."""
+        return None
+
+    def on_train_begin(self, trainer) -> None:
+        self.trainer = trainer
+
+    def on_step_end(self, step: int, losses: dict[str, float]) -> None:
+        pass
+
+    def on_eval_end(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def on_train_end(self, trainer) -> None:
+        pass
+
+
+class ProgressCallback(Callback):
+    """A tqdm progress bar with the latest losses and updates per second.
+
+    Args:
+        refresh_every: Steps between postfix updates.
+        keys: Loss names shown besides ``loss`` (those present).
+    """
+
+    def __init__(self, refresh_every: int = 10, keys: tuple = ("loss/rec", "loss/rew", "loss/consistency")):
+        self.refresh_every = max(1, int(refresh_every))
+        self.keys = tuple(keys)
+        self.bar = None
+        self._eval = None
+
+    def on_train_begin(self, trainer) -> None:
+        from tqdm.auto import tqdm
+
+        super().on_train_begin(trainer)
+        total = trainer.config.total_steps
+        self.bar = tqdm(total=total, initial=min(trainer.step, total), unit="step", dynamic_ncols=True,
+                        desc="train", file=sys.stderr)
+        self._mark = (time.perf_counter(), trainer.step)
+
+    def on_step_end(self, step: int, losses: dict[str, float]) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        if step % self.refresh_every == 0:
+            now = time.perf_counter()
+            then, then_step = self._mark
+            rate = (step - then_step) / max(now - then, 1e-9)
+            self._mark = (now, step)
+            shown = {"loss": f"{losses['loss']:.4f}"}
+            shown.update({key.split("/")[-1]: f"{losses[key]:.3f}" for key in self.keys if key in losses})
+            if self._eval is not None:
+                shown["eval"] = f"{self._eval:.4f}"
+            shown["upd/s"] = f"{rate:.1f}"
+            self.bar.set_postfix(shown, refresh=False)
+
+    def on_eval_end(self, step: int, metrics: dict[str, float]) -> None:
+        self._eval = metrics.get("eval/loss")
+
+    def on_train_end(self, trainer) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class LoggingCallback(Callback):
+    """TensorBoard scalars (tensorboardX) and optional console lines.
+
+    Every ``log_interval`` steps it writes the mean of each training metric
+    over the interval as ``train/<name>`` (``train/loss``, ``train/loss/rec``,
+    ``train/lr``, ...) plus ``train/updates_per_sec``; evaluations are written
+    as they come (``eval/loss``, ...).
+
+    Args:
+        log_dir: Directory of the TensorBoard event files.
+        log_to_console: Also print one line per log step.
+        log_interval: Steps between writes; ``None`` uses ``TrainingConfig.log_interval``
+            (0 there: only at the end).
+    """
+
+    def __init__(self, log_dir: str | os.PathLike = "./logs", log_to_console: bool = False,
+                 log_interval: int | None = None):
+        require(log_interval is None or int(log_interval) >= 1,
+                f"log_interval must be >= 1 or None, got {log_interval!r}.")
+        self.log_dir = Path(log_dir)
+        self.log_to_console = bool(log_to_console)
+        self.log_interval = None if log_interval is None else int(log_interval)
+        self.writer = None
+
+    def on_train_begin(self, trainer) -> None:
+        from tensorboardX import SummaryWriter
+
+        super().on_train_begin(trainer)
+        self._interval = self.log_interval or trainer.config.log_interval or math.inf
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.writer = SummaryWriter(logdir=str(self.log_dir))
+        self._sums: dict[str, float] = {}
+        self._count = 0
+        self._mark = (time.perf_counter(), trainer.step)
+
+    def on_step_end(self, step: int, losses: dict[str, float]) -> None:
+        for name, value in losses.items():
+            self._sums[name] = self._sums.get(name, 0.0) + value
+        self._count += 1
+        if step % self._interval == 0:
+            self._flush(step)
+
+    def _flush(self, step: int) -> None:
+        if not self._count or self.writer is None:
+            return
+        now = time.perf_counter()
+        then, then_step = self._mark
+        means = {name: total / self._count for name, total in self._sums.items()}
+        means["updates_per_sec"] = (step - then_step) / max(now - then, 1e-9)
+        for name, value in means.items():
+            self.writer.add_scalar(f"train/{name}", value, step)
+        self.writer.flush()
+        if self.log_to_console:
+            self._print(step, "train", means)
+        self._sums, self._count, self._mark = {}, 0, (now, step)
+
+    def on_eval_end(self, step: int, metrics: dict[str, float]) -> None:
+        if self.writer is None:
+            return
+        for name, value in metrics.items():
+            self.writer.add_scalar(name, value, step)
+        self.writer.flush()
+        if self.log_to_console:
+            self._print(step, "eval", {k.removeprefix("eval/"): v for k, v in metrics.items()})
+
+    @staticmethod
+    def _print(step: int, kind: str, values: dict[str, float]) -> None:
+        from tqdm.auto import tqdm
+
+        text = " | ".join(f"{name} {value:.4g}" for name, value in sorted(values.items()))
+        tqdm.write(f"[{kind}] step {step} | {text}")
+
+    def on_train_end(self, trainer) -> None:
+        self._flush(trainer.step)
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+class CheckpointCallback(Callback):
+    """Saves the full train state every ``save_every`` steps and at the end.
+
+    A checkpoint (``save_dir/step_<N>/``) holds the params, the optimiser and
+    other training state, the RNG key and the sampler position, so
+    ``Trainer(model, config, resume_from=save_dir)`` (or
+    ``trainer.train(buffer, resume=True)``) continues exactly where it
+    stopped. Written atomically with orbax; only the newest ``keep_last`` are
+    kept. A run stopped by Ctrl-C saves here before it returns.
+
+    Args:
+        save_dir: Directory of the checkpoints.
+        save_every: Steps between checkpoints (``None``: only at the end).
+        keep_last: How many checkpoints to keep (``None``: all).
+    """
+
+    def __init__(self, save_dir: str | os.PathLike = "./checkpoints", save_every: int | None = 10_000,
+                 keep_last: int | None = 3):
+        require(save_every is None or int(save_every) >= 1, f"save_every must be >= 1 or None, got {save_every!r}.")
+        require(keep_last is None or int(keep_last) >= 1, f"keep_last must be >= 1 or None, got {keep_last!r}.")
+        self.save_dir = Path(save_dir)
+        self.save_every = None if save_every is None else int(save_every)
+        self.keep_last = None if keep_last is None else int(keep_last)
+        self.saved: list[Path] = []
+
+    def sync_interval(self) -> int | None:
+        return self.save_every
+
+    def on_train_begin(self, trainer) -> None:
+        super().on_train_begin(trainer)
+        self._last_step = trainer.step
+
+    def on_step_end(self, step: int, losses: dict[str, float]) -> None:
+        if self.save_every and step % self.save_every == 0 and step == self.trainer.step:
+            self._save()
+
+    def _save(self) -> None:
+        path = self.trainer.save_checkpoint(self.save_dir, keep_last=self.keep_last)
+        self.saved.append(path)
+        self._last_step = self.trainer.step
+
+    def on_train_end(self, trainer) -> None:
+        if trainer.state is not None and trainer.step > self._last_step:
+            self._save()
+        if trainer.interrupted and self.saved:
+            print(f"Checkpoint of step {trainer.step} saved to {self.saved[-1]}", file=sys.stderr)
+
+    def checkpoints(self) -> list[Path]:
+        """The checkpoints now in ``save_dir``, oldest first."""
+        return [path for _, path in list_checkpoints(self.save_dir)]
+
+
+class EarlyStoppingCallback(Callback):
+    """Stops training when a metric has not improved for ``patience`` steps.
+
+    Args:
+        monitor: A training loss name (``"loss"``, ``"loss/rec"``, ...) seen every
+            step, or an evaluation metric (``"eval/loss"``) seen at each evaluation.
+        patience: Steps without an improvement of more than ``min_delta``
+            after which training stops (at the end of the current dispatch).
+        min_delta: Smallest decrease that counts as an improvement.
+        mode: ``"min"`` (lower is better) or ``"max"``.
+    """
+
+    def __init__(self, monitor: str = "loss", patience: int = 5000, min_delta: float = 1e-4, mode: str = "min"):
+        require(int(patience) >= 1, f"patience must be >= 1, got {patience!r}.")
+        require(min_delta >= 0, f"min_delta must be >= 0, got {min_delta!r}.")
+        require(mode in ("min", "max"), f"mode must be 'min' or 'max', got {mode!r}.")
+        self.monitor, self.patience, self.min_delta, self.mode = monitor, int(patience), float(min_delta), mode
+        self.best: float | None = None
+        self.best_step = 0
+        self.stopped_step: int | None = None
+
+    def on_train_begin(self, trainer) -> None:
+        super().on_train_begin(trainer)
+        self.best, self.best_step, self.stopped_step = None, trainer.step, None
+
+    def _observe(self, step: int, values: dict[str, float]) -> None:
+        if self.monitor not in values:
+            return
+        value = values[self.monitor] * (1.0 if self.mode == "min" else -1.0)
+        if self.best is None or value < self.best - self.min_delta:
+            self.best, self.best_step = value, step
+        elif step - self.best_step >= self.patience and self.stopped_step is None:
+            self.stopped_step = step
+            self.trainer.stop_training = True
+
+    def on_step_end(self, step: int, losses: dict[str, float]) -> None:
+        self._observe(step, losses)
+
+    def on_eval_end(self, step: int, metrics: dict[str, float]) -> None:
+        self._observe(step, metrics)
+
+
+__all__ = ["Callback", "CheckpointCallback", "EarlyStoppingCallback", "LoggingCallback", "ProgressCallback"]
