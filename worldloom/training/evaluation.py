@@ -1,0 +1,171 @@
+"""Evaluating a trained world model: losses on a buffer and open-loop imagination against real data.
+
+Open-loop prediction (what ``worldloom imagine`` plots): the model observes
+the first ``context`` steps of an episode, then imagines forward with the
+episode's real actions. With the buffer convention (row ``t`` holds
+``obs_t, action_t, reward_t``), imagined step ``h`` is the outcome of
+``action[context - 1 + h]``: it predicts ``obs[context + h]`` and
+``reward[context - 1 + h]``.
+
+Example:
+    >>> result = open_loop_prediction(model, buffer, context=5, horizon=15)
+    >>> result["obs_mse"], result["obs_mse_baseline"]
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from worldloom.core.errors import DataError
+from worldloom.training._buffer import ReplayBuffer
+
+
+def evaluate_loss(model, buffer: ReplayBuffer, batch_size: int = 16, seq_len: int = 50, num_batches: int = 8,
+                  seed: int = 0) -> dict[str, float]:
+    """Mean of ``model.compute_loss`` over ``num_batches`` seeded windows of ``buffer``.
+
+    Returns:
+        ``{"loss": ..., "loss/<term>": ..., ...}`` as Python floats.
+    """
+    rng = np.random.default_rng(seed)
+    totals: dict[str, float] = {}
+    for index in range(int(num_batches)):
+        batch = buffer.gather(buffer.window_rows(rng, batch_size, seq_len))
+        metrics = jax.device_get(model.compute_loss(batch, key=jax.random.PRNGKey(seed + index)))
+        for name, value in metrics.items():
+            totals[name] = totals.get(name, 0.0) + float(value)
+    return {name: total / int(num_batches) for name, total in totals.items()}
+
+
+def _episodes(buffer: ReplayBuffer, context: int, horizon: int, max_episodes: int) -> tuple[list[dict], int]:
+    """The newest episodes long enough for ``context + horizon`` steps (horizon shortened if none is)."""
+    if buffer.num_episodes == 0:
+        raise DataError("The buffer holds no episodes to imagine.")
+    episodes = [buffer.episode(-1 - i) for i in range(buffer.num_episodes)]
+    longest = max(len(e["rewards"]) for e in episodes)
+    if longest < context + 1:
+        raise DataError(f"No episode is longer than context={context} steps (the longest has {longest}).")
+    horizon = min(horizon, longest - context)
+    chosen = [e for e in episodes if len(e["rewards"]) >= context + horizon][:max_episodes]
+    return chosen, horizon
+
+
+def open_loop_prediction(model, buffer: ReplayBuffer, context: int = 5, horizon: int = 15,
+                         max_episodes: int = 16) -> dict[str, Any]:
+    """Observe ``context`` steps of held episodes, imagine ``horizon`` more with their real actions.
+
+    Uses the newest ``max_episodes`` episodes with at least ``context +
+    horizon`` steps (the horizon shrinks to the longest episode if needed),
+    batched into one observe and one imagine call, in eval mode.
+
+    Returns:
+        ``real_obs [N, C+H, *obs]``, ``pred_obs [N, H, *obs]`` (None when the
+        model has no observation decoder), ``real_rewards [N, C+H]``,
+        ``pred_rewards [N, H]`` (aligned with ``real_rewards[:, C-1:C-1+H]``),
+        ``context``, ``horizon``, and errors: ``obs_mse`` against the
+        persistence baseline ``obs_mse_baseline`` (repeat the last observed
+        observation), ``reward_mae`` against ``reward_mae_baseline`` (predict
+        the mean reward of the chosen episodes).
+    """
+    context = max(1, int(context))
+    episodes, horizon = _episodes(buffer, context, int(horizon), int(max_episodes))
+    length = context + horizon
+    obs = np.stack([e["obs"][:length] for e in episodes])
+    actions = np.stack([e["actions"][:length] for e in episodes])
+    rewards = np.stack([e["rewards"][:length] for e in episodes])
+    was_training = model.training
+    model.eval()
+    try:
+        posterior = model.observe(obs[:, :context], actions[:, :context])
+        start = posterior[:, -1]
+        future = np.swapaxes(actions[:, context - 1:length - 1], 0, 1)  # [H, N, A]
+        trajectory = model.imagine(start, future)
+        pred_rewards = np.asarray(trajectory.rewards).T
+        try:
+            decoded = model.decode(trajectory.states)
+            pred_obs = decoded.get("obs") if isinstance(decoded, dict) else None
+        except (NotImplementedError, TypeError):
+            pred_obs = None
+    finally:
+        model.train(was_training)
+    target_rewards = rewards[:, context - 1:length - 1]
+    mean_reward = float(np.mean(np.concatenate([e["rewards"] for e in episodes])))
+    result = {
+        "context": context, "horizon": horizon, "num_episodes": len(episodes),
+        "real_obs": obs, "real_rewards": rewards, "pred_rewards": pred_rewards,
+        "reward_mae": float(np.mean(np.abs(pred_rewards - target_rewards))),
+        "reward_mae_baseline": float(np.mean(np.abs(mean_reward - target_rewards))),
+        "pred_obs": None,
+    }
+    if pred_obs is not None:
+        pred_obs = np.swapaxes(np.asarray(pred_obs, np.float32), 0, 1)  # [N, H, *obs]
+        real_future = obs[:, context:length].astype(np.float32)
+        scale = 255.0 if obs.dtype == np.uint8 else 1.0
+        result["pred_obs"] = pred_obs * scale
+        last = obs[:, context - 1:context].astype(np.float32)
+        result["obs_mse"] = float(np.mean((pred_obs * scale - real_future) ** 2))
+        result["obs_mse_baseline"] = float(np.mean((last - real_future) ** 2))
+    return result
+
+
+def plot_open_loop(result: dict[str, Any], path: str | os.PathLike, episode: int = 0, title: str | None = None):
+    """Write a PNG of imagined versus real observations and rewards for one episode.
+
+    Vector observations get one panel per dimension plus one for the reward;
+    images get a strip of real and imagined frames plus the reward panel.
+    The shaded region is the observed prefix.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    context, horizon = result["context"], result["horizon"]
+    real_obs, pred_obs = result["real_obs"][episode], result["pred_obs"]
+    steps = np.arange(context + horizon)
+    future = steps[context:]
+    is_image = real_obs.ndim == 4
+    dims = 0 if is_image or pred_obs is None else int(np.prod(real_obs.shape[1:]))
+    rows = dims + 1 + (2 if is_image and pred_obs is not None else 0)
+    fig, axes = plt.subplots(rows, 1, figsize=(8, 1.8 * rows + 0.6), squeeze=False)
+    axes = axes[:, 0]
+    flat_real = real_obs.reshape(len(steps), -1)
+    for dim in range(dims):
+        ax = axes[dim]
+        ax.plot(steps, flat_real[:, dim], "k-", label="real")
+        ax.plot(future, pred_obs[episode].reshape(horizon, -1)[:, dim], "C1--", label="imagined")
+        ax.axvspan(-0.5, context - 0.5, color="0.9")
+        ax.set_ylabel(f"obs[{dim}]")
+    reward_ax = axes[dims]
+    reward_steps = steps[:-1] if len(steps) > 1 else steps
+    reward_ax.plot(reward_steps, result["real_rewards"][episode][:len(reward_steps)], "k-", label="real")
+    reward_ax.plot(steps[context - 1:context - 1 + horizon], result["pred_rewards"][episode], "C1--",
+                   label="imagined")
+    reward_ax.axvspan(-0.5, context - 0.5, color="0.9")
+    reward_ax.set_ylabel("reward")
+    reward_ax.legend(loc="upper right", fontsize="small")
+    if is_image and pred_obs is not None:
+        picks = np.linspace(0, horizon - 1, min(horizon, 8)).astype(int)
+        real_strip = np.concatenate([real_obs[context + p] for p in picks], 1)
+        pred_strip = np.concatenate([np.clip(pred_obs[episode][p], 0, 255) for p in picks], 1)
+        for ax, strip, name in ((axes[-2], real_strip, "real"), (axes[-1], pred_strip, "imagined")):
+            ax.imshow(strip.astype(np.uint8) if strip.shape[-1] == 3 else strip[..., 0], cmap="gray")
+            ax.set_ylabel(name)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[-1].set_xlabel("step (shaded: observed; then imagined with the real actions)")
+    fig.suptitle(title or f"Open-loop imagination: {context} observed steps, {horizon} imagined")
+    fig.tight_layout()
+    path = os.fspath(path)
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+__all__ = ["evaluate_loss", "open_loop_prediction", "plot_open_loop"]
