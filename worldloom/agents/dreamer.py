@@ -14,7 +14,7 @@ from worldloom.agents.dreamer_losses import DreamerAgentConfig, behaviour_loss
 from worldloom.agents.dreamer_networks import Actor, Critic, policy_sample
 from worldloom.agents.normalizers import ema_update, percentile_normalizer
 from worldloom.core.errors import CheckpointError, ConfigError, ShapeError
-from worldloom.models.base import OptimizerSettings, UpdateFunctions
+from worldloom.models.base import OptimizerSettings, UpdateFunctions, owned_state
 from worldloom.models.checkpoint import atomic_directory, restore_pytree, save_pytree
 from worldloom.models.dreamerv3.model import DreamerV3WorldModel
 from worldloom.nn.optim import laprop_agc
@@ -104,10 +104,9 @@ class DreamerAgent:
         rate = self.config.slow_critic_rate
 
         def init(params):
-            params = jax.tree_util.tree_map(jnp.copy, params)  # own buffers: the state is donated
-            slow = jax.tree_util.tree_map(jnp.copy, params["critic"])
-            return {"params": params, "opt_state": tx.init(params), "slow_critic": slow,
-                    "retnorm": normalizer.init()}
+            state = {"params": params, "opt_state": tx.init(params), "slow_critic": params["critic"],
+                     "retnorm": normalizer.init()}
+            return owned_state(state, params)
 
         def step(state, batch, key):
             grad_fn = jax.value_and_grad(self.loss, has_aux=True)

@@ -61,8 +61,9 @@ class UpdateFunctions:
     Attributes:
         init: ``init(params) -> state``; the state pytree holds params,
             optimiser state and any other training state (target nets, scales).
-            It owns its buffers (params are copied), so a trainer may donate
-            the state without invalidating the handle's params.
+            It owns its buffers (params are copied) and is committed to the
+            params' device (see :func:`owned_state`), so a trainer may donate it
+            and the update compiles once.
         step: ``step(state, batch, key) -> (state, metrics)``; one update on
             a ``[B, T, ...]`` batch. ``metrics`` maps names to f32 scalars and
             always holds ``"loss"``.
@@ -224,3 +225,17 @@ class WorldModel:
 
 def zeros_like_tree(tree):
     return jax.tree_util.tree_map(jnp.zeros_like, tree)
+
+
+def owned_state(state, params):
+    """``state`` with its own copies of every buffer, committed to ``params``' device.
+
+    Update states are donated, so they must not share buffers with a handle's
+    params; and every leaf must be committed, or the first update's outputs
+    (committed) would not hit the jit cache of its inputs (some uncommitted)
+    and the update would compile twice.
+    """
+    leaves = jax.tree_util.tree_leaves(params)
+    sharding = leaves[0].sharding if leaves and hasattr(leaves[0], "sharding") else None
+    copied = jax.tree_util.tree_map(jnp.copy, state)
+    return jax.device_put(copied, sharding) if sharding is not None else copied

@@ -11,7 +11,7 @@ import optax
 from worldloom.core.arrays import check_trailing_shape
 from worldloom.core.errors import ShapeError
 from worldloom.core.types import LatentState, Trajectory
-from worldloom.models.base import OptimizerSettings, UpdateFunctions, WorldModel
+from worldloom.models.base import OptimizerSettings, UpdateFunctions, WorldModel, owned_state
 from worldloom.models.dreamerv3.config import DreamerV3Config
 from worldloom.models.dreamerv3.losses import DreamerV3Functions
 from worldloom.nn.optim import laprop_agc
@@ -201,8 +201,7 @@ def make_simple_update(loss_fn, tx: optax.GradientTransformation) -> UpdateFunct
     """Update functions for a model trained by one loss and one optimiser."""
 
     def init(params):
-        params = jax.tree_util.tree_map(jnp.copy, params)  # own buffers: the state is donated
-        return {"params": params, "opt_state": tx.init(params)}
+        return owned_state({"params": params, "opt_state": tx.init(params)}, params)
 
     def step(state, batch, key):
         grad_fn = jax.value_and_grad(functools.partial(loss_fn, stochastic=True), has_aux=True)

@@ -1,0 +1,281 @@
+"""The online loop: act in Gymnasium environments, replay, train, evaluate, checkpoint.
+
+``run_agent(AgentRunConfig(env="CartPole-v1", algo="dreamerv3"))`` collects
+experience with the agent, stores whole episodes in a :class:`ReplayBuffer`,
+runs jitted updates at a fixed train ratio, evaluates periodically, and writes
+TensorBoard logs, learning-curve PNGs and resumable checkpoints to ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from worldloom.agents._run_io import LoopState, load_checkpoint, plot_curves, save_checkpoint
+from worldloom.agents.dreamer import DreamerAgent
+from worldloom.agents.tdmpc2 import TDMPC2Agent
+from worldloom.core.config import ConfigBase, require
+from worldloom.models.base import OptimizerSettings
+from worldloom.models.factory import create_world_model
+
+DEFAULTS = {
+    "dreamerv3": dict(model="dreamerv3:size1m", batch_size=16, sequence_length=64, learning_rate=4e-5,
+                      grad_clip=0.0, warmup_steps=1000, seed_steps=1024),
+    "tdmpc2": dict(model="tdmpc2:1m", batch_size=256, sequence_length=4, learning_rate=3e-4,
+                   grad_clip=20.0, warmup_steps=0, seed_steps=1000),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentRunConfig(ConfigBase):
+    """An online training run. ``None`` fields take the algorithm's reference default."""
+
+    env: str = "CartPole-v1"
+    """Gymnasium environment id (Discrete or Box actions, vector or image observations)."""
+    algo: str = "dreamerv3"
+    """``"dreamerv3"`` (actor-critic in imagination) or ``"tdmpc2"`` (MPPI planning)."""
+    model: str | None = None
+    """World-model preset; default ``dreamerv3:size1m`` / ``tdmpc2:1m``."""
+    total_steps: int = 50_000
+    """Environment steps (summed over environments)."""
+    num_envs: int = 1
+    """Environments stepped together; the agent acts on all in one call."""
+    train_ratio: float = 32.0
+    """Replayed steps per environment step (DreamerV3); updates = steps * ratio / (B * T)."""
+    updates_per_step: float = 1.0
+    """Updates per environment step (TD-MPC2's update-to-data ratio)."""
+    batch_size: int | None = None
+    sequence_length: int | None = None
+    learning_rate: float | None = None
+    grad_clip: float | None = None
+    warmup_steps: int | None = None
+    seed_steps: int | None = None
+    """Random-action steps before learning starts."""
+    eval_every: int = 5_000
+    """Environment steps between evaluations."""
+    eval_episodes: int = 5
+    checkpoint_every: int = 10_000
+    """Environment steps between checkpoints (0: only at the end)."""
+    buffer_capacity: int = 1_000_000
+    out_dir: str = "runs/agent"
+    seed: int = 0
+
+    def validate(self) -> None:
+        require(self.algo in DEFAULTS, f"algo must be one of {sorted(DEFAULTS)}, got {self.algo!r}.")
+        require(self.total_steps > 0, f"total_steps must be positive, got {self.total_steps}.")
+        require(self.num_envs >= 1, f"num_envs must be >= 1, got {self.num_envs}.")
+        require(self.train_ratio > 0 and self.updates_per_step > 0, "train_ratio and updates_per_step must be > 0.")
+        require(self.eval_episodes >= 0 and self.eval_every > 0, "eval_every must be > 0 and eval_episodes >= 0.")
+
+    def resolved(self, name: str):
+        value = getattr(self, name)
+        return DEFAULTS[self.algo][name] if value is None else value
+
+
+def _spaces(env):
+    import gymnasium as gym
+
+    obs_shape = tuple(env.observation_space.shape)
+    space = env.action_space
+    if isinstance(space, gym.spaces.Discrete):
+        return obs_shape, int(space.n), True
+    if isinstance(space, gym.spaces.Box):
+        return obs_shape, int(np.prod(space.shape)), False
+    raise ValueError(f"Unsupported action space {space}; expected Discrete or Box.")
+
+
+def _to_env_action(action: np.ndarray, env, discrete: bool):
+    if discrete:
+        return int(np.argmax(action))
+    low, high = env.action_space.low, env.action_space.high
+    scaled = low + (np.clip(action, -1, 1) + 1.0) * 0.5 * (high - low)
+    return scaled.reshape(env.action_space.shape).astype(env.action_space.dtype)
+
+
+def make_agent(config: AgentRunConfig, obs_shape, action_dim: int, discrete: bool, **overrides):
+    """The agent of ``config.algo`` with a fresh world model."""
+    kind = "discrete" if discrete else "continuous"
+    model = create_world_model(config.resolved("model"), obs_shape=obs_shape, action_dim=action_dim,
+                               action_type=kind, seed=config.seed, **overrides)
+    if config.algo == "dreamerv3":
+        return DreamerAgent(model, seed=config.seed)
+    return TDMPC2Agent(model, seed_steps=config.resolved("seed_steps"), seed=config.seed)
+
+
+def evaluate(agent, env_id: str, episodes: int, seed: int) -> list[float]:
+    """Returns of ``episodes`` evaluation episodes (TD-MPC2 without exploration noise)."""
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    _, _, discrete = _spaces(env)
+    greedy = agent.algo == "tdmpc2"
+    returns = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        agent.reset(1)
+        first, total, done = True, 0.0, False
+        while not done:
+            action = agent.act(obs[None], np.array([first]), greedy=greedy)[0]
+            obs, reward, terminated, truncated, _ = env.step(_to_env_action(action, env, discrete))
+            total += float(reward)
+            first, done = False, terminated or truncated
+        returns.append(total)
+    env.close()
+    return returns
+
+
+def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = False, **model_overrides) -> dict:
+    """Train an agent online; returns the evaluation history and where files went.
+
+    Args:
+        config: The run.
+        progress: Show a tqdm progress bar.
+        resume: Continue from ``out_dir/checkpoint`` when it exists (episodes in
+            flight are restarted; replay, params, optimiser and counters resume).
+        **model_overrides: World-model config overrides (e.g. ``deter=256``).
+
+    Returns:
+        ``{"eval": [(env_step, mean_return), ...], "final_eval_return", "wall_time",
+        "out_dir", "curves"}``.
+    """
+    import gymnasium as gym
+    from tensorboardX import SummaryWriter
+    from tqdm.auto import tqdm
+
+    from worldloom.training import ReplayBuffer
+
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run_config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    envs = [gym.make(config.env) for _ in range(config.num_envs)]
+    obs_shape, action_dim, discrete = _spaces(envs[0])
+    agent = make_agent(config, obs_shape, action_dim, discrete, **model_overrides)
+    batch_size, seq_len = config.resolved("batch_size"), config.resolved("sequence_length")
+    settings = OptimizerSettings(learning_rate=config.resolved("learning_rate"), grad_clip=config.resolved("grad_clip"),
+                                 warmup_steps=config.resolved("warmup_steps"))
+    update = agent.make_update(settings)
+    step_fn = jax.jit(update.step, donate_argnums=0)
+    buffer = ReplayBuffer(min(config.buffer_capacity, config.total_steps + 1000), obs_shape, action_dim,
+                          seed=config.seed)
+    train_state = update.init(agent.params)
+    loop = LoopState.fresh(config.seed)
+    checkpoint_dir = out / "checkpoint"
+    if resume and checkpoint_dir.exists():
+        train_state, buffer, loop = load_checkpoint(checkpoint_dir, train_state, agent)
+        agent.load_params(update.params(train_state))
+    per_step = (config.train_ratio / (batch_size * seq_len) if config.algo == "dreamerv3"
+                else config.updates_per_step)
+    seed_steps = config.resolved("seed_steps")
+    writer = SummaryWriter(str(out / "tensorboard"))
+    rng = np.random.default_rng(config.seed + loop.env_step)
+    observations = [env.reset(seed=config.seed + 1000 * i + loop.env_step)[0] for i, env in enumerate(envs)]
+    recorders = [dict(obs=[], actions=[], rewards=[], terminated=[], truncated=[]) for _ in envs]
+    first = np.ones(len(envs), bool)
+    agent.reset(len(envs))
+    bar = tqdm(total=config.total_steps, initial=loop.env_step, unit="step", disable=not progress,
+               desc=f"{config.algo} {config.env}")
+    started, metrics = time.time(), {}
+    next_eval = (loop.env_step // config.eval_every + 1) * config.eval_every
+    every = config.checkpoint_every
+    next_ckpt = (loop.env_step // every + 1) * every if every else None
+    try:
+        while loop.env_step < config.total_steps:
+            obs_batch = np.stack(observations)
+            random_phase = loop.env_step < seed_steps
+            if random_phase and config.algo == "tdmpc2":
+                actions = _random_actions(rng, len(envs), action_dim, discrete)
+            else:
+                actions = agent.act(obs_batch, first)
+                if random_phase:
+                    actions = _random_actions(rng, len(envs), action_dim, discrete)
+            for i, env in enumerate(envs):
+                next_obs, reward, terminated, truncated, _ = env.step(_to_env_action(actions[i], env, discrete))
+                rec = recorders[i]
+                for key, value in (("obs", observations[i]), ("actions", actions[i]), ("rewards", reward),
+                                   ("terminated", terminated), ("truncated", truncated)):
+                    rec[key].append(value)
+                first[i] = False
+                if terminated or truncated:
+                    buffer.add_episode(obs=np.stack(rec["obs"]), actions=np.stack(rec["actions"]),
+                                       rewards=np.asarray(rec["rewards"], np.float32),
+                                       dones=np.asarray(rec["terminated"]) | np.asarray(rec["truncated"]),
+                                       terminated=np.asarray(rec["terminated"]),
+                                       truncated=np.asarray(rec["truncated"]), final_obs=next_obs)
+                    episode_return = float(np.sum(rec["rewards"]))
+                    loop.train_returns.append((loop.env_step, episode_return))
+                    writer.add_scalar("episode/return", episode_return, loop.env_step)
+                    writer.add_scalar("episode/length", len(rec["rewards"]), loop.env_step)
+                    recorders[i] = dict(obs=[], actions=[], rewards=[], terminated=[], truncated=[])
+                    next_obs, _ = env.reset()
+                    first[i] = True
+                observations[i] = next_obs
+            loop.env_step += len(envs)
+            bar.update(len(envs))
+            if loop.env_step >= seed_steps and buffer.num_transitions >= seq_len:
+                if not loop.pretrained and config.algo == "tdmpc2":
+                    loop.updates_owed += seed_steps  # the reference's pretraining burst
+                loop.pretrained = True
+                loop.updates_owed += per_step * len(envs)
+                while loop.updates_owed >= 1.0:
+                    batch = buffer.sample(batch_size, seq_len)
+                    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), loop.updates)
+                    train_state, metrics = step_fn(train_state, batch, key)
+                    loop.updates += 1
+                    loop.updates_owed -= 1.0
+                    if loop.updates % 100 == 0:
+                        for name, value in metrics.items():
+                            writer.add_scalar(f"train/{name}", float(value), loop.env_step)
+                agent.load_params(update.params(train_state))
+            if loop.env_step >= next_eval or loop.env_step >= config.total_steps:
+                next_eval += config.eval_every
+                if config.eval_episodes:
+                    eval_seed = config.seed + 10_000 + loop.env_step
+                    returns = evaluate(agent, config.env, config.eval_episodes, seed=eval_seed)
+                    loop.eval_returns.append((loop.env_step, float(np.mean(returns)), float(np.std(returns))))
+                    writer.add_scalar("eval/return", float(np.mean(returns)), loop.env_step)
+                    agent.reset(len(envs))
+                    first[:] = True
+                    observations = [env.reset()[0] for env in envs]
+                    recorders = [dict(obs=[], actions=[], rewards=[], terminated=[], truncated=[]) for _ in envs]
+                plot_curves(loop, out / "learning_curve.png", f"{config.algo} on {config.env}")
+            if next_ckpt is not None and loop.env_step >= next_ckpt:
+                next_ckpt += config.checkpoint_every
+                save_checkpoint(checkpoint_dir, train_state, buffer, loop, agent)
+            last = loop.eval_returns[-1][1] if loop.eval_returns else float("nan")
+            recent = [r for _, r in loop.train_returns[-10:]]
+            bar.set_postfix(ret=f"{np.mean(recent):.1f}" if recent else "-", eval=f"{last:.1f}", upd=loop.updates,
+                            loss=f"{float(metrics['loss']):.3f}" if metrics else "-")
+    except KeyboardInterrupt:
+        save_checkpoint(checkpoint_dir, train_state, buffer, loop, agent)
+        raise
+    finally:
+        bar.close()
+        writer.close()
+        for env in envs:
+            env.close()
+    loop.wall_time += time.time() - started
+    save_checkpoint(checkpoint_dir, train_state, buffer, loop, agent)
+    agent.save(out / "agent")
+    curves = plot_curves(loop, out / "learning_curve.png", f"{config.algo} on {config.env}")
+    result = {
+        "eval": [(s, r) for s, r, _ in loop.eval_returns],
+        "final_eval_return": loop.eval_returns[-1][1] if loop.eval_returns else None,
+        "train_returns": loop.train_returns,
+        "updates": loop.updates,
+        "wall_time": loop.wall_time,
+        "out_dir": str(out),
+        "curves": str(curves),
+    }
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _random_actions(rng: np.random.Generator, count: int, action_dim: int, discrete: bool) -> np.ndarray:
+    if discrete:
+        return np.eye(action_dim, dtype=np.float32)[rng.integers(0, action_dim, count)]
+    return rng.uniform(-1, 1, (count, action_dim)).astype(np.float32)

@@ -1,0 +1,89 @@
+"""``TDMPC2Agent``: acts with MPPI over a TD-MPC2 world model (or its policy prior)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from worldloom.core.errors import CheckpointError, ConfigError, ShapeError
+from worldloom.models.base import OptimizerSettings, UpdateFunctions
+from worldloom.models.checkpoint import atomic_directory
+
+
+class TDMPC2Agent:
+    """A TD-MPC2 agent: the model's own update trains dynamics, reward, Qs and policy.
+
+    Args:
+        world_model: A TD-MPC2 world model (``create_world_model("tdmpc2:...")``).
+        use_policy: Act with the policy prior instead of MPPI planning.
+        seed_steps: Random-action steps before the first update (the reference
+            uses ``max(1000, 5 * episode_length)``).
+    """
+
+    algo = "tdmpc2"
+
+    def __init__(self, world_model, *, use_policy: bool = False, seed_steps: int = 1000, seed: int = 0):
+        if getattr(world_model, "family", None) != "tdmpc2":
+            raise ConfigError(f"TDMPC2Agent needs a TD-MPC2 world model, got {type(world_model).__name__}.")
+        self.world_model = world_model
+        self.use_policy = bool(use_policy)
+        self.seed_steps = int(seed_steps)
+        self.seed = seed
+        self.discrete = world_model.config.action_type == "discrete"
+
+    @property
+    def params(self):
+        return self.world_model.params
+
+    def load_params(self, params) -> TDMPC2Agent:
+        self.world_model.load_params(params)
+        return self
+
+    def num_parameters(self) -> int:
+        return self.world_model.num_parameters()
+
+    def make_update(self, settings: OptimizerSettings) -> UpdateFunctions:
+        return self.world_model.make_update(settings)
+
+    def reset(self, num_envs: int) -> None:
+        self.world_model.reset_plan()
+
+    def act(self, obs, is_first, greedy: bool = False, key=None) -> np.ndarray:
+        """Actions ``[N, A]`` in [-1, 1] (discrete: one-hot) for observations ``[N, *obs_shape]``."""
+        obs = np.asarray(obs)
+        shape = tuple(self.world_model.config.obs_shape)
+        if obs.shape[1:] != shape:
+            raise ShapeError(f"obs: expected shape [N, {', '.join(map(str, shape))}], got {list(obs.shape)}.")
+        if key is not None:
+            self.world_model._key = key
+        action = np.asarray(self.world_model.act(obs, t0=np.asarray(is_first, bool), eval_mode=greedy,
+                                                 use_policy=self.use_policy))
+        if self.discrete:
+            return np.eye(self.world_model.config.action_dim, dtype=np.float32)[action]
+        return action
+
+    def save(self, path) -> None:
+        meta = {"format": "worldloom-agent", "algo": self.algo, "use_policy": self.use_policy,
+                "seed_steps": self.seed_steps, "seed": self.seed}
+
+        def fill(tmp: Path) -> None:
+            self.world_model.save_pretrained(tmp / "world_model")
+            (tmp / "agent.json").write_text(json.dumps(meta, indent=2))
+
+        atomic_directory(Path(path), fill)
+
+    @classmethod
+    def load(cls, path, device=None) -> TDMPC2Agent:
+        from worldloom.models.checkpoint import load_model
+
+        path = Path(path)
+        try:
+            meta = json.loads((path / "agent.json").read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise CheckpointError(f"No readable agent at {str(path)!r}: {err}") from err
+        if meta.get("algo") != cls.algo:
+            raise CheckpointError(f"{path} holds a {meta.get('algo')!r} agent, expected {cls.algo!r}.")
+        model = load_model(path / "world_model", device=device)
+        return cls(model, use_policy=meta["use_policy"], seed_steps=meta["seed_steps"], seed=meta.get("seed", 0))
