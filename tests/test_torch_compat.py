@@ -374,3 +374,19 @@ def test_worldloom_imports_without_torch_and_the_facade_says_how_to_get_it():
     """)
     assert result.returncode == 0, result.stderr[-2000:]
     assert 'pip install "worldloom[torch]"' in result.stdout
+
+
+def test_tdmpc2_through_the_same_facade():
+    model = create_world_model("tdmpc2:1m", obs_shape=(5,), action_dim=2, device="cpu",
+                               enc_dim=16, mlp_dim=16, latent_dim=16)
+    assert sum(p.numel() for p in model.parameters()) == model.jax_model.num_parameters()
+    state = model.encode(torch.randn(3, 5))
+    assert state.deterministic is None and state.features.shape == (3, 16)
+    actions = torch.zeros(4, 3, 2, requires_grad=True)
+    model.imagine(state, actions).rewards.sum().backward()
+    assert actions.grad.shape == (4, 3, 2)
+    assert any(p.grad is not None and torch.any(p.grad != 0) for p in model.parameters())
+    with torch.no_grad():
+        assert model.predict_q(state, torch.zeros(3, 2)).shape == (3,)  # a family method, forwarded
+    with pytest.raises(AttributeError):
+        model.no_such_method  # noqa: B018

@@ -18,6 +18,8 @@ its params as torch ``nn.Parameter``s and converts at the edge:
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -147,6 +149,18 @@ class WorldModel(nn.Module):
         """Same as :meth:`observe`: posterior states ``[B, T, ...]`` of a sequence."""
         return self.observe(obs, actions, is_first=is_first, state=state)
 
+    def __getattr__(self, name: str) -> Any:
+        # Parameters and submodules first (nn.Module), then the family's own
+        # methods (TD-MPC2's predict_q, act, ...), called through the same edge.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            handle = self.__dict__.get("jax_model")
+            method = getattr(handle, name, None) if not name.startswith("_") else None
+            if method is None or not inspect.ismethod(method):
+                raise
+            return functools.partial(self._call, name)
+
     def __repr__(self) -> str:
         name = f"{self.family}:{self.preset}" if self.preset else self.family
         return (f"{type(self).__name__}({name}, params={self.num_parameters():,}, "
@@ -193,9 +207,12 @@ class WorldModel(nn.Module):
         """The model's start state ``[batch_size, ...]``."""
         return self._call("initial_state", int(batch_size))
 
-    def encode(self, obs) -> LatentState:
-        """Posterior state of a first observation ``[B, *obs_shape]`` -> ``[B, ...]``."""
-        return self._call("encode", self._obs_in(obs, 1))
+    def encode(self, obs, **kwargs) -> LatentState:
+        """Posterior state of a first observation ``[B, *obs_shape]`` -> ``[B, ...]``.
+
+        ``**kwargs`` are family-specific extras (TD-MPC2: ``task``).
+        """
+        return self._call("encode", self._obs_in(obs, 1), **kwargs)
 
     def observe(self, obs, actions, is_first=None, state: LatentState | None = None, **kwargs) -> LatentState:
         """Posterior states of a sequence.
@@ -212,26 +229,29 @@ class WorldModel(nn.Module):
         """
         return self._call("observe", self._obs_in(obs, 2), actions, is_first=is_first, state=state, **kwargs)
 
-    def predict(self, state: LatentState, action) -> LatentState:
+    def predict(self, state: LatentState, action, **kwargs) -> LatentState:
         """One prior step: ``state [B, ...]``, ``action [B, A]`` -> next state ``[B, ...]``."""
-        return self._call("predict", state, action)
+        return self._call("predict", state, action, **kwargs)
 
-    def decode(self, state: LatentState) -> dict:
-        """Heads of a state: ``obs`` (real units; images ``[..., C, H, W]`` in [0, 1]),
-        ``reward`` and ``continue`` ``[...]``."""
-        out = self._call("decode", state)
+    def decode(self, state: LatentState, *args, **kwargs) -> dict:
+        """Heads of a state ``[..., ...]``: ``reward`` and ``continue`` ``[...]`` and, where the
+        family has a decoder, ``obs`` (real units; images ``[..., C, H, W]`` in [0, 1]).
+
+        Extra arguments go to the family's ``decode`` (TD-MPC2: ``action``, ``task``).
+        """
+        out = self._call("decode", state, *args, **kwargs)
         if "obs" in out:
             out["obs"] = self._obs_out(out["obs"])
         return out
 
-    def imagine(self, state: LatentState, actions) -> Trajectory:
+    def imagine(self, state: LatentState, actions, **kwargs) -> Trajectory:
         """Roll the prior forward under ``actions`` ``[H, B, A]`` from ``state`` ``[B, ...]``.
 
         Returns:
             :class:`Trajectory` with states ``[H, B, ...]``, rewards ``[H, B]``
             (real units) and continue probabilities ``[H, B]``.
         """
-        return self._call("imagine", state, actions)
+        return self._call("imagine", state, actions, **kwargs)
 
     def compute_loss(self, batch: Mapping[str, Any], key=None) -> dict:
         """Loss terms on a ``[B, T, ...]`` batch (``obs, actions, rewards, continues``
