@@ -37,6 +37,7 @@ class _Programs:
         self.loss = jax.jit(lambda params, batch, key, train: loss_metrics(fns, scale, params, batch, key, train),
                             static_argnames="train")
         self.act = jax.jit(self._act, static_argnames=("eval_mode", "use_policy"))
+        self.init = jax.jit(fns.init)
 
     def _imagine(self, params, z, actions, task):
         fns = self.functions
@@ -103,7 +104,8 @@ class TDMPC2WorldModel(WorldModel):
 
     @staticmethod
     def init_params(config: TDMPC2Config, key):
-        return TDMPC2Functions(config).init(key)
+        """Fresh params for ``config`` (one jitted program per config)."""
+        return _programs(config).init(key)
 
     # ------------------------------------------------------------ inputs
 

@@ -53,6 +53,57 @@ def warm_start(prev_mean: jax.Array, t0) -> jax.Array:
     return jnp.where(jnp.asarray(t0, bool), jnp.zeros_like(prev_mean), shifted)
 
 
+class MPPIState(NamedTuple):
+    """Carry of the MPPI iterations: the sampling distribution and the last elites."""
+
+    mean: jax.Array  # [H, A]
+    std: jax.Array  # [H, A]
+    elite_actions: jax.Array  # [H, E, A]
+    score: jax.Array  # [E], sums to 1
+
+
+def mppi_init(prev_mean: jax.Array, t0, settings: MPPISettings) -> MPPIState:
+    """The distribution before the first iteration: warm-started mean, ``max_std``."""
+    s = settings
+    return MPPIState(
+        mean=warm_start(prev_mean, t0),
+        std=jnp.full((s.horizon, s.action_dim), s.max_std, jnp.float32),
+        elite_actions=jnp.zeros((s.horizon, s.num_elites, s.action_dim), jnp.float32),
+        score=jnp.full((s.num_elites,), 1.0 / s.num_elites, jnp.float32),
+    )
+
+
+def mppi_iteration(state: MPPIState, key: jax.Array, value_fn, pi_actions: jax.Array | None,
+                   settings: MPPISettings) -> MPPIState:
+    """One MPPI iteration: sample, evaluate, keep elites, refit ``mean``/``std``."""
+    s = settings
+    num_random = s.num_samples - (0 if pi_actions is None else pi_actions.shape[1])
+    noise_key, value_key = jax.random.split(key)
+    noise = jax.random.normal(noise_key, (s.horizon, num_random, s.action_dim))
+    actions = jnp.clip(state.mean[:, None] + state.std[:, None] * noise, -1.0, 1.0)
+    if pi_actions is not None:
+        actions = jnp.concatenate([pi_actions, actions], 1)
+    values = jnp.nan_to_num(value_fn(actions, value_key), nan=0.0)
+    elite_values, elite_index = jax.lax.top_k(values, s.num_elites)
+    elite_actions = actions[:, elite_index]  # [H, E, A]
+    score = jnp.exp(s.temperature * (elite_values - jnp.max(elite_values)))
+    score = score / jnp.sum(score)
+    total = jnp.sum(score) + 1e-9
+    mean = jnp.sum(score[None, :, None] * elite_actions, 1) / total
+    var = jnp.sum(score[None, :, None] * (elite_actions - mean[:, None]) ** 2, 1) / total
+    std = jnp.clip(jnp.sqrt(var), s.min_std, s.max_std)
+    return MPPIState(mean, std, elite_actions, score)
+
+
+def mppi_select(state: MPPIState, key: jax.Array, eval_mode: bool) -> jax.Array:
+    """First action of an elite drawn by score, plus ``std[0]`` noise unless ``eval_mode``; in [-1, 1]."""
+    choice_key, noise_key = jax.random.split(key)
+    action = state.elite_actions[0, jax.random.categorical(choice_key, jnp.log(state.score))]
+    if not eval_mode:
+        action = action + state.std[0] * jax.random.normal(noise_key, action.shape)
+    return jnp.clip(action, -1.0, 1.0)
+
+
 def mppi(value_fn: Callable[[jax.Array, jax.Array], jax.Array], key: jax.Array, prev_mean: jax.Array, t0,
          pi_actions: jax.Array | None, settings: MPPISettings, eval_mode: bool = False):
     """Model predictive path integral optimisation of one action sequence.
@@ -76,37 +127,14 @@ def mppi(value_fn: Callable[[jax.Array, jax.Array], jax.Array], key: jax.Array, 
     Returns:
         ``(action [A] in [-1, 1], mean [H, A])``; ``mean`` warm-starts the next call.
     """
-    s = settings
-    num_random = s.num_samples - (0 if pi_actions is None else pi_actions.shape[1])
-    mean = warm_start(prev_mean, t0)
-    std = jnp.full((s.horizon, s.action_dim), s.max_std, jnp.float32)
-    iter_keys = jax.random.split(key, s.iterations + 2)
+    iteration_key, select_key = jax.random.split(key)
 
-    def iteration(carry, step_key):
-        mean, std, _, _ = carry
-        noise_key, value_key = jax.random.split(step_key)
-        noise = jax.random.normal(noise_key, (s.horizon, num_random, s.action_dim))
-        actions = jnp.clip(mean[:, None] + std[:, None] * noise, -1.0, 1.0)
-        if pi_actions is not None:
-            actions = jnp.concatenate([pi_actions, actions], 1)
-        values = jnp.nan_to_num(value_fn(actions, value_key), nan=0.0)
-        elite_values, elite_index = jax.lax.top_k(values, s.num_elites)
-        elite_actions = actions[:, elite_index]  # [H, E, A]
-        score = jnp.exp(s.temperature * (elite_values - jnp.max(elite_values)))
-        score = score / jnp.sum(score)
-        total = jnp.sum(score) + 1e-9
-        mean = jnp.sum(score[None, :, None] * elite_actions, 1) / total
-        var = jnp.sum(score[None, :, None] * (elite_actions - mean[:, None]) ** 2, 1) / total
-        std = jnp.clip(jnp.sqrt(var), s.min_std, s.max_std)
-        return (mean, std, elite_actions, score), None
+    def body(state, step_key):
+        return mppi_iteration(state, step_key, value_fn, pi_actions, settings), None
 
-    init = (mean, std, jnp.zeros((s.horizon, s.num_elites, s.action_dim)), jnp.ones((s.num_elites,)) / s.num_elites)
-    (mean, std, elite_actions, score), _ = jax.lax.scan(iteration, init, iter_keys[:-2])
-    choice = jax.random.categorical(iter_keys[-2], jnp.log(score))
-    action = elite_actions[0, choice]
-    if not eval_mode:
-        action = action + std[0] * jax.random.normal(iter_keys[-1], action.shape)
-    return jnp.clip(action, -1.0, 1.0), mean
+    keys = jax.random.split(iteration_key, settings.iterations)
+    state, _ = jax.lax.scan(body, mppi_init(prev_mean, t0, settings), keys)
+    return mppi_select(state, select_key, eval_mode), state.mean
 
 
 def estimate_value(fns: TDMPC2Functions, params, z: jax.Array, actions: jax.Array, key: jax.Array, task=None):
