@@ -1,0 +1,174 @@
+"""``ReplayBuffer`` with torch at the edge.
+
+It holds a :class:`worldloom.training.ReplayBuffer` (``.jax_buffer``) and
+converts: ``add_episode`` takes torch tensors or NumPy arrays, ``sample``
+returns torch tensors, and image observations are channels first
+(``[..., C, H, W]``) here while the buffer stores them channels last for JAX.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from worldloom.core.errors import DeviceError
+from worldloom.training import ReplayBuffer as JaxReplayBuffer
+from worldloom_torch_compat.model import channels_first, channels_last
+
+
+def torch_target(device) -> torch.device | None:
+    """``device`` as a ``torch.device`` (``None`` stays ``None``).
+
+    Raises:
+        DeviceError: a CUDA device while torch has no CUDA.
+    """
+    if device is None:
+        return None
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device {str(device)!r} is not available to torch (no CUDA); expected 'cpu'.")
+    return device
+
+
+def _numpy(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return value
+
+
+class ReplayBuffer:
+    """Storage for trajectories, sampled as ``[B, T, ...]`` torch tensors.
+
+    Arguments and behaviour as :class:`worldloom.training.ReplayBuffer`, with
+    image ``obs_shape`` channels first, ``(C, H, W)``.
+
+    Example:
+        >>> buffer = ReplayBuffer(capacity=1000, obs_shape=(4,), action_dim=2)
+        >>> buffer.add_episode(obs=torch.zeros(10, 4), actions=torch.zeros(10, 2),
+        ...                    rewards=torch.ones(10), dones=torch.arange(10) == 9)
+        >>> buffer.sample(batch_size=2, seq_len=5, device="cpu")["obs"].shape
+        torch.Size([2, 5, 4])
+    """
+
+    def __init__(self, capacity: int, obs_shape, action_dim: int, *, obs_dtype=None, seed: int = 0):
+        if isinstance(obs_dtype, torch.dtype):
+            obs_dtype = torch.empty(0, dtype=obs_dtype).numpy().dtype
+        self.jax_buffer = JaxReplayBuffer(capacity, channels_last(tuple(np.atleast_1d(obs_shape))), action_dim,
+                                          obs_dtype=obs_dtype, seed=seed)
+
+    @classmethod
+    def wrap(cls, buffer: JaxReplayBuffer) -> ReplayBuffer:
+        """Give an existing worldloom buffer the torch edge (no copy)."""
+        out = cls.__new__(cls)
+        out.jax_buffer = buffer
+        return out
+
+    # ------------------------------------------------------------ facts
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.jax_buffer.obs_shape) == 3
+
+    @property
+    def obs_shape(self) -> tuple:
+        """Observation shape; images ``(C, H, W)``."""
+        return channels_first(self.jax_buffer.obs_shape)
+
+    @property
+    def action_dim(self) -> int:
+        return self.jax_buffer.action_dim
+
+    @property
+    def capacity(self) -> int:
+        return self.jax_buffer.capacity
+
+    @property
+    def num_episodes(self) -> int:
+        """Number of whole episodes held."""
+        return self.jax_buffer.num_episodes
+
+    @property
+    def num_transitions(self) -> int:
+        """Number of transitions held."""
+        return self.jax_buffer.num_transitions
+
+    def __len__(self) -> int:
+        return self.jax_buffer.num_transitions
+
+    def __repr__(self) -> str:
+        return repr(self.jax_buffer).replace(f"obs_shape={self.jax_buffer.obs_shape}", f"obs_shape={self.obs_shape}")
+
+    # ------------------------------------------------------------ data
+
+    def _obs_in(self, obs: Any) -> Any:
+        obs = _numpy(obs)
+        if obs is None or not self.is_image:
+            return obs
+        obs = np.asarray(obs)
+        return np.moveaxis(obs, -3, -1) if obs.ndim >= 3 else obs
+
+    def add_episode(self, obs, actions, rewards, dones=None, terminated=None, truncated=None, final_obs=None) -> None:
+        """Append one episode of ``T`` transitions (tensors or arrays).
+
+        Args:
+            obs: ``[T, *obs_shape]`` (images ``[T, C, H, W]``).
+            actions: ``[T, action_dim]``, or ``[T]``/``[T, 1]`` integer indices.
+            rewards: ``[T]``.
+            dones: ``[T]`` bool; ``terminated``/``truncated``/``final_obs`` as in
+                :meth:`worldloom.training.ReplayBuffer.add_episode`.
+        """
+        self.jax_buffer.add_episode(self._obs_in(obs), _numpy(actions), _numpy(rewards), dones=_numpy(dones),
+                                    terminated=_numpy(terminated), truncated=_numpy(truncated),
+                                    final_obs=self._obs_in(final_obs))
+
+    def sample(self, batch_size: int, seq_len: int, device=None) -> dict[str, torch.Tensor]:
+        """Sample ``batch_size`` windows of ``seq_len`` consecutive transitions.
+
+        Args:
+            batch_size: ``B``.
+            seq_len: ``T``.
+            device: torch device of the tensors (``"cpu"``, ``"cuda"``, ...); CPU when None.
+
+        Returns:
+            torch tensors ``obs [B, T, *obs_shape]`` (images ``[B, T, C, H, W]``),
+            ``actions [B, T, A]``, ``rewards [B, T]``, ``continues [B, T]``,
+            ``is_first [B, T]`` and ``terminals [B, T]``.
+
+        Raises:
+            DataError: fewer than ``seq_len`` transitions held.
+            DeviceError: a device torch cannot use.
+        """
+        target = torch_target(device)
+        batch = self.jax_buffer.sample(batch_size, seq_len)
+        if self.is_image:
+            batch["obs"] = np.ascontiguousarray(np.moveaxis(batch["obs"], -1, -3))
+        out = {key: torch.from_numpy(value) for key, value in batch.items()}
+        if target is not None and target.type != "cpu":
+            out = {key: value.to(target, non_blocking=True) for key, value in out.items()}
+        return out
+
+    # ------------------------------------------------------------ files
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the buffer to ``path`` (``.npz``), in worldloom's format."""
+        self.jax_buffer.save(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, capacity: int | None = None, obs_shape=None,
+             action_dim: int | None = None, seed: int | None = None) -> ReplayBuffer:
+        """Read a buffer written by :meth:`save` (``obs_shape`` channels first for images).
+
+        Raises:
+            CheckpointError: a missing, unreadable or corrupt file.
+            DataError: arrays of inconsistent lengths, or shapes other than requested.
+        """
+        return cls.wrap(JaxReplayBuffer.load(path, capacity=capacity, obs_shape=channels_last(obs_shape),
+                                             action_dim=action_dim, seed=seed))
+
+
+def unwrap_buffer(buffer: Any) -> Any:
+    """The worldloom buffer behind ``buffer`` (a worldloom buffer passes through)."""
+    return buffer.jax_buffer if isinstance(buffer, ReplayBuffer) else buffer
