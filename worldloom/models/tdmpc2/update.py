@@ -74,6 +74,7 @@ def make_update(fns: TDMPC2Functions, settings: OptimizerSettings) -> UpdateFunc
     scale = running_scale(cfg.tau)
 
     def init(params):
+        params = jax.tree_util.tree_map(jnp.copy, params)  # own buffers: a trainer may donate the state
         model_params, pi_params = split_policy(params)
         return {
             "params": params,
