@@ -28,9 +28,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from worldloom.models.base import flatten_params  # noqa: E402
+
 SPEC_DIR = Path(os.environ.get("WORLDLOOM_SPEC_DIR", "/work/shared/spec"))
 BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 TINY = "deter=64, hidden=32, units=32, classes=4, stoch=4"
+BIAS = "continue.Dense_0.Dense_0.bias"
 
 REWRITES = [
     (r"\bfrom worldloom\b(?!_)", "from worldloom_torch_compat"),
@@ -104,12 +107,19 @@ def test_train_your_first_model(tmp_path, monkeypatch):
         model = ns["model"]
         assert isinstance(model, torch.nn.Module)
         assert printed.strip() == f"Parameters: {model.num_parameters():,}"
+        # An edit on the torch side is where training starts from.
+        with torch.no_grad():
+            model.get_parameter(BIAS).fill_(3.0)
         seen["initial"] = params_of(model)
 
     def after_simple_train(ns, printed):
-        assert ns["trained_model"] is ns["model"]
-        changed = [k for k, v in params_of(ns["model"]).items() if not torch.equal(v, seen["initial"][k])]
+        model = ns["model"]
+        assert ns["trained_model"] is model
+        changed = [k for k, v in params_of(model).items() if not torch.equal(v, seen["initial"][k])]
         assert changed, "train() left every weight unchanged"
+        assert abs(model.get_parameter(BIAS).item() - 3.0) < 0.1  # 20 small steps from 3.0
+        for name, value in flatten_params(model.jax_model.params):
+            np.testing.assert_array_equal(np.asarray(value), model.get_parameter(name).detach().numpy())
 
     def after_evaluate(ns, printed):
         lines = printed.strip().splitlines()
