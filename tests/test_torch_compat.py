@@ -272,9 +272,16 @@ def test_no_grad_builds_no_graph(model):
 
 
 def test_in_place_edit_before_backward_is_rejected(model):
+    # JAX's residuals may be zero-copy views of the inputs, so, as in torch,
+    # editing a Parameter or an input between forward and backward is an error.
     loss = model.compute_loss(make_batch())["loss"]
     with torch.no_grad():
         next(iter(model.parameters())).add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    batch = make_batch()
+    loss = model.compute_loss(batch)["loss"]
+    batch["obs"].add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
 
@@ -390,3 +397,51 @@ def test_tdmpc2_through_the_same_facade():
         assert model.predict_q(state, torch.zeros(3, 2)).shape == (3,)  # a family method, forwarded
     with pytest.raises(AttributeError):
         model.no_such_method  # noqa: B018
+
+
+# ---------------------------------------------------------------- replay buffer
+
+
+def test_replay_buffer_takes_and_gives_torch_tensors(tmp_path):
+    from worldloom_torch_compat.training import ReplayBuffer
+
+    buffer = ReplayBuffer(capacity=100, obs_shape=(4,), action_dim=2)
+    steps = torch.arange(30, dtype=torch.float32)
+    buffer.add_episode(obs=steps[:, None].repeat(1, 4), actions=torch.zeros(30, 2), rewards=steps,
+                       dones=steps == 29)
+    assert (len(buffer), buffer.num_episodes, buffer.obs_shape) == (30, 1, (4,))
+    batch = buffer.sample(batch_size=3, seq_len=5, device="cpu")
+    assert all(isinstance(v, torch.Tensor) and v.device.type == "cpu" for v in batch.values())
+    assert batch["obs"].shape == (3, 5, 4) and batch["obs"].dtype == torch.float32
+    assert batch["is_first"].dtype == torch.bool and batch["continues"].shape == (3, 5)
+    # Windows are consecutive rows: reward t follows obs t.
+    torch.testing.assert_close(batch["rewards"], batch["obs"][..., 0])
+    assert torch.all(batch["obs"][:, 1:, 0] - batch["obs"][:, :-1, 0] == 1)
+    buffer.save(tmp_path / "buffer.npz")
+    loaded = ReplayBuffer.load(tmp_path / "buffer.npz")
+    assert isinstance(loaded, ReplayBuffer) and len(loaded) == 30
+
+
+def test_image_replay_buffer_is_channels_first():
+    from worldloom_torch_compat.training import ReplayBuffer
+
+    buffer = ReplayBuffer(capacity=50, obs_shape=(3, 8, 8), action_dim=2)
+    frames = torch.randint(0, 255, (20, 3, 8, 8), dtype=torch.uint8)
+    frames[:, 0] = torch.arange(20, dtype=torch.uint8)[:, None, None]  # channel 0 holds the row index
+    buffer.add_episode(obs=frames, actions=torch.zeros(20, 2), rewards=torch.zeros(20), dones=torch.arange(20) == 19)
+    assert buffer.obs_shape == (3, 8, 8) and buffer.jax_buffer.obs_shape == (8, 8, 3)
+    obs = buffer.sample(batch_size=2, seq_len=4)["obs"]
+    assert obs.shape == (2, 4, 3, 8, 8) and obs.dtype == torch.uint8 and obs.is_contiguous()
+    for window in obs:
+        first = int(window[0, 0, 0, 0])
+        assert torch.equal(window, frames[first:first + 4])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a torch without CUDA")
+def test_sampling_to_a_device_torch_lacks_is_a_device_error():
+    from worldloom.core.errors import DeviceError
+    from worldloom_torch_compat.training.data import create_random_buffer
+
+    buffer = create_random_buffer(capacity=500, obs_shape=(4,), action_dim=2, num_episodes=5, episode_length=50)
+    with pytest.raises(DeviceError, match="not available to torch"):
+        buffer.sample(batch_size=2, seq_len=5, device="cuda")

@@ -33,9 +33,10 @@ def _is_float(x: jax.Array) -> bool:
 class _Call:
     """One application of ``fn``: the flattened inputs and, after forward, the outputs' layout."""
 
-    def __init__(self, fn: Callable, leaves: list, treedef, diff_index: list[int], device):
+    def __init__(self, fn: Callable, leaves: list, treedef, diff_index: list[int], device, held=()):
         self.fn = fn
         self.leaves = leaves
+        self.held = list(held)  # the other torch inputs, which JAX may read in the backward pass too
         self.treedef = treedef
         self.diff_index = diff_index
         self.device = device
@@ -59,9 +60,10 @@ class _JaxFunction(torch.autograd.Function):
         out, pullback = jax.vjp(lambda *values: call.apply(values), *primals)
         out_leaves, call.out_tree = jax.tree_util.tree_flatten(out)
         call.out_avals = [(x.shape, x.dtype) for x in out_leaves]
-        ctx.call, ctx.pullback = call, pullback
-        ctx.primal_dtypes = [p.dtype for p in primals]
-        ctx.save_for_backward(*diff_tensors)  # torch then rejects in-place edits before backward
+        ctx.call, ctx.pullback, ctx.num_diff = call, pullback, len(diff_tensors)
+        # Saved, so torch rejects in-place edits of any input (JAX may hold views
+        # of them as residuals) between this forward and its backward.
+        ctx.save_for_backward(*diff_tensors, *call.held)
         outputs = tuple(to_torch(x, call.device) for x in out_leaves)
         ctx.mark_non_differentiable(*[o for o, x in zip(outputs, out_leaves) if not _is_float(x)])
         return outputs
@@ -69,7 +71,7 @@ class _JaxFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, *grads):
-        inputs = ctx.saved_tensors
+        inputs = ctx.saved_tensors[:ctx.num_diff]
         call = ctx.call
         cotangents = []
         for grad, (shape, dtype) in zip(grads, call.out_avals):
@@ -108,7 +110,8 @@ def call_jax(fn: Callable[..., Any], *args: Any, device: torch.device | str | No
     differentiable = set(diff_index)
     converted = [to_jax(leaf) if isinstance(leaf, torch.Tensor) and i not in differentiable else leaf
                  for i, leaf in enumerate(leaves)]
-    call = _Call(fn, converted, treedef, diff_index, device)
+    held = [leaf for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor) and i not in differentiable]
+    call = _Call(fn, converted, treedef, diff_index, device, held)
     if not diff_index:
         out = call.apply([])
         return jax.tree_util.tree_map(lambda x: to_torch(x, device) if isinstance(x, jax.Array) else x, out)

@@ -152,11 +152,14 @@ class WorldModel(nn.Module):
     def __getattr__(self, name: str) -> Any:
         # Parameters and submodules first (nn.Module), then the family's own
         # methods (TD-MPC2's predict_q, act, ...), called through the same edge.
+        # The handle's common methods (load_params, make_update, ...) are not
+        # forwarded: they manage the JAX side (use model.jax_model for those).
         try:
             return super().__getattr__(name)
         except AttributeError:
             handle = self.__dict__.get("jax_model")
-            method = getattr(handle, name, None) if not name.startswith("_") else None
+            common = name.startswith("_") or hasattr(worldloom.WorldModel, name)
+            method = None if common else getattr(handle, name, None)
             if method is None or not inspect.ismethod(method):
                 raise
             return functools.partial(self._call, name)
