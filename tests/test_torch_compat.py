@@ -39,6 +39,7 @@ def _restore(request):
     yield
     model.load_state_dict(saved)
     model.zero_grad(set_to_none=True)
+    model.requires_grad_(True)
     model.train()
 
 
@@ -127,6 +128,22 @@ def test_save_pretrained_writes_the_torch_weights(model, tmp_path):
     assert isinstance(loaded, torch.nn.Module)
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_deepcopy_and_pickle_give_independent_equal_models(model):
+    import copy
+    import pickle
+
+    model.get_parameter("rssm.prior_out.Dense_0.bias").requires_grad_(False)
+    model.eval()
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert clone.jax_model is not model.jax_model and clone.config == model.config and not clone.training
+        assert not clone.get_parameter("rssm.prior_out.Dense_0.bias").requires_grad
+        for key, value in model.state_dict().items():
+            assert torch.equal(clone.state_dict()[key], value), key
+        with torch.no_grad():
+            next(iter(clone.parameters())).add_(1.0)
+        assert not torch.equal(next(iter(clone.parameters())), next(iter(model.parameters())))
 
 
 # ---------------------------------------------------------------- protocol methods

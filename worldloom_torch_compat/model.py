@@ -149,6 +149,16 @@ class WorldModel(nn.Module):
         """Same as :meth:`observe`: posterior states ``[B, T, ...]`` of a sequence."""
         return self.observe(obs, actions, is_first=is_first, state=state)
 
+    def __reduce_ex__(self, protocol):
+        # copy.deepcopy and pickle: rebuild the JAX handle from its config and
+        # the Parameters' values (a handle holds devices and compiled functions,
+        # which do not pickle). The copy's RNG restarts from the model's seed.
+        handle = self.jax_model
+        meta = (handle.family, handle.preset, handle.config.to_dict(), handle.seed, str(self.device))
+        tensors = [t.detach() for t in _params.tensors(self, self._paths)]
+        flags = [t.requires_grad for t in _params.tensors(self, self._paths)]
+        return _rebuild, (meta, tensors, flags, self.training)
+
     def __getattr__(self, name: str) -> Any:
         # Parameters and submodules first (nn.Module), then the family's own
         # methods (TD-MPC2's predict_q, act, ...), called through the same edge.
@@ -272,6 +282,24 @@ class WorldModel(nn.Module):
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write the model (current Parameters) to directory ``path``; load with :func:`create_world_model`."""
         self.sync_to_jax().save_pretrained(path)
+
+
+def _rebuild(meta: tuple, tensors: list, flags: list, training: bool) -> WorldModel:
+    """Inverse of :meth:`WorldModel.__reduce_ex__`."""
+    from worldloom.core import registry
+    from worldloom_torch_compat._convert import to_jax
+
+    family_name, preset, config, seed, device = meta
+    family = registry.families()[family_name]
+    config = family.config_cls.from_dict(config)
+    shapes = jax.eval_shape(lambda: family.init_params(config, jax.random.PRNGKey(0)))
+    params = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shapes),
+                                          [jax.numpy.array(to_jax(t), copy=True) for t in tensors])
+    handle = family.build(config, params=params, seed=seed, device=jax_device(torch.device(device)), preset=preset)
+    module = WorldModel(handle).train(training)
+    for tensor, flag in zip(_params.tensors(module, module._paths), flags):
+        tensor.requires_grad_(flag)
+    return module
 
 
 # ---------------------------------------------------------------- factory
