@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from worldloom.models.base import OptimizerSettings, UpdateFunctions
+from worldloom.models.base import OptimizerSettings, UpdateFunctions, owned_state
 from worldloom.models.tdmpc2.functions import TDMPC2Functions
 from worldloom.models.tdmpc2.losses import make_chunks, policy_loss, world_model_loss
 from worldloom.models.tdmpc2.scale import running_scale
@@ -74,15 +74,15 @@ def make_update(fns: TDMPC2Functions, settings: OptimizerSettings) -> UpdateFunc
     scale = running_scale(cfg.tau)
 
     def init(params):
-        params = jax.tree_util.tree_map(jnp.copy, params)  # own buffers: a trainer may donate the state
         model_params, pi_params = split_policy(params)
-        return {
+        state = {
             "params": params,
             "opt_state": model_tx.init(model_params),
             "pi_opt_state": pi_tx.init(pi_params),
-            "target_q": jax.tree_util.tree_map(jnp.copy, params["Qs"]),
+            "target_q": params["Qs"],
             "scale": scale.init(),
         }
+        return owned_state(state, params)  # own, committed buffers: donated, compiled once
 
     def step(state, batch, key):
         chunks = make_chunks(batch, cfg.horizon)
