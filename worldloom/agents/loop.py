@@ -218,9 +218,10 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
             bar.update(len(envs))
             if loop.env_step >= seed_steps and buffer.num_transitions >= seq_len:
                 if not loop.pretrained and config.algo == "tdmpc2":
-                    loop.updates_owed += seed_steps  # the reference's pretraining burst
+                    loop.updates_owed += seed_steps  # the reference's pretraining burst, in place of this step's
+                else:
+                    loop.updates_owed += per_step * len(envs)
                 loop.pretrained = True
-                loop.updates_owed += per_step * len(envs)
                 while loop.updates_owed >= 1.0:
                     batch = buffer.sample(batch_size, seq_len)
                     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), loop.updates)
