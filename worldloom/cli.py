@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,11 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--env", default="CartPole-v1", help="Gymnasium env id (default: CartPole-v1)")
     train.add_argument("--model", default="dreamerv3:size1m", help="preset, alias or saved directory")
     train.add_argument("--episodes", type=int, default=100, help="training episodes to collect (default: 100)")
-    train.add_argument("--test-episodes", type=int, default=10, help="held-out episodes for the report (default: 10)")
+    train.add_argument("--test-episodes", type=int, default=20, help="held-out episodes for the report (default: 20)")
     train.add_argument("--steps", type=int, default=600, help="updates (default: 600)")
     train.add_argument("--batch-size", type=int, default=16)
     train.add_argument("--seq-len", type=int, default=32)
     train.add_argument("--lr", type=float, default=3e-4, help="learning rate (default: 3e-4)")
+    train.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up (default: 0)")
     train.add_argument("--steps-per-dispatch", type=int, default=10)
     train.add_argument("--log-interval", type=int, default=50)
     train.add_argument("--eval-interval", type=int, default=200)
@@ -137,9 +139,10 @@ def cmd_train(args) -> dict:
     before = evaluate_loss(model, test, args.batch_size, seq_len, num_batches=4, seed=args.seed)
 
     config = TrainingConfig(total_steps=args.steps, batch_size=args.batch_size, sequence_length=seq_len,
-                            learning_rate=args.lr, log_interval=args.log_interval, eval_interval=args.eval_interval,
-                            save_interval=args.save_interval, device=args.device, seed=args.seed,
-                            steps_per_dispatch=args.steps_per_dispatch, checkpoint_dir=str(out / "checkpoints"))
+                            learning_rate=args.lr, warmup_steps=args.warmup_steps, log_interval=args.log_interval,
+                            eval_interval=args.eval_interval, save_interval=args.save_interval, device=args.device,
+                            seed=args.seed, steps_per_dispatch=args.steps_per_dispatch,
+                            checkpoint_dir=str(out / "checkpoints"))
     trainer = Trainer(model, config)
     if not args.no_progress:
         trainer.add_callback(ProgressCallback())
@@ -223,10 +226,14 @@ def cmd_list_models(args) -> None:
     if not args.verbose:
         print("\n".join(list_models()))
         return
+    family = None
     for info in list_models(verbose=True):
-        aliases = f" (aliases: {', '.join(info['aliases'])})" if info["aliases"] else ""
-        print(f"{info['name']:22s} {info['num_parameters']:>13,} params{aliases}")
-        print(f"{'':22s} {info['description']}")
+        if info["family"] != family:
+            family = info["family"]
+            space = ", ".join(f"{k}={v}" for k, v in info["space"].items())
+            print(f"{family}: {info['description']}\n  (parameters counted at {space})")
+        aliases = f"  aliases: {', '.join(info['aliases'])}" if info["aliases"] else ""
+        print(f"  {info['name']:20s} {info['num_parameters']:>13,} params{aliases}")
 
 
 def main(argv=None) -> int:
@@ -239,6 +246,8 @@ def main(argv=None) -> int:
     except WorldloomError as err:
         print(f"worldloom {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `worldloom list-models | head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
     return 0
 
 

@@ -77,8 +77,8 @@ def _check(path: Path, data: dict, obs_shape, action_dim) -> dict:
     if "obs_shape" in data and tuple(int(d) for d in data["obs_shape"]) != obs.shape[1:]:
         raise DataError(f"{path}: obs has shape {list(obs.shape[1:])} per step but the file records "
                         f"obs_shape {data['obs_shape'].tolist()}; the file is inconsistent.")
-    if obs_shape is not None and tuple(np.atleast_1d(obs_shape)) != obs.shape[1:]:
-        raise DataError(f"{path}: expected observations of shape {list(np.atleast_1d(obs_shape))}, "
+    if obs_shape is not None and tuple(int(d) for d in np.atleast_1d(obs_shape)) != obs.shape[1:]:
+        raise DataError(f"{path}: expected observations of shape {np.atleast_1d(obs_shape).tolist()}, "
                         f"the file holds {list(obs.shape[1:])}.")
     if action_dim is not None and int(action_dim) != actions.shape[1]:
         raise DataError(f"{path}: expected action_dim {int(action_dim)}, the file holds {actions.shape[1]}.")

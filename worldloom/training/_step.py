@@ -46,6 +46,11 @@ class StepProgram:
     steps_per_dispatch: int = 1
     traces: int = 0
 
+    def compiles(self) -> int:
+        """Executables compiled for ``run`` (a changed input placement compiles without re-tracing)."""
+        size = getattr(self.run, "_cache_size", None)
+        return int(size()) if callable(size) else self.traces
+
 
 def _build(program: StepProgram) -> Callable:
     update, steps = program.update, program.steps_per_dispatch

@@ -313,8 +313,8 @@ class Trainer:
 
     @property
     def compile_count(self) -> int:
-        """How many times the multi-update program was traced (compiled) so far."""
-        return 0 if self.program is None else self.program.traces
+        """How many executables of the multi-update program exist (one per compile) so far."""
+        return 0 if self.program is None else self.program.compiles()
 
 
 def train(model: WorldModel, buffer: ReplayBuffer, total_steps: int = 50_000, batch_size: int = 16,

@@ -1,0 +1,166 @@
+"""Callbacks: TensorBoard logging, checkpoints (keep_last, corruption), early stopping, progress bar.
+
+The trainer runs use the tiny model and optimiser setting of test_trainer.py,
+so in one pytest session they reuse its compiled program.
+"""
+
+import glob
+import json
+import os
+import struct
+import types
+
+import numpy as np
+import pytest
+
+from worldloom import create_world_model
+from worldloom.core.errors import CheckpointError, ConfigError
+from worldloom.training import Trainer, TrainingConfig
+from worldloom.training.callbacks import (
+    Callback,
+    CheckpointCallback,
+    EarlyStoppingCallback,
+    LoggingCallback,
+    ProgressCallback,
+)
+from worldloom.training.data import create_random_buffer
+
+SMALL = dict(deter=64, hidden=32, units=32, classes=4, stoch=4, enc_layers=1, dec_layers=1, img_layers=1,
+             action_type="discrete")
+
+
+def make_model(**changes):
+    return create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, device="cpu", **{**SMALL, **changes})
+
+
+def make_config(**changes):
+    values = dict(total_steps=8, batch_size=4, sequence_length=8, steps_per_dispatch=4, device="cpu",
+                  eval_interval=0, warmup_steps=2)
+    values.update(changes)
+    return TrainingConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def buffer():
+    return create_random_buffer(2000, (4,), 2, num_episodes=30, episode_length=12, seed=0)
+
+
+def read_scalars(log_dir) -> dict:
+    """``{tag: [(step, value), ...]}`` from the TensorBoard event files in ``log_dir``."""
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict = {}
+    for path in glob.glob(os.path.join(log_dir, "events.out.tfevents.*")):
+        data, pos = open(path, "rb").read(), 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+def test_logging_checkpoints_and_progress_in_one_run(buffer, tmp_path, capsys):
+    logs, ckpt = tmp_path / "logs", tmp_path / "ckpt"
+    checkpoint = CheckpointCallback(save_dir=ckpt, save_every=2, keep_last=2)
+    trainer = Trainer(make_model(), make_config(eval_interval=4, eval_fraction=0.1, eval_batches=1))
+    trainer.add_callback(ProgressCallback(refresh_every=2))
+    trainer.add_callback(LoggingCallback(log_dir=logs, log_to_console=True, log_interval=2))
+    trainer.add_callback(checkpoint)
+    trainer.train(buffer)
+
+    scalars = read_scalars(logs)
+    assert [step for step, _ in scalars["train/loss"]] == [2, 4, 6, 8]
+    assert [step for step, _ in scalars["eval/loss"]] == [4, 8]
+    assert {"train/loss/rec", "train/lr", "train/updates_per_sec", "eval/loss/rew"} <= set(scalars)
+    assert all(np.isfinite(v) for _, v in scalars["train/loss"])
+    assert [v for _, v in scalars["train/lr"]] == pytest.approx([0.75e-4, 3e-4, 3e-4, 3e-4])  # means of steps
+    out, err = capsys.readouterr()
+    assert "[train] step 2 | " in out and "[eval] step 8 | " in out
+    assert "loss=" in err and "upd/s=" in err and "8/8" in err  # the tqdm bar
+
+    # Exactly the newest two of the checkpoints at 2, 4, 6 and 8, and nothing half-written.
+    assert sorted(os.listdir(ckpt)) == ["step_00000006", "step_00000008"]
+    assert [p.name for p in checkpoint.checkpoints()] == ["step_00000006", "step_00000008"]
+    meta = json.loads((ckpt / "step_00000008" / "meta.json").read_text())
+    assert meta["step"] == 8 and meta["family"] == "dreamerv3" and meta["sampler"]["next_step"] == 8
+    assert meta["data"]["eval_segments"] is not None
+
+
+def test_resume_rejects_corrupt_or_foreign_checkpoints(buffer, tmp_path):
+    Trainer(make_model(), make_config(total_steps=4), [CheckpointCallback(tmp_path, save_every=None)]).train(buffer)
+    assert os.listdir(tmp_path) == ["step_00000004"]  # save_every=None: only at the end
+    with pytest.raises(CheckpointError, match="was written for a dreamerv3 model"):
+        Trainer(make_model(deter=128), make_config(), resume_from=tmp_path).train(buffer)
+    state_files = [p for p in glob.glob(str(tmp_path / "step_00000004" / "state" / "**"), recursive=True)
+                   if os.path.isfile(p) and os.path.getsize(p) > 100]
+    with open(max(state_files, key=os.path.getsize), "r+b") as handle:  # flip bytes of the largest array file
+        handle.seek(os.path.getsize(handle.name) // 2)
+        handle.write(b"\xff" * 64)
+    with pytest.raises(CheckpointError):
+        Trainer(make_model(), make_config(), resume_from=tmp_path).train(buffer)
+    (tmp_path / "step_00000004" / "meta.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        Trainer(make_model(), make_config(), resume_from=tmp_path / "step_00000004").train(buffer)
+
+
+def test_early_stopping_stops_training(buffer):
+    stopper = EarlyStoppingCallback(monitor="loss", patience=2, min_delta=1e9)  # nothing counts as better
+    trainer = Trainer(make_model(), make_config(total_steps=40), [stopper])
+    trainer.train(buffer)
+    assert stopper.stopped_step == 3  # best at step 1, two steps without improvement
+    assert trainer.step == 4  # the dispatch in flight finishes
+
+
+def fake_trainer(step=0, total=100):
+    return types.SimpleNamespace(step=step, stop_training=False, config=TrainingConfig(total_steps=total))
+
+
+def test_early_stopping_semantics():
+    trainer = fake_trainer()
+    stopper = EarlyStoppingCallback(monitor="loss", patience=3, min_delta=0.1)
+    stopper.on_train_begin(trainer)
+    for step, loss in enumerate([5.0, 4.0, 3.95, 3.92, 3.91], start=1):  # improves by < 0.1 after step 2
+        stopper.on_step_end(step, {"loss": loss})
+        assert trainer.stop_training == (step >= 5)
+    maximise = EarlyStoppingCallback(monitor="eval/reward", patience=15, mode="max")
+    trainer = fake_trainer()
+    maximise.on_train_begin(trainer)
+    maximise.on_step_end(5, {"loss": 1.0})  # no eval metric: ignored
+    maximise.on_eval_end(10, {"eval/reward": 1.0})
+    maximise.on_eval_end(20, {"eval/reward": 2.0})
+    maximise.on_eval_end(30, {"eval/reward": 1.5})
+    assert not trainer.stop_training
+    maximise.on_eval_end(35, {"eval/reward": 1.9})  # 15 steps since the best
+    assert trainer.stop_training and maximise.stopped_step == 35
+    for bad in (dict(patience=0), dict(min_delta=-1.0), dict(mode="best")):
+        with pytest.raises(ConfigError):
+            EarlyStoppingCallback(**bad)
+
+
+def test_custom_callback_hooks_order():
+    calls = []
+
+    class Spy(Callback):
+        def on_train_begin(self, trainer):
+            super().on_train_begin(trainer)
+            calls.append("begin")
+
+        def on_step_end(self, step, losses):
+            calls.append(step)
+
+        def on_train_end(self, trainer):
+            calls.append("end")
+
+    spy, trainer = Spy(), fake_trainer()
+    spy.on_train_begin(trainer)
+    spy.on_step_end(1, {"loss": 0.5})
+    spy.on_eval_end(1, {"eval/loss": 0.4})  # the base hook is a no-op
+    spy.on_train_end(trainer)
+    assert calls == ["begin", 1, "end"] and spy.trainer is trainer and spy.sync_interval() is None
+    assert CheckpointCallback("x", save_every=500).sync_interval() == 500
+    with pytest.raises(ConfigError):
+        CheckpointCallback("x", keep_last=0)
+    with pytest.raises(ConfigError):
+        LoggingCallback("x", log_interval=0)
