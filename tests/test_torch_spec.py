@@ -9,8 +9,8 @@ model, and the placeholder arrays of the "Adding Data" template get real
 values. Files land in a temporary directory, where a buffer is saved as
 ``data.npz``/``trajectories.npz`` first for the blocks that load one.
 
-The spec documents are read from ``$WORLDLOOM_SPEC_DIR`` (default
-``/work/shared/spec``); the test is skipped where they are absent.
+The spec documents are read from ``$WORLDLOOM_SPEC_DIR`` or from
+``../shared/spec`` beside the repository; the test is skipped where they are absent.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ torch = pytest.importorskip("torch")
 
 from worldloom.models.base import flatten_params  # noqa: E402
 
-SPEC_DIR = Path(os.environ.get("WORLDLOOM_SPEC_DIR", "/work/shared/spec"))
+_CANDIDATES = [os.environ.get("WORLDLOOM_SPEC_DIR"), Path(__file__).resolve().parents[2] / "shared" / "spec"]
+SPEC_DIR = next((Path(p) for p in _CANDIDATES if p and Path(p).is_dir()), Path("spec-not-found"))
 BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 TINY = "deter=64, hidden=32, units=32, classes=4, stoch=4"
 BIAS = "continue.Dense_0.Dense_0.bias"

@@ -70,7 +70,10 @@ def create_world_model(
         )
     values = dict(family.presets[preset])
     values.update(obs_shape=tuple(int(d) for d in np.atleast_1d(obs_shape)), action_dim=int(action_dim))
-    config = family.config_cls(**values) if not overrides else family.config_cls(**values).replace(**overrides)
+    unknown = [key for key in overrides if key not in family.config_cls.field_names()]
+    if unknown:  # names the field and close matches
+        family.config_cls.__new__(family.config_cls).replace(**{unknown[0]: overrides[unknown[0]]})
+    config = family.config_cls(**{**values, **overrides})  # validated once, overrides applied
     return family.build(config, seed=int(seed), device=device, preset=preset)
 
 

@@ -118,3 +118,7 @@ class DreamerV3Config(ConfigBase):
             require(height % factor == 0 and width % factor == 0,
                     f"image observations must have height and width divisible by {factor}, "
                     f"got {tuple(self.obs_shape)}.")
+            last = self.depth * self.cnn_mults[-1]
+            require(last % self.decoder_blocks == 0 and self.deter % self.decoder_blocks == 0,
+                    f"the image decoder needs depth * cnn_mults[-1] ({last}) and deter ({self.deter}) "
+                    f"divisible by decoder_blocks ({self.decoder_blocks}).")
