@@ -64,9 +64,10 @@ def read_scalars(log_dir) -> dict:
 def test_logging_checkpoints_and_progress_in_one_run(buffer, tmp_path, capsys):
     logs, ckpt = tmp_path / "logs", tmp_path / "ckpt"
     checkpoint = CheckpointCallback(save_dir=ckpt, save_every=2, keep_last=2)
-    trainer = Trainer(make_model(), make_config(eval_interval=4, eval_fraction=0.1, eval_batches=1))
+    trainer = Trainer(make_model(), make_config(eval_interval=4, eval_fraction=0.1, eval_batches=1, log_interval=8))
     trainer.add_callback(ProgressCallback(refresh_every=2))
     trainer.add_callback(LoggingCallback(log_dir=logs, log_to_console=True, log_interval=2))
+    trainer.add_callback(LoggingCallback(log_dir=tmp_path / "config_interval"))
     trainer.add_callback(checkpoint)
     trainer.train(buffer)
 
@@ -76,6 +77,7 @@ def test_logging_checkpoints_and_progress_in_one_run(buffer, tmp_path, capsys):
     assert {"train/loss/rec", "train/lr", "train/updates_per_sec", "eval/loss/rew"} <= set(scalars)
     assert all(np.isfinite(v) for _, v in scalars["train/loss"])
     assert [v for _, v in scalars["train/lr"]] == pytest.approx([0.75e-4, 3e-4, 3e-4, 3e-4])  # means of steps
+    assert [step for step, _ in read_scalars(tmp_path / "config_interval")["train/loss"]] == [8]  # log_interval
     out, err = capsys.readouterr()
     assert "[train] step 2 | " in out and "[eval] step 8 | " in out
     assert "loss=" in err and "upd/s=" in err and "8/8" in err  # the tqdm bar

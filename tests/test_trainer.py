@@ -16,6 +16,7 @@ import pytest
 
 from worldloom import create_world_model, list_models
 from worldloom.core.errors import CheckpointError, ConfigError, ShapeError
+from worldloom.models.base import OptimizerSettings
 from worldloom.training import Trainer, TrainingConfig, train
 from worldloom.training._sampling import WindowSampler
 from worldloom.training._trainer import training_device
@@ -103,6 +104,9 @@ def test_config_fields_defaults_and_validation():
         with pytest.raises(ConfigError):
             TrainingConfig(**bad)
     assert TrainingConfig(total_steps=1e4).total_steps == 10_000
+    # The optimiser fields reach the model's make_update unchanged.
+    settings = TrainingConfig(learning_rate=1e-3, weight_decay=0.1, grad_clip=5.0, warmup_steps=7).optimizer_settings()
+    assert settings == OptimizerSettings(learning_rate=1e-3, weight_decay=0.1, grad_clip=5.0, warmup_steps=7)
     with pytest.raises(ConfigError, match="no field 'totl_steps'"):
         TrainingConfig().replace(totl_steps=3)
 
@@ -151,19 +155,35 @@ def test_same_seed_same_result_one_compile_and_every_step_reported(buffer, refer
     assert not same(leaves(other), reference_run["params"])
 
 
-def test_one_dispatch_of_k_updates_equals_k_dispatches_of_one(buffer, reference_run):
+def test_scanned_dispatch_matches_a_plain_loop_over_the_update(buffer):
+    """K updates in one ``lax.scan`` dispatch == K dispatches of one == a Python loop over ``update.step``."""
     trainer = Trainer(make_model(), make_config(total_steps=3))
-    trainer.train(buffer)
+    trained = leaves(trainer.train(buffer))
     program, device = trainer.program, jax.devices("cpu")[0]
     model = make_model()
     layout = {k: np.dtype(v.dtype) for k, v in model.prepare_batch(buffer.sample(4, 8)).items()}
     sampler = WindowSampler(buffer, 4, 8, 42, np.array(trainer._run["train_segments"]), layout, 4, device)
     key = jax.device_put(jax.random.split(jax.random.PRNGKey(42))[0], device)
-    state = jax.device_put(program.update.init(jax.tree_util.tree_map(np.array, model.params)), device)
+
+    def fresh_state():
+        return jax.device_put(program.update.init(jax.tree_util.tree_map(np.array, model.params)), device)
+
+    def params_of(state):
+        return [np.asarray(x) for x in jax.tree_util.tree_leaves(program.update.params(state))]
+
+    state = fresh_state()
     for step in range(3):
         state, _ = program.run(state, sampler.chunk(step, 1), key, np.int32(step), np.int32(1))
-    assert same([np.asarray(x) for x in jax.tree_util.tree_leaves(program.update.params(state))], leaves(trainer.model))
+    assert same(params_of(state), trained)
     assert trainer.compile_count == 1
+
+    plain_step, state = jax.jit(program.update.step), fresh_state()
+    for step in range(3):
+        batch = jax.tree_util.tree_map(lambda x: x[0], sampler.chunk(step, 1))
+        state, metrics = plain_step(state, batch, jax.random.fold_in(key, step))
+    for plain, scanned in zip(params_of(state), trained):
+        np.testing.assert_allclose(plain, scanned, rtol=1e-5, atol=1e-6)
+    assert np.isfinite(float(metrics["loss"]))
 
 
 def test_resume_from_a_checkpoint_matches_the_uninterrupted_run(buffer, reference_run):
@@ -183,15 +203,16 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_true_continues(buffer, reference_r
             if step == 2:
                 os.kill(os.getpid(), signal.SIGINT)
 
-    config = make_config(checkpoint_dir=str(tmp_path / "ckpt"))
+    config = make_config(checkpoint_dir=str(tmp_path / "ckpt"), save_interval=3, keep_checkpoints=2)
     trainer = Trainer(make_model(), config, [Interrupt()])
     trainer.train(buffer)  # returns instead of raising
-    assert trainer.interrupted and trainer.step == 4  # stops at the end of the dispatch
-    assert os.listdir(tmp_path / "ckpt") == ["step_00000004"]
+    assert trainer.interrupted and trainer.step == 3  # stops at the end of the dispatch (cut at save_interval)
+    assert os.listdir(tmp_path / "ckpt") == ["step_00000003"]
     resumed = Trainer(make_model(), config)
     model = resumed.train(buffer, resume=True)
     assert resumed.step == 10 and not resumed.interrupted
     assert same(leaves(model), reference_run["params"])
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["step_00000009", "step_00000010"]  # every 3 and the end
     with pytest.raises(ConfigError, match="needs a checkpoint directory"):
         Trainer(make_model(), make_config()).train(buffer, resume=True)
 
