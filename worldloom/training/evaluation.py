@@ -146,6 +146,9 @@ def plot_open_loop(result: dict[str, Any], path: str | os.PathLike, episode: int
     reward_ax.plot(steps[context - 1:context - 1 + horizon], result["pred_rewards"][episode], "C1--",
                    label="imagined")
     reward_ax.axvspan(-0.5, context - 0.5, color="0.9")
+    shown = np.concatenate([result["real_rewards"][episode], result["pred_rewards"][episode]])
+    middle, half = (shown.max() + shown.min()) / 2, max((shown.max() - shown.min()) / 2 * 1.1, 0.5)
+    reward_ax.set_ylim(middle - half, middle + half)  # a constant reward is not blown up to noise
     reward_ax.set_ylabel("reward")
     reward_ax.legend(loc="upper right", fontsize="small")
     if is_image and pred_obs is not None:
