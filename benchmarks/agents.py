@@ -1,0 +1,86 @@
+"""Agents learning real tasks: DreamerV3 on CartPole-v1, TD-MPC2 on Pendulum-v1.
+
+    python -m benchmarks.agents --task cartpole --seeds 0 1 2
+    python -m benchmarks.agents --task pendulum --seeds 0
+    python -m benchmarks.agents --task cartpole --steps 5000 --quick   # a short look
+
+Targets: DreamerV3 ``size1m`` reaches a mean evaluation return of at least 475
+on CartPole-v1 within 50,000 environment steps; TD-MPC2 reaches at least -200
+on Pendulum-v1 within 20,000 steps. Each run writes its learning curve, logs and
+agent under ``runs/benchmarks/<task>-seed<N>/``; the summary (seed, target
+reached at which step, best and final evaluation return, wall time, curve path)
+is appended to ``docs/results.md`` and printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+from pathlib import Path
+
+from worldloom.agents import AgentRunConfig, run_agent
+
+TASKS = {
+    "cartpole": dict(config=dict(env="CartPole-v1", algo="dreamerv3", model="dreamerv3:size1m", total_steps=50_000,
+                                 eval_every=2_500, eval_episodes=10), target=475.0),
+    "pendulum": dict(config=dict(env="Pendulum-v1", algo="tdmpc2", model="tdmpc2:1m", total_steps=20_000,
+                                 eval_every=1_000, eval_episodes=5), target=-200.0),
+}
+
+
+def first_step_reaching(history, target: float):
+    return next((step for step, value in history if value >= target), None)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=sorted(TASKS), required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--steps", type=int, help="environment steps (default: the target's budget)")
+    parser.add_argument("--train-ratio", type=float, help="DreamerV3 replayed steps per environment step")
+    parser.add_argument("--out", default="runs/benchmarks")
+    parser.add_argument("--results", default="docs/results.md")
+    parser.add_argument("--quick", action="store_true", help="do not append to the results file")
+    args = parser.parse_args(argv)
+
+    task = TASKS[args.task]
+    rows = []
+    for seed in args.seeds:
+        overrides = dict(task["config"], seed=seed, out_dir=str(Path(args.out) / f"{args.task}-seed{seed}"))
+        if args.steps:
+            overrides["total_steps"] = args.steps
+        if args.train_ratio:
+            overrides["train_ratio"] = args.train_ratio
+        config = AgentRunConfig(**overrides)
+        result = run_agent(config, resume=True)
+        reached = first_step_reaching(result["eval"], task["target"])
+        rows.append({
+            "task": args.task, "env": config.env, "algo": config.algo, "model": config.model, "seed": seed,
+            "env_steps": config.total_steps, "updates": result["updates"], "target": task["target"],
+            "reached_at": reached, "best_eval": max((v for _, v in result["eval"]), default=None),
+            "final_eval": result["final_eval_return"], "wall_time_min": result["wall_time"] / 60,
+            "curve": result["curves"],
+        })
+        print(json.dumps(rows[-1]))
+    if not args.quick:
+        path = Path(args.results)
+        new = not path.exists()
+        with path.open("a") as handle:
+            if new:
+                handle.write("# Results\n\nLearning runs of `python -m benchmarks.agents`; each row is one seed.\n")
+            stamp = datetime.date.today().isoformat()
+            handle.write(f"\n## {args.task} ({stamp}, {platform.machine()}, {os.cpu_count()} cores)\n\n")
+            handle.write("| seed | env steps | updates | target | reached at step | best eval | final eval "
+                         "| wall time (min) | curve |\n|---|---|---|---|---|---|---|---|---|\n")
+            for row in rows:
+                handle.write(f"| {row['seed']} | {row['env_steps']} | {row['updates']} | {row['target']} "
+                             f"| {row['reached_at'] or 'not reached'} | {row['best_eval']} | {row['final_eval']} "
+                             f"| {row['wall_time_min']:.1f} | `{row['curve']}` |\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
