@@ -101,14 +101,18 @@ def read_meta(path) -> dict:
     return meta
 
 
-def load_checkpoint(path, like: Any) -> tuple[Any, dict]:
-    """Restore a checkpoint's tree (NumPy leaves) shaped like ``like``, and its meta.
+def load_state(path, like: Any, meta: dict) -> Any:
+    """Restore the tree (NumPy leaves) of checkpoint ``path`` shaped like ``like``.
+
+    Args:
+        path: A step directory (see :func:`find_checkpoint`).
+        like: Arrays or ``ShapeDtypeStruct``s of the expected structure.
+        meta: Its :func:`read_meta`, whose checksum the restored tree must match.
 
     Raises:
-        CheckpointError: missing, unreadable, mismatched or corrupt state.
+        CheckpointError: unreadable, mismatched or corrupt state.
     """
-    path = find_checkpoint(path)
-    meta = read_meta(path)
+    path = Path(path)
     try:
         tree = restore_pytree(path / STATE_DIR, like)
     except Exception as err:  # noqa: BLE001 - orbax raises many types
@@ -117,4 +121,4 @@ def load_checkpoint(path, like: Any) -> tuple[Any, dict]:
     if params_sha256(tree) != meta.get("state_sha256"):
         raise CheckpointError(f"The train state at {path / STATE_DIR} does not match its checksum; "
                               "the checkpoint is corrupt.")
-    return tree, meta
+    return tree

@@ -44,7 +44,7 @@ def training_device(name: str) -> jax.Device:
 @contextlib.contextmanager
 def _interrupt_guard():
     """Turn the first Ctrl-C into a request to stop after the current dispatch."""
-    request = {"stop": False}
+    request = {"stop": False, "abort": False}
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
@@ -52,6 +52,7 @@ def _interrupt_guard():
 
     def handler(signum, frame):
         if request["stop"]:
+            request["abort"] = True
             raise KeyboardInterrupt
         request["stop"] = True
         print("\nStopping after the current dispatch (a checkpoint is saved if one is configured); "
@@ -168,8 +169,7 @@ class Trainer:
         return found[-1][1] if found else None
 
     def _restore(self, source: Path, fresh_shapes, key) -> tuple[Any, jax.Array, int, int]:
-        like = {"train_state": fresh_shapes, "key": key}
-        meta = _checkpoint.read_meta(_checkpoint.find_checkpoint(source))
+        meta = _checkpoint.read_meta(source)
         model = self.model
         if meta.get("family") != model.family or meta.get("model_config") != model.config.to_dict():
             raise CheckpointError(f"The checkpoint at {source} was written for a {meta.get('family')} model with "
@@ -180,7 +180,7 @@ class Trainer:
         if changed:
             warnings.warn(f"Resuming from {source} with different {changed} than the checkpoint's run; the "
                           "result will differ from an uninterrupted run.", RuntimeWarning, stacklevel=3)
-        tree, meta = _checkpoint.load_checkpoint(source, like)
+        tree = _checkpoint.load_state(source, {"train_state": fresh_shapes, "key": key}, meta)
         sampler = meta.get("sampler", {})
         return tree["train_state"], tree["key"], int(meta["step"]), int(sampler.get("seed", self.config.seed))
 
@@ -257,25 +257,12 @@ class Trainer:
         schedule = config.optimizer_settings().schedule()
 
         self.stop_training = self.interrupted = False
-        self.eval_history, last_eval = [], None
+        self.eval_history = []
         for callback in callbacks:
             callback.on_train_begin(self)
         prefetcher = Prefetcher(plan, sampler.chunk, config.prefetch)
         try:
-            with _interrupt_guard() as request:
-                for (start, count), batches in prefetcher:
-                    self.state, metrics = program.run(self.state, batches, train_key, np.int32(start),
-                                                      np.int32(count))
-                    self.step = start + count
-                    self._report(start, count, jax.device_get(metrics), schedule, callbacks)
-                    if eval_chunks and self.step % config.eval_interval == 0:
-                        last_eval = self._evaluate(eval_chunks, eval_key, callbacks)
-                    if request["stop"]:
-                        self.interrupted = True
-                    if self.stop_training or self.interrupted:
-                        break
-        except KeyboardInterrupt:
-            self.interrupted = True
+            last_eval = self._loop(prefetcher, train_key, (eval_chunks, eval_key), schedule, callbacks)
         finally:
             prefetcher.close()
         if self.interrupted:
@@ -286,6 +273,29 @@ class Trainer:
         for callback in callbacks:
             callback.on_train_end(self)
         return model
+
+    def _loop(self, prefetcher: Prefetcher, train_key, evaluation: tuple, schedule, callbacks) -> int | None:
+        """Dispatch the prefetched chunks until done, stopped or interrupted; returns the last eval step."""
+        eval_chunks, eval_key = evaluation
+        interval, last_eval = self.config.eval_interval, None
+        with _interrupt_guard() as request:
+            try:
+                for (start, count), batches in prefetcher:
+                    self.state, metrics = self.program.run(self.state, batches, train_key, np.int32(start),
+                                                           np.int32(count))
+                    self.step = start + count
+                    self._report(start, count, jax.device_get(metrics), schedule, callbacks)
+                    if eval_chunks and self.step % interval == 0:
+                        last_eval = self._evaluate(eval_chunks, eval_key, callbacks)
+                    self.interrupted = request["stop"]
+                    if self.stop_training or self.interrupted:
+                        break
+            except KeyboardInterrupt:
+                # A second Ctrl-C aborts; so does one that left the donated state unusable.
+                if request["abort"] or any(leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(self.state)):
+                    raise
+                self.interrupted = True
+        return last_eval
 
     def _report(self, start: int, count: int, metrics: dict, schedule, callbacks: list[Callback]) -> None:
         """Hand each update's losses (Python floats, plus ``lr``) to the callbacks."""
