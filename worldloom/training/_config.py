@@ -19,8 +19,11 @@ REFERENCE_SETTINGS: dict[str, dict[str, Any]] = {
     "tdmpc2": dict(learning_rate=3e-4, warmup_steps=0, grad_clip=20.0, weight_decay=0.0),
 }
 
+# More dispatches queued at once risk XLA's rendezvous timeout with CPU collectives.
+_MAX_IN_FLIGHT = 8
+
 _INT_FIELDS = ("total_steps", "batch_size", "sequence_length", "warmup_steps", "log_interval", "eval_interval",
-               "save_interval", "seed", "steps_per_dispatch", "eval_batches", "prefetch")
+               "save_interval", "seed", "steps_per_dispatch", "eval_batches", "prefetch", "max_in_flight")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +72,12 @@ class TrainingConfig(ConfigBase):
     """Checkpoints kept in ``checkpoint_dir`` (the newest)."""
     prefetch: int = 2
     """Chunks of batches sampled ahead on a background thread."""
+    data_parallel: bool | int = False
+    """Data parallel over devices: False (one device), True (all of them, on all hosts) or a device count."""
+    device_replay: bool | str = False
+    """Copy the buffer to the device once and sample inside the jit: True, False or "auto" (when it fits)."""
+    max_in_flight: int = 1
+    """Dispatches queued on the device before the trainer waits for the oldest (1: wait for each)."""
 
     def __post_init__(self) -> None:
         for name in _INT_FIELDS:
@@ -89,6 +98,13 @@ class TrainingConfig(ConfigBase):
             require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}.")
         for name in ("warmup_steps", "log_interval", "eval_interval", "save_interval"):
             require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}.")
+        require(1 <= self.max_in_flight <= _MAX_IN_FLIGHT,
+                f"max_in_flight must be in [1, {_MAX_IN_FLIGHT}], got {self.max_in_flight}.")
+        parallel = self.data_parallel
+        require(isinstance(parallel, bool) or (isinstance(parallel, int) and parallel >= 1),
+                f"data_parallel must be True, False or a device count >= 1, got {parallel!r}.")
+        require(isinstance(self.device_replay, bool) or self.device_replay == "auto",
+                f"device_replay must be True, False or 'auto', got {self.device_replay!r}.")
         require(0.0 <= self.eval_fraction < 1.0, f"eval_fraction must be in [0, 1), got {self.eval_fraction}.")
         require(isinstance(self.device, str) and self.device.split(":")[0].strip().lower() in _DEVICE_KINDS,
                 f"device must be one of {', '.join(_DEVICE_KINDS)} (optionally ':index'), got {self.device!r}.")

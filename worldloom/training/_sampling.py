@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from worldloom.training._buffer import ReplayBuffer
+from worldloom.training._parallel import Placement
 
 
 def split_segments(buffer: ReplayBuffer, eval_fraction: float, seq_len: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -55,7 +56,8 @@ class WindowSampler:
         layout: ``{key: dtype}`` of the batch the model takes (keys of
             :meth:`ReplayBuffer.gather`).
         slots: ``K``, the number of batches per chunk.
-        device: Where chunks are placed.
+        device: Where chunks are placed: a device, or a :class:`Placement`
+            (a data-parallel mesh: each host gathers its devices' share).
     """
 
     def __init__(self, buffer: ReplayBuffer, batch_size: int, seq_len: int, seed: int, segments: np.ndarray,
@@ -63,6 +65,7 @@ class WindowSampler:
         self.buffer, self.batch_size, self.seq_len = buffer, batch_size, seq_len
         self.seed, self.segments, self.layout = int(seed), segments, layout
         self.slots, self.device = int(slots), device
+        self.placement = device if isinstance(device, Placement) else Placement(device)
 
     def rows(self, steps: Iterable[int], stream: int = 0) -> np.ndarray:
         """``[len(steps), B, T]`` absolute rows of the windows of ``steps``."""
@@ -83,14 +86,14 @@ class WindowSampler:
         """
         steps = list(range(start, start + count))
         steps += [steps[-1]] * (self.slots - count)
-        return jax.device_put(self.arrays(self.rows(steps)), self.device)
+        return self.placement.chunk(self.rows(steps), self.arrays)
 
     def fixed_chunks(self, count: int, stream: int) -> list[dict[str, jax.Array]]:
         """``count`` fixed batches (e.g. held-out ones), each alone in slot 0 of a chunk."""
         out = []
         for index in range(count):
             rows = self.rows([index], stream)
-            out.append(jax.device_put(self.arrays(np.repeat(rows, self.slots, 0)), self.device))
+            out.append(self.placement.chunk(np.repeat(rows, self.slots, 0), self.arrays))
         return out
 
 

@@ -13,6 +13,10 @@ a short chunk (the last one of a run, or one cut at a checkpoint) reuses the
 same executable: one compile per batch shape for a whole run. The train
 state is donated. ``metrics`` maps each name to ``[K]`` values (zeros in
 skipped slots).
+
+Variants (:meth:`StepProgram.runner`) share that scan: one jitted with
+shardings over a device mesh (data parallel), and one that samples its
+batches on the device from a replay table instead of taking them as input.
 """
 
 from __future__ import annotations
@@ -23,8 +27,11 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from worldloom.models.base import OptimizerSettings, UpdateFunctions, WorldModel
+from worldloom.training._device_replay import sample_windows
 
 _CACHE_SIZE = 8
 _CACHE: collections.OrderedDict = collections.OrderedDict()
@@ -32,46 +39,103 @@ _CACHE: collections.OrderedDict = collections.OrderedDict()
 
 @dataclasses.dataclass
 class StepProgram:
-    """A model's update functions and the jitted K-update program built from them.
+    """A model's update functions and the jitted K-update programs built from them.
 
     Attributes:
         update: The model's pure ``init``/``step``/``params``.
-        run: ``run(state, batches [K, B, T, ...], base_key, start, count) -> (state, metrics [K])``.
+        run: ``run(state, batches [K, B, T, ...], base_key, start, count) -> (state, metrics [K])``
+            on one device (``runner()``).
         steps_per_dispatch: ``K``.
-        traces: How many times ``run`` was traced (one per compile).
+        traces: How many times a program was traced.
     """
 
     update: UpdateFunctions
     run: Callable = None
     steps_per_dispatch: int = 1
     traces: int = 0
+    runners: dict = dataclasses.field(default_factory=dict)
+
+    def runner(self, mesh: Mesh | None = None, window: tuple[int, int] | None = None) -> Callable:
+        """The jitted program for a placement and a batch source (built once, then cached).
+
+        Args:
+            mesh: ``None``: one device, placement taken from the inputs. A
+                ``Mesh`` with a ``"batch"`` axis: the state, keys and replay
+                table replicated, host batches sharded on their batch axis
+                (``P(None, "batch")``); XLA inserts the gradient all-reduce.
+            window: ``None``: the program takes host batches ``[K, B, T, ...]``.
+                ``(B, T)``: it samples them itself from a device replay table
+                (see ``_device_replay``) and its signature is
+                ``run(state, table, base_key, sample_key, start, count)``.
+        """
+        key = (mesh, window)
+        if key not in self.runners:
+            self.runners[key] = _build(self, mesh, window)
+        return self.runners[key]
 
     def compiles(self) -> int:
-        """Executables compiled for ``run`` (a changed input placement compiles without re-tracing)."""
-        size = getattr(self.run, "_cache_size", None)
-        return int(size()) if callable(size) else self.traces
+        """Executables compiled for all of this program's runners (one per placement and shape)."""
+        total = 0
+        for run in self.runners.values():
+            size = getattr(run, "_cache_size", None)
+            total += int(size()) if callable(size) else 0
+        return total
 
 
-def _build(program: StepProgram) -> Callable:
+def _multi_update(update: UpdateFunctions, steps: int, state, xs, batch_at: Callable, base_key, start, count):
+    """``lax.scan`` of ``update.step`` over ``steps`` slots; slot ``i`` runs when ``i < count``.
+
+    ``batch_at(i, x)`` is the batch of slot ``i`` given its scanned input ``x``.
+    """
+    first = jax.tree_util.tree_map(lambda x: x[0], xs)
+    metric_shapes = jax.eval_shape(lambda s, x: update.step(s, batch_at(0, x), base_key), state, first)[1]
+
+    def skip(carry, x, key, index):
+        del x, key, index
+        return carry, jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
+
+    def step(carry, x, key, index):
+        return update.step(carry, batch_at(index, x), key)
+
+    def body(carry, inputs):
+        index, x = inputs
+        key = jax.random.fold_in(base_key, start + index)
+        return jax.lax.cond(index < count, step, skip, carry, x, key, index)
+
+    return jax.lax.scan(body, state, (jnp.arange(steps, dtype=jnp.int32), xs))
+
+
+def _build(program: StepProgram, mesh: Mesh | None, window: tuple[int, int] | None) -> Callable:
     update, steps = program.update, program.steps_per_dispatch
+    replicated = None if mesh is None else NamedSharding(mesh, P())
 
     def run(state, batches, base_key, start, count):
         program.traces += 1
-        first = jax.tree_util.tree_map(lambda x: x[0], batches)
-        metric_shapes = jax.eval_shape(update.step, state, first, base_key)[1]
+        return _multi_update(update, steps, state, batches, lambda index, batch: batch, base_key, start, count)
 
-        def skip(carry, batch, key):
-            del batch, key
-            return carry, jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
+    def run_replay(state, table, base_key, sample_key, start, count):
+        program.traces += 1
+        batch_size, seq_len = window
 
-        def body(carry, inputs):
-            index, batch = inputs
-            key = jax.random.fold_in(base_key, start + index)
-            return jax.lax.cond(index < count, update.step, skip, carry, batch, key)
+        def batch_at(index, _):
+            batch = sample_windows(table, jax.random.fold_in(sample_key, start + index), batch_size, seq_len)
+            if mesh is None:
+                return batch
+            return jax.lax.with_sharding_constraint(batch, NamedSharding(mesh, P("batch")))
 
-        return jax.lax.scan(body, state, (jnp.arange(steps, dtype=jnp.int32), batches))
+        return _multi_update(update, steps, state, jnp.zeros((steps,), jnp.int32), batch_at, base_key, start,
+                             count)
 
-    return jax.jit(run, donate_argnums=(0,))
+    if window is not None:
+        if mesh is None:
+            return jax.jit(run_replay, donate_argnums=(0,))
+        return jax.jit(run_replay, donate_argnums=(0,), in_shardings=(replicated,) * 6,
+                       out_shardings=(replicated, replicated))
+    if mesh is None:
+        return jax.jit(run, donate_argnums=(0,))
+    chunks = NamedSharding(mesh, P(None, "batch"))
+    return jax.jit(run, donate_argnums=(0,), in_shardings=(replicated, chunks, replicated, replicated, replicated),
+                   out_shardings=(replicated, replicated))
 
 
 def step_program(model: WorldModel, settings: OptimizerSettings, steps_per_dispatch: int) -> StepProgram:
@@ -85,7 +149,7 @@ def step_program(model: WorldModel, settings: OptimizerSettings, steps_per_dispa
         _CACHE.move_to_end(key)
         return _CACHE[key]
     program = StepProgram(model.make_update(settings), steps_per_dispatch=int(steps_per_dispatch))
-    program.run = _build(program)
+    program.run = program.runner()
     if key is not None:
         _CACHE[key] = program
         while len(_CACHE) > _CACHE_SIZE:

@@ -20,14 +20,16 @@ from worldloom.models.base import WorldModel
 from worldloom.training import _checkpoint
 from worldloom.training._buffer import ReplayBuffer
 from worldloom.training._config import TrainingConfig
+from worldloom.training._device_replay import build_table, table_nbytes, use_device_replay
+from worldloom.training._parallel import DispatchQueue, Placement, data_parallel_mesh
 from worldloom.training._sampling import Prefetcher, WindowSampler, chunk_plan, split_segments
 from worldloom.training._step import StepProgram, step_program
 from worldloom.training.callbacks import Callback, CheckpointCallback, ProgressCallback
 
-_TRAIN_STREAM, _EVAL_STREAM = 0, 1
+_TRAIN_STREAM, _EVAL_STREAM, _DEVICE_REPLAY_STREAM = 0, 1, 2
 # Fields that change what a resumed run computes.
 _RUN_FIELDS = ("batch_size", "sequence_length", "learning_rate", "weight_decay", "grad_clip", "warmup_steps",
-               "seed", "eval_fraction")
+               "seed", "eval_fraction", "device_replay")
 
 
 def training_device(name: str) -> jax.Device:
@@ -112,6 +114,7 @@ class Trainer:
         self.eval_history: list[tuple[int, dict[str, float]]] = []
         self.device = None
         self.program: StepProgram | None = None
+        self.placement: Placement | None = None
         self._run: dict[str, Any] = {}
 
     def add_callback(self, callback: Callback) -> None:
@@ -184,6 +187,13 @@ class Trainer:
         sampler = meta.get("sampler", {})
         return tree["train_state"], tree["key"], int(meta["step"]), int(sampler.get("seed", self.config.seed))
 
+    def _device_table(self, buffer: ReplayBuffer, segments, layout) -> dict | None:
+        """The replay table on the device(s) when ``config.device_replay`` asks for it, else ``None``."""
+        setting = self.config.device_replay
+        if not use_device_replay(setting, table_nbytes(buffer, layout), self.device):
+            return None
+        return self.placement.replicate(build_table(buffer, segments, self.config.sequence_length, layout))
+
     # ------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self, directory, keep_last: int | None = None) -> Path:
@@ -194,7 +204,7 @@ class Trainer:
         meta = {
             "family": model.family, "preset": model.preset, "model_config": model.config.to_dict(),
             "training_config": self.config.to_dict(),
-            "sampler": {"kind": "per-step", "seed": run["seed"], "next_step": self.step},
+            "sampler": {"kind": run["sampler"], "seed": run["seed"], "next_step": self.step},
             "data": {"num_transitions": run["num_transitions"], "train_segments": run["train_segments"],
                      "eval_segments": run["eval_segments"]},
         }
@@ -217,7 +227,10 @@ class Trainer:
         """
         config = self.config
         self._check_buffer(buffer)
-        self.device = training_device(config.device)
+        device = training_device(config.device)
+        place = self.placement = Placement(device, data_parallel_mesh(config.data_parallel, device,
+                                                                      config.batch_size))
+        self.device = place.device
         model = self.model.to(self.device)
         callbacks = self._run_callbacks()
         program = self.program = step_program(model, config.optimizer_settings(), config.steps_per_dispatch)
@@ -237,20 +250,22 @@ class Trainer:
             state, key, self.step, seed = self._restore(source, shapes, key)
         else:
             state, self.step = program.update.init(_copy(model.params)), 0
-        # Committed on the device, so every dispatch hits the same executable.
-        self.state, key = jax.device_put((state, key), self.device)
+        # Committed on the device (replicated on a mesh), so every dispatch hits the same executable.
+        self.state, key = place.replicate((state, key))
         train_key, eval_key = jax.random.split(key)
+        table = self._device_table(buffer, train_segments, layout)
         self._run = {"key": key, "seed": seed, "num_transitions": buffer.num_transitions,
                      "train_segments": train_segments.tolist(),
-                     "eval_segments": None if eval_segments is None else eval_segments.tolist()}
+                     "eval_segments": None if eval_segments is None else eval_segments.tolist(),
+                     "sampler": "per-step" if table is None else "device"}
 
         slots = config.steps_per_dispatch
         sampler = WindowSampler(buffer, config.batch_size, config.sequence_length, seed, train_segments, layout,
-                                slots, self.device)
+                                slots, place)
         eval_chunks = []
         if eval_segments is not None:
             eval_sampler = WindowSampler(buffer, config.batch_size, config.sequence_length, seed, eval_segments,
-                                         layout, slots, self.device)
+                                         layout, slots, place)
             eval_chunks = eval_sampler.fixed_chunks(config.eval_batches, _EVAL_STREAM)
         intervals = [c.sync_interval() for c in callbacks] + [config.eval_interval if eval_chunks else 0]
         plan = chunk_plan(self.step, config.total_steps, slots, intervals)
@@ -260,36 +275,63 @@ class Trainer:
         self.eval_history = []
         for callback in callbacks:
             callback.on_train_begin(self)
-        prefetcher = Prefetcher(plan, sampler.chunk, config.prefetch)
+        if table is None:
+            run = program.runner(place.mesh)
+            prefetcher = Prefetcher(plan, sampler.chunk, config.prefetch)
+
+            def dispatch(start, count, batches):
+                return run(self.state, batches, train_key, place.scalar(np.int32(start)),
+                           place.scalar(np.int32(count)))
+        else:
+            run = program.runner(place.mesh, (config.batch_size, config.sequence_length))
+            prefetcher = Prefetcher(plan, lambda start, count: None, config.prefetch)
+            sample_key = place.replicate(jax.random.fold_in(jax.random.PRNGKey(seed), _DEVICE_REPLAY_STREAM))
+
+            def dispatch(start, count, batches):
+                return run(self.state, table, train_key, sample_key, place.scalar(np.int32(start)),
+                           place.scalar(np.int32(count)))
         try:
-            last_eval = self._loop(prefetcher, train_key, (eval_chunks, eval_key), schedule, callbacks)
+            last_eval = self._loop(prefetcher, dispatch, (eval_chunks, eval_key), schedule, callbacks,
+                                   [i for i in intervals if i])
         finally:
             prefetcher.close()
         if self.interrupted:
             print(f"\nTraining interrupted at step {self.step}.", file=sys.stderr)
         elif eval_chunks and last_eval != self.step and self.step > 0:
             self._evaluate(eval_chunks, eval_key, callbacks)
-        model.load_params(_copy(program.update.params(self.state)))
+        model.load_params(_copy(place.local(program.update.params(self.state))))
         for callback in callbacks:
             callback.on_train_end(self)
         return model
 
-    def _loop(self, prefetcher: Prefetcher, train_key, evaluation: tuple, schedule, callbacks) -> int | None:
-        """Dispatch the prefetched chunks until done, stopped or interrupted; returns the last eval step."""
+    def _loop(self, prefetcher: Prefetcher, dispatch, evaluation: tuple, schedule, callbacks: list[Callback],
+              sync_intervals: list[int]) -> int | None:
+        """Dispatch the prefetched chunks until done, stopped or interrupted; returns the last eval step.
+
+        Up to ``config.max_in_flight`` dispatches are queued before the oldest
+        one's metrics are waited for and reported; the queue is drained at
+        every step a callback or evaluation needs the state of (``sync_intervals``).
+        """
         eval_chunks, eval_key = evaluation
         interval, last_eval = self.config.eval_interval, None
+        queue = DispatchQueue(self.config.max_in_flight)
         with _interrupt_guard() as request:
             try:
                 for (start, count), batches in prefetcher:
-                    self.state, metrics = self.program.run(self.state, batches, train_key, np.int32(start),
-                                                           np.int32(count))
+                    self.state, metrics = dispatch(start, count, batches)
                     self.step = start + count
-                    self._report(start, count, jax.device_get(metrics), schedule, callbacks)
+                    done = queue.push((start, count, metrics))
+                    if any(self.step % i == 0 for i in sync_intervals):
+                        done += queue.drain()
+                    for first, number, values in done:
+                        self._report(first, number, self.placement.fetch(values), schedule, callbacks)
                     if eval_chunks and self.step % interval == 0:
                         last_eval = self._evaluate(eval_chunks, eval_key, callbacks)
                     self.interrupted = request["stop"]
                     if self.stop_training or self.interrupted:
                         break
+                for first, number, values in queue.drain():
+                    self._report(first, number, self.placement.fetch(values), schedule, callbacks)
             except KeyboardInterrupt:
                 # A second Ctrl-C aborts; so does one that left the donated state unusable.
                 if request["abort"] or any(leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(self.state)):
@@ -311,9 +353,12 @@ class Trainer:
     def _evaluate(self, eval_chunks: list, eval_key, callbacks: list[Callback]) -> int:
         """Mean metrics of the update on each held-out batch, computed on a copy of the state (discarded)."""
         totals: dict[str, float] = {}
+        place = self.placement
+        run = self.program.runner(place.mesh)
         for index, chunk in enumerate(eval_chunks):
-            _, metrics = self.program.run(_copy(self.state), chunk, eval_key, np.int32(index), np.int32(1))
-            for name, values in jax.device_get(metrics).items():
+            _, metrics = run(_copy(self.state), chunk, eval_key, place.scalar(np.int32(index)),
+                             place.scalar(np.int32(1)))
+            for name, values in place.fetch(metrics).items():
                 totals[name] = totals.get(name, 0.0) + float(values[0])
         result = {f"eval/{name}": total / len(eval_chunks) for name, total in totals.items()}
         self.eval_history.append((self.step, result))

@@ -1,0 +1,143 @@
+"""Where the trainer's arrays live: one device, or a data-parallel mesh; and the bound on dispatches in flight.
+
+Data parallel: a ``Mesh`` of ``N`` devices with one axis, ``"batch"``. The
+train state, keys and any device replay table are replicated; batches
+``[K, B, T, ...]`` are sharded on ``B`` (``P(None, "batch")``). One jitted
+program runs on all devices and XLA inserts the all-reduce of the gradients.
+Across hosts (after ``jax.distributed.initialize()``) ``jax.devices()`` spans
+every host; each host gathers only the windows of its own devices and hands
+them to ``jax.make_array_from_process_local_data``.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from worldloom.core.errors import ConfigError
+
+AXIS = "batch"
+
+
+def data_parallel_mesh(setting: bool | int, device: jax.Device, batch_size: int) -> Mesh | None:
+    """The mesh for ``TrainingConfig.data_parallel``, or ``None`` for one device.
+
+    Args:
+        setting: ``False``/``1``: one device; ``True``: every device of
+            ``device``'s platform (on all hosts); ``N``: the first ``N``.
+        device: The training device (its platform picks the devices).
+        batch_size: ``B``; it must split evenly over the devices.
+
+    Raises:
+        ConfigError: more devices asked for than present, or ``B`` not divisible.
+    """
+    if setting is False or (setting is not True and setting == 1):  # True == 1 in Python
+        return None
+    devices = jax.devices(device.platform)
+    count = len(devices) if setting is True else int(setting)
+    if count > len(devices):
+        raise ConfigError(f"data_parallel={setting} asks for {count} {device.platform} devices; "
+                          f"{len(devices)} are present.")
+    if batch_size % count:
+        raise ConfigError(f"batch_size must be divisible by the {count} data-parallel devices; got "
+                          f"batch_size={batch_size}.")
+    if count == 1:
+        return None
+    return Mesh(np.array(devices[:count]), (AXIS,))
+
+
+class Placement:
+    """Puts the trainer's arrays on one device or on a mesh (see the module docstring).
+
+    Attributes:
+        device: The first device (where the model handle lives).
+        mesh: The data-parallel mesh, or ``None``.
+        size: Number of devices.
+    """
+
+    def __init__(self, device: jax.Device, mesh: Mesh | None = None):
+        self.mesh = mesh
+        self.device = device if mesh is None else mesh.devices.flat[0]
+        self.size = 1 if mesh is None else mesh.size
+        self._replicated = None if mesh is None else NamedSharding(mesh, P())
+        self._chunks = None if mesh is None else NamedSharding(mesh, P(None, AXIS))
+
+    def replicate(self, tree):
+        """``tree`` committed to the device, or replicated on every device of the mesh."""
+        if self.mesh is None:
+            return jax.device_put(tree, self.device)
+        if jax.process_count() == 1:
+            return jax.device_put(tree, self._replicated)
+
+        def put(leaf):
+            host = np.asarray(jax.device_get(leaf))
+            return jax.make_array_from_callback(host.shape, self._replicated, lambda index: host[index])
+
+        return jax.tree_util.tree_map(put, tree)
+
+    def scalar(self, value):
+        """A step counter as the program takes it (a global array across hosts)."""
+        return self.replicate(value) if jax.process_count() > 1 and self.mesh is not None else value
+
+    def chunk(self, rows: np.ndarray, gather: Callable[[np.ndarray], dict]) -> dict[str, jax.Array]:
+        """The batches at ``rows`` ``[K, B, T]``, gathered by ``gather`` and placed (sharded on ``B``)."""
+        if self.mesh is None:
+            return jax.device_put(gather(rows), self.device)
+        shape = rows.shape
+        lo, hi = self._local_batch(shape)
+        local = gather(rows[:, lo:hi])
+        return {key: jax.make_array_from_process_local_data(self._chunks, value, (*shape[:2], *value.shape[2:]))
+                for key, value in local.items()}
+
+    def _local_batch(self, shape: tuple) -> tuple[int, int]:
+        """The rows ``[lo, hi)`` of the batch axis that this host's devices hold."""
+        indices = self._chunks.addressable_devices_indices_map(shape).values()
+        spans = [index[1].indices(shape[1])[:2] for index in indices]
+        return min(s for s, _ in spans), max(e for _, e in spans)
+
+    def fetch(self, tree):
+        """``tree`` as host NumPy arrays (replicated arrays are read from this host's first copy)."""
+        return jax.device_get(self.local(tree))
+
+    def local(self, tree):
+        """``tree``'s replicated arrays as arrays on one local device (unchanged on one host)."""
+        if self.mesh is None or jax.process_count() == 1:
+            return tree
+        return jax.tree_util.tree_map(lambda leaf: leaf.addressable_data(0), tree)
+
+
+class DispatchQueue:
+    """Dispatches in flight, oldest first, at most ``limit`` of them.
+
+    JAX dispatches asynchronously; :meth:`push` hands back the dispatches that
+    must be finished (and reported) so that no more than ``limit`` remain
+    queued. Bounding the queue bounds memory and, with collectives across
+    devices, the work XLA has to rendezvous at once (hundreds of queued
+    multi-device steps can time out on CPU).
+    """
+
+    def __init__(self, limit: int):
+        self.limit = max(1, int(limit))
+        self._pending: collections.deque = collections.deque()
+
+    def push(self, item) -> list:
+        """Add a dispatch; returns those to finish now (oldest first)."""
+        self._pending.append(item)
+        done = []
+        while len(self._pending) >= self.limit:
+            done.append(self._pending.popleft())
+        return done
+
+    def drain(self) -> list:
+        """Every pending dispatch (oldest first); the queue is empty after."""
+        done = list(self._pending)
+        self._pending.clear()
+        return done
+
+    def __len__(self) -> int:
+        return len(self._pending)
