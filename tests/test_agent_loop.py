@@ -19,8 +19,16 @@ def _dreamer_config(tmp_path, total_steps):
                           checkpoint_every=100, out_dir=str(tmp_path / "run"), seed=3)
 
 
-def test_dreamer_loop_resume_and_reload(tmp_path):
-    first = run_agent(_dreamer_config(tmp_path, 100), progress=False, **DREAMER_TINY)
+def test_dreamer_loop_resume_and_reload(tmp_path, capsys):
+    from worldloom.cli import main
+
+    sets = [arg for key, value in DREAMER_TINY.items() for arg in ("--set", f"{key}={value}")]
+    status = main(["agent", "--env", "CartPole-v1", "--algo", "dreamerv3", "--steps", "100", "--seed-steps", "60",
+                   "--train-ratio", "8", "--batch-size", "2", "--seq-len", "8", "--eval-every", "100",
+                   "--eval-episodes", "1", "--checkpoint-every", "100", "--out", str(tmp_path / "run"),
+                   "--seed", "3", "--no-progress", *sets])
+    assert status == 0 and "final evaluation return" in capsys.readouterr().out
+    first = json.loads((tmp_path / "run" / "result.json").read_text())
     assert first["updates"] == int((100 - 60) * 8 / 16)
     assert [step for step, _ in first["eval"]] == [100]
     run = tmp_path / "run"

@@ -80,6 +80,28 @@ def _parser() -> argparse.ArgumentParser:
     imagine.add_argument("--horizon", type=int, default=15)
     imagine.add_argument("--out", default="imagination.png", help="PNG to write")
 
+    agent = commands.add_parser("agent", help="train an agent online in a Gymnasium environment")
+    agent.add_argument("--env", default="CartPole-v1", help="Gymnasium env id (default: CartPole-v1)")
+    agent.add_argument("--algo", choices=["dreamerv3", "tdmpc2"], default="dreamerv3")
+    agent.add_argument("--model", help="world-model preset (default: dreamerv3:size1m / tdmpc2:1m)")
+    agent.add_argument("--steps", type=int, default=50_000, help="environment steps (default: 50000)")
+    agent.add_argument("--num-envs", type=int, default=1)
+    agent.add_argument("--train-ratio", type=float, default=32.0, help="DreamerV3 replayed steps per env step")
+    agent.add_argument("--updates-per-step", type=float, default=1.0, help="TD-MPC2 updates per env step")
+    agent.add_argument("--batch-size", type=int)
+    agent.add_argument("--seq-len", type=int)
+    agent.add_argument("--lr", type=float)
+    agent.add_argument("--seed-steps", type=int, help="random-action steps before learning")
+    agent.add_argument("--eval-every", type=int, default=5_000)
+    agent.add_argument("--eval-episodes", type=int, default=5)
+    agent.add_argument("--checkpoint-every", type=int, default=10_000)
+    agent.add_argument("--set", action="append", default=[], type=_override, metavar="KEY=VALUE",
+                       help="world-model config override (repeatable)")
+    agent.add_argument("--out", default="runs/agent", help="output directory (default: runs/agent)")
+    agent.add_argument("--seed", type=int, default=0)
+    agent.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    agent.add_argument("--no-progress", action="store_true")
+
     listing = commands.add_parser("list-models", help="available presets")
     listing.add_argument("--verbose", action="store_true", help="sizes, parameter counts, descriptions")
     return parser
@@ -220,6 +242,24 @@ def cmd_imagine(args) -> dict:
     return result
 
 
+def cmd_agent(args) -> dict:
+    from worldloom.agents import AgentRunConfig, run_agent
+
+    config = AgentRunConfig(
+        env=args.env, algo=args.algo, model=args.model, total_steps=args.steps, num_envs=args.num_envs,
+        train_ratio=args.train_ratio, updates_per_step=args.updates_per_step, batch_size=args.batch_size,
+        sequence_length=args.seq_len, learning_rate=args.lr, seed_steps=args.seed_steps,
+        eval_every=args.eval_every, eval_episodes=args.eval_episodes, checkpoint_every=args.checkpoint_every,
+        out_dir=args.out, seed=args.seed)
+    result = run_agent(config, progress=not args.no_progress, resume=args.resume, **dict(args.set))
+    final = result["final_eval_return"]
+    print(f"{args.algo} on {args.env}: final evaluation return {final if final is None else round(final, 1)} "
+          f"after {args.steps} steps and {result['updates']} updates ({result['wall_time'] / 60:.1f} min)")
+    print(f"learning curve: {result['curves']}\nagent: {result['out_dir']}/agent\n"
+          f"TensorBoard: tensorboard --logdir {result['out_dir']}/tensorboard")
+    return result
+
+
 def cmd_list_models(args) -> None:
     from worldloom import list_models
 
@@ -240,7 +280,7 @@ def main(argv=None) -> int:
     """Entry point of the ``worldloom`` command; returns the exit status."""
     args = _parser().parse_args(argv)
     handlers = {"train": cmd_train, "collect": cmd_collect, "evaluate": cmd_evaluate, "imagine": cmd_imagine,
-                "list-models": cmd_list_models}
+                "agent": cmd_agent, "list-models": cmd_list_models}
     try:
         handlers[args.command](args)
     except WorldloomError as err:
