@@ -26,6 +26,20 @@ class LoopState:
         return cls()
 
 
+def read_agent_meta(path: Path, algo: str) -> dict:
+    """``agent.json`` of a saved agent, checked to be of ``algo``."""
+    from worldloom.core.errors import CheckpointError
+
+    path = Path(path)
+    try:
+        meta = json.loads((path / "agent.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"No readable agent at {str(path)!r}: {err}") from err
+    if meta.get("algo") != algo:
+        raise CheckpointError(f"{path} holds a {meta.get('algo')!r} agent, expected {algo!r}.")
+    return meta
+
+
 def save_checkpoint(directory: Path, train_state, buffer, loop: LoopState, agent) -> None:
     """Train state (orbax), replay (npz) and counters (JSON), written atomically."""
 

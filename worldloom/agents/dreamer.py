@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from worldloom.agents._run_io import read_agent_meta
 from worldloom.agents.dreamer_losses import DreamerAgentConfig, behaviour_loss
 from worldloom.agents.dreamer_networks import Actor, Critic, policy_sample
 from worldloom.agents.normalizers import ema_update, percentile_normalizer
@@ -189,12 +190,7 @@ class DreamerAgent:
         from worldloom.models.checkpoint import load_model
 
         path = Path(path)
-        try:
-            meta = json.loads((path / "agent.json").read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise CheckpointError(f"No readable agent at {str(path)!r}: {err}") from err
-        if meta.get("algo") != cls.algo:
-            raise CheckpointError(f"{path} holds a {meta.get('algo')!r} agent, expected {cls.algo!r}.")
+        meta = read_agent_meta(path, cls.algo)
         world_model = load_model(path / "world_model", device=device)
         agent = cls(world_model, DreamerAgentConfig.from_dict(meta["config"]), seed=meta.get("seed", 0))
         try:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from worldloom.core.errors import CheckpointError, ConfigError, ShapeError
+from worldloom.agents._run_io import read_agent_meta
+from worldloom.core.errors import ConfigError, ShapeError
 from worldloom.models.base import OptimizerSettings, UpdateFunctions
 from worldloom.models.checkpoint import atomic_directory
 
@@ -79,11 +80,6 @@ class TDMPC2Agent:
         from worldloom.models.checkpoint import load_model
 
         path = Path(path)
-        try:
-            meta = json.loads((path / "agent.json").read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise CheckpointError(f"No readable agent at {str(path)!r}: {err}") from err
-        if meta.get("algo") != cls.algo:
-            raise CheckpointError(f"{path} holds a {meta.get('algo')!r} agent, expected {cls.algo!r}.")
+        meta = read_agent_meta(path, cls.algo)
         model = load_model(path / "world_model", device=device)
         return cls(model, use_policy=meta["use_policy"], seed_steps=meta["seed_steps"], seed=meta.get("seed", 0))

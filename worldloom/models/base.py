@@ -168,6 +168,13 @@ class WorldModel:
         """Fresh params for ``config`` (subclasses implement)."""
         raise NotImplementedError
 
+    @classmethod
+    def build(cls, config, *, params=None, seed: int = 0, device=None, preset=None) -> WorldModel:
+        """A handle for ``config``: ``params`` if given, else fresh ones from ``seed``."""
+        if params is None:
+            params = cls.init_params(config, jax.random.PRNGKey(seed))
+        return cls(config, params, seed=seed, device=device, preset=preset)
+
     # ------------------------------------------------------------ common
 
     def next_key(self) -> jax.Array:

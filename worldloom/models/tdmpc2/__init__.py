@@ -5,21 +5,12 @@ from worldloom.models.tdmpc2.config import ALIASES, PRESETS, TDMPC2Config, heuri
 from worldloom.models.tdmpc2.model import TDMPC2WorldModel
 from worldloom.models.tdmpc2.planner import MPPISettings, mppi
 
-
-def _build(config, *, params=None, seed=0, device=None, preset=None):
-    import jax
-
-    if params is None:
-        params = TDMPC2WorldModel.init_params(config, jax.random.PRNGKey(seed))
-    return TDMPC2WorldModel(config, params, seed=seed, device=device, preset=preset)
-
-
 register_family(
     ModelFamily(
         name="tdmpc2",
         config_cls=TDMPC2Config,
         presets=PRESETS,
-        build=_build,
+        build=TDMPC2WorldModel.build,
         init_params=TDMPC2WorldModel.init_params,
         default_preset="5m",
         description="TD-MPC2: SimNorm latent dynamics, two-hot reward and Q ensemble, policy prior, MPPI planning.",
