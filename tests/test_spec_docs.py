@@ -3,8 +3,9 @@
 Adjustments made before running (nothing else is changed):
 - step counts shortened: ``total_steps`` 2, ``save_every``/``save_interval``/``log_interval`` 1,
   ``patience`` 2, ``step % 1000`` -> ``step % 1``;
-- ``"cuda"`` -> ``"cpu"`` and ``size12m`` -> ``size1m`` (same code path, a third of the
-  CPU time per update); every file path is relative to a temporary directory,
+- ``"cuda"`` -> ``"cpu"`` and ``dreamerv3:size12m`` -> ``dreamerv3:size1m`` (same code
+  path, a third of the CPU time per update) or ``tdmpc2:1m``: each walkthrough runs
+  for both model families; every file path is relative to a temporary directory,
   where ``data.npz`` and ``trajectories.npz`` are written first;
 - blocks that use torch are skipped (the torch facade runs them);
 - the "Adding Data" block's ``np.array([...])`` placeholders get arrays of
@@ -36,14 +37,14 @@ SHORTEN = [
     (re.compile(r"\b(patience)\s*=\s*[\d_]+"), r"\1=2"),
     (re.compile(r"step % 1000"), "step % 1"),
     (re.compile(r"\"cuda\""), '"cpu"'),
-    (re.compile(r"dreamerv3:size12m"), "dreamerv3:size1m"),
 ]
+PRESETS = ["dreamerv3:size1m", "tdmpc2:1m"]
 PLACEHOLDER = re.compile(r"(\w+)=np\.array\(\[\.\.\.\]\)")
 
 pytestmark = pytest.mark.skipif(SPEC is None, reason="spec documents not found (set WORLDLOOM_SPEC_DIR)")
 
 
-def prepared_blocks(name: str) -> list[tuple[int, str | None]]:
+def prepared_blocks(name: str, preset: str = PRESETS[0]) -> list[tuple[int, str | None]]:
     """``(index, code)`` per python block; ``code`` None for a skipped (torch) block."""
     out = []
     for index, block in enumerate(BLOCK.findall((SPEC / name).read_text())):
@@ -52,16 +53,17 @@ def prepared_blocks(name: str) -> list[tuple[int, str | None]]:
             continue
         for pattern, replacement in SHORTEN:
             block = pattern.sub(replacement, block)
+        block = block.replace("dreamerv3:size12m", preset)
         if PLACEHOLDER.search(block):
             block = "import numpy as np\n" + PLACEHOLDER.sub(r'\1=_EXAMPLE["\1"]', block)
         out.append((index, block))
     return out
 
 
-def run_blocks(name: str, namespace: dict) -> list[str]:
-    """Run the blocks of ``name``; returns each block's printed output."""
+def run_blocks(name: str, namespace: dict, preset: str) -> list[str]:
+    """Run the blocks of ``name`` with ``preset``; returns each block's printed output."""
     outputs = []
-    for index, code in prepared_blocks(name):
+    for index, code in prepared_blocks(name, preset):
         if code is None:
             outputs.append("")
             continue
@@ -89,7 +91,8 @@ def params_finite(model: WorldModel) -> bool:
     return all(np.all(np.isfinite(np.asarray(p))) for p in model.parameters())
 
 
-def test_training_api(workdir):
+@pytest.mark.parametrize("preset", PRESETS)
+def test_training_api(workdir, preset):
     length = 60
     rng = np.random.default_rng(0)
     namespace = {"__name__": "spec_training_api", "_EXAMPLE": {
@@ -98,10 +101,11 @@ def test_training_api(workdir):
         "rewards": rng.standard_normal(length).astype(np.float32),
         "dones": np.arange(length) == length - 1,
     }}
-    outputs = run_blocks("training-api.md", namespace)
+    outputs = run_blocks("training-api.md", namespace, preset)
     assert len(outputs) == 17  # no block of this page uses torch
     trained, model = namespace["trained_model"], namespace["model"]
     assert isinstance(trained, WorldModel) and trained is model and params_finite(trained)
+    assert model.family == preset.split(":")[0]
     buffer = namespace["buffer"]
     assert isinstance(buffer, ReplayBuffer) and len(buffer) == 2400  # trajectories.npz of the complete example
     assert ReplayBuffer.load("buffer.npz").num_transitions == length  # the "Adding Data" episode, saved
@@ -111,9 +115,10 @@ def test_training_api(workdir):
     assert (workdir / "final_model" / "config.json").is_file()
 
 
-def test_train_your_first_model(workdir):
+@pytest.mark.parametrize("preset", PRESETS)
+def test_train_your_first_model(workdir, preset):
     namespace = {"__name__": "spec_train_your_first_model"}
-    outputs = run_blocks("train-your-first-model.md", namespace)
+    outputs = run_blocks("train-your-first-model.md", namespace, preset)
     skipped = [i for i, code in prepared_blocks("train-your-first-model.md") if code is None]
     assert len(skipped) == 2  # Step 5 and the imagination rollout use torch
     buffer = namespace["buffer"]
@@ -122,7 +127,7 @@ def test_train_your_first_model(workdir):
     count = re.search(r"Parameters: ([\d,]+)", "".join(outputs))
     assert count and int(count.group(1).replace(",", "")) == namespace["model"].num_parameters() > 500_000
     trained, loaded = namespace["trained_model"], namespace["loaded_model"]
-    assert params_finite(trained)
+    assert params_finite(trained) and trained.family == preset.split(":")[0]
     for a, b in zip(namespace["model"].parameters(), loaded.parameters()):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert sorted(os.listdir("checkpoints")) == ["step_00000001", "step_00000002"]  # save_every shortened to 1
