@@ -41,6 +41,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--steps", type=int, help="environment steps (default: the target's budget)")
     parser.add_argument("--train-ratio", type=float, help="DreamerV3 replayed steps per environment step")
+    parser.add_argument("--lr", type=float, help="learning rate (default: the reference's)")
+    parser.add_argument("--warmup", type=int, help="learning-rate warm-up updates (default: the reference's)")
     parser.add_argument("--out", default="runs/benchmarks")
     parser.add_argument("--results", default="docs/results.md")
     parser.add_argument("--quick", action="store_true", help="do not append to the results file")
@@ -54,12 +56,17 @@ def main(argv=None) -> int:
             overrides["total_steps"] = args.steps
         if args.train_ratio:
             overrides["train_ratio"] = args.train_ratio
+        if args.lr:
+            overrides["learning_rate"] = args.lr
+        if args.warmup is not None:
+            overrides["warmup_steps"] = args.warmup
         config = AgentRunConfig(**overrides)
         result = run_agent(config, resume=True)
         reached = first_step_reaching(result["eval"], task["target"])
         rows.append({
             "task": args.task, "env": config.env, "algo": config.algo, "model": config.model, "seed": seed,
             "env_steps": config.total_steps, "updates": result["updates"], "target": task["target"],
+            "train_ratio": config.train_ratio, "learning_rate": config.resolved("learning_rate"),
             "reached_at": reached, "best_eval": max((v for _, v in result["eval"]), default=None),
             "final_eval": result["final_eval_return"], "wall_time_min": result["wall_time"] / 60,
             "curve": result["curves"],
@@ -73,10 +80,11 @@ def main(argv=None) -> int:
                 handle.write("# Results\n\nLearning runs of `python -m benchmarks.agents`; each row is one seed.\n")
             stamp = datetime.date.today().isoformat()
             handle.write(f"\n## {args.task} ({stamp}, {platform.machine()}, {os.cpu_count()} cores)\n\n")
-            handle.write("| seed | env steps | updates | target | reached at step | best eval | final eval "
-                         "| wall time (min) | curve |\n|---|---|---|---|---|---|---|---|---|\n")
+            handle.write("| seed | env steps | train ratio | lr | updates | target | reached at step | best eval "
+                         "| final eval | wall time (min) | curve |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
             for row in rows:
-                handle.write(f"| {row['seed']} | {row['env_steps']} | {row['updates']} | {row['target']} "
+                handle.write(f"| {row['seed']} | {row['env_steps']} | {row['train_ratio']} | {row['learning_rate']} "
+                             f"| {row['updates']} | {row['target']} "
                              f"| {row['reached_at'] or 'not reached'} | {row['best_eval']} | {row['final_eval']} "
                              f"| {row['wall_time_min']:.1f} | `{row['curve']}` |\n")
     return 0
