@@ -21,9 +21,17 @@ class LoopState:
     train_returns: list = dataclasses.field(default_factory=list)
     eval_returns: list = dataclasses.field(default_factory=list)
 
-    @classmethod
-    def fresh(cls, seed: int) -> LoopState:
-        return cls()
+
+def write_agent(path: Path, algo: str, world_model, meta: dict, fill=None) -> None:
+    """Write a saved agent atomically: ``world_model/``, ``agent.json`` and what ``fill(tmp)`` adds."""
+
+    def write(tmp: Path) -> None:
+        world_model.save_pretrained(tmp / "world_model")
+        if fill is not None:
+            fill(tmp)
+        (tmp / "agent.json").write_text(json.dumps({"format": "worldloom-agent", "algo": algo, **meta}, indent=2))
+
+    atomic_directory(Path(path), write)
 
 
 def read_agent_meta(path: Path, algo: str) -> dict:

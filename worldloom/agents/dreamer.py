@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jax
@@ -10,13 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from worldloom.agents._run_io import read_agent_meta
+from worldloom.agents._run_io import read_agent_meta, write_agent
 from worldloom.agents.dreamer_losses import DreamerAgentConfig, behaviour_loss
 from worldloom.agents.dreamer_networks import Actor, Critic, policy_sample
 from worldloom.agents.normalizers import ema_update, percentile_normalizer
 from worldloom.core.errors import CheckpointError, ConfigError, ShapeError
 from worldloom.models.base import OptimizerSettings, UpdateFunctions, owned_state
-from worldloom.models.checkpoint import atomic_directory, restore_pytree, save_pytree
+from worldloom.models.checkpoint import restore_pytree, save_pytree
 from worldloom.models.dreamerv3.model import DreamerV3WorldModel
 from worldloom.nn.optim import laprop_agc
 
@@ -176,14 +175,9 @@ class DreamerAgent:
 
     def save(self, path) -> None:
         """Write the agent (world model, actor, critic, configs) to ``path`` atomically."""
-        meta = {"format": "worldloom-agent", "algo": self.algo, "config": self.config.to_dict(), "seed": self.seed}
-
-        def fill(tmp: Path) -> None:
-            self.world_model.save_pretrained(tmp / "world_model")
-            save_pytree(self.behaviour_params, tmp / "behaviour")
-            (tmp / "agent.json").write_text(json.dumps(meta, indent=2))
-
-        atomic_directory(Path(path), fill)
+        meta = {"config": self.config.to_dict(), "seed": self.seed}
+        write_agent(path, self.algo, self.world_model, meta,
+                    fill=lambda tmp: save_pytree(self.behaviour_params, tmp / "behaviour"))
 
     @classmethod
     def load(cls, path, device=None) -> DreamerAgent:

@@ -163,7 +163,7 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
     buffer = ReplayBuffer(min(config.buffer_capacity, config.total_steps + 1000), obs_shape, action_dim,
                           seed=config.seed)
     train_state = update.init(agent.params)
-    loop = LoopState.fresh(config.seed)
+    loop = LoopState()
     checkpoint_dir = out / "checkpoint"
     if resume and checkpoint_dir.exists():
         train_state, buffer, loop = load_checkpoint(checkpoint_dir, train_state, agent)

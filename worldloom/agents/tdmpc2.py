@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from worldloom.agents._run_io import read_agent_meta
+from worldloom.agents._run_io import read_agent_meta, write_agent
 from worldloom.core.errors import ConfigError, ShapeError
 from worldloom.models.base import OptimizerSettings, UpdateFunctions
-from worldloom.models.checkpoint import atomic_directory
 
 
 class TDMPC2Agent:
@@ -66,14 +64,8 @@ class TDMPC2Agent:
         return action
 
     def save(self, path) -> None:
-        meta = {"format": "worldloom-agent", "algo": self.algo, "use_policy": self.use_policy,
-                "seed_steps": self.seed_steps, "seed": self.seed}
-
-        def fill(tmp: Path) -> None:
-            self.world_model.save_pretrained(tmp / "world_model")
-            (tmp / "agent.json").write_text(json.dumps(meta, indent=2))
-
-        atomic_directory(Path(path), fill)
+        meta = {"use_policy": self.use_policy, "seed_steps": self.seed_steps, "seed": self.seed}
+        write_agent(path, self.algo, self.world_model, meta)
 
     @classmethod
     def load(cls, path, device=None) -> TDMPC2Agent:

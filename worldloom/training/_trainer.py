@@ -249,7 +249,7 @@ class Trainer:
             shapes = jax.eval_shape(program.update.init, model.params)
             state, key, self.step, seed = self._restore(source, shapes, key)
         else:
-            state, self.step = program.update.init(_copy(model.params)), 0
+            state, self.step = program.update.init(model.params), 0  # init owns copies of the params
         # Committed on the device (replicated on a mesh), so every dispatch hits the same executable.
         self.state, key = place.replicate((state, key))
         train_key, eval_key = jax.random.split(key)
