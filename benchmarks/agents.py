@@ -27,7 +27,7 @@ TASKS = {
     "cartpole": dict(config=dict(env="CartPole-v1", algo="dreamerv3", model="dreamerv3:size1m", total_steps=50_000,
                                  eval_every=2_500, eval_episodes=10), target=475.0),
     "pendulum": dict(config=dict(env="Pendulum-v1", algo="tdmpc2", model="tdmpc2:1m", total_steps=20_000,
-                                 eval_every=1_000, eval_episodes=5), target=-200.0),
+                                 eval_every=2_000, eval_episodes=5), target=-200.0),
 }
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from worldloom.agents import AgentRunConfig, DreamerAgent, TDMPC2Agent, run_agent
+from worldloom.agents.loop import seed_steps_for
 from worldloom.core.errors import ConfigError
 
 DREAMER_TINY = dict(deter=64, hidden=32, units=32, classes=4, stoch=4)
@@ -60,6 +61,9 @@ def test_tdmpc2_loop_on_pendulum(tmp_path):
     assert result["updates"] == 200 + 60  # pretraining burst of seed_steps, then one per step
     assert result["final_eval_return"] is not None and np.isfinite(result["final_eval_return"])
     agent = TDMPC2Agent.load(tmp_path / "run" / "agent")
+    # The discount heuristic sees Pendulum's 200-step time limit, as the reference's does.
+    assert agent.world_model.config.episode_length == 200
+    assert agent.world_model.config.gamma == pytest.approx(0.975)
     obs = np.zeros((1, 3), np.float32)
     import jax
 
@@ -67,6 +71,15 @@ def test_tdmpc2_loop_on_pendulum(tmp_path):
     b = TDMPC2Agent.load(tmp_path / "run" / "agent").act(obs, np.array([True]), greedy=True, key=jax.random.PRNGKey(0))
     np.testing.assert_array_equal(a, b)
     assert a.shape == (1, 1) and np.all(np.abs(a) <= 1)
+
+
+def test_tdmpc2_seed_steps_follow_the_episode_length():
+    config = AgentRunConfig(env="Pendulum-v1", algo="tdmpc2")
+    assert seed_steps_for(config, 200) == 1000
+    assert seed_steps_for(config, 1000) == 5000
+    assert seed_steps_for(config, None) == 1000
+    assert seed_steps_for(config.replace(seed_steps=300), 1000) == 300
+    assert seed_steps_for(AgentRunConfig(algo="dreamerv3"), 1000) == 1024
 
 
 def test_bad_run_config():

@@ -411,8 +411,10 @@ def test_act_plans_with_warm_start_and_policy(model):
     assert action.shape == (ACTION_DIM,) and np.all(np.abs(np.asarray(action)) <= 1.0)
     plan = model.plan_mean
     assert plan.shape == (1, 3, ACTION_DIM)
+    compiled = model.programs.act._cache_size()
     model.act(obs)  # warm-started from the kept plan
     assert not np.array_equal(model.plan_mean, plan)
+    assert model.programs.act._cache_size() == compiled, "a warm-started plan must reuse the compiled program"
     model.reset_plan()
     assert model.plan_mean is None
     policy_action = model.act(obs, eval_mode=True, use_policy=True)

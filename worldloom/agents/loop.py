@@ -97,14 +97,28 @@ def _to_env_action(action: np.ndarray, env, discrete: bool):
     return scaled.reshape(env.action_space.shape).astype(env.action_space.dtype)
 
 
-def make_agent(config: AgentRunConfig, obs_shape, action_dim: int, discrete: bool, **overrides):
-    """The agent of ``config.algo`` with a fresh world model."""
+def seed_steps_for(config: AgentRunConfig, episode_length: int | None) -> int:
+    """Random-action steps: ``config.seed_steps``, else DreamerV3's 1024 or TD-MPC2's ``max(1000, 5 * L)``."""
+    if config.seed_steps is not None or config.algo != "tdmpc2" or not episode_length:
+        return config.resolved("seed_steps")
+    return max(DEFAULTS["tdmpc2"]["seed_steps"], 5 * int(episode_length))
+
+
+def make_agent(config: AgentRunConfig, obs_shape, action_dim: int, discrete: bool, episode_length: int | None = None,
+               **overrides):
+    """The agent of ``config.algo`` with a fresh world model.
+
+    ``episode_length`` (the environment's time limit) sets TD-MPC2's discount
+    heuristic and seed steps, as the reference does, unless overridden.
+    """
     kind = "discrete" if discrete else "continuous"
+    if config.algo == "tdmpc2" and episode_length:
+        overrides.setdefault("episode_length", int(episode_length))
     model = create_world_model(config.resolved("model"), obs_shape=obs_shape, action_dim=action_dim,
                                action_type=kind, seed=config.seed, **overrides)
     if config.algo == "dreamerv3":
         return DreamerAgent(model, seed=config.seed)
-    return TDMPC2Agent(model, seed_steps=config.resolved("seed_steps"), seed=config.seed)
+    return TDMPC2Agent(model, seed_steps=seed_steps_for(config, episode_length), seed=config.seed)
 
 
 def evaluate(agent, env_id: str, episodes: int, seed: int) -> list[float]:
@@ -154,7 +168,8 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
     (out / "run_config.json").write_text(json.dumps(config.to_dict(), indent=2))
     envs = [gym.make(config.env) for _ in range(config.num_envs)]
     obs_shape, action_dim, discrete = _spaces(envs[0])
-    agent = make_agent(config, obs_shape, action_dim, discrete, **model_overrides)
+    episode_length = envs[0].spec.max_episode_steps if envs[0].spec is not None else None
+    agent = make_agent(config, obs_shape, action_dim, discrete, episode_length, **model_overrides)
     batch_size, seq_len = config.resolved("batch_size"), config.resolved("sequence_length")
     settings = OptimizerSettings(learning_rate=config.resolved("learning_rate"), grad_clip=config.resolved("grad_clip"),
                                  warmup_steps=config.resolved("warmup_steps"))
@@ -170,7 +185,7 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
         agent.load_params(update.params(train_state))
     per_step = (config.train_ratio / (batch_size * seq_len) if config.algo == "dreamerv3"
                 else config.updates_per_step)
-    seed_steps = config.resolved("seed_steps")
+    seed_steps = seed_steps_for(config, episode_length)
     writer = SummaryWriter(str(out / "tensorboard"))
     rng = np.random.default_rng(config.seed + loop.env_step)
     observations = [env.reset(seed=config.seed + 1000 * i + loop.env_step)[0] for i, env in enumerate(envs)]

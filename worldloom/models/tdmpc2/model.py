@@ -269,7 +269,7 @@ class TDMPC2WorldModel(WorldModel):
         elif self._plan_mean is not None and tuple(self._plan_mean.shape) == plan_shape:
             prev = self._plan_mean
         else:
-            prev, t0 = jnp.zeros(plan_shape, jnp.float32), True
+            prev, t0 = self._put(np.zeros(plan_shape, np.float32)), True
         first = jnp.broadcast_to(jnp.asarray(t0, bool), (batch,))
         task_ids = self._task(task, (batch,))
         if task_ids is not None:
