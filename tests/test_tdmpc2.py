@@ -421,6 +421,9 @@ def test_act_plans_with_warm_start_and_policy(model):
     assert policy_action.shape == (ACTION_DIM,) and np.all(np.abs(np.asarray(policy_action)) <= 1.0)
     with pytest.raises(ShapeError, match="prev_plan"):
         model.act(obs, prev_plan=np.zeros((2, 3, ACTION_DIM)))
+    key = jax.random.PRNGKey(7)
+    seeded = [np.asarray(model.act(obs, t0=True, key=key)) for _ in range(2)]
+    np.testing.assert_array_equal(seeded[0], seeded[1])
 
 
 # ---------------------------------------------------------------- variants

@@ -55,10 +55,8 @@ class TDMPC2Agent:
         shape = tuple(self.world_model.config.obs_shape)
         if obs.shape[1:] != shape:
             raise ShapeError(f"obs: expected shape [N, {', '.join(map(str, shape))}], got {list(obs.shape)}.")
-        if key is not None:
-            self.world_model._key = key
         action = np.asarray(self.world_model.act(obs, t0=np.asarray(is_first, bool), eval_mode=greedy,
-                                                 use_policy=self.use_policy))
+                                                 use_policy=self.use_policy, key=key))
         if self.discrete:
             return np.eye(self.world_model.config.action_dim, dtype=np.float32)[action]
         return action

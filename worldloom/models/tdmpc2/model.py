@@ -236,7 +236,8 @@ class TDMPC2WorldModel(WorldModel):
 
     # ------------------------------------------------------------ acting
 
-    def act(self, obs, t0=False, eval_mode: bool = False, use_policy: bool = False, prev_plan=None, task=None):
+    def act(self, obs, t0=False, eval_mode: bool = False, use_policy: bool = False, prev_plan=None, task=None,
+            key=None):
         """Choose actions by MPPI planning in latent space (or with the policy prior).
 
         The plan (MPPI mean ``[B, H, A]``) is kept on the handle and shifted to
@@ -251,6 +252,7 @@ class TDMPC2WorldModel(WorldModel):
             use_policy: Act with the policy prior instead of planning.
             prev_plan: A plan ``[B, H, A]`` to warm-start from instead of the kept one.
             task: Task ids (multitask models).
+            key: PRNG key for sampling; default: the next key of the handle's RNG.
 
         Returns:
             Actions ``[A]`` or ``[B, A]`` in [-1, 1] (discrete models: indices ``[]`` or ``[B]``).
@@ -274,8 +276,9 @@ class TDMPC2WorldModel(WorldModel):
         task_ids = self._task(task, (batch,))
         if task_ids is not None:
             task_ids = jnp.broadcast_to(task_ids, (batch,))
-        action, mean = self.programs.act(self.params, obs, prev, first, self.next_key(), task_ids,
-                                 eval_mode=bool(eval_mode), use_policy=bool(use_policy))
+        key = self.next_key() if key is None else jax.device_put(key, self.device)
+        action, mean = self.programs.act(self.params, obs, prev, first, key, task_ids,
+                                         eval_mode=bool(eval_mode), use_policy=bool(use_policy))
         if not use_policy:
             self._plan_mean = mean
         if cfg.action_type == "discrete":
