@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from worldloom.agents import AgentRunConfig, DreamerAgent, TDMPC2Agent, run_agent
+from worldloom import create_world_model
+from worldloom.agents import AgentRunConfig, DreamerAgent, TDMPC2Agent, evaluate, run_agent
 from worldloom.agents.loop import seed_steps_for
 from worldloom.core.errors import ConfigError
 
@@ -71,6 +72,19 @@ def test_tdmpc2_loop_on_pendulum(tmp_path):
     b = TDMPC2Agent.load(tmp_path / "run" / "agent").act(obs, np.array([True]), greedy=True, key=jax.random.PRNGKey(0))
     np.testing.assert_array_equal(a, b)
     assert a.shape == (1, 1) and np.all(np.abs(a) <= 1)
+
+
+@pytest.mark.parametrize("env_id, obs_shape, action_dim, kind", [("CartPole-v1", (4,), 2, "discrete"),
+                                                                  ("Pendulum-v1", (3,), 1, "continuous")])
+def test_side_by_side_evaluation_matches_one_episode_at_a_time(env_id, obs_shape, action_dim, kind):
+    model = create_world_model("tdmpc2:1m", obs_shape=obs_shape, action_dim=action_dim, action_type=kind,
+                               **TDMPC_TINY)
+    agent = TDMPC2Agent(model, use_policy=True)  # greedy policy prior: deterministic
+    together = evaluate(agent, env_id, 3, seed=5)
+    alone = [evaluate(agent, env_id, 1, seed=5 + i)[0] for i in range(3)]
+    np.testing.assert_allclose(together, alone, rtol=1e-5)  # CartPole: episodes of different lengths
+    assert len(set(np.round(together, 3))) == 3
+    assert evaluate(agent, env_id, 0, seed=5) == []
 
 
 def test_tdmpc2_seed_steps_follow_the_episode_length():

@@ -122,25 +122,35 @@ def make_agent(config: AgentRunConfig, obs_shape, action_dim: int, discrete: boo
 
 
 def evaluate(agent, env_id: str, episodes: int, seed: int) -> list[float]:
-    """Returns of ``episodes`` evaluation episodes (TD-MPC2 without exploration noise)."""
+    """Returns of ``episodes`` evaluation episodes (TD-MPC2 without exploration noise).
+
+    The episodes run side by side: episode ``i`` starts from
+    ``reset(seed=seed + i)`` and the agent acts on every unfinished one in a
+    single call, so planning (or the actor) is batched over episodes.
+    """
     import gymnasium as gym
 
-    env = gym.make(env_id)
-    _, _, discrete = _spaces(env)
+    if episodes <= 0:
+        return []
+    envs = [gym.make(env_id) for _ in range(episodes)]
+    _, _, discrete = _spaces(envs[0])
     greedy = agent.algo == "tdmpc2"
-    returns = []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        agent.reset(1)
-        first, total, done = True, 0.0, False
-        while not done:
-            action = agent.act(obs[None], np.array([first]), greedy=greedy)[0]
-            obs, reward, terminated, truncated, _ = env.step(_to_env_action(action, env, discrete))
-            total += float(reward)
-            first, done = False, terminated or truncated
-        returns.append(total)
-    env.close()
-    return returns
+    obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
+    agent.reset(episodes)
+    first, running = np.ones(episodes, bool), np.ones(episodes, bool)
+    returns = np.zeros(episodes)
+    try:
+        while running.any():
+            actions = agent.act(obs, first, greedy=greedy)
+            first[:] = False
+            for i in np.flatnonzero(running):
+                obs[i], reward, terminated, truncated, _ = envs[i].step(_to_env_action(actions[i], envs[i], discrete))
+                returns[i] += float(reward)
+                running[i] = not (terminated or truncated)
+    finally:
+        for env in envs:
+            env.close()
+    return returns.tolist()
 
 
 def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = False, **model_overrides) -> dict:
