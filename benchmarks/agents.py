@@ -66,7 +66,9 @@ def main(argv=None) -> int:
         rows.append({
             "task": args.task, "env": config.env, "algo": config.algo, "model": config.model, "seed": seed,
             "env_steps": config.total_steps, "updates": result["updates"], "target": task["target"],
-            "train_ratio": config.train_ratio, "learning_rate": config.resolved("learning_rate"),
+            "train_ratio": (f"ratio {config.train_ratio:g}" if config.algo == "dreamerv3"
+                            else f"{config.updates_per_step:g} update/step"),
+            "learning_rate": config.resolved("learning_rate"),
             "reached_at": reached, "best_eval": max((v for _, v in result["eval"]), default=None),
             "final_eval": result["final_eval_return"], "wall_time_min": result["wall_time"] / 60,
             "curve": result["curves"],
@@ -80,7 +82,7 @@ def main(argv=None) -> int:
                 handle.write("# Results\n\nLearning runs of `python -m benchmarks.agents`; each row is one seed.\n")
             stamp = datetime.date.today().isoformat()
             handle.write(f"\n## {args.task} ({stamp}, {platform.machine()}, {os.cpu_count()} cores)\n\n")
-            handle.write("| seed | env steps | train ratio | lr | updates | target | reached at step | best eval "
+            handle.write("| seed | env steps | training | lr | updates | target | reached at step | best eval "
                          "| final eval | wall time (min) | curve |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
             for row in rows:
                 handle.write(f"| {row['seed']} | {row['env_steps']} | {row['train_ratio']} | {row['learning_rate']} "
