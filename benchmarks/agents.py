@@ -66,8 +66,8 @@ def main(argv=None) -> int:
         rows.append({
             "task": args.task, "env": config.env, "algo": config.algo, "model": config.model, "seed": seed,
             "env_steps": config.total_steps, "updates": result["updates"], "target": task["target"],
-            "train_ratio": (f"ratio {config.train_ratio:g}" if config.algo == "dreamerv3"
-                            else f"{config.updates_per_step:g} update/step"),
+            "training": (f"ratio {config.train_ratio:g}" if config.algo == "dreamerv3"
+                         else f"{config.updates_per_step:g} update/step"),
             "learning_rate": config.resolved("learning_rate"),
             "reached_at": reached, "best_eval": max((v for _, v in result["eval"]), default=None),
             "final_eval": result["final_eval_return"], "wall_time_min": result["wall_time"] / 60,
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
             handle.write("| seed | env steps | training | lr | updates | target | reached at step | best eval "
                          "| final eval | wall time (min) | curve |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
             for row in rows:
-                handle.write(f"| {row['seed']} | {row['env_steps']} | {row['train_ratio']} | {row['learning_rate']} "
+                handle.write(f"| {row['seed']} | {row['env_steps']} | {row['training']} | {row['learning_rate']} "
                              f"| {row['updates']} | {row['target']} "
                              f"| {row['reached_at'] or 'not reached'} | {row['best_eval']} | {row['final_eval']} "
                              f"| {row['wall_time_min']:.1f} | `{row['curve']}` |\n")
