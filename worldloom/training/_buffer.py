@@ -14,14 +14,24 @@ never reads a dropped row or crosses the write head.
 from __future__ import annotations
 
 import collections
+import math
 import os
 from typing import Any
 
 import numpy as np
 
-from worldloom.core.errors import DataError, ShapeError
+from worldloom.core.errors import ConfigError, DataError, ShapeError
 from worldloom.training import _buffer_io
-from worldloom.training._episode import check_episode
+from worldloom.training._episode import (
+    INDEX_BYTES,
+    as_array,
+    check_episode,
+    integer,
+    memory_limit,
+    shape_tuple,
+    size_text,
+    storage_dtype,
+)
 
 BATCH_KEYS = ("obs", "actions", "rewards", "continues", "is_first", "terminals")
 
@@ -38,6 +48,11 @@ class ReplayBuffer:
             stored as float32).
         seed: Seeds the buffer's own generator used by :meth:`sample`.
 
+    Raises:
+        ConfigError: ``capacity``/``seed`` not integers (>= 1 / >= 0) or an
+            unknown ``obs_dtype``. ShapeError: ``obs_shape``/``action_dim`` not
+            positive integers. Floats and bools are refused, not rounded.
+
     Example:
         >>> buffer = ReplayBuffer(capacity=1000, obs_shape=(4,), action_dim=2)
         >>> buffer.add_episode(obs=np.zeros((10, 4)), actions=np.zeros((10, 1), int),
@@ -46,30 +61,25 @@ class ReplayBuffer:
         (2, 5, 4)
     """
 
+    #: Largest batch, in bytes, :meth:`sample`/:meth:`window_rows` may build; ``None``: half of
+    #: :func:`memory_limit`. Set it on a buffer (or on the class) to lower or raise the bound.
+    max_sample_bytes: int | None = None
+
     def __init__(self, capacity: int, obs_shape, action_dim: int, *, obs_dtype=None, seed: int = 0):
-        capacity = int(capacity)
-        if capacity < 1:
-            raise DataError(f"capacity must be a positive number of transitions, got {capacity}.")
-        self.capacity = capacity
-        self.obs_shape = tuple(int(d) for d in np.atleast_1d(obs_shape))
-        if not self.obs_shape or any(d < 1 for d in self.obs_shape):
-            raise ShapeError(f"obs_shape: expected a tuple of positive sizes, got {obs_shape!r}.")
-        self.action_dim = int(action_dim)
-        if self.action_dim < 1:
-            raise ShapeError(f"action_dim: expected a positive integer, got {action_dim!r}.")
-        self.obs_dtype = None if obs_dtype is None else np.dtype(obs_dtype)
-        self.seed = int(seed)
+        self.capacity = capacity = integer("capacity", capacity)
+        self.obs_shape = shape_tuple("obs_shape", obs_shape)
+        self.action_dim = integer("action_dim", action_dim, error=ShapeError)
+        self.obs_dtype = None if obs_dtype is None else storage_dtype("obs_dtype", obs_dtype)
+        self.seed = integer("seed", seed, minimum=0)
         self._rng = np.random.default_rng(self.seed)
         self._written = 0  # absolute number of rows ever written
         # Retained episodes, oldest first: (absolute start row, length).
         self._episodes: collections.deque[tuple[int, int]] = collections.deque()
         self._final_obs: dict[int, np.ndarray] = {}  # absolute start row -> observation after the episode
         self._obs = None
-        self._actions = np.zeros((capacity, self.action_dim), np.float32)
-        self._rewards = np.zeros((capacity,), np.float32)
-        self._dones = np.zeros((capacity,), bool)
-        self._terminals = np.zeros((capacity,), bool)
-        self._is_first = np.zeros((capacity,), bool)
+        self._actions = self._zeros((self.action_dim,), np.float32)
+        self._rewards = self._zeros((), np.float32)
+        self._dones, self._terminals, self._is_first = (self._zeros((), bool) for _ in range(3))
         if self.obs_dtype is not None:
             self._allocate_obs(self.obs_dtype)
 
@@ -100,9 +110,18 @@ class ReplayBuffer:
 
     # ------------------------------------------------------------ writing
 
+    def _zeros(self, row_shape: tuple, dtype) -> np.ndarray:
+        """A ``[capacity, *row_shape]`` array; ConfigError when the memory cannot be had."""
+        try:
+            return np.zeros((self.capacity, *row_shape), dtype)
+        except (MemoryError, ValueError) as err:  # ValueError: larger than NumPy can index
+            need = self.capacity * math.prod(row_shape) * np.dtype(dtype).itemsize
+            raise ConfigError(f"capacity={self.capacity}: expected a buffer that fits in memory, got one needing "
+                              f"{size_text(need)} for {np.dtype(dtype)} rows of shape {list(row_shape)}.") from err
+
     def _allocate_obs(self, dtype: np.dtype) -> None:
+        self._obs = self._zeros(self.obs_shape, dtype)
         self.obs_dtype = np.dtype(dtype)
-        self._obs = np.zeros((self.capacity, *self.obs_shape), self.obs_dtype)
 
     def add_episode(self, obs, actions, rewards, dones=None, terminated=None, truncated=None, final_obs=None) -> None:
         """Append one episode of ``T`` transitions.
@@ -124,12 +143,13 @@ class ReplayBuffer:
 
         Raises:
             ShapeError: an array of the wrong shape (the message says what was expected).
-            DataError: NaN/inf values, indices out of range, an episode longer than the capacity.
+            DataError: NaN/inf values, values too large for float32 (or for
+                ``obs_dtype``), indices out of range, an episode longer than the capacity.
         """
         obs_dtype = self.obs_dtype
         if obs_dtype is None:
-            obs_dtype = np.asarray(obs).dtype
-            obs_dtype = np.dtype(np.float32) if obs_dtype in (np.float64, np.bool_) else obs_dtype
+            obs = as_array("obs", obs)
+            obs_dtype = np.dtype(np.float32) if obs.dtype in (np.float64, np.bool_) else obs.dtype
         episode = check_episode(obs, actions, rewards, dones, terminated, truncated, final_obs,
                                 obs_shape=self.obs_shape, obs_dtype=obs_dtype,
                                 action_dim=self.action_dim)
@@ -208,8 +228,13 @@ class ReplayBuffer:
             lead: Extra leading axes (e.g. ``(K,)`` for K batches at once).
 
         Raises:
+            ConfigError: ``batch_size``/``seq_len`` not integers >= 1, or a
+                batch larger than :meth:`sample_limit` bytes.
             DataError: no run holds ``seq_len`` rows.
         """
+        batch_size, seq_len = integer("batch_size", batch_size), integer("seq_len", seq_len)
+        lead = tuple(integer("lead", size) for size in lead)
+        self.check_sample_size(math.prod(lead) * batch_size, seq_len)
         segments = self.segments() if segments is None else np.asarray(segments, np.int64)
         counts = np.maximum(segments[:, 1] - segments[:, 0] - seq_len + 1, 0)
         total = int(counts.sum())
@@ -223,6 +248,34 @@ class ReplayBuffer:
         segment = np.searchsorted(cumulative, draws, side="right")
         starts = segments[segment, 0] + draws - (cumulative[segment] - counts[segment])
         return starts[..., None] + np.arange(seq_len)
+
+    def bytes_per_transition(self) -> int:
+        """Bytes one sampled transition takes: every batch field plus the row indices."""
+        obs_dtype = self.obs_dtype if self.obs_dtype is not None else np.dtype(np.float32)
+        obs = obs_dtype.itemsize * math.prod(self.obs_shape)
+        return obs + 4 * self.action_dim + 4 + 4 + 1 + 1 + INDEX_BYTES
+
+    def sample_limit(self) -> int:
+        """The most bytes one sample may take: ``max_sample_bytes``, or half of :func:`memory_limit`."""
+        limit = self.max_sample_bytes
+        if limit is None:
+            return memory_limit() // 2
+        return integer("max_sample_bytes", limit)
+
+    def check_sample_size(self, batch_size: int, seq_len: int) -> None:
+        """Refuse, before allocating, a ``[batch_size, seq_len]`` sample larger than :meth:`sample_limit`.
+
+        Raises:
+            ConfigError: the sample would need more bytes than the limit.
+        """
+        per_row = self.bytes_per_transition()
+        need, limit = batch_size * seq_len * per_row, self.sample_limit()
+        if need > limit:
+            source = ("max_sample_bytes" if self.max_sample_bytes is not None
+                      else "max_sample_bytes=None: half of the memory this process may use")
+            raise ConfigError(f"sample: batch_size={batch_size} x seq_len={seq_len} needs {size_text(need)} "
+                              f"({per_row} bytes per transition); expected at most {size_text(limit)} "
+                              f"({source}). Lower batch_size/seq_len, or raise buffer.max_sample_bytes.")
 
     def gather(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """The batch at absolute ``rows`` ``[..., T]`` (fancy indexing, one pass per field).
@@ -258,12 +311,12 @@ class ReplayBuffer:
             ``is_first [B, T]`` bool, ``terminals [B, T]`` bool.
 
         Raises:
+            ConfigError: ``batch_size``/``seq_len`` not integers >= 1 (floats and
+                bools are refused), or a batch larger than :meth:`sample_limit`
+                bytes (see ``max_sample_bytes``).
             DataError: fewer than ``seq_len`` transitions held.
             DeviceError: ``device`` is not present.
         """
-        batch_size, seq_len = int(batch_size), int(seq_len)
-        if batch_size < 1 or seq_len < 1:
-            raise DataError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}.")
         batch = self.gather(self.window_rows(self._rng, batch_size, seq_len))
         if device is None:
             return batch
@@ -318,18 +371,30 @@ class ReplayBuffer:
             seed: Seed of the new buffer's generator (default: the saved one).
 
         Raises:
-            CheckpointError: a missing, unreadable or corrupt file.
-            DataError: arrays of inconsistent lengths, or shapes other than requested.
+            ConfigError: ``path`` not a file name; ``capacity``/``seed`` not
+                integers. ShapeError: a bad ``obs_shape`` or ``action_dim``.
+            CheckpointError: a missing, unreadable, truncated or corrupt file,
+                or one that is not a buffer (e.g. a ``.npy`` renamed ``.npz``).
+            DataError: arrays of inconsistent lengths, dones other than 0/1 or
+                that disagree with ``episode_lengths``, values the buffer
+                cannot store, or shapes other than requested.
         """
-        data = _buffer_io.read_npz(path, obs_shape=obs_shape, action_dim=action_dim)
+        capacity = None if capacity is None else integer("capacity", capacity)
+        obs_shape = None if obs_shape is None else shape_tuple("obs_shape", obs_shape)
+        action_dim = None if action_dim is None else integer("action_dim", action_dim, error=ShapeError)
+        seed = None if seed is None else integer("seed", seed, minimum=0)
+        path, data = _buffer_io.read_npz(path, obs_shape=obs_shape, action_dim=action_dim)
         saved_capacity = int(data.get("capacity", len(data["rewards"])))
-        capacity = max(saved_capacity, len(data["rewards"]), 1) if capacity is None else int(capacity)
-        seed = int(data.get("seed", 0)) if seed is None else int(seed)
+        capacity = max(saved_capacity, len(data["rewards"]), 1) if capacity is None else capacity
+        seed = int(data.get("seed", 0)) if seed is None else seed
         buffer = cls(capacity, data["obs"].shape[1:], data["actions"].shape[1], obs_dtype=data["obs"].dtype,
                      seed=seed)
         final = dict(zip(data["final_obs_episode"].tolist(), data["final_obs"]))
         for index, (start, end) in enumerate(_buffer_io.episode_ranges(data)):
-            buffer.add_episode(data["obs"][start:end], data["actions"][start:end], data["rewards"][start:end],
-                               dones=data["dones"][start:end], terminated=data["terminals"][start:end],
-                               final_obs=final.get(index))
+            try:
+                buffer.add_episode(data["obs"][start:end], data["actions"][start:end], data["rewards"][start:end],
+                                   dones=data["dones"][start:end], terminated=data["terminals"][start:end],
+                                   final_obs=final.get(index))
+            except (DataError, ShapeError) as err:
+                raise DataError(f"{path}: episode {index} (rows {start} to {end - 1}): {err}") from err
         return buffer

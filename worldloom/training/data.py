@@ -16,6 +16,7 @@ import numpy as np
 
 from worldloom.core.errors import ConfigError, ShapeError
 from worldloom.training._buffer import ReplayBuffer
+from worldloom.training._episode import integer, shape_tuple, storage_dtype
 
 
 def create_random_buffer(capacity: int, obs_shape, action_dim: int, num_episodes: int = 100,
@@ -39,11 +40,16 @@ def create_random_buffer(capacity: int, obs_shape, action_dim: int, num_episodes
 
     Returns:
         A :class:`ReplayBuffer` holding the newest episodes that fit ``capacity``.
+
+    Raises:
+        ConfigError: counts that are not integers >= 1 (floats and bools are
+            refused). ShapeError: a bad ``obs_shape`` or ``action_dim``.
     """
-    obs_shape = tuple(int(d) for d in np.atleast_1d(obs_shape))
-    num_episodes, episode_length = int(num_episodes), int(episode_length)
-    if num_episodes < 1 or episode_length < 1:
-        raise ConfigError(f"num_episodes and episode_length must be >= 1, got {num_episodes} and {episode_length}.")
+    obs_shape = shape_tuple("obs_shape", obs_shape)
+    num_episodes, episode_length = integer("num_episodes", num_episodes), integer("episode_length", episode_length)
+    capacity, action_dim = integer("capacity", capacity), integer("action_dim", action_dim, error=ShapeError)
+    seed = integer("seed", seed, minimum=0)
+    obs_dtype = None if obs_dtype is None else storage_dtype("obs_dtype", obs_dtype)
     rng = np.random.default_rng(seed)
     total = num_episodes * episode_length
     is_image = len(obs_shape) == 3
@@ -120,7 +126,7 @@ def collect_episodes(env, num_episodes: int, policy: Callable[[np.ndarray], Any]
             raise ShapeError(f"The buffer holds obs {list(buffer.obs_shape)} and actions of size {buffer.action_dim}; "
                              f"the env gives obs {list(obs_shape)} and actions of size {action_dim}.")
         env.action_space.seed(seed)
-        for episode in range(int(num_episodes)):
+        for episode in range(integer("num_episodes", num_episodes)):
             _run_episode(env, buffer, policy, seed + episode, discrete, max_episode_steps)
     finally:
         if owned:

@@ -16,6 +16,7 @@ import torch
 
 from worldloom.core.errors import DeviceError
 from worldloom.training import ReplayBuffer as JaxReplayBuffer
+from worldloom.training._episode import shape_tuple
 from worldloom_torch_compat.model import channels_first, channels_last
 
 
@@ -56,7 +57,7 @@ class ReplayBuffer:
     def __init__(self, capacity: int, obs_shape, action_dim: int, *, obs_dtype=None, seed: int = 0):
         if isinstance(obs_dtype, torch.dtype):
             obs_dtype = torch.empty(0, dtype=obs_dtype).numpy().dtype
-        self.jax_buffer = JaxReplayBuffer(capacity, channels_last(tuple(np.atleast_1d(obs_shape))), action_dim,
+        self.jax_buffer = JaxReplayBuffer(capacity, channels_last(shape_tuple("obs_shape", obs_shape)), action_dim,
                                           obs_dtype=obs_dtype, seed=seed)
 
     @classmethod
@@ -84,6 +85,15 @@ class ReplayBuffer:
     @property
     def capacity(self) -> int:
         return self.jax_buffer.capacity
+
+    @property
+    def max_sample_bytes(self) -> int | None:
+        """Largest batch in bytes :meth:`sample` may build (``None``: half of the memory the process may use)."""
+        return self.jax_buffer.max_sample_bytes
+
+    @max_sample_bytes.setter
+    def max_sample_bytes(self, value: int | None) -> None:
+        self.jax_buffer.max_sample_bytes = value
 
     @property
     def num_episodes(self) -> int:
@@ -138,6 +148,8 @@ class ReplayBuffer:
             ``is_first [B, T]`` and ``terminals [B, T]``.
 
         Raises:
+            ConfigError: ``batch_size``/``seq_len`` not integers >= 1, or a batch
+                larger than ``max_sample_bytes``.
             DataError: fewer than ``seq_len`` transitions held.
             DeviceError: a device torch cannot use.
         """
@@ -165,7 +177,8 @@ class ReplayBuffer:
             CheckpointError: a missing, unreadable or corrupt file.
             DataError: arrays of inconsistent lengths, or shapes other than requested.
         """
-        return cls.wrap(JaxReplayBuffer.load(path, capacity=capacity, obs_shape=channels_last(obs_shape),
+        obs_shape = None if obs_shape is None else channels_last(shape_tuple("obs_shape", obs_shape))
+        return cls.wrap(JaxReplayBuffer.load(path, capacity=capacity, obs_shape=obs_shape,
                                              action_dim=action_dim, seed=seed))
 
 
