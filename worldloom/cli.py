@@ -132,14 +132,14 @@ def cmd_train(args) -> dict:
     from worldloom.core import registry
     from worldloom.training import Trainer, TrainingConfig
     from worldloom.training.callbacks import LoggingCallback, ProgressCallback
-    from worldloom.training.data import collect_episodes
+    from worldloom.training.data import collect_episodes, make_env
     from worldloom.training.evaluation import evaluate_loss, open_loop_prediction, plot_open_loop
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     print(f"Collecting {args.episodes} + {args.test_episodes} random-policy episodes of {args.env} ...")
-    env = gym.make(args.env)
+    env = make_env(args.env)
     try:
         buffer = collect_episodes(env, args.episodes, seed=args.seed)
         test = collect_episodes(env, max(args.test_episodes, 1), seed=args.seed + 100_000)
@@ -267,7 +267,7 @@ def cmd_list_models(args) -> None:
         print("\n".join(list_models()))
         return
     family = None
-    for info in list_models(verbose=True):
+    for info in list_models(verbose=True).values():
         if info["family"] != family:
             family = info["family"]
             space = ", ".join(f"{k}={v}" for k, v in info["space"].items())
@@ -286,8 +286,12 @@ def main(argv=None) -> int:
     except WorldloomError as err:
         print(f"worldloom {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # e.g. `worldloom list-models | head`
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+    except OSError as err:  # an output path that cannot be written, a missing input file
+        if isinstance(err, BrokenPipeError):  # e.g. `worldloom list-models | head`
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+            return 0
+        print(f"worldloom {args.command}: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

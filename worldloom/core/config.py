@@ -1,12 +1,20 @@
-"""Config base: frozen dataclasses with checked overrides and JSON round trips."""
+"""Config base: frozen dataclasses with checked fields, the original's names and JSON round trips.
+
+Every config class derives from :class:`ConfigBase`. Constructing one checks
+each keyword: an unknown name is a :class:`ConfigError` with close matches,
+a name of the original WorldLoom library (``deter_dim``, ``kl_free``, ...) is
+translated through the class's :attr:`ConfigBase.ORIGINAL_NAMES` table, and
+each value must have its field's type (no silent ``2.5 -> 2``).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import json
-from collections.abc import Mapping
-from typing import Any, TypeVar
+import numbers
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, TypeVar
 
 from worldloom.core.errors import ConfigError
 
@@ -14,38 +22,129 @@ C = TypeVar("C", bound="ConfigBase")
 
 
 def _close_matches(name: str, choices) -> str:
-    matches = difflib.get_close_matches(name, list(choices), n=3)
+    matches = difflib.get_close_matches(str(name), [str(c) for c in choices], n=3)
     return f" Did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
 
 
 @dataclasses.dataclass(frozen=True)
-class ConfigBase:
+class OriginalName:
+    """A config name of the original WorldLoom library and its faithful meaning here.
+
+    Attributes:
+        name: The original's keyword (``"deter_dim"``).
+        fields: The fields of this config it sets (``("deter",)``).
+        meaning: One line for the docs' mapping table.
+        convert: ``convert(value, values) -> {field: value}``; ``values`` holds the
+            other keywords of the same call merged over the class defaults.
+            Raises :class:`ConfigError` for a value with no faithful meaning.
+    """
+
+    name: str
+    fields: tuple[str, ...]
+    meaning: str
+    convert: Callable[[Any, Mapping[str, Any]], dict[str, Any]]
+
+
+def renamed(name: str, field: str, meaning: str = "", cast: Callable[[Any], Any] = lambda v: v) -> OriginalName:
+    """An original name that is the same quantity as one of our fields."""
+    return OriginalName(name, (field,), meaning or f"`{field}`", lambda value, _: {field: cast(value)})
+
+
+class _ConfigMeta(type):
+    """Checks and translates keywords before the dataclass ``__init__`` sees them."""
+
+    def __call__(cls, *args, **kwargs):
+        if args:
+            raise ConfigError(f"{cls.__name__} takes keyword arguments only, got {len(args)} positional.")
+        return super().__call__(**cls._translate(kwargs))
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigBase(metaclass=_ConfigMeta):
     """A frozen dataclass config. Subclasses list fields with docstrings."""
+
+    ORIGINAL_NAMES: ClassVar[tuple[OriginalName, ...]] = ()
+    """The original library's names for fields of this config (see :class:`OriginalName`)."""
+    MODEL_TYPES: ClassVar[tuple[str, ...]] = ()
+    """Accepted values of the original's ``model_type`` key (first: the family name)."""
+    PRESETS: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    """Preset name -> field values (the family's one preset table)."""
+
+    @classmethod
+    def from_size(cls: type[C], size: str, **fields: Any) -> C:
+        """The config of preset ``size`` with ``fields`` set on top.
+
+        Args:
+            size: A preset of this family, ``"size12m"`` or ``"dreamerv3:size12m"``.
+            **fields: Any field (our names or the original's), e.g. ``obs_shape=``, ``action_dim=``.
+
+        Raises:
+            UnknownModelError: ``size`` is not a preset of this family.
+        """
+        from worldloom.core.errors import UnknownModelError
+
+        family, _, name = str(size).strip().lower().rpartition(":")
+        if (family and family not in cls.MODEL_TYPES) or name not in cls.PRESETS:
+            raise UnknownModelError(f"{cls.__name__}.from_size: unknown size {size!r}."
+                                    f"{_close_matches(name, cls.PRESETS)} Sizes: {', '.join(cls.PRESETS)}.")
+        preset = dict(cls.PRESETS[name])
+        return cls(**{**preset, **cls._translate(fields, preset)})
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` when a value is out of range."""
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if isinstance(value, list):
-                object.__setattr__(self, field.name, tuple(value))
+            value = _checked(type(self).__name__, field, getattr(self, field.name))
+            object.__setattr__(self, field.name, value)
         self.validate()
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls))
 
+    @classmethod
+    def accepted_names(cls) -> tuple[str, ...]:
+        """Our field names, then the original's names this config understands."""
+        return cls.field_names() + tuple(o.name for o in cls.ORIGINAL_NAMES) + (("model_type",) if cls.MODEL_TYPES
+                                                                                 else ())
+
+    @classmethod
+    def _translate(cls, kwargs: Mapping[str, Any], base: Mapping[str, Any] = ()) -> dict[str, Any]:
+        """Keywords in our field names: original names converted, unknown names refused.
+
+        ``base`` holds the values the keywords go on top of (a preset's, a config's
+        own); conversions that depend on other fields read them there.
+        """
+        names = cls.field_names()
+        unknown = [k for k in kwargs if k not in cls.accepted_names()]
+        if unknown:
+            key = unknown[0]
+            raise ConfigError(f"{cls.__name__} has no field {key!r}.{_close_matches(key, cls.accepted_names())} "
+                              f"Fields: {', '.join(names)}.")
+        out = dict(kwargs)
+        if "model_type" in out:
+            model_type = out.pop("model_type")
+            if str(model_type).lower() not in cls.MODEL_TYPES:
+                raise ConfigError(f"{cls.__name__}: model_type {model_type!r} is not this family; expected one of "
+                                  f"{list(cls.MODEL_TYPES)}.")
+        defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        defaults.update(base)
+        for original in cls.ORIGINAL_NAMES:
+            if original.name not in out:
+                continue
+            value = out.pop(original.name)
+            for field, converted in original.convert(value, {**defaults, **out}).items():
+                if field in kwargs and kwargs[field] != converted:
+                    raise ConfigError(f"{cls.__name__}: {original.name}={value!r} sets {field}={converted!r}, "
+                                      f"but {field}={kwargs[field]!r} was also given; pass one of them.")
+                out[field] = converted
+        return out
+
     def replace(self: C, **overrides: Any) -> C:
-        """A copy with ``overrides`` applied; unknown names are a ConfigError."""
-        names = self.field_names()
-        for key in overrides:
-            if key not in names:
-                raise ConfigError(
-                    f"{type(self).__name__} has no field {key!r}.{_close_matches(key, names)} "
-                    f"Fields: {', '.join(names)}."
-                )
-        return dataclasses.replace(self, **overrides)
+        """A copy with ``overrides`` applied (our field names or the original's)."""
+        values = self.to_dict()
+        return type(self)(**{**values, **type(self)._translate(overrides, values)})
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,10 +154,10 @@ class ConfigBase:
 
     @classmethod
     def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
-        names = cls.field_names()
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ConfigError(f"{cls.__name__} got unknown fields {unknown}; expected a subset of {list(names)}.")
+        """A config from a dict such as a ``config.json`` (the original's names are accepted)."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{cls.__name__}.from_dict: expected a mapping of field names, got "
+                              f"{type(data).__name__}.")
         return cls(**dict(data))
 
     def to_json(self) -> str:
@@ -69,3 +168,68 @@ def require(condition: bool, message: str) -> None:
     """Raise ConfigError(message) unless ``condition``."""
     if not condition:
         raise ConfigError(message)
+
+
+# ---------------------------------------------------------------- field types
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_float(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _as_tuple(owner: str, name: str, value):
+    if isinstance(value, (list, tuple)):
+        return tuple(int(v) if _is_int(v) else v for v in value)
+    if hasattr(value, "tolist") and not isinstance(value, str):  # a NumPy array of sizes
+        return _as_tuple(owner, name, value.tolist())
+    raise ConfigError(f"{owner}.{name}: expected a tuple, got {type(value).__name__} {value!r}.")
+
+
+_CHECKS: dict[str, tuple[Callable[[Any], bool], Callable[[Any], Any], str]] = {
+    "int": (_is_int, int, "an int"),
+    "float": (_is_float, float, "a number"),
+    "bool": (lambda v: isinstance(v, bool) or (hasattr(v, "dtype") and v.dtype == bool), bool, "a bool"),
+    "str": (lambda v: isinstance(v, str), str, "a string"),
+}
+
+
+def _checked(owner: str, field: dataclasses.Field, value):
+    """``value`` in its field's type (ints stay ints, floats become float), else ConfigError."""
+    annotation = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
+    kinds = [k.strip() for k in annotation.split("|")]
+    if value is None and "None" in kinds:
+        return None
+    if "tuple" in kinds or "list" in kinds:
+        value = _as_tuple(owner, field.name, value)
+        return value if "tuple" in kinds else list(value)
+    known = [k for k in kinds if k in _CHECKS]
+    if not known or len(known) != len([k for k in kinds if k != "None"]):
+        return value  # a type this check does not know: the class validates it
+    for kind in known:
+        ok, cast, _ = _CHECKS[kind]
+        if ok(value):
+            return cast(value)
+    expected = " or ".join(_CHECKS[k][2] for k in known) + (" or None" if "None" in kinds else "")
+    raise ConfigError(f"{owner}.{field.name}: expected {expected}, got {type(value).__name__} {value!r}.")
+
+
+def check_sizes(owner: str, name: str, value) -> tuple[int, ...]:
+    """A shape of positive ints, e.g. ``obs_shape``; ConfigError for ``'4'``, ``(4.5,)``, ``(True,)``."""
+    if not isinstance(value, tuple) or not value or not all(_is_int(d) and d > 0 for d in value):
+        raise ConfigError(f"{owner}.{name}: expected a non-empty tuple of positive ints, got {value!r}.")
+    return value
+
+
+def original_names_table(*config_classes: type[ConfigBase]) -> str:
+    """The docs' mapping table of the original library's config names, from the classes' tables."""
+    rows = ["| config | original name | here |", "|---|---|---|"]
+    for cls in config_classes:
+        for original in cls.ORIGINAL_NAMES:
+            rows.append(f"| `{cls.__name__}` | `{original.name}` | {original.meaning} |")
+        if cls.MODEL_TYPES:
+            types = " or ".join(f"`{t}`" for t in cls.MODEL_TYPES)
+            rows.append(f"| `{cls.__name__}` | `model_type` | must be {types} |")
+    return "\n".join(rows)

@@ -113,10 +113,8 @@ def collect_episodes(env, num_episodes: int, policy: Callable[[np.ndarray], Any]
     Raises:
         ConfigError: unsupported spaces. ShapeError: a buffer of other shapes.
     """
-    import gymnasium as gym
-
     owned = isinstance(env, str)
-    env = gym.make(env, **(env_kwargs or {})) if owned else env
+    env = make_env(env, **(env_kwargs or {})) if owned else env
     try:
         obs_shape, action_dim, discrete = _spaces(env)
         if buffer is None:
@@ -155,3 +153,22 @@ def _run_episode(env, buffer: ReplayBuffer, policy, seed: int, discrete: bool, m
 
 
 __all__ = ["collect_episodes", "create_random_buffer"]
+
+
+def make_env(env_id: str, **kwargs: Any):
+    """``gymnasium.make(env_id, **kwargs)``; an unknown id or a missing dependency is a ConfigError.
+
+    Raises:
+        ConfigError: naming the id, Gymnasium's reason and close registered ids.
+    """
+    import gymnasium as gym
+
+    from worldloom.core.config import _close_matches
+
+    if not isinstance(env_id, str):
+        raise ConfigError(f"env: expected a Gymnasium env id such as 'CartPole-v1', got {type(env_id).__name__}.")
+    try:
+        return gym.make(env_id, **kwargs)
+    except (gym.error.Error, ModuleNotFoundError, ImportError) as err:
+        hint = _close_matches(env_id, gym.registry.keys())
+        raise ConfigError(f"Cannot make the Gymnasium environment {env_id!r}: {err}.{hint}") from err

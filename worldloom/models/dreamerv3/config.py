@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import ClassVar
 
-from worldloom.core.config import ConfigBase, require
+from worldloom.core.config import ConfigBase, OriginalName, check_sizes, renamed, require
+from worldloom.core.errors import ConfigError
 
 # name: (deter, hidden, classes, cnn depth, units)
 PRESETS = {
@@ -18,18 +20,72 @@ PRESETS = {
     "size400m": dict(deter=12288, hidden=1536, classes=96, depth=96, units=1536),
 }
 
+# The original library's aliases; size1m is reached by its full name.
 ALIASES = {
     "dreamer": "dreamerv3:size12m",
     "dreamerv3": "dreamerv3:size12m",
-    "dreamer-small": "dreamerv3:size1m",
-    "dreamer-medium": "dreamerv3:size12m",
-    "dreamer-large": "dreamerv3:size50m",
+    "dreamer-small": "dreamerv3:size12m",
+    "dreamer-medium": "dreamerv3:size50m",
+    "dreamer-large": "dreamerv3:size200m",
 }
+
+
+def _stoch_dim(value, values) -> dict:
+    """The original's flat stochastic size: 32 latents x classes there, ``stoch`` latents x ``classes`` here."""
+    classes = values["classes"]
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % classes:
+        raise ConfigError(f"DreamerV3Config: stoch_dim={value!r} must be a positive multiple of the classes per "
+                          f"latent ({classes}; set them with num_categories=); it sets stoch = stoch_dim / classes.")
+    return {"stoch": value // classes}
+
+
+def _kl_balance(value, values) -> dict:
+    """The original's KL balance alpha: dyn and rep weighted alpha : 1 - alpha (dyn scale kept)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+        raise ConfigError(f"DreamerV3Config: kl_balance must be in (0, 1], got {value!r}; the reference's "
+                          f"loss_scale_dyn=1, loss_scale_rep=0.1 is kl_balance={1 / 1.1:.4f}.")
+    return {"loss_scale_rep": float(values["loss_scale_dyn"]) * (1.0 - value) / value}
+
+
+def _mlp_layers(name: str) -> OriginalName:
+    return OriginalName(name, ("enc_layers", "dec_layers"), "`enc_layers` and `dec_layers` (vector encoder and "
+                        "decoder MLPs)", lambda value, _: {"enc_layers": value, "dec_layers": value})
+
+
+ORIGINAL_NAMES = (
+    renamed("deter_dim", "deter"),
+    renamed("num_categories", "classes"),
+    OriginalName("stoch_dim", ("stoch",), "`stoch` = stoch_dim / `classes` (flat size = latents x classes)",
+                 _stoch_dim),
+    renamed("cnn_depth", "depth"),
+    OriginalName("hidden_dim", ("hidden", "units"), "`hidden` and `units` (equal in every reference preset)",
+                 lambda value, _: {"hidden": value, "units": value}),
+    _mlp_layers("mlp_layers"),
+    _mlp_layers("num_layers"),
+    renamed("kl_free", "free_nats", "`free_nats` (free bits after summing over latents)"),
+    OriginalName("kl_balance", ("loss_scale_rep",), "`loss_scale_rep` = `loss_scale_dyn` x (1 - kl_balance) / "
+                 "kl_balance", _kl_balance),
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class DreamerV3Config(ConfigBase):
-    """DreamerV3 world-model hyperparameters (defaults: ``size12m``)."""
+    """DreamerV3 world-model hyperparameters (defaults: ``size12m``).
+
+    Also takes the original library's names (``deter_dim``, ``stoch_dim`` with
+    ``num_categories``, ``cnn_depth``, ``hidden_dim``, ``mlp_layers``, ``kl_free``,
+    ``kl_balance``, ``model_type``); see :data:`ORIGINAL_NAMES`.
+
+    Example:
+        >>> DreamerV3Config.from_size("size50m", obs_shape=(64, 64, 3), action_dim=18).deter
+        4096
+        >>> DreamerV3Config(deter_dim=1024, kl_free=0.5).free_nats
+        0.5
+    """
+
+    ORIGINAL_NAMES: ClassVar[tuple] = ORIGINAL_NAMES
+    MODEL_TYPES: ClassVar[tuple] = ("dreamerv3", "dreamer")
+    PRESETS: ClassVar[dict] = PRESETS
 
     obs_shape: tuple = (64, 64, 3)
     """Observation shape: ``(H, W, C)`` is an image, anything else a vector (flattened)."""
@@ -100,9 +156,8 @@ class DreamerV3Config(ConfigBase):
         return self.deter + self.stoch_size
 
     def validate(self) -> None:
-        require(len(self.obs_shape) >= 1 and all(int(d) > 0 for d in self.obs_shape),
-                f"obs_shape must be a non-empty tuple of positive sizes, got {self.obs_shape}.")
-        require(int(self.action_dim) > 0, f"action_dim must be positive, got {self.action_dim}.")
+        check_sizes(type(self).__name__, "obs_shape", self.obs_shape)
+        require(self.action_dim > 0, f"action_dim must be positive, got {self.action_dim}.")
         require(self.action_type in ("continuous", "discrete"),
                 f"action_type must be 'continuous' or 'discrete', got {self.action_type!r}.")
         require(self.deter % self.blocks == 0,

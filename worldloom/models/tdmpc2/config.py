@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import ClassVar
 
-from worldloom.core.config import ConfigBase, require
+from worldloom.core.config import ConfigBase, OriginalName, check_sizes, renamed, require
+from worldloom.core.errors import ConfigError
 
 # name: encoder width / MLP width / latent size / encoder layers / Q-ensemble size
 PRESETS = {
@@ -21,15 +23,34 @@ PRESETS = {
     "317m": dict(enc_dim=4096, mlp_dim=4096, latent_dim=1376, num_enc_layers=5, num_q=8),
 }
 
-# ``tdmpc-medium`` is the reference default size (5m), which is also what
-# ``tdmpc2`` alone means; 19m is reachable by its full name.
+# The original library's aliases; 1m and 19m are reached by their full names.
 ALIASES = {
     "tdmpc": "tdmpc2:5m",
     "tdmpc2": "tdmpc2:5m",
-    "tdmpc-small": "tdmpc2:1m",
-    "tdmpc-medium": "tdmpc2:5m",
-    "tdmpc-large": "tdmpc2:48m",
+    "tdmpc-small": "tdmpc2:5m",
+    "tdmpc-medium": "tdmpc2:48m",
+    "tdmpc-large": "tdmpc2:317m",
 }
+
+_MLP_LAYERS = 2  # hidden layers of the dynamics, reward, policy and Q networks (the reference's ``mlp``)
+
+
+def _mlp_layers(name: str) -> OriginalName:
+    def convert(value, _):
+        if value != _MLP_LAYERS or isinstance(value, bool):
+            raise ConfigError(f"TDMPC2Config: {name}={value!r} has no faithful meaning: TD-MPC2's dynamics, reward, "
+                              f"policy and Q networks have {_MLP_LAYERS} hidden layers, as in the reference. Change "
+                              "their width with mlp_dim (hidden_dim), the encoder's depth with num_enc_layers.")
+        return {}
+
+    return OriginalName(name, (), f"must be {_MLP_LAYERS} (the reference's depth); width is `mlp_dim`", convert)
+
+
+ORIGINAL_NAMES = (
+    renamed("hidden_dim", "mlp_dim", "`mlp_dim` (dynamics, reward, policy and Q width)"),
+    _mlp_layers("mlp_layers"),
+    _mlp_layers("num_layers"),
+)
 
 
 def heuristic_discount(episode_length: float, denom: float = 5.0, minimum: float = 0.95,
@@ -46,7 +67,19 @@ def heuristic_discount(episode_length: float, denom: float = 5.0, minimum: float
 
 @dataclasses.dataclass(frozen=True)
 class TDMPC2Config(ConfigBase):
-    """TD-MPC2 world-model, training and planning hyperparameters (defaults: ``5m``)."""
+    """TD-MPC2 world-model, training and planning hyperparameters (defaults: ``5m``).
+
+    Also takes the original library's names (``hidden_dim``, ``mlp_layers``,
+    ``model_type``); see :data:`ORIGINAL_NAMES`.
+
+    Example:
+        >>> TDMPC2Config.from_size("19m", obs_shape=(39,), action_dim=6).latent_dim
+        768
+    """
+
+    ORIGINAL_NAMES: ClassVar[tuple] = ORIGINAL_NAMES
+    MODEL_TYPES: ClassVar[tuple] = ("tdmpc2", "tdmpc")
+    PRESETS: ClassVar[dict] = PRESETS
 
     # ---------------------------------------------------------------- spaces
     obs_shape: tuple = (24,)
@@ -178,12 +211,13 @@ class TDMPC2Config(ConfigBase):
         return (self.vmax - self.vmin) / (self.num_bins - 1)
 
     def validate(self) -> None:
-        require(len(self.obs_shape) in (1, 3) and all(int(d) > 0 for d in self.obs_shape),
+        check_sizes(type(self).__name__, "obs_shape", self.obs_shape)
+        require(len(self.obs_shape) in (1, 3),
                 f"obs_shape must be (D,) for states or (64, 64, C) for images, got {tuple(self.obs_shape)}.")
         if self.is_image:
             require(tuple(self.obs_shape[:2]) == (64, 64),
                     f"TD-MPC2's pixel encoder expects 64x64 images (H, W, C), got {tuple(self.obs_shape)}.")
-        require(int(self.action_dim) > 0, f"action_dim must be positive, got {self.action_dim}.")
+        require(self.action_dim > 0, f"action_dim must be positive, got {self.action_dim}.")
         require(self.action_type in ("continuous", "discrete"),
                 f"action_type must be 'continuous' or 'discrete', got {self.action_type!r}.")
         for name in ("enc_dim", "mlp_dim", "latent_dim", "num_enc_layers", "num_q", "num_channels",

@@ -1,0 +1,60 @@
+"""Wrong config values and command-line inputs give worldloom's errors with what was expected and got."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from worldloom import ConfigError, create_world_model
+from worldloom.training import TrainingConfig
+
+TINY = dict(deter=64, hidden=32, units=32, classes=4, stoch=4, depth=2)
+
+
+def test_unknown_training_config_field_is_a_config_error_with_a_suggestion():
+    with pytest.raises(ConfigError, match=r"TrainingConfig has no field 'totl_steps'\. Did you mean 'total_steps'"):
+        TrainingConfig(totl_steps=1)
+    with pytest.raises(ConfigError, match="Did you mean 'total_steps'"):
+        TrainingConfig().replace(totl_steps=1)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(deter="big"), r"deter: expected an int, got str 'big'"),
+    (dict(obs_shape="4"), r"obs_shape: expected a tuple, got str '4'"),
+    (dict(obs_shape=(4.5,)), r"obs_shape: expected a non-empty tuple of positive ints, got \(4\.5,\)"),
+    (dict(obs_shape=(True,)), r"obs_shape: expected a non-empty tuple of positive ints, got \(True,\)"),
+    (dict(action_dim=2.5), r"action_dim: expected an int, got float 2\.5"),
+    (dict(action_dim=True), r"action_dim: expected an int, got bool True"),
+    (dict(unimix="0.01"), r"unimix: expected a number, got str"),
+])
+def test_values_are_not_silently_coerced(overrides, message):
+    args = {"obs_shape": (4,), "action_dim": 2, **TINY, **overrides}
+    with pytest.raises(ConfigError, match=message):
+        create_world_model("dreamerv3:size1m", **args)
+
+
+def test_numpy_scalars_and_lists_are_accepted_as_their_python_types():
+    import numpy as np
+
+    model = create_world_model("dreamerv3:size1m", obs_shape=[np.int64(4)], action_dim=np.int32(2), **TINY)
+    assert model.config.obs_shape == (4,) and type(model.config.action_dim) is int
+    assert TrainingConfig(learning_rate=1).learning_rate == 1.0
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "worldloom", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600, env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--env", "NoSuchEnv-v0"], "Cannot make the Gymnasium environment 'NoSuchEnv-v0'"),
+    (["--set", "deter=abc"], "deter: expected an int, got str 'abc'"),
+    (["--out", "/proc/worldloom-cannot-write-here"], "error: "),
+])
+def test_cli_input_errors_are_one_line_not_a_traceback(tmp_path, args, message):
+    result = run_cli("train", "--episodes", "2", "--test-episodes", "1", "--steps", "1", "--no-progress",
+                     "--out", str(tmp_path / "run"), *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
