@@ -68,7 +68,7 @@ def test_policy_distribution(discrete):
 
 
 def test_imagination_shapes():
-    wm = create_world_model("dreamer-small", obs_shape=(4,), action_dim=2, action_type="discrete", **TINY)
+    wm = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, action_type="discrete", **TINY)
     agent = DreamerAgent(wm)
     start = wm.encode(np.zeros((5, 4)))
     actor = lambda f: agent.actor_net.apply({"params": agent.behaviour_params["actor"]}, f)  # noqa: E731
@@ -78,7 +78,7 @@ def test_imagination_shapes():
 
 
 def test_update_runs_and_checkpoint_acts_identically(tmp_path, rng):
-    wm = create_world_model("dreamer-small", obs_shape=(4,), action_dim=2, action_type="discrete", **TINY)
+    wm = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, action_type="discrete", **TINY)
     agent = DreamerAgent(wm, DreamerAgentConfig(imag_horizon=3), seed=1)
     update = agent.make_update(OptimizerSettings(learning_rate=1e-3))
     state = update.init(agent.params)

@@ -60,7 +60,7 @@ def test_scanned_observe_equals_python_loop(rng):
     deter, stoch, logits, cont_loop = (jnp.stack(x, 1) for x in zip(*outs))
     np.testing.assert_allclose(post.deterministic, deter, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(post.stochastic, stoch, atol=1e-6)
-    np.testing.assert_allclose(post.logits, logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(post.posterior_logits, logits, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(cont, cont_loop, rtol=1e-5, atol=1e-5)
     # Every reset lands on the same deter, whatever came before.
     np.testing.assert_allclose(post.deterministic[0, 2], post.deterministic[1, 4], rtol=1e-5, atol=1e-6)
@@ -95,7 +95,7 @@ def test_learns_pattern_and_imagines_its_rewards(rng):
 
     model.load_params(update.params(state)).eval()
     data = _pattern_episodes(np.random.default_rng(7), 32)
-    post = model.observe(data["obs"][:, :2], data["actions"][:, :2], is_first=data["is_first"][:, :2])
+    post = model.observe_sequence(data["obs"][:, :2], data["actions"][:, :2], is_first=data["is_first"][:, :2])
     actions = jnp.swapaxes(jnp.asarray(data["actions"][:, 1:]), 0, 1)  # [7, B, 1]
     traj = model.imagine(post[:, 1], actions)
     true_rewards = data["rewards"][:, 1:].T

@@ -26,15 +26,16 @@ def test_list_models_names_every_preset():
     for size in ("size1m", "size12m", "size25m", "size50m", "size100m", "size200m", "size400m"):
         assert f"dreamerv3:{size}" in names
     verbose = list_models(verbose=True)
-    assert len(verbose) == len(names)
-    info = next(v for v in verbose if v["name"] == "dreamerv3:size12m")
-    assert info["family"] == "dreamerv3" and "dreamer" in info["aliases"] and info["num_parameters"] > 8_000_000
+    assert list(verbose) == names  # the original's {name: info}
+    info = verbose["dreamerv3:size12m"]
+    assert info["family"] == info["type"] == "dreamerv3" and "dreamer" in info["aliases"]
+    assert info["num_parameters"] == 8_852_675 and info["params"] == "8.9M"
 
 
 @pytest.mark.parametrize(
     "alias,preset",
-    [("dreamer", "size12m"), ("dreamerv3", "size12m"), ("dreamer-small", "size1m"),
-     ("dreamer-medium", "size12m"), ("dreamer-large", "size50m"), ("DreamerV3:Size1M", "size1m")],
+    [("dreamer", "size12m"), ("dreamerv3", "size12m"), ("dreamer-small", "size12m"),
+     ("dreamer-medium", "size50m"), ("dreamer-large", "size200m"), ("DreamerV3:Size1M", "size1m")],
 )
 def test_aliases(alias, preset):
     assert get_model_info(alias)["preset"] == preset
@@ -48,39 +49,39 @@ def test_unknown_preset_names_the_available_ones():
 
 
 def test_overrides_apply_and_unknown_override_is_named():
-    model = create_world_model("dreamer-small", obs_shape=(4,), action_dim=3, action_type="discrete", **TINY)
+    model = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=3, action_type="discrete", **TINY)
     assert model.config.deter == 64 and model.config.action_type == "discrete"
     with pytest.raises(ConfigError, match="no field 'detr'.*deter"):
-        create_world_model("dreamer-small", obs_shape=(4,), action_dim=3, detr=64)
+        create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=3, detr=64)
     with pytest.raises(ConfigError, match="action_type"):
-        create_world_model("dreamer-small", obs_shape=(4,), action_dim=3, action_type="binary")
+        create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=3, action_type="binary")
     with pytest.raises(ConfigError, match="obs_shape= and action_dim="):
-        create_world_model("dreamer-small")
+        create_world_model("dreamerv3:size1m")
 
 
 def test_devices():
-    model = create_world_model("dreamer-small", obs_shape=(4,), action_dim=2, device="cpu", **TINY)
+    model = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, device="cpu", **TINY)
     assert model.device.platform == "cpu"
-    auto = create_world_model("dreamer-small", obs_shape=(4,), action_dim=2, device="auto", **TINY)
+    auto = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, device="auto", **TINY)
     assert auto.device == jax.devices()[0]
     if not any(d.platform == "tpu" for d in jax.devices()):
         with pytest.raises(DeviceError, match="not available; available: .*cpu"):
-            create_world_model("dreamer-small", obs_shape=(4,), action_dim=2, device="tpu", **TINY)
+            create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, device="tpu", **TINY)
     with pytest.raises(DeviceError, match="Unknown device"):
-        create_world_model("dreamer-small", obs_shape=(4,), action_dim=2, device="quantum", **TINY)
+        create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, device="quantum", **TINY)
 
 
 def test_seed_controls_init():
-    a = create_world_model("dreamer-small", obs_shape=(4,), action_dim=2, seed=1, **TINY)
-    b = create_world_model("dreamer-small", obs_shape=(4,), action_dim=2, seed=1, **TINY)
-    c = create_world_model("dreamer-small", obs_shape=(4,), action_dim=2, seed=2, **TINY)
+    a = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, seed=1, **TINY)
+    b = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, seed=1, **TINY)
+    c = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, seed=2, **TINY)
     leaves = lambda m: jax.tree_util.tree_leaves(m.params)  # noqa: E731
     assert all(np.array_equal(x, y) for x, y in zip(leaves(a), leaves(b)))
     assert not all(np.array_equal(x, y) for x, y in zip(leaves(a), leaves(c)))
 
 
 def test_parameters_views():
-    model = create_world_model("dreamer-small", obs_shape=(4,), action_dim=2, **TINY)
+    model = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, **TINY)
     total = sum(p.numel() for p in model.parameters())
     assert total == model.num_parameters() > 0
     names = dict(model.named_parameters())
@@ -90,7 +91,7 @@ def test_parameters_views():
 
 @pytest.fixture
 def saved(tmp_path):
-    model = create_world_model("dreamer-small", obs_shape=(4,), action_dim=2, seed=5, **TINY)
+    model = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, seed=5, **TINY)
     path = tmp_path / "model"
     model.save_pretrained(path)
     return model, path
@@ -111,7 +112,7 @@ def test_save_load_round_trip_bit_for_bit(saved, tmp_path):
 
 def test_save_overwrites_atomically(saved):
     model, path = saved
-    other = create_world_model("dreamer-small", obs_shape=(4,), action_dim=2, seed=9, **TINY)
+    other = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, seed=9, **TINY)
     other.save_pretrained(path)
     loaded = create_world_model(path)
     np.testing.assert_array_equal(

@@ -85,8 +85,8 @@ def test_5m_has_the_published_parameter_count():
 
 
 def test_aliases_and_default_preset():
-    for alias, preset in [("tdmpc", "5m"), ("tdmpc2", "5m"), ("tdmpc-small", "1m"), ("tdmpc-medium", "5m"),
-                          ("tdmpc-large", "48m")]:
+    for alias, preset in [("tdmpc", "5m"), ("tdmpc2", "5m"), ("tdmpc-small", "5m"), ("tdmpc-medium", "48m"),
+                          ("tdmpc-large", "317m")]:
         assert get_model_info(alias)["name"] == f"tdmpc2:{preset}"
 
 
@@ -121,7 +121,7 @@ def test_reward_and_q_predict_zero_at_initialisation(model):
     action = jnp.linspace(-1, 1, 5)[:, None]
     assert not np.any(np.asarray(jax.jit(fns.reward_logits)(params, z, action)))
     assert not np.any(np.asarray(jax.jit(fns.q_logits)(params, z, action)))
-    heads = model.decode(LatentState(None, z, None, z), action)
+    heads = model.decode(LatentState(z), action)
     np.testing.assert_allclose(heads["reward"], 0.0, atol=1e-5)
     np.testing.assert_allclose(heads["q"], 0.0, atol=1e-5)
     np.testing.assert_array_equal(heads["continue"], 1.0)
@@ -165,7 +165,7 @@ def test_latent_rollout_scan_matches_python_loop(model):
 
     looped, rewards = python_loop(params, z, actions)
     np.testing.assert_allclose(scanned, looped, rtol=1e-5, atol=1e-6)
-    traj = model.imagine(LatentState(None, z, None, z), actions)
+    traj = model.imagine(LatentState(z), actions)
     np.testing.assert_allclose(traj.features, looped[1:], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(traj.rewards, rewards, rtol=1e-5, atol=1e-6)
     assert traj.continues.shape == (3, 4)
@@ -506,7 +506,7 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, model):
 def test_bad_shapes_raise_shape_errors(model):
     with pytest.raises(ShapeError, match=r"expected shape \[B, 3\], got \[2, 4\]"):
         model.encode(np.zeros((2, 4)))
-    with pytest.raises(ShapeError, match=r"actions: expected shape \[B=2, 1\], got \[2, 3\]"):
+    with pytest.raises(ShapeError, match=r"action: expected shape \[B=2, 1\], got \[2, 3\]"):
         model.predict(model.encode(np.zeros((2, OBS_DIM))), np.zeros((2, 3)))
     with pytest.raises(ShapeError, match=r"actions: expected shape \[H=5, B=2, 1\]"):
         model.imagine(model.encode(np.zeros((2, OBS_DIM))), np.zeros((5, 3, 1)))
@@ -517,7 +517,9 @@ def test_bad_shapes_raise_shape_errors(model):
         model.prepare_batch({k: v[:, :1] for k, v in batch.items()})
     with pytest.raises(ShapeError, match="lacks 'continues'"):
         model.prepare_batch({k: v for k, v in batch.items() if k != "continues"})
-    with pytest.raises(ShapeError, match="latents"):
+    with pytest.raises(ShapeError, match="state: expected a LatentState .* got ndarray"):
         model.decode(np.zeros((2, 7)))
+    with pytest.raises(ShapeError, match=r"expected a TD-MPC2 state with deterministic \[\.\.\., \d+\]"):
+        model.decode(LatentState(np.zeros((2, 7), np.float32)))
     with pytest.raises(ConfigError, match="num_q"):
         tiny_model(num_q=1)

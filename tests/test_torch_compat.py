@@ -101,7 +101,7 @@ def test_torch_parameters_are_the_source_of_truth(model):
     with torch.no_grad():
         bias.fill_(50.0)  # a continue logit of ~50: probability 1
         probs = model.decode(state)["continue"]
-    torch.testing.assert_close(probs, torch.ones(2))
+    torch.testing.assert_close(probs, torch.ones(2, 1))
     np.testing.assert_array_equal(np.asarray(model.jax_model.params["continue"]["Dense_0"]["Dense_0"]["bias"]), [50.0])
 
 
@@ -156,16 +156,18 @@ def test_methods_take_and_return_torch_tensors(model):
         state = model.encode(obs)
         assert isinstance(state, LatentState) and state.features.shape == (2, 64 + 16)
         assert state.features.grad_fn is None and state.batch_shape == (2,)
-        seq = model.observe(torch.randn(2, 6, 4), torch.zeros(2, 6, 2))
+        seq = model.observe_sequence(torch.randn(2, 6, 4), torch.zeros(2, 6, 2))
         assert seq.deterministic.shape == (2, 6, 64) and seq[:, -1].features.shape == (2, 80)
         nxt = model.predict(state, torch.zeros(2, 2))
-        assert nxt.logits.shape == (2, 4, 4)
+        assert nxt.prior_logits.shape == (2, 4, 4) and nxt.posterior_logits is None
+        step = model.observe(state, torch.zeros(2, 2), obs)
+        assert step.posterior_logits.shape == step.prior_logits.shape == (2, 4, 4)
         traj = model.imagine(state, torch.zeros(3, 2, 2))
         assert isinstance(traj, Trajectory) and traj.rewards.shape == (3, 2) and traj.horizon == 3
         assert torch.isfinite(traj.rewards.mean()) and traj.continues.shape == (3, 2)
         assert traj.discounted_return(0.99).shape == (2,)
         heads = model.decode(state)
-        assert heads["obs"].shape == (2, 4) and heads["reward"].shape == (2,)
+        assert heads["obs"].shape == (2, 4) and heads["reward"].shape == heads["continue"].shape == (2, 1)
         assert model.initial_state(2).features.shape == (2, 80)
         losses = model.compute_loss(make_batch())
     assert {"loss", "loss/rec", "loss/rew", "loss/con", "loss/dyn", "loss/rep"} <= set(losses)
@@ -186,7 +188,7 @@ def test_user_errors_raise_worldloom_types(model):
     model.eval()
     with torch.no_grad():
         state = model.encode(torch.zeros(2, 4))
-    with pytest.raises(ShapeError, match=r"actions: expected shape \[H, 2, 2\]"):
+    with pytest.raises(ShapeError, match=r"actions: expected batch size 2 \(that of initial_state\), got 3"):
         model.imagine(state, torch.zeros(3, 3, 2, requires_grad=True))
     assert isinstance(model.jax_model.params["reward"]["Dense_0"]["Dense_0"]["bias"], jax.Array)
 
@@ -254,7 +256,7 @@ def test_action_gradient_of_imagine(model):
         # The first imagined step's deter and prior logits are smooth in the first
         # action (later steps pass through the straight-through one-hot sample).
         traj = model.imagine(state, acts)
-        return (traj.states.deterministic[0] * w_deter).sum() + (traj.states.logits[0] * w_logits).sum()
+        return (traj.states.deterministic[0] * w_deter).sum() + (traj.states.prior_logits[0] * w_logits).sum()
 
     smooth_output(actions).backward()
     direction = torch.randn(actions.shape, generator=gen)
@@ -268,7 +270,7 @@ def test_action_gradient_of_imagine(model):
     model.imagine(state, actions).rewards.sum().backward()
     handle = model.jax_model
     jax_state = worldloom.LatentState(*(jnp.asarray(getattr(state, f).numpy())
-                                        for f in ("deterministic", "stochastic", "logits", "features")))
+                                        for f in ("deterministic", "stochastic", "posterior_logits", "prior_logits")))
     expected = jax.grad(lambda a: handle.imagine(jax_state, a).rewards.sum())(jnp.asarray(actions.detach().numpy()))
     torch.testing.assert_close(actions.grad, torch.from_numpy(np.array(expected)), rtol=1e-5, atol=1e-5)
 
@@ -405,7 +407,7 @@ def test_tdmpc2_through_the_same_facade():
                                enc_dim=16, mlp_dim=16, latent_dim=16)
     assert sum(p.numel() for p in model.parameters()) == model.jax_model.num_parameters()
     state = model.encode(torch.randn(3, 5))
-    assert state.deterministic is None and state.features.shape == (3, 16)
+    assert state.stochastic is None and state.features.shape == (3, 16)  # z is deterministic
     actions = torch.zeros(4, 3, 2, requires_grad=True)
     model.imagine(state, actions).rewards.sum().backward()
     assert actions.grad.shape == (4, 3, 2)

@@ -32,20 +32,37 @@ from worldloom.core.errors import (
 )
 from worldloom.models.base import OptimizerSettings, UpdateFunctions
 from worldloom_torch_compat._convert import to_jax, to_torch
-from worldloom_torch_compat.info import get_model_info, list_models
+from worldloom_torch_compat.info import (
+    MODEL_ALIASES,
+    MODEL_CATALOG,
+    AutoConfig,
+    AutoWorldModel,
+    get_config,
+    get_model_info,
+    list_models,
+)
 from worldloom_torch_compat.model import WorldModel, create_world_model
+from worldloom_torch_compat.models import DreamerV3Config, DreamerV3WorldModel, TDMPC2Config, TDMPC2WorldModel
 from worldloom_torch_compat.types import LatentState, Trajectory
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MODEL_ALIASES",
+    "MODEL_CATALOG",
+    "AutoConfig",
+    "AutoWorldModel",
     "CheckpointError",
     "ConfigError",
     "DataError",
     "DeviceError",
+    "DreamerV3Config",
+    "DreamerV3WorldModel",
     "LatentState",
     "OptimizerSettings",
     "ShapeError",
+    "TDMPC2Config",
+    "TDMPC2WorldModel",
     "Trajectory",
     "UnknownModelError",
     "UpdateFunctions",
@@ -53,8 +70,18 @@ __all__ = [
     "WorldloomError",
     "__version__",
     "create_world_model",
+    "get_config",
     "get_model_info",
     "list_models",
     "to_jax",
     "to_torch",
 ]
+
+
+def __getattr__(name: str):
+    # ``worldloom_torch_compat.training`` (and ``.models``, ``.core``) without importing them first.
+    if name in ("training", "models", "core"):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

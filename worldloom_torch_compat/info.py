@@ -1,11 +1,16 @@
-"""``list_models`` and ``get_model_info`` with image shapes channels first."""
+"""The factory's lookups with image shapes channels first: ``list_models``, ``get_model_info``,
+``get_config``, ``AutoConfig``, ``AutoWorldModel``, ``MODEL_CATALOG`` and ``MODEL_ALIASES``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import worldloom
-from worldloom_torch_compat.model import channels_first, channels_last
+from worldloom.core import registry
+from worldloom.models.factory import MODEL_ALIASES
+from worldloom_torch_compat.model import WorldModel, channels_first, channels_last, create_world_model
 
 
 def get_model_info(name: str, obs_shape: Sequence[int] | None = None, action_dim: int | None = None) -> dict:
@@ -17,7 +22,63 @@ def get_model_info(name: str, obs_shape: Sequence[int] | None = None, action_dim
     return info
 
 
-def list_models(verbose: bool = False) -> list:
-    """As :func:`worldloom.list_models` (verbose entries from :func:`get_model_info`)."""
+class _Catalog(Mapping):
+    """``MODEL_CATALOG`` with channels-first spaces."""
+
+    def __getitem__(self, name: str) -> dict:
+        info = dict(worldloom.MODEL_CATALOG[name])
+        space = dict(info.get("space", {}))
+        if "obs_shape" in space:
+            space["obs_shape"] = list(channels_first(space["obs_shape"]))
+        return {**info, "space": space}
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(worldloom.MODEL_CATALOG)
+
+    def __len__(self) -> int:
+        return len(worldloom.MODEL_CATALOG)
+
+
+MODEL_CATALOG: Mapping[str, dict] = _Catalog()
+
+
+def list_models(verbose: bool = False) -> list[str] | dict[str, dict]:
+    """As :func:`worldloom.list_models`; verbose entries have channels-first spaces."""
     names = worldloom.list_models()
-    return [get_model_info(name) for name in names] if verbose else names
+    return {name: MODEL_CATALOG[name] for name in names} if verbose else names
+
+
+def get_config(model: str | os.PathLike, **fields: Any):
+    """The torch-face config (images channels first) of a preset, an alias or a saved model directory."""
+    if "obs_shape" in fields:
+        fields = dict(fields, obs_shape=channels_last(fields["obs_shape"]))
+    config = worldloom.get_config(model, **fields)
+    family = next(f for f in registry.families().values() if isinstance(config, f.config_cls))
+    torch_cls = WorldModel.family_classes[family.name].config_class
+    return torch_cls(**{**config.to_dict(), "obs_shape": channels_first(config.obs_shape)})
+
+
+class AutoConfig:
+    """The original's ``AutoConfig`` (torch face): configs with image shapes channels first."""
+
+    @staticmethod
+    def from_pretrained(name_or_path: str | os.PathLike, **fields: Any):
+        return get_config(name_or_path, **fields)
+
+
+class AutoWorldModel:
+    """The original's ``AutoWorldModel`` (torch face): ``torch.nn.Module`` world models."""
+
+    @staticmethod
+    def from_pretrained(name_or_path: str | os.PathLike, **kwargs: Any) -> WorldModel:
+        """Same as :func:`create_world_model`."""
+        return create_world_model(name_or_path, **kwargs)
+
+    @staticmethod
+    def from_config(config, **kwargs: Any) -> WorldModel:
+        """A fresh model of a config (images channels first)."""
+        return WorldModel(config, **kwargs)
+
+
+__all__ = ["MODEL_ALIASES", "MODEL_CATALOG", "AutoConfig", "AutoWorldModel", "get_config", "get_model_info",
+           "list_models"]

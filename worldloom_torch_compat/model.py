@@ -22,13 +22,14 @@ import functools
 import inspect
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import torch
 from torch import nn
 
 import worldloom
+from worldloom.core.config import ConfigBase
 from worldloom.core.devices import resolve_device
 from worldloom.core.errors import ConfigError, ShapeError
 from worldloom_torch_compat import _params
@@ -46,7 +47,11 @@ class WorldModel(nn.Module):
     integer indices).
 
     Args:
-        jax_model: The :class:`worldloom.WorldModel` handle to wrap.
+        model: The :class:`worldloom.WorldModel` handle to wrap, or a config
+            (``DreamerV3Config``/``TDMPC2Config``, images channels first) for a
+            fresh model, as the original's ``DreamerV3WorldModel(config)``.
+        device: Device of a fresh model (``"cpu"``, ``"cuda"``, ``"auto"``).
+        seed: Seeds a fresh model's params and RNG.
 
     Example:
         >>> from worldloom_torch_compat import create_world_model
@@ -56,10 +61,29 @@ class WorldModel(nn.Module):
         torch.Size([15, 3])
     """
 
-    def __init__(self, jax_model: worldloom.WorldModel):
+    family_classes: ClassVar[dict[str, type]] = {}
+    """Family name -> the torch class of that family (``DreamerV3WorldModel``, ...)."""
+    family_name: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, family: str | None = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if family is not None:
+            cls.family_name = family
+            WorldModel.family_classes[family] = cls
+
+    def __init__(self, model: worldloom.WorldModel | ConfigBase, *, device: str | torch.device = "auto",
+                 seed: int = 0):
         super().__init__()
-        if not isinstance(jax_model, worldloom.WorldModel):
-            raise ConfigError(f"WorldModel wraps a worldloom.WorldModel, got {type(jax_model).__name__}.")
+        if isinstance(model, ConfigBase):
+            from worldloom.models.factory import build_from_config
+
+            model = build_from_config(jax_config(model), seed=seed, device=_jax_device_name(device))
+        if not isinstance(model, worldloom.WorldModel):
+            raise ConfigError(f"{type(self).__name__} wraps a worldloom.WorldModel or builds one from a config, "
+                              f"got {type(model).__name__}.")
+        if self.family_name is not None and model.family != self.family_name:
+            raise ConfigError(f"{type(self).__name__} is a {self.family_name} model, got a {model.family} one.")
+        jax_model = model
         self.jax_model = jax_model
         self._treedef = jax.tree_util.tree_structure(jax_model.params)
         self._paths = _params.register(self, jax_model.params, torch_device(jax_model.device))
@@ -146,8 +170,8 @@ class WorldModel(nn.Module):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def forward(self, obs, actions, is_first=None, state=None) -> LatentState:
-        """Same as :meth:`observe`: posterior states ``[B, T, ...]`` of a sequence."""
-        return self.observe(obs, actions, is_first=is_first, state=state)
+        """Same as :meth:`observe_sequence`: posterior states ``[B, T, ...]`` of a sequence."""
+        return self.observe_sequence(obs, actions, is_first=is_first, state=state)
 
     def __reduce_ex__(self, protocol):
         # copy.deepcopy and pickle: rebuild the JAX handle from its config and
@@ -227,7 +251,13 @@ class WorldModel(nn.Module):
         """
         return self._call("encode", self._obs_in(obs, 1), **kwargs)
 
-    def observe(self, obs, actions, is_first=None, state: LatentState | None = None, **kwargs) -> LatentState:
+    def observe(self, state: LatentState, action, obs, **kwargs) -> LatentState:
+        """One posterior step: ``state [B, ...]``, the ``action [B, A]`` taken in it and
+        the next ``obs [B, *obs_shape]`` (images channels first) -> next state ``[B, ...]``."""
+        return self._call("observe", state, action, self._obs_in(obs, 1), **kwargs)
+
+    def observe_sequence(self, obs, actions, is_first=None, state: LatentState | None = None,
+                         **kwargs) -> LatentState:
         """Posterior states of a sequence.
 
         Args:
@@ -240,14 +270,15 @@ class WorldModel(nn.Module):
         Returns:
             ``LatentState`` ``[B, T, ...]``.
         """
-        return self._call("observe", self._obs_in(obs, 2), actions, is_first=is_first, state=state, **kwargs)
+        return self._call("observe_sequence", self._obs_in(obs, 2), actions, is_first=is_first, state=state,
+                          **kwargs)
 
     def predict(self, state: LatentState, action, **kwargs) -> LatentState:
         """One prior step: ``state [B, ...]``, ``action [B, A]`` -> next state ``[B, ...]``."""
         return self._call("predict", state, action, **kwargs)
 
     def decode(self, state: LatentState, *args, **kwargs) -> dict:
-        """Heads of a state ``[..., ...]``: ``reward`` and ``continue`` ``[...]`` and, where the
+        """Heads of a state ``[..., ...]``: ``reward`` and ``continue`` ``[..., 1]`` and, where the
         family has a decoder, ``obs`` (real units; images ``[..., C, H, W]`` in [0, 1]).
 
         Extra arguments go to the family's ``decode`` (TD-MPC2: ``action``, ``task``).
@@ -257,14 +288,14 @@ class WorldModel(nn.Module):
             out["obs"] = self._obs_out(out["obs"])
         return out
 
-    def imagine(self, state: LatentState, actions, **kwargs) -> Trajectory:
-        """Roll the prior forward under ``actions`` ``[H, B, A]`` from ``state`` ``[B, ...]``.
+    def imagine(self, initial_state: LatentState, actions, **kwargs) -> Trajectory:
+        """Roll the prior forward under ``actions`` ``[H, B, A]`` from ``initial_state`` ``[B, ...]``.
 
         Returns:
             :class:`Trajectory` with states ``[H, B, ...]``, rewards ``[H, B]``
             (real units) and continue probabilities ``[H, B]``.
         """
-        return self._call("imagine", state, actions, **kwargs)
+        return self._call("imagine", initial_state, actions, **kwargs)
 
     def compute_loss(self, batch: Mapping[str, Any], key=None) -> dict:
         """Loss terms on a ``[B, T, ...]`` batch (``obs, actions, rewards, continues``
@@ -279,9 +310,13 @@ class WorldModel(nn.Module):
             batch["obs"] = self._obs_in(batch["obs"], 2)
         return self._call("compute_loss", batch, key=key)
 
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write the model (current Parameters) to directory ``path``; load with :func:`create_world_model`."""
-        self.sync_to_jax().save_pretrained(path)
+    def save_pretrained(self, path: str | os.PathLike, overwrite: bool = False) -> None:
+        """Write the model (current Parameters) to directory ``path``; load with :func:`create_world_model`.
+
+        As :meth:`worldloom.WorldModel.save_pretrained`: an earlier saved model is replaced atomically,
+        anything else at ``path`` is a CheckpointError unless ``overwrite=True``.
+        """
+        self.sync_to_jax().save_pretrained(path, overwrite=overwrite)
 
 
 def _rebuild(meta: tuple, tensors: list, flags: list, training: bool) -> WorldModel:
@@ -360,4 +395,15 @@ def create_world_model(
     """
     handle = worldloom.create_world_model(model, channels_last(obs_shape), action_dim,
                                           device=_jax_device_name(device), seed=seed, **overrides)
-    return WorldModel(handle)
+    return wrap(handle)
+
+
+def wrap(handle: worldloom.WorldModel) -> WorldModel:
+    """``handle`` as its family's torch class (``DreamerV3WorldModel``, ...), or :class:`WorldModel`."""
+    return WorldModel.family_classes.get(handle.family, WorldModel)(handle)
+
+
+def jax_config(config: ConfigBase) -> ConfigBase:
+    """The JAX model's config for ``config``: channels-first image shapes become channels last."""
+    to_jax = getattr(config, "to_jax", None)
+    return to_jax() if to_jax is not None else config

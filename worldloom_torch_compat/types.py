@@ -21,27 +21,37 @@ def _map(fn, value):
 
 @dataclasses.dataclass
 class LatentState:
-    """A model's latent state, as torch tensors.
+    """A model's latent state, as torch tensors (the original library's ``LatentState``).
 
     Attributes:
-        deterministic: Recurrent state ``[..., deter]`` (DreamerV3's GRU state;
-            ``None`` for TD-MPC2).
-        stochastic: The latent sample ``[..., stoch]``: DreamerV3's flattened
-            one-hot codes or TD-MPC2's SimNorm latent ``z``.
-        logits: DreamerV3's categorical logits ``[..., 32, classes]``; ``None``
-            for TD-MPC2.
-        features: What the heads read, ``[..., feature_dim]``.
+        deterministic: ``[..., deter]``: DreamerV3's GRU state; TD-MPC2's
+            SimNorm latent ``z`` (its whole, deterministic representation).
+        stochastic: ``[..., stoch]``: DreamerV3's flattened one-hot codes;
+            ``None`` for TD-MPC2.
+        posterior_logits: DreamerV3's posterior logits ``[..., latents, classes]``, or ``None``.
+        prior_logits: DreamerV3's prior logits ``[..., latents, classes]``, or ``None``.
+        codebook_indices: Discrete-code indices of VQ models; ``None`` here.
+
+    Indexing (``states[-1]``), ``len`` and iteration go along the leading axis.
     """
 
-    deterministic: torch.Tensor | None
-    stochastic: torch.Tensor
-    logits: torch.Tensor | None
-    features: torch.Tensor
+    deterministic: torch.Tensor
+    stochastic: torch.Tensor | None = None
+    posterior_logits: torch.Tensor | None = None
+    prior_logits: torch.Tensor | None = None
+    codebook_indices: torch.Tensor | None = None
+
+    @property
+    def features(self) -> torch.Tensor:
+        """Combined features for downstream heads: ``cat([deterministic, stochastic], -1)``."""
+        if self.stochastic is not None:
+            return torch.cat([self.deterministic, self.stochastic.to(self.deterministic.dtype)], dim=-1)
+        return self.deterministic
 
     @property
     def batch_shape(self) -> torch.Size:
-        """Leading (batch, or batch and time) shape: ``features.shape[:-1]``."""
-        return self.features.shape[:-1]
+        """Leading (batch, or batch and time) shape: ``deterministic.shape[:-1]``."""
+        return self.deterministic.shape[:-1]
 
     def map(self, fn) -> LatentState:
         """Apply ``fn`` to every tensor field (``None`` fields stay ``None``)."""
@@ -50,6 +60,12 @@ class LatentState:
     def __getitem__(self, index) -> LatentState:
         """Index the leading (batch or time) axes of every field, e.g. ``states[:, -1]``."""
         return self.map(lambda x: x[index])
+
+    def __len__(self) -> int:
+        return int(self.deterministic.shape[0])
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
 
     def to(self, *args, **kwargs) -> LatentState:
         """``Tensor.to`` on every field."""
@@ -111,7 +127,7 @@ class Trajectory:
 def to_jax_types(value: Any) -> Any:
     """Swap torch-side containers for worldloom's, recursively; leaves stay as they are."""
     if isinstance(value, LatentState):
-        return jax_types.LatentState(value.deterministic, value.stochastic, value.logits, value.features)
+        return jax_types.LatentState(*(getattr(value, f.name) for f in dataclasses.fields(value)))
     if isinstance(value, Trajectory):
         return jax_types.Trajectory(to_jax_types(value.states), value.actions, value.rewards, value.continues)
     if isinstance(value, dict):
@@ -124,7 +140,7 @@ def to_jax_types(value: Any) -> Any:
 def from_jax_types(value: Any) -> Any:
     """Swap worldloom's containers for the torch-side ones, recursively; leaves stay as they are."""
     if isinstance(value, jax_types.LatentState):
-        return LatentState(value.deterministic, value.stochastic, value.logits, value.features)
+        return LatentState(*(getattr(value, f.name) for f in dataclasses.fields(LatentState)))
     if isinstance(value, jax_types.Trajectory):
         return Trajectory(from_jax_types(value.states), value.actions, value.rewards, value.continues)
     if isinstance(value, dict):

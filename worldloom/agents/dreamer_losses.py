@@ -72,10 +72,11 @@ def imagine_with_policy(wm_fns, wm_params, actor_fn, start: LatentState, horizon
     def step(carry, step_key):
         state, action = carry
         img_key, act_key = jax.random.split(step_key)
-        nxt = wm_fns.img_step(wm_params, state, action, img_key)
+        nxt = wm_fns.img_step(wm_params, state, action, img_key).core()
         nxt_action = policy_sample(actor_fn(sg(nxt.features)), act_key, discrete)
         return (nxt, nxt_action), (nxt, nxt_action)
 
+    start = start.core()
     _, (states, actions) = jax.lax.scan(step, (start, first_action), keys[1:])
     states = jax.tree_util.tree_map(lambda s, x: jnp.concatenate([s[None], x], 0), start, states)
     return states, jnp.concatenate([first_action[None], actions], 0)
@@ -115,7 +116,7 @@ def behaviour_loss(cfg: DreamerAgentConfig, wm_fns, nets, params, slow_critic, r
     """
     actor_net, critic_net = nets
     bins = wm_fns.bins
-    batch_size, length = post.features.shape[:2]
+    batch_size, length = post.batch_shape
     wm_params = sg(params["wm"])
     start = jax.tree_util.tree_map(lambda x: sg(x.reshape(batch_size * length, *x.shape[2:])), post)
     actor_sg = lambda f: actor_net.apply({"params": sg(params["actor"])}, f)  # noqa: E731

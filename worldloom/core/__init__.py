@@ -7,6 +7,7 @@ from worldloom.core.errors import (
     DataError,
     DeviceError,
     ShapeError,
+    TrainingError,
     UnknownModelError,
     WorldloomError,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "DeviceError",
     "LatentState",
     "ShapeError",
+    "TrainingError",
     "Trajectory",
     "UnknownModelError",
     "WorldloomError",

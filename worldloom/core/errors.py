@@ -37,3 +37,7 @@ class CheckpointError(WorldloomError, OSError):
 
 class DeviceError(WorldloomError, RuntimeError):
     """A requested device that is not available."""
+
+
+class TrainingError(WorldloomError, RuntimeError):
+    """A training run that cannot go on: a non-finite loss, gradient or parameter."""

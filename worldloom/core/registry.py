@@ -1,7 +1,9 @@
 """Registry of model families, their presets and aliases.
 
-Each family module registers itself once: a config class, one preset table
-(the single source of truth for preset sizes) and a builder.
+Each family package under :mod:`worldloom.models` registers itself once when
+it is imported: a config class, one preset table (the single source of truth
+for preset sizes) and a builder. Core knows no model: importing
+:mod:`worldloom` (or :mod:`worldloom.models`) imports the families.
 """
 
 from __future__ import annotations
@@ -50,18 +52,15 @@ def register_family(family: ModelFamily, aliases: Mapping[str, str] = ()) -> Non
 
 
 def families() -> dict[str, ModelFamily]:
-    _ensure_loaded()
     return dict(_FAMILIES)
 
 
 def aliases() -> dict[str, str]:
-    _ensure_loaded()
     return dict(_ALIASES)
 
 
 def preset_names() -> list[str]:
     """Every ``family:preset`` name, in registration order."""
-    _ensure_loaded()
     return [f"{f.name}:{p}" for f in _FAMILIES.values() for p in f.presets]
 
 
@@ -71,7 +70,6 @@ def resolve(name: str) -> tuple[ModelFamily, str]:
     Raises:
         UnknownModelError: naming the available presets and aliases.
     """
-    _ensure_loaded()
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
     family_name, _, preset = key.partition(":")
@@ -86,9 +84,3 @@ def resolve(name: str) -> tuple[ModelFamily, str]:
         f"Available presets: {', '.join(preset_names())}; aliases: {', '.join(sorted(_ALIASES))}; "
         "or pass the path of a directory written by save_pretrained()."
     )
-
-
-def _ensure_loaded() -> None:
-    # Importing the model packages registers them.
-    import worldloom.models.dreamerv3  # noqa: F401
-    import worldloom.models.tdmpc2  # noqa: F401

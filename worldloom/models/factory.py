@@ -1,9 +1,15 @@
-"""``create_world_model``, ``list_models`` and ``get_model_info``."""
+"""``create_world_model``, ``list_models``, ``get_model_info`` and the original's ``Auto*`` names.
+
+``AutoWorldModel``, ``AutoConfig``, ``MODEL_ALIASES`` and ``MODEL_CATALOG``
+are thin lookups over the one registry (:mod:`worldloom.core.registry`).
+"""
 
 from __future__ import annotations
 
+import functools
+import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +17,9 @@ import jax
 import numpy as np
 
 from worldloom.core import registry
-from worldloom.core.errors import ConfigError
+from worldloom.core.errors import CheckpointError, ConfigError
 from worldloom.models.base import WorldModel
-from worldloom.models.checkpoint import load_model
+from worldloom.models.checkpoint import load_model, read_meta
 
 # Observation/action spaces at which presets are sized in the references.
 REFERENCE_SPACES = {
@@ -54,13 +60,20 @@ def create_world_model(
         CheckpointError: a saved directory that is missing or corrupt.
         DeviceError: a device that is not present.
     """
+    if not isinstance(model, (str, os.PathLike)):
+        raise ConfigError(f"create_world_model: model must be a preset name, an alias or a path, "
+                          f"got {type(model).__name__} {model!r}.")
     name = os.fspath(model)
+    if isinstance(obs_shape, numbers.Integral) and not isinstance(obs_shape, bool):
+        obs_shape = (int(obs_shape),)
+    elif isinstance(obs_shape, list):
+        obs_shape = tuple(obs_shape)
     if _looks_like_path(name) and not (":" in name and not Path(name).exists()):
         extra = dict(overrides)
         if obs_shape is not None:
-            extra["obs_shape"] = tuple(obs_shape)
+            extra["obs_shape"] = obs_shape
         if action_dim is not None:
-            extra["action_dim"] = int(action_dim)
+            extra["action_dim"] = action_dim
         return load_model(name, device=device, seed=None, **extra)
     family, preset = registry.resolve(name)
     if obs_shape is None or action_dim is None:
@@ -68,29 +81,27 @@ def create_world_model(
             f"create_world_model({name!r}) needs obs_shape= and action_dim= for a new model, "
             f"got obs_shape={obs_shape!r}, action_dim={action_dim!r}."
         )
-    values = dict(family.presets[preset])
-    values.update(obs_shape=tuple(int(d) for d in np.atleast_1d(obs_shape)), action_dim=int(action_dim))
-    unknown = [key for key in overrides if key not in family.config_cls.field_names()]
-    if unknown:  # names the field and close matches
-        family.config_cls.__new__(family.config_cls).replace(**{unknown[0]: overrides[unknown[0]]})
-    config = family.config_cls(**{**values, **overrides})  # validated once, overrides applied
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ConfigError(f"create_world_model: seed must be an int, got {type(seed).__name__} {seed!r}.")
+    config = family.config_cls.from_size(preset, obs_shape=obs_shape, action_dim=action_dim, **overrides)
     return family.build(config, seed=int(seed), device=device, preset=preset)
 
 
-def list_models(verbose: bool = False) -> list:
+def list_models(verbose: bool = False) -> list[str] | dict[str, dict]:
     """Available presets.
 
     Args:
-        verbose: If True, return one dict per preset with its family, sizes,
-            aliases, description and parameter count at the reference space.
+        verbose: If True, return ``{name: info}`` with the original's keys
+            (``"params"``, e.g. ``"8.9M"``, ``"type"``, ``"description"``) and
+            everything :func:`get_model_info` gives.
 
     Returns:
-        ``["dreamerv3:size1m", ...]`` or a list of dicts.
+        ``["dreamerv3:size1m", ...]``, or a dict keyed by those names.
     """
     names = registry.preset_names()
     if not verbose:
         return names
-    return [get_model_info(name) for name in names]
+    return {name: MODEL_CATALOG[name] for name in names}
 
 
 def get_model_info(name: str, obs_shape: Sequence[int] | None = None,
@@ -112,6 +123,8 @@ def get_model_info(name: str, obs_shape: Sequence[int] | None = None,
     count = int(sum(np.prod(x.shape, dtype=np.int64) for x in jax.tree_util.tree_leaves(shapes)))
     full = f"{family.name}:{preset}"
     return {
+        "params": _short_count(count),
+        "type": family.name,
         "name": full,
         "family": family.name,
         "preset": preset,
@@ -121,3 +134,96 @@ def get_model_info(name: str, obs_shape: Sequence[int] | None = None,
         "num_parameters": count,
         "space": {k: (list(v) if isinstance(v, tuple) else v) for k, v in space.items()},
     }
+
+
+def _short_count(count: int) -> str:
+    """``8852675 -> "8.9M"``, ``571187 -> "571K"``."""
+    if count >= 10**9:
+        return f"{count / 10**9:.1f}B"
+    if count >= 10**6:
+        return f"{count / 10**6:.1f}M"
+    return f"{count // 1000}K"
+
+
+class _Catalog(Mapping):
+    """``MODEL_CATALOG``: preset name -> :func:`get_model_info` at the reference space, computed on first use."""
+
+    def __getitem__(self, name: str) -> dict:
+        if name not in registry.preset_names():
+            raise KeyError(name)
+        return _info(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(registry.preset_names())
+
+    def __len__(self) -> int:
+        return len(registry.preset_names())
+
+
+@functools.cache
+def _info(name: str) -> dict:
+    return get_model_info(name)
+
+
+class _Aliases(Mapping):
+    """``MODEL_ALIASES``: alias -> ``"family:preset"``, read from the registry."""
+
+    def __getitem__(self, name: str) -> str:
+        return registry.aliases()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(registry.aliases())
+
+    def __len__(self) -> int:
+        return len(registry.aliases())
+
+
+MODEL_CATALOG: Mapping[str, dict] = _Catalog()
+MODEL_ALIASES: Mapping[str, str] = _Aliases()
+
+
+def get_config(model: str | os.PathLike, **fields: Any):
+    """The config of a preset or alias (``fields`` on top) or of a saved model directory."""
+    name = os.fspath(model)
+    if _looks_like_path(name) and not (":" in name and not Path(name).exists()):
+        meta = read_meta(name)
+        family = registry.families().get(meta["family"])
+        if family is None:
+            raise CheckpointError(f"{name} holds a model of unknown family {meta['family']!r}.")
+        config = family.config_cls.from_dict(meta["config"])
+        return config.replace(**fields) if fields else config
+    family, preset = registry.resolve(name)
+    return family.config_cls.from_size(preset, **fields)
+
+
+class AutoConfig:
+    """The original's ``AutoConfig``: ``AutoConfig.from_pretrained("dreamerv3:size12m", obs_shape=..., ...)``."""
+
+    @staticmethod
+    def from_pretrained(name_or_path: str | os.PathLike, **fields: Any):
+        """The config of a preset, an alias or a saved model directory (see :func:`get_config`)."""
+        return get_config(name_or_path, **fields)
+
+
+class AutoWorldModel:
+    """The original's ``AutoWorldModel``: ``AutoWorldModel.from_pretrained(name_or_path, **kwargs)``."""
+
+    @staticmethod
+    def from_pretrained(name_or_path: str | os.PathLike, **kwargs: Any) -> WorldModel:
+        """Same as :func:`create_world_model`."""
+        return create_world_model(name_or_path, **kwargs)
+
+    @staticmethod
+    def from_config(config, **kwargs: Any) -> WorldModel:
+        """A fresh model of ``config`` (a family config instance)."""
+        return build_from_config(config, **kwargs)
+
+
+def build_from_config(config, *, seed: int = 0, device: str = "auto") -> WorldModel:
+    """A fresh model for a config instance of a registered family."""
+    for family in registry.families().values():
+        if type(config) is family.config_cls or isinstance(config, family.config_cls):
+            return family.build(config, seed=seed, device=device)
+    raise ConfigError(f"build_from_config: expected a config of a registered family "
+                      f"({', '.join(f.config_cls.__name__ for f in registry.families().values())}), "
+                      f"got {type(config).__name__}.")

@@ -80,7 +80,7 @@ def open_loop_prediction(model, buffer: ReplayBuffer, context: int = 5, horizon:
     was_training = model.training
     model.eval()
     try:
-        posterior = model.observe(obs[:, :context], actions[:, :context])
+        posterior = model.observe_sequence(obs[:, :context], actions[:, :context])
         start = posterior[:, -1]
         future = np.swapaxes(actions[:, context - 1:length - 1], 0, 1)  # [H, N, A]
         trajectory = model.imagine(start, future)

@@ -77,24 +77,36 @@ class DreamerV3Functions:
         onehot = straight_through_sample(key, probs) if stochastic else straight_through_mode(probs)
         return onehot.reshape(*onehot.shape[:-2], -1)
 
-    def state(self, deter, logits, stoch) -> LatentState:
-        return LatentState(deter, stoch, logits, jnp.concatenate([deter, stoch], -1))
+    @staticmethod
+    def state(deter, stoch, posterior_logits=None, prior_logits=None) -> LatentState:
+        """A state; step functions carry ``state(deter, stoch)`` (no logits)."""
+        return LatentState(deter, stoch, posterior_logits, prior_logits)
 
     def initial(self, params, batch_size: int) -> LatentState:
         """The all-zero state (the reference's ``initial``) for ``batch_size``."""
         cfg = self.config
         deter = jnp.zeros((batch_size, cfg.deter), jnp.float32)
         stoch = jnp.zeros((batch_size, cfg.stoch_size), jnp.float32)
-        logits = jnp.zeros((batch_size, cfg.stoch, cfg.classes), jnp.float32)
-        return self.state(deter, logits, stoch)
+        return self.state(deter, stoch)
 
     # ------------------------------------------------------------ recurrences
 
     def img_step(self, params, state: LatentState, action, key, stochastic=True) -> LatentState:
-        """Prior step: ``s_t, a_t -> s_{t+1}`` without an observation."""
+        """Prior step: ``s_t, a_t -> s_{t+1}`` without an observation (``prior_logits`` set)."""
         deter = self.core(params, state.deterministic, state.stochastic, action)
         logits = self.prior(params, deter)
-        return self.state(deter, logits, self.sample(logits, key, stochastic))
+        return self.state(deter, self.sample(logits, key, stochastic), prior_logits=logits)
+
+    def observe_step(self, params, state: LatentState, action, tokens, key, stochastic=True) -> LatentState:
+        """One posterior step: ``s_{t-1}, a_{t-1}, tokens(o_t) -> s_t`` with both logits.
+
+        The same step as :meth:`obs_step` without resets: from the zero state and
+        a zero action it lands where a reset does, so it also encodes a first
+        observation.
+        """
+        deter = self.core(params, state.deterministic, state.stochastic, action)
+        logits = self.posterior(params, deter, tokens)
+        return self.state(deter, self.sample(logits, key, stochastic), logits, self.prior(params, deter))
 
     def observe_scan(self, params, tokens, prev_actions, is_first, start: LatentState, key,
                      stochastic=True):
@@ -107,7 +119,8 @@ class DreamerV3Functions:
             start: State before step 0 ``[B, ...]``.
 
         Returns:
-            ``(posterior, cont_deter)``: posterior states ``[B, T, ...]`` and the
+            ``(posterior, cont_deter)``: posterior states ``[B, T, ...]`` (with
+            ``posterior_logits``) and the
             GRU output before resets ``[B, T, D]`` (the continuation of the
             previous state, which differs from the posterior's deter only where
             ``is_first``).
@@ -123,7 +136,7 @@ class DreamerV3Functions:
         carry = (start.deterministic.reshape(batch, -1), start.stochastic.reshape(batch, -1))
         _, (deter, stoch, logits, cont) = jax.lax.scan(step, carry, (*time_major, keys))
         deter, stoch, logits, cont = (jnp.swapaxes(x, 0, 1) for x in (deter, stoch, logits, cont))
-        return self.state(deter, logits, stoch), cont
+        return self.state(deter, stoch, posterior_logits=logits), cont
 
     def first_deter(self, params, action_dim: int):
         """GRU output from the zero state and zero action ``[1, D]``: every reset lands here."""
@@ -156,9 +169,9 @@ class DreamerV3Functions:
         def step(state, inputs):
             action, step_key = inputs
             nxt = self.img_step(params, state, action, step_key, stochastic)
-            return nxt, nxt
+            return nxt.core(), nxt
 
-        _, states = jax.lax.scan(step, start, (actions, keys))
+        _, states = jax.lax.scan(step, start.core(), (actions, keys))
         return states
 
     # ------------------------------------------------------------ heads
@@ -217,7 +230,7 @@ class DreamerV3Functions:
         reset = is_first.at[:, 0].set(True)
         prior_logits = jnp.where(reset[..., None, None], all_prior[:, :1], all_prior[:, :-1])
 
-        post_probs = unimix_probs(post.logits, cfg.unimix)
+        post_probs = unimix_probs(post.posterior_logits, cfg.unimix)
         prior_probs = unimix_probs(prior_logits, cfg.unimix)
         dyn = categorical_kl(sg(post_probs), prior_probs).sum(-1)
         rep = categorical_kl(post_probs, sg(prior_probs)).sum(-1)

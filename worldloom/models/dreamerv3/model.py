@@ -6,12 +6,21 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from worldloom.core.arrays import check_trailing_shape
 from worldloom.core.errors import ShapeError
 from worldloom.core.types import LatentState, Trajectory
-from worldloom.models.base import OptimizerSettings, UpdateFunctions, WorldModel, owned_state
+from worldloom.models.base import (
+    OptimizerSettings,
+    UpdateFunctions,
+    WorldModel,
+    check_batch_lead,
+    check_batch_mapping,
+    owned_state,
+    positive_batch_size,
+)
 from worldloom.models.dreamerv3.config import DreamerV3Config
 from worldloom.models.dreamerv3.losses import DreamerV3Functions
 from worldloom.nn.optim import laprop_agc
@@ -34,14 +43,15 @@ class DreamerV3WorldModel(WorldModel):
     """
 
     family = "dreamerv3"
+    config_cls = DreamerV3Config
     config: DreamerV3Config
 
-    def __init__(self, config: DreamerV3Config, params, **kwargs):
+    def __init__(self, config: DreamerV3Config, params=None, **kwargs):
         super().__init__(config, params, **kwargs)
         self.functions = DreamerV3Functions(config)
         fns = self.functions
-        self._observe = jax.jit(fns.observe_scan, static_argnames="stochastic")
-        self._encode = jax.jit(fns.encode)
+        self._observe = jax.jit(self._observe_sequence_fn, static_argnames="stochastic")
+        self._step = jax.jit(self._observe_step_fn, static_argnames="stochastic")
         self._img_step = jax.jit(fns.img_step, static_argnames="stochastic")
         self._imagine = jax.jit(self._imagine_fn, static_argnames="stochastic")
         self._decode = jax.jit(self._decode_fn)
@@ -49,18 +59,23 @@ class DreamerV3WorldModel(WorldModel):
 
     @staticmethod
     def init_params(config: DreamerV3Config, key):
-        return DreamerV3Functions(config).init(key)
+        """Fresh params for ``config`` (one jitted program per config)."""
+        return _init_program(config)(key)
 
     # ------------------------------------------------------------ inputs
 
     def _obs(self, obs, lead: int):
-        obs = self._put(obs)
+        """Observations ``[*lead, *obs_shape]`` (exactly ``lead`` leading axes)."""
+        obs = self._put(obs, name="obs")
         check_trailing_shape("obs", obs, self.config.obs_shape, min_lead=lead)
+        if obs.ndim != len(self.config.obs_shape) + lead:
+            dims = ", ".join(["B", "T"][:lead] + [str(d) for d in self.config.obs_shape])
+            raise ShapeError(f"obs: expected shape [{dims}], got {list(obs.shape)}.")
         return obs
 
-    def _actions(self, actions, lead: int):
+    def _actions(self, actions, lead: int, name: str = "actions", dims: str | None = None):
         """Actions ``[*lead, A]`` as f32; discrete indices ``[*lead]`` become one-hot."""
-        actions = self._put(actions)
+        actions = self._put(actions, name=name)
         cfg = self.config
         if cfg.action_type == "discrete" and jnp.issubdtype(actions.dtype, jnp.integer):
             if actions.ndim == lead + 1 and actions.shape[-1] == 1:
@@ -68,9 +83,21 @@ class DreamerV3WorldModel(WorldModel):
             if actions.ndim == lead:
                 return jax.nn.one_hot(actions, cfg.action_dim, dtype=jnp.float32)
         if actions.ndim != lead + 1 or actions.shape[-1] != cfg.action_dim:
-            dims = ", ".join(["B", "T"][:lead]) if lead <= 2 else "H, B"
-            raise ShapeError(f"actions: expected shape [{dims}, {cfg.action_dim}], got {list(actions.shape)}.")
+            dims = dims or {1: "B", 2: "B, T"}[lead]
+            raise ShapeError(f"{name}: expected shape [{dims}, {cfg.action_dim}], got {list(actions.shape)}.")
         return actions.astype(jnp.float32)
+
+    def _core_state(self, state, name: str = "state") -> LatentState:
+        """``state`` checked and reduced to what a step carries: ``deterministic [B, deter]``, ``stochastic``."""
+        state = self._state(state, name)
+        cfg = self.config
+        deter, stoch = state.deterministic, state.stochastic
+        if stoch is None or np.shape(deter)[-1] != cfg.deter or np.shape(stoch)[-1] != cfg.stoch_size \
+                or np.shape(deter)[:-1] != np.shape(stoch)[:-1] or np.ndim(deter) != 2:
+            raise ShapeError(f"{name}: expected a DreamerV3 state with deterministic [B, {cfg.deter}] and "
+                             f"stochastic [B, {cfg.stoch_size}], got {list(np.shape(deter))} and "
+                             f"{None if stoch is None else list(np.shape(stoch))}.")
+        return LatentState(self._put(deter, jnp.float32, name), self._put(stoch, jnp.float32, name))
 
     @property
     def _stochastic(self) -> bool:
@@ -79,20 +106,44 @@ class DreamerV3WorldModel(WorldModel):
     # ------------------------------------------------------------ protocol
 
     def initial_state(self, batch_size: int) -> LatentState:
-        """The zero state ``[batch_size, ...]``."""
-        return self.functions.initial(self.params, int(batch_size))
+        """The zero state ``[batch_size, ...]`` (the reference's ``initial``), before any observation."""
+        return self.functions.initial(self.params, positive_batch_size(batch_size))
 
     def encode(self, obs) -> LatentState:
-        """Posterior state of a first observation ``[B, *obs_shape]`` -> ``[B, ...]``."""
-        obs = self._obs(obs, 1)
-        if obs.ndim != len(self.config.obs_shape) + 1:
-            raise ShapeError(f"obs: expected shape [B, {', '.join(map(str, self.config.obs_shape))}], "
-                             f"got {list(obs.shape)}.")
-        seq = self.observe(obs[:, None], jnp.zeros((obs.shape[0], 1, self.config.action_dim)))
-        return seq[:, 0]
+        """Posterior state of a first observation ``[B, *obs_shape]`` -> ``[B, ...]``.
 
-    def observe(self, obs, actions, is_first=None, state=None, prev_action=None) -> LatentState:
-        """Posterior states of a sequence.
+        The same as ``observe(initial_state(B), zero action, obs)``.
+        """
+        obs = self._obs(obs, 1)
+        batch = obs.shape[0]
+        return self._step(self.params, self.initial_state(batch), jnp.zeros((batch, self.config.action_dim)),
+                          obs, self.next_key(), stochastic=self._stochastic)
+
+    def observe(self, state: LatentState, action, obs) -> LatentState:
+        """One posterior step: the state after ``action`` and observing ``obs``.
+
+        Args:
+            state: ``s_{t-1}`` ``[B, ...]``.
+            action: ``a_{t-1}`` ``[B, A]`` taken in it (discrete: one-hot or indices ``[B]``).
+            obs: The next observation ``o_t`` ``[B, *obs_shape]``.
+
+        Returns:
+            ``s_t`` ``[B, ...]`` with ``posterior_logits`` and ``prior_logits``.
+        """
+        state = self._core_state(state)
+        action = self._actions(action, 1, "action")
+        obs = self._obs(obs, 1)
+        batch = state.deterministic.shape[0]
+        self._same_batch("action", action.shape[0], batch)
+        self._same_batch("obs", obs.shape[0], batch)
+        return self._step(self.params, state, action, obs, self.next_key(), stochastic=self._stochastic)
+
+    def _observe_step_fn(self, params, state, action, obs, key, stochastic=True):
+        tokens = self.functions.encode(params, obs)
+        return self.functions.observe_step(params, state, action, tokens, key, stochastic)
+
+    def observe_sequence(self, obs, actions, is_first=None, state=None, prev_action=None) -> LatentState:
+        """Posterior states of a sequence, one ``lax.scan`` over time.
 
         Args:
             obs: ``[B, T, *obs_shape]``.
@@ -102,7 +153,8 @@ class DreamerV3WorldModel(WorldModel):
             prev_action: Action ``[B, A]`` taken from ``state`` into ``obs[:, 0]``.
 
         Returns:
-            ``LatentState`` ``[B, T, ...]``: state ``t`` has seen ``obs[:, :t+1]``.
+            ``LatentState`` ``[B, T, ...]`` with both logits: state ``t`` has seen
+            ``obs[:, :t+1]``; equal to :meth:`encode` then one :meth:`observe` per step.
         """
         obs = self._obs(obs, 2)
         batch, length = obs.shape[:2]
@@ -110,30 +162,44 @@ class DreamerV3WorldModel(WorldModel):
         if actions.shape[:2] != (batch, length):
             raise ShapeError(f"actions: expected shape [{batch}, {length}, {self.config.action_dim}], "
                              f"got {list(actions.shape)}.")
-        first = jnp.zeros((batch, length), bool) if is_first is None else self._put(is_first).astype(bool)
+        if is_first is None:
+            first = jnp.zeros((batch, length), bool)
+        else:
+            first = self._put(is_first, name="is_first")
+            if first.shape != (batch, length):
+                raise ShapeError(f"is_first: expected shape [{batch}, {length}], got {list(first.shape)}.")
+            first = first.astype(bool)
         if state is None:
             state = self.initial_state(batch)
-            prev = jnp.zeros((batch, self.config.action_dim))
         else:
-            prev = jnp.zeros((batch, self.config.action_dim)) if prev_action is None else self._actions(prev_action, 1)
+            state = self._core_state(state)
+            self._same_batch("state", state.deterministic.shape[0], batch, "obs")
+        prev = jnp.zeros((batch, self.config.action_dim)) if prev_action is None \
+            else self._actions(prev_action, 1, "prev_action")
+        self._same_batch("prev_action", prev.shape[0], batch, "obs")
+        return self._observe(self.params, obs, actions, first, state, prev, self.next_key(),
+                             stochastic=self._stochastic)
+
+    def _observe_sequence_fn(self, params, obs, actions, first, state, prev, key, stochastic=True):
+        fns = self.functions
         prev_actions = jnp.concatenate([prev[:, None], actions[:, :-1]], 1)
-        tokens = self._encode(self.params, obs)
-        post, _ = self._observe(self.params, tokens, prev_actions, first, state, self.next_key(),
-                                stochastic=self._stochastic)
-        return post
+        post, _ = fns.observe_scan(params, fns.encode(params, obs), prev_actions, first, state, key, stochastic)
+        return post.replace(prior_logits=fns.prior(params, post.deterministic))
 
     def predict(self, state: LatentState, action) -> LatentState:
-        """One prior step: ``state [B, ...]``, ``action [B, A]`` -> next state."""
-        action = self._actions(action, 1)
+        """One prior step: ``state [B, ...]``, ``action [B, A]`` -> next state (``prior_logits`` set)."""
+        state = self._core_state(state)
+        action = self._actions(action, 1, "action")
+        self._same_batch("action", action.shape[0], state.deterministic.shape[0])
         return self._img_step(self.params, state, action, self.next_key(), stochastic=self._stochastic)
 
     def _imagine_fn(self, params, state, actions, key, stochastic=True):
         fns = self.functions
         states = fns.imagine(params, state, actions, key, stochastic)
-        return Trajectory(states, actions, fns.reward(params, states.features),
-                          fns.continue_prob(params, states.features))
+        features = states.features
+        return Trajectory(states, actions, fns.reward(params, features), fns.continue_prob(params, features))
 
-    def imagine(self, state: LatentState, actions) -> Trajectory:
+    def imagine(self, initial_state: LatentState, actions) -> Trajectory:
         """Roll the prior forward under ``actions`` ``[H, B, A]``.
 
         Returns:
@@ -141,45 +207,66 @@ class DreamerV3WorldModel(WorldModel):
             real units and continue probabilities ``[H, B]``; entry ``h`` is the
             outcome of ``actions[h]``.
         """
-        actions = self._actions(actions, 2)
-        if actions.shape[1] != state.features.shape[0]:
-            raise ShapeError(f"actions: expected shape [H, {state.features.shape[0]}, {self.config.action_dim}] "
-                             f"for a state of batch {state.features.shape[0]}, got {list(actions.shape)}.")
+        state = self._core_state(initial_state, "initial_state")
+        actions = self._actions(actions, 2, dims="H, B")
+        self._same_batch("actions", actions.shape[1], state.deterministic.shape[0], "initial_state")
         return self._imagine(self.params, state, actions, self.next_key(), stochastic=self._stochastic)
 
     def _decode_fn(self, params, state):
         fns = self.functions
+        features = state.features
         return {
             "obs": fns.decode_obs(params, state.deterministic, state.stochastic),
-            "reward": fns.reward(params, state.features),
-            "continue": fns.continue_prob(params, state.features),
+            "reward": fns.reward(params, features)[..., None],
+            "continue": fns.continue_prob(params, features)[..., None],
         }
 
     def decode(self, state: LatentState) -> dict:
-        """Heads of a state ``[..., ...]``: ``obs`` (real units; images in [0, 1]),
-        ``reward`` (real units) and ``continue`` (probability)."""
-        return self._decode(self.params, state)
+        """Heads of a state ``[*lead, ...]`` (any leading axes): ``obs`` ``[*lead, *obs_shape]``
+        (real units; images in [0, 1]), ``reward`` ``[*lead, 1]`` (real units) and
+        ``continue`` ``[*lead, 1]`` (probability)."""
+        state = self._state(state)
+        cfg = self.config
+        if state.stochastic is None or np.shape(state.deterministic)[-1] != cfg.deter \
+                or np.shape(state.stochastic)[-1] != cfg.stoch_size:
+            raise ShapeError(f"state: expected a DreamerV3 state with deterministic [..., {cfg.deter}] and "
+                             f"stochastic [..., {cfg.stoch_size}], got {list(np.shape(state.deterministic))} and "
+                             f"{None if state.stochastic is None else list(np.shape(state.stochastic))}.")
+        return self._decode(self.params, state.core())
 
     def compute_loss(self, batch, key=None) -> dict:
         """Loss terms on a ``[B, T, ...]`` batch (``obs, actions, rewards, continues``
-        and optionally ``is_first``): ``{"loss", "loss/rec", "loss/rew", "loss/con",
-        "loss/dyn", "loss/rep", ...}`` as f32 scalars."""
+        and optionally ``is_first``), as f32 scalars.
+
+        Keys: ``"loss"`` (the total), ``"loss/rec"``, ``"loss/rew"``, ``"loss/con"``,
+        ``"loss/dyn"``, ``"loss/rep"`` (unscaled terms), the entropies, and the
+        original library's names: ``"reconstruction_loss"``, ``"reward_loss"``,
+        ``"continue_loss"`` and ``"kl_loss"`` (``dyn`` and ``rep`` with their
+        scales), each as it enters ``"loss"``, so they sum to it.
+        """
         prepared = self.prepare_batch(batch)
         key = self.next_key() if key is None else key
         _, metrics = self._loss(self.params, prepared, key, stochastic=self._stochastic)
-        return metrics
+        cfg = self.config
+        return {**metrics,
+                "kl_loss": cfg.loss_scale_dyn * metrics["loss/dyn"] + cfg.loss_scale_rep * metrics["loss/rep"],
+                "reconstruction_loss": cfg.loss_scale_rec * metrics["loss/rec"],
+                "reward_loss": cfg.loss_scale_rew * metrics["loss/rew"],
+                "continue_loss": cfg.loss_scale_con * metrics["loss/con"]}
 
     def prepare_batch(self, batch) -> dict:
         """Check and move a batch to the device; integer discrete actions become one-hot."""
+        check_batch_mapping(batch)
         for name in ("obs", "actions", "rewards", "continues"):
             if name not in batch:
                 raise ShapeError(f"batch lacks {name!r}; expected keys obs, actions, rewards, continues[, is_first].")
         obs = self._obs(batch["obs"], 2)
         lead = obs.shape[:2]
+        check_batch_lead(obs.shape)
         out = {"obs": obs, "actions": self._actions(batch["actions"], 2)}
         for name in ("rewards", "continues", "is_first"):
             if name in batch and batch[name] is not None:
-                value = self._put(batch[name])
+                value = self._put(batch[name], name=name)
                 if value.shape != lead:
                     raise ShapeError(f"{name}: expected shape {list(lead)}, got {list(value.shape)}.")
                 out[name] = value.astype(bool) if name == "is_first" else value.astype(jnp.float32)
@@ -197,6 +284,11 @@ class DreamerV3WorldModel(WorldModel):
         return make_simple_update(self.functions.loss, tx)
 
 
+@functools.lru_cache(maxsize=16)
+def _init_program(config: DreamerV3Config):
+    return jax.jit(DreamerV3Functions(config).init)
+
+
 def make_simple_update(loss_fn, tx: optax.GradientTransformation) -> UpdateFunctions:
     """Update functions for a model trained by one loss and one optimiser."""
 
@@ -212,3 +304,4 @@ def make_simple_update(loss_fn, tx: optax.GradientTransformation) -> UpdateFunct
         return {"params": params, "opt_state": opt_state}, metrics
 
     return UpdateFunctions(init=init, step=step, params=lambda state: state["params"])
+

@@ -11,7 +11,14 @@ import numpy as np
 from worldloom.core.arrays import check_trailing_shape
 from worldloom.core.errors import ShapeError
 from worldloom.core.types import LatentState, Trajectory
-from worldloom.models.base import OptimizerSettings, UpdateFunctions, WorldModel
+from worldloom.models.base import (
+    OptimizerSettings,
+    UpdateFunctions,
+    WorldModel,
+    check_batch_lead,
+    check_batch_mapping,
+    positive_batch_size,
+)
 from worldloom.models.tdmpc2 import planner
 from worldloom.models.tdmpc2.config import TDMPC2Config
 from worldloom.models.tdmpc2.functions import TDMPC2Functions
@@ -21,7 +28,8 @@ from worldloom.models.tdmpc2.update import make_update
 
 
 def _latent_state(z: jax.Array) -> LatentState:
-    return LatentState(deterministic=None, stochastic=z, logits=None, features=z)
+    """TD-MPC2's latent is deterministic: ``deterministic = features = z``, no stochastic part."""
+    return LatentState(deterministic=z)
 
 
 class _Programs:
@@ -34,6 +42,7 @@ class _Programs:
         self.next = jax.jit(fns.next)
         self.imagine = jax.jit(self._imagine)
         self.heads = jax.jit(self._heads, static_argnames="reduce")
+        self.decode = jax.jit(self._decode)
         self.loss = jax.jit(lambda params, batch, key, train: loss_metrics(fns, scale, params, batch, key, train),
                             static_argnames="train")
         self.act = jax.jit(self._act, static_argnames=("eval_mode", "use_policy"))
@@ -52,6 +61,11 @@ class _Programs:
         q = fns.q_all(params, z, action, task)
         q = {"mean": lambda: q.mean(0), "min": lambda: q.min(0), "all": lambda: jnp.moveaxis(q, 0, -1)}[reduce]()
         return {"reward": fns.reward(params, z, action, task), "q": q, "continue": fns.continue_prob(params, z, task)}
+
+    def _decode(self, params, z, action, task):
+        """The protocol's ``decode``: scalar heads with a trailing axis, ``[..., 1]``."""
+        heads = self._heads(params, z, action, task, "mean")
+        return {name: value[..., None] for name, value in heads.items()}
 
     def _act(self, params, obs, prev_mean, t0, key, task, eval_mode, use_policy):
         fns = self.functions
@@ -94,9 +108,10 @@ class TDMPC2WorldModel(WorldModel):
     """
 
     family = "tdmpc2"
+    config_cls = TDMPC2Config
     config: TDMPC2Config
 
-    def __init__(self, config: TDMPC2Config, params, **kwargs):
+    def __init__(self, config: TDMPC2Config, params=None, **kwargs):
         super().__init__(config, params, **kwargs)
         self.programs = _programs(config)
         self.functions = self.programs.functions
@@ -110,16 +125,16 @@ class TDMPC2WorldModel(WorldModel):
     # ------------------------------------------------------------ inputs
 
     def _obs(self, obs, lead: int):
-        obs = self._put(obs)
+        obs = self._put(obs, name="obs")
         check_trailing_shape("obs", obs, self.config.obs_shape, min_lead=lead)
         if obs.ndim != len(self.config.obs_shape) + lead:
             dims = ", ".join(["B", "T"][:lead] + [str(d) for d in self.config.obs_shape])
             raise ShapeError(f"obs: expected shape [{dims}], got {list(obs.shape)}.")
         return obs if obs.dtype == jnp.uint8 else obs.astype(jnp.float32)
 
-    def _actions(self, actions, lead_shape: tuple, names: str):
+    def _actions(self, actions, lead_shape: tuple, names: str, name: str = "actions"):
         """Actions ``[*lead_shape, A]`` as f32; discrete integer indices ``[*lead_shape]`` become one-hot."""
-        actions = self._put(actions)
+        actions = self._put(actions, name=name)
         cfg = self.config
         if cfg.action_type == "discrete" and jnp.issubdtype(actions.dtype, jnp.integer):
             if actions.ndim == len(lead_shape) + 1 and actions.shape[-1] == 1:
@@ -128,13 +143,16 @@ class TDMPC2WorldModel(WorldModel):
                 return jax.nn.one_hot(actions, cfg.action_dim, dtype=jnp.float32)
         if tuple(actions.shape) != (*lead_shape, cfg.action_dim):
             want = ", ".join([f"{n}={d}" for n, d in zip(names.split(","), lead_shape)] + [str(cfg.action_dim)])
-            raise ShapeError(f"actions: expected shape [{want}], got {list(actions.shape)}.")
+            raise ShapeError(f"{name}: expected shape [{want}], got {list(actions.shape)}.")
         return actions.astype(jnp.float32)
 
-    def _z(self, state) -> jax.Array:
-        z = state.features if isinstance(state, LatentState) else self._put(state, jnp.float32)
-        if z.ndim < 1 or z.shape[-1] != self.config.latent_dim:
-            raise ShapeError(f"state: expected latents [..., {self.config.latent_dim}], got {list(z.shape)}.")
+    def _z(self, state, name: str = "state") -> jax.Array:
+        """The latent ``z [..., L]`` of a :class:`LatentState`."""
+        z = self._put(self._state(state, name).deterministic, jnp.float32, name)
+        if z.shape[-1] != self.config.latent_dim or state.stochastic is not None:
+            raise ShapeError(f"{name}: expected a TD-MPC2 state with deterministic [..., {self.config.latent_dim}] "
+                             f"and no stochastic part, got deterministic of shape {list(z.shape)}"
+                             f"{'' if state.stochastic is None else ' and a stochastic part'}.")
         return z
 
     def _task(self, task, lead_shape: tuple):
@@ -157,22 +175,36 @@ class TDMPC2WorldModel(WorldModel):
 
     def initial_state(self, batch_size: int) -> LatentState:
         """A neutral latent (SimNorm of zeros) ``[batch_size, L]``; real states come from :meth:`encode`."""
-        return _latent_state(self.functions.initial_latent(int(batch_size)))
+        return _latent_state(self.functions.initial_latent(positive_batch_size(batch_size)))
 
     def encode(self, obs, task=None) -> LatentState:
-        """Latent of observations ``[B, *obs_shape]`` -> state ``[B, L]`` (``stochastic = features = z``)."""
+        """Latent of observations ``[B, *obs_shape]`` -> state ``[B, L]`` (``deterministic = features = z``)."""
         obs = self._obs(obs, 1)
         return _latent_state(self.programs.encode(self.params, obs, self._task(task, obs.shape[:1])))
 
-    def observe(self, obs, actions=None, is_first=None, state=None, task=None) -> LatentState:
+    def observe(self, state: LatentState, action, obs, task=None) -> LatentState:
+        """One posterior step: the latent of ``obs`` ``[B, *obs_shape]``.
+
+        TD-MPC2's latent depends on the current observation only, so ``state``
+        ``[B, L]`` and ``action`` ``[B, A]`` are checked but do not change the result.
+        """
+        z = self._z(state)
+        batch = z.shape[0]
+        action = self._actions(action, (batch,), "B", "action")
+        obs = self._obs(obs, 1)
+        self._same_batch("obs", obs.shape[0], batch)
+        return self.encode(obs, task=task)
+
+    def observe_sequence(self, obs, actions=None, is_first=None, state=None, task=None) -> LatentState:
         """Latents of every step of ``obs`` ``[B, T, *obs_shape]`` -> ``[B, T, L]``.
 
         TD-MPC2's latent depends on the current observation only, so
         ``actions``, ``is_first`` and ``state`` do not change the result
-        (``actions`` ``[B, T, A]`` is still checked when given).
+        (they are still checked when given).
         """
-        del state
         obs = self._obs(obs, 2)
+        if state is not None:
+            self._same_batch("state", self._z(state).shape[0], obs.shape[0], "obs")
         if actions is not None:
             self._actions(actions, obs.shape[:2], "B,T")
         if is_first is not None and tuple(np.shape(is_first)) != tuple(obs.shape[:2]):
@@ -185,10 +217,10 @@ class TDMPC2WorldModel(WorldModel):
     def predict(self, state, action, task=None) -> LatentState:
         """Latent dynamics: ``state [B, L]``, ``action [B, A]`` -> next state ``[B, L]``."""
         z = self._z(state)
-        action = self._actions(action, z.shape[:-1], "B")
+        action = self._actions(action, z.shape[:-1], "B", "action")
         return _latent_state(self.programs.next(self.params, z, action, self._task(task, z.shape[:-1])))
 
-    def imagine(self, state, actions, task=None) -> Trajectory:
+    def imagine(self, initial_state, actions, task=None) -> Trajectory:
         """Roll the latent dynamics forward under ``actions`` ``[H, B, A]`` (one ``lax.scan``).
 
         Returns:
@@ -196,10 +228,10 @@ class TDMPC2WorldModel(WorldModel):
             rewards ``[H, B]`` of each action in real units, continue
             probabilities ``[H, B]`` (ones unless episodic).
         """
-        z = self._z(state)
+        z = self._z(initial_state, "initial_state")
         if z.ndim != 2:
-            raise ShapeError(f"state: expected latents [B, {self.config.latent_dim}], got {list(z.shape)}.")
-        actions = self._put(actions)
+            raise ShapeError(f"initial_state: expected latents [B, {self.config.latent_dim}], got {list(z.shape)}.")
+        actions = self._put(actions, name="actions")
         if actions.ndim < 2:
             raise ShapeError(f"actions: expected shape [H, B={z.shape[0]}, {self.config.action_dim}], "
                              f"got {list(actions.shape)}.")
@@ -210,14 +242,15 @@ class TDMPC2WorldModel(WorldModel):
         """Head predictions of a state ``[..., L]``.
 
         TD-MPC2 has no observation decoder, so there is no ``"obs"``. Returns
-        ``reward`` and ``q`` (mean over the ensemble) of ``action``, by default
-        the policy prior's mean action, and ``continue``, the probability that
-        the episode goes on in this state (ones unless episodic).
+        ``reward`` ``[..., 1]`` and ``q`` ``[..., 1]`` (mean over the ensemble) of
+        ``action``, by default the policy prior's mean action, and ``continue``
+        ``[..., 1]``, the probability that the episode goes on in this state
+        (ones unless episodic).
         """
         z = self._z(state)
         if action is not None:
-            action = self._actions(action, z.shape[:-1], "B")
-        return self.programs.heads(self.params, z, action, self._task(task, z.shape[:-1]), reduce="mean")
+            action = self._actions(action, z.shape[:-1], "B", "action")
+        return self.programs.decode(self.params, z, action, self._task(task, z.shape[:-1]))
 
     def predict_reward(self, state, action, task=None) -> jax.Array:
         """Reward of taking ``action`` ``[B, A]`` in ``state`` ``[B, L]``, real units ``[B]``."""
@@ -300,13 +333,23 @@ class TDMPC2WorldModel(WorldModel):
         """Loss terms on a ``[B, T, ...]`` batch (T >= 2): ``{"loss", "loss/consistency",
         "loss/reward", "loss/value", "loss/policy"[, "loss/termination"], ...}`` as f32 scalars.
 
+        Also the original library's names, each as it enters ``"loss"``:
+        ``"reward_loss"`` and, for episodic models, ``"continue_loss"`` (the
+        termination term). TD-MPC2 reconstructs nothing and has no KL, so there
+        is no ``"reconstruction_loss"`` or ``"kl_loss"``.
+
         The online Q networks stand in for the target networks (the handle
         holds no training state). Dropout and augmentation follow
         :meth:`train`/:meth:`eval`.
         """
         prepared = self.prepare_batch(batch)
         key = self.next_key() if key is None else key
-        return self.programs.loss(self.params, prepared, key, train=self.training)
+        metrics = self.programs.loss(self.params, prepared, key, train=self.training)
+        cfg = self.config
+        extra = {"reward_loss": cfg.reward_coef * metrics["loss/reward"]}
+        if "loss/termination" in metrics:
+            extra["continue_loss"] = cfg.termination_coef * metrics["loss/termination"]
+        return {**metrics, **extra}
 
     def prepare_batch(self, batch) -> dict:
         """Check a ``[B, T, ...]`` batch and move it to the device.
@@ -315,18 +358,20 @@ class TDMPC2WorldModel(WorldModel):
         ``is_first``, ``terminals`` ``[B, T]`` and ``task`` ``[B]`` (multitask).
         Integer actions of discrete models become one-hot.
         """
+        check_batch_mapping(batch)
         for name in ("obs", "actions", "rewards", "continues"):
             if name not in batch:
                 raise ShapeError(f"batch lacks {name!r}; expected keys obs, actions, rewards, continues"
                                  "[, is_first, terminals, task].")
         obs = self._obs(batch["obs"], 2)
         lead = tuple(obs.shape[:2])
+        check_batch_lead(lead)
         if lead[1] < 2:
             raise ShapeError(f"obs: TD-MPC2 needs windows of T >= 2 steps, got shape {list(obs.shape)}.")
         out = {"obs": obs, "actions": self._actions(batch["actions"], lead, "B,T")}
         for name in ("rewards", "continues", "is_first", "terminals"):
             if name in batch and batch[name] is not None:
-                value = self._put(batch[name])
+                value = self._put(batch[name], name=name)
                 if tuple(value.shape) != lead:
                     raise ShapeError(f"{name}: expected shape {list(lead)}, got {list(value.shape)}.")
                 out[name] = value.astype(bool) if name == "is_first" else value.astype(jnp.float32)
