@@ -83,7 +83,7 @@ def test_logging_checkpoints_and_progress_in_one_run(buffer, tmp_path, capsys):
     assert "loss=" in err and "upd/s=" in err and "8/8" in err  # the tqdm bar
 
     # Exactly the newest two of the checkpoints at 2, 4, 6 and 8, and nothing half-written.
-    assert sorted(os.listdir(ckpt)) == ["step_00000006", "step_00000008"]
+    assert sorted(os.listdir(ckpt)) == ["best", "step_00000006", "step_00000008"]
     assert [p.name for p in checkpoint.checkpoints()] == ["step_00000006", "step_00000008"]
     meta = json.loads((ckpt / "step_00000008" / "meta.json").read_text())
     assert meta["step"] == 8 and meta["family"] == "dreamerv3" and meta["sampler"]["next_step"] == 8
@@ -92,7 +92,7 @@ def test_logging_checkpoints_and_progress_in_one_run(buffer, tmp_path, capsys):
 
 def test_resume_rejects_corrupt_or_foreign_checkpoints(buffer, tmp_path):
     Trainer(make_model(), make_config(total_steps=4), [CheckpointCallback(tmp_path, save_every=None)]).train(buffer)
-    assert os.listdir(tmp_path) == ["step_00000004"]  # save_every=None: only at the end
+    assert sorted(os.listdir(tmp_path)) == ["best", "step_00000004"]  # save_every=None: only at the end
     with pytest.raises(CheckpointError, match="was written for a dreamerv3 model"):
         Trainer(make_model(deter=128), make_config(), resume_from=tmp_path).train(buffer)
     state_files = [p for p in glob.glob(str(tmp_path / "step_00000004" / "state" / "**"), recursive=True)

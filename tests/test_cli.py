@@ -36,7 +36,7 @@ def test_train_writes_model_buffers_logs_plot_and_summary(run_dir, capsys):
     assert (run_dir / "model" / "config.json").is_file()
     assert any(n.startswith("events.out.tfevents") for n in os.listdir(run_dir / "logs"))
     assert (run_dir / "imagination.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert os.listdir(run_dir / "checkpoints") == ["step_00000008"]
+    assert sorted(os.listdir(run_dir / "checkpoints")) == ["best", "step_00000008"]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 8 and not summary["interrupted"]
     assert summary["heldout_loss_after"]["loss"] < summary["heldout_loss_before"]["loss"]

@@ -110,7 +110,7 @@ def test_training_api(workdir, preset):
     assert isinstance(buffer, ReplayBuffer) and len(buffer) == 2400  # trajectories.npz of the complete example
     assert ReplayBuffer.load("buffer.npz").num_transitions == length  # the "Adding Data" episode, saved
     assert namespace["batch"]["obs"].shape == (16, 50, 4) and namespace["batch"]["continues"].shape == (16, 50)
-    assert sorted(os.listdir("ckpt")) == ["step_00000001", "step_00000002"]
+    assert sorted(os.listdir("ckpt")) == ["best", "step_00000001", "step_00000002"]
     assert any(n.startswith("events.out.tfevents") for n in os.listdir("logs"))
     assert (workdir / "final_model" / "config.json").is_file()
 
@@ -130,4 +130,4 @@ def test_train_your_first_model(workdir, preset):
     assert params_finite(trained) and trained.family == preset.split(":")[0]
     for a, b in zip(namespace["model"].parameters(), loaded.parameters()):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert sorted(os.listdir("checkpoints")) == ["step_00000001", "step_00000002"]  # save_every shortened to 1
+    assert sorted(os.listdir("checkpoints")) == ["best", "step_00000001", "step_00000002"]  # save_every: 1

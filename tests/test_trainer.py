@@ -188,7 +188,7 @@ def test_scanned_dispatch_matches_a_plain_loop_over_the_update(buffer):
 
 def test_resume_from_a_checkpoint_matches_the_uninterrupted_run(buffer, reference_run):
     names = sorted(os.listdir(reference_run["dir"]))
-    assert names == ["step_00000004", "step_00000008", "step_00000010"]
+    assert names == ["best", "step_00000004", "step_00000008", "step_00000010"]
     trainer = Trainer(make_model(), make_config(), resume_from=os.path.join(reference_run["dir"], "step_00000004"))
     record = Record()
     trainer.add_callback(record)
@@ -207,12 +207,12 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_true_continues(buffer, reference_r
     trainer = Trainer(make_model(), config, [Interrupt()])
     trainer.train(buffer)  # returns instead of raising
     assert trainer.interrupted and trainer.step == 3  # stops at the end of the dispatch (cut at save_interval)
-    assert os.listdir(tmp_path / "ckpt") == ["step_00000003"]
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["best", "step_00000003"]
     resumed = Trainer(make_model(), config)
     model = resumed.train(buffer, resume=True)
     assert resumed.step == 10 and not resumed.interrupted
     assert same(leaves(model), reference_run["params"])
-    assert sorted(os.listdir(tmp_path / "ckpt")) == ["step_00000009", "step_00000010"]  # every 3 and the end
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["best", "step_00000009", "step_00000010"]  # every 3, the end
     with pytest.raises(ConfigError, match="needs a checkpoint directory"):
         Trainer(make_model(), make_config()).train(buffer, resume=True)
 

@@ -19,6 +19,8 @@ import numpy as np
 from worldloom.core.arrays import as_array
 from worldloom.core.config import ConfigBase, require
 from worldloom.core.devices import device_name, resolve_device
+from worldloom.core.errors import ConfigError, ShapeError
+from worldloom.core.types import LatentState
 
 Params = Any
 Batch = Mapping[str, jax.Array]
@@ -122,9 +124,19 @@ class WorldModel:
     """Base handle. Subclasses set ``family`` and implement the protocol."""
 
     family: ClassVar[str] = ""
+    config_cls: ClassVar[type] = ConfigBase
 
-    def __init__(self, config: ConfigBase, params: Params, *, seed: int = 0, device=None,
+    def __init__(self, config: ConfigBase, params: Params | None = None, *, seed: int = 0, device=None,
                  preset: str | None = None):
+        """A handle for ``config``: ``params`` if given, else fresh ones from ``seed``.
+
+        ``DreamerV3WorldModel(config)`` is the original library's constructor.
+        """
+        if not isinstance(config, self.config_cls):
+            raise ConfigError(f"{type(self).__name__} needs a {self.config_cls.__name__}, "
+                              f"got {type(config).__name__}.")
+        if params is None:
+            params = self.init_params(config, jax.random.PRNGKey(int(seed)))
         self.config = config
         self.preset = preset
         self.device = resolve_device(device)
@@ -141,7 +153,12 @@ class WorldModel:
     def encode(self, obs):
         raise NotImplementedError
 
-    def observe(self, obs, actions, is_first=None, state=None):
+    def observe(self, state, action, obs):
+        """One posterior step: ``state [B, ...]``, ``action [B, A]``, next ``obs [B, *obs_shape]``."""
+        raise NotImplementedError
+
+    def observe_sequence(self, obs, actions, is_first=None, state=None):
+        """Posterior states ``[B, T, ...]`` of a whole sequence ``obs [B, T, ...]``."""
         raise NotImplementedError
 
     def predict(self, state, action):
@@ -171,8 +188,6 @@ class WorldModel:
     @classmethod
     def build(cls, config, *, params=None, seed: int = 0, device=None, preset=None) -> WorldModel:
         """A handle for ``config``: ``params`` if given, else fresh ones from ``seed``."""
-        if params is None:
-            params = cls.init_params(config, jax.random.PRNGKey(seed))
         return cls(config, params, seed=seed, device=device, preset=preset)
 
     # ------------------------------------------------------------ common
@@ -182,8 +197,33 @@ class WorldModel:
         self._key, key = jax.random.split(self._key)
         return key
 
-    def _put(self, x, dtype=None) -> jax.Array:
-        return jax.device_put(as_array(x, dtype), self.device)
+    def _put(self, x, dtype=None, name: str = "input") -> jax.Array:
+        """``x`` as a JAX array on the model's device; ShapeError for a state, None or a non-array."""
+        if isinstance(x, LatentState):
+            raise ShapeError(f"{name}: expected an array, got a LatentState.")
+        if x is None or isinstance(x, (str, bytes, dict)):
+            raise ShapeError(f"{name}: expected an array, got {type(x).__name__}.")
+        try:
+            array = as_array(x, dtype)
+        except (TypeError, ValueError, OverflowError) as err:
+            raise ShapeError(f"{name}: expected an array of numbers, got {type(x).__name__} ({err}).") from err
+        return jax.device_put(array, self.device)
+
+    @staticmethod
+    def _state(state, name: str = "state") -> LatentState:
+        """``state`` checked to be a :class:`LatentState` (what encode/observe/predict return)."""
+        if not isinstance(state, LatentState):
+            raise ShapeError(f"{name}: expected a LatentState (from encode, observe, predict or "
+                             f"initial_state), got {type(state).__name__}.")
+        if np.ndim(state.deterministic) < 2:
+            shape = list(np.shape(state.deterministic))
+            raise ShapeError(f"{name}: expected a batched state [B, ...], got deterministic of shape {shape}.")
+        return state
+
+    @staticmethod
+    def _same_batch(name: str, got: int, expected: int, what: str = "the state") -> None:
+        if got != expected:
+            raise ShapeError(f"{name}: expected batch size {expected} (that of {what}), got {got}.")
 
     def parameters(self) -> list[ParameterView]:
         """Every parameter as a :class:`ParameterView` (``p.numel()`` works)."""
@@ -218,16 +258,41 @@ class WorldModel:
         self.params = jax.device_put(params, self.device)
         return self
 
-    def save_pretrained(self, path) -> None:
-        """Write ``config.json`` and the weights (orbax) to directory ``path``, atomically."""
+    def save_pretrained(self, path, overwrite: bool = False) -> None:
+        """Write ``config.json`` and the weights (orbax) to directory ``path``, atomically.
+
+        ``path`` may be new, an empty directory or an earlier saved model (replaced
+        in one step); anything else raises CheckpointError unless ``overwrite=True``.
+        """
         from worldloom.models.checkpoint import save_model
 
-        save_model(self, path)
+        save_model(self, path, overwrite=overwrite)
 
     def __repr__(self) -> str:
         name = f"{self.family}:{self.preset}" if self.preset else self.family
         return (f"{type(self).__name__}({name}, params={self.num_parameters():,}, "
                 f"device={device_name(self.device)}, training={self.training})")
+
+
+def positive_batch_size(batch_size) -> int:
+    """``batch_size`` as an int >= 1, else ConfigError."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ConfigError(f"batch_size: expected a positive int, got {batch_size!r}.")
+    return int(batch_size)
+
+
+def check_batch_mapping(batch) -> None:
+    """ShapeError unless ``batch`` is a dict of arrays."""
+    if not isinstance(batch, Mapping):
+        raise ShapeError(f"batch: expected a dict of [B, T, ...] arrays (obs, actions, rewards, continues), "
+                         f"got {type(batch).__name__}.")
+
+
+def check_batch_lead(shape) -> None:
+    """ShapeError for an empty batch (``B == 0`` or ``T == 0``)."""
+    if shape[0] < 1 or shape[1] < 1:
+        raise ShapeError(f"batch: expected at least one window of at least one step, got obs of shape "
+                         f"{list(shape)}.")
 
 
 def zeros_like_tree(tree):

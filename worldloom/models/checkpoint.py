@@ -3,22 +3,31 @@
 Layout of a saved directory::
 
     config.json   {"format": "worldloom-model", "version": 1, "family", "preset",
-                   "config", "seed", "num_parameters", "weights_sha256"}
+                   "config", "seed", "num_parameters", "weights_sha256",
+                   "weights_files", ["info"]}
     weights/      orbax StandardCheckpointer directory of the params pytree
 
 The directory is assembled under a temporary name beside the target and
-renamed into place, so a crash never leaves a half-written model. The weights'
-SHA-256 is checked on load, so a corrupt file is an error, never a silently
-different model.
+moved into place in one step (see :mod:`worldloom.core.files`), so a crash
+never leaves a half-written model and an overwritten model stays loadable
+throughout. A save goes only to a new path, an empty directory or an earlier
+saved model; anything else is refused unless ``overwrite=True``.
+
+On load, the weights' files are checked against their sizes and CRC-32s
+(``weights_files``), the stored array shapes against those the config
+implies, and the restored params against their SHA-256, so a corrupt or
+mismatched directory is an error, never a silently different model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
-import shutil
-import uuid
+import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +35,17 @@ import jax
 import numpy as np
 
 from worldloom.core.errors import CheckpointError, ConfigError
+from worldloom.core.files import atomic_directory, atomic_write_text, file_manifest, manifest_problems, recover
 from worldloom.models.base import flatten_params
+
+__all__ = ["atomic_directory", "atomic_write_text", "is_saved_model", "load_model", "params_sha256", "read_meta",
+           "restore_pytree", "save_model", "save_pytree", "stored_arrays"]
 
 FORMAT = "worldloom-model"
 VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_DIR = "weights"
+_SHOWN = 6
 
 
 def params_sha256(params: Any) -> str:
@@ -57,48 +71,158 @@ def save_pytree(tree: Any, directory: Path) -> None:
     ckptr.wait_until_finished()
 
 
+def _abandoned_read_report(unraisable) -> bool:
+    """A read orbax abandoned after a failed restore, reporting back to its closed event loop."""
+    exc = unraisable.exc_value
+    if not isinstance(exc, RuntimeError) or str(exc) != "Event loop is closed":
+        return False
+    return any(frame.name == "call_soon_threadsafe" for frame in traceback.extract_tb(unraisable.exc_traceback))
+
+
+def _silence_abandoned_reads():
+    """Install a ``sys.unraisablehook`` that drops the reports of reads orbax abandoned.
+
+    When one array of a damaged checkpoint fails to read, orbax closes its
+    event loop while tensorstore still completes the other reads; each then
+    reports a RuntimeError("Event loop is closed") through
+    ``sys.unraisablehook`` (hundreds of tracebacks, some after the restore has
+    returned) for one error that is raised as a CheckpointError anyway.
+    Every other report still reaches the previous hook.
+
+    Returns:
+        The previous hook when this call installed the filter, else None.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_abandoned_reads", False):
+        return None
+
+    def hook(unraisable):
+        if not _abandoned_read_report(unraisable):
+            previous(unraisable)
+
+    hook._drops_abandoned_reads = True
+    sys.unraisablehook = hook
+    return previous
+
+
 def restore_pytree(directory: Path, like: Any) -> Any:
-    """Restore an orbax pytree shaped like ``like`` (arrays or ShapeDtypeStructs)."""
+    """Restore an orbax pytree shaped like ``like`` (arrays or ShapeDtypeStructs).
+
+    The abandoned-read reports of a failed restore are dropped; the filter
+    stays installed after a failure, since they arrive late.
+    """
     abstract = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), like
     )
     ckptr = _checkpointer()
-    return ckptr.restore(Path(directory).absolute(), abstract)
+    previous = _silence_abandoned_reads()
+    restored = ckptr.restore(Path(directory).absolute(), abstract)
+    if previous is not None and getattr(sys.unraisablehook, "_drops_abandoned_reads", False):
+        sys.unraisablehook = previous  # nothing failed: nothing to drop
+    return restored
 
 
-def atomic_directory(path: Path, fill) -> None:
-    """Build a directory with ``fill(tmp_dir)`` then rename it to ``path``.
+@contextlib.contextmanager
+def _quiet_absl():
+    """Hold back absl's warnings (orbax logs one per unreadable metadata item) within the block."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
-    An existing ``path`` is replaced only after the new one is complete.
+
+def stored_arrays(directory: Path) -> dict[str, Any]:
+    """``{dotted name: metadata with .shape and .dtype}`` of the arrays in an orbax directory.
+
+    Empty when the directory's metadata does not describe its arrays (then
+    only a restore can tell what is wrong).
+
+    Raises:
+        CheckpointError: unreadable metadata.
+    """
+    try:
+        with _quiet_absl():
+            metadata = _checkpointer().metadata(Path(directory).absolute())
+    except Exception as err:  # noqa: BLE001 - orbax raises many types
+        raise CheckpointError(f"Could not read the array metadata at {directory}: {err}") from err
+    tree = getattr(metadata, "item_metadata", metadata)
+    if tree is None:
+        return {}
+    return {name: leaf for name, leaf in flatten_params(tree) if hasattr(leaf, "shape") and hasattr(leaf, "dtype")}
+
+
+def array_mismatches(like: Any, stored: dict[str, Any]) -> list[str]:
+    """Each parameter whose presence, shape or dtype differs between ``like`` and ``stored``."""
+    expected = dict(flatten_params(like))
+    problems = []
+    for name, leaf in expected.items():
+        found = stored.get(name)
+        if found is None:
+            problems.append(f"{name}: the config expects shape {list(leaf.shape)}, the weights do not hold it")
+        elif tuple(found.shape) != tuple(leaf.shape) or np.dtype(found.dtype) != np.dtype(leaf.dtype):
+            problems.append(f"{name}: the config expects {list(leaf.shape)} {np.dtype(leaf.dtype)}, "
+                            f"the weights hold {list(found.shape)} {np.dtype(found.dtype)}")
+    problems += [f"{name}: the weights hold {list(found.shape)}, the config has no such parameter"
+                 for name, found in stored.items() if name not in expected]
+    return problems
+
+
+def _summary(problems: list[str]) -> str:
+    more = f"; and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
+    return "; ".join(problems[:_SHOWN]) + more
+
+
+def is_saved_model(path) -> bool:
+    """Whether ``path`` is a directory whose ``config.json`` is a worldloom model's."""
+    config_file = Path(path) / CONFIG_FILE
+    try:
+        meta = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
+def _check_target(path: Path, overwrite: bool) -> None:
+    """Refuse to replace anything but a saved model or an empty directory, unless ``overwrite``."""
+    if overwrite or not os.path.lexists(path):
+        return
+    if path.is_dir() and not path.is_symlink():
+        entries = sorted(os.listdir(path))
+        if not entries or is_saved_model(path):
+            return
+        shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
+        found = f"a directory that is not a saved worldloom model (it holds {shown})"
+    elif path.is_symlink():
+        found = "a symbolic link"
+    else:
+        found = f"a file ({path.stat().st_size} bytes)"
+    raise CheckpointError(f"Cannot save a model to {str(path)!r}: expected a new path, an empty directory or a "
+                          f"saved model, got {found}. Nothing was written; pass overwrite=True to replace it, "
+                          "or choose another path.")
+
+
+def save_model(model, path, *, overwrite: bool = False, params: Any = None, info: dict | None = None) -> None:
+    """Save ``model`` (a WorldModel) to directory ``path`` atomically.
+
+    Args:
+        model: The model (its config, family, preset and seed are saved).
+        path: The directory to write: a new path, an empty directory or an
+            earlier saved model (replaced in one step).
+        overwrite: Also replace anything else at ``path`` (a file, a directory
+            of other files).
+        params: Params to save instead of ``model.params`` (same structure).
+        info: Extra JSON facts stored as ``config.json["info"]``.
+
+    Raises:
+        CheckpointError: ``path`` holds something else and ``overwrite`` is False.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.mkdir()
-        fill(tmp)
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def save_model(model, path) -> None:
-    """Save ``model`` (a WorldModel) to directory ``path`` atomically."""
-    params = jax.device_get(model.params)
+    recover(path)
+    _check_target(path, overwrite)
+    params = jax.device_get(model.params if params is None else params)
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -106,15 +230,18 @@ def save_model(model, path) -> None:
         "preset": model.preset,
         "config": model.config.to_dict(),
         "seed": model.seed,
-        "num_parameters": model.num_parameters(),
+        "num_parameters": int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params))),
         "weights_sha256": params_sha256(params),
     }
+    if info is not None:
+        meta["info"] = info
 
     def fill(tmp: Path) -> None:
-        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         save_pytree(params, tmp / WEIGHTS_DIR)
+        meta["weights_files"] = file_manifest(tmp / WEIGHTS_DIR)
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
-    atomic_directory(Path(path), fill)
+    atomic_directory(path, fill)
 
 
 def read_meta(path) -> dict:
@@ -137,33 +264,55 @@ def read_meta(path) -> dict:
     return meta
 
 
+def check_files(directory: Path, manifest: dict | None, what: str) -> None:
+    """CheckpointError naming the damaged files when ``directory`` does not match ``manifest`` (None: unchecked)."""
+    if not manifest:
+        return
+    problems = manifest_problems(directory, manifest)
+    if problems:
+        raise CheckpointError(f"The {what} at {directory} are damaged: {_summary(problems)}; expected the files "
+                              "as they were written.")
+
+
 def load_model(path, *, device=None, seed=None, **overrides):
     """Restore a model saved by :func:`save_model`, bit for bit.
 
     Raises:
-        CheckpointError: missing directory, missing/corrupt config or weights.
-        ConfigError: ``overrides`` that change the parameter shapes.
+        CheckpointError: missing directory, missing/corrupt config or weights,
+            or a ``config.json`` whose shapes do not match the weights.
+        ConfigError: ``overrides`` that change the parameter shapes (named,
+            with the expected and stored shapes).
     """
     from worldloom.core import registry
 
     path = Path(path)
+    recover(path)
     meta = read_meta(path)
     families = registry.families()
     family = families.get(meta["family"])
     if family is None:
         raise CheckpointError(f"{path} holds a model of unknown family {meta['family']!r}; known: {sorted(families)}.")
-    config = family.config_cls.from_dict(meta["config"])
-    if overrides:
-        config = config.replace(**overrides)
+    saved = family.config_cls.from_dict(meta["config"])
+    config = saved.replace(**overrides) if overrides else saved
     weights = path / WEIGHTS_DIR
     if not weights.is_dir():
         raise CheckpointError(f"{path} has no {WEIGHTS_DIR}/ directory; the saved model is incomplete.")
+    check_files(weights, meta.get("weights_files"), "weights")
     like = jax.eval_shape(lambda: family.init_params(config, jax.random.PRNGKey(0)))
+    stored = stored_arrays(weights)
+    mismatches = array_mismatches(like, stored) if stored else []
+    if mismatches:
+        before, after = saved.to_dict(), config.to_dict()
+        changed = [f"{name}={after[name]!r} (saved: {before[name]!r})" for name in after
+                   if before.get(name) != after[name]]
+        if changed:
+            raise ConfigError(f"Overrides {', '.join(changed)} do not fit the weights saved at {path}: "
+                              f"{_summary(mismatches)}. Load it without them, or create a new model from a preset.")
+        raise CheckpointError(f"{path / CONFIG_FILE} does not match the weights in {weights} (was the config "
+                              f"edited?): {_summary(mismatches)}.")
     try:
         params = restore_pytree(weights, like)
     except Exception as err:  # noqa: BLE001 - orbax raises many types
-        if overrides:
-            raise ConfigError(f"Overrides {sorted(overrides)} do not fit the weights saved at {path}: {err}") from err
         raise CheckpointError(f"Could not read the weights at {weights}: {err}") from err
     if params_sha256(params) != meta["weights_sha256"]:
         raise CheckpointError(f"The weights at {weights} do not match their checksum; the saved model is corrupt.")

@@ -3,52 +3,128 @@
 Layout::
 
     save_dir/
+      .worldloom-writer.lock   while a run writes here: {"pid", "host", "token", "since"}
       step_00010000/
-        meta.json   {"format": "worldloom-train-state", "version", "step", "family",
-                     "preset", "model_config", "training_config", "sampler",
-                     "state_sha256"}
+        meta.json   {"format": "worldloom-train-state", "version", "step", "run_id", "family",
+                     "preset", "model_config", "training_config", "sampler", "data",
+                     "state_sha256", "state_files"}
         state/      orbax directory of {"train_state": ..., "key": ...}
+      best/         a saved model (``CheckpointCallback(save_best=True)``), whose
+                    ``config.json["info"]`` holds its step, metric and run_id
 
-Each step directory is assembled under a temporary name and renamed into
-place, so a crash never leaves a half-written checkpoint; only directories
-named ``step_<digits>`` with a ``meta.json`` count as checkpoints.
+Each step directory is assembled under a temporary name and moved into place,
+so a crash never leaves a half-written checkpoint; only ``step_<digits>``
+directories with both ``meta.json`` and ``state/`` count as checkpoints.
+Deleting one (``keep_last``) renames it away first, so an interrupted deletion
+never leaves a listed but broken checkpoint.
+
+A directory holds the checkpoints of one run: every checkpoint carries the
+``run_id`` of the run that wrote it (a resumed run keeps its checkpoint's), a
+save refuses a directory holding another run's checkpoints, and ``keep_last``
+deletes only the writing run's own. Writers hold :class:`WriterLock` on the
+directory.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import jax
 
 from worldloom.core.errors import CheckpointError
-from worldloom.models.checkpoint import atomic_directory, params_sha256, restore_pytree, save_pytree
+from worldloom.core.files import WriterLock, discard, file_manifest, remove_leftovers
+from worldloom.models.checkpoint import (
+    atomic_directory,
+    check_files,
+    params_sha256,
+    restore_pytree,
+    save_pytree,
+)
 
 FORMAT = "worldloom-train-state"
 VERSION = 1
 META_FILE = "meta.json"
 STATE_DIR = "state"
+BEST_DIR = "best"
 _NAME = re.compile(r"^step_(\d+)$")
+_ANY_RUN = object()
+
+__all__ = ["BEST_DIR", "WriterLock", "checkpoint_name", "find_checkpoint", "foreign_checkpoints",
+           "list_checkpoints", "load_state", "open_directory", "read_meta", "resume_candidates", "run_id_of",
+           "save_checkpoint"]
 
 
 def checkpoint_name(step: int) -> str:
     return f"step_{int(step):08d}"
 
 
-def list_checkpoints(directory) -> list[tuple[int, Path]]:
-    """Complete checkpoints in ``directory`` as ``[(step, path), ...]``, oldest first."""
+def _complete(path: Path) -> bool:
+    return (path / META_FILE).is_file() and (path / STATE_DIR).is_dir()
+
+
+def run_id_of(path) -> str | None:
+    """The ``run_id`` a checkpoint (or a ``best`` saved model) was written by; None when unknown."""
+    path = Path(path)
+    for name, keys in ((META_FILE, ("run_id",)), ("config.json", ("info", "run_id"))):
+        try:
+            value = json.loads((path / name).read_text())
+        except (OSError, ValueError):
+            continue
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value
+    return None
+
+
+def list_checkpoints(directory, run_id: Any = _ANY_RUN) -> list[tuple[int, Path]]:
+    """Complete checkpoints in ``directory`` as ``[(step, path), ...]``, oldest first.
+
+    Args:
+        directory: A checkpoint directory.
+        run_id: Only those of this run (default: every run's).
+    """
     directory = Path(directory)
     if not directory.is_dir():
         return []
     found = []
     for child in directory.iterdir():
         match = _NAME.match(child.name)
-        if match and (child / META_FILE).is_file():
+        if match and _complete(child) and (run_id is _ANY_RUN or run_id_of(child) == run_id):
             found.append((int(match.group(1)), child))
     return sorted(found)
+
+
+def foreign_checkpoints(directory, run_id: str | None) -> list[str]:
+    """Names of the checkpoints (and ``best``) in ``directory`` written by a run other than ``run_id``."""
+    directory = Path(directory)
+    names = [path.name for _, path in list_checkpoints(directory) if run_id_of(path) != run_id]
+    best = directory / BEST_DIR
+    if best.exists() and run_id_of(best) != run_id:
+        names.append(BEST_DIR)
+    return names
+
+
+def open_directory(directory) -> None:
+    """Clean ``directory`` for a writer holding its lock: leftovers of killed writes and deletions.
+
+    Removes the package's temporary entries whose process is gone (see
+    :func:`worldloom.core.files.remove_leftovers`) and step directories this
+    package wrote that lack ``state/`` (a deletion cut short by an earlier version).
+    """
+    directory = Path(directory)
+    remove_leftovers(directory)
+    if not directory.is_dir():
+        return
+    for child in directory.iterdir():
+        if _NAME.match(child.name) and child.is_dir() and not (child / STATE_DIR).exists():
+            try:
+                read_meta(child)
+            except CheckpointError:
+                continue
+            discard(child)
 
 
 def find_checkpoint(path) -> Path:
@@ -57,33 +133,63 @@ def find_checkpoint(path) -> Path:
     Raises:
         CheckpointError: neither.
     """
+    return resume_candidates(path)[0]
+
+
+def resume_candidates(path) -> list[Path]:
+    """What to resume from at ``path``, best first: ``[path]`` for a step directory, else its checkpoints newest first.
+
+    Raises:
+        CheckpointError: no checkpoint there.
+    """
     path = Path(path)
     if (path / META_FILE).is_file():
-        return path
+        return [path]
     found = list_checkpoints(path)
     if not found:
         raise CheckpointError(f"No training checkpoint at {str(path)!r}: expected a directory written by "
-                              "CheckpointCallback (step_<N>/meta.json) or one such step directory.")
-    return found[-1][1]
+                              "CheckpointCallback (step_<N>/meta.json and state/) or one such step directory.")
+    return [checkpoint for _, checkpoint in reversed(found)]
+
+
+def check_one_run(directory, run_id: str | None) -> None:
+    """CheckpointError when ``directory`` holds checkpoints of a run other than ``run_id``."""
+    foreign = foreign_checkpoints(directory, run_id)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign)} in all)" if len(foreign) > 5 else "")
+        raise CheckpointError(f"{str(directory)!r} holds checkpoints of another run ({shown}): expected a "
+                              "directory with this run's checkpoints only. Pass resume=True (or "
+                              "Trainer(resume_from=...)) to continue that run, or choose another directory.")
 
 
 def save_checkpoint(directory, step: int, tree: Any, meta: dict, keep_last: int | None = None) -> Path:
     """Write ``tree`` (a pytree of arrays) and ``meta`` as ``directory/step_<step>``.
 
-    Keeps only the newest ``keep_last`` checkpoints of ``directory`` when given.
+    ``meta["run_id"]`` names the writing run. Keeps only the newest
+    ``keep_last`` checkpoints of that run when given.
+
+    Raises:
+        CheckpointError: another process holds the directory's lock, or the
+            directory holds another run's checkpoints.
     """
+    directory = Path(directory)
     host = jax.device_get(tree)
+    run_id = meta.get("run_id")
     meta = dict(meta, format=FORMAT, version=VERSION, step=int(step), state_sha256=params_sha256(host))
-    target = Path(directory) / checkpoint_name(step)
+    target = directory / checkpoint_name(step)
 
     def fill(tmp: Path) -> None:
         save_pytree(host, tmp / STATE_DIR)
+        meta["state_files"] = file_manifest(tmp / STATE_DIR)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
 
-    atomic_directory(target, fill)
-    if keep_last:
-        for _, old in list_checkpoints(directory)[:-int(keep_last)]:
-            shutil.rmtree(old, ignore_errors=True)
+    with WriterLock(directory):
+        open_directory(directory)
+        check_one_run(directory, run_id)
+        atomic_directory(target, fill)
+        if keep_last:
+            for _, old in list_checkpoints(directory, run_id)[:-int(keep_last)]:
+                discard(old)
     return target
 
 
@@ -107,12 +213,15 @@ def load_state(path, like: Any, meta: dict) -> Any:
     Args:
         path: A step directory (see :func:`find_checkpoint`).
         like: Arrays or ``ShapeDtypeStruct``s of the expected structure.
-        meta: Its :func:`read_meta`, whose checksum the restored tree must match.
+        meta: Its :func:`read_meta`, whose file list and checksum the state must match.
 
     Raises:
-        CheckpointError: unreadable, mismatched or corrupt state.
+        CheckpointError: missing, damaged, mismatched or corrupt state.
     """
     path = Path(path)
+    if not (path / STATE_DIR).is_dir():
+        raise CheckpointError(f"{path} has no {STATE_DIR}/ directory; the checkpoint is incomplete.")
+    check_files(path / STATE_DIR, meta.get("state_files"), "train state files")
     try:
         tree = restore_pytree(path / STATE_DIR, like)
     except Exception as err:  # noqa: BLE001 - orbax raises many types

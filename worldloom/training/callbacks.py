@@ -15,14 +15,19 @@ state at exact steps (a checkpoint) returns that period from
 
 from __future__ import annotations
 
+import difflib
+import json
 import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from worldloom.core.config import require
-from worldloom.training._checkpoint import list_checkpoints
+from worldloom.core.errors import ConfigError
+from worldloom.core.files import WriterLock
+from worldloom.training._checkpoint import BEST_DIR, list_checkpoints, open_directory, run_id_of
 
 
 class Callback:
@@ -103,7 +108,7 @@ class ProgressCallback(Callback):
 
 
 class LoggingCallback(Callback):
-    """TensorBoard scalars (tensorboardX) and optional console lines.
+    """TensorBoard scalars (tensorboardX) and/or console lines.
 
     Every ``log_interval`` steps it writes the mean of each training metric
     over the interval as ``train/<name>`` (``train/loss``, ``train/loss/rec``,
@@ -111,28 +116,42 @@ class LoggingCallback(Callback):
     as they come (``eval/loss``, ...).
 
     Args:
-        log_dir: Directory of the TensorBoard event files.
+        log_dir: Directory of the TensorBoard event files (``None``: ``./logs``).
         log_to_console: Also print one line per log step.
         log_interval: Steps between writes; ``None`` uses ``TrainingConfig.log_interval``
             (0 there: only at the end).
+        log_to_tensorboard: Write TensorBoard events; ``None``: when ``log_dir``
+            is given, or when nothing goes to the console.
+
+    Raises:
+        ConfigError: both outputs off, or a ``log_dir`` that cannot be a directory.
     """
 
-    def __init__(self, log_dir: str | os.PathLike = "./logs", log_to_console: bool = False,
-                 log_interval: int | None = None):
+    def __init__(self, log_dir: str | os.PathLike | None = None, log_to_console: bool = False,
+                 log_interval: int | None = None, log_to_tensorboard: bool | None = None):
         require(log_interval is None or int(log_interval) >= 1,
                 f"log_interval must be >= 1 or None, got {log_interval!r}.")
-        self.log_dir = Path(log_dir)
         self.log_to_console = bool(log_to_console)
+        if log_to_tensorboard is None:
+            log_to_tensorboard = log_dir is not None or not self.log_to_console
+        self.log_to_tensorboard = bool(log_to_tensorboard)
+        require(self.log_to_tensorboard or self.log_to_console,
+                "LoggingCallback logs nothing with log_to_console=False and log_to_tensorboard=False: expected "
+                "at least one of them True.")
+        self.log_dir = Path("./logs" if log_dir is None else log_dir)
+        if self.log_to_tensorboard:
+            _check_directory(self.log_dir, "log_dir")
         self.log_interval = None if log_interval is None else int(log_interval)
         self.writer = None
 
     def on_train_begin(self, trainer) -> None:
-        from tensorboardX import SummaryWriter
-
         super().on_train_begin(trainer)
         self._interval = self.log_interval or trainer.config.log_interval or math.inf
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(logdir=str(self.log_dir))
+        if self.log_to_tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            self.writer = SummaryWriter(logdir=str(self.log_dir))
         self._sums: dict[str, float] = {}
         self._count = 0
         self._mark = (time.perf_counter(), trainer.step)
@@ -145,25 +164,25 @@ class LoggingCallback(Callback):
             self._flush(step)
 
     def _flush(self, step: int) -> None:
-        if not self._count or self.writer is None:
+        if not getattr(self, "_count", 0):
             return
         now = time.perf_counter()
         then, then_step = self._mark
         means = {name: total / self._count for name, total in self._sums.items()}
         means["updates_per_sec"] = (step - then_step) / max(now - then, 1e-9)
-        for name, value in means.items():
-            self.writer.add_scalar(f"train/{name}", value, step)
-        self.writer.flush()
+        if self.writer is not None:
+            for name, value in means.items():
+                self.writer.add_scalar(f"train/{name}", value, step)
+            self.writer.flush()
         if self.log_to_console:
             self._print(step, "train", means)
         self._sums, self._count, self._mark = {}, 0, (now, step)
 
     def on_eval_end(self, step: int, metrics: dict[str, float]) -> None:
-        if self.writer is None:
-            return
-        for name, value in metrics.items():
-            self.writer.add_scalar(name, value, step)
-        self.writer.flush()
+        if self.writer is not None:
+            for name, value in metrics.items():
+                self.writer.add_scalar(name, value, step)
+            self.writer.flush()
         if self.log_to_console:
             self._print(step, "eval", {k.removeprefix("eval/"): v for k, v in metrics.items()})
 
@@ -182,55 +201,175 @@ class LoggingCallback(Callback):
 
 
 class CheckpointCallback(Callback):
-    """Saves the full train state every ``save_every`` steps and at the end.
+    """Saves the full train state every ``save_every`` steps and at the end, and the best model so far.
 
     A checkpoint (``save_dir/step_<N>/``) holds the params, the optimiser and
     other training state, the RNG key and the sampler position, so
     ``Trainer(model, config, resume_from=save_dir)`` (or
     ``trainer.train(buffer, resume=True)``) continues exactly where it
-    stopped. Written atomically with orbax; only the newest ``keep_last`` are
-    kept. A run stopped by Ctrl-C saves here before it returns.
+    stopped. Written atomically with orbax; only the newest ``keep_last`` of
+    this run are kept. A run stopped by Ctrl-C saves here before it returns.
+    While a run trains, it holds the directory's writer lock.
+
+    With ``save_best``, ``save_dir/best/`` is a saved model
+    (``create_world_model(save_dir + "/best")``) of the state with the best
+    ``monitor`` value so far; its ``config.json["info"]`` holds the step,
+    metric and value. The metric is the held-out ``eval/<monitor>`` at each
+    evaluation when the run evaluates, else the training ``monitor``
+    averaged over the updates since the previous checkpoint, at each
+    checkpoint. ``keep_last`` never deletes it.
 
     Args:
-        save_dir: Directory of the checkpoints.
+        save_dir: Directory of the checkpoints (created when missing).
         save_every: Steps between checkpoints (``None``: only at the end).
-        keep_last: How many checkpoints to keep (``None``: all).
+        keep_last: How many checkpoints of this run to keep (``None``: all).
+        save_best: Keep ``save_dir/best`` (see above).
+        monitor: The metric ``save_best`` follows (``"loss"``, ``"loss/rec"``,
+            ``"eval/loss"``, ...).
+        mode: ``"min"`` (lower is better) or ``"max"``.
+
+    Raises:
+        ConfigError: invalid values, or a ``save_dir`` that cannot be a
+            directory (an existing file, a file among its parents).
     """
 
     def __init__(self, save_dir: str | os.PathLike = "./checkpoints", save_every: int | None = 10_000,
-                 keep_last: int | None = 3):
+                 keep_last: int | None = 3, save_best: bool = True, monitor: str = "loss", mode: str = "min"):
         require(save_every is None or int(save_every) >= 1, f"save_every must be >= 1 or None, got {save_every!r}.")
         require(keep_last is None or int(keep_last) >= 1, f"keep_last must be >= 1 or None, got {keep_last!r}.")
-        self.save_dir = Path(save_dir)
+        require(mode in ("min", "max"), f"mode must be 'min' or 'max', got {mode!r}.")
+        require(isinstance(monitor, str) and monitor, f"monitor must be a metric name, got {monitor!r}.")
+        self.save_dir = _check_directory(Path(save_dir), "save_dir")
         self.save_every = None if save_every is None else int(save_every)
         self.keep_last = None if keep_last is None else int(keep_last)
+        self.save_best, self.monitor, self.mode = bool(save_best), monitor, mode
         self.saved: list[Path] = []
+        self.best: dict | None = None
+        self._lock = None
 
     def sync_interval(self) -> int | None:
         return self.save_every
 
+    def acquire(self) -> None:
+        """Take ``save_dir``'s writer lock and clean up leftovers there (the trainer does this before a run).
+
+        Raises:
+            CheckpointError: another process is writing ``save_dir``.
+        """
+        if self._lock is None:
+            self._lock = WriterLock(self.save_dir)
+        self._lock.acquire()
+        open_directory(self.save_dir)
+
+    def release(self) -> None:
+        """Give ``save_dir``'s writer lock back."""
+        if self._lock is not None:
+            self._lock.release()
+
     def on_train_begin(self, trainer) -> None:
         super().on_train_begin(trainer)
         self._last_step = trainer.step
+        self._sum, self._count, self._checked = 0.0, 0, False
+        self.best, self._on_eval = None, self.monitor.startswith("eval/")
+        best = self.save_dir / BEST_DIR
+        if self.save_best and run_id_of(best) == trainer.run_id and trainer.run_id is not None:
+            info = _best_info(best)
+            if info.get("mode") == self.mode and info.get("monitor") == self.monitor:
+                self.best = info  # a resumed run keeps its best so far
+                self._on_eval = self._on_eval or info["metric"].startswith("eval/")
 
     def on_step_end(self, step: int, losses: dict[str, float]) -> None:
+        if self.save_best:
+            if not self._checked:
+                self._checked = True
+                warn_if_missing(self, self.monitor, losses, self.trainer)
+            if self.monitor in losses:
+                self._sum, self._count = self._sum + losses[self.monitor], self._count + 1
         if self.save_every and step % self.save_every == 0 and step == self.trainer.step:
             self._save()
+
+    def on_eval_end(self, step: int, metrics: dict[str, float]) -> None:
+        metric = self.monitor if self.monitor.startswith("eval/") else f"eval/{self.monitor}"
+        if self.save_best and metric in metrics and step == self.trainer.step:
+            if not self._on_eval:
+                self.best, self._on_eval = None, True  # held-out metrics supersede the training one
+            self._consider(step, metric, metrics[metric])
 
     def _save(self) -> None:
         path = self.trainer.save_checkpoint(self.save_dir, keep_last=self.keep_last)
         self.saved.append(path)
         self._last_step = self.trainer.step
+        if self.save_best and self._count and not self._on_eval:
+            self._consider(self.trainer.step, self.monitor, self._sum / self._count)
+        self._sum, self._count = 0.0, 0
+
+    def _consider(self, step: int, metric: str, value: float) -> None:
+        """Save ``save_dir/best`` when ``value`` improves on the best so far."""
+        if not math.isfinite(value):
+            return
+        if self.best is not None and not (value < self.best["value"] if self.mode == "min"
+                                          else value > self.best["value"]):
+            return
+        from worldloom.models.checkpoint import save_model
+
+        trainer = self.trainer
+        params = trainer.placement.local(trainer.program.update.params(trainer.state))
+        info = {"step": int(step), "metric": metric, "value": float(value), "monitor": self.monitor,
+                "mode": self.mode, "run_id": trainer.run_id}
+        save_model(trainer.model, self.save_dir / BEST_DIR, params=params, info=info)
+        self.best = info
 
     def on_train_end(self, trainer) -> None:
-        if trainer.state is not None and trainer.step > self._last_step:
-            self._save()
+        try:
+            if trainer.state is not None and trainer.step > self._last_step:
+                self._save()
+        finally:
+            self.release()
         if trainer.interrupted and self.saved:
             print(f"Checkpoint of step {trainer.step} saved to {self.saved[-1]}", file=sys.stderr)
 
     def checkpoints(self) -> list[Path]:
         """The checkpoints now in ``save_dir``, oldest first."""
         return [path for _, path in list_checkpoints(self.save_dir)]
+
+
+def _best_info(best: Path) -> dict:
+    try:
+        info = json.loads((best / "config.json").read_text()).get("info")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return info if isinstance(info, dict) and isinstance(info.get("value"), (int, float)) else {}
+
+
+def _check_directory(path: Path, name: str) -> Path:
+    """``path`` when it is, or can be created as, a directory; ConfigError naming what is in the way."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{name}={str(path)!r}: expected a directory (or a path to create one), got an existing "
+                          "file.")
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor.exists() and not ancestor.is_dir():
+        raise ConfigError(f"{name}={str(path)!r}: expected a path where a directory can be created, got the file "
+                          f"{str(ancestor)!r} in the way.")
+    if not path.exists() and ancestor.exists() and not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"{name}={str(path)!r}: expected a writable location, got {str(ancestor)!r} not writable.")
+    return path
+
+
+def warn_if_missing(owner: Callback, monitor: str, losses: dict[str, float], trainer) -> None:
+    """Warn (at the first step) when ``monitor`` will never be reported, naming close matches."""
+    name = monitor.removeprefix("eval/")
+    evaluates = getattr(getattr(trainer, "config", None), "eval_interval", 0) > 0
+    if name in losses and (name == monitor or evaluates):
+        return
+    known = sorted(losses) + [f"eval/{key}" for key in sorted(losses) if evaluates]
+    close = difflib.get_close_matches(monitor, known, n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else f" Reported: {known}."
+    why = "the run does not evaluate (eval_interval=0)" if name in losses else "no update reports it"
+    warnings.warn(f"{type(owner).__name__}(monitor={monitor!r}) will never see its metric: {why}.{hint}",
+                  RuntimeWarning, stacklevel=2)
 
 
 class EarlyStoppingCallback(Callback):
@@ -257,6 +396,7 @@ class EarlyStoppingCallback(Callback):
     def on_train_begin(self, trainer) -> None:
         super().on_train_begin(trainer)
         self.best, self.best_step, self.stopped_step = None, trainer.step, None
+        self._checked = False
 
     def _observe(self, step: int, values: dict[str, float]) -> None:
         if self.monitor not in values:
@@ -269,6 +409,9 @@ class EarlyStoppingCallback(Callback):
             self.trainer.stop_training = True
 
     def on_step_end(self, step: int, losses: dict[str, float]) -> None:
+        if not getattr(self, "_checked", True):
+            self._checked = True
+            warn_if_missing(self, self.monitor, losses, self.trainer)
         self._observe(step, losses)
 
     def on_eval_end(self, step: int, metrics: dict[str, float]) -> None:
