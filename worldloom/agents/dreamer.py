@@ -18,6 +18,7 @@ from worldloom.models.base import OptimizerSettings, UpdateFunctions, owned_stat
 from worldloom.models.checkpoint import restore_pytree, save_pytree
 from worldloom.models.dreamerv3.model import DreamerV3WorldModel
 from worldloom.nn.optim import laprop_agc
+from worldloom.training._guard import guard_update
 
 sg = jax.lax.stop_gradient
 
@@ -97,8 +98,16 @@ class DreamerAgent:
         metrics["loss"] = total
         return total, (metrics, retnorm)
 
-    def make_update(self, settings: OptimizerSettings) -> UpdateFunctions:
-        """One optimiser (LaProp + AGC) over world model, actor and critic, as the reference."""
+    def make_update(self, settings: OptimizerSettings, skip_nonfinite: bool = True) -> UpdateFunctions:
+        """One optimiser (LaProp + AGC) over world model, actor and critic, as the reference.
+
+        Args:
+            settings: Learning rate, clip, warm-up.
+            skip_nonfinite: Guard each update: one whose losses, gradients or
+                new state hold NaN/inf leaves the state unchanged, and
+                ``metrics["skipped"]`` is 1.0 there (0.0 otherwise). ``run_agent``
+                stops or goes on from that flag (``AgentRunConfig.on_nonfinite``).
+        """
         tx = laprop_agc(settings.schedule(), weight_decay=settings.weight_decay, grad_clip=settings.grad_clip)
         normalizer = percentile_normalizer(self.config.retnorm_rate, limit=self.config.retnorm_limit)
         rate = self.config.slow_critic_rate
@@ -118,7 +127,8 @@ class DreamerAgent:
             metrics = dict(metrics, grad_norm=optax.global_norm(grads))
             return {"params": params, "opt_state": opt_state, "slow_critic": slow, "retnorm": retnorm}, metrics
 
-        return UpdateFunctions(init=init, step=step, params=lambda state: state["params"])
+        update = UpdateFunctions(init=init, step=step, params=lambda state: state["params"])
+        return guard_update(update) if skip_nonfinite else update
 
     # ------------------------------------------------------------ acting
 
@@ -140,9 +150,9 @@ class DreamerAgent:
         first = fns.first_deter(wm, prev_action.shape[-1])
         prev_action = jnp.where(is_first[:, None], 0.0, prev_action)
         inputs = (token, prev_action, is_first, obs_key)
-        _, (deter, stoch, logits, _) = fns.obs_step(
+        _, (deter, stoch, _, _) = fns.obs_step(
             wm, (latent.deterministic, latent.stochastic), inputs, first)
-        state = fns.state(deter, logits, stoch)
+        state = fns.state(deter, stoch)
         raw = self.actor_net.apply({"params": params["actor"]}, state.features)
         action = policy_sample(raw, act_key, self.discrete, greedy)
         return (state, action), action

@@ -20,8 +20,10 @@ from worldloom.agents._run_io import LoopState, load_checkpoint, plot_curves, sa
 from worldloom.agents.dreamer import DreamerAgent
 from worldloom.agents.tdmpc2 import TDMPC2Agent
 from worldloom.core.config import ConfigBase, require
+from worldloom.core.errors import TrainingError
 from worldloom.models.base import OptimizerSettings
 from worldloom.models.factory import create_world_model
+from worldloom.training._guard import NONFINITE_MODES, SKIPPED, NonFiniteGuard
 
 DEFAULTS = {
     "dreamerv3": dict(model="dreamerv3:size1m", batch_size=16, sequence_length=64, learning_rate=4e-5,
@@ -64,6 +66,10 @@ class AgentRunConfig(ConfigBase):
     buffer_capacity: int = 1_000_000
     out_dir: str = "runs/agent"
     seed: int = 0
+    on_nonfinite: str = "stop"
+    """A NaN/inf loss, gradient or updated state: "stop" (TrainingError), "skip" (drop the update) or "ignore"."""
+    max_consecutive_skips: int = 20
+    """With ``on_nonfinite="skip"``: more consecutive skipped updates than this stop with TrainingError."""
 
     def validate(self) -> None:
         require(self.algo in DEFAULTS, f"algo must be one of {sorted(DEFAULTS)}, got {self.algo!r}.")
@@ -71,6 +77,10 @@ class AgentRunConfig(ConfigBase):
         require(self.num_envs >= 1, f"num_envs must be >= 1, got {self.num_envs}.")
         require(self.train_ratio > 0 and self.updates_per_step > 0, "train_ratio and updates_per_step must be > 0.")
         require(self.eval_episodes >= 0 and self.eval_every > 0, "eval_every must be > 0 and eval_episodes >= 0.")
+        require(self.on_nonfinite in NONFINITE_MODES,
+                f"on_nonfinite must be one of {', '.join(map(repr, NONFINITE_MODES))}, got {self.on_nonfinite!r}.")
+        require(self.max_consecutive_skips >= 1,
+                f"max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}.")
 
     def resolved(self, name: str):
         value = getattr(self, name)
@@ -183,7 +193,9 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
     batch_size, seq_len = config.resolved("batch_size"), config.resolved("sequence_length")
     settings = OptimizerSettings(learning_rate=config.resolved("learning_rate"), grad_clip=config.resolved("grad_clip"),
                                  warmup_steps=config.resolved("warmup_steps"))
-    update = agent.make_update(settings)
+    guard = NonFiniteGuard(config.on_nonfinite, config.max_consecutive_skips, "AgentRunConfig.on_nonfinite",
+                           label=lambda update_number: f"update {update_number}")
+    update = agent.make_update(settings, skip_nonfinite=guard.active)
     step_fn = jax.jit(update.step, donate_argnums=0)
     buffer = ReplayBuffer(min(config.buffer_capacity, config.total_steps + 1000), obs_shape, action_dim,
                           seed=config.seed)
@@ -247,15 +259,21 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
                 else:
                     loop.updates_owed += per_step * len(envs)
                 loop.pretrained = True
+                first_update, dispatched = loop.updates, []
                 while loop.updates_owed >= 1.0:
                     batch = buffer.sample(batch_size, seq_len)
                     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), loop.updates)
                     train_state, metrics = step_fn(train_state, batch, key)
+                    dispatched.append(metrics)
                     loop.updates += 1
                     loop.updates_owed -= 1.0
                     if loop.updates % 100 == 0:
                         for name, value in metrics.items():
                             writer.add_scalar(f"train/{name}", float(value), loop.env_step)
+                skipped = guard.skipped
+                _check_updates(guard, first_update, dispatched, loop.env_step)
+                if guard.skipped != skipped:
+                    writer.add_scalar("train/skipped_updates", guard.skipped, loop.env_step)
                 agent.load_params(update.params(train_state))
             if loop.env_step >= next_eval or loop.env_step >= config.total_steps:
                 next_eval += config.eval_every
@@ -293,12 +311,29 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
         "final_eval_return": loop.eval_returns[-1][1] if loop.eval_returns else None,
         "train_returns": loop.train_returns,
         "updates": loop.updates,
+        "skipped_updates": guard.skipped,
         "wall_time": loop.wall_time,
         "out_dir": str(out),
         "curves": str(curves),
     }
     (out / "result.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _check_updates(guard: NonFiniteGuard, first_update: int, dispatched: list[dict], env_step: int) -> None:
+    """One look at the ``"skipped"`` flags of this environment step's updates; TrainingError when the guard says stop.
+
+    Raised before the agent takes the new params and before any checkpoint,
+    so the checkpoint on disk and the agent keep the last finite state.
+    """
+    if not guard.active or not dispatched:
+        return
+    flags = jax.device_get([metrics[SKIPPED] for metrics in dispatched])
+    _, problem = guard.inspect(first_update, flags,
+                               lambda index: {k: float(v) for k, v in jax.device_get(dispatched[index]).items()})
+    if problem is not None:
+        raise TrainingError(f"{problem} The agent keeps its params from before the updates of environment step "
+                            f"{env_step}.")
 
 
 def _random_actions(rng: np.random.Generator, count: int, action_dim: int, discrete: bool) -> np.ndarray:

@@ -9,6 +9,7 @@ import numpy as np
 from worldloom.agents._run_io import read_agent_meta, write_agent
 from worldloom.core.errors import ConfigError, ShapeError
 from worldloom.models.base import OptimizerSettings, UpdateFunctions
+from worldloom.training._guard import guard_update
 
 
 class TDMPC2Agent:
@@ -43,8 +44,17 @@ class TDMPC2Agent:
     def num_parameters(self) -> int:
         return self.world_model.num_parameters()
 
-    def make_update(self, settings: OptimizerSettings) -> UpdateFunctions:
-        return self.world_model.make_update(settings)
+    def make_update(self, settings: OptimizerSettings, skip_nonfinite: bool = True) -> UpdateFunctions:
+        """The world model's update (dynamics, reward, Qs, policy prior).
+
+        Args:
+            settings: Learning rate, clip, warm-up.
+            skip_nonfinite: Guard each update: one whose losses, gradients or
+                new state hold NaN/inf leaves the state unchanged, and
+                ``metrics["skipped"]`` is 1.0 there (0.0 otherwise).
+        """
+        update = self.world_model.make_update(settings)
+        return guard_update(update) if skip_nonfinite else update
 
     def reset(self, num_envs: int) -> None:
         self.world_model.reset_plan()

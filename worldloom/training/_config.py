@@ -7,6 +7,7 @@ from typing import Any
 
 from worldloom.core.config import ConfigBase, require
 from worldloom.models.base import OptimizerSettings
+from worldloom.training._guard import NONFINITE_MODES
 
 _DEVICE_KINDS = ("auto", "cpu", "cuda", "gpu", "rocm", "tpu")
 
@@ -23,7 +24,8 @@ REFERENCE_SETTINGS: dict[str, dict[str, Any]] = {
 _MAX_IN_FLIGHT = 8
 
 _INT_FIELDS = ("total_steps", "batch_size", "sequence_length", "warmup_steps", "log_interval", "eval_interval",
-               "save_interval", "seed", "steps_per_dispatch", "eval_batches", "prefetch", "max_in_flight")
+               "save_interval", "seed", "steps_per_dispatch", "eval_batches", "prefetch", "max_in_flight",
+               "max_consecutive_skips")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +80,10 @@ class TrainingConfig(ConfigBase):
     """Copy the buffer to the device once and sample inside the jit: True, False or "auto" (when it fits)."""
     max_in_flight: int = 1
     """Dispatches queued on the device before the trainer waits for the oldest (1: wait for each)."""
+    on_nonfinite: str = "stop"
+    """A NaN/inf loss, gradient or updated state: "stop" (TrainingError), "skip" (drop the update) or "ignore"."""
+    max_consecutive_skips: int = 20
+    """With ``on_nonfinite="skip"``: more consecutive skipped updates than this stop with TrainingError."""
 
     def __post_init__(self) -> None:
         for name in _INT_FIELDS:
@@ -103,6 +109,10 @@ class TrainingConfig(ConfigBase):
         parallel = self.data_parallel
         require(isinstance(parallel, bool) or (isinstance(parallel, int) and parallel >= 1),
                 f"data_parallel must be True, False or a device count >= 1, got {parallel!r}.")
+        require(self.on_nonfinite in NONFINITE_MODES,
+                f"on_nonfinite must be one of {', '.join(map(repr, NONFINITE_MODES))}, got {self.on_nonfinite!r}.")
+        require(self.max_consecutive_skips >= 1,
+                f"max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}.")
         require(isinstance(self.device_replay, bool) or self.device_replay == "auto",
                 f"device_replay must be True, False or 'auto', got {self.device_replay!r}.")
         require(0.0 <= self.eval_fraction < 1.0, f"eval_fraction must be in [0, 1), got {self.eval_fraction}.")

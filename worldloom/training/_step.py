@@ -14,6 +14,11 @@ same executable: one compile per batch shape for a whole run. The train
 state is donated. ``metrics`` maps each name to ``[K]`` values (zeros in
 skipped slots).
 
+With the non-finite guard on (``nonfinite`` ``"skip"`` or ``"stop"``, see
+``_guard``), each update's result is checked on the device and a non-finite
+one is not applied (``metrics["skipped"]`` is 1 there); under ``"stop"`` the
+slots after it are skipped too, so the returned state is the one before it.
+
 Variants (:meth:`StepProgram.runner`) share that scan: one jitted with
 shardings over a device mesh (data parallel), and one that samples its
 batches on the device from a replay table instead of taking them as input.
@@ -32,6 +37,7 @@ from jax.sharding import PartitionSpec as P
 
 from worldloom.models.base import OptimizerSettings, UpdateFunctions, WorldModel
 from worldloom.training._device_replay import sample_windows
+from worldloom.training._guard import SKIPPED, guarded_step
 
 _CACHE_SIZE = 8
 _CACHE: collections.OrderedDict = collections.OrderedDict()
@@ -46,12 +52,14 @@ class StepProgram:
         run: ``run(state, batches [K, B, T, ...], base_key, start, count) -> (state, metrics [K])``
             on one device (``runner()``).
         steps_per_dispatch: ``K``.
+        nonfinite: The guard: ``"stop"``, ``"skip"`` or ``"ignore"`` (unchecked updates).
         traces: How many times a program was traced.
     """
 
     update: UpdateFunctions
     run: Callable = None
     steps_per_dispatch: int = 1
+    nonfinite: str = "ignore"
     traces: int = 0
     runners: dict = dataclasses.field(default_factory=dict)
 
@@ -82,36 +90,50 @@ class StepProgram:
         return total
 
 
-def _multi_update(update: UpdateFunctions, steps: int, state, xs, batch_at: Callable, base_key, start, count):
+def _multi_update(update: UpdateFunctions, steps: int, state, xs, batch_at: Callable, base_key, start, count,
+                  nonfinite: str = "ignore"):
     """``lax.scan`` of ``update.step`` over ``steps`` slots; slot ``i`` runs when ``i < count``.
 
     ``batch_at(i, x)`` is the batch of slot ``i`` given its scanned input ``x``.
+    ``nonfinite`` other than ``"ignore"`` guards each update (``guarded_step``);
+    ``"stop"`` also halts the scan at the first non-finite update.
     """
+    update_step = update.step if nonfinite == "ignore" else guarded_step(update.step)
+    halts = nonfinite == "stop"
     first = jax.tree_util.tree_map(lambda x: x[0], xs)
-    metric_shapes = jax.eval_shape(lambda s, x: update.step(s, batch_at(0, x), base_key), state, first)[1]
+    metric_shapes = jax.eval_shape(lambda s, x: update_step(s, batch_at(0, x), base_key), state, first)[1]
 
     def skip(carry, x, key, index):
         del x, key, index
         return carry, jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
 
     def step(carry, x, key, index):
-        return update.step(carry, batch_at(index, x), key)
+        return update_step(carry, batch_at(index, x), key)
 
     def body(carry, inputs):
         index, x = inputs
         key = jax.random.fold_in(base_key, start + index)
-        return jax.lax.cond(index < count, step, skip, carry, x, key, index)
+        if not halts:
+            return jax.lax.cond(index < count, step, skip, carry, x, key, index)
+        carry, halted = carry
+        carry, metrics = jax.lax.cond((index < count) & ~halted, step, skip, carry, x, key, index)
+        return (carry, halted | (metrics[SKIPPED] > 0)), metrics
 
-    return jax.lax.scan(body, state, (jnp.arange(steps, dtype=jnp.int32), xs))
+    indices = (jnp.arange(steps, dtype=jnp.int32), xs)
+    if not halts:
+        return jax.lax.scan(body, state, indices)
+    (state, _), metrics = jax.lax.scan(body, (state, jnp.asarray(False)), indices)
+    return state, metrics
 
 
 def _build(program: StepProgram, mesh: Mesh | None, window: tuple[int, int] | None) -> Callable:
-    update, steps = program.update, program.steps_per_dispatch
+    update, steps, nonfinite = program.update, program.steps_per_dispatch, program.nonfinite
     replicated = None if mesh is None else NamedSharding(mesh, P())
 
     def run(state, batches, base_key, start, count):
         program.traces += 1
-        return _multi_update(update, steps, state, batches, lambda index, batch: batch, base_key, start, count)
+        return _multi_update(update, steps, state, batches, lambda index, batch: batch, base_key, start, count,
+                             nonfinite)
 
     def run_replay(state, table, base_key, sample_key, start, count):
         program.traces += 1
@@ -124,7 +146,7 @@ def _build(program: StepProgram, mesh: Mesh | None, window: tuple[int, int] | No
             return jax.lax.with_sharding_constraint(batch, NamedSharding(mesh, P("batch")))
 
         return _multi_update(update, steps, state, jnp.zeros((steps,), jnp.int32), batch_at, base_key, start,
-                             count)
+                             count, nonfinite)
 
     if window is not None:
         if mesh is None:
@@ -138,17 +160,19 @@ def _build(program: StepProgram, mesh: Mesh | None, window: tuple[int, int] | No
                    out_shardings=(replicated, replicated))
 
 
-def step_program(model: WorldModel, settings: OptimizerSettings, steps_per_dispatch: int) -> StepProgram:
-    """The (cached) K-update program of ``model`` under ``settings``."""
+def step_program(model: WorldModel, settings: OptimizerSettings, steps_per_dispatch: int,
+                 nonfinite: str = "ignore") -> StepProgram:
+    """The (cached) K-update program of ``model`` under ``settings``, guarded as ``nonfinite`` says."""
     try:
-        key = (type(model), model.config, settings, int(steps_per_dispatch))
+        key = (type(model), model.config, settings, int(steps_per_dispatch), nonfinite)
         hash(key)
     except TypeError:  # an unhashable config: no caching
         key = None
     if key is not None and key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
-    program = StepProgram(model.make_update(settings), steps_per_dispatch=int(steps_per_dispatch))
+    program = StepProgram(model.make_update(settings), steps_per_dispatch=int(steps_per_dispatch),
+                          nonfinite=nonfinite)
     program.run = program.runner()
     if key is not None:
         _CACHE[key] = program

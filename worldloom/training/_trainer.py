@@ -15,12 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from worldloom.core.devices import device_name, resolve_device
-from worldloom.core.errors import CheckpointError, ConfigError, DeviceError, ShapeError
+from worldloom.core.errors import CheckpointError, ConfigError, DeviceError, ShapeError, TrainingError
 from worldloom.models.base import WorldModel
-from worldloom.training import _checkpoint
+from worldloom.training import _checkpoint, _resume
 from worldloom.training._buffer import ReplayBuffer
 from worldloom.training._config import TrainingConfig
 from worldloom.training._device_replay import build_table, table_nbytes, use_device_replay
+from worldloom.training._guard import SKIPPED, NonFiniteGuard
 from worldloom.training._parallel import DispatchQueue, Placement, data_parallel_mesh
 from worldloom.training._sampling import Prefetcher, WindowSampler, chunk_plan, split_segments
 from worldloom.training._step import StepProgram, step_program
@@ -91,6 +92,7 @@ class Trainer:
         stop_training: Set by a callback to stop after the current dispatch.
         interrupted: Whether the last run was stopped by Ctrl-C.
         last_losses: Losses of the last update; ``eval_history``: ``[(step, metrics)]``.
+        skipped_updates: Updates of the last run dropped as non-finite (``on_nonfinite="skip"``).
     """
 
     def __init__(self, model: WorldModel, config: TrainingConfig | None = None, callbacks=(), *,
@@ -112,6 +114,8 @@ class Trainer:
         self.interrupted = False
         self.last_losses: dict[str, float] = {}
         self.eval_history: list[tuple[int, dict[str, float]]] = []
+        self.skipped_updates = 0
+        self._guard = NonFiniteGuard("ignore", 1)
         self.device = None
         self.program: StepProgram | None = None
         self.placement: Placement | None = None
@@ -160,30 +164,16 @@ class Trainer:
         return callbacks
 
     def _resume_source(self, resume: bool, callbacks: list[Callback]) -> Path | None:
-        if self.resume_from is not None:
-            return _checkpoint.find_checkpoint(self.resume_from)
-        if not resume:
-            return None
-        dirs = [c.save_dir for c in callbacks if isinstance(c, CheckpointCallback)]
-        if not dirs:
-            raise ConfigError("train(resume=True) needs a checkpoint directory: set TrainingConfig.checkpoint_dir, "
-                              "add a CheckpointCallback or pass Trainer(resume_from=...).")
-        found = _checkpoint.list_checkpoints(dirs[0])
-        return found[-1][1] if found else None
+        """Open the run's checkpoint directories (locks, one run each); the newest checkpoint to resume from."""
+        self._lineage = _resume.open_run(self.resume_from, resume, callbacks)
+        callbacks.append(_resume.LineageCallback(self._lineage))  # buffer check at the start, locks freed at the end
+        return self._lineage.candidates[0] if self._lineage.candidates else None
 
     def _restore(self, source: Path, fresh_shapes, key) -> tuple[Any, jax.Array, int, int]:
-        meta = _checkpoint.read_meta(source)
-        model = self.model
-        if meta.get("family") != model.family or meta.get("model_config") != model.config.to_dict():
-            raise CheckpointError(f"The checkpoint at {source} was written for a {meta.get('family')} model with "
-                                  f"config {meta.get('model_config')}; this model is {model.family} with "
-                                  f"{model.config.to_dict()}.")
-        saved = meta.get("training_config", {})
-        changed = [f for f in _RUN_FIELDS if f in saved and saved[f] != getattr(self.config, f)]
-        if changed:
-            warnings.warn(f"Resuming from {source} with different {changed} than the checkpoint's run; the "
-                          "result will differ from an uninterrupted run.", RuntimeWarning, stacklevel=3)
-        tree = _checkpoint.load_state(source, {"train_state": fresh_shapes, "key": key}, meta)
+        """Train state, key, step and sampler seed of the newest loadable checkpoint from ``source`` on."""
+        lineage = getattr(self, "_lineage", None) or _resume.Lineage(run_id=None, candidates=[Path(source)])
+        meta, tree = _resume.restore(lineage, source, {"train_state": fresh_shapes, "key": key},
+                                     self._check_checkpoint, self.config.total_steps)
         sampler = meta.get("sampler", {})
         return tree["train_state"], tree["key"], int(meta["step"]), int(sampler.get("seed", self.config.seed))
 
@@ -202,14 +192,33 @@ class Trainer:
             raise CheckpointError("No train state to save yet: call train() first.")
         model, run = self.model, self._run
         meta = {
+            "run_id": self.run_id,
             "family": model.family, "preset": model.preset, "model_config": model.config.to_dict(),
             "training_config": self.config.to_dict(),
             "sampler": {"kind": run["sampler"], "seed": run["seed"], "next_step": self.step},
-            "data": {"num_transitions": run["num_transitions"], "train_segments": run["train_segments"],
-                     "eval_segments": run["eval_segments"]},
+            "data": _resume.buffer_data(run),
         }
         return _checkpoint.save_checkpoint(directory, self.step, {"train_state": self.state, "key": run["key"]},
                                            meta, keep_last)
+
+    @property
+    def run_id(self) -> str | None:
+        """The id stored in this run's checkpoints (a resumed run keeps its checkpoint's); None before train()."""
+        lineage = getattr(self, "_lineage", None)
+        return None if lineage is None else lineage.run_id
+
+    def _check_checkpoint(self, source: Path, meta: dict) -> None:
+        """CheckpointError for a checkpoint of another model; a warning for other run settings."""
+        model = self.model
+        if meta.get("family") != model.family or meta.get("model_config") != model.config.to_dict():
+            raise CheckpointError(f"The checkpoint at {source} was written for a {meta.get('family')} model with "
+                                  f"config {meta.get('model_config')}; this model is {model.family} with "
+                                  f"{model.config.to_dict()}.")
+        saved = meta.get("training_config", {})
+        changed = [f for f in _RUN_FIELDS if f in saved and saved[f] != getattr(self.config, f)]
+        if changed:
+            warnings.warn(f"Resuming from {source} with different {changed} than the checkpoint's run; the "
+                          "result will differ from an uninterrupted run.", RuntimeWarning, stacklevel=5)
 
     # ------------------------------------------------------------ training
 
@@ -224,6 +233,13 @@ class Trainer:
 
         Returns:
             The same model handle, holding the trained params.
+
+        Raises:
+            TrainingError: a non-finite update under ``on_nonfinite="stop"`` (then
+                :attr:`step`, :attr:`state` and the model are those of the last finite
+                update; ``state`` is ``None`` if later dispatches were queued), or more
+                than ``max_consecutive_skips`` in a row under ``"skip"``. No checkpoint
+                is written; other callbacks get ``on_train_end``.
         """
         config = self.config
         self._check_buffer(buffer)
@@ -233,7 +249,8 @@ class Trainer:
         self.device = place.device
         model = self.model.to(self.device)
         callbacks = self._run_callbacks()
-        program = self.program = step_program(model, config.optimizer_settings(), config.steps_per_dispatch)
+        program = self.program = step_program(model, config.optimizer_settings(), config.steps_per_dispatch,
+                                              config.on_nonfinite)
         eval_on = config.eval_interval > 0
         train_segments, eval_segments = split_segments(buffer, config.eval_fraction if eval_on else 0.0,
                                                        config.sequence_length)
@@ -257,7 +274,8 @@ class Trainer:
         self._run = {"key": key, "seed": seed, "num_transitions": buffer.num_transitions,
                      "train_segments": train_segments.tolist(),
                      "eval_segments": None if eval_segments is None else eval_segments.tolist(),
-                     "sampler": "per-step" if table is None else "device"}
+                     "sampler": "per-step" if table is None else "device",
+                     "buffer_digest": _resume.buffer_digest(buffer)}
 
         slots = config.steps_per_dispatch
         sampler = WindowSampler(buffer, config.batch_size, config.sequence_length, seed, train_segments, layout,
@@ -273,6 +291,9 @@ class Trainer:
 
         self.stop_training = self.interrupted = False
         self.eval_history = []
+        self.skipped_updates = 0
+        self._guard = NonFiniteGuard(config.on_nonfinite, config.max_consecutive_skips,
+                                     "TrainingConfig.on_nonfinite")
         for callback in callbacks:
             callback.on_train_begin(self)
         if table is None:
@@ -293,6 +314,13 @@ class Trainer:
         try:
             last_eval = self._loop(prefetcher, dispatch, (eval_chunks, eval_key), schedule, callbacks,
                                    [i for i in intervals if i])
+        except TrainingError:
+            if self.state is not None:  # the last finite state
+                model.load_params(_copy(place.local(program.update.params(self.state))))
+            for callback in callbacks:  # logs flushed, progress closed; no checkpoint is written
+                if not isinstance(callback, CheckpointCallback):
+                    callback.on_train_end(self)
+            raise
         finally:
             prefetcher.close()
         if self.interrupted:
@@ -324,20 +352,41 @@ class Trainer:
                     if any(self.step % i == 0 for i in sync_intervals):
                         done += queue.drain()
                     for first, number, values in done:
-                        self._report(first, number, self.placement.fetch(values), schedule, callbacks)
+                        self._finish(first, number, values, schedule, callbacks)
                     if eval_chunks and self.step % interval == 0:
                         last_eval = self._evaluate(eval_chunks, eval_key, callbacks)
                     self.interrupted = request["stop"]
                     if self.stop_training or self.interrupted:
                         break
                 for first, number, values in queue.drain():
-                    self._report(first, number, self.placement.fetch(values), schedule, callbacks)
+                    self._finish(first, number, values, schedule, callbacks)
             except KeyboardInterrupt:
                 # A second Ctrl-C aborts; so does one that left the donated state unusable.
                 if request["abort"] or any(leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(self.state)):
                     raise
                 self.interrupted = True
         return last_eval
+
+    def _finish(self, start: int, count: int, metrics, schedule, callbacks: list[Callback]) -> None:
+        """Fetch a finished dispatch's metrics, apply the non-finite guard, report them.
+
+        At a non-finite update that stops the run, only the updates before it
+        reach the callbacks (so no checkpoint of a later state is written) and
+        :class:`TrainingError` is raised with the step back at the last finite update.
+        """
+        metrics = self.placement.fetch(metrics)
+        flags = np.asarray(metrics[SKIPPED])[:count] if SKIPPED in metrics else np.zeros(count)
+        reportable, problem = self._guard.inspect(
+            start, flags, lambda index: {name: float(values[index]) for name, values in metrics.items()})
+        self.skipped_updates = self._guard.skipped
+        if problem is not None and self._guard.mode == "stop":
+            if start + count != self.step:  # dispatches queued behind this one ran from its state
+                self.state = None
+            self.step = start + reportable  # the halted dispatch returned the state before the failing update
+        if reportable:
+            self._report(start, reportable, metrics, schedule, callbacks)
+        if problem is not None:
+            raise TrainingError(problem)
 
     def _report(self, start: int, count: int, metrics: dict, schedule, callbacks: list[Callback]) -> None:
         """Hand each update's losses (Python floats, plus ``lr``) to the callbacks."""
@@ -359,6 +408,8 @@ class Trainer:
             _, metrics = run(_copy(self.state), chunk, eval_key, place.scalar(np.int32(index)),
                              place.scalar(np.int32(1)))
             for name, values in place.fetch(metrics).items():
+                if name == SKIPPED:
+                    continue
                 totals[name] = totals.get(name, 0.0) + float(values[0])
         result = {f"eval/{name}": total / len(eval_chunks) for name, total in totals.items()}
         self.eval_history.append((self.step, result))
