@@ -34,7 +34,7 @@ JSON_BLOCK = re.compile(r"```json\n(.*?)```", re.S)
 FACES = ["worldloom_torch_compat", "worldloom"]
 FAMILIES = {"dreamerv3": "dreamerv3:size1m", "tdmpc2": "tdmpc2:1m"}
 
-pytestmark = pytest.mark.skipif(ORIGINAL is None or not (ORIGINAL / "protocol.md").is_file(),
+needs_spec = pytest.mark.skipif(ORIGINAL is None or not (ORIGINAL / "protocol.md").is_file(),
                                 reason="spec/original not found (set WORLDLOOM_SPEC_DIR)")
 
 
@@ -107,6 +107,7 @@ def make_model(face: str, family: str, obs_shape: tuple):
                                                             device="cpu")
 
 
+@needs_spec
 @pytest.mark.parametrize("face", FACES)
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_protocol_page(workdir, family, face):
@@ -142,6 +143,7 @@ def test_protocol_page(workdir, family, face):
             assert ours == documented, name
 
 
+@needs_spec
 @pytest.mark.parametrize("face", FACES)
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_state_page(workdir, family, face):
@@ -174,6 +176,7 @@ def test_state_page(workdir, family, face):
         assert batch_state.posterior_logits is None and batch_state.prior_logits is None
 
 
+@needs_spec
 @pytest.mark.slow
 @pytest.mark.parametrize("face", FACES)
 def test_factory_page(workdir, face):
@@ -192,6 +195,7 @@ def test_factory_page(workdir, face):
     assert model.config.enc_layers == model.config.dec_layers == 3
 
 
+@needs_spec
 @pytest.mark.parametrize("face", FACES)
 def test_config_page(workdir, face):
     import importlib
