@@ -310,3 +310,19 @@ def test_docs_mapping_table_is_written_from_the_configs_alias_tables():
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "pytorch.md").read_text()
     assert original_names_table(DreamerV3Config, TDMPC2Config) in text
+
+
+def test_auto_names_on_the_torch_face_give_torch_modules_and_channels_first_configs(tmp_path):
+    pytest.importorskip("torch")
+    import torch
+
+    import worldloom_torch_compat as face
+
+    config = face.AutoConfig.from_pretrained("dreamerv3:size1m", obs_shape=(3, 16, 16), action_dim=2)
+    assert isinstance(config, face.DreamerV3Config) and tuple(config.obs_shape) == (3, 16, 16)
+    model = face.AutoWorldModel.from_config(config, device="cpu")
+    assert isinstance(model, face.DreamerV3WorldModel) and isinstance(model, torch.nn.Module)
+    model.save_pretrained(tmp_path / "m")
+    assert face.AutoConfig.from_pretrained(tmp_path / "m") == config
+    loaded = face.AutoWorldModel.from_pretrained(os.fspath(tmp_path / "m"), device="cpu")
+    assert isinstance(loaded, face.DreamerV3WorldModel) and loaded.obs_shape == (3, 16, 16)

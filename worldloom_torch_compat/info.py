@@ -10,7 +10,7 @@ from typing import Any
 import worldloom
 from worldloom.core import registry
 from worldloom.models.factory import MODEL_ALIASES
-from worldloom_torch_compat.model import WorldModel, channels_first, channels_last, create_world_model
+from worldloom_torch_compat.model import WorldModel, channels_first, channels_last, create_world_model, from_config
 
 
 def get_model_info(name: str, obs_shape: Sequence[int] | None = None, action_dim: int | None = None) -> dict:
@@ -58,26 +58,17 @@ def get_config(model: str | os.PathLike, **fields: Any):
     return torch_cls(**{**config.to_dict(), "obs_shape": channels_first(config.obs_shape)})
 
 
-class AutoConfig:
+class AutoConfig(worldloom.AutoConfig):
     """The original's ``AutoConfig`` (torch face): configs with image shapes channels first."""
 
-    @staticmethod
-    def from_pretrained(name_or_path: str | os.PathLike, **fields: Any):
-        return get_config(name_or_path, **fields)
+    _get_config = staticmethod(get_config)
 
 
-class AutoWorldModel:
+class AutoWorldModel(worldloom.AutoWorldModel):
     """The original's ``AutoWorldModel`` (torch face): ``torch.nn.Module`` world models."""
 
-    @staticmethod
-    def from_pretrained(name_or_path: str | os.PathLike, **kwargs: Any) -> WorldModel:
-        """Same as :func:`create_world_model`."""
-        return create_world_model(name_or_path, **kwargs)
-
-    @staticmethod
-    def from_config(config, **kwargs: Any) -> WorldModel:
-        """A fresh model of a config (images channels first)."""
-        return WorldModel(config, **kwargs)
+    _create = staticmethod(create_world_model)
+    _from_config = staticmethod(from_config)
 
 
 __all__ = ["MODEL_ALIASES", "MODEL_CATALOG", "AutoConfig", "AutoWorldModel", "get_config", "get_model_info",

@@ -403,6 +403,13 @@ def wrap(handle: worldloom.WorldModel) -> WorldModel:
     return WorldModel.family_classes.get(handle.family, WorldModel)(handle)
 
 
+def from_config(config: ConfigBase, *, device: str | torch.device = "auto", seed: int = 0) -> WorldModel:
+    """A fresh model of ``config`` (images channels first) as its family's torch class."""
+    from worldloom.models.factory import build_from_config
+
+    return wrap(build_from_config(jax_config(config), seed=seed, device=_jax_device_name(device)))
+
+
 def jax_config(config: ConfigBase) -> ConfigBase:
     """The JAX model's config for ``config``: channels-first image shapes become channels last."""
     to_jax = getattr(config, "to_jax", None)

@@ -199,24 +199,29 @@ def get_config(model: str | os.PathLike, **fields: Any):
 class AutoConfig:
     """The original's ``AutoConfig``: ``AutoConfig.from_pretrained("dreamerv3:size12m", obs_shape=..., ...)``."""
 
-    @staticmethod
-    def from_pretrained(name_or_path: str | os.PathLike, **fields: Any):
+    _get_config = staticmethod(get_config)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **fields: Any):
         """The config of a preset, an alias or a saved model directory (see :func:`get_config`)."""
-        return get_config(name_or_path, **fields)
+        return cls._get_config(name_or_path, **fields)
 
 
 class AutoWorldModel:
     """The original's ``AutoWorldModel``: ``AutoWorldModel.from_pretrained(name_or_path, **kwargs)``."""
 
-    @staticmethod
-    def from_pretrained(name_or_path: str | os.PathLike, **kwargs: Any) -> WorldModel:
-        """Same as :func:`create_world_model`."""
-        return create_world_model(name_or_path, **kwargs)
+    _create = staticmethod(lambda name_or_path, **kwargs: create_world_model(name_or_path, **kwargs))
+    _from_config = staticmethod(lambda config, **kwargs: build_from_config(config, **kwargs))
 
-    @staticmethod
-    def from_config(config, **kwargs: Any) -> WorldModel:
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> WorldModel:
+        """Same as :func:`create_world_model`."""
+        return cls._create(name_or_path, **kwargs)
+
+    @classmethod
+    def from_config(cls, config, **kwargs: Any) -> WorldModel:
         """A fresh model of ``config`` (a family config instance)."""
-        return build_from_config(config, **kwargs)
+        return cls._from_config(config, **kwargs)
 
 
 def build_from_config(config, *, seed: int = 0, device: str = "auto") -> WorldModel:
