@@ -2,11 +2,13 @@
 
     python -m benchmarks.agents --task cartpole --seeds 0 1 2
     python -m benchmarks.agents --task pendulum --seeds 0
+    python -m benchmarks.agents --task cartpole-tdmpc2 --seeds 0   # TD-MPC2, episodic
     python -m benchmarks.agents --task cartpole --steps 5000 --quick   # a short look
 
 Targets: DreamerV3 ``size1m`` reaches a mean evaluation return of at least 475
 on CartPole-v1 within 50,000 environment steps; TD-MPC2 reaches at least -200
-on Pendulum-v1 within 20,000 steps. Each run writes its learning curve, logs and
+on Pendulum-v1 within 20,000 steps, and in episodic mode at least 475 on
+CartPole-v1 within 10,000 steps. Each run writes its learning curve, logs and
 agent under ``runs/benchmarks/<task>-seed<N>/``; the summary (seed, target
 reached at which step, best and final evaluation return, wall time, curve path)
 is appended to ``docs/results.md`` and printed.
@@ -28,6 +30,9 @@ TASKS = {
                                  eval_every=2_500, eval_episodes=10), target=475.0),
     "pendulum": dict(config=dict(env="Pendulum-v1", algo="tdmpc2", model="tdmpc2:1m", total_steps=20_000,
                                  eval_every=2_000, eval_episodes=5), target=-200.0),
+    # A terminating task: TD-MPC2 in episodic mode (termination head, planning stops at predicted ends).
+    "cartpole-tdmpc2": dict(config=dict(env="CartPole-v1", algo="tdmpc2", model="tdmpc2:1m", total_steps=10_000,
+                                        eval_every=1_000, eval_episodes=5, episodic=True), target=475.0),
 }
 
 

@@ -93,7 +93,7 @@ def test_tdmpc2_seed_steps_follow_the_episode_length():
     assert seed_steps_for(config, 1000) == 5000
     assert seed_steps_for(config, None) == 1000
     assert seed_steps_for(config.replace(seed_steps=300), 1000) == 300
-    assert seed_steps_for(AgentRunConfig(algo="dreamerv3"), 1000) == 1024
+    assert seed_steps_for(AgentRunConfig(algo="dreamerv3"), 1000) == 0  # acts with its policy from step 0
 
 
 def test_bad_run_config():

@@ -30,16 +30,18 @@ def test_actor_critic_sizes_match_reference_size12m():
 def test_replay_returns_match_python_loop(rng):
     batch, length, lam, discount = 3, 7, 0.95, 0.997
     rewards = rng.normal(size=(batch, length)).astype(np.float32)
-    continues = (rng.random((batch, length)) > 0.2).astype(np.float32)
-    is_first = rng.random((batch, length)) > 0.7
+    is_last = rng.random((batch, length)) > 0.7
+    is_terminal = is_last & (rng.random((batch, length)) > 0.5)
     boot = rng.normal(size=(batch, length)).astype(np.float32)
     expected = np.zeros((batch, length), np.float32)
     expected[:, -1] = boot[:, -1]
     for t in reversed(range(length - 1)):
-        ret = rewards[:, t] + discount * continues[:, t] * ((1 - lam) * boot[:, t + 1] + lam * expected[:, t + 1])
-        expected[:, t] = np.where(is_first[:, t + 1], boot[:, t], ret)
-    got = replay_returns(rewards, continues, is_first, boot, lam, discount)
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+        live = discount * (1.0 - is_terminal[:, t + 1])
+        if_cut = rewards[:, t + 1] + live * boot[:, t + 1]
+        going_on = rewards[:, t + 1] + live * ((1 - lam) * boot[:, t + 1] + lam * expected[:, t + 1])
+        expected[:, t] = np.where(is_last[:, t + 1], if_cut, going_on)
+    got = replay_returns(rewards, is_last, is_terminal, boot, lam, discount)
+    np.testing.assert_allclose(got, expected[:, :-1], rtol=1e-5, atol=1e-5)
 
 
 def test_percentile_normalizer_and_ema():
@@ -77,16 +79,18 @@ def test_imagination_shapes():
     np.testing.assert_array_equal(states.features[0], start.features)
 
 
-def test_update_runs_and_checkpoint_acts_identically(tmp_path, rng):
+def test_update_runs_and_checkpoint_acts_identically(tmp_path, rng, stream_batch):
     wm = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, action_type="discrete", **TINY)
     agent = DreamerAgent(wm, DreamerAgentConfig(imag_horizon=3), seed=1)
     update = agent.make_update(OptimizerSettings(learning_rate=1e-3))
     state = update.init(agent.params)
     step = jax.jit(update.step, donate_argnums=0)
-    batch = dict(obs=rng.normal(size=(2, 6, 4)).astype("f"), actions=np.eye(2, dtype="f")[rng.integers(0, 2, (2, 6))],
-                 rewards=np.ones((2, 6), "f"), continues=np.ones((2, 6), "f"), is_first=np.eye(6, dtype=bool)[[0, 3]])
+    batch = stream_batch(agent, rng, 2, 5, terminal_at=3)
+    batch["is_first"][:, 4] = True
     for i in range(3):
         state, metrics = step(state, batch, jax.random.PRNGKey(i))
+    assert metrics.pop("context/deter").shape == (2, 5, wm.config.deter)
+    assert metrics.pop("context/stoch").shape == (2, 5, wm.config.stoch_size)
     assert all(np.isfinite(float(v)) for v in metrics.values())
     assert {"loss/policy", "loss/value", "loss/repval", "loss/rec", "loss/dyn"} <= set(metrics)
     agent.load_params(update.params(state))

@@ -191,13 +191,11 @@ def test_host_guard_counts_runs_across_dispatches():
 
 
 @pytest.mark.parametrize("algo", ["dreamerv3", "tdmpc2"])
-def test_agent_update_skips_a_non_finite_update(algo, rng):
+def test_agent_update_skips_a_non_finite_update(algo, rng, stream_batch):
     if algo == "dreamerv3":
         wm = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, **DREAMER)
         agent = DreamerAgent(wm, DreamerAgentConfig(imag_horizon=3))
-        batch = dict(obs=rng.normal(size=(2, 6, 4)).astype("f"),
-                     actions=np.eye(2, dtype="f")[rng.integers(0, 2, (2, 6))], rewards=np.ones((2, 6), "f"),
-                     continues=np.ones((2, 6), "f"), is_first=np.eye(6, dtype=bool)[[0, 3]])
+        batch = stream_batch(agent, rng, 2, 5)
     else:
         agent = TDMPC2Agent(create_world_model("tdmpc2:1m", obs_shape=(3,), action_dim=1, **TDMPC))
         buffer = ReplayBuffer(100, (3,), 1, seed=0)

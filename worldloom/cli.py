@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     agent = commands.add_parser("agent", help="train an agent online in a Gymnasium environment")
     agent.add_argument("--env", default="CartPole-v1", help="Gymnasium env id (default: CartPole-v1)")
     agent.add_argument("--algo", choices=["dreamerv3", "tdmpc2"], default="dreamerv3")
-    agent.add_argument("--model", help="world-model preset (default: dreamerv3:size1m / tdmpc2:1m)")
+    agent.add_argument("--model", help="world-model preset (default: dreamerv3:size1m / tdmpc2:5m)")
     agent.add_argument("--steps", type=int, default=50_000, help="environment steps (default: 50000)")
     agent.add_argument("--num-envs", type=int, default=1)
     agent.add_argument("--train-ratio", type=float, default=32.0, help="DreamerV3 replayed steps per env step")
@@ -91,7 +91,12 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--batch-size", type=int)
     agent.add_argument("--seq-len", type=int)
     agent.add_argument("--lr", type=float)
-    agent.add_argument("--seed-steps", type=int, help="random-action steps before learning")
+    agent.add_argument("--seed-steps", type=int,
+                       help="random-action steps before learning (default: DreamerV3 0, TD-MPC2 max(1000, 5 L))")
+    agent.add_argument("--episodic", action=argparse.BooleanOptionalAction, default=None,
+                       help="TD-MPC2: termination head and planning that stops at predicted terminations "
+                            "(default: on when random actions reach a termination)")
+    agent.add_argument("--log-every", type=int, default=10, help="updates between logged losses (default: 10)")
     agent.add_argument("--eval-every", type=int, default=5_000)
     agent.add_argument("--eval-episodes", type=int, default=5)
     agent.add_argument("--checkpoint-every", type=int, default=10_000)
@@ -250,7 +255,7 @@ def cmd_agent(args) -> dict:
         train_ratio=args.train_ratio, updates_per_step=args.updates_per_step, batch_size=args.batch_size,
         sequence_length=args.seq_len, learning_rate=args.lr, seed_steps=args.seed_steps,
         eval_every=args.eval_every, eval_episodes=args.eval_episodes, checkpoint_every=args.checkpoint_every,
-        out_dir=args.out, seed=args.seed)
+        out_dir=args.out, seed=args.seed, episodic=args.episodic, log_every=args.log_every)
     result = run_agent(config, progress=not args.no_progress, resume=args.resume, **dict(args.set))
     final = result["final_eval_return"]
     print(f"{args.algo} on {args.env}: final evaluation return {final if final is None else round(final, 1)} "

@@ -48,30 +48,30 @@ def read_agent_meta(path: Path, algo: str) -> dict:
     return meta
 
 
-def save_checkpoint(directory: Path, train_state, buffer, loop: LoopState, agent) -> None:
-    """Train state (orbax), replay (npz) and counters (JSON), written atomically."""
+def save_checkpoint(directory: Path, train_state, collector, loop: LoopState, agent) -> None:
+    """Train state (orbax), the collector's replay (npz) and counters (JSON), written atomically."""
 
     def fill(tmp: Path) -> None:
         save_pytree(train_state, tmp / "train_state")
-        buffer.save(tmp / "replay.npz")
+        collector.save(tmp)
         (tmp / "loop.json").write_text(json.dumps(dataclasses.asdict(loop)))
         (tmp / "algo.txt").write_text(agent.algo)
 
     atomic_directory(Path(directory), fill)
 
 
-def load_checkpoint(directory: Path, like_state, agent):
+def load_checkpoint(directory: Path, like_state, agent, collector):
+    """Restore a :func:`save_checkpoint`: returns ``(train_state, loop)``; fills ``collector``'s replay."""
     from worldloom.core.errors import CheckpointError
-    from worldloom.training import ReplayBuffer
 
     directory = Path(directory)
     algo = (directory / "algo.txt").read_text().strip() if (directory / "algo.txt").exists() else None
     if algo != agent.algo:
         raise CheckpointError(f"{directory} holds a {algo!r} run, expected {agent.algo!r}.")
     state = restore_pytree(directory / "train_state", like_state)
-    buffer = ReplayBuffer.load(directory / "replay.npz")
+    collector.load(directory)
     loop = LoopState(**json.loads((directory / "loop.json").read_text()))
-    return state, buffer, loop
+    return state, loop
 
 
 def plot_curves(loop: LoopState, path: Path, title: str) -> Path:

@@ -86,17 +86,31 @@ class DreamerAgent:
     # ------------------------------------------------------------ training
 
     def loss(self, params, slow_critic, retnorm, batch, key):
-        """World-model loss plus behaviour losses; ``(total, (metrics, retnorm))``."""
+        """World-model loss plus behaviour losses on replay windows; ``(total, (metrics, retnorm, posterior))``.
+
+        Args:
+            batch: :meth:`StreamReplay.sample` windows of ``T + 1`` rows: the
+                world model starts from the stored latent of row 0
+                (``deter [B, D]``, ``stoch [B, S]``) with row 0's action as the
+                previous action, and trains on rows ``1..T``.
+
+        Returns:
+            The posterior ``[B, T, ...]`` of the trained rows is returned too,
+            to be written back to the replay.
+        """
         wm_fns = self.world_model.functions
         wm_key, behaviour_key = jax.random.split(key)
-        wm_loss, wm_metrics, post = wm_fns.loss_and_posterior(params["wm"], batch, wm_key)
+        rows = {name: batch[name][:, 1:] for name in ("obs", "rewards", "is_first", "is_last", "is_terminal")}
+        rows["prev_actions"] = batch["actions"][:, :-1]
+        start = wm_fns.state(batch["deter"], batch["stoch"])
+        wm_loss, wm_metrics, post = wm_fns.stream_loss(params["wm"], rows, start, wm_key)
         behaviour, metrics, retnorm = behaviour_loss(
             self.config, wm_fns, (self.actor_net, self.critic_net), params, slow_critic, retnorm,
-            post, batch, behaviour_key, self.discrete)
+            post, rows, behaviour_key, self.discrete)
         metrics.update({k if k != "loss" else "loss/world_model": v for k, v in wm_metrics.items()})
         total = wm_loss + behaviour
         metrics["loss"] = total
-        return total, (metrics, retnorm)
+        return total, (metrics, retnorm, post.core())
 
     def make_update(self, settings: OptimizerSettings, skip_nonfinite: bool = True) -> UpdateFunctions:
         """One optimiser (LaProp + AGC) over world model, actor and critic, as the reference.
@@ -107,6 +121,10 @@ class DreamerAgent:
                 new state hold NaN/inf leaves the state unchanged, and
                 ``metrics["skipped"]`` is 1.0 there (0.0 otherwise). ``run_agent``
                 stops or goes on from that flag (``AgentRunConfig.on_nonfinite``).
+
+        The metrics also hold ``context/deter`` ``[B, T, D]`` and
+        ``context/stoch`` ``[B, T, S]``, the fresh posteriors of the trained
+        rows, for :meth:`StreamReplay.write_latents`.
         """
         tx = laprop_agc(settings.schedule(), weight_decay=settings.weight_decay, grad_clip=settings.grad_clip)
         normalizer = percentile_normalizer(self.config.retnorm_rate, limit=self.config.retnorm_limit)
@@ -119,12 +137,13 @@ class DreamerAgent:
 
         def step(state, batch, key):
             grad_fn = jax.value_and_grad(self.loss, has_aux=True)
-            (_, (metrics, retnorm)), grads = grad_fn(state["params"], state["slow_critic"], state["retnorm"],
+            (_, (metrics, retnorm, post)), grads = grad_fn(state["params"], state["slow_critic"], state["retnorm"],
                                                      batch, key)
             updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
             params = optax.apply_updates(state["params"], updates)
             slow = ema_update(state["slow_critic"], params["critic"], rate)
             metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+            metrics["context/deter"], metrics["context/stoch"] = sg(post.deterministic), sg(post.stochastic)
             return {"params": params, "opt_state": opt_state, "slow_critic": slow, "retnorm": retnorm}, metrics
 
         update = UpdateFunctions(init=init, step=step, params=lambda state: state["params"])
@@ -161,6 +180,22 @@ class DreamerAgent:
         """Start fresh recurrent states for ``num_envs`` environments."""
         wm = self.world_model
         self._carry = (wm.initial_state(num_envs), jnp.zeros((num_envs, wm.config.action_dim)))
+
+    def latent(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(deter [N, D], stoch [N, S])`` after the latest :meth:`act`: what the replay stores with the step."""
+        state = self._carry[0]
+        return np.asarray(state.deterministic), np.asarray(state.stochastic)
+
+    def record_actions(self, actions) -> None:
+        """Make ``actions`` ``[N, A]`` the previous actions of the next step (random ones run instead, say)."""
+        self._carry = (self._carry[0], jnp.asarray(actions, jnp.float32))
+
+    def acting_state(self):
+        """The recurrent acting state, to hand back to :meth:`set_acting_state` (e.g. around an evaluation)."""
+        return self._carry
+
+    def set_acting_state(self, state) -> None:
+        self._carry = state
 
     def act(self, obs, is_first, greedy: bool = False, key=None) -> np.ndarray:
         """Actions ``[N, A]`` for observations ``[N, *obs_shape]`` (one-hot if discrete).

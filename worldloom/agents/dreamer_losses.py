@@ -2,9 +2,12 @@
 
 Conventions: imagined trajectories are time first, ``[H+1, N, ...]`` with the
 start state at index 0; ``rewards[h]``/``continues[h]`` belong to arriving at
-state ``h`` (``continues[0] = 1``). Continues are the continue head's
-probabilities, whose non-terminal target already folds in the discount
-``1 - 1/333``.
+state ``h``. Continues are the continue head's probabilities, whose
+non-terminal target already folds in the discount ``1 - 1/333``; the weight of
+imagined step ``h`` is ``prod(continues[0..h])``, the start state's own
+continue included (a start at a terminal observation weighs almost nothing),
+as the reference. Replayed windows are in the stream layout of
+:mod:`worldloom.agents.replay`.
 """
 
 from __future__ import annotations
@@ -82,34 +85,44 @@ def imagine_with_policy(wm_fns, wm_params, actor_fn, start: LatentState, horizon
     return states, jnp.concatenate([first_action[None], actions], 0)
 
 
-def replay_returns(rewards, continues, is_first, boot, lam: float, discount: float):
-    """Lambda returns along replayed sequences, bootstrapped with imagined returns.
+def replay_returns(rewards, is_last, is_terminal, boot, lam: float, discount: float):
+    """Lambda returns along replayed steps (stream layout), the reference's ``repl_loss`` targets.
 
     Args:
-        rewards, continues: ``[B, T]`` rows of the batch (following ``action_t``).
-        is_first: ``[B, T]``; a return never crosses into a new episode.
-        boot: ``[B, T]`` imagined return of each posterior state.
+        rewards: ``[B, T]`` reward that arrived with each row's observation.
+        is_last, is_terminal: ``[B, T]`` flags of each row.
+        boot: ``[B, T]`` imagined return of each row's posterior state.
 
     Returns:
-        ``[B, T]`` returns; ``R[T-1] = boot[T-1]`` and where the next row starts
-        a new episode ``R[t] = boot[t]``.
+        ``[B, T-1]`` returns of rows ``0..T-2``:
+        ``R[t] = r[t+1] + live[t+1] * ((1 - c[t+1]) * boot[t+1] + c[t+1] * R[t+1])``
+        with ``live = discount * (1 - is_terminal)``, ``c = lam * (1 - is_last)``
+        and ``R[T-1] = boot[T-1]``. So the step into a terminal observation
+        returns its reward; into the last observation of a truncated episode,
+        its reward plus the discounted imagined return of that observation.
     """
+    live = discount * (1.0 - is_terminal.astype(jnp.float32))
+    cont = lam * (1.0 - is_last.astype(jnp.float32))
 
     def step(next_return, inputs):
-        reward, cont, next_first, boot_t, boot_next = inputs
-        ret = reward + discount * cont * ((1 - lam) * boot_next + lam * next_return)
-        ret = jnp.where(next_first, boot_t, ret)
+        reward, live_t, cont_t, boot_t = inputs
+        ret = reward + live_t * ((1.0 - cont_t) * boot_t + cont_t * next_return)
         return ret, ret
 
     swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
-    inputs = (rewards[:, :-1], continues[:, :-1], is_first[:, 1:], boot[:, :-1], boot[:, 1:])
-    _, returns = jax.lax.scan(step, boot[:, -1], tuple(swap(x) for x in inputs), reverse=True)
-    return jnp.concatenate([swap(returns), boot[:, -1:]], 1)
+    inputs = tuple(swap(x[:, 1:]) for x in (rewards, live, cont, boot))
+    _, returns = jax.lax.scan(step, boot[:, -1], inputs, reverse=True)
+    return swap(returns)
 
 
 def behaviour_loss(cfg: DreamerAgentConfig, wm_fns, nets, params, slow_critic, retnorm: PercentileState,
                    post: LatentState, batch, key, discrete: bool):
     """Actor, critic and replay-critic losses from posterior starts ``[B, T, ...]``.
+
+    ``batch`` holds the trained rows in stream layout: ``rewards``,
+    ``is_last``, ``is_terminal`` ``[B, T]``. The replay critic reads the
+    posterior features without a stop-gradient, so its loss also trains the
+    world model (the reference's ``repval_grad``).
 
     Returns:
         ``(loss, metrics, new_retnorm)``.
@@ -123,7 +136,7 @@ def behaviour_loss(cfg: DreamerAgentConfig, wm_fns, nets, params, slow_critic, r
     states, actions = imagine_with_policy(wm_fns, wm_params, actor_sg, start, cfg.imag_horizon, key, discrete)
     features = sg(states.features)  # [H+1, N, F]
     rewards = wm_fns.reward(wm_params, features)
-    continues = wm_fns.continue_prob(wm_params, features).at[0].set(1.0)
+    continues = wm_fns.continue_prob(wm_params, features)
     weight = sg(jnp.cumprod(continues, 0))
 
     critic_logits = critic_net.apply({"params": params["critic"]}, features)
@@ -143,17 +156,16 @@ def behaviour_loss(cfg: DreamerAgentConfig, wm_fns, nets, params, slow_critic, r
         critic_logits[:-1], slow_values, bins)
     value_loss = (weight[:-1] * value_terms).mean()
 
-    post_features = sg(post.features)
+    post_features = post.features
     replay_logits = critic_net.apply({"params": params["critic"]}, post_features)
     slow_replay = sg(twohot_mean(critic_net.apply({"params": slow_critic}, post_features), bins))
     discount = 1.0 - 1.0 / wm_fns.config.contdisc_horizon
-    is_first = batch.get("is_first")
-    is_first = jnp.zeros((batch_size, length), bool) if is_first is None else is_first.astype(bool)
-    replay_target = replay_returns(batch["rewards"].astype(jnp.float32), batch["continues"].astype(jnp.float32),
-                                   is_first, returns[0].reshape(batch_size, length), cfg.lam, discount)
-    repval_terms = twohot_loss(replay_logits, sg(replay_target), bins) + cfg.slow_critic_reg * twohot_loss(
-        replay_logits, slow_replay, bins)
-    repval_loss = repval_terms[:, :-1].mean()
+    replay_target = replay_returns(batch["rewards"].astype(jnp.float32), batch["is_last"], batch["is_terminal"],
+                                   returns[0].reshape(batch_size, length), cfg.lam, discount)
+    repval_terms = twohot_loss(replay_logits[:, :-1], sg(replay_target), bins) + cfg.slow_critic_reg * twohot_loss(
+        replay_logits[:, :-1], slow_replay[:, :-1], bins)
+    not_last = 1.0 - batch["is_last"][:, :-1].astype(jnp.float32)
+    repval_loss = (not_last * repval_terms).mean()
 
     total = cfg.policy_scale * policy_loss + cfg.value_scale * value_loss + cfg.repval_scale * repval_loss
     metrics = {

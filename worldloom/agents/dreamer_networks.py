@@ -7,14 +7,14 @@ import jax
 import jax.numpy as jnp
 
 from worldloom.models.dreamerv3.networks import NormAct
-from worldloom.nn.functional import unimix_probs
 from worldloom.nn.layers import Dense
 
 
 class Actor(nn.Module):
     """Policy over features ``[N, F]``.
 
-    Discrete: logits ``[N, A]`` (1% unimix applied by the distribution).
+    Discrete: logits ``[N, A]`` of a plain categorical (the reference's policy
+    mixes in no uniform share; the latents' 1% unimix is the world model's).
     Continuous: ``[N, 2A]`` raw mean and std inputs of a bounded normal.
     """
 
@@ -50,14 +50,13 @@ class Critic(nn.Module):
 
 # ---------------------------------------------------------------- action distributions
 
-MIN_STD, MAX_STD, UNIMIX = 0.1, 1.0, 0.01
+MIN_STD, MAX_STD = 0.1, 1.0
 
 
 def policy_sample(raw, key, discrete: bool, greedy: bool = False):
     """Sample actions ``[N, A]`` (one-hot when discrete) from actor output."""
     if discrete:
-        probs = unimix_probs(raw, UNIMIX)
-        index = jnp.argmax(probs, -1) if greedy else jax.random.categorical(key, jnp.log(probs), -1)
+        index = jnp.argmax(raw, -1) if greedy else jax.random.categorical(key, raw, -1)
         return jax.nn.one_hot(index, raw.shape[-1], dtype=jnp.float32)
     mean, std = _normal_params(raw)
     if greedy:
@@ -68,7 +67,7 @@ def policy_sample(raw, key, discrete: bool, greedy: bool = False):
 def policy_log_prob(raw, action, discrete: bool):
     """Log-probability ``[N]`` of ``action`` under the policy."""
     if discrete:
-        return jnp.sum(action * jnp.log(unimix_probs(raw, UNIMIX)), -1)
+        return jnp.sum(action * jax.nn.log_softmax(raw, -1), -1)
     mean, std = _normal_params(raw)
     z = (action - mean) / std
     return jnp.sum(-0.5 * z * z - jnp.log(std) - 0.5 * jnp.log(2 * jnp.pi), -1)
@@ -77,8 +76,8 @@ def policy_log_prob(raw, action, discrete: bool):
 def policy_entropy(raw, discrete: bool):
     """Entropy ``[N]`` of the policy."""
     if discrete:
-        probs = unimix_probs(raw, UNIMIX)
-        return -jnp.sum(probs * jnp.log(probs), -1)
+        log_probs = jax.nn.log_softmax(raw, -1)
+        return -jnp.sum(jnp.exp(log_probs) * log_probs, -1)
     _, std = _normal_params(raw)
     return jnp.sum(0.5 * jnp.log(2 * jnp.pi * jnp.e) + jnp.log(std), -1)
 

@@ -1,9 +1,12 @@
 """The online loop: act in Gymnasium environments, replay, train, evaluate, checkpoint.
 
 ``run_agent(AgentRunConfig(env="CartPole-v1", algo="dreamerv3"))`` collects
-experience with the agent, stores whole episodes in a :class:`ReplayBuffer`,
-runs jitted updates at a fixed train ratio, evaluates periodically, and writes
-TensorBoard logs, learning-curve PNGs and resumable checkpoints to ``out_dir``.
+experience with the agent (DreamerV3: every step into a stream replay as it
+happens; TD-MPC2: whole episodes into a :class:`ReplayBuffer`, see
+:mod:`worldloom.agents.collect`), runs jitted updates at a fixed train ratio,
+evaluates periodically in separate environments without disturbing the
+episodes in flight, and writes TensorBoard logs, learning-curve PNGs and
+resumable checkpoints to ``out_dir``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import jax
 import numpy as np
 
 from worldloom.agents._run_io import LoopState, load_checkpoint, plot_curves, save_checkpoint
+from worldloom.agents.collect import EpisodeCollector, StreamCollector, env_action
 from worldloom.agents.dreamer import DreamerAgent
 from worldloom.agents.tdmpc2 import TDMPC2Agent
 from worldloom.core.config import ConfigBase, require
@@ -27,8 +31,8 @@ from worldloom.training._guard import NONFINITE_MODES, SKIPPED, NonFiniteGuard
 
 DEFAULTS = {
     "dreamerv3": dict(model="dreamerv3:size1m", batch_size=16, sequence_length=64, learning_rate=4e-5,
-                      grad_clip=0.0, warmup_steps=1000, seed_steps=1024),
-    "tdmpc2": dict(model="tdmpc2:1m", batch_size=256, sequence_length=4, learning_rate=3e-4,
+                      grad_clip=0.0, warmup_steps=1000, seed_steps=0),
+    "tdmpc2": dict(model="tdmpc2:5m", batch_size=256, sequence_length=4, learning_rate=3e-4,
                    grad_clip=20.0, warmup_steps=0, seed_steps=1000),
 }
 
@@ -42,7 +46,7 @@ class AgentRunConfig(ConfigBase):
     algo: str = "dreamerv3"
     """``"dreamerv3"`` (actor-critic in imagination) or ``"tdmpc2"`` (MPPI planning)."""
     model: str | None = None
-    """World-model preset; default ``dreamerv3:size1m`` / ``tdmpc2:1m``."""
+    """World-model preset; default ``dreamerv3:size1m`` / ``tdmpc2:5m`` (the reference's default size)."""
     total_steps: int = 50_000
     """Environment steps (summed over environments)."""
     num_envs: int = 1
@@ -57,7 +61,14 @@ class AgentRunConfig(ConfigBase):
     grad_clip: float | None = None
     warmup_steps: int | None = None
     seed_steps: int | None = None
-    """Random-action steps before learning starts."""
+    """Random-action steps before learning starts (DreamerV3: none, it acts with its initial policy from
+    step 0, as the reference; TD-MPC2: ``max(1000, 5 * episode length)``)."""
+    episodic: bool | None = None
+    """TD-MPC2: termination head and planning that stops at predicted terminations. ``None``: on when a
+    random-action probe of the environment (2,000 steps, not counted) sees a termination; set it for tasks
+    that terminate only on success or failure a random policy never reaches."""
+    log_every: int = 10
+    """Updates between logged training losses (TensorBoard ``train/*``)."""
     eval_every: int = 5_000
     """Environment steps between evaluations."""
     eval_episodes: int = 5
@@ -79,6 +90,7 @@ class AgentRunConfig(ConfigBase):
         require(self.eval_episodes >= 0 and self.eval_every > 0, "eval_every must be > 0 and eval_episodes >= 0.")
         require(self.on_nonfinite in NONFINITE_MODES,
                 f"on_nonfinite must be one of {', '.join(map(repr, NONFINITE_MODES))}, got {self.on_nonfinite!r}.")
+        require(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}.")
         require(self.max_consecutive_skips >= 1,
                 f"max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}.")
 
@@ -99,16 +111,8 @@ def _spaces(env):
     raise ValueError(f"Unsupported action space {space}; expected Discrete or Box.")
 
 
-def _to_env_action(action: np.ndarray, env, discrete: bool):
-    if discrete:
-        return int(np.argmax(action))
-    low, high = env.action_space.low, env.action_space.high
-    scaled = low + (np.clip(action, -1, 1) + 1.0) * 0.5 * (high - low)
-    return scaled.reshape(env.action_space.shape).astype(env.action_space.dtype)
-
-
 def seed_steps_for(config: AgentRunConfig, episode_length: int | None) -> int:
-    """Random-action steps: ``config.seed_steps``, else DreamerV3's 1024 or TD-MPC2's ``max(1000, 5 * L)``."""
+    """Random-action steps: ``config.seed_steps``, else DreamerV3's 0 or TD-MPC2's ``max(1000, 5 * L)``."""
     if config.seed_steps is not None or config.algo != "tdmpc2" or not episode_length:
         return config.resolved("seed_steps")
     return max(DEFAULTS["tdmpc2"]["seed_steps"], 5 * int(episode_length))
@@ -136,7 +140,9 @@ def evaluate(agent, env_id: str, episodes: int, seed: int) -> list[float]:
 
     The episodes run side by side: episode ``i`` starts from
     ``reset(seed=seed + i)`` and the agent acts on every unfinished one in a
-    single call, so planning (or the actor) is batched over episodes.
+    single call, so planning (or the actor) is batched over episodes. The
+    agent's acting state (recurrent latents, kept plans) is restored
+    afterwards, so training episodes in flight go on undisturbed.
     """
     import gymnasium as gym
 
@@ -146,6 +152,7 @@ def evaluate(agent, env_id: str, episodes: int, seed: int) -> list[float]:
     _, _, discrete = _spaces(envs[0])
     greedy = agent.algo == "tdmpc2"
     obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
+    saved = agent.acting_state()
     agent.reset(episodes)
     first, running = np.ones(episodes, bool), np.ones(episodes, bool)
     returns = np.zeros(episodes)
@@ -154,13 +161,33 @@ def evaluate(agent, env_id: str, episodes: int, seed: int) -> list[float]:
             actions = agent.act(obs, first, greedy=greedy)
             first[:] = False
             for i in np.flatnonzero(running):
-                obs[i], reward, terminated, truncated, _ = envs[i].step(_to_env_action(actions[i], envs[i], discrete))
+                obs[i], reward, terminated, truncated, _ = envs[i].step(env_action(actions[i], envs[i], discrete))
                 returns[i] += float(reward)
                 running[i] = not (terminated or truncated)
     finally:
+        agent.set_acting_state(saved)
         for env in envs:
             env.close()
     return returns.tolist()
+
+
+def terminates(env_id: str, seed: int, steps: int = 2000) -> bool:
+    """Whether random actions in ``env_id`` reach a termination (not a time limit) within ``steps`` steps."""
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    try:
+        env.reset(seed=seed)
+        env.action_space.seed(seed)
+        for _ in range(steps):
+            _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+            if terminated:
+                return True
+            if truncated:
+                env.reset()
+    finally:
+        env.close()
+    return False
 
 
 def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = False, **model_overrides) -> dict:
@@ -181,14 +208,17 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
     from tensorboardX import SummaryWriter
     from tqdm.auto import tqdm
 
-    from worldloom.training import ReplayBuffer
-
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "run_config.json").write_text(json.dumps(config.to_dict(), indent=2))
     envs = [gym.make(config.env) for _ in range(config.num_envs)]
     obs_shape, action_dim, discrete = _spaces(envs[0])
     episode_length = envs[0].spec.max_episode_steps if envs[0].spec is not None else None
+    resolved = config.to_dict()
+    if config.algo == "tdmpc2":
+        episodic = config.episodic if config.episodic is not None else terminates(config.env, config.seed)
+        model_overrides.setdefault("episodic", bool(episodic))
+        resolved["episodic"] = bool(model_overrides["episodic"])
+    (out / "run_config.json").write_text(json.dumps(resolved, indent=2))
     agent = make_agent(config, obs_shape, action_dim, discrete, episode_length, **model_overrides)
     batch_size, seq_len = config.resolved("batch_size"), config.resolved("sequence_length")
     settings = OptimizerSettings(learning_rate=config.resolved("learning_rate"), grad_clip=config.resolved("grad_clip"),
@@ -197,23 +227,28 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
                            label=lambda update_number: f"update {update_number}")
     update = agent.make_update(settings, skip_nonfinite=guard.active)
     step_fn = jax.jit(update.step, donate_argnums=0)
-    buffer = ReplayBuffer(min(config.buffer_capacity, config.total_steps + 1000), obs_shape, action_dim,
-                          seed=config.seed)
-    train_state = update.init(agent.params)
+    writer = SummaryWriter(str(out / "tensorboard"))
     loop = LoopState()
+
+    def on_episode(episode_return: float, length: int) -> None:
+        loop.train_returns.append((loop.env_step, episode_return))
+        writer.add_scalar("episode/return", episode_return, loop.env_step)
+        writer.add_scalar("episode/length", length, loop.env_step)
+
+    collector_type = StreamCollector if config.algo == "dreamerv3" else EpisodeCollector
+    capacity = min(config.buffer_capacity, config.total_steps + 1000)
+    collector = collector_type(envs, agent, capacity, discrete, config.seed, on_episode)
+    train_state = update.init(agent.params)
     checkpoint_dir = out / "checkpoint"
     if resume and checkpoint_dir.exists():
-        train_state, buffer, loop = load_checkpoint(checkpoint_dir, train_state, agent)
+        train_state, restored = load_checkpoint(checkpoint_dir, train_state, agent, collector)
+        vars(loop).update(vars(restored))
         agent.load_params(update.params(train_state))
     per_step = (config.train_ratio / (batch_size * seq_len) if config.algo == "dreamerv3"
                 else config.updates_per_step)
     seed_steps = seed_steps_for(config, episode_length)
-    writer = SummaryWriter(str(out / "tensorboard"))
     rng = np.random.default_rng(config.seed + loop.env_step)
-    observations = [env.reset(seed=config.seed + 1000 * i + loop.env_step)[0] for i, env in enumerate(envs)]
-    recorders = [dict(obs=[], actions=[], rewards=[], terminated=[], truncated=[]) for _ in envs]
-    first = np.ones(len(envs), bool)
-    agent.reset(len(envs))
+    collector.reset([config.seed + 1000 * i + loop.env_step for i in range(len(envs))], agent)
     bar = tqdm(total=config.total_steps, initial=loop.env_step, unit="step", disable=not progress,
                desc=f"{config.algo} {config.env}")
     started, metrics = time.time(), {}
@@ -222,58 +257,38 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
     next_ckpt = (loop.env_step // every + 1) * every if every else None
     try:
         while loop.env_step < config.total_steps:
-            obs_batch = np.stack(observations)
             random_phase = loop.env_step < seed_steps
-            if random_phase and config.algo == "tdmpc2":
-                actions = _random_actions(rng, len(envs), action_dim, discrete)
-            else:
-                actions = agent.act(obs_batch, first)
-                if random_phase:
-                    actions = _random_actions(rng, len(envs), action_dim, discrete)
-            for i, env in enumerate(envs):
-                next_obs, reward, terminated, truncated, _ = env.step(_to_env_action(actions[i], env, discrete))
-                rec = recorders[i]
-                for key, value in (("obs", observations[i]), ("actions", actions[i]), ("rewards", reward),
-                                   ("terminated", terminated), ("truncated", truncated)):
-                    rec[key].append(value)
-                first[i] = False
-                if terminated or truncated:
-                    buffer.add_episode(obs=np.stack(rec["obs"]), actions=np.stack(rec["actions"]),
-                                       rewards=np.asarray(rec["rewards"], np.float32),
-                                       dones=np.asarray(rec["terminated"]) | np.asarray(rec["truncated"]),
-                                       terminated=np.asarray(rec["terminated"]),
-                                       truncated=np.asarray(rec["truncated"]), final_obs=next_obs)
-                    episode_return = float(np.sum(rec["rewards"]))
-                    loop.train_returns.append((loop.env_step, episode_return))
-                    writer.add_scalar("episode/return", episode_return, loop.env_step)
-                    writer.add_scalar("episode/length", len(rec["rewards"]), loop.env_step)
-                    recorders[i] = dict(obs=[], actions=[], rewards=[], terminated=[], truncated=[])
-                    next_obs, _ = env.reset()
-                    first[i] = True
-                observations[i] = next_obs
-            loop.env_step += len(envs)
-            bar.update(len(envs))
-            if loop.env_step >= seed_steps and buffer.num_transitions >= seq_len:
+            stepped = collector.step(agent, _random_actions(rng, len(envs), action_dim, discrete)
+                                     if random_phase else None)
+            loop.env_step += stepped
+            bar.update(stepped)
+            if loop.env_step >= seed_steps and collector.ready(seq_len):
                 if not loop.pretrained and config.algo == "tdmpc2":
                     loop.updates_owed += seed_steps  # the reference's pretraining burst, in place of this step's
                 else:
-                    loop.updates_owed += per_step * len(envs)
+                    loop.updates_owed += per_step * stepped
                 loop.pretrained = True
-                first_update, dispatched = loop.updates, []
+                first_update, dispatched, placed = loop.updates, [], []
                 while loop.updates_owed >= 1.0:
-                    batch = buffer.sample(batch_size, seq_len)
+                    batch, where = collector.sample(batch_size, seq_len)
                     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), loop.updates)
                     train_state, metrics = step_fn(train_state, batch, key)
+                    context = {k: metrics.pop(k) for k in [k for k in metrics if k.startswith("context/")]}
+                    if context:
+                        placed.append((where, jax.device_get(context)))
                     dispatched.append(metrics)
                     loop.updates += 1
                     loop.updates_owed -= 1.0
-                    if loop.updates % 100 == 0:
+                    if loop.updates % config.log_every == 0:
                         for name, value in metrics.items():
                             writer.add_scalar(f"train/{name}", float(value), loop.env_step)
                 skipped = guard.skipped
                 _check_updates(guard, first_update, dispatched, loop.env_step)
                 if guard.skipped != skipped:
                     writer.add_scalar("train/skipped_updates", guard.skipped, loop.env_step)
+                for (where, context), metrics_i in zip(placed, dispatched):
+                    if not guard.active or float(metrics_i[SKIPPED]) == 0.0:
+                        collector.write_back(where, context)
                 agent.load_params(update.params(train_state))
             if loop.env_step >= next_eval or loop.env_step >= config.total_steps:
                 next_eval += config.eval_every
@@ -282,20 +297,16 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
                     returns = evaluate(agent, config.env, config.eval_episodes, seed=eval_seed)
                     loop.eval_returns.append((loop.env_step, float(np.mean(returns)), float(np.std(returns))))
                     writer.add_scalar("eval/return", float(np.mean(returns)), loop.env_step)
-                    agent.reset(len(envs))
-                    first[:] = True
-                    observations = [env.reset()[0] for env in envs]
-                    recorders = [dict(obs=[], actions=[], rewards=[], terminated=[], truncated=[]) for _ in envs]
                 plot_curves(loop, out / "learning_curve.png", f"{config.algo} on {config.env}")
             if next_ckpt is not None and loop.env_step >= next_ckpt:
                 next_ckpt += config.checkpoint_every
-                save_checkpoint(checkpoint_dir, train_state, buffer, loop, agent)
+                save_checkpoint(checkpoint_dir, train_state, collector, loop, agent)
             last = loop.eval_returns[-1][1] if loop.eval_returns else float("nan")
             recent = [r for _, r in loop.train_returns[-10:]]
             bar.set_postfix(ret=f"{np.mean(recent):.1f}" if recent else "-", eval=f"{last:.1f}", upd=loop.updates,
                             loss=f"{float(metrics['loss']):.3f}" if metrics else "-")
     except KeyboardInterrupt:
-        save_checkpoint(checkpoint_dir, train_state, buffer, loop, agent)
+        save_checkpoint(checkpoint_dir, train_state, collector, loop, agent)
         raise
     finally:
         bar.close()
@@ -303,7 +314,7 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
         for env in envs:
             env.close()
     loop.wall_time += time.time() - started
-    save_checkpoint(checkpoint_dir, train_state, buffer, loop, agent)
+    save_checkpoint(checkpoint_dir, train_state, collector, loop, agent)
     agent.save(out / "agent")
     curves = plot_curves(loop, out / "learning_curve.png", f"{config.algo} on {config.env}")
     result = {

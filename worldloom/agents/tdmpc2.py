@@ -59,6 +59,13 @@ class TDMPC2Agent:
     def reset(self, num_envs: int) -> None:
         self.world_model.reset_plan()
 
+    def acting_state(self):
+        """The kept MPPI plan, to hand back to :meth:`set_acting_state` (e.g. around an evaluation)."""
+        return self.world_model.plan_mean
+
+    def set_acting_state(self, state) -> None:
+        self.world_model.plan_mean = state
+
     def act(self, obs, is_first, greedy: bool = False, key=None) -> np.ndarray:
         """Actions ``[N, A]`` in [-1, 1] (discrete: one-hot) for observations ``[N, *obs_shape]``."""
         obs = np.asarray(obs)

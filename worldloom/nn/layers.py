@@ -20,7 +20,9 @@ def dreamer_init(scale: float = 1.0) -> Initializer:
 
     ``scale == 0`` gives zeros (the reference zero-initialised output layers).
     The last axis of the kernel is fan-out; every other axis counts to fan-in,
-    except a leading block axis for :class:`BlockLinear` (pass ``in_axis``).
+    the block axis of :class:`BlockLinear` included (as the reference computes
+    fans), so a block-diagonal layer is initialised like a dense one over its
+    whole input.
     """
 
     def init(key, shape, dtype=jnp.float32, fan_in=None):
@@ -85,6 +87,8 @@ class BlockLinear(nn.Module):
 
     Input ``[..., I]`` is split into ``blocks`` groups of ``I/blocks``, each
     mapped to ``features/blocks`` outputs; kernel ``[blocks, I/b, F/b]``, bias ``[F]``.
+    The init's fan-in is the whole input ``I`` (``blocks * I/b``), the
+    reference's: weights have std ``1/sqrt(I)``, not ``1/sqrt(I/b)``.
     """
 
     features: int
@@ -103,7 +107,7 @@ class BlockLinear(nn.Module):
         init = dreamer_init(self.outscale)
         kernel = self.param(
             "kernel",
-            lambda k, s: init(k, s, fan_in=s[1]),
+            init,
             (self.blocks, in_features // self.blocks, self.features // self.blocks),
         )
         bias = self.param("bias", nn.initializers.zeros, (self.features,))

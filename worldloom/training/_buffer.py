@@ -326,6 +326,48 @@ class ReplayBuffer:
 
         return jax.device_put(batch, resolve_device(device))
 
+    def sample_episodes(self, batch_size: int, seq_len: int, include_final: bool = True) -> dict[str, np.ndarray]:
+        """Windows inside episodes, TD-MPC2's sampling: an episode uniformly, then a start uniformly in it.
+
+        Args:
+            batch_size: ``B``.
+            seq_len: ``T`` observations per window; a window never crosses an episode boundary.
+            include_final: An episode stored with ``final_obs`` has ``T_ep + 1``
+                observations, so a window may end on that final observation: its
+                row holds the observation, a zero action and reward, and
+                ``is_final`` True (the transition before it keeps its terminal flag).
+
+        Returns:
+            The fields of :meth:`sample` plus ``is_final [B, T]`` bool (NumPy).
+
+        Raises:
+            DataError: no episode holds ``seq_len`` observations.
+        """
+        batch_size, seq_len = integer("batch_size", batch_size), integer("seq_len", seq_len)
+        self.check_sample_size(batch_size, seq_len)
+        bounds = self.episode_bounds()
+        extra = np.array([include_final and int(start) in self._final_obs for start in bounds[:, 0]], np.int64)
+        observations = bounds[:, 1] - bounds[:, 0] + extra
+        usable = np.flatnonzero(observations >= seq_len)
+        if usable.size == 0:
+            raise DataError(f"Cannot sample windows of seq_len={seq_len} inside episodes: the longest of the "
+                            f"{self.num_episodes} held episodes has {int(observations.max(initial=0))} "
+                            f"observations; add longer episodes or lower seq_len.")
+        episode = usable[self._rng.integers(0, usable.size, batch_size)]
+        offset = np.floor(self._rng.random(batch_size) * (observations[episode] - seq_len + 1)).astype(np.int64)
+        rows = (bounds[episode, 0] + offset)[:, None] + np.arange(seq_len)
+        is_final = rows >= bounds[episode, 1][:, None]
+        batch = self.gather(np.where(is_final, rows - 1, rows))
+        for key in ("actions", "rewards"):
+            batch[key][is_final] = 0.0
+        batch["is_first"] = batch["is_first"] & ~is_final
+        batch["terminals"] = batch["terminals"] & ~is_final
+        batch["continues"][is_final] = 1.0
+        for b in np.flatnonzero(is_final.any(1)):
+            batch["obs"][b, -1] = self._final_obs[int(bounds[episode[b], 0])]
+        batch["is_final"] = is_final
+        return batch
+
     # ------------------------------------------------------------ files
 
     def state_dict(self) -> dict[str, np.ndarray]:

@@ -9,6 +9,9 @@ window and episode; otherwise (last row of a window, or the next row starts a
 new episode) from the prior step ``img_step(s_t, action_t)``, exactly as
 imagination predicts them. So no transition's reward or termination is
 dropped, the terminal one included.
+
+The online agent stores steps in the reference's own layout instead (the
+terminal observation is a row; see :meth:`DreamerV3Functions.stream_loss`).
 """
 
 from __future__ import annotations
@@ -206,7 +209,6 @@ class DreamerV3Functions:
 
     def loss_and_posterior(self, params, batch, key, stochastic=True):
         """:meth:`loss` plus the posterior states ``[B, T, ...]`` (imagination starts)."""
-        cfg = self.config
         obs = batch["obs"]
         actions = batch["actions"].astype(jnp.float32)
         rewards = batch["rewards"].astype(jnp.float32)
@@ -230,6 +232,55 @@ class DreamerV3Functions:
         reset = is_first.at[:, 0].set(True)
         prior_logits = jnp.where(reset[..., None, None], all_prior[:, :1], all_prior[:, :-1])
 
+        after_prior_stoch = self.sample(all_prior[:, 1:], next_key, stochastic)
+        use_prior = jnp.concatenate([is_first[:, 1:], jnp.ones((batch_size, 1), bool)], 1)
+        next_post_stoch = jnp.concatenate([post.stochastic[:, 1:], post.stochastic[:, -1:]], 1)
+        after_stoch = jnp.where(use_prior[..., None], after_prior_stoch, next_post_stoch)
+        features = jnp.concatenate([after_deter, after_stoch], -1)
+        total, metrics = self.loss_terms(params, obs, post, prior_logits, features, rewards, continues)
+        return total, metrics, post
+
+    def stream_loss(self, params, batch, start: LatentState, key, stochastic=True):
+        """World-model loss on replayed steps in the reference's layout (:mod:`worldloom.agents.replay`).
+
+        Row ``t`` holds ``obs_t``, the action that led to it and the reward and
+        terminal flag that arrived with it; the reward and continue heads read
+        the posterior of ``obs_t`` itself, so a terminal observation trains them
+        from its own posterior, and a first row trains reward 0 and continue 1.
+
+        Args:
+            batch: ``obs [B, T, ...]``, ``prev_actions [B, T, A]``, ``rewards``,
+                ``is_first`` and ``is_terminal`` ``[B, T]``.
+            start: The state before row 0 ``[B, ...]`` (a stored latent).
+
+        Returns:
+            ``(loss, metrics, posterior [B, T, ...])``.
+        """
+        obs = batch["obs"]
+        is_first = batch["is_first"].astype(bool)
+        tokens = self.encode(params, obs)
+        post, _ = self.observe_scan(params, tokens, batch["prev_actions"].astype(jnp.float32), is_first, start,
+                                    key, stochastic)
+        prior_logits = self.prior(params, post.deterministic)
+        continues = 1.0 - batch["is_terminal"].astype(jnp.float32)
+        total, metrics = self.loss_terms(params, obs, post, prior_logits, post.features,
+                                         batch["rewards"].astype(jnp.float32), continues)
+        return total, metrics, post
+
+    def loss_terms(self, params, obs, post: LatentState, prior_logits, features, rewards, continues):
+        """The weighted world-model loss from a posterior ``[B, T, ...]`` and its priors.
+
+        Args:
+            obs: Observations the posterior saw ``[B, T, ...]`` (reconstruction targets).
+            prior_logits: ``[B, T, 32, classes]`` priors of the posterior steps (KL terms).
+            features: ``[B, T, F]`` the reward and continue heads read.
+            rewards, continues: ``[B, T]`` targets of those heads.
+
+        Returns:
+            ``(loss, metrics)`` with ``loss/<term>`` and the prior/posterior entropies.
+        """
+        cfg = self.config
+        batch_size, length = rewards.shape
         post_probs = unimix_probs(post.posterior_logits, cfg.unimix)
         prior_probs = unimix_probs(prior_logits, cfg.unimix)
         dyn = categorical_kl(sg(post_probs), prior_probs).sum(-1)
@@ -251,11 +302,6 @@ class DreamerV3Functions:
         sq = (recon - sg(target)) ** 2
         losses["rec"] = sq.reshape(batch_size, length, -1).sum(-1)
 
-        after_prior_stoch = self.sample(all_prior[:, 1:], next_key, stochastic)
-        use_prior = jnp.concatenate([is_first[:, 1:], jnp.ones((batch_size, 1), bool)], 1)
-        next_post_stoch = jnp.concatenate([post.stochastic[:, 1:], post.stochastic[:, -1:]], 1)
-        after_stoch = jnp.where(use_prior[..., None], after_prior_stoch, next_post_stoch)
-        features = jnp.concatenate([after_deter, after_stoch], -1)
         reward_logits = self._apply(params, DreamerV3Networks.reward_logits, features)
         losses["rew"] = twohot_loss(reward_logits, rewards, self.bins)
         cont_logit = self._apply(params, DreamerV3Networks.continue_logit, features)
@@ -270,4 +316,4 @@ class DreamerV3Functions:
         metrics.update({f"loss/{k}": v.mean() for k, v in losses.items()})
         metrics["prior_entropy"] = categorical_entropy(prior_probs).sum(-1).mean()
         metrics["post_entropy"] = categorical_entropy(post_probs).sum(-1).mean()
-        return total, metrics, post
+        return total, metrics

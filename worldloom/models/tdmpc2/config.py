@@ -114,6 +114,10 @@ class TDMPC2Config(ConfigBase):
     """Dropout on the first layer of each Q network (training only)."""
     shift_pad: int = 3
     """Padding of the random-shift image augmentation (the reference's ``ShiftAug(pad=3)``)."""
+    augment_acting: bool = True
+    """Shift-augment image observations when acting as well as in the loss: the
+    reference's encoder applies its ``ShiftAug`` on every call. ``False``
+    plans from the unshifted frame."""
     episodic: bool = False
     """Add a termination head and stop bootstrapping at predicted terminations."""
     num_tasks: int = 0

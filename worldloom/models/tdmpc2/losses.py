@@ -14,7 +14,10 @@ predicts ``z_{t+1} = d(z_t, a_t)`` and is trained against
 Masks (transition ``t`` of a chunk):
 
 - its next observation is *valid* when row ``t + 1`` lies inside the window,
-  does not start a new episode (``is_first``) and ``t`` is not terminal;
+  does not start a new episode (``is_first``) and ``t`` is not terminal, or
+  when row ``t + 1`` is the stored final observation of the episode
+  (``is_final``, from :meth:`ReplayBuffer.sample_episodes`): then even a
+  terminal transition trains consistency, as the reference's does;
 - the rollout is *live* at step ``t`` while every earlier transition had a
   valid next observation; nothing after a break is trained in that chunk
   (those rows start their own chunk in other windows);
@@ -92,10 +95,13 @@ def make_chunks(batch, horizon: int) -> Chunks:
         x = x.reshape(batch_size * count, steps, *x.shape[3:])
         return jnp.swapaxes(x, 0, 1)  # [steps, N, ...]
 
+    is_final = batch.get("is_final")
+    is_final = jnp.zeros((batch_size, length), bool) if is_final is None else is_final.astype(bool)
     exists_next = gather(exists, horizon + 1)[1:]
     first_next = gather(is_first, horizon + 1)[1:]
+    final_next = gather(is_final, horizon + 1)[1:]
     chunk_terminals = gather(terminals, horizon)
-    next_valid = exists_next & ~first_next & (chunk_terminals < 0.5)
+    next_valid = exists_next & ~first_next & ((chunk_terminals < 0.5) | final_next)
     task = batch.get("task")
     if task is not None:
         task = jnp.repeat(task.astype(jnp.int32), count)

@@ -69,7 +69,10 @@ class _Programs:
 
     def _act(self, params, obs, prev_mean, t0, key, task, eval_mode, use_policy):
         fns = self.functions
-        z = fns.encode(params, obs, task)
+        aug_key = None
+        if fns.config.is_image and fns.config.augment_acting:
+            key, aug_key = jax.random.split(key)
+        z = fns.encode(params, obs, task, aug_key)
         if use_policy:
             action = fns.pi_mean(params, z, task) if eval_mode else fns.pi(params, z, key, task)[0]
             return action, prev_mean
@@ -323,6 +326,10 @@ class TDMPC2WorldModel(WorldModel):
         """The kept MPPI plan ``[B, H, A]`` (None before the first :meth:`act`)."""
         return self._plan_mean
 
+    @plan_mean.setter
+    def plan_mean(self, mean) -> None:
+        self._plan_mean = mean
+
     def reset_plan(self) -> None:
         """Forget the kept plan; the next :meth:`act` starts from zeros."""
         self._plan_mean = None
@@ -355,8 +362,8 @@ class TDMPC2WorldModel(WorldModel):
         """Check a ``[B, T, ...]`` batch and move it to the device.
 
         Keys: ``obs``, ``actions``, ``rewards``, ``continues``; optional
-        ``is_first``, ``terminals`` ``[B, T]`` and ``task`` ``[B]`` (multitask).
-        Integer actions of discrete models become one-hot.
+        ``is_first``, ``terminals``, ``is_final`` ``[B, T]`` and ``task`` ``[B]``
+        (multitask). Integer actions of discrete models become one-hot.
         """
         check_batch_mapping(batch)
         for name in ("obs", "actions", "rewards", "continues"):
@@ -369,12 +376,12 @@ class TDMPC2WorldModel(WorldModel):
         if lead[1] < 2:
             raise ShapeError(f"obs: TD-MPC2 needs windows of T >= 2 steps, got shape {list(obs.shape)}.")
         out = {"obs": obs, "actions": self._actions(batch["actions"], lead, "B,T")}
-        for name in ("rewards", "continues", "is_first", "terminals"):
+        for name in ("rewards", "continues", "is_first", "terminals", "is_final"):
             if name in batch and batch[name] is not None:
                 value = self._put(batch[name], name=name)
                 if tuple(value.shape) != lead:
                     raise ShapeError(f"{name}: expected shape {list(lead)}, got {list(value.shape)}.")
-                out[name] = value.astype(bool) if name == "is_first" else value.astype(jnp.float32)
+                out[name] = value.astype(bool) if name in ("is_first", "is_final") else value.astype(jnp.float32)
         if self.config.multitask:
             task = batch.get("task")
             task = np.asarray(task)[:, 0] if task is not None and np.ndim(task) == 2 else task

@@ -1,0 +1,267 @@
+"""The agents train as the reference does: pinned pieces of DreamerV3's and TD-MPC2's training."""
+
+import gymnasium as gym
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from worldloom import create_world_model
+from worldloom.agents import AgentRunConfig, DreamerAgent, DreamerAgentConfig, TDMPC2Agent, evaluate, run_agent
+from worldloom.agents.collect import StreamCollector
+from worldloom.agents.dreamer_losses import behaviour_loss, replay_returns
+from worldloom.agents.dreamer_networks import policy_entropy, policy_log_prob
+from worldloom.agents.loop import terminates
+from worldloom.agents.replay import StreamReplay
+from worldloom.models.tdmpc2.losses import make_chunks
+from worldloom.models.tdmpc2.planner import estimate_value
+from worldloom.nn.layers import BlockLinear
+from worldloom.training import ReplayBuffer
+
+DREAMER_TINY = dict(deter=64, hidden=32, units=32, classes=4, stoch=4)
+TDMPC_TINY = dict(enc_dim=32, mlp_dim=32, latent_dim=16, num_q=2, num_samples=32, num_elites=8, num_pi_trajs=4,
+                  iterations=2)
+
+
+def _dreamer(**overrides):
+    wm = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, action_type="discrete",
+                            **{**DREAMER_TINY, **overrides})
+    return DreamerAgent(wm, seed=0)
+
+
+# ---------------------------------------------------------------- DreamerV3
+
+def test_block_linear_fan_in_is_the_whole_input():
+    layer = BlockLinear(features=1024, blocks=8)
+    params = layer.init(jax.random.PRNGKey(0), jnp.zeros((1, 1024)))["params"]
+    std = float(jnp.std(params["kernel"]))
+    assert params["kernel"].shape == (8, 128, 128)
+    assert std == pytest.approx(1.0 / np.sqrt(1024), rel=0.03)  # per-block fan-in would give 1/sqrt(128)
+
+
+def test_discrete_policy_has_no_unimix():
+    raw = jnp.array([[4.0, -3.0, 0.0]])
+    action = jnp.array([[0.0, 1.0, 0.0]])
+    expected = jax.nn.log_softmax(raw)[0, 1]
+    assert float(policy_log_prob(raw, action, True)[0]) == pytest.approx(float(expected), rel=1e-6)
+    probs = jax.nn.softmax(raw)
+    assert float(policy_entropy(raw, True)[0]) == pytest.approx(float(-(probs * jnp.log(probs)).sum()), rel=1e-6)
+
+
+def test_replay_value_loss_trains_the_world_model(stream_batch):
+    agent = _dreamer()
+    params = agent.params
+    # Give the (zero-initialised) critic output weights so gradients can flow through it.
+    params["critic"] = jax.tree_util.tree_map(
+        lambda x: 0.1 * jax.random.normal(jax.random.PRNGKey(x.size), x.shape), params["critic"])
+    cfg = DreamerAgentConfig(policy_scale=0.0, value_scale=0.0, repval_scale=1.0)
+    batch = jax.tree_util.tree_map(jnp.asarray, stream_batch(agent, np.random.default_rng(0)))
+    fns = agent.world_model.functions
+    rows = {k: batch[k][:, 1:] for k in ("obs", "rewards", "is_first", "is_last", "is_terminal")}
+    rows["prev_actions"] = batch["actions"][:, :-1]
+    start = fns.state(batch["deter"], batch["stoch"])
+    from worldloom.agents.normalizers import percentile_normalizer
+
+    def repval(wm_params):
+        _, _, post = fns.stream_loss(wm_params, rows, start, jax.random.PRNGKey(1))
+        loss, _, _ = behaviour_loss(cfg, fns, (agent.actor_net, agent.critic_net), {**params, "wm": wm_params},
+                                    params["critic"], percentile_normalizer(0.01).init(), post, rows,
+                                    jax.random.PRNGKey(2), True)
+        return loss
+
+    grads = jax.grad(repval)(params["wm"])
+    assert float(optax.global_norm(grads["rssm"])) > 0.0 and float(optax.global_norm(grads["encoder"])) > 0.0
+
+
+def test_window_from_its_stored_latent_continues_the_unbroken_scan(stream_batch):
+    agent = _dreamer()
+    fns, wm = agent.world_model.functions, agent.world_model.params
+    rng = np.random.default_rng(1)
+    batch = stream_batch(agent, rng, length=8)
+    tokens = fns.encode(wm, jnp.asarray(batch["obs"]))
+    prev = jnp.concatenate([jnp.zeros_like(batch["actions"][:, :1]), batch["actions"][:, :-1]], 1)
+    whole, _ = fns.observe_scan(wm, tokens, prev, jnp.asarray(batch["is_first"]), fns.initial(wm, 2),
+                                jax.random.PRNGKey(0), stochastic=False)
+    # The replay stores row 0's posterior; a window of rows 1.. starts from it.
+    rows = {k: jnp.asarray(batch[k][:, 1:]) for k in ("obs", "rewards", "is_first", "is_terminal")}
+    rows["prev_actions"] = jnp.asarray(batch["actions"][:, :-1])
+    start = fns.state(whole.deterministic[:, 0], whole.stochastic[:, 0])
+    _, _, post = fns.stream_loss(wm, rows, start, jax.random.PRNGKey(5), stochastic=False)
+    np.testing.assert_allclose(post.deterministic, whole.deterministic[:, 1:], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(post.stochastic, whole.stochastic[:, 1:])
+
+
+def test_terminal_reward_and_continue_come_from_the_posterior(stream_batch):
+    agent = _dreamer()
+    fns, wm = agent.world_model.functions, agent.world_model.params
+    batch = jax.tree_util.tree_map(jnp.asarray, stream_batch(agent, np.random.default_rng(2), terminal_at=6))
+    rows = {k: batch[k][:, 1:] for k in ("obs", "rewards", "is_first", "is_terminal")}
+    rows["prev_actions"] = batch["actions"][:, :-1]
+    start = fns.state(batch["deter"], batch["stoch"])
+
+    def head_losses(params):
+        _, metrics, _ = fns.stream_loss(params, rows, start, jax.random.PRNGKey(3))
+        return metrics["loss/rew"], metrics["loss/con"]
+
+    before = head_losses(wm)
+    rssm = dict(wm["rssm"])
+    rssm["prior_out"] = jax.tree_util.tree_map(lambda x: x + 1.0, rssm["prior_out"])
+    after = head_losses({**wm, "rssm": rssm})
+    np.testing.assert_allclose(before, after, rtol=1e-6)  # the prior never feeds the heads
+
+
+def test_replay_returns_at_episode_ends():
+    discount, lam = 0.997, 0.95
+    rewards = jnp.array([[0.0, 1.0, 2.0, 0.0, 1.0]])
+    boot = jnp.array([[10.0, 20.0, 30.0, 40.0, 50.0]])
+    # Rows 0-2: an episode that terminates at row 2; rows 3-4: the next, cut at row 4 by a time limit.
+    is_last = jnp.array([[False, False, True, False, True]])
+    is_terminal = jnp.array([[False, False, True, False, False]])
+    returns = replay_returns(rewards, is_last, is_terminal, boot, lam, discount)
+    assert float(returns[0, 1]) == pytest.approx(2.0)  # into the terminal row: its reward only
+    assert float(returns[0, 3]) == pytest.approx(1.0 + discount * 50.0)  # truncated: reward + bootstrap
+    expected0 = 1.0 + discount * ((1 - lam) * 20.0 + lam * 2.0)
+    assert float(returns[0, 0]) == pytest.approx(expected0)
+
+
+def test_stream_collector_rows_follow_the_reference_layout():
+    env = gym.make("CartPole-v1")
+    agent = _dreamer()
+    lengths = []
+    collector = StreamCollector([env], agent, 2000, True, 0, lambda ret, length: lengths.append(length))
+    collector.reset([0], agent)
+    steps = 0
+    while len(lengths) < 2:
+        steps += collector.step(agent)
+    collector.step(agent)  # stores the terminal row and starts the next episode
+    data = collector.replay.data
+    rows = int(collector.replay.written[0])
+    first, last, term = (data[k][0, :rows] for k in ("is_first", "is_last", "is_terminal"))
+    assert first[0] and np.flatnonzero(first).tolist() == [0, lengths[0] + 1]
+    ends = np.flatnonzero(last)
+    assert ends.tolist() == [lengths[0], lengths[0] + 1 + lengths[1]]
+    assert term[ends].all()  # CartPole falls: true terminals
+    assert np.all(data["rewards"][0, :rows][first] == 0.0) and np.all(data["rewards"][0, ends] == 1.0)
+    assert rows == steps + 2  # every step is a row, plus one reset row per episode
+    # The stored latent is the agent's posterior at that step.
+    deter, _ = agent.latent()
+    np.testing.assert_allclose(data["deter"][0, rows - 1], deter[0], rtol=1e-6)
+
+
+def test_random_actions_feed_the_acting_latent():
+    agent = _dreamer()
+    agent.reset(1)
+    agent.act(np.zeros((1, 4)), np.array([True]))
+    ran = np.array([[0.0, 1.0]], np.float32)
+    agent.record_actions(ran)
+    np.testing.assert_array_equal(np.asarray(agent.acting_state()[1]), ran)
+    assert AgentRunConfig(algo="dreamerv3").resolved("seed_steps") == 0
+
+
+def test_stream_replay_write_back_and_files(tmp_path):
+    replay = StreamReplay(40, 2, (3,), np.float32, 2, deter=5, stoch=4, seed=1)
+    for t in range(12):
+        replay.add({"obs": np.full((2, 3), t, np.float32), "actions": np.zeros((2, 2)), "rewards": np.zeros(2),
+                    "is_first": np.full(2, t == 0), "is_last": np.zeros(2, bool), "is_terminal": np.zeros(2, bool),
+                    "deter": np.full((2, 5), t, np.float32), "stoch": np.zeros((2, 4))})
+    batch, where = replay.sample(3, 4)
+    np.testing.assert_array_equal(batch["deter"][:, 0], batch["obs"][:, 0, 0])  # row 0's stored latent
+    replay.write_latents(where, np.full((3, 3, 5), -1.0), np.ones((3, 3, 4)))
+    stream, slots = where
+    assert np.all(replay.data["deter"][stream[:, None], slots[:, 1:]] == -1.0)
+    replay.save(tmp_path / "replay.npz")
+    again = StreamReplay(60, 2, (3,), np.float32, 2, deter=5, stoch=4).load_state(tmp_path / "replay.npz")
+    np.testing.assert_array_equal(again.data["deter"], replay.data["deter"])
+    np.testing.assert_array_equal(again.sample(3, 4)[0]["obs"], replay.sample(3, 4)[0]["obs"])
+
+
+def test_no_transition_is_lost_across_evaluations(tmp_path):
+    config = AgentRunConfig(env="CartPole-v1", algo="dreamerv3", total_steps=150, train_ratio=8, batch_size=2,
+                            sequence_length=8, eval_every=10, eval_episodes=1, checkpoint_every=0,
+                            out_dir=str(tmp_path / "run"), seed=0)
+    result = run_agent(config, progress=False, **DREAMER_TINY)
+    assert len(result["eval"]) == 15
+    with np.load(tmp_path / "run" / "checkpoint" / "replay.npz") as saved:
+        rows = int(saved["written"][0])
+        first, last = saved["is_first"][0, :rows], saved["is_last"][0, :rows]
+    # Every episode but the one in flight runs to its end: each new first row follows a last row.
+    starts = np.flatnonzero(first)
+    assert starts[0] == 0 and len(starts) >= 3
+    assert last[starts[1:] - 1].all()
+    assert int((~first).sum()) in (149, 150)
+
+
+# ---------------------------------------------------------------- TD-MPC2
+
+def _tdmpc(obs_shape=(4,), episodic=False, **overrides):
+    return create_world_model("tdmpc2:1m", obs_shape=obs_shape, action_dim=2, action_type="continuous",
+                              episodic=episodic, **{**TDMPC_TINY, **overrides})
+
+
+def test_planner_stops_at_a_predicted_termination():
+    model = _tdmpc(episodic=True)
+    params = model.params
+    # A termination head that always predicts termination.
+    head = dict(params["termination"])
+    last = sorted(head)[-1]
+    head[last] = {**head[last], "bias": jnp.full_like(head[last]["bias"], 50.0)}
+    params = {**params, "termination": head}
+    fns = model.functions
+    z = fns.encode(params, jnp.ones((3, 4)))
+    actions = jnp.full((fns.config.horizon, 3, 2), 0.3)
+    value = estimate_value(fns, params, z, actions, jax.random.PRNGKey(0))
+    first_reward = fns.reward(params, z, actions[0])
+    np.testing.assert_allclose(value, first_reward, rtol=1e-5, atol=1e-6)  # nothing after the termination
+
+
+def test_episode_uniform_windows_end_on_the_final_observation():
+    buffer = ReplayBuffer(2000, (1,), 1, seed=0)
+    buffer.add_episode(obs=np.arange(1000)[:, None], actions=np.zeros((1000, 1)), rewards=np.ones(1000),
+                       truncated=np.eye(1000, dtype=bool)[-1], final_obs=np.array([1000.0]))
+    buffer.add_episode(obs=np.full((4, 1), -1.0), actions=np.zeros((4, 1)), rewards=np.ones(4),
+                       terminated=np.eye(4, dtype=bool)[-1], final_obs=np.array([-2.0]))
+    batch = buffer.sample_episodes(4000, 4)
+    short = batch["obs"][:, 0, 0] < 0
+    assert 0.45 < short.mean() < 0.55  # episodes drawn uniformly, not rows
+    assert not (np.any(batch["obs"][:, :, 0] < 0, 1) & np.any(batch["obs"][:, :, 0] >= 0, 1)).any()  # no crossing
+    final_rows = batch["is_final"][short]
+    assert final_rows[:, -1].mean() > 0.4 and not final_rows[:, :-1].any()
+    ends = short & batch["is_final"][:, -1]
+    assert np.all(batch["obs"][ends, -1, 0] == -2.0) and np.all(batch["terminals"][ends, -2])
+    chunks = make_chunks({k: jnp.asarray(v) for k, v in batch.items()}, 3)
+    # The terminal transition before a final observation trains consistency and value.
+    assert bool(jnp.all(chunks.next_valid[-1][ends]))
+    assert bool(jnp.all(chunks.terminals[-1][ends] == 1.0))
+
+
+def test_image_observations_are_shifted_when_acting_too():
+    rng = np.random.default_rng(0)
+    obs = rng.integers(0, 255, (1, 64, 64, 3), dtype=np.uint8)
+
+    def actions(augment):
+        model = create_world_model("tdmpc2:1m", obs_shape=(64, 64, 3), action_dim=2, action_type="continuous",
+                                   augment_acting=augment, num_channels=4, **TDMPC_TINY)
+        return [np.asarray(model.act(obs, eval_mode=True, use_policy=True, key=jax.random.PRNGKey(k)))
+                for k in range(6)]
+
+    shifted, plain = actions(True), actions(False)
+    assert len({a.tobytes() for a in shifted}) > 1
+    assert len({a.tobytes() for a in plain}) == 1
+
+
+def test_episodic_mode_follows_the_environment(tmp_path):
+    assert terminates("CartPole-v1", 0) and not terminates("Pendulum-v1", 0, steps=400)
+    config = AgentRunConfig(env="CartPole-v1", algo="tdmpc2", total_steps=60, seed_steps=40, batch_size=4,
+                            eval_every=60, eval_episodes=1, checkpoint_every=0, out_dir=str(tmp_path / "run"))
+    run_agent(config, progress=False, **TDMPC_TINY)
+    assert TDMPC2Agent.load(tmp_path / "run" / "agent").world_model.config.episodic
+
+
+def test_evaluation_keeps_the_kept_plan():
+    model = create_world_model("tdmpc2:1m", obs_shape=(3,), action_dim=1, action_type="continuous", **TDMPC_TINY)
+    agent = TDMPC2Agent(model)
+    agent.act(np.zeros((2, 3)), np.array([True, True]))
+    plan = np.asarray(agent.acting_state())
+    evaluate(agent, "Pendulum-v1", 1, seed=0)
+    np.testing.assert_array_equal(np.asarray(agent.acting_state()), plan)  # the training episodes' plans

@@ -1,0 +1,188 @@
+"""Experience collection of the online loop: acting in the environments and filling replay.
+
+Two ways, one per agent, each the reference's:
+
+- :class:`StreamCollector` (DreamerV3): every step enters a
+  :class:`StreamReplay` as it happens, with the agent's latent; the terminal
+  observation is a row of its own; windows start from stored latents, and the
+  update's fresh posteriors are written back.
+- :class:`EpisodeCollector` (TD-MPC2): whole episodes enter a
+  :class:`ReplayBuffer` when they end, final observation included; windows are
+  drawn episode-uniformly and may end on that final observation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from worldloom.agents.replay import StreamReplay
+
+EpisodeHook = Callable[[float, int], None]
+
+
+def env_action(action: np.ndarray, env, discrete: bool):
+    """The Gymnasium action of one agent action (one-hot -> index; [-1, 1] -> the Box bounds)."""
+    if discrete:
+        return int(np.argmax(action))
+    low, high = env.action_space.low, env.action_space.high
+    scaled = low + (np.clip(action, -1, 1) + 1.0) * 0.5 * (high - low)
+    return scaled.reshape(env.action_space.shape).astype(env.action_space.dtype)
+
+
+def obs_dtype(env) -> np.dtype:
+    dtype = np.dtype(env.observation_space.dtype)
+    return np.dtype(np.float32) if dtype in (np.float64, np.bool_) else dtype
+
+
+class StreamCollector:
+    """DreamerV3's collection: one replay row per environment per call of :meth:`step`.
+
+    Args:
+        envs: Gymnasium environments (one stream each).
+        agent: A :class:`DreamerAgent`.
+        capacity: Replay rows over all streams.
+        discrete: Discrete action space.
+        on_episode: ``on_episode(return, length)`` at every episode end.
+    """
+
+    def __init__(self, envs: list, agent, capacity: int, discrete: bool, seed: int, on_episode: EpisodeHook):
+        cfg = agent.world_model.config
+        self.envs, self.discrete, self.on_episode = envs, discrete, on_episode
+        self.replay = StreamReplay(max(capacity, 2 * len(envs)), len(envs), cfg.obs_shape, obs_dtype(envs[0]),
+                                   cfg.action_dim, cfg.deter, cfg.stoch_size, seed=seed)
+        count = len(envs)
+        self.rewards = np.zeros(count, np.float32)
+        self.first, self.last, self.terminal = (np.zeros(count, bool) for _ in range(3))
+        self.returns, self.lengths = np.zeros(count), np.zeros(count, np.int64)
+        self.obs = None
+
+    def reset(self, seeds: list[int], agent) -> None:
+        """Start a new episode in every environment."""
+        self.obs = np.stack([env.reset(seed=seed)[0] for env, seed in zip(self.envs, seeds)])
+        self.rewards[:], self.first[:], self.last[:], self.terminal[:] = 0.0, True, False, False
+        self.returns[:], self.lengths[:] = 0.0, 0
+        agent.reset(len(self.envs))
+
+    def step(self, agent, random_actions: np.ndarray | None = None) -> int:
+        """Act on the current observations, store the rows, advance the environments; env steps taken."""
+        actions = agent.act(self.obs, self.first)
+        if random_actions is not None:
+            actions = random_actions
+            agent.record_actions(actions)
+        deter, stoch = agent.latent()
+        self.replay.add({"obs": self.obs, "actions": actions, "rewards": self.rewards, "is_first": self.first,
+                         "is_last": self.last, "is_terminal": self.terminal, "deter": deter, "stoch": stoch})
+        stepped = 0
+        obs = self.obs.copy()
+        for i, env in enumerate(self.envs):
+            if self.last[i]:  # the terminal row is stored: start the next episode
+                obs[i] = env.reset()[0]
+                self.rewards[i], self.first[i], self.last[i], self.terminal[i] = 0.0, True, False, False
+                self.returns[i], self.lengths[i] = 0.0, 0
+                continue
+            obs[i], reward, terminated, truncated, _ = env.step(env_action(actions[i], env, self.discrete))
+            stepped += 1
+            self.rewards[i], self.first[i] = reward, False
+            self.last[i], self.terminal[i] = terminated or truncated, terminated
+            self.returns[i] += float(reward)
+            self.lengths[i] += 1
+            if self.last[i]:
+                self.on_episode(float(self.returns[i]), int(self.lengths[i]))
+        self.obs = obs
+        return stepped
+
+    @property
+    def num_transitions(self) -> int:
+        return len(self.replay)
+
+    def ready(self, seq_len: int) -> bool:
+        return self.replay.ready(seq_len + 1)
+
+    def sample(self, batch_size: int, seq_len: int):
+        """Windows of ``seq_len + 1`` rows (one row of context) and where they lie."""
+        return self.replay.sample(batch_size, seq_len + 1)
+
+    def write_back(self, where, metrics: dict) -> None:
+        self.replay.write_latents(where, np.asarray(metrics["context/deter"]), np.asarray(metrics["context/stoch"]))
+
+    def save(self, directory: Path) -> None:
+        self.replay.save(directory / "replay.npz")
+
+    def load(self, directory: Path) -> None:
+        """Restore the replay; the newest row of each stream becomes a last step (its episode ends there)."""
+        replay = self.replay.load_state(directory / "replay.npz")
+        newest = (replay.written - 1) % replay.rows
+        held = replay.written > 0
+        replay.data["is_last"][np.flatnonzero(held), newest[held]] = True
+
+
+class EpisodeCollector:
+    """TD-MPC2's collection: whole episodes, with their final observation, enter a :class:`ReplayBuffer`."""
+
+    def __init__(self, envs: list, agent, capacity: int, discrete: bool, seed: int, on_episode: EpisodeHook):
+        from worldloom.training import ReplayBuffer
+
+        cfg = agent.world_model.config
+        self.envs, self.discrete, self.on_episode = envs, discrete, on_episode
+        self.buffer = ReplayBuffer(capacity, cfg.obs_shape, cfg.action_dim, seed=seed)
+        self.records = [self._record() for _ in envs]
+        self.first = np.ones(len(envs), bool)
+        self.obs = None
+
+    @staticmethod
+    def _record() -> dict:
+        return dict(obs=[], actions=[], rewards=[], terminated=[], truncated=[])
+
+    def reset(self, seeds: list[int], agent) -> None:
+        self.obs = np.stack([env.reset(seed=seed)[0] for env, seed in zip(self.envs, seeds)])
+        self.records = [self._record() for _ in self.envs]
+        self.first[:] = True
+        agent.reset(len(self.envs))
+
+    def step(self, agent, random_actions: np.ndarray | None = None) -> int:
+        actions = agent.act(self.obs, self.first) if random_actions is None else random_actions
+        obs = self.obs.copy()
+        for i, env in enumerate(self.envs):
+            next_obs, reward, terminated, truncated, _ = env.step(env_action(actions[i], env, self.discrete))
+            record = self.records[i]
+            for key, value in (("obs", self.obs[i]), ("actions", actions[i]), ("rewards", reward),
+                               ("terminated", terminated), ("truncated", truncated)):
+                record[key].append(value)
+            self.first[i] = False
+            if terminated or truncated:
+                self.buffer.add_episode(obs=np.stack(record["obs"]), actions=np.stack(record["actions"]),
+                                        rewards=np.asarray(record["rewards"], np.float32),
+                                        terminated=np.asarray(record["terminated"]),
+                                        truncated=np.asarray(record["truncated"]), final_obs=next_obs)
+                self.on_episode(float(np.sum(record["rewards"])), len(record["rewards"]))
+                self.records[i] = self._record()
+                next_obs, _ = env.reset()
+                self.first[i] = True
+            obs[i] = next_obs
+        self.obs = obs
+        return len(self.envs)
+
+    @property
+    def num_transitions(self) -> int:
+        return self.buffer.num_transitions
+
+    def ready(self, seq_len: int) -> bool:
+        bounds = self.buffer.episode_bounds()
+        return bool(len(bounds)) and bool(((bounds[:, 1] - bounds[:, 0]) + 1 >= seq_len).any())
+
+    def sample(self, batch_size: int, seq_len: int):
+        return self.buffer.sample_episodes(batch_size, seq_len), None
+
+    def write_back(self, where, metrics: dict) -> None:
+        pass
+
+    def save(self, directory: Path) -> None:
+        self.buffer.save(directory / "replay.npz")
+
+    def load(self, directory: Path) -> None:
+        from worldloom.training import ReplayBuffer
+
+        self.buffer = ReplayBuffer.load(directory / "replay.npz")
