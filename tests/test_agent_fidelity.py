@@ -182,7 +182,7 @@ def test_no_transition_is_lost_across_evaluations(tmp_path):
                             out_dir=str(tmp_path / "run"), seed=0)
     result = run_agent(config, progress=False, **DREAMER_TINY)
     assert len(result["eval"]) == 15
-    with np.load(tmp_path / "run" / "checkpoint" / "replay.npz") as saved:
+    with np.load(tmp_path / "run" / "checkpoints" / "replay.npz") as saved:
         rows = int(saved["written"][0])
         first, last = saved["is_first"][0, :rows], saved["is_last"][0, :rows]
     # Every episode but the one in flight runs to its end: each new first row follows a last row.

@@ -30,18 +30,18 @@ def test_dreamer_loop_resume_and_reload(tmp_path, capsys):
                    "--eval-episodes", "1", "--checkpoint-every", "100", "--out", str(tmp_path / "run"),
                    "--seed", "3", "--no-progress", *sets])
     assert status == 0 and "final evaluation return" in capsys.readouterr().out
-    first = json.loads((tmp_path / "run" / "result.json").read_text())
+    first = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert first["updates"] == int((100 - 60) * 8 / 16)
     assert [step for step, _ in first["eval"]] == [100]
     run = tmp_path / "run"
-    for name in ("learning_curve.png", "result.json", "agent", "checkpoint", "tensorboard"):
+    for name in ("learning_curve.png", "summary.json", "config.yaml", "agent", "checkpoints", "logs"):
         assert (run / name).exists(), name
-    assert any(p.name.startswith("events.out.tfevents") for p in (run / "tensorboard").iterdir())
+    assert any(p.name.startswith("events.out.tfevents") for p in (run / "logs").iterdir())
 
     resumed = run_agent(_dreamer_config(tmp_path, 200), progress=False, resume=True, **DREAMER_TINY)
     assert resumed["updates"] == int((200 - 60) * 8 / 16)
     assert [step for step, _ in resumed["eval"]] == [100, 200]
-    assert json.loads((run / "result.json").read_text())["updates"] == resumed["updates"]
+    assert json.loads((run / "summary.json").read_text())["updates"] == resumed["updates"]
 
     agent = DreamerAgent.load(run / "agent")
     again = DreamerAgent.load(run / "agent")

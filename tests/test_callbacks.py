@@ -166,3 +166,27 @@ def test_custom_callback_hooks_order():
         CheckpointCallback("x", keep_last=0)
     with pytest.raises(ConfigError):
         LoggingCallback("x", log_interval=0)
+
+
+def test_progress_off_a_terminal_is_plain_periodic_lines():
+    import io
+
+    from worldloom.core.progress import LineProgress, progress
+
+    now = [0.0]
+    out = io.StringIO()
+    line = LineProgress(100, desc="train", file=out, interval=30.0, clock=lambda: now[0])
+    now[0] = 50.0
+    line.update(1)  # the first step: 50 s of compilation
+    line.restart_clock()
+    for _ in range(40):
+        now[0] += 1.0
+        line.update(1)
+        line.set_postfix({"loss": "0.1"})
+    line.close()
+    text = out.getvalue()
+    assert "\r" not in text and len(text.splitlines()) == 3  # at 50 s, after 30 more seconds, at the end
+    last = text.splitlines()[-1]
+    # 40 steps in 40 s after compiling: 1 step/s and 59 steps to go, whatever the first step cost.
+    assert last.startswith("train: 41/100 steps (41%), 1.00 step/s, ETA 00:59") and last.endswith("loss=0.1")
+    assert isinstance(progress(10, file=io.StringIO()), LineProgress)

@@ -77,3 +77,104 @@ def test_list_models_verbose(capsys):
     assert main(["list-models", "--verbose"]) == 0
     out = capsys.readouterr().out
     assert "dreamerv3:size12m" in out and "8,852,675 params" in out
+
+
+def _worldloom(*args, timeout=120):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "worldloom", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_version_and_help_show_defaults():
+    from importlib.metadata import version
+
+    out = _worldloom("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"worldloom {version('worldloom')}"
+    for command in ("train", "collect", "agent"):
+        options = _worldloom(command, "--help").stdout.split("options:", 1)[1]
+        for flag in ("--seed", "--env"):
+            block = options.split(f"\n  {flag}", 1)[1].split("\n  -", 1)[0]
+            assert "default:" in block, (command, flag, block)
+    agent_help = _worldloom("agent", "--help").stdout
+    assert "--device" in agent_help and "--log-every" in agent_help and "--episodic" in agent_help
+
+
+@pytest.mark.parametrize("args, message", [
+    (("train", "--steps", "0"), "total_steps must be >= 1, got 0"),
+    (("train", "--device", "cuda"), "Device 'cuda' is not available"),
+    (("agent", "--device", "cuda"), "Device 'cuda' is not available"),
+])
+def test_bad_settings_fail_before_collecting(tmp_path, args, message):
+    out = _worldloom(*args, "--out", str(tmp_path / "run"))
+    assert out.returncode == 2 and message in out.stderr
+    assert "Collecting" not in out.stdout and not (tmp_path / "run").exists()
+
+
+def test_each_run_gets_its_own_directory_and_resume_names_one(tmp_path):
+    sets = ["--set", "deter=64", "--set", "hidden=32", "--set", "units=32", "--set", "classes=4", "--set", "stoch=4"]
+    args = ["agent", "--steps", "30", "--train-ratio", "8", "--batch-size", "2", "--seq-len", "8", "--eval-every",
+            "30", "--eval-episodes", "1", "--checkpoint-every", "0", "--out", str(tmp_path / "run"), "--no-progress",
+            *sets]
+    assert main(args) == 0 and main(args) == 0
+    first, second = tmp_path / "run", tmp_path / "run-2"
+    for run in (first, second):
+        assert {"config.yaml", "summary.json", "logs", "checkpoints", "agent"} <= {p.name for p in run.iterdir()}
+    import yaml
+
+    saved = yaml.safe_load((second / "config.yaml").read_text())
+    assert saved["out_dir"] == str(second) and saved["world_model"]["deter"] == 64
+    longer = list(args)
+    longer[longer.index("--steps") + 1] = "60"
+    resumed = _worldloom(*longer, "--resume", str(first), timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"Resuming {first} from environment step 30" in resumed.stdout
+    assert not (tmp_path / "run-3").exists()
+    missing = _worldloom("agent", "--resume", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and "expected a run directory holding checkpoints/" in missing.stderr
+
+
+def test_play_evaluates_a_saved_agent_and_writes_a_gif(tmp_path):
+    from PIL import Image
+
+    sets = ["--set", "deter=64", "--set", "hidden=32", "--set", "units=32", "--set", "classes=4", "--set", "stoch=4"]
+    run = tmp_path / "run"
+    assert main(["agent", "--steps", "20", "--train-ratio", "8", "--batch-size", "2", "--seq-len", "8",
+                 "--eval-episodes", "0", "--checkpoint-every", "0", "--out", str(run), "--no-progress", *sets]) == 0
+    out = _worldloom("play", str(run), "--episodes", "2", "--seed", "3", "--video", str(tmp_path / "v.gif"),
+                     timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "2 episodes from seed 3: return" in out.stdout
+    with Image.open(tmp_path / "v.gif") as gif:
+        assert gif.n_frames >= 9 and gif.size == (600, 400)  # CartPole: at least 9 steps, rendered 600x400
+    from worldloom.agents.play import play
+
+    again = play(run, episodes=2, seed=3)
+    assert len(again["returns"]) == 2 and again["video"] is None
+    bad = _worldloom("play", str(tmp_path), "--episodes", "1")
+    assert bad.returncode == 2 and "config.yaml" in bad.stderr
+
+
+def test_a_run_file_reproduces_a_run_and_set_reaches_every_field(tmp_path):
+    import yaml
+
+    from worldloom.agents.run_file import resolve_run
+
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text(yaml.safe_dump({"env": "CartPole-v1", "total_steps": 30, "train_ratio": 8, "batch_size": 2,
+                                        "sequence_length": 8, "eval_episodes": 0, "checkpoint_every": 0,
+                                        "out_dir": str(tmp_path / "run"), "seed": 4,
+                                        "world_model": dict(deter=64, hidden=32, units=32, classes=4, stoch=4)}))
+    assert main(["agent", "--config", str(run_file), "--no-progress"]) == 0
+    saved = tmp_path / "run" / "config.yaml"
+    again, overrides = resolve_run(saved)
+    first, _ = resolve_run(run_file)
+    assert again == first and overrides["deter"] == 64
+    assert main(["agent", "--config", str(saved), "--seed", "9", "--set", "batch_size=3", "--set", "stoch=2",
+                 "--no-progress"]) == 0
+    rerun = yaml.safe_load((tmp_path / "run-2" / "config.yaml").read_text())
+    assert (rerun["seed"], rerun["batch_size"], rerun["total_steps"]) == (9, 3, 30)  # typed flag > file
+    assert rerun["world_model"]["stoch"] == 2 and rerun["world_model"]["deter"] == 64
+    for bad, message in ((["--set", "batch_size=many"], "could not be converted to Integer"),
+                         (["--set", "total_step=5"], "Did you mean"),):
+        out = _worldloom("agent", "--config", str(saved), *bad)
+        assert out.returncode == 2 and message in out.stderr, out.stderr

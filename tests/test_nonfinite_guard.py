@@ -228,7 +228,7 @@ def test_run_agent_stops_before_the_checkpoint(tmp_path):
     message = str(caught.value)
     assert message.startswith("Update 1 is not finite: ") and "environment step 41." in message
     assert "AgentRunConfig.on_nonfinite='stop'" in message
-    checkpoint = tmp_path / "run" / "checkpoint"
+    checkpoint = tmp_path / "run" / "checkpoints"
     assert json.loads((checkpoint / "loop.json").read_text())["env_step"] == 40  # the last one before the failure
     assert not (tmp_path / "run" / "agent").exists()
 

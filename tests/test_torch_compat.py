@@ -464,3 +464,43 @@ def test_sampling_to_a_device_torch_lacks_is_a_device_error():
     buffer = create_random_buffer(capacity=500, obs_shape=(4,), action_dim=2, num_episodes=5, episode_length=50)
     with pytest.raises(DeviceError, match="not available to torch"):
         buffer.sample(batch_size=2, seq_len=5, device="cuda")
+
+
+def test_state_dict_errors_are_runtime_errors_as_in_torch():
+    model = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, device="cpu", **TINY)
+    missing = model.state_dict()
+    missing.pop(next(iter(missing)))
+    with pytest.raises(RuntimeError, match="missing keys") as caught:
+        model.load_state_dict(missing)
+    assert isinstance(caught.value, CheckpointError)
+    wrong = {key: torch.zeros(3) if i == 0 else value for i, (key, value) in enumerate(model.state_dict().items())}
+    with pytest.raises(RuntimeError, match="expected shape") as caught:
+        model.load_state_dict(wrong)
+    assert isinstance(caught.value, ShapeError)
+
+
+@pytest.mark.parametrize("convert", [lambda m: m.half(), lambda m: m.double(), lambda m: m.to(torch.float64)])
+def test_dtype_conversions_are_refused_and_leave_the_model_intact(convert):
+    model = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, device="cpu", **TINY).eval()
+    before = model.encode(torch.ones(2, 4)).deterministic
+    with pytest.raises(ConfigError, match="compute_dtype='bfloat16'"):
+        convert(model)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    torch.testing.assert_close(model.encode(torch.ones(2, 4)).deterministic, before)
+    model.to("cpu")  # moving devices still works
+
+
+def test_torch_compile_runs_the_model():
+    model = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, device="cpu", **TINY).eval()
+    compiled = torch.compile(model)
+    obs, actions = torch.randn(2, 3, 4), torch.eye(2)[torch.randint(0, 2, (2, 3))]
+    torch.testing.assert_close(compiled(obs, actions).deterministic, model(obs, actions).deterministic)
+
+
+def test_package_namespace_lists_the_api_only():
+    import worldloom_torch_compat as wl
+
+    names = dir(wl)
+    assert {"create_world_model", "training", "models", "core"} <= set(names)
+    assert not {"torch", "info", "model", "types"} & set(names)
+    assert wl.training.Trainer is not None

@@ -122,8 +122,16 @@ def test_reference_settings():
 
 
 @pytest.mark.skipif(bool([d for d in jax.devices() if d.platform == "gpu"]), reason="a GPU is present")
-def test_absent_default_device_falls_back_with_a_warning():
-    with pytest.warns(RuntimeWarning, match="device='cuda' is not available.*training on cpu"):
+def test_absent_default_device_falls_back_with_one_warning(monkeypatch):
+    import warnings
+
+    from worldloom.training import _trainer
+
+    monkeypatch.setattr(_trainer, "_WARNED_DEVICES", set())
+    with pytest.warns(RuntimeWarning, match="device='cuda' is not available.*training on cpu.*to silence"):
+        assert training_device("cuda").platform == "cpu"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second call in this process stays quiet
         assert training_device("cuda").platform == "cpu"
 
 

@@ -1,4 +1,4 @@
-"""The ``worldloom`` command: train, collect, evaluate, imagine, list-models.
+"""The ``worldloom`` command: train, collect, evaluate, imagine, agent, play, list-models.
 
 Examples::
 
@@ -6,7 +6,10 @@ Examples::
     worldloom collect --env CartPole-v1 --episodes 100 --out data.npz
     worldloom evaluate --model runs/cartpole/model --buffer runs/cartpole/test_buffer.npz
     worldloom imagine --model runs/cartpole/model --buffer runs/cartpole/test_buffer.npz --out plot.png
+    worldloom agent --env CartPole-v1 --algo dreamerv3 --steps 50000 --out runs/cartpole-agent
+    worldloom play runs/cartpole-agent --episodes 10 --video cartpole.gif
     worldloom list-models --verbose
+    worldloom --version
 """
 
 from __future__ import annotations
@@ -21,6 +24,12 @@ from pathlib import Path
 from worldloom.core.errors import ConfigError, WorldloomError
 
 
+def _setting(text: str) -> str:
+    if "=" not in text or not text.partition("=")[0].strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return text
+
+
 def _override(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -31,85 +40,152 @@ def _override(text: str) -> tuple[str, object]:
         return key.strip(), value
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("worldloom")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "unknown"
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` for flags with a value; not for switches or defaults left to the program."""
+
+    def _get_help_string(self, action):
+        unset = action.default is None or action.default is False or action.default == []
+        if unset or "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="worldloom", description="Latent world models (DreamerV3, TD-MPC2).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="collect episodes with a random policy and train a world model")
-    train.add_argument("--env", default="CartPole-v1", help="Gymnasium env id (default: CartPole-v1)")
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=text, description=text,
+                                   formatter_class=_Help)
+
+    train = command("train", "collect episodes with a random policy and train a world model")
+    train.add_argument("--env", default="CartPole-v1", help="Gymnasium env id")
     train.add_argument("--model", default="dreamerv3:size1m", help="preset, alias or saved directory")
-    train.add_argument("--episodes", type=int, default=100, help="training episodes to collect (default: 100)")
-    train.add_argument("--test-episodes", type=int, default=20, help="held-out episodes for the report (default: 20)")
-    train.add_argument("--steps", type=int, default=600, help="updates (default: 600)")
-    train.add_argument("--batch-size", type=int, default=16)
-    train.add_argument("--seq-len", type=int, default=32)
-    train.add_argument("--lr", type=float, default=3e-4, help="learning rate (default: 3e-4)")
-    train.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up (default: 0)")
-    train.add_argument("--steps-per-dispatch", type=int, default=10)
-    train.add_argument("--log-interval", type=int, default=50)
-    train.add_argument("--eval-interval", type=int, default=200)
-    train.add_argument("--save-interval", type=int, default=0, help="0: checkpoint only at the end / on Ctrl-C")
+    train.add_argument("--episodes", type=int, default=100, help="training episodes to collect")
+    train.add_argument("--test-episodes", type=int, default=20, help="held-out episodes for the report")
+    train.add_argument("--steps", type=int, default=600, help="updates")
+    train.add_argument("--batch-size", type=int, default=16, help="windows per update (B)")
+    train.add_argument("--seq-len", type=int, default=32, help="steps per window (T)")
+    train.add_argument("--lr", type=float, default=3e-4, help="learning rate")
+    train.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up (updates)")
+    train.add_argument("--steps-per-dispatch", type=int, default=10, help="updates run per jitted call")
+    train.add_argument("--log-interval", type=int, default=50, help="updates between logged losses")
+    train.add_argument("--eval-interval", type=int, default=200, help="updates between held-out evaluations")
+    train.add_argument("--save-interval", type=int, default=0,
+                       help="updates between checkpoints; 0: only at the end and on Ctrl-C")
     train.add_argument("--context", type=int, default=5, help="observed steps before imagining (plot)")
     train.add_argument("--horizon", type=int, default=15, help="imagined steps (plot)")
     train.add_argument("--set", dest="overrides", type=_override, action="append", default=[],
                        metavar="KEY=VALUE", help="model config override, e.g. --set deter=256 (repeatable)")
-    train.add_argument("--out", default="runs/worldloom", help="output directory (default: runs/worldloom)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", default="auto", help="cpu, cuda, tpu or auto (default: auto)")
-    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
+    train.add_argument("--out", default="runs/worldloom", help="output directory")
+    train.add_argument("--seed", type=int, default=0, help="seeds collection, model and sampling")
+    train.add_argument("--device", default="auto", help="cpu, cuda, tpu or auto")
+    train.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
+                       help="continue the run in RUN_DIR (alone: in OUT) from its checkpoints/; without it, "
+                            "a run never writes over an earlier one (OUT-2, OUT-3, ...)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    collect = commands.add_parser("collect", help="collect episodes into a replay buffer file")
-    collect.add_argument("--env", default="CartPole-v1")
-    collect.add_argument("--episodes", type=int, default=100)
-    collect.add_argument("--capacity", type=int, default=100_000)
+    collect = command("collect", "collect random-policy episodes into a replay buffer file")
+    collect.add_argument("--env", default="CartPole-v1", help="Gymnasium env id")
+    collect.add_argument("--episodes", type=int, default=100, help="episodes to collect")
+    collect.add_argument("--capacity", type=int, default=100_000, help="buffer capacity (transitions)")
     collect.add_argument("--out", required=True, help="the .npz file to write")
-    collect.add_argument("--seed", type=int, default=0)
+    collect.add_argument("--seed", type=int, default=0, help="seeds the environment and the random policy")
 
-    evaluate = commands.add_parser("evaluate", help="loss of a saved model on a buffer")
-    imagine = commands.add_parser("imagine", help="plot imagined versus real episodes of a buffer")
+    evaluate = command("evaluate", "loss of a saved model on a buffer")
+    imagine = command("imagine", "plot imagined versus real episodes of a buffer")
     for sub in (evaluate, imagine):
         sub.add_argument("--model", required=True, help="a directory written by save_pretrained")
         sub.add_argument("--buffer", required=True, help="a .npz replay buffer")
-        sub.add_argument("--device", default="auto")
-        sub.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--batch-size", type=int, default=16)
-    evaluate.add_argument("--seq-len", type=int, default=32)
-    evaluate.add_argument("--batches", type=int, default=8)
-    imagine.add_argument("--context", type=int, default=5)
-    imagine.add_argument("--horizon", type=int, default=15)
+        sub.add_argument("--device", default="auto", help="cpu, cuda, tpu or auto")
+        sub.add_argument("--seed", type=int, default=0, help="seeds window sampling")
+    evaluate.add_argument("--batch-size", type=int, default=16, help="windows per batch")
+    evaluate.add_argument("--seq-len", type=int, default=32, help="steps per window")
+    evaluate.add_argument("--batches", type=int, default=8, help="batches averaged")
+    imagine.add_argument("--context", type=int, default=5, help="observed steps before imagining")
+    imagine.add_argument("--horizon", type=int, default=15, help="imagined steps")
     imagine.add_argument("--out", default="imagination.png", help="PNG to write")
 
-    agent = commands.add_parser("agent", help="train an agent online in a Gymnasium environment")
-    agent.add_argument("--env", default="CartPole-v1", help="Gymnasium env id (default: CartPole-v1)")
-    agent.add_argument("--algo", choices=["dreamerv3", "tdmpc2"], default="dreamerv3")
+    agent = command("agent", "train an agent online in a Gymnasium environment")
+    agent.add_argument("--env", default="CartPole-v1", help="Gymnasium env id")
+    agent.add_argument("--algo", choices=["dreamerv3", "tdmpc2"], default="dreamerv3",
+                       help="DreamerV3 actor-critic or TD-MPC2 planning")
     agent.add_argument("--model", help="world-model preset (default: dreamerv3:size1m / tdmpc2:5m)")
-    agent.add_argument("--steps", type=int, default=50_000, help="environment steps (default: 50000)")
-    agent.add_argument("--num-envs", type=int, default=1)
+    agent.add_argument("--steps", type=int, default=50_000, help="environment steps")
+    agent.add_argument("--num-envs", type=int, default=1, help="environments stepped together")
     agent.add_argument("--train-ratio", type=float, default=32.0, help="DreamerV3 replayed steps per env step")
     agent.add_argument("--updates-per-step", type=float, default=1.0, help="TD-MPC2 updates per env step")
-    agent.add_argument("--batch-size", type=int)
-    agent.add_argument("--seq-len", type=int)
-    agent.add_argument("--lr", type=float)
+    agent.add_argument("--batch-size", type=int, help="windows per update (default: DreamerV3 16, TD-MPC2 256)")
+    agent.add_argument("--seq-len", type=int, help="steps per window (default: DreamerV3 64, TD-MPC2 4)")
+    agent.add_argument("--lr", type=float, help="learning rate (default: DreamerV3 4e-5, TD-MPC2 3e-4)")
     agent.add_argument("--seed-steps", type=int,
                        help="random-action steps before learning (default: DreamerV3 0, TD-MPC2 max(1000, 5 L))")
     agent.add_argument("--episodic", action=argparse.BooleanOptionalAction, default=None,
                        help="TD-MPC2: termination head and planning that stops at predicted terminations "
                             "(default: on when random actions reach a termination)")
-    agent.add_argument("--log-every", type=int, default=10, help="updates between logged losses (default: 10)")
-    agent.add_argument("--eval-every", type=int, default=5_000)
-    agent.add_argument("--eval-episodes", type=int, default=5)
-    agent.add_argument("--checkpoint-every", type=int, default=10_000)
-    agent.add_argument("--set", action="append", default=[], type=_override, metavar="KEY=VALUE",
-                       help="world-model config override (repeatable)")
-    agent.add_argument("--out", default="runs/agent", help="output directory (default: runs/agent)")
-    agent.add_argument("--seed", type=int, default=0)
-    agent.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
-    agent.add_argument("--no-progress", action="store_true")
+    agent.add_argument("--log-every", type=int, default=10, help="updates between logged losses")
+    agent.add_argument("--eval-every", type=int, default=5_000, help="environment steps between evaluations")
+    agent.add_argument("--eval-episodes", type=int, default=5, help="episodes per evaluation")
+    agent.add_argument("--checkpoint-every", type=int, default=10_000,
+                       help="environment steps between checkpoints; 0: only at the end")
+    agent.add_argument("--config", metavar="RUN_FILE",
+                       help="a YAML run file (a run directory's config.yaml); flags you type override it")
+    agent.add_argument("--set", action="append", default=[], type=_setting, metavar="KEY=VALUE",
+                       help="override any run field (batch_size=8) or world-model field (deter=256, or "
+                            "world_model.deter=256); applied last (repeatable)")
+    agent.add_argument("--out", default="runs/agent", help="output directory")
+    agent.add_argument("--seed", type=int, default=0, help="seeds environments, model and sampling")
+    agent.add_argument("--device", default="auto", help="cpu, cuda, tpu or auto")
+    agent.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
+                       help="continue the run in RUN_DIR (alone: in OUT) from its checkpoints/; without it, "
+                            "a run never writes over an earlier one (OUT-2, OUT-3, ...)")
+    agent.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    listing = commands.add_parser("list-models", help="available presets")
+    play = command("play", "watch a trained agent: evaluate a run's saved agent, optionally record a video")
+    play.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `worldloom agent`")
+    play.add_argument("--episodes", type=int, default=5, help="episodes to play")
+    play.add_argument("--seed", type=int, default=0, help="episode i starts from reset(seed=SEED + i)")
+    play.add_argument("--video", help="write the first episode to this .gif (or .mp4, with moviepy)")
+    play.add_argument("--fps", type=int, default=30, help="frames per second of the video")
+    play.add_argument("--device", default="auto", help="cpu, cuda, tpu or auto")
+
+    listing = command("list-models", "available presets")
     listing.add_argument("--verbose", action="store_true", help="sizes, parameter counts, descriptions")
     return parser
+
+
+def _run_dir(out: str, resume, checkpoints: str = "checkpoints") -> Path:
+    """The directory a run writes to: a new one per run, or the one ``--resume`` names.
+
+    Without ``--resume``, ``out`` when it does not exist or is empty, else the
+    first free ``out-2``, ``out-3``, ... (an earlier run is never written over).
+    ``--resume`` alone continues ``out``; ``--resume PATH`` continues ``PATH``.
+    """
+    if resume:
+        path = Path(out if resume is True else resume)
+        if not (path / checkpoints).is_dir():
+            raise ConfigError(f"--resume: expected a run directory holding {checkpoints}/, got {str(path)!r}.")
+        return path
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out: expected a directory, got the file {str(path)!r}.")
+    number = 1
+    while path.exists() and any(path.iterdir()):
+        number += 1
+        path = Path(f"{out}-{number}")
+    if number > 1:
+        print(f"{out} holds an earlier run; writing this one to {path}")
+    return path
 
 
 def _losses_text(losses: dict) -> str:
@@ -135,19 +211,30 @@ def cmd_train(args) -> dict:
 
     from worldloom import create_world_model
     from worldloom.core import registry
+    from worldloom.core.devices import resolve_device
     from worldloom.training import Trainer, TrainingConfig
     from worldloom.training.callbacks import LoggingCallback, ProgressCallback
     from worldloom.training.data import collect_episodes, make_env
     from worldloom.training.evaluation import evaluate_loss, open_loop_prediction, plot_open_loop
 
-    out = Path(args.out)
+    # Settings are checked before any episode is collected.
+    out = _run_dir(args.out, args.resume)
+    config = TrainingConfig(total_steps=args.steps, batch_size=args.batch_size, sequence_length=args.seq_len,
+                            learning_rate=args.lr, warmup_steps=args.warmup_steps, log_interval=args.log_interval,
+                            eval_interval=args.eval_interval, save_interval=args.save_interval, device=args.device,
+                            seed=args.seed, steps_per_dispatch=args.steps_per_dispatch,
+                            checkpoint_dir=str(out / "checkpoints"))
+    resolve_device(args.device)
+    for flag, value in (("--episodes", args.episodes), ("--test-episodes", args.test_episodes)):
+        if value < 1:
+            raise ConfigError(f"{flag}: expected at least 1 episode, got {value}.")
     out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     print(f"Collecting {args.episodes} + {args.test_episodes} random-policy episodes of {args.env} ...")
     env = make_env(args.env)
     try:
         buffer = collect_episodes(env, args.episodes, seed=args.seed)
-        test = collect_episodes(env, max(args.test_episodes, 1), seed=args.seed + 100_000)
+        test = collect_episodes(env, args.test_episodes, seed=args.seed + 100_000)
     finally:
         env.close()
     print(f"  train: {buffer.num_transitions} transitions in {buffer.num_episodes} episodes; "
@@ -162,19 +249,22 @@ def cmd_train(args) -> dict:
     model = create_world_model(args.model, obs_shape=buffer.obs_shape, action_dim=buffer.action_dim,
                                device=args.device, seed=args.seed, **overrides)
     print(f"Model {model!r}")
+    run_config = {"command": "train", "arguments": {k: v for k, v in vars(args).items() if k != "command"},
+                  "training": config.to_dict(), "model": model.config.to_dict()}
+    (out / "config.json").write_text(json.dumps(run_config, indent=2, default=str))
     seq_len = args.seq_len
+    if test.num_transitions < seq_len:
+        raise ConfigError(f"The held-out episodes hold {test.num_transitions} transitions, fewer than --seq-len "
+                          f"{seq_len}: raise --test-episodes (now {args.test_episodes}) or lower --seq-len.")
     before = evaluate_loss(model, test, args.batch_size, seq_len, num_batches=4, seed=args.seed)
 
-    config = TrainingConfig(total_steps=args.steps, batch_size=args.batch_size, sequence_length=seq_len,
-                            learning_rate=args.lr, warmup_steps=args.warmup_steps, log_interval=args.log_interval,
-                            eval_interval=args.eval_interval, save_interval=args.save_interval, device=args.device,
-                            seed=args.seed, steps_per_dispatch=args.steps_per_dispatch,
-                            checkpoint_dir=str(out / "checkpoints"))
     trainer = Trainer(model, config)
     if not args.no_progress:
         trainer.add_callback(ProgressCallback())
     trainer.add_callback(LoggingCallback(log_dir=out / "logs"))
-    model = trainer.train(buffer, resume=args.resume)
+    if args.resume:
+        print(f"Resuming {out} from {out / 'checkpoints'}")
+    model = trainer.train(buffer, resume=bool(args.resume))
 
     model.save_pretrained(out / "model")
     buffer.save(out / "buffer.npz")
@@ -200,7 +290,7 @@ def cmd_train(args) -> dict:
     for name, path in (("model", out / "model"), ("train buffer", out / "buffer.npz"),
                        ("held-out buffer", out / "test_buffer.npz"), ("TensorBoard logs", out / "logs"),
                        ("checkpoints", out / "checkpoints"), ("imagination plot", plot),
-                       ("summary", out / "summary.json")):
+                       ("summary", out / "summary.json"), ("run config", out / "config.json")):
         print(f"  {name:17s} {path}")
     return summary
 
@@ -247,21 +337,52 @@ def cmd_imagine(args) -> dict:
     return result
 
 
-def cmd_agent(args) -> dict:
-    from worldloom.agents import AgentRunConfig, run_agent
+def cmd_play(args) -> dict:
+    from worldloom.agents.play import play
 
-    config = AgentRunConfig(
-        env=args.env, algo=args.algo, model=args.model, total_steps=args.steps, num_envs=args.num_envs,
-        train_ratio=args.train_ratio, updates_per_step=args.updates_per_step, batch_size=args.batch_size,
-        sequence_length=args.seq_len, learning_rate=args.lr, seed_steps=args.seed_steps,
-        eval_every=args.eval_every, eval_episodes=args.eval_episodes, checkpoint_every=args.checkpoint_every,
-        out_dir=args.out, seed=args.seed, episodic=args.episodic, log_every=args.log_every)
-    result = run_agent(config, progress=not args.no_progress, resume=args.resume, **dict(args.set))
+    result = play(args.run_dir, episodes=args.episodes, seed=args.seed, video=args.video, fps=args.fps,
+                  device=args.device)
+    returns = result["returns"]
+    print(f"{len(returns)} episodes from seed {args.seed}: return {sum(returns) / len(returns):.1f} mean, "
+          f"{min(returns):.1f} to {max(returns):.1f}; lengths {result['lengths']}")
+    if result["video"]:
+        print(f"video of episode 0: {result['video']}")
+    return result
+
+
+# ``worldloom agent`` flags and the AgentRunConfig fields they set.
+AGENT_FLAGS = {"env": "env", "algo": "algo", "model": "model", "steps": "total_steps", "num_envs": "num_envs",
+               "train_ratio": "train_ratio", "updates_per_step": "updates_per_step", "batch_size": "batch_size",
+               "seq_len": "sequence_length", "lr": "learning_rate", "seed_steps": "seed_steps",
+               "episodic": "episodic", "log_every": "log_every", "eval_every": "eval_every",
+               "eval_episodes": "eval_episodes", "checkpoint_every": "checkpoint_every", "out": "out_dir",
+               "seed": "seed", "device": "device"}
+
+
+def _given_flags(args) -> dict:
+    """Run fields set by flags the user typed (not argparse defaults), so a run file's values stand otherwise."""
+    agent_parser = _parser()._subparsers._group_actions[0].choices["agent"]
+    for action in agent_parser._actions:
+        action.default = argparse.SUPPRESS
+    typed = vars(agent_parser.parse_args(args.argv_tail))
+    return {AGENT_FLAGS[dest]: value for dest, value in typed.items() if dest in AGENT_FLAGS}
+
+
+def cmd_agent(args) -> dict:
+    from worldloom.agents import run_agent
+    from worldloom.agents.run_file import resolve_run
+
+    flags = _given_flags(args)
+    if args.config is None:  # no run file: the flags' defaults are the run's
+        flags = {field: getattr(args, dest) for dest, field in AGENT_FLAGS.items()}
+    config, model_overrides = resolve_run(args.config, flags, args.set)
+    config = config.replace(out_dir=str(_run_dir(config.out_dir, args.resume)))
+    result = run_agent(config, progress=not args.no_progress, resume=bool(args.resume), **model_overrides)
     final = result["final_eval_return"]
-    print(f"{args.algo} on {args.env}: final evaluation return {final if final is None else round(final, 1)} "
-          f"after {args.steps} steps and {result['updates']} updates ({result['wall_time'] / 60:.1f} min)")
+    print(f"{config.algo} on {config.env}: final evaluation return {final if final is None else round(final, 1)} "
+          f"after {config.total_steps} steps and {result['updates']} updates ({result['wall_time'] / 60:.1f} min)")
     print(f"learning curve: {result['curves']}\nagent: {result['out_dir']}/agent\n"
-          f"TensorBoard: tensorboard --logdir {result['out_dir']}/tensorboard")
+          f"TensorBoard: tensorboard --logdir {result['out_dir']}/logs")
     return result
 
 
@@ -283,9 +404,11 @@ def cmd_list_models(args) -> None:
 
 def main(argv=None) -> int:
     """Entry point of the ``worldloom`` command; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    args.argv_tail = argv[argv.index(args.command) + 1:]
     handlers = {"train": cmd_train, "collect": cmd_collect, "evaluate": cmd_evaluate, "imagine": cmd_imagine,
-                "agent": cmd_agent, "list-models": cmd_list_models}
+                "agent": cmd_agent, "play": cmd_play, "list-models": cmd_list_models}
     try:
         handlers[args.command](args)
     except WorldloomError as err:

@@ -78,6 +78,11 @@ __all__ = [
 ]
 
 
+def __dir__():
+    # The public names and the subpackages; not the modules the imports above bind.
+    return sorted([*__all__, "core", "models", "training"])
+
+
 def __getattr__(name: str):
     # ``worldloom_torch_compat.training`` (and ``.models``, ``.core``) without importing them first.
     if name in ("training", "models", "core"):

@@ -95,24 +95,35 @@ def pull(module: nn.Module, paths: list[str], params: Any) -> None:
         target.copy_(to_torch(leaf, target.device))
 
 
+class StateDictError(CheckpointError, RuntimeError):
+    """A state dict with missing or unexpected keys; a RuntimeError too, as torch raises there."""
+
+
+class StateDictShapeError(ShapeError, RuntimeError):
+    """A state-dict tensor of the wrong shape; a RuntimeError too, as torch raises there."""
+
+
 def check_state_dict(module: nn.Module, state_dict, strict: bool) -> None:
     """Raise worldloom errors for a ``state_dict`` that does not fit ``module``.
 
+    Both are also ``RuntimeError`` (what ``torch.nn.Module.load_state_dict``
+    raises), so ``except RuntimeError`` catches them as it would in torch.
+
     Raises:
-        CheckpointError: missing or unexpected keys (when ``strict``).
-        ShapeError: a tensor whose shape differs from the Parameter's.
+        StateDictError: (a CheckpointError) missing or unexpected keys (when ``strict``).
+        StateDictShapeError: (a ShapeError) a tensor whose shape differs from the Parameter's.
     """
     own = module.state_dict(keep_vars=True)
     if strict:
         missing = sorted(set(own) - set(state_dict))
         unexpected = sorted(set(state_dict) - set(own))
         if missing or unexpected:
-            raise CheckpointError(
+            raise StateDictError(
                 f"state_dict does not fit this model: missing keys {missing[:5]}"
                 f"{' ...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
                 f"{' ...' if len(unexpected) > 5 else ''} (expected the {len(own)} keys of model.state_dict())."
             )
     for key, value in state_dict.items():
         if key in own and tuple(getattr(value, "shape", ())) != tuple(own[key].shape):
-            raise ShapeError(f"state_dict[{key!r}]: expected shape {list(own[key].shape)}, "
+            raise StateDictShapeError(f"state_dict[{key!r}]: expected shape {list(own[key].shape)}, "
                              f"got {list(getattr(value, 'shape', ()))}.")

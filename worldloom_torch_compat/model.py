@@ -154,8 +154,20 @@ class WorldModel(nn.Module):
 
     def _apply(self, fn, recurse: bool = True):
         # .to(), .cuda(), .cpu() and friends move the Parameters; the JAX handle follows.
+        # A dtype change (.half(), .double(), .to(torch.float64)) is refused: the JAX
+        # computation keeps float32 params, so converted Parameters would only pretend.
+        before = {name: param.dtype for name, param in self.named_parameters()}
         out = super()._apply(fn, recurse)
         if "_paths" in self.__dict__:
+            changed = {name: param.dtype for name, param in self.named_parameters() if param.dtype != before[name]}
+            if changed:
+                for name, param in self.named_parameters():
+                    param.data = param.data.to(before[name])
+                raise ConfigError(
+                    f"{type(self).__name__}: expected the Parameters to stay {before[next(iter(changed))]}, got a "
+                    f"conversion to {next(iter(changed.values()))}. worldloom computes with float32 params; for "
+                    "bfloat16 matmuls set compute_dtype='bfloat16' in the model config. Moving devices "
+                    "(.to('cuda'), .cpu()) works.")
             self.jax_model.to(jax_device(self.device))
         return out
 
@@ -205,6 +217,9 @@ class WorldModel(nn.Module):
 
     # ------------------------------------------------------------ edge
 
+    # torch.compile: dynamo does not trace into JAX, which compiles the work itself;
+    # the edge runs eagerly inside a compiled caller (a graph break).
+    @torch.compiler.disable
     def _call(self, method: str, *args, **kwargs) -> Any:
         """Run ``jax_model.<method>(*args, **kwargs)`` on torch inputs, differentiably."""
         handle = self.sync_to_jax()

@@ -22,6 +22,7 @@ import numpy as np
 from worldloom.agents._run_io import LoopState, load_checkpoint, plot_curves, save_checkpoint
 from worldloom.agents.collect import EpisodeCollector, StreamCollector, env_action
 from worldloom.agents.dreamer import DreamerAgent
+from worldloom.agents.run_file import write_run
 from worldloom.agents.tdmpc2 import TDMPC2Agent
 from worldloom.core.config import ConfigBase, require
 from worldloom.core.errors import TrainingError
@@ -76,6 +77,8 @@ class AgentRunConfig(ConfigBase):
     """Environment steps between checkpoints (0: only at the end)."""
     buffer_capacity: int = 1_000_000
     out_dir: str = "runs/agent"
+    device: str = "auto"
+    """Where the agent computes: ``"cpu"``, ``"cuda"``, ``"tpu"`` or ``"auto"`` (the fastest present)."""
     seed: int = 0
     on_nonfinite: str = "stop"
     """A NaN/inf loss, gradient or updated state: "stop" (TrainingError), "skip" (drop the update) or "ignore"."""
@@ -129,7 +132,7 @@ def make_agent(config: AgentRunConfig, obs_shape, action_dim: int, discrete: boo
     if config.algo == "tdmpc2" and episode_length:
         overrides.setdefault("episode_length", int(episode_length))
     model = create_world_model(config.resolved("model"), obs_shape=obs_shape, action_dim=action_dim,
-                               action_type=kind, seed=config.seed, **overrides)
+                               action_type=kind, seed=config.seed, device=config.device, **overrides)
     if config.algo == "dreamerv3":
         return DreamerAgent(model, seed=config.seed)
     return TDMPC2Agent(model, seed_steps=seed_steps_for(config, episode_length), seed=config.seed)
@@ -196,7 +199,7 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
     Args:
         config: The run.
         progress: Show a tqdm progress bar.
-        resume: Continue from ``out_dir/checkpoint`` when it exists (episodes in
+        resume: Continue from ``out_dir/checkpoints`` when it exists (episodes in
             flight are restarted; replay, params, optimiser and counters resume).
         **model_overrides: World-model config overrides (e.g. ``deter=256``).
 
@@ -204,22 +207,27 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
         ``{"eval": [(env_step, mean_return), ...], "final_eval_return", "wall_time",
         "out_dir", "curves"}``.
     """
-    import gymnasium as gym
     from tensorboardX import SummaryWriter
-    from tqdm.auto import tqdm
 
+    from worldloom.core.devices import resolve_device
+    from worldloom.core.progress import progress as progress_display
+    from worldloom.training.data import make_env
+
+    resolve_device(config.device)  # an absent device fails before any environment is made
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    envs = [gym.make(config.env) for _ in range(config.num_envs)]
+    envs = [make_env(config.env) for _ in range(config.num_envs)]
     obs_shape, action_dim, discrete = _spaces(envs[0])
     episode_length = envs[0].spec.max_episode_steps if envs[0].spec is not None else None
-    resolved = config.to_dict()
+    resolved = {}
     if config.algo == "tdmpc2":
         episodic = config.episodic if config.episodic is not None else terminates(config.env, config.seed)
         model_overrides.setdefault("episodic", bool(episodic))
         resolved["episodic"] = bool(model_overrides["episodic"])
-    (out / "run_config.json").write_text(json.dumps(resolved, indent=2))
+    run_overrides = {key: value for key, value in model_overrides.items() if key != "episodic"}
     agent = make_agent(config, obs_shape, action_dim, discrete, episode_length, **model_overrides)
+    write_run(out / "config.yaml", config.replace(episodic=resolved.get("episodic", config.episodic)),
+              run_overrides)
     batch_size, seq_len = config.resolved("batch_size"), config.resolved("sequence_length")
     settings = OptimizerSettings(learning_rate=config.resolved("learning_rate"), grad_clip=config.resolved("grad_clip"),
                                  warmup_steps=config.resolved("warmup_steps"))
@@ -227,7 +235,7 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
                            label=lambda update_number: f"update {update_number}")
     update = agent.make_update(settings, skip_nonfinite=guard.active)
     step_fn = jax.jit(update.step, donate_argnums=0)
-    writer = SummaryWriter(str(out / "tensorboard"))
+    writer = SummaryWriter(str(out / "logs"))
     loop = LoopState()
 
     def on_episode(episode_return: float, length: int) -> None:
@@ -239,18 +247,20 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
     capacity = min(config.buffer_capacity, config.total_steps + 1000)
     collector = collector_type(envs, agent, capacity, discrete, config.seed, on_episode)
     train_state = update.init(agent.params)
-    checkpoint_dir = out / "checkpoint"
+    checkpoint_dir = out / "checkpoints"
     if resume and checkpoint_dir.exists():
         train_state, restored = load_checkpoint(checkpoint_dir, train_state, agent, collector)
         vars(loop).update(vars(restored))
         agent.load_params(update.params(train_state))
+        print(f"Resuming {out} from environment step {loop.env_step} ({loop.updates} updates done)")
     per_step = (config.train_ratio / (batch_size * seq_len) if config.algo == "dreamerv3"
                 else config.updates_per_step)
     seed_steps = seed_steps_for(config, episode_length)
     rng = np.random.default_rng(config.seed + loop.env_step)
     collector.reset([config.seed + 1000 * i + loop.env_step for i in range(len(envs))], agent)
-    bar = tqdm(total=config.total_steps, initial=loop.env_step, unit="step", disable=not progress,
-               desc=f"{config.algo} {config.env}")
+    bar = progress_display(config.total_steps, initial=loop.env_step, disable=not progress,
+                           desc=f"{config.algo} {config.env}")
+    compiled = False
     started, metrics = time.time(), {}
     next_eval = (loop.env_step // config.eval_every + 1) * config.eval_every
     every = config.checkpoint_every
@@ -290,6 +300,9 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
                     if not guard.active or float(metrics_i[SKIPPED]) == 0.0:
                         collector.write_back(where, context)
                 agent.load_params(update.params(train_state))
+                if dispatched and not compiled:  # leave the compiling first update out of the rate and ETA
+                    compiled = True
+                    bar.restart_clock()
             if loop.env_step >= next_eval or loop.env_step >= config.total_steps:
                 next_eval += config.eval_every
                 if config.eval_episodes:
@@ -327,7 +340,7 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
         "out_dir": str(out),
         "curves": str(curves),
     }
-    (out / "result.json").write_text(json.dumps(result, indent=2))
+    (out / "summary.json").write_text(json.dumps(result, indent=2))
     return result
 
 

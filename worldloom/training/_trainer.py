@@ -33,14 +33,23 @@ _RUN_FIELDS = ("batch_size", "sequence_length", "learning_rate", "weight_decay",
                "seed", "eval_fraction", "device_replay")
 
 
+_WARNED_DEVICES: set[str] = set()
+
+
 def training_device(name: str) -> jax.Device:
-    """The device named ``name``, or the best present one (with a warning) when it is absent."""
+    """The device named ``name``, or the best present one when it is absent.
+
+    The fallback is announced with a RuntimeWarning once per process and device name.
+    """
     try:
         return resolve_device(name)
     except DeviceError as err:
         fallback = resolve_device("auto")
-        warnings.warn(f"TrainingConfig.device={name!r} is not available ({err}); training on "
-                      f"{device_name(fallback)} instead.", RuntimeWarning, stacklevel=3)
+        if name not in _WARNED_DEVICES:
+            _WARNED_DEVICES.add(name)
+            warnings.warn(f"TrainingConfig.device={name!r} is not available ({err}); training on "
+                          f"{device_name(fallback)} instead. Pass device='auto' (or the device you have) "
+                          "to silence this.", RuntimeWarning, stacklevel=3)
         return fallback
 
 

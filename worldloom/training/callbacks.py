@@ -60,32 +60,45 @@ class Callback:
 
 
 class ProgressCallback(Callback):
-    """A tqdm progress bar with the latest losses and updates per second.
+    """A progress bar with the latest losses and updates per second.
+
+    On a terminal it is a tqdm bar; redirected to a file it writes a plain
+    line every ``interval`` seconds instead of redrawing at every step. The
+    rate and ETA leave out the first dispatch, which includes compilation.
 
     Args:
         refresh_every: Steps between postfix updates.
         keys: Loss names shown besides ``loss`` (those present).
+        file: Where to write (default ``sys.stderr``).
+        interval: Seconds between lines when ``file`` is not a terminal.
     """
 
-    def __init__(self, refresh_every: int = 10, keys: tuple = ("loss/rec", "loss/rew", "loss/consistency")):
+    def __init__(self, refresh_every: int = 10, keys: tuple = ("loss/rec", "loss/rew", "loss/consistency"),
+                 file=None, interval: float = 30.0):
         self.refresh_every = max(1, int(refresh_every))
         self.keys = tuple(keys)
+        self.file, self.interval = file, interval
         self.bar = None
         self._eval = None
 
     def on_train_begin(self, trainer) -> None:
-        from tqdm.auto import tqdm
+        from worldloom.core.progress import progress
 
         super().on_train_begin(trainer)
         total = trainer.config.total_steps
-        self.bar = tqdm(total=total, initial=min(trainer.step, total), unit="step", dynamic_ncols=True,
-                        desc="train", file=sys.stderr)
+        self.bar = progress(total, initial=min(trainer.step, total), desc="train", file=self.file or sys.stderr,
+                            interval=self.interval)
         self._mark = (time.perf_counter(), trainer.step)
+        self._compiled = False
 
     def on_step_end(self, step: int, losses: dict[str, float]) -> None:
         if self.bar is None:
             return
         self.bar.update(1)
+        if not self._compiled:  # the first step's dispatch carried the compilation
+            self._compiled = True
+            self.bar.restart_clock()
+            self._mark = (time.perf_counter(), step)
         if step % self.refresh_every == 0:
             now = time.perf_counter()
             then, then_step = self._mark

@@ -1,0 +1,132 @@
+"""Watching a trained agent: evaluate a run's saved agent and record a video of it.
+
+``play(run_dir, episodes=5, seed=0, video="cartpole.gif")`` loads
+``run_dir/agent`` and the environment id from ``run_dir/config.yaml`` (what
+``run_agent`` and ``worldloom agent`` write), plays ``episodes`` episodes one
+after another (episode ``i`` from ``reset(seed=seed + i)``) and returns their
+returns. With ``video``, the first episode is rendered (``rgb_array``) and
+written: a ``.gif`` with Pillow, an ``.mp4`` through Gymnasium's
+``RecordVideo`` (which needs ``moviepy``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from worldloom.agents.collect import env_action
+from worldloom.core.errors import CheckpointError, ConfigError
+
+
+def load_run_agent(run_dir, device=None):
+    """``(agent, env_id)`` of a run directory written by :func:`run_agent`."""
+    import yaml
+
+    from worldloom.agents._run_io import read_agent_meta
+    from worldloom.agents.dreamer import DreamerAgent
+    from worldloom.agents.tdmpc2 import TDMPC2Agent
+
+    run_dir = Path(run_dir)
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        config["env"], config["algo"]
+    except (OSError, yaml.YAMLError, TypeError, KeyError) as err:
+        raise CheckpointError(f"Expected a run directory of `worldloom agent` with config.yaml, got "
+                              f"{str(run_dir)!r}: {err}") from err
+    algo = read_agent_meta(run_dir / "agent", config.get("algo", "")).get("algo")
+    agent_type = {"dreamerv3": DreamerAgent, "tdmpc2": TDMPC2Agent}[algo]
+    return agent_type.load(run_dir / "agent", device=device), config["env"]
+
+
+def play(run_dir, episodes: int = 5, seed: int = 0, video=None, fps: int = 30, device=None) -> dict:
+    """Play a run's saved agent; returns ``{"returns", "lengths", "video"}``.
+
+    Args:
+        run_dir: A directory written by ``worldloom agent`` / :func:`run_agent`.
+        episodes: Episodes to play (TD-MPC2 plans without exploration noise;
+            DreamerV3 samples its policy, as the reference evaluates).
+        seed: Episode ``i`` starts from ``reset(seed=seed + i)``.
+        video: Path of a ``.gif`` or ``.mp4`` of the first episode, or None.
+        fps: Frames per second of the video.
+
+    Raises:
+        CheckpointError: ``run_dir`` holds no saved agent or config.
+        ConfigError: ``episodes < 1`` or a video suffix other than .gif/.mp4.
+    """
+    from worldloom.training.data import make_env
+
+    if episodes < 1:
+        raise ConfigError(f"episodes: expected at least 1, got {episodes}.")
+    video = None if video is None else Path(video)
+    if video is not None and video.suffix.lower() not in (".gif", ".mp4"):
+        raise ConfigError(f"video: expected a .gif or .mp4 path, got {str(video)!r}.")
+    agent, env_id = load_run_agent(run_dir, device=device)
+    returns, lengths = [], []
+    for episode in range(episodes):
+        record = video is not None and episode == 0
+        env = make_env(env_id, render_mode="rgb_array") if record else make_env(env_id)
+        frames = []
+        try:
+            if record and video.suffix.lower() == ".mp4":
+                env = _mp4_recorder(env, video, fps)
+            total, length = _episode(agent, env, seed + episode, frames if record else None)
+        finally:
+            env.close()
+        returns.append(total)
+        lengths.append(length)
+        if record and video.suffix.lower() == ".gif":
+            _write_gif(frames, video, fps)
+        elif record:
+            os.replace(video.parent / f"{video.stem}-episode-0.mp4", video)
+    return {"returns": returns, "lengths": lengths, "video": None if video is None else str(video)}
+
+
+def _episode(agent, env, seed: int, frames: list | None) -> tuple[float, int]:
+    import gymnasium as gym
+
+    discrete = isinstance(env.action_space, gym.spaces.Discrete)
+    obs, _ = env.reset(seed=seed)
+    agent.reset(1)
+    first, total, length, done = True, 0.0, 0, False
+    if frames is not None:
+        frames.append(env.render())
+    while not done:
+        action = agent.act(np.asarray(obs)[None], np.array([first]), greedy=agent.algo == "tdmpc2")[0]
+        obs, reward, terminated, truncated, _ = env.step(env_action(action, env, discrete))
+        first, done = False, terminated or truncated
+        total, length = total + float(reward), length + 1
+        if frames is not None:
+            frames.append(env.render())
+    return total, length
+
+
+def _write_gif(frames: list, path: Path, fps: int) -> None:
+    """An animated GIF of ``frames`` (``[H, W, 3]`` uint8), written to a temporary name and renamed."""
+    from PIL import Image
+
+    images = [Image.fromarray(np.asarray(frame, np.uint8)) for frame in frames]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".gif", dir=path.parent)
+    os.close(handle)
+    try:
+        images[0].save(tmp, save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)), loop=0)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _mp4_recorder(env, path: Path, fps: int):
+    try:
+        import moviepy  # noqa: F401
+    except ImportError as err:
+        raise ConfigError("An .mp4 video needs moviepy (pip install moviepy), which Gymnasium's RecordVideo "
+                          "writes with; a .gif needs nothing more.") from err
+    from gymnasium.wrappers import RecordVideo
+
+    env.metadata["render_fps"] = fps
+    return RecordVideo(env, str(path.parent), name_prefix=path.stem, episode_trigger=lambda index: index == 0,
+                       disable_logger=True)
