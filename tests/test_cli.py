@@ -32,7 +32,8 @@ def run_dir(tmp_path_factory):
 
 def test_train_writes_model_buffers_logs_plot_and_summary(run_dir, capsys):
     names = set(os.listdir(run_dir))
-    assert {"model", "buffer.npz", "test_buffer.npz", "logs", "checkpoints", "imagination.png", "summary.json"} <= names
+    assert {"model", "buffer.npz", "test_buffer.npz", "logs", "checkpoints", "imagination.png", "summary.json",
+            "config.yaml"} <= names
     assert (run_dir / "model" / "config.json").is_file()
     assert any(n.startswith("events.out.tfevents") for n in os.listdir(run_dir / "logs"))
     assert (run_dir / "imagination.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -41,6 +42,8 @@ def test_train_writes_model_buffers_logs_plot_and_summary(run_dir, capsys):
     assert summary["steps"] == 8 and not summary["interrupted"]
     assert summary["heldout_loss_after"]["loss"] < summary["heldout_loss_before"]["loss"]
     assert summary["open_loop"]["horizon"] == 5 and summary["open_loop"]["obs_mse"] >= 0
+    # CartPole pays 1 per step: the reward baseline is the training mean, exact by construction, and said so.
+    assert summary["open_loop"]["rewards_constant"] and summary["open_loop"]["reward_baseline"] == 1.0
     assert [step for step, _ in summary["eval_history"]] == [4, 8]
     buffer = ReplayBuffer.load(run_dir / "buffer.npz")
     assert buffer.num_episodes == 8 and buffer.obs_shape == (4,) and buffer.action_dim == 2
@@ -178,3 +181,20 @@ def test_a_run_file_reproduces_a_run_and_set_reaches_every_field(tmp_path):
                          (["--set", "total_step=5"], "Did you mean"),):
         out = _worldloom("agent", "--config", str(saved), *bad)
         assert out.returncode == 2 and message in out.stderr, out.stderr
+
+
+def test_train_run_file_reproduces_and_set_reaches_training_fields(run_dir, tmp_path):
+    import yaml
+
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["steps"] == 8 and saved["world_model"]["deter"] == 64 and "grad_clip" in saved["training"]
+    out = tmp_path / "again"
+    assert main(["train", "--config", str(run_dir / "config.yaml"), "--steps", "4", "--out", str(out),
+                 "--set", "grad_clip=1.5", "--no-progress"]) == 0
+    again = yaml.safe_load((out / "config.yaml").read_text())
+    assert (again["steps"], again["episodes"], again["training"]["grad_clip"]) == (4, 8, 1.5)
+    assert again["world_model"] == saved["world_model"]
+    assert json.loads((out / "summary.json").read_text())["steps"] == 4
+    (tmp_path / "bad.yaml").write_text("episode: 3\n")
+    bad = _worldloom("train", "--config", str(tmp_path / "bad.yaml"))
+    assert bad.returncode == 2 and "Did you mean 'episodes'" in bad.stderr

@@ -40,6 +40,47 @@ def _override(text: str) -> tuple[str, object]:
         return key.strip(), value
 
 
+# ``worldloom train`` flags and the TrainingConfig fields they set.
+TRAIN_FLAGS = {"steps": "total_steps", "batch_size": "batch_size", "seq_len": "sequence_length",
+               "lr": "learning_rate", "warmup_steps": "warmup_steps", "steps_per_dispatch": "steps_per_dispatch",
+               "log_interval": "log_interval", "eval_interval": "eval_interval", "save_interval": "save_interval",
+               "device": "device", "seed": "seed"}
+# Flags that describe an invocation, not a run: never read from or written to a run file.
+_NOT_IN_RUN_FILE = {"command", "argv_tail", "config", "resume", "no_progress", "overrides", "training"}
+
+
+def _train_file_argv(path, train_parser: argparse.ArgumentParser) -> tuple[list[str], dict]:
+    """Flags for the settings of a ``train`` run file, and its ``training`` section (TrainingConfig fields)."""
+    import difflib
+
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError as err:
+        raise ConfigError(f"--config: expected a run file, got {str(path)!r}, which does not exist.") from err
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"--config: could not read {str(path)!r}: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config: expected a mapping of settings in {str(path)!r}, got {type(data).__name__}.")
+    flags = {action.dest: action for action in train_parser._actions if action.option_strings}
+    argv = []
+    for key, value in data.items():
+        if key == "world_model":
+            argv += [item for name, v in (value or {}).items() for item in ("--set", f"{name}={json.dumps(v)}")]
+        elif key in flags and key not in _NOT_IN_RUN_FILE:
+            option = flags[key].option_strings[-1]
+            if value is True or value is False:
+                argv += [option] if value else []
+            elif value is not None:
+                argv += [option, str(value)]
+        elif key != "training":
+            close = difflib.get_close_matches(key, [k for k in flags if k not in _NOT_IN_RUN_FILE], n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"--config {path}: no train setting {key!r}.{hint}")
+    return argv, dict(data.get("training") or {})
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -85,8 +126,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="updates between checkpoints; 0: only at the end and on Ctrl-C")
     train.add_argument("--context", type=int, default=5, help="observed steps before imagining (plot)")
     train.add_argument("--horizon", type=int, default=15, help="imagined steps (plot)")
+    train.add_argument("--config", metavar="RUN_FILE",
+                       help="a YAML run file (a run directory's config.yaml); flags you type override it")
     train.add_argument("--set", dest="overrides", type=_override, action="append", default=[],
-                       metavar="KEY=VALUE", help="model config override, e.g. --set deter=256 (repeatable)")
+                       metavar="KEY=VALUE", help="override a TrainingConfig field (grad_clip=1.0) or a model "
+                                                 "config field (deter=256); applied last (repeatable)")
     train.add_argument("--out", default="runs/worldloom", help="output directory")
     train.add_argument("--seed", type=int, default=0, help="seeds collection, model and sampling")
     train.add_argument("--device", default="auto", help="cpu, cuda, tpu or auto")
@@ -200,14 +244,21 @@ def _report_open_loop(result: dict) -> list[str]:
     if "obs_mse" in result:
         lines.append(f"    obs MSE     {result['obs_mse']:.4f}  (repeat-last-obs baseline "
                      f"{result['obs_mse_baseline']:.4f})")
-    lines.append(f"    reward MAE  {result['reward_mae']:.4f}  (mean-reward baseline "
-                 f"{result['reward_mae_baseline']:.4f})")
+    line = (f"    reward MAE  {result['reward_mae']:.4f}  (baseline: predict the training mean reward "
+            f"{result['reward_baseline']:.3g}, MAE {result['reward_mae_baseline']:.4f})")
+    if result.get("rewards_constant"):
+        first = float(result["real_rewards"].flat[0])
+        line += (f"; every held-out reward is {first:g}, so a constant predictor can be exact and this baseline "
+                 "is trivial: read the MAE as how close the model gets to it")
+    lines.append(line)
     return lines
 
 
 def cmd_train(args) -> dict:
     """``worldloom train``: collect, train with progress and TensorBoard, save, evaluate, plot."""
     import gymnasium as gym
+    import numpy as np
+    import yaml
 
     from worldloom import create_world_model
     from worldloom.core import registry
@@ -219,11 +270,12 @@ def cmd_train(args) -> dict:
 
     # Settings are checked before any episode is collected.
     out = _run_dir(args.out, args.resume)
-    config = TrainingConfig(total_steps=args.steps, batch_size=args.batch_size, sequence_length=args.seq_len,
-                            learning_rate=args.lr, warmup_steps=args.warmup_steps, log_interval=args.log_interval,
-                            eval_interval=args.eval_interval, save_interval=args.save_interval, device=args.device,
-                            seed=args.seed, steps_per_dispatch=args.steps_per_dispatch,
-                            checkpoint_dir=str(out / "checkpoints"))
+    training_fields = set(TrainingConfig.field_names())
+    training = dict(args.training)  # a run file's TrainingConfig fields, then --set ones
+    training.update({key: value for key, value in args.overrides if key in training_fields})
+    model_sets = [(key, value) for key, value in args.overrides if key not in training_fields]
+    config = TrainingConfig(**{**{field: getattr(args, dest) for dest, field in TRAIN_FLAGS.items()},
+                               "checkpoint_dir": str(out / "checkpoints"), **training})
     resolve_device(args.device)
     for flag, value in (("--episodes", args.episodes), ("--test-episodes", args.test_episodes)):
         if value < 1:
@@ -240,7 +292,7 @@ def cmd_train(args) -> dict:
     print(f"  train: {buffer.num_transitions} transitions in {buffer.num_episodes} episodes; "
           f"held out: {test.num_transitions} in {test.num_episodes}")
 
-    overrides = dict(args.overrides)
+    overrides = dict(model_sets)
     discrete = isinstance(env.action_space, gym.spaces.Discrete)
     if not Path(args.model).exists():
         family, _ = registry.resolve(args.model)
@@ -249,9 +301,13 @@ def cmd_train(args) -> dict:
     model = create_world_model(args.model, obs_shape=buffer.obs_shape, action_dim=buffer.action_dim,
                                device=args.device, seed=args.seed, **overrides)
     print(f"Model {model!r}")
-    run_config = {"command": "train", "arguments": {k: v for k, v in vars(args).items() if k != "command"},
-                  "training": config.to_dict(), "model": model.config.to_dict()}
-    (out / "config.json").write_text(json.dumps(run_config, indent=2, default=str))
+    # The run file: every flag's value, the model overrides and the TrainingConfig fields no flag sets.
+    run_config = {k: v for k, v in vars(args).items() if k not in _NOT_IN_RUN_FILE}
+    run_config["out"] = str(out)
+    run_config["world_model"] = dict(model_sets)
+    run_config["training"] = {k: v for k, v in config.to_dict().items()
+                              if k not in TRAIN_FLAGS.values() and k != "checkpoint_dir"}
+    (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(run_config, default=str)), sort_keys=False))
     seq_len = args.seq_len
     if test.num_transitions < seq_len:
         raise ConfigError(f"The held-out episodes hold {test.num_transitions} transitions, fewer than --seq-len "
@@ -263,14 +319,17 @@ def cmd_train(args) -> dict:
         trainer.add_callback(ProgressCallback())
     trainer.add_callback(LoggingCallback(log_dir=out / "logs"))
     if args.resume:
-        print(f"Resuming {out} from {out / 'checkpoints'}")
+        steps = sorted(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*") if p.name[5:].isdigit())
+        print(f"Resuming {out} from step {steps[-1] if steps else 0} ({out / 'checkpoints'})")
     model = trainer.train(buffer, resume=bool(args.resume))
 
     model.save_pretrained(out / "model")
     buffer.save(out / "buffer.npz")
     test.save(out / "test_buffer.npz")
     after = evaluate_loss(model, test, args.batch_size, seq_len, num_batches=4, seed=args.seed)
-    result = open_loop_prediction(model, test, context=args.context, horizon=args.horizon)
+    train_reward = float(np.concatenate([buffer.episode(i)["rewards"] for i in range(buffer.num_episodes)]).mean())
+    result = open_loop_prediction(model, test, context=args.context, horizon=args.horizon,
+                                  baseline_reward=train_reward)
     plot = plot_open_loop(result, out / "imagination.png",
                           title=f"{args.env}: {model.family} after {trainer.step} updates (held-out episode)")
     summary = {
@@ -284,13 +343,15 @@ def cmd_train(args) -> dict:
     print(f"\nTrained {trainer.step} updates in {summary['seconds']:.0f} s"
           + (" (interrupted)" if trainer.interrupted else ""))
     print(f"  final train losses: {_losses_text(trainer.last_losses)}")
-    print(f"  held-out loss: {before['loss']:.4f} before training -> {after['loss']:.4f} after")
+    print(f"  held-out loss on test_buffer.npz ({test.num_episodes} episodes never trained on): "
+          f"{before['loss']:.4f} before training -> {after['loss']:.4f} after "
+          "(the progress bar's `eval` is the Trainer's eval split of the training episodes)")
     print("\n".join(_report_open_loop(result)))
     print("Files:")
     for name, path in (("model", out / "model"), ("train buffer", out / "buffer.npz"),
                        ("held-out buffer", out / "test_buffer.npz"), ("TensorBoard logs", out / "logs"),
                        ("checkpoints", out / "checkpoints"), ("imagination plot", plot),
-                       ("summary", out / "summary.json"), ("run config", out / "config.json")):
+                       ("summary", out / "summary.json"), ("run config", out / "config.yaml")):
         print(f"  {name:17s} {path}")
     return summary
 
@@ -407,6 +468,17 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     args.argv_tail = argv[argv.index(args.command) + 1:]
+    args.training = {}
+    if args.command == "train" and args.config:
+        parser = _parser()
+        train_parser = parser._subparsers._group_actions[0].choices["train"]
+        try:
+            file_argv, training = _train_file_argv(args.config, train_parser)
+        except ConfigError as err:
+            print(f"worldloom train: error: {err}", file=sys.stderr)
+            return 2
+        args = parser.parse_args(["train", *file_argv, *args.argv_tail])  # flags you type come last and win
+        args.argv_tail, args.training = argv[argv.index("train") + 1:], training
     handlers = {"train": cmd_train, "collect": cmd_collect, "evaluate": cmd_evaluate, "imagine": cmd_imagine,
                 "agent": cmd_agent, "play": cmd_play, "list-models": cmd_list_models}
     try:

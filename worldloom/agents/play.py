@@ -64,6 +64,9 @@ def play(run_dir, episodes: int = 5, seed: int = 0, video=None, fps: int = 30, d
     if video is not None and video.suffix.lower() not in (".gif", ".mp4"):
         raise ConfigError(f"video: expected a .gif or .mp4 path, got {str(video)!r}.")
     agent, env_id = load_run_agent(run_dir, device=device)
+    if video is not None and not os.environ.get("DISPLAY"):  # render off-screen; no window system to talk to
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+        os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
     returns, lengths = [], []
     for episode in range(episodes):
         record = video is not None and episode == 0

@@ -55,7 +55,7 @@ def _episodes(buffer: ReplayBuffer, context: int, horizon: int, max_episodes: in
 
 
 def open_loop_prediction(model, buffer: ReplayBuffer, context: int = 5, horizon: int = 15,
-                         max_episodes: int = 16) -> dict[str, Any]:
+                         max_episodes: int = 16, baseline_reward: float | None = None) -> dict[str, Any]:
     """Observe ``context`` steps of held episodes, imagine ``horizon`` more with their real actions.
 
     Uses the newest ``max_episodes`` episodes with at least ``context +
@@ -69,7 +69,10 @@ def open_loop_prediction(model, buffer: ReplayBuffer, context: int = 5, horizon:
         ``context``, ``horizon``, and errors: ``obs_mse`` against the
         persistence baseline ``obs_mse_baseline`` (repeat the last observed
         observation), ``reward_mae`` against ``reward_mae_baseline`` (predict
-        the mean reward of the chosen episodes).
+        ``baseline_reward`` at every step: pass the training data's mean
+        reward for an out-of-sample baseline; by default the mean reward of
+        the chosen episodes themselves), and ``rewards_constant`` (every
+        target reward is the same, so a constant predictor can be exact).
     """
     context = max(1, int(context))
     episodes, horizon = _episodes(buffer, context, int(horizon), int(max_episodes))
@@ -93,12 +96,15 @@ def open_loop_prediction(model, buffer: ReplayBuffer, context: int = 5, horizon:
     finally:
         model.train(was_training)
     target_rewards = rewards[:, context - 1:length - 1]
-    mean_reward = float(np.mean(np.concatenate([e["rewards"] for e in episodes])))
+    mean_reward = (float(np.mean(np.concatenate([e["rewards"] for e in episodes]))) if baseline_reward is None
+                   else float(baseline_reward))
     result = {
         "context": context, "horizon": horizon, "num_episodes": len(episodes),
         "real_obs": obs, "real_rewards": rewards, "pred_rewards": pred_rewards,
         "reward_mae": float(np.mean(np.abs(pred_rewards - target_rewards))),
         "reward_mae_baseline": float(np.mean(np.abs(mean_reward - target_rewards))),
+        "reward_baseline": mean_reward,
+        "rewards_constant": bool(np.all(target_rewards == target_rewards.flat[0])),
         "pred_obs": None,
     }
     if pred_obs is not None:
