@@ -49,6 +49,7 @@ def test_discrete_policy_has_no_unimix():
     assert float(policy_entropy(raw, True)[0]) == pytest.approx(float(-(probs * jnp.log(probs)).sum()), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_replay_value_loss_trains_the_world_model(stream_batch):
     agent = _dreamer()
     params = agent.params
@@ -74,6 +75,7 @@ def test_replay_value_loss_trains_the_world_model(stream_batch):
     assert float(optax.global_norm(grads["rssm"])) > 0.0 and float(optax.global_norm(grads["encoder"])) > 0.0
 
 
+@pytest.mark.slow
 def test_window_from_its_stored_latent_continues_the_unbroken_scan(stream_batch):
     agent = _dreamer()
     fns, wm = agent.world_model.functions, agent.world_model.params
@@ -92,6 +94,7 @@ def test_window_from_its_stored_latent_continues_the_unbroken_scan(stream_batch)
     np.testing.assert_array_equal(post.stochastic, whole.stochastic[:, 1:])
 
 
+@pytest.mark.slow
 def test_terminal_reward_and_continue_come_from_the_posterior(stream_batch):
     agent = _dreamer()
     fns, wm = agent.world_model.functions, agent.world_model.params
@@ -125,6 +128,7 @@ def test_replay_returns_at_episode_ends():
     assert float(returns[0, 0]) == pytest.approx(expected0)
 
 
+@pytest.mark.slow
 def test_stream_collector_rows_follow_the_reference_layout():
     env = gym.make("CartPole-v1")
     agent = _dreamer()
@@ -149,6 +153,7 @@ def test_stream_collector_rows_follow_the_reference_layout():
     np.testing.assert_allclose(data["deter"][0, rows - 1], deter[0], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_random_actions_feed_the_acting_latent():
     agent = _dreamer()
     agent.reset(1)
@@ -176,6 +181,7 @@ def test_stream_replay_write_back_and_files(tmp_path):
     np.testing.assert_array_equal(again.sample(3, 4)[0]["obs"], replay.sample(3, 4)[0]["obs"])
 
 
+@pytest.mark.slow
 def test_no_transition_is_lost_across_evaluations(tmp_path):
     config = AgentRunConfig(env="CartPole-v1", algo="dreamerv3", total_steps=150, train_ratio=8, batch_size=2,
                             sequence_length=8, eval_every=10, eval_episodes=1, checkpoint_every=0,
@@ -199,6 +205,7 @@ def _tdmpc(obs_shape=(4,), episodic=False, **overrides):
                               episodic=episodic, **{**TDMPC_TINY, **overrides})
 
 
+@pytest.mark.slow
 def test_planner_stops_at_a_predicted_termination():
     model = _tdmpc(episodic=True)
     params = model.params
@@ -235,6 +242,7 @@ def test_episode_uniform_windows_end_on_the_final_observation():
     assert bool(jnp.all(chunks.terminals[-1][ends] == 1.0))
 
 
+@pytest.mark.slow
 def test_image_observations_are_shifted_when_acting_too():
     rng = np.random.default_rng(0)
     obs = rng.integers(0, 255, (1, 64, 64, 3), dtype=np.uint8)
@@ -250,6 +258,7 @@ def test_image_observations_are_shifted_when_acting_too():
     assert len({a.tobytes() for a in plain}) == 1
 
 
+@pytest.mark.slow
 def test_episodic_mode_follows_the_environment(tmp_path):
     assert terminates("CartPole-v1", 0) and not terminates("Pendulum-v1", 0, steps=400)
     config = AgentRunConfig(env="CartPole-v1", algo="tdmpc2", total_steps=60, seed_steps=40, batch_size=4,
@@ -258,6 +267,7 @@ def test_episodic_mode_follows_the_environment(tmp_path):
     assert TDMPC2Agent.load(tmp_path / "run" / "agent").world_model.config.episodic
 
 
+@pytest.mark.slow
 def test_evaluation_keeps_the_kept_plan():
     model = create_world_model("tdmpc2:1m", obs_shape=(3,), action_dim=1, action_type="continuous", **TDMPC_TINY)
     agent = TDMPC2Agent(model)

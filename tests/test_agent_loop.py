@@ -21,6 +21,7 @@ def _dreamer_config(tmp_path, total_steps):
                           checkpoint_every=100, out_dir=str(tmp_path / "run"), seed=3)
 
 
+@pytest.mark.slow
 def test_dreamer_loop_resume_and_reload(tmp_path, capsys):
     from worldloom.cli import main
 
@@ -55,6 +56,7 @@ def test_dreamer_loop_resume_and_reload(tmp_path, capsys):
         np.testing.assert_array_equal(agent.act(obs[t], first, key=key), again.act(obs[t], first, key=key))
 
 
+@pytest.mark.slow
 def test_tdmpc2_loop_on_pendulum(tmp_path):
     config = AgentRunConfig(env="Pendulum-v1", algo="tdmpc2", total_steps=260, seed_steps=200, batch_size=8,
                             eval_every=260, eval_episodes=1, checkpoint_every=0, out_dir=str(tmp_path / "run"))
@@ -76,6 +78,7 @@ def test_tdmpc2_loop_on_pendulum(tmp_path):
 
 @pytest.mark.parametrize("env_id, obs_shape, action_dim, kind", [("CartPole-v1", (4,), 2, "discrete"),
                                                                   ("Pendulum-v1", (3,), 1, "continuous")])
+@pytest.mark.slow
 def test_side_by_side_evaluation_matches_one_episode_at_a_time(env_id, obs_shape, action_dim, kind):
     model = create_world_model("tdmpc2:1m", obs_shape=obs_shape, action_dim=action_dim, action_type=kind,
                                **TDMPC_TINY)

@@ -360,6 +360,7 @@ def run_killed_save(path):
     assert result.returncode == -9, result.stderr.decode()
 
 
+@pytest.mark.slow
 def test_a_killed_save_keeps_the_old_file_and_its_temp_is_removed_at_the_next_open_and_save(tmp_path):
     path = saved_buffer(tmp_path, episodes=2)
     before = path.read_bytes()

@@ -61,6 +61,7 @@ def read_scalars(log_dir) -> dict:
     return scalars
 
 
+@pytest.mark.slow
 def test_logging_checkpoints_and_progress_in_one_run(buffer, tmp_path, capsys):
     logs, ckpt = tmp_path / "logs", tmp_path / "ckpt"
     checkpoint = CheckpointCallback(save_dir=ckpt, save_every=2, keep_last=2)
@@ -90,6 +91,7 @@ def test_logging_checkpoints_and_progress_in_one_run(buffer, tmp_path, capsys):
     assert meta["data"]["eval_segments"] is not None
 
 
+@pytest.mark.slow
 def test_resume_rejects_corrupt_or_foreign_checkpoints(buffer, tmp_path):
     Trainer(make_model(), make_config(total_steps=4), [CheckpointCallback(tmp_path, save_every=None)]).train(buffer)
     assert sorted(os.listdir(tmp_path)) == ["best", "step_00000004"]  # save_every=None: only at the end
@@ -107,6 +109,7 @@ def test_resume_rejects_corrupt_or_foreign_checkpoints(buffer, tmp_path):
         Trainer(make_model(), make_config(), resume_from=tmp_path / "step_00000004").train(buffer)
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_training(buffer):
     stopper = EarlyStoppingCallback(monitor="loss", patience=2, min_delta=1e9)  # nothing counts as better
     trainer = Trainer(make_model(), make_config(total_steps=40), [stopper])

@@ -171,6 +171,7 @@ def test_an_overwritten_model_is_loadable_at_every_moment(tmp_path, monkeypatch)
     assert same(leaves(create_world_model(str(path)).params), leaves(make_model(seed=4).params))
 
 
+@pytest.mark.slow
 def test_a_kill_between_the_renames_of_a_replace_leaves_the_old_model(tmp_path):
     """Without an atomic exchange, a replace renames the old model away, then the new one in; kill -9 between."""
     result = run_child(f"""
@@ -237,6 +238,7 @@ def test_config_and_weights_are_checked_against_each_other(tmp_path):
         create_world_model(str(path))
 
 
+@pytest.mark.slow
 def test_damaged_weights_name_the_file_and_print_no_tracebacks(tmp_path):
     result = run_child(f"""
         import glob, json, os, time
@@ -404,6 +406,7 @@ def test_a_monitor_that_never_appears_warns_once_with_close_matches():
         EarlyStoppingCallback(mode="best")
 
 
+@pytest.mark.slow
 def test_save_best_keeps_the_best_model_apart_from_keep_last(buffer, reference, tmp_path):
     directory = tmp_path / "ckpt"
     trainer = Trainer(make_model(), make_config(), [CheckpointCallback(directory, save_every=2, keep_last=1)])

@@ -30,6 +30,7 @@ def run_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_train_writes_model_buffers_logs_plot_and_summary(run_dir, capsys):
     names = set(os.listdir(run_dir))
     assert {"model", "buffer.npz", "test_buffer.npz", "logs", "checkpoints", "imagination.png", "summary.json",
@@ -49,6 +50,7 @@ def test_train_writes_model_buffers_logs_plot_and_summary(run_dir, capsys):
     assert buffer.num_episodes == 8 and buffer.obs_shape == (4,) and buffer.action_dim == 2
 
 
+@pytest.mark.slow
 def test_evaluate_and_imagine_a_saved_model(run_dir, tmp_path, capsys):
     capsys.readouterr()
     common = ["--model", str(run_dir / "model"), "--buffer", str(run_dir / "test_buffer.npz"), "--device", "cpu"]
@@ -76,6 +78,7 @@ def test_list_models_through_python_dash_m():
     assert "dreamerv3:size1m" in out and "dreamerv3:size12m" in out
 
 
+@pytest.mark.slow
 def test_list_models_verbose(capsys):
     assert main(["list-models", "--verbose"]) == 0
     out = capsys.readouterr().out
@@ -88,6 +91,7 @@ def _worldloom(*args, timeout=120):
                           timeout=timeout, env=env)
 
 
+@pytest.mark.slow
 def test_version_and_help_show_defaults():
     from importlib.metadata import version
 
@@ -107,12 +111,14 @@ def test_version_and_help_show_defaults():
     (("train", "--device", "cuda"), "Device 'cuda' is not available"),
     (("agent", "--device", "cuda"), "Device 'cuda' is not available"),
 ])
+@pytest.mark.slow
 def test_bad_settings_fail_before_collecting(tmp_path, args, message):
     out = _worldloom(*args, "--out", str(tmp_path / "run"))
     assert out.returncode == 2 and message in out.stderr
     assert "Collecting" not in out.stdout and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_each_run_gets_its_own_directory_and_resume_names_one(tmp_path):
     sets = ["--set", "deter=64", "--set", "hidden=32", "--set", "units=32", "--set", "classes=4", "--set", "stoch=4"]
     args = ["agent", "--steps", "30", "--train-ratio", "8", "--batch-size", "2", "--seq-len", "8", "--eval-every",
@@ -136,6 +142,7 @@ def test_each_run_gets_its_own_directory_and_resume_names_one(tmp_path):
     assert missing.returncode == 2 and "expected a run directory holding checkpoints/" in missing.stderr
 
 
+@pytest.mark.slow
 def test_play_evaluates_a_saved_agent_and_writes_a_gif(tmp_path):
     from PIL import Image
 
@@ -157,6 +164,7 @@ def test_play_evaluates_a_saved_agent_and_writes_a_gif(tmp_path):
     assert bad.returncode == 2 and "config.yaml" in bad.stderr
 
 
+@pytest.mark.slow
 def test_a_run_file_reproduces_a_run_and_set_reaches_every_field(tmp_path):
     import yaml
 
@@ -183,6 +191,7 @@ def test_a_run_file_reproduces_a_run_and_set_reaches_every_field(tmp_path):
         assert out.returncode == 2 and message in out.stderr, out.stderr
 
 
+@pytest.mark.slow
 def test_train_run_file_reproduces_and_set_reaches_training_fields(run_dir, tmp_path):
     import yaml
 

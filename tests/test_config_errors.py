@@ -35,6 +35,7 @@ def test_values_are_not_silently_coerced(overrides, message):
         create_world_model("dreamerv3:size1m", **args)
 
 
+@pytest.mark.slow
 def test_numpy_scalars_and_lists_are_accepted_as_their_python_types():
     import numpy as np
 

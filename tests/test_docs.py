@@ -15,6 +15,7 @@ def python_blocks(path: Path) -> list[str]:
     return BLOCK.findall(path.read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", [p for p in DOCS if python_blocks(p)], ids=lambda p: p.name)
 def test_doc_code_runs(path, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

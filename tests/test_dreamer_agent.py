@@ -69,6 +69,7 @@ def test_policy_distribution(discrete):
         assert float(jnp.exp(policy_log_prob(raw, jnp.eye(4)[None, 1], True))[0]) > 0.0025
 
 
+@pytest.mark.slow
 def test_imagination_shapes():
     wm = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, action_type="discrete", **TINY)
     agent = DreamerAgent(wm)
@@ -79,6 +80,7 @@ def test_imagination_shapes():
     np.testing.assert_array_equal(states.features[0], start.features)
 
 
+@pytest.mark.slow
 def test_update_runs_and_checkpoint_acts_identically(tmp_path, rng, stream_batch):
     wm = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, action_type="discrete", **TINY)
     agent = DreamerAgent(wm, DreamerAgentConfig(imag_horizon=3), seed=1)

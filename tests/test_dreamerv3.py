@@ -37,6 +37,7 @@ def test_size12m_parts_match_reference_split():
                      "continue": 656_129, "encoder": 220_416}
 
 
+@pytest.mark.slow
 def test_scanned_observe_equals_python_loop(rng):
     cfg = DreamerV3Config(**TINY, obs_shape=(5,), action_dim=3)
     fns = DreamerV3Functions(cfg)
@@ -80,6 +81,7 @@ def _pattern_episodes(rng, episodes, length=8):
     return dict(obs=obs, actions=actions, rewards=rewards, continues=continues, is_first=is_first)
 
 
+@pytest.mark.slow
 def test_learns_pattern_and_imagines_its_rewards(rng):
     model = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=1, seed=0, **TINY)
     update = model.make_update(OptimizerSettings(learning_rate=3e-3))
@@ -107,6 +109,7 @@ def test_learns_pattern_and_imagines_its_rewards(rng):
     assert float(jnp.mean(traj.continues[:-1])) > 0.8
 
 
+@pytest.mark.slow
 def test_loss_terms_and_shapes(rng):
     model = create_world_model("dreamerv3:size1m", obs_shape=(3, 2), action_dim=2,
                                action_type="discrete", **TINY)
@@ -123,6 +126,7 @@ def test_loss_terms_and_shapes(rng):
     assert model.decode(state)["obs"].shape == (2, 3, 2)
 
 
+@pytest.mark.slow
 def test_image_observations_uint8_and_float(rng):
     model = create_world_model("dreamerv3:size1m", obs_shape=(16, 16, 3), action_dim=2, **TINY)
     images = rng.integers(0, 255, size=(2, 3, 16, 16, 3), dtype=np.uint8)
@@ -135,6 +139,7 @@ def test_image_observations_uint8_and_float(rng):
     assert recon.shape == (2, 16, 16, 3) and float(recon.min()) >= 0.0 and float(recon.max()) <= 1.0
 
 
+@pytest.mark.slow
 def test_bad_shapes_raise_clear_errors():
     model = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, **TINY)
     with pytest.raises(ShapeError, match=r"obs: expected shape \[B, 4\], got \[3, 5\]"):

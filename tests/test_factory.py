@@ -21,6 +21,7 @@ from worldloom import (
 TINY = dict(deter=64, hidden=32, units=32, classes=4, stoch=4, depth=2)
 
 
+@pytest.mark.slow
 def test_list_models_names_every_preset():
     names = list_models()
     for size in ("size1m", "size12m", "size25m", "size50m", "size100m", "size200m", "size400m"):
@@ -48,6 +49,7 @@ def test_unknown_preset_names_the_available_ones():
     assert "dreamerv3:size12m" in message and "dreamer-small" in message and "size3m" in message
 
 
+@pytest.mark.slow
 def test_overrides_apply_and_unknown_override_is_named():
     model = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=3, action_type="discrete", **TINY)
     assert model.config.deter == 64 and model.config.action_type == "discrete"

@@ -92,6 +92,7 @@ def test_settings_are_validated():
     assert issubclass(TrainingError, WorldloomError) and issubclass(TrainingError, RuntimeError)
 
 
+@pytest.mark.slow
 def test_stop_names_the_step_and_keeps_the_last_good_checkpoint(buffer, tmp_path):
     directory = tmp_path / "ckpt"
     good = Trainer(dreamer(), config(checkpoint_dir=str(directory), save_interval=2)).train(buffer)
@@ -118,6 +119,7 @@ def test_stop_names_the_step_and_keeps_the_last_good_checkpoint(buffer, tmp_path
     assert resumed.train(buffer) is not None and resumed.step == 6 and finite(resumed.model.params)
 
 
+@pytest.mark.slow
 def test_stop_with_dispatches_in_flight_drops_the_state(buffer):
     # With max_in_flight=2 the second dispatch has run from the halted state by the time the first is read.
     model = dreamer()
@@ -128,6 +130,7 @@ def test_stop_with_dispatches_in_flight_drops_the_state(buffer):
     assert trainer.state is None and trainer.step == 0 and same(leaves(model.params), initial)
 
 
+@pytest.mark.slow
 def test_stop_mid_dispatch_reports_only_the_updates_before(extreme_buffer):
     # Batches are drawn per step, so the window with the extreme observation is update 7's whatever K is.
     record = Record()
@@ -143,6 +146,7 @@ def test_stop_mid_dispatch_reports_only_the_updates_before(extreme_buffer):
     assert finite(model.params) and same(leaves(model.params), leaves(trainer.program.update.params(trainer.state)))
 
 
+@pytest.mark.slow
 def test_skip_leaves_the_state_unchanged_and_counts(extreme_buffer):
     record = Record()
     trainer = Trainer(tdmpc(), config(total_steps=12, batch_size=2, sequence_length=4, warmup_steps=0,
@@ -156,6 +160,7 @@ def test_skip_leaves_the_state_unchanged_and_counts(extreme_buffer):
     assert finite(model.params) and same(leaves(model.params), record.params[12])
 
 
+@pytest.mark.slow
 def test_skip_stops_after_too_many_in_a_row(buffer):
     record = Record()
     model = dreamer()
@@ -169,6 +174,7 @@ def test_skip_stops_after_too_many_in_a_row(buffer):
     assert same(leaves(model.params), initial)  # no update applied
 
 
+@pytest.mark.slow
 def test_ignore_lets_non_finite_params_through(buffer):
     trainer = Trainer(dreamer(), config(total_steps=2, learning_rate=INF, on_nonfinite="ignore"))
     model = trainer.train(buffer)
@@ -190,6 +196,7 @@ def test_host_guard_counts_runs_across_dispatches():
 # ------------------------------------------------------------ agents
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["dreamerv3", "tdmpc2"])
 def test_agent_update_skips_a_non_finite_update(algo, rng, stream_batch):
     if algo == "dreamerv3":
@@ -221,6 +228,7 @@ def _dreamer_run(tmp_path, **changes):
     return AgentRunConfig(**values)
 
 
+@pytest.mark.slow
 def test_run_agent_stops_before_the_checkpoint(tmp_path):
     # From environment step 40 on, half an update is owed per step: the first runs at step 41.
     with pytest.raises(TrainingError) as caught:
@@ -233,6 +241,7 @@ def test_run_agent_stops_before_the_checkpoint(tmp_path):
     assert not (tmp_path / "run" / "agent").exists()
 
 
+@pytest.mark.slow
 def test_run_agent_skips_and_counts(tmp_path):
     # The pretraining burst of 200 updates once the first (200-step) episode is stored; every one dropped.
     config = AgentRunConfig(env="Pendulum-v1", algo="tdmpc2", total_steps=200, seed_steps=200, batch_size=8,

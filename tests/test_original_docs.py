@@ -107,6 +107,7 @@ def make_model(face: str, family: str, obs_shape: tuple):
                                                             device="cpu")
 
 
+@pytest.mark.slow
 @needs_spec
 @pytest.mark.parametrize("face", FACES)
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -143,6 +144,7 @@ def test_protocol_page(workdir, family, face):
             assert ours == documented, name
 
 
+@pytest.mark.slow
 @needs_spec
 @pytest.mark.parametrize("face", FACES)
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -195,6 +197,7 @@ def test_factory_page(workdir, face):
     assert model.config.enc_layers == model.config.dec_layers == 3
 
 
+@pytest.mark.slow
 @needs_spec
 @pytest.mark.parametrize("face", FACES)
 def test_config_page(workdir, face):
@@ -289,6 +292,7 @@ def test_aliases_are_the_documented_presets(alias, preset):
     assert f"{family.name}:{name}" == preset == MODEL_ALIASES[alias]
 
 
+@pytest.mark.slow
 def test_auto_names_dispatch_over_the_registry(tmp_path):
     import worldloom
 
@@ -312,6 +316,7 @@ def test_docs_mapping_table_is_written_from_the_configs_alias_tables():
     assert original_names_table(DreamerV3Config, TDMPC2Config) in text
 
 
+@pytest.mark.slow
 def test_auto_names_on_the_torch_face_give_torch_modules_and_channels_first_configs(tmp_path):
     pytest.importorskip("torch")
     import torch

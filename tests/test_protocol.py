@@ -34,6 +34,7 @@ def assert_states_close(a: LatentState, b: LatentState) -> None:
             np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-5, err_msg=name)
 
 
+@pytest.mark.slow
 def test_one_step_observe_loop_equals_the_sequence_posterior(model):
     obs, actions = sequence()
     states = model.observe_sequence(obs, actions)
@@ -48,6 +49,7 @@ def test_one_step_observe_loop_equals_the_sequence_posterior(model):
         assert state.stochastic is None and state.features is state.deterministic
 
 
+@pytest.mark.slow
 def test_sequence_posterior_from_a_state_continues_the_unbroken_sequence(model):
     obs, actions = sequence(1)
     whole = model.observe_sequence(obs, actions)
@@ -56,6 +58,7 @@ def test_sequence_posterior_from_a_state_continues_the_unbroken_sequence(model):
     assert_states_close(rest, whole[:, 3:])
 
 
+@pytest.mark.slow
 def test_predict_is_one_imagination_step(model):
     obs, actions = sequence(2)
     state = model.encode(obs[:, 0])
@@ -99,6 +102,7 @@ def test_wrong_kinds_of_argument_raise_shape_errors(model, call, message):
         call(model, state, obs, actions)
 
 
+@pytest.mark.slow
 def test_torch_face_one_step_observe_and_channels_first_images():
     torch = pytest.importorskip("torch")
     import worldloom_torch_compat as face

@@ -68,6 +68,7 @@ def replay_run(buffer, tmp_path_factory):
     return {"params": leaves(model), "losses": losses.values, "trainer": trainer, "dir": directory}
 
 
+@pytest.mark.slow
 def test_one_compile_per_shape_for_host_batches_and_device_replay(buffer, replay_run):
     trainer = Trainer(make_model(), TrainingConfig(total_steps=10, **RUN))  # dispatches of 4, 4 and 2
     trainer.train(buffer)
@@ -82,6 +83,7 @@ def test_one_compile_per_shape_for_host_batches_and_device_replay(buffer, replay
     assert trainer.compile_count == 2 and program.traces == 2 and len(program.runners) == 2
 
 
+@pytest.mark.slow
 def test_device_replay_trains_and_is_reproducible(buffer, replay_run):
     losses = replay_run["losses"]
     assert len(losses) == 24 and np.all(np.isfinite(losses))
@@ -122,6 +124,7 @@ def test_device_windows_follow_the_host_sampler_definitions():
     assert np.asarray(batch["is_first"]).any() and (np.asarray(batch["continues"]) == 0).any()
 
 
+@pytest.mark.slow
 def test_bf16_compute_losses_agree_with_f32(buffer):
     """bf16 matmuls with f32 params, norms and losses: the same losses to within 2% on a fixed batch.
 
@@ -201,6 +204,7 @@ _DATA_PARALLEL_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_data_parallel_on_four_fake_devices_matches_one_device(tmp_path, replay_run):
     """24 updates of B=8 on 4 devices (2 windows each) end where the 1-device run ends.
 

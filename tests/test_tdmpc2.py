@@ -115,6 +115,7 @@ def test_running_scale_tracks_the_trimmed_spread():
     assert float(scale.update(scale.init(), jnp.zeros(10)).value) == 1.0  # spread below 1 counts as 1
 
 
+@pytest.mark.slow
 def test_reward_and_q_predict_zero_at_initialisation(model):
     fns, params = model.functions, model.params
     z = model.encode(np.random.default_rng(0).normal(size=(5, OBS_DIM))).features
@@ -171,6 +172,7 @@ def test_latent_rollout_scan_matches_python_loop(model):
     assert traj.continues.shape == (3, 4)
 
 
+@pytest.mark.slow
 def test_planning_value_scan_matches_python_loop(model):
     fns, params = model.functions, model.params
     rng = np.random.default_rng(2)
@@ -196,6 +198,7 @@ def test_planning_value_scan_matches_python_loop(model):
 # ---------------------------------------------------------------- alignment and masking
 
 
+@pytest.mark.slow
 def test_windows_are_cut_into_horizon_chunks():
     batch_size, length = 2, 5
     rows = np.broadcast_to(np.arange(length, dtype=np.float32), (batch_size, length))
@@ -249,6 +252,7 @@ def trained_heads(model):
     return {**model.params, "reward": reward, "Qs": {"ensemble": {"mlp": q_mlp}}}
 
 
+@pytest.mark.slow
 def test_initial_loss_has_the_reference_reduction(model):
     losses = _losses(model, _window_batch(np.random.default_rng(0)))
     # Zero logits cost ln(101) per entry; steps weighted 1, 0.5, 0.25 and divided by the horizon.
@@ -260,6 +264,7 @@ def test_initial_loss_has_the_reference_reduction(model):
     assert losses["loss"] == pytest.approx(20 * losses["loss/consistency"] + 0.1 * expected * 2, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_new_episode_masks_the_rest_of_the_chunk(model, trained_heads):
     rng = np.random.default_rng(1)
     batch = _window_batch(rng)
@@ -330,6 +335,7 @@ def sample_windows(data, rng, batch_size, length):
             "is_first": np.zeros((batch_size, length), bool)}
 
 
+@pytest.mark.slow
 def test_training_on_pendulum_lowers_the_model_losses(pendulum_episodes, model):
     """Consistency, reward, value and their total fall within 100 updates.
 
@@ -364,6 +370,7 @@ def test_training_on_pendulum_lowers_the_model_losses(pendulum_episodes, model):
                            new_state["target_q"], expected)
 
 
+@pytest.mark.slow
 def test_policy_update_climbs_a_fixed_critic(model, trained_heads):
     fns, scale = model.functions, running_scale(0.01)
     zs = model.encode(np.random.default_rng(8).normal(size=(64, OBS_DIM))).features.reshape(4, 16, 32)
@@ -405,6 +412,7 @@ def test_encoder_learns_at_a_scaled_rate(model):
 # ---------------------------------------------------------------- acting
 
 
+@pytest.mark.slow
 def test_act_plans_with_warm_start_and_policy(model):
     obs = np.array([1.0, 0.0, 0.0], np.float32)
     action = model.act(obs, t0=True)
@@ -436,6 +444,7 @@ def variant():
                               task_dim=4, action_type="discrete", enc_dim=32, mlp_dim=32, latent_dim=16)
 
 
+@pytest.mark.slow
 def test_episodic_multitask_discrete_model_trains(variant):
     assert variant.params["task_emb"]["embedding"].shape == (3, 4) and "termination" in variant.params
     batch = _window_batch(np.random.default_rng(3), batch_size=4)
@@ -451,6 +460,7 @@ def test_episodic_multitask_discrete_model_trains(variant):
         variant.prepare_batch({k: v for k, v in batch.items() if k != "task"})
 
 
+@pytest.mark.slow
 def test_episodic_multitask_heads(variant):
     obs = np.ones((2, OBS_DIM), np.float32)
     state = variant.encode(obs, task=[0, 0])
@@ -463,6 +473,7 @@ def test_episodic_multitask_heads(variant):
         variant.encode(obs, task=[0, 3])
 
 
+@pytest.mark.slow
 def test_pixel_encoder_and_shift_augmentation():
     config = dict(obs_shape=(64, 64, 3), num_channels=8, latent_dim=128, mlp_dim=32)
     pixels = create_world_model("tdmpc2:1m", action_dim=2, **config)

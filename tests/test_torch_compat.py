@@ -149,6 +149,7 @@ def test_deepcopy_and_pickle_give_independent_equal_models(model):
 # ---------------------------------------------------------------- protocol methods
 
 
+@pytest.mark.slow
 def test_methods_take_and_return_torch_tensors(model):
     model.eval()  # the tests share eval-mode programs: fewer compilations
     obs = torch.randn(2, 4)
@@ -193,6 +194,7 @@ def test_user_errors_raise_worldloom_types(model):
     assert isinstance(model.jax_model.params["reward"]["Dense_0"]["Dense_0"]["bias"], jax.Array)
 
 
+@pytest.mark.slow
 def test_image_observations_are_channels_first():
     model = create_world_model("dreamerv3:size1m", obs_shape=(3, 16, 16), action_dim=2, device="cpu",
                                cnn_mults=(2,), depth=4, **TINY)
@@ -224,6 +226,7 @@ def directional_fd(fn, tensor, direction, eps=3e-3):
     return (values[0] - values[1]) / (2 * eps)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["reward.Dense_0.Dense_0.kernel", "decoder.NormAct_1.Dense_0.Dense_0.kernel"])
 def test_parameter_gradient_matches_finite_differences(model, name):
     # Training mode with a fixed key: the latents are sampled, but from the same
@@ -244,6 +247,7 @@ def test_parameter_gradient_matches_finite_differences(model, name):
     assert analytic == pytest.approx(numeric, rel=1e-2)
 
 
+@pytest.mark.slow
 def test_action_gradient_of_imagine(model):
     model.eval()
     gen = torch.Generator().manual_seed(3)
@@ -290,6 +294,7 @@ def test_no_grad_builds_no_graph(model):
     assert traj.rewards.grad_fn is None and not traj.rewards.requires_grad
 
 
+@pytest.mark.slow
 def test_in_place_edit_before_backward_is_rejected(model):
     # JAX's residuals may be zero-copy views of the inputs, so, as in torch,
     # editing a Parameter or an input between forward and backward is an error.
@@ -305,6 +310,7 @@ def test_in_place_edit_before_backward_is_rejected(model):
         loss.backward()
 
 
+@pytest.mark.slow
 def test_torch_adam_loop_lowers_the_loss(model):
     batch = make_batch(4)
     model.eval()
@@ -368,6 +374,7 @@ def run_python(code: str, **env) -> subprocess.CompletedProcess:
                           env={**os.environ, "JAX_PLATFORMS": "cpu", **env}, timeout=120)
 
 
+@pytest.mark.slow
 def test_64_bit_round_trips_with_x64_enabled():
     result = run_python("""
         import torch
@@ -402,6 +409,7 @@ def test_worldloom_imports_without_torch_and_the_facade_says_how_to_get_it():
     assert 'pip install "worldloom[torch]"' in result.stdout
 
 
+@pytest.mark.slow
 def test_tdmpc2_through_the_same_facade():
     model = create_world_model("tdmpc2:1m", obs_shape=(5,), action_dim=2, device="cpu",
                                enc_dim=16, mlp_dim=16, latent_dim=16)
@@ -479,6 +487,7 @@ def test_state_dict_errors_are_runtime_errors_as_in_torch():
     assert isinstance(caught.value, ShapeError)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("convert", [lambda m: m.half(), lambda m: m.double(), lambda m: m.to(torch.float64)])
 def test_dtype_conversions_are_refused_and_leave_the_model_intact(convert):
     model = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, device="cpu", **TINY).eval()
@@ -490,6 +499,7 @@ def test_dtype_conversions_are_refused_and_leave_the_model_intact(convert):
     model.to("cpu")  # moving devices still works
 
 
+@pytest.mark.slow
 def test_torch_compile_runs_the_model():
     model = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, device="cpu", **TINY).eval()
     compiled = torch.compile(model)

@@ -147,6 +147,7 @@ def test_bad_inputs_fail_before_compiling(buffer):
         Trainer(make_model(), make_config(), resume_from=os.devnull + "-missing").train(buffer)
 
 
+@pytest.mark.slow
 def test_same_seed_same_result_one_compile_and_every_step_reported(buffer, reference_run):
     record = Record()
     model = make_model()
@@ -163,6 +164,7 @@ def test_same_seed_same_result_one_compile_and_every_step_reported(buffer, refer
     assert not same(leaves(other), reference_run["params"])
 
 
+@pytest.mark.slow
 def test_scanned_dispatch_matches_a_plain_loop_over_the_update(buffer):
     """K updates in one ``lax.scan`` dispatch == K dispatches of one == a Python loop over ``update.step``."""
     trainer = Trainer(make_model(), make_config(total_steps=3))
@@ -261,6 +263,7 @@ def test_train_one_liner(buffer):
     assert out is model and not same(leaves(model), before)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not any(n.startswith("tdmpc2:") for n in list_models()), reason="no TD-MPC2 presets")
 def test_tdmpc2_trains_and_resumes(buffer, tmp_path):
     small = dict(enc_dim=32, mlp_dim=32, latent_dim=16, num_q=2, num_bins=11)
