@@ -109,6 +109,17 @@ def _parser() -> argparse.ArgumentParser:
         return commands.add_parser(name, help=text, description=text,
                                    formatter_class=_Help)
 
+    def run_flags(sub: argparse.ArgumentParser, out: str) -> None:
+        """The flags of a command that makes a run directory (train, agent)."""
+        sub.add_argument("--config", metavar="RUN_FILE",
+                         help="a YAML run file (a run directory's config.yaml); flags you type override it")
+        sub.add_argument("--out", default=out, help="output directory")
+        sub.add_argument("--device", default="auto", help="cpu, cuda, tpu or auto")
+        sub.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
+                         help="continue the run in RUN_DIR (alone: in OUT) from its checkpoints/; without it, "
+                              "a run never writes over an earlier one (OUT-2, OUT-3, ...)")
+        sub.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     train = command("train", "collect episodes with a random policy and train a world model")
     train.add_argument("--env", default="CartPole-v1", help="Gymnasium env id")
     train.add_argument("--model", default="dreamerv3:size1m", help="preset, alias or saved directory")
@@ -126,18 +137,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="updates between checkpoints; 0: only at the end and on Ctrl-C")
     train.add_argument("--context", type=int, default=5, help="observed steps before imagining (plot)")
     train.add_argument("--horizon", type=int, default=15, help="imagined steps (plot)")
-    train.add_argument("--config", metavar="RUN_FILE",
-                       help="a YAML run file (a run directory's config.yaml); flags you type override it")
     train.add_argument("--set", dest="overrides", type=_override, action="append", default=[],
                        metavar="KEY=VALUE", help="override a TrainingConfig field (grad_clip=1.0) or a model "
                                                  "config field (deter=256); applied last (repeatable)")
-    train.add_argument("--out", default="runs/worldloom", help="output directory")
     train.add_argument("--seed", type=int, default=0, help="seeds collection, model and sampling")
-    train.add_argument("--device", default="auto", help="cpu, cuda, tpu or auto")
-    train.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
-                       help="continue the run in RUN_DIR (alone: in OUT) from its checkpoints/; without it, "
-                            "a run never writes over an earlier one (OUT-2, OUT-3, ...)")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run_flags(train, "runs/worldloom")
 
     collect = command("collect", "collect random-policy episodes into a replay buffer file")
     collect.add_argument("--env", default="CartPole-v1", help="Gymnasium env id")
@@ -182,18 +186,11 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--eval-episodes", type=int, default=5, help="episodes per evaluation")
     agent.add_argument("--checkpoint-every", type=int, default=10_000,
                        help="environment steps between checkpoints; 0: only at the end")
-    agent.add_argument("--config", metavar="RUN_FILE",
-                       help="a YAML run file (a run directory's config.yaml); flags you type override it")
     agent.add_argument("--set", action="append", default=[], type=_setting, metavar="KEY=VALUE",
                        help="override any run field (batch_size=8) or world-model field (deter=256, or "
                             "world_model.deter=256); applied last (repeatable)")
-    agent.add_argument("--out", default="runs/agent", help="output directory")
     agent.add_argument("--seed", type=int, default=0, help="seeds environments, model and sampling")
-    agent.add_argument("--device", default="auto", help="cpu, cuda, tpu or auto")
-    agent.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
-                       help="continue the run in RUN_DIR (alone: in OUT) from its checkpoints/; without it, "
-                            "a run never writes over an earlier one (OUT-2, OUT-3, ...)")
-    agent.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run_flags(agent, "runs/agent")
 
     play = command("play", "watch a trained agent: evaluate a run's saved agent, optionally record a video")
     play.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `worldloom agent`")
