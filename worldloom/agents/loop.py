@@ -219,15 +219,12 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
     envs = [make_env(config.env) for _ in range(config.num_envs)]
     obs_shape, action_dim, discrete = _spaces(envs[0])
     episode_length = envs[0].spec.max_episode_steps if envs[0].spec is not None else None
-    resolved = {}
+    run_overrides = {key: value for key, value in model_overrides.items() if key != "episodic"}
     if config.algo == "tdmpc2":
         episodic = config.episodic if config.episodic is not None else terminates(config.env, config.seed)
-        model_overrides.setdefault("episodic", bool(episodic))
-        resolved["episodic"] = bool(model_overrides["episodic"])
-    run_overrides = {key: value for key, value in model_overrides.items() if key != "episodic"}
+        config = config.replace(episodic=bool(model_overrides.setdefault("episodic", bool(episodic))))
     agent = make_agent(config, obs_shape, action_dim, discrete, episode_length, **model_overrides)
-    write_run(out / "config.yaml", config.replace(episodic=resolved.get("episodic", config.episodic)),
-              run_overrides)
+    write_run(out / "config.yaml", config, run_overrides)
     batch_size, seq_len = config.resolved("batch_size"), config.resolved("sequence_length")
     settings = OptimizerSettings(learning_rate=config.resolved("learning_rate"), grad_clip=config.resolved("grad_clip"),
                                  warmup_steps=config.resolved("warmup_steps"))
