@@ -48,6 +48,8 @@ def main(argv=None) -> int:
     parser.add_argument("--train-ratio", type=float, help="DreamerV3 replayed steps per environment step")
     parser.add_argument("--lr", type=float, help="learning rate (default: the reference's)")
     parser.add_argument("--warmup", type=int, help="learning-rate warm-up updates (default: the reference's)")
+    parser.add_argument("--stop-at-target", action="store_true",
+                        help="end a seed's run at the first evaluation that reaches the target")
     parser.add_argument("--out", default="runs/benchmarks")
     parser.add_argument("--results", default="docs/results.md")
     parser.add_argument("--quick", action="store_true", help="do not append to the results file")
@@ -65,12 +67,14 @@ def main(argv=None) -> int:
             overrides["learning_rate"] = args.lr
         if args.warmup is not None:
             overrides["warmup_steps"] = args.warmup
+        if args.stop_at_target:
+            overrides["stop_return"] = task["target"]
         config = AgentRunConfig(**overrides)
         result = run_agent(config, resume=True)
         reached = first_step_reaching(result["eval"], task["target"])
         rows.append({
             "task": args.task, "env": config.env, "algo": config.algo, "model": config.model, "seed": seed,
-            "env_steps": config.total_steps, "updates": result["updates"], "target": task["target"],
+            "env_steps": result["env_steps"], "updates": result["updates"], "target": task["target"],
             "training": (f"ratio {config.train_ratio:g}" if config.algo == "dreamerv3"
                          else f"{config.updates_per_step:g} update/step"),
             "learning_rate": config.resolved("learning_rate"),

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from worldloom.core.errors import ConfigError, WorldloomError
+from worldloom.core.errors import ConfigError, DistributedError, WorldloomError
 
 
 def _setting(text: str) -> str:
@@ -46,7 +46,8 @@ TRAIN_FLAGS = {"steps": "total_steps", "batch_size": "batch_size", "seq_len": "s
                "log_interval": "log_interval", "eval_interval": "eval_interval", "save_interval": "save_interval",
                "device": "device", "seed": "seed"}
 # Flags that describe an invocation, not a run: never read from or written to a run file.
-_NOT_IN_RUN_FILE = {"command", "argv_tail", "config", "resume", "no_progress", "overrides", "training"}
+_NOT_IN_RUN_FILE = {"command", "argv_tail", "config", "resume", "no_progress", "overrides", "training", "coordinator",
+                    "num_processes", "process_id", "distributed"}
 
 
 def _train_file_argv(path, train_parser: argparse.ArgumentParser) -> tuple[list[str], dict]:
@@ -142,6 +143,13 @@ def _parser() -> argparse.ArgumentParser:
                                                  "config field (deter=256); applied last (repeatable)")
     train.add_argument("--seed", type=int, default=0, help="seeds collection, model and sampling")
     run_flags(train, "runs/worldloom")
+    several = train.add_argument_group("several processes (data parallel; run the same command in each)")
+    several.add_argument("--coordinator", metavar="HOST:PORT",
+                         help="address of process 0, reachable from every process")
+    several.add_argument("--num-processes", type=int, help="processes in the run")
+    several.add_argument("--process-id", type=int, help="this process's index, 0 to N-1")
+    several.add_argument("--distributed", action="store_true",
+                         help="join a run from the cluster's environment (SLURM, Open MPI, TPU pods)")
 
     collect = command("collect", "collect random-policy episodes into a replay buffer file")
     collect.add_argument("--env", default="CartPole-v1", help="Gymnasium env id")
@@ -184,6 +192,8 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--log-every", type=int, default=10, help="updates between logged losses")
     agent.add_argument("--eval-every", type=int, default=5_000, help="environment steps between evaluations")
     agent.add_argument("--eval-episodes", type=int, default=5, help="episodes per evaluation")
+    agent.add_argument("--stop-return", type=float,
+                       help="stop once a mean evaluation return reaches this (default: run all steps)")
     agent.add_argument("--checkpoint-every", type=int, default=10_000,
                        help="environment steps between checkpoints; 0: only at the end")
     agent.add_argument("--set", action="append", default=[], type=_setting, metavar="KEY=VALUE",
@@ -251,6 +261,26 @@ def _report_open_loop(result: dict) -> list[str]:
     return lines
 
 
+def _join(args) -> bool:
+    """Join a multi-process run when ``--coordinator`` or ``--distributed`` asks for it; whether this is process 0."""
+    from worldloom import distributed as dist
+
+    flags = {"--coordinator": args.coordinator, "--num-processes": args.num_processes,
+             "--process-id": args.process_id}
+    given = [flag for flag, value in flags.items() if value is not None]
+    if given and len(given) < 3:
+        missing = ", ".join(flag for flag in flags if flag not in given)
+        raise ConfigError(f"{', '.join(given)} needs {missing} too: expected all three (or --distributed).")
+    if given and args.distributed:
+        raise ConfigError("--distributed reads the cluster's environment; expected it or --coordinator/"
+                          "--num-processes/--process-id, not both.")
+    if given:
+        dist.initialize(args.coordinator, args.num_processes, args.process_id)
+    elif args.distributed:
+        dist.initialize()
+    return dist.is_primary()
+
+
 def cmd_train(args) -> dict:
     """``worldloom train``: collect, train with progress and TensorBoard, save, evaluate, plot."""
     import gymnasium as gym
@@ -258,6 +288,7 @@ def cmd_train(args) -> dict:
     import yaml
 
     from worldloom import create_world_model
+    from worldloom import distributed as dist
     from worldloom.core import registry
     from worldloom.core.devices import resolve_device
     from worldloom.training import Trainer, TrainingConfig
@@ -266,7 +297,8 @@ def cmd_train(args) -> dict:
     from worldloom.training.evaluation import evaluate_loss, open_loop_prediction, plot_open_loop
 
     # Settings are checked before any episode is collected.
-    out = _run_dir(args.out, args.resume)
+    primary = _join(args)
+    out = Path(dist.broadcast(str(_run_dir(args.out, args.resume)) if primary else None))
     training_fields = set(TrainingConfig.field_names())
     training = dict(args.training)  # a run file's TrainingConfig fields, then --set ones
     training.update({key: value for key, value in args.overrides if key in training_fields})
@@ -277,7 +309,8 @@ def cmd_train(args) -> dict:
     for flag, value in (("--episodes", args.episodes), ("--test-episodes", args.test_episodes)):
         if value < 1:
             raise ConfigError(f"{flag}: expected at least 1 episode, got {value}.")
-    out.mkdir(parents=True, exist_ok=True)
+    if primary:
+        out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     print(f"Collecting {args.episodes} + {args.test_episodes} random-policy episodes of {args.env} ...")
     env = make_env(args.env)
@@ -304,7 +337,9 @@ def cmd_train(args) -> dict:
     run_config["world_model"] = dict(model_sets)
     run_config["training"] = {k: v for k, v in config.to_dict().items()
                               if k not in TRAIN_FLAGS.values() and k != "checkpoint_dir"}
-    (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(run_config, default=str)), sort_keys=False))
+    if primary:
+        (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(run_config, default=str)),
+                                                        sort_keys=False))
     seq_len = args.seq_len
     if test.num_transitions < seq_len:
         raise ConfigError(f"The held-out episodes hold {test.num_transitions} transitions, fewer than --seq-len "
@@ -319,6 +354,9 @@ def cmd_train(args) -> dict:
         steps = sorted(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*") if p.name[5:].isdigit())
         print(f"Resuming {out} from step {steps[-1] if steps else 0} ({out / 'checkpoints'})")
     model = trainer.train(buffer, resume=bool(args.resume))
+    if not primary:  # process 0 saves, evaluates and reports the run
+        print(f"Process {dist.process_index()}: trained {trainer.step} updates; process 0 writes {out}")
+        return {"steps": trainer.step, "out": str(out)}
 
     model.save_pretrained(out / "model")
     buffer.save(out / "buffer.npz")
@@ -413,8 +451,8 @@ AGENT_FLAGS = {"env": "env", "algo": "algo", "model": "model", "steps": "total_s
                "train_ratio": "train_ratio", "updates_per_step": "updates_per_step", "batch_size": "batch_size",
                "seq_len": "sequence_length", "lr": "learning_rate", "seed_steps": "seed_steps",
                "episodic": "episodic", "log_every": "log_every", "eval_every": "eval_every",
-               "eval_episodes": "eval_episodes", "checkpoint_every": "checkpoint_every", "out": "out_dir",
-               "seed": "seed", "device": "device"}
+               "eval_episodes": "eval_episodes", "stop_return": "stop_return", "checkpoint_every": "checkpoint_every",
+               "out": "out_dir", "seed": "seed", "device": "device"}
 
 
 def _given_flags(args) -> dict:
@@ -480,6 +518,10 @@ def main(argv=None) -> int:
                 "agent": cmd_agent, "play": cmd_play, "list-models": cmd_list_models}
     try:
         handlers[args.command](args)
+    except DistributedError as err:  # a lost process: skip jax.distributed's shutdown handshake with it
+        from worldloom.distributed import exit_after
+
+        exit_after(f"worldloom {args.command}: {err}", 2)
     except WorldloomError as err:
         print(f"worldloom {args.command}: error: {err}", file=sys.stderr)
         return 2

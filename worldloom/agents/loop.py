@@ -73,6 +73,8 @@ class AgentRunConfig(ConfigBase):
     eval_every: int = 5_000
     """Environment steps between evaluations."""
     eval_episodes: int = 5
+    stop_return: float | None = None
+    """Stop once a mean evaluation return reaches this (``None``: run all ``total_steps``)."""
     checkpoint_every: int = 10_000
     """Environment steps between checkpoints (0: only at the end)."""
     buffer_capacity: int = 1_000_000
@@ -112,6 +114,11 @@ def _spaces(env):
     if isinstance(space, gym.spaces.Box):
         return obs_shape, int(np.prod(space.shape)), False
     raise ValueError(f"Unsupported action space {space}; expected Discrete or Box.")
+
+
+def reached(eval_returns, stop_return: float | None) -> bool:
+    """Whether the latest evaluation ``(step, mean, std)`` reached ``stop_return``."""
+    return stop_return is not None and bool(eval_returns) and eval_returns[-1][1] >= stop_return
 
 
 def seed_steps_for(config: AgentRunConfig, episode_length: int | None) -> int:
@@ -204,7 +211,7 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
         **model_overrides: World-model config overrides (e.g. ``deter=256``).
 
     Returns:
-        ``{"eval": [(env_step, mean_return), ...], "final_eval_return", "wall_time",
+        ``{"eval": [(env_step, mean_return), ...], "final_eval_return", "env_steps", "wall_time",
         "out_dir", "curves"}``.
     """
     from tensorboardX import SummaryWriter
@@ -308,6 +315,8 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
                     loop.eval_returns.append((loop.env_step, float(np.mean(returns)), float(np.std(returns))))
                     writer.add_scalar("eval/return", float(np.mean(returns)), loop.env_step)
                 plot_curves(loop, out / "learning_curve.png", f"{config.algo} on {config.env}")
+                if reached(loop.eval_returns, config.stop_return):
+                    break
             if next_ckpt is not None and loop.env_step >= next_ckpt:
                 next_ckpt += config.checkpoint_every
                 save_checkpoint(checkpoint_dir, train_state, collector, loop, agent)
@@ -332,6 +341,7 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
         "final_eval_return": loop.eval_returns[-1][1] if loop.eval_returns else None,
         "train_returns": loop.train_returns,
         "updates": loop.updates,
+        "env_steps": loop.env_step,
         "skipped_updates": guard.skipped,
         "wall_time": loop.wall_time,
         "out_dir": str(out),

@@ -21,7 +21,7 @@ def available_platforms() -> list[str]:
 
 
 def resolve_device(device: str | jax.Device | None = "auto") -> jax.Device:
-    """Return the first JAX device of the named kind.
+    """Return the first JAX device of the named kind among this process's devices.
 
     Args:
         device: ``"cpu"``, ``"cuda"``/``"gpu"``, ``"tpu"``, ``"auto"`` (the
@@ -35,7 +35,7 @@ def resolve_device(device: str | jax.Device | None = "auto") -> jax.Device:
         return device
     name = "auto" if device is None else str(device).strip().lower()
     if name == "auto":
-        return jax.devices()[0]
+        return jax.local_devices()[0]
     kind, _, index_text = name.partition(":")
     platform = _PLATFORM_ALIASES.get(kind)
     if platform is None:
@@ -43,7 +43,7 @@ def resolve_device(device: str | jax.Device | None = "auto") -> jax.Device:
             f"Unknown device {device!r}; expected one of 'cpu', 'cuda', 'gpu', 'tpu', 'auto'."
         )
     try:
-        devices = jax.devices(platform)
+        devices = jax.local_devices(backend=platform)
     except RuntimeError:
         devices = []
     if not devices:

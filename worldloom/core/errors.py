@@ -41,3 +41,7 @@ class DeviceError(WorldloomError, RuntimeError):
 
 class TrainingError(WorldloomError, RuntimeError):
     """A training run that cannot go on: a non-finite loss, gradient or parameter."""
+
+
+class DistributedError(WorldloomError, RuntimeError):
+    """A multi-process run that cannot go on: a process was lost or the processes could not join."""

@@ -59,9 +59,19 @@ def params_sha256(params: Any) -> str:
 
 
 def _checkpointer():
+    """An orbax checkpointer for host arrays written by this process alone.
+
+    Saved trees are host copies, so with several processes (``worldloom.distributed``)
+    the one process that reads or writes a directory does so without waiting for the others.
+    """
     import orbax.checkpoint as ocp
 
-    return ocp.StandardCheckpointer()
+    if jax.process_count() == 1:
+        return ocp.StandardCheckpointer()
+    index = jax.process_index()
+    options = ocp.options.MultiprocessingOptions(primary_host=index, active_processes={index},
+                                                 barrier_sync_key_prefix=f"worldloom-process-{index}")
+    return ocp.StandardCheckpointer(multiprocessing_options=options)
 
 
 def save_pytree(tree: Any, directory: Path) -> None:

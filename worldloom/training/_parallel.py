@@ -29,16 +29,24 @@ def data_parallel_mesh(setting: bool | int, device: jax.Device, batch_size: int)
 
     Args:
         setting: ``False``/``1``: one device; ``True``: every device of
-            ``device``'s platform (on all hosts); ``N``: the first ``N``.
+            ``device``'s platform (on all hosts); ``N``: the first ``N``. With
+            several processes (``worldloom.distributed``) it is always every
+            device of every process.
         device: The training device (its platform picks the devices).
         batch_size: ``B``; it must split evenly over the devices.
 
     Raises:
         ConfigError: more devices asked for than present, or ``B`` not divisible.
     """
+    devices = jax.devices(device.platform)
+    if jax.process_count() > 1:  # several processes train one model: always every device of every process
+        if setting is not True and setting is not False and int(setting) != len(devices):
+            raise ConfigError(f"data_parallel={setting}: with {jax.process_count()} processes the run spans every "
+                              f"device of every process, {len(devices)} {device.platform} devices; expected True, "
+                              f"False or {len(devices)}.")
+        setting = True
     if setting is False or (setting is not True and setting == 1):  # True == 1 in Python
         return None
-    devices = jax.devices(device.platform)
     count = len(devices) if setting is True else int(setting)
     if count > len(devices):
         raise ConfigError(f"data_parallel={setting} asks for {count} {device.platform} devices; "
@@ -55,14 +63,15 @@ class Placement:
     """Puts the trainer's arrays on one device or on a mesh (see the module docstring).
 
     Attributes:
-        device: The first device (where the model handle lives).
+        device: This process's first device (where the model handle lives).
         mesh: The data-parallel mesh, or ``None``.
         size: Number of devices.
     """
 
     def __init__(self, device: jax.Device, mesh: Mesh | None = None):
         self.mesh = mesh
-        self.device = device if mesh is None else mesh.devices.flat[0]
+        self.device = device if mesh is None else next(  # this process's first device of the mesh
+            d for d in mesh.devices.flat if d.process_index == jax.process_index())
         self.size = 1 if mesh is None else mesh.size
         self._replicated = None if mesh is None else NamedSharding(mesh, P())
         self._chunks = None if mesh is None else NamedSharding(mesh, P(None, AXIS))
@@ -76,7 +85,8 @@ class Placement:
 
         def put(leaf):
             host = np.asarray(jax.device_get(leaf))
-            return jax.make_array_from_callback(host.shape, self._replicated, lambda index: host[index])
+            return jax.make_array_from_callback(host.shape, self._replicated, lambda index: host[index],
+                                                dtype=host.dtype)
 
         return jax.tree_util.tree_map(put, tree)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import sys
 import threading
@@ -14,8 +15,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from worldloom import distributed
 from worldloom.core.devices import device_name, resolve_device
-from worldloom.core.errors import CheckpointError, ConfigError, DeviceError, ShapeError, TrainingError
+from worldloom.core.errors import (
+    CheckpointError,
+    ConfigError,
+    DeviceError,
+    DistributedError,
+    ShapeError,
+    TrainingError,
+)
 from worldloom.models.base import WorldModel
 from worldloom.training import _checkpoint, _resume
 from worldloom.training._buffer import ReplayBuffer
@@ -75,6 +84,18 @@ def _interrupt_guard():
         yield request
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _check_same_layout(buffer: ReplayBuffer, train_segments, eval_segments) -> None:
+    """ConfigError on every process unless all of them hold buffers with the same episode layout."""
+    layout = [buffer.num_transitions, np.asarray(buffer.episode_bounds()).tolist(), train_segments.tolist(),
+              None if eval_segments is None else eval_segments.tolist()]
+    differing = distributed.differing_processes(json.dumps(layout))
+    if differing:
+        raise ConfigError(f"Processes {differing} hold buffers with another episode layout than process 0 (this "
+                          f"process: {buffer.num_transitions} transitions in {buffer.num_episodes} episodes). Every "
+                          "process samples the same window rows, so each must hold a buffer with the same episodes "
+                          "(the same file, or the same collection seeds).")
 
 
 def _copy(tree):
@@ -173,18 +194,38 @@ class Trainer:
         return callbacks
 
     def _resume_source(self, resume: bool, callbacks: list[Callback]) -> Path | None:
-        """Open the run's checkpoint directories (locks, one run each); the newest checkpoint to resume from."""
-        self._lineage = _resume.open_run(self.resume_from, resume, callbacks)
+        """Open the run's checkpoint directories (locks, one run each); the newest checkpoint to resume from.
+
+        With several processes only process 0 opens the directories; the
+        others take its run id and its choice of checkpoint.
+        """
+        if distributed.is_primary():
+            self._lineage = _resume.open_run(self.resume_from, resume, callbacks)
+        else:
+            self._lineage = _resume.Lineage(run_id=None)
         callbacks.append(_resume.LineageCallback(self._lineage))  # buffer check at the start, locks freed at the end
-        return self._lineage.candidates[0] if self._lineage.candidates else None
+        source = self._lineage.candidates[0] if self._lineage.candidates else None
+        self._lineage.run_id, source = distributed.broadcast([self._lineage.run_id, source and str(source)])
+        return None if source is None else Path(source)
 
     def _restore(self, source: Path, fresh_shapes, key) -> tuple[Any, jax.Array, int, int]:
-        """Train state, key, step and sampler seed of the newest loadable checkpoint from ``source`` on."""
-        lineage = getattr(self, "_lineage", None) or _resume.Lineage(run_id=None, candidates=[Path(source)])
-        meta, tree = _resume.restore(lineage, source, {"train_state": fresh_shapes, "key": key},
-                                     self._check_checkpoint, self.config.total_steps)
-        sampler = meta.get("sampler", {})
-        return tree["train_state"], tree["key"], int(meta["step"]), int(sampler.get("seed", self.config.seed))
+        """Train state, key, step and sampler seed of the newest loadable checkpoint from ``source`` on.
+
+        With several processes process 0 reads the checkpoint and sends it to the others.
+        """
+        like = {"train_state": fresh_shapes, "key": key}
+        lineage = self._lineage
+        if distributed.is_primary():
+            meta, tree = _resume.restore(lineage, source, like, self._check_checkpoint, self.config.total_steps)
+            found = {"step": int(meta["step"]), "seed": int(meta.get("sampler", {}).get("seed", self.config.seed)),
+                     "run_id": meta.get("run_id"), "source": str(lineage.source), "data": lineage.data}
+        else:
+            tree = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), like)
+            found = None
+        if distributed.process_count() > 1:
+            tree, found = distributed.broadcast_arrays(tree), distributed.broadcast(found)
+            lineage.run_id, lineage.source, lineage.data = found["run_id"], Path(found["source"]), found["data"]
+        return tree["train_state"], tree["key"], found["step"], found["seed"]
 
     def _device_table(self, buffer: ReplayBuffer, segments, layout) -> dict | None:
         """The replay table on the device(s) when ``config.device_replay`` asks for it, else ``None``."""
@@ -207,8 +248,17 @@ class Trainer:
             "sampler": {"kind": run["sampler"], "seed": run["seed"], "next_step": self.step},
             "data": _resume.buffer_data(run),
         }
-        return _checkpoint.save_checkpoint(directory, self.step, {"train_state": self.state, "key": run["key"]},
-                                           meta, keep_last)
+        tree = {"train_state": self.state, "key": run["key"]}
+        if distributed.process_count() == 1:
+            return _checkpoint.save_checkpoint(directory, self.step, tree, meta, keep_last)
+        # The state is replicated: process 0 writes it; no process goes on before the checkpoint is complete.
+        tree = self.placement.fetch(tree)
+        if distributed.is_primary():
+            path = _checkpoint.save_checkpoint(directory, self.step, tree, meta, keep_last)
+        else:
+            path = Path(directory) / _checkpoint.checkpoint_name(self.step)
+        distributed.barrier(f"worldloom-checkpoint-{self.step}")
+        return path
 
     @property
     def run_id(self) -> str | None:
@@ -268,6 +318,8 @@ class Trainer:
                           f"{buffer.num_episodes} episodes) is too small to hold out whole episodes and keep "
                           f"sequence_length={config.sequence_length} for training.", RuntimeWarning, stacklevel=2)
         layout = self._layout(buffer, train_segments)
+        if distributed.process_count() > 1:
+            _check_same_layout(buffer, train_segments, eval_segments)
 
         key, seed = jax.random.PRNGKey(config.seed), config.seed
         source = self._resume_source(resume, callbacks)
@@ -321,9 +373,12 @@ class Trainer:
                 return run(self.state, table, train_key, sample_key, place.scalar(np.int32(start)),
                            place.scalar(np.int32(count)))
         try:
-            last_eval = self._loop(prefetcher, dispatch, (eval_chunks, eval_key), schedule, callbacks,
-                                   [i for i in intervals if i])
-        except TrainingError:
+            with distributed.collective(lambda: f"training after step {self.step}"):
+                last_eval = self._loop(prefetcher, dispatch, (eval_chunks, eval_key), schedule, callbacks,
+                                       [i for i in intervals if i])
+        except (TrainingError, DistributedError) as err:
+            if isinstance(err, DistributedError):
+                self.state = None  # its arrays span the lost process
             if self.state is not None:  # the last finite state
                 model.load_params(_copy(place.local(program.update.params(self.state))))
             for callback in callbacks:  # logs flushed, progress closed; no checkpoint is written

@@ -27,6 +27,7 @@ from pathlib import Path
 from worldloom.core.config import require
 from worldloom.core.errors import ConfigError
 from worldloom.core.files import WriterLock
+from worldloom.distributed import is_primary
 from worldloom.training._checkpoint import BEST_DIR, list_checkpoints, open_directory, run_id_of
 
 
@@ -85,6 +86,9 @@ class ProgressCallback(Callback):
         from worldloom.core.progress import progress
 
         super().on_train_begin(trainer)
+        if not is_primary():  # several processes: process 0 shows the run
+            self.bar = None
+            return
         total = trainer.config.total_steps
         self.bar = progress(total, initial=min(trainer.step, total), desc="train", file=self.file or sys.stderr,
                             interval=self.interval)
@@ -160,7 +164,8 @@ class LoggingCallback(Callback):
     def on_train_begin(self, trainer) -> None:
         super().on_train_begin(trainer)
         self._interval = self.log_interval or trainer.config.log_interval or math.inf
-        if self.log_to_tensorboard:
+        self._active = is_primary()  # several processes: process 0 logs the run
+        if self.log_to_tensorboard and self._active:
             from tensorboardX import SummaryWriter
 
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -170,6 +175,8 @@ class LoggingCallback(Callback):
         self._mark = (time.perf_counter(), trainer.step)
 
     def on_step_end(self, step: int, losses: dict[str, float]) -> None:
+        if not self._active:
+            return
         for name, value in losses.items():
             self._sums[name] = self._sums.get(name, 0.0) + value
         self._count += 1
@@ -192,6 +199,8 @@ class LoggingCallback(Callback):
         self._sums, self._count, self._mark = {}, 0, (now, step)
 
     def on_eval_end(self, step: int, metrics: dict[str, float]) -> None:
+        if not self._active:
+            return
         if self.writer is not None:
             for name, value in metrics.items():
                 self.writer.add_scalar(name, value, step)
@@ -269,6 +278,8 @@ class CheckpointCallback(Callback):
         Raises:
             CheckpointError: another process is writing ``save_dir``.
         """
+        if not is_primary():  # several processes: process 0 writes the checkpoints
+            return
         if self._lock is None:
             self._lock = WriterLock(self.save_dir)
         self._lock.acquire()
@@ -326,10 +337,11 @@ class CheckpointCallback(Callback):
         from worldloom.models.checkpoint import save_model
 
         trainer = self.trainer
-        params = trainer.placement.local(trainer.program.update.params(trainer.state))
         info = {"step": int(step), "metric": metric, "value": float(value), "monitor": self.monitor,
                 "mode": self.mode, "run_id": trainer.run_id}
-        save_model(trainer.model, self.save_dir / BEST_DIR, params=params, info=info)
+        if is_primary():
+            params = trainer.placement.fetch(trainer.program.update.params(trainer.state))
+            save_model(trainer.model, self.save_dir / BEST_DIR, params=params, info=info)
         self.best = info
 
     def on_train_end(self, trainer) -> None:

@@ -1,0 +1,79 @@
+"""One process of a multi-process training run, started by tests/test_distributed.py.
+
+    python tests/distributed_worker.py '{"processes": 2, "process_id": 0, "port": 12345, "out": "...", ...}'
+
+Every process trains the same tiny DreamerV3 model on the same random buffer
+with ``data_parallel=True``; with ``processes == 1`` it runs alone, without
+``jax.distributed``. Each process writes ``<out>.<process_id>.npz`` (its final
+params) and ``.json`` (its losses, devices and the shape of its batch share).
+"""
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def main(spec: dict) -> None:
+    import jax
+
+    import worldloom.distributed as dist
+
+    if spec["processes"] > 1:
+        dist.initialize(f"127.0.0.1:{spec['port']}", spec["processes"], spec["process_id"],
+                        initialization_timeout=120, heartbeat_timeout=spec.get("heartbeat", 20))
+    from worldloom import create_world_model
+    from worldloom.training import Trainer, TrainingConfig
+    from worldloom.training.callbacks import Callback, CheckpointCallback
+    from worldloom.training.data import create_random_buffer
+
+    class Record(Callback):
+        def __init__(self):
+            self.losses = []
+
+        def on_step_end(self, step, losses):
+            self.losses.append(losses["loss"])
+            if step == spec.get("die_at") and dist.process_index() == spec.get("die_process", 1):
+                print(f"process {dist.process_index()} dies at step {step}", flush=True)
+                os._exit(3)
+
+    model = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, device="cpu", seed=0,
+                               deter=64, hidden=32, units=32, classes=4, stoch=4, enc_layers=1, dec_layers=1,
+                               img_layers=1, action_type="discrete")
+    buffer = create_random_buffer(capacity=2000, obs_shape=(4,), action_dim=2, num_episodes=30,
+                                  episode_length=12 + spec.get("extra_length", 0) * dist.process_index(), seed=0)
+    config = TrainingConfig(total_steps=spec["steps"], batch_size=8, sequence_length=8, steps_per_dispatch=4,
+                            device="cpu", eval_interval=spec.get("eval_interval", 0), eval_fraction=0.1,
+                            warmup_steps=2, learning_rate=1e-3, data_parallel=True, max_in_flight=2)
+    record = Record()
+    callbacks = [record]
+    if spec.get("checkpoint_dir"):
+        callbacks.append(CheckpointCallback(spec["checkpoint_dir"], save_every=spec.get("save_every"),
+                                            keep_last=None, save_best=False))
+    trainer = Trainer(model, config, callbacks, resume_from=spec.get("resume_from"))
+    started = time.perf_counter()
+    try:
+        trainer.train(buffer)
+    except dist.DistributedError as err:
+        with open(f"{spec['out']}.{dist.process_index()}.error", "w") as handle:
+            handle.write(str(err))
+        dist.exit_after(f"error: {err}", 2)
+    except Exception as err:  # noqa: BLE001 - reported to the test
+        with open(f"{spec['out']}.{dist.process_index()}.error", "w") as handle:
+            handle.write(f"{type(err).__name__}: {err}")
+        raise
+    seconds = time.perf_counter() - started
+    chunk = trainer.placement.chunk(np.zeros((4, 8, 8), np.int64), buffer.gather)
+    leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(model.params)]
+    np.savez(f"{spec['out']}.{dist.process_index()}.npz", *leaves)
+    with open(f"{spec['out']}.{dist.process_index()}.json", "w") as handle:
+        json.dump({"losses": record.losses, "devices": trainer.placement.size, "seconds": seconds,
+                   "steps": trainer.step, "local_batch": [list(s.data.shape) for s in chunk["obs"].addressable_shards],
+                   "process_count": dist.process_count(), "evals": [s for s, _ in trainer.eval_history]}, handle)
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.argv[1]))
+    sys.stdout.flush()
