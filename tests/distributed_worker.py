@@ -24,6 +24,8 @@ def main(spec: dict) -> None:
     if spec["processes"] > 1:
         dist.initialize(f"127.0.0.1:{spec['port']}", spec["processes"], spec["process_id"],
                         initialization_timeout=120, heartbeat_timeout=spec.get("heartbeat", 20))
+    if "agent" in spec:
+        return online(spec)
     from worldloom import create_world_model
     from worldloom.training import Trainer, TrainingConfig
     from worldloom.training.callbacks import Callback, CheckpointCallback
@@ -72,6 +74,17 @@ def main(spec: dict) -> None:
         json.dump({"losses": record.losses, "devices": trainer.placement.size, "seconds": seconds,
                    "steps": trainer.step, "local_batch": [list(s.data.shape) for s in chunk["obs"].addressable_shards],
                    "process_count": dist.process_count(), "evals": [s for s, _ in trainer.eval_history]}, handle)
+
+
+def online(spec: dict) -> None:
+    """``run_agent`` with ``spec["agent"]`` (AgentRunConfig fields) and ``spec["model"]`` (world-model fields)."""
+    import worldloom.distributed as dist
+    from worldloom.agents import AgentRunConfig, run_agent
+
+    result = run_agent(AgentRunConfig(**spec["agent"]), progress=False, **spec.get("model", {}))
+    with open(f"{spec['out']}.{dist.process_index()}.json", "w") as handle:
+        json.dump({key: result[key] for key in ("env_steps", "updates", "eval", "train_returns", "params_sha256")},
+                  handle)
 
 
 if __name__ == "__main__":

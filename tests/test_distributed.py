@@ -57,6 +57,7 @@ def launch(processes: int, out: Path, timeout: float = 400, **spec) -> dict:
         base = Path(f"{out}.{index}")
         if Path(f"{base}.json").exists():
             result.setdefault("json", []).append(json.loads(Path(f"{base}.json").read_text()))
+        if Path(f"{base}.npz").exists():
             arrays = np.load(f"{base}.npz")
             result.setdefault("params", []).append([arrays[f"arr_{i}"] for i in range(len(arrays.files))])
         if Path(f"{base}.error").exists():
@@ -196,3 +197,38 @@ def test_train_checks_the_process_flags(tmp_path, capsys, flags, message):
     assert main(["train", "--out", str(tmp_path / "run"), "--steps", "1", *flags]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+ONLINE = {
+    "dreamerv3": (dict(env="CartPole-v1", algo="dreamerv3", total_steps=160, batch_size=4, sequence_length=8,
+                       train_ratio=4.0, eval_every=80, eval_episodes=1, checkpoint_every=80),
+                  dict(deter=64, hidden=32, units=32, classes=4, stoch=4, enc_layers=1, dec_layers=1, img_layers=1)),
+    "tdmpc2": (dict(env="CartPole-v1", algo="tdmpc2", model="tdmpc2:1m", total_steps=120, batch_size=4,
+                    sequence_length=3, seed_steps=40, updates_per_step=0.25, eval_every=60, eval_episodes=1,
+                    checkpoint_every=60, episodic=True),
+               dict(enc_dim=32, mlp_dim=32, latent_dim=16, num_q=2, num_samples=32, num_elites=8, num_pi_trajs=4,
+                    iterations=2)),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", sorted(ONLINE))
+def test_online_agent_collects_in_each_process_and_learns_as_one(tmp_path, algo):
+    """Two processes: each steps its own environment into its own replay; one update spans both."""
+    config, model = ONLINE[algo]
+    out_dir = tmp_path / "run"
+    run = ok(launch(2, tmp_path / "agent", timeout=500, agent=dict(config, out_dir=str(out_dir)), model=model))
+    first, second = run["json"]
+    assert first["env_steps"] == second["env_steps"] >= config["total_steps"]  # counted over both processes
+    assert first["updates"] == second["updates"] > 0
+    assert first["eval"] == second["eval"] and len(first["eval"]) == 2  # the same params act the same
+    # Process 0 writes the run; process 1 keeps only its replay and counters, beside process 0's checkpoint.
+    names = {p.name for p in out_dir.iterdir()}
+    assert {"agent", "logs", "config.yaml", "summary.json", "checkpoints", "checkpoints.process1"} <= names
+    assert first["params_sha256"] == second["params_sha256"]  # the same params in both processes
+    assert "train_state" in {p.name for p in (out_dir / "checkpoints").iterdir()}
+    assert "train_state" not in {p.name for p in (out_dir / "checkpoints.process1").iterdir()}
+    replays = [np.load(out_dir / name / "replay.npz") for name in ("checkpoints", "checkpoints.process1")]
+    obs = [r["obs"].reshape(-1) for r in replays]
+    size = min(obs[0].size, obs[1].size)
+    assert size > 40 and not np.array_equal(obs[0][:size], obs[1][:size])  # each its own experience

@@ -120,6 +120,13 @@ def _parser() -> argparse.ArgumentParser:
                          help="continue the run in RUN_DIR (alone: in OUT) from its checkpoints/; without it, "
                               "a run never writes over an earlier one (OUT-2, OUT-3, ...)")
         sub.add_argument("--no-progress", action="store_true", help="no progress bar")
+        several = sub.add_argument_group("several processes (data parallel; run the same command in each)")
+        several.add_argument("--coordinator", metavar="HOST:PORT",
+                             help="address of process 0, reachable from every process")
+        several.add_argument("--num-processes", type=int, help="processes in the run")
+        several.add_argument("--process-id", type=int, help="this process's index, 0 to N-1")
+        several.add_argument("--distributed", action="store_true",
+                             help="join a run from the cluster's environment (SLURM, Open MPI, TPU pods)")
 
     train = command("train", "collect episodes with a random policy and train a world model")
     train.add_argument("--env", default="CartPole-v1", help="Gymnasium env id")
@@ -143,13 +150,6 @@ def _parser() -> argparse.ArgumentParser:
                                                  "config field (deter=256); applied last (repeatable)")
     train.add_argument("--seed", type=int, default=0, help="seeds collection, model and sampling")
     run_flags(train, "runs/worldloom")
-    several = train.add_argument_group("several processes (data parallel; run the same command in each)")
-    several.add_argument("--coordinator", metavar="HOST:PORT",
-                         help="address of process 0, reachable from every process")
-    several.add_argument("--num-processes", type=int, help="processes in the run")
-    several.add_argument("--process-id", type=int, help="this process's index, 0 to N-1")
-    several.add_argument("--distributed", action="store_true",
-                         help="join a run from the cluster's environment (SLURM, Open MPI, TPU pods)")
 
     collect = command("collect", "collect random-policy episodes into a replay buffer file")
     collect.add_argument("--env", default="CartPole-v1", help="Gymnasium env id")
@@ -465,6 +465,7 @@ def _given_flags(args) -> dict:
 
 
 def cmd_agent(args) -> dict:
+    from worldloom import distributed as dist
     from worldloom.agents import run_agent
     from worldloom.agents.run_file import resolve_run
 
@@ -472,7 +473,8 @@ def cmd_agent(args) -> dict:
     if args.config is None:  # no run file: the flags' defaults are the run's
         flags = {field: getattr(args, dest) for dest, field in AGENT_FLAGS.items()}
     config, model_overrides = resolve_run(args.config, flags, args.set)
-    config = config.replace(out_dir=str(_run_dir(config.out_dir, args.resume)))
+    primary = _join(args)
+    config = config.replace(out_dir=dist.broadcast(str(_run_dir(config.out_dir, args.resume)) if primary else None))
     result = run_agent(config, progress=not args.no_progress, resume=bool(args.resume), **model_overrides)
     final = result["final_eval_return"]
     print(f"{config.algo} on {config.env}: final evaluation return {final if final is None else round(final, 1)} "

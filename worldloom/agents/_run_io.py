@@ -20,6 +20,7 @@ class LoopState:
     wall_time: float = 0.0
     train_returns: list = dataclasses.field(default_factory=list)
     eval_returns: list = dataclasses.field(default_factory=list)
+    processes: int = 1
 
 
 def write_agent(path: Path, algo: str, world_model, meta: dict, fill=None) -> None:
@@ -49,10 +50,11 @@ def read_agent_meta(path: Path, algo: str) -> dict:
 
 
 def save_checkpoint(directory: Path, train_state, collector, loop: LoopState, agent) -> None:
-    """Train state (orbax), the collector's replay (npz) and counters (JSON), written atomically."""
+    """Train state (orbax; ``None``: left out), the collector's replay (npz) and counters (JSON), atomically."""
 
     def fill(tmp: Path) -> None:
-        save_pytree(train_state, tmp / "train_state")
+        if train_state is not None:
+            save_pytree(train_state, tmp / "train_state")
         collector.save(tmp)
         (tmp / "loop.json").write_text(json.dumps(dataclasses.asdict(loop)))
         (tmp / "algo.txt").write_text(agent.algo)
@@ -61,14 +63,17 @@ def save_checkpoint(directory: Path, train_state, collector, loop: LoopState, ag
 
 
 def load_checkpoint(directory: Path, like_state, agent, collector):
-    """Restore a :func:`save_checkpoint`: returns ``(train_state, loop)``; fills ``collector``'s replay."""
+    """Restore a :func:`save_checkpoint`: returns ``(train_state, loop)``; fills ``collector``'s replay.
+
+    ``like_state=None`` leaves the train state out (it returns ``None`` for it).
+    """
     from worldloom.core.errors import CheckpointError
 
     directory = Path(directory)
     algo = (directory / "algo.txt").read_text().strip() if (directory / "algo.txt").exists() else None
     if algo != agent.algo:
         raise CheckpointError(f"{directory} holds a {algo!r} run, expected {agent.algo!r}.")
-    state = restore_pytree(directory / "train_state", like_state)
+    state = None if like_state is None else restore_pytree(directory / "train_state", like_state)
     collector.load(directory)
     loop = LoopState(**json.loads((directory / "loop.json").read_text()))
     return state, loop

@@ -19,16 +19,20 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from worldloom.agents._processes import NullWriter, ProcessShare
 from worldloom.agents._run_io import LoopState, load_checkpoint, plot_curves, save_checkpoint
 from worldloom.agents.collect import EpisodeCollector, StreamCollector, env_action
 from worldloom.agents.dreamer import DreamerAgent
 from worldloom.agents.run_file import write_run
 from worldloom.agents.tdmpc2 import TDMPC2Agent
 from worldloom.core.config import ConfigBase, require
-from worldloom.core.errors import TrainingError
+from worldloom.core.errors import ConfigError, TrainingError
 from worldloom.models.base import OptimizerSettings
+from worldloom.models.checkpoint import params_sha256
 from worldloom.models.factory import create_world_model
 from worldloom.training._guard import NONFINITE_MODES, SKIPPED, NonFiniteGuard
+
+_PROCESS_SEEDS = 7919  # seed offset of each process's environments, replay and random actions
 
 DEFAULTS = {
     "dreamerv3": dict(model="dreamerv3:size1m", batch_size=16, sequence_length=64, learning_rate=4e-5,
@@ -211,7 +215,7 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
         **model_overrides: World-model config overrides (e.g. ``deter=256``).
 
     Returns:
-        ``{"eval": [(env_step, mean_return), ...], "final_eval_return", "env_steps", "wall_time",
+        ``{"eval": [(env_step, mean_return), ...], "final_eval_return", "env_steps", "params_sha256", "wall_time",
         "out_dir", "curves"}``.
     """
     from tensorboardX import SummaryWriter
@@ -220,7 +224,8 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
     from worldloom.core.progress import progress as progress_display
     from worldloom.training.data import make_env
 
-    resolve_device(config.device)  # an absent device fails before any environment is made
+    device = resolve_device(config.device)  # an absent device fails before any environment is made
+    share = ProcessShare(device, config.resolved("batch_size"))
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     envs = [make_env(config.env) for _ in range(config.num_envs)]
@@ -231,15 +236,16 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
         episodic = config.episodic if config.episodic is not None else terminates(config.env, config.seed)
         config = config.replace(episodic=bool(model_overrides.setdefault("episodic", bool(episodic))))
     agent = make_agent(config, obs_shape, action_dim, discrete, episode_length, **model_overrides)
-    write_run(out / "config.yaml", config, run_overrides)
+    if share.primary:
+        write_run(out / "config.yaml", config, run_overrides)
     batch_size, seq_len = config.resolved("batch_size"), config.resolved("sequence_length")
     settings = OptimizerSettings(learning_rate=config.resolved("learning_rate"), grad_clip=config.resolved("grad_clip"),
                                  warmup_steps=config.resolved("warmup_steps"))
     guard = NonFiniteGuard(config.on_nonfinite, config.max_consecutive_skips, "AgentRunConfig.on_nonfinite",
                            label=lambda update_number: f"update {update_number}")
     update = agent.make_update(settings, skip_nonfinite=guard.active)
-    step_fn = jax.jit(update.step, donate_argnums=0)
-    writer = SummaryWriter(str(out / "logs"))
+    step_fn = share.jit(update.step)
+    writer = SummaryWriter(str(out / "logs")) if share.primary else NullWriter()
     loop = LoopState()
 
     def on_episode(episode_return: float, length: int) -> None:
@@ -249,20 +255,30 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
 
     collector_type = StreamCollector if config.algo == "dreamerv3" else EpisodeCollector
     capacity = min(config.buffer_capacity, config.total_steps + 1000)
-    collector = collector_type(envs, agent, capacity, discrete, config.seed, on_episode)
-    train_state = update.init(agent.params)
-    checkpoint_dir = out / "checkpoints"
-    if resume and checkpoint_dir.exists():
-        train_state, restored = load_checkpoint(checkpoint_dir, train_state, agent, collector)
+    collector = collector_type(envs, agent, capacity, discrete, config.seed + _PROCESS_SEEDS * share.index,
+                               on_episode)
+    train_state = share.replicate(update.init(agent.params))
+    # Process 0's checkpoint holds the run; each other process keeps its own replay and counters beside it.
+    checkpoint_dir = out / ("checkpoints" if share.primary else f"checkpoints.process{share.index}")
+    loop.processes = share.count
+    if share.everyone(resume and checkpoint_dir.exists()):
+        # Process 0 restores the train state and sends it; each process restores its own replay.
+        saved, restored = load_checkpoint(checkpoint_dir, train_state if share.primary else None, agent, collector)
+        if restored.processes != share.count:
+            raise ConfigError(f"{checkpoint_dir} is a checkpoint of a run of {restored.processes} processes; "
+                              f"expected {share.count}: an online run resumes on as many processes as it ran "
+                              "(each holds its own replay).")
         vars(loop).update(vars(restored))
-        agent.load_params(update.params(train_state))
+        train_state = share.replicate(share.from_primary(saved, train_state))
+        agent.load_params(share.local(update.params(train_state)))
         print(f"Resuming {out} from environment step {loop.env_step} ({loop.updates} updates done)")
     per_step = (config.train_ratio / (batch_size * seq_len) if config.algo == "dreamerv3"
                 else config.updates_per_step)
     seed_steps = seed_steps_for(config, episode_length)
-    rng = np.random.default_rng(config.seed + loop.env_step)
-    collector.reset([config.seed + 1000 * i + loop.env_step for i in range(len(envs))], agent)
-    bar = progress_display(config.total_steps, initial=loop.env_step, disable=not progress,
+    first_seed = config.seed + _PROCESS_SEEDS * share.index + loop.env_step
+    rng = np.random.default_rng(first_seed)
+    collector.reset([first_seed + 1000 * i for i in range(len(envs))], agent)
+    bar = progress_display(config.total_steps, initial=loop.env_step, disable=not (progress and share.primary),
                            desc=f"{config.algo} {config.env}")
     compiled = False
     started, metrics = time.time(), {}
@@ -274,9 +290,10 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
             random_phase = loop.env_step < seed_steps
             stepped = collector.step(agent, _random_actions(rng, len(envs), action_dim, discrete)
                                      if random_phase else None)
+            stepped, ready = share.agree(stepped, collector.ready(seq_len))  # summed over processes
             loop.env_step += stepped
             bar.update(stepped)
-            if loop.env_step >= seed_steps and collector.ready(seq_len):
+            if loop.env_step >= seed_steps and ready:
                 if not loop.pretrained and config.algo == "tdmpc2":
                     loop.updates_owed += seed_steps  # the reference's pretraining burst, in place of this step's
                 else:
@@ -284,12 +301,12 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
                 loop.pretrained = True
                 first_update, dispatched, placed = loop.updates, [], []
                 while loop.updates_owed >= 1.0:
-                    batch, where = collector.sample(batch_size, seq_len)
+                    batch, where = collector.sample(share.local_batch, seq_len)
                     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), loop.updates)
-                    train_state, metrics = step_fn(train_state, batch, key)
+                    train_state, metrics = step_fn(train_state, share.batch(batch), key)
                     context = {k: metrics.pop(k) for k in [k for k in metrics if k.startswith("context/")]}
                     if context:
-                        placed.append((where, jax.device_get(context)))
+                        placed.append((where, {k: share.local_rows(v) for k, v in context.items()}))
                     dispatched.append(metrics)
                     loop.updates += 1
                     loop.updates_owed -= 1.0
@@ -303,7 +320,7 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
                 for (where, context), metrics_i in zip(placed, dispatched):
                     if not guard.active or float(metrics_i[SKIPPED]) == 0.0:
                         collector.write_back(where, context)
-                agent.load_params(update.params(train_state))
+                agent.load_params(share.local(update.params(train_state)))
                 if dispatched and not compiled:  # leave the compiling first update out of the rate and ETA
                     compiled = True
                     bar.restart_clock()
@@ -314,18 +331,20 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
                     returns = evaluate(agent, config.env, config.eval_episodes, seed=eval_seed)
                     loop.eval_returns.append((loop.env_step, float(np.mean(returns)), float(np.std(returns))))
                     writer.add_scalar("eval/return", float(np.mean(returns)), loop.env_step)
-                plot_curves(loop, out / "learning_curve.png", f"{config.algo} on {config.env}")
+                if share.primary:
+                    plot_curves(loop, out / "learning_curve.png", f"{config.algo} on {config.env}")
                 if reached(loop.eval_returns, config.stop_return):
                     break
             if next_ckpt is not None and loop.env_step >= next_ckpt:
                 next_ckpt += config.checkpoint_every
-                save_checkpoint(checkpoint_dir, train_state, collector, loop, agent)
+                save_checkpoint(checkpoint_dir, share.primary_state(train_state), collector, loop, agent)
+                share.barrier(f"worldloom-agent-checkpoint-{loop.env_step}")
             last = loop.eval_returns[-1][1] if loop.eval_returns else float("nan")
             recent = [r for _, r in loop.train_returns[-10:]]
             bar.set_postfix(ret=f"{np.mean(recent):.1f}" if recent else "-", eval=f"{last:.1f}", upd=loop.updates,
                             loss=f"{float(metrics['loss']):.3f}" if metrics else "-")
     except KeyboardInterrupt:
-        save_checkpoint(checkpoint_dir, train_state, collector, loop, agent)
+        save_checkpoint(checkpoint_dir, share.primary_state(train_state), collector, loop, agent)
         raise
     finally:
         bar.close()
@@ -333,21 +352,26 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
         for env in envs:
             env.close()
     loop.wall_time += time.time() - started
-    save_checkpoint(checkpoint_dir, train_state, collector, loop, agent)
-    agent.save(out / "agent")
-    curves = plot_curves(loop, out / "learning_curve.png", f"{config.algo} on {config.env}")
+    save_checkpoint(checkpoint_dir, share.primary_state(train_state), collector, loop, agent)
+    share.barrier("worldloom-agent-final-checkpoint")
+    curves = out / "learning_curve.png"
+    if share.primary:
+        agent.save(out / "agent")
+        curves = plot_curves(loop, curves, f"{config.algo} on {config.env}")
     result = {
         "eval": [(s, r) for s, r, _ in loop.eval_returns],
         "final_eval_return": loop.eval_returns[-1][1] if loop.eval_returns else None,
         "train_returns": loop.train_returns,
         "updates": loop.updates,
         "env_steps": loop.env_step,
+        "params_sha256": params_sha256(jax.device_get(agent.params)),
         "skipped_updates": guard.skipped,
         "wall_time": loop.wall_time,
         "out_dir": str(out),
         "curves": str(curves),
     }
-    (out / "summary.json").write_text(json.dumps(result, indent=2))
+    if share.primary:
+        (out / "summary.json").write_text(json.dumps(result, indent=2))
     return result
 
 
