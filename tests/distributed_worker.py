@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -39,6 +40,7 @@ def main(spec: dict) -> None:
             self.losses.append(losses["loss"])
             if step == spec.get("die_at") and dist.process_index() == spec.get("die_process", 1):
                 print(f"process {dist.process_index()} dies at step {step}", flush=True)
+                Path(f"{spec['out']}.{dist.process_index()}.died").write_text(repr(time.time()))
                 os._exit(3)
 
     model = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, device="cpu", seed=0,

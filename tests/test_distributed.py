@@ -45,7 +45,7 @@ def launch(processes: int, out: Path, timeout: float = 400, **spec) -> dict:
     try:
         for proc, _ in workers:
             codes.append(proc.wait(timeout=max(1.0, timeout - (time.monotonic() - started))))
-            ended.append(time.monotonic() - started)
+            ended.append(time.time())  # exact for the last process to end, late for the others
     finally:
         for proc, log in workers:
             if proc.poll() is None:
@@ -145,7 +145,8 @@ def test_a_lost_process_stops_the_others_with_a_clear_error(tmp_path, runs, dies
     error = run["errors"][survivor]
     assert f"Process {survivor} of 2 lost another process of the run" in error
     assert "newest complete checkpoint is intact" in error
-    assert run["ended"][survivor] < 120  # stopped within a bounded time, not at a collective's default timeout
+    died = float(Path(f"{tmp_path / 'run'}.{dies}.died").read_text())
+    assert run["ended"][survivor] - died < 60  # stopped within a bounded time, not at a collective's timeout
     # Process 0 writes the checkpoints: those listed are complete (every file of the manifest, intact).
     saved = [step for step, _ in list_checkpoints(tmp_path / "ckpt")]
     if dies == 1:
