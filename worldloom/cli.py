@@ -292,6 +292,7 @@ def cmd_train(args) -> dict:
     from worldloom.core import registry
     from worldloom.core.devices import resolve_device
     from worldloom.training import Trainer, TrainingConfig
+    from worldloom.training._checkpoint import list_checkpoints
     from worldloom.training.callbacks import LoggingCallback, ProgressCallback
     from worldloom.training.data import collect_episodes, make_env
     from worldloom.training.evaluation import evaluate_loss, open_loop_prediction, plot_open_loop
@@ -351,8 +352,8 @@ def cmd_train(args) -> dict:
         trainer.add_callback(ProgressCallback())
     trainer.add_callback(LoggingCallback(log_dir=out / "logs"))
     if args.resume:
-        steps = sorted(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*") if p.name[5:].isdigit())
-        print(f"Resuming {out} from step {steps[-1] if steps else 0} ({out / 'checkpoints'})")
+        saved = list_checkpoints(out / "checkpoints")
+        print(f"Resuming {out} from step {saved[-1][0] if saved else 0} ({out / 'checkpoints'})")
     model = trainer.train(buffer, resume=bool(args.resume))
     if not primary:  # process 0 saves, evaluates and reports the run
         print(f"Process {dist.process_index()}: trained {trainer.step} updates; process 0 writes {out}")

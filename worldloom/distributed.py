@@ -42,11 +42,8 @@ import numpy as np
 from worldloom.core.errors import ConfigError, DistributedError
 
 __all__ = ["DistributedError", "barrier", "broadcast", "broadcast_arrays", "collective", "differing_processes",
-           "exit_after", "initialize", "is_initialized", "is_primary", "peer_failure", "process_count",
+           "exit_after", "gather", "initialize", "is_initialized", "is_primary", "peer_failure", "process_count",
            "process_index"]
-
-_STATE = {"initialized": False}
-
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, *, local_device_ids=None, initialization_timeout: int = 300,
@@ -79,7 +76,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         if int(num_processes) < 1 or not 0 <= int(process_id) < int(num_processes):
             raise ConfigError(f"process_id must be in [0, num_processes); got process_id={process_id}, "
                               f"num_processes={num_processes}.")
-    if _STATE["initialized"]:
+    if jax.distributed.is_initialized():
         raise ConfigError("worldloom.distributed.initialize was already called in this process.")
     if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU all-reduce across processes
@@ -93,12 +90,11 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         raise DistributedError(f"Could not join the run at {coordinator_address or 'the cluster coordinator'} "
                                f"within {initialization_timeout} s as process {process_id} of {num_processes}: "
                                f"{err}") from err
-    _STATE["initialized"] = True
 
 
 def is_initialized() -> bool:
     """Whether :func:`initialize` joined this process to a multi-process run."""
-    return _STATE["initialized"]
+    return jax.distributed.is_initialized()
 
 
 def process_index() -> int:
@@ -141,27 +137,39 @@ def broadcast(value):
     return json.loads(bytes(np.asarray(shared, np.uint8)).decode())
 
 
-def broadcast_arrays(tree):
-    """Process 0's pytree of arrays on every process, as NumPy arrays (the others pass arrays of the same shapes)."""
+def broadcast_arrays(tree, like):
+    """Process 0's pytree of arrays ``tree`` on every process, as NumPy arrays.
+
+    Args:
+        tree: Process 0's arrays; the other processes pass ``None``.
+        like: Arrays or ``ShapeDtypeStruct``s of ``tree``'s structure, on every process.
+    """
     if jax.process_count() == 1:
         return tree
     from jax.experimental import multihost_utils
 
+    if not is_primary():
+        tree = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), like)
     with collective("sharing the restored checkpoint"):
         return jax.device_get(multihost_utils.broadcast_one_to_all(tree))
 
 
-def differing_processes(text: str) -> list[int]:
-    """The processes whose ``text`` differs from process 0's (the same list on every process)."""
+def gather(value, doing: str) -> np.ndarray:
+    """Every process's ``value`` (an array of the same shape everywhere), stacked in process order."""
     if jax.process_count() == 1:
-        return []
-    import hashlib
-
+        return np.asarray(value)[None]
     from jax.experimental import multihost_utils
 
+    with collective(doing):
+        return np.asarray(multihost_utils.process_allgather(np.asarray(value)))
+
+
+def differing_processes(text: str) -> list[int]:
+    """The processes whose ``text`` differs from process 0's (the same list on every process)."""
+    import hashlib
+
     digest = np.frombuffer(hashlib.sha256(text.encode()).digest(), np.uint8)
-    with collective("comparing the processes' buffers"):
-        every = np.asarray(multihost_utils.process_allgather(digest))
+    every = gather(digest, "comparing the processes' buffers")
     return [index for index in range(len(every)) if not np.array_equal(every[index], every[0])]
 
 

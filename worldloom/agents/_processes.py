@@ -24,7 +24,6 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from worldloom import distributed
-from worldloom.core.errors import ConfigError
 from worldloom.training._parallel import AXIS, Placement, data_parallel_mesh
 
 
@@ -43,10 +42,7 @@ class ProcessShare:
         if self.count == 1:
             self.place = None
             return
-        mesh = data_parallel_mesh(True, device, batch_size)
-        if mesh is None or batch_size % mesh.size:
-            raise ConfigError(f"batch_size must be divisible by the {len(jax.devices())} devices of the "
-                              f"{self.count} processes; got batch_size={batch_size}.")
+        mesh = data_parallel_mesh(True, device, batch_size)  # ConfigError unless B splits over the devices
         self.place = Placement(device, mesh)
         self.rows = NamedSharding(mesh, P(AXIS))
         self.replicated = NamedSharding(mesh, P())
@@ -103,33 +99,18 @@ class ProcessShare:
         """Environment steps taken by all processes this loop step, and whether every replay is ready."""
         if self.count == 1:
             return stepped, ready
-        from jax.experimental import multihost_utils
-
-        with distributed.collective("collecting experience"):
-            every = np.asarray(multihost_utils.process_allgather(np.array([stepped, int(ready)], np.int64)))
+        every = distributed.gather(np.array([stepped, int(ready)], np.int64), "collecting experience")
         return int(every[:, 0].sum()), bool(every[:, 1].all())
 
     def everyone(self, flag: bool) -> bool:
         """Whether ``flag`` holds in every process."""
-        if self.count == 1:
-            return bool(flag)
-        from jax.experimental import multihost_utils
-
-        with distributed.collective("agreeing on the run's state"):
-            return bool(np.asarray(multihost_utils.process_allgather(np.int64(bool(flag)))).all())
+        return bool(distributed.gather(np.int64(bool(flag)), "agreeing on the run's state").all())
 
     def primary_state(self, train_state):
         """The train state a checkpoint of this process holds: process 0's host copy; the others hold none."""
         if self.count == 1:
             return train_state
         return self.fetch(train_state) if self.primary else None
-
-    def from_primary(self, saved, like):
-        """Process 0's restored train state ``saved`` on every process (the others pass ``None``)."""
-        if self.count == 1:
-            return saved
-        tree = saved if self.primary else jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), like)
-        return distributed.broadcast_arrays(tree)
 
     def barrier(self, name: str) -> None:
         distributed.barrier(name)

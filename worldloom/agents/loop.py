@@ -19,6 +19,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from worldloom import distributed
 from worldloom.agents._processes import NullWriter, ProcessShare
 from worldloom.agents._run_io import LoopState, load_checkpoint, plot_curves, save_checkpoint
 from worldloom.agents.collect import EpisodeCollector, StreamCollector, env_action
@@ -269,7 +270,7 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
                               f"expected {share.count}: an online run resumes on as many processes as it ran "
                               "(each holds its own replay).")
         vars(loop).update(vars(restored))
-        train_state = share.replicate(share.from_primary(saved, train_state))
+        train_state = share.replicate(distributed.broadcast_arrays(saved, train_state))
         agent.load_params(share.local(update.params(train_state)))
         print(f"Resuming {out} from environment step {loop.env_step} ({loop.updates} updates done)")
     per_step = (config.train_ratio / (batch_size * seq_len) if config.algo == "dreamerv3"

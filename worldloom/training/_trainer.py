@@ -220,10 +220,9 @@ class Trainer:
             found = {"step": int(meta["step"]), "seed": int(meta.get("sampler", {}).get("seed", self.config.seed)),
                      "run_id": meta.get("run_id"), "source": str(lineage.source), "data": lineage.data}
         else:
-            tree = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), like)
-            found = None
+            tree = found = None
         if distributed.process_count() > 1:
-            tree, found = distributed.broadcast_arrays(tree), distributed.broadcast(found)
+            tree, found = distributed.broadcast_arrays(tree, like), distributed.broadcast(found)
             lineage.run_id, lineage.source, lineage.data = found["run_id"], Path(found["source"]), found["data"]
         return tree["train_state"], tree["key"], found["step"], found["seed"]
 
