@@ -275,3 +275,26 @@ def test_evaluation_keeps_the_kept_plan():
     plan = np.asarray(agent.acting_state())
     evaluate(agent, "Pendulum-v1", 1, seed=0)
     np.testing.assert_array_equal(np.asarray(agent.acting_state()), plan)  # the training episodes' plans
+
+
+def test_discrete_tdmpc2_replays_the_vectors_it_plans_with():
+    """Replay holds the relaxed vectors MPPI chose (not one-hots), and the environment ran their argmax."""
+    model = create_world_model("tdmpc2:1m", obs_shape=(4,), action_dim=2, action_type="discrete", **TDMPC_TINY)
+    agent = TDMPC2Agent(model)
+    env = gym.make("CartPole-v1")
+    ran = []
+    step = env.step
+    env.step = lambda action: ran.append(action) or step(action)
+    from worldloom.agents.collect import EpisodeCollector
+
+    collector = EpisodeCollector([env], agent, 200, True, 0, lambda *_: None)
+    collector.reset([0], agent)
+    seeded = agent.random_actions(np.random.default_rng(0), 500)
+    assert seeded.min() < -0.9 and seeded.max() > 0.9 and len(np.unique(seeded)) > 900  # uniform in [-1, 1]^A
+    while collector.buffer.num_episodes == 0:
+        collector.step(agent)
+    stored = collector.buffer._actions[:len(ran)]
+    assert np.abs(stored).max() <= 1.0
+    assert not np.isin(stored, [0.0, 1.0]).all()  # vectors, not one-hots
+    np.testing.assert_array_equal(stored.argmax(-1), ran)
+    assert set(ran) == {0, 1}

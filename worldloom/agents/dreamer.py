@@ -216,6 +216,13 @@ class DreamerAgent:
         action = np.asarray(action)
         return action if self.discrete else np.clip(action, -1.0, 1.0)
 
+    def random_actions(self, rng: np.random.Generator, count: int) -> np.ndarray:
+        """Random actions ``[count, A]``: uniform one-hot when discrete, else uniform in [-1, 1]."""
+        dim = self.world_model.config.action_dim
+        if self.discrete:
+            return np.eye(dim, dtype=np.float32)[rng.integers(0, dim, count)]
+        return rng.uniform(-1, 1, (count, dim)).astype(np.float32)
+
     # ------------------------------------------------------------ save / load
 
     def save(self, path) -> None:

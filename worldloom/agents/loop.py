@@ -289,8 +289,7 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
     try:
         while loop.env_step < config.total_steps:
             random_phase = loop.env_step < seed_steps
-            stepped = collector.step(agent, _random_actions(rng, len(envs), action_dim, discrete)
-                                     if random_phase else None)
+            stepped = collector.step(agent, agent.random_actions(rng, len(envs)) if random_phase else None)
             stepped, ready = share.agree(stepped, collector.ready(seq_len))  # summed over processes
             loop.env_step += stepped
             bar.update(stepped)
@@ -390,9 +389,3 @@ def _check_updates(guard: NonFiniteGuard, first_update: int, dispatched: list[di
     if problem is not None:
         raise TrainingError(f"{problem} The agent keeps its params from before the updates of environment step "
                             f"{env_step}.")
-
-
-def _random_actions(rng: np.random.Generator, count: int, action_dim: int, discrete: bool) -> np.ndarray:
-    if discrete:
-        return np.eye(action_dim, dtype=np.float32)[rng.integers(0, action_dim, count)]
-    return rng.uniform(-1, 1, (count, action_dim)).astype(np.float32)

@@ -67,16 +67,22 @@ class TDMPC2Agent:
         self.world_model.plan_mean = state
 
     def act(self, obs, is_first, greedy: bool = False, key=None) -> np.ndarray:
-        """Actions ``[N, A]`` in [-1, 1] (discrete: one-hot) for observations ``[N, *obs_shape]``."""
+        """Actions ``[N, A]`` in [-1, 1] for observations ``[N, *obs_shape]``.
+
+        Discrete models get the relaxed vectors MPPI planned with; the
+        environment runs their argmax (:func:`~worldloom.agents.collect.env_action`)
+        and replay keeps the vectors, so the model trains on the inputs it plans over.
+        """
         obs = np.asarray(obs)
         shape = tuple(self.world_model.config.obs_shape)
         if obs.shape[1:] != shape:
             raise ShapeError(f"obs: expected shape [N, {', '.join(map(str, shape))}], got {list(obs.shape)}.")
-        action = np.asarray(self.world_model.act(obs, t0=np.asarray(is_first, bool), eval_mode=greedy,
-                                                 use_policy=self.use_policy, key=key))
-        if self.discrete:
-            return np.eye(self.world_model.config.action_dim, dtype=np.float32)[action]
-        return action
+        return np.asarray(self.world_model._plan_vectors(obs, np.asarray(is_first, bool), greedy, self.use_policy,
+                                                         None, None, key))
+
+    def random_actions(self, rng: np.random.Generator, count: int) -> np.ndarray:
+        """Seed-phase actions ``[count, A]``, uniform in [-1, 1] (discrete too: the env runs the argmax)."""
+        return rng.uniform(-1, 1, (count, self.world_model.config.action_dim)).astype(np.float32)
 
     def save(self, path) -> None:
         meta = {"use_policy": self.use_policy, "seed_steps": self.seed_steps, "seed": self.seed}

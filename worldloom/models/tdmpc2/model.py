@@ -293,6 +293,11 @@ class TDMPC2WorldModel(WorldModel):
         Returns:
             Actions ``[A]`` or ``[B, A]`` in [-1, 1] (discrete models: indices ``[]`` or ``[B]``).
         """
+        action = self._plan_vectors(obs, t0, eval_mode, use_policy, prev_plan, task, key)
+        return jnp.argmax(action, -1) if self.config.action_type == "discrete" else action
+
+    def _plan_vectors(self, obs, t0, eval_mode, use_policy, prev_plan, task, key):
+        """:meth:`act`'s actions as the vectors in [-1, 1]^A the model plans with (discrete models too)."""
         cfg = self.config
         obs = self._put(obs)
         single = obs.ndim == len(cfg.obs_shape)
@@ -317,8 +322,6 @@ class TDMPC2WorldModel(WorldModel):
                                          eval_mode=bool(eval_mode), use_policy=bool(use_policy))
         if not use_policy:
             self._plan_mean = mean
-        if cfg.action_type == "discrete":
-            action = jnp.argmax(action, -1)
         return action[0] if single else action
 
     @property
