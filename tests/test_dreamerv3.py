@@ -158,3 +158,37 @@ def test_eval_mode_is_deterministic(rng):
     b = model.imagine(model.encode(obs), np.zeros((5, 2, 2)))
     np.testing.assert_array_equal(a.rewards, b.rewards)
     np.testing.assert_array_equal(a.states.features, b.states.features)
+
+
+def test_gru_core_is_the_reference_block_gru():
+    """The group-major core equals the reference's formula: x broadcast to every block, concat, two block
+    linears, gates split per block as (reset, cand, update)."""
+    wm = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, **TINY)
+    cfg, params = wm.config, wm.params["rssm"]
+    keys = jax.random.split(jax.random.PRNGKey(3), 4)
+    deter = jax.random.normal(keys[0], (5, cfg.deter))
+    stoch = jax.random.normal(keys[1], (5, cfg.stoch_size))
+    action = 3 * jax.random.normal(keys[2], (5, 2))
+    params = jax.tree_util.tree_map(lambda p: p + 0.1 * jax.random.normal(keys[3], p.shape), params)
+
+    def norm_act(p, x):
+        x = x @ p["Dense_0"]["Dense_0"]["kernel"] + p["Dense_0"]["Dense_0"]["bias"]
+        x = x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-4) * p["RMSNorm_0"]["scale"]
+        return jax.nn.silu(x)
+
+    def block(p, x, g):
+        out = jnp.einsum("ngi,gio->ngo", x.reshape(x.shape[0], g, -1), p["kernel"])
+        return out.reshape(x.shape[0], -1) + p["bias"]
+
+    g = cfg.blocks
+    a = action / jnp.maximum(1.0, jnp.abs(action))
+    x = jnp.concatenate([norm_act(params[f"dyn_in_{i}"], v) for i, v in enumerate((deter, stoch, a))], -1)
+    x = jnp.concatenate([deter.reshape(5, g, -1), jnp.broadcast_to(x[:, None], (5, g, x.shape[-1]))], -1)
+    x = block(params["dyn_hidden"], x.reshape(5, -1), g)
+    x = jax.nn.silu(x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-4) * params["dyn_hidden_norm"]["scale"])
+    x = block(params["dyn_gru"], x, g).reshape(5, g, 3, -1)
+    reset, cand, update = (x[:, :, i].reshape(5, -1) for i in range(3))
+    reset, update = jax.nn.sigmoid(reset), jax.nn.sigmoid(update - 1.0)
+    expected = update * jnp.tanh(reset * cand) + (1.0 - update) * deter
+    got = wm.functions.core({**wm.params, "rssm": params}, deter, stoch, action)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

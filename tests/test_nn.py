@@ -114,6 +114,26 @@ def test_block_linear_equals_block_diagonal_dense():
     np.testing.assert_allclose(layer.apply({"params": params}, x), np.asarray(x) @ dense, rtol=1e-5, atol=1e-6)
 
 
+def test_block_linear_shared_input_and_grouped_layout_equal_the_broadcast_concat():
+    """DreamerV3's GRU input: each block sees its slice and all of ``shared`` (the reference concatenates)."""
+    layer = wnn.BlockLinear(features=12, blocks=3)
+    keys = jax.random.split(jax.random.PRNGKey(2), 3)
+    x, shared = jax.random.normal(keys[0], (5, 6)), jax.random.normal(keys[1], (5, 4))
+    params = layer.init(keys[2], x, shared=shared)["params"]
+    assert params["kernel"].shape == (3, 2 + 4, 4)
+    params = {**params, "bias": jax.random.normal(keys[2], (12,))}
+    concat = jnp.concatenate([x.reshape(5, 3, 2), jnp.broadcast_to(shared[:, None], (5, 3, 4))], -1)
+    expected = jnp.einsum("ngi,gio->ngo", concat, params["kernel"]).reshape(5, 12) + params["bias"]
+    out = layer.apply({"params": params}, x, shared=shared)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    grouped = layer.apply({"params": params}, jnp.moveaxis(x.reshape(5, 3, 2), 1, 0), shared=shared, grouped=True)
+    np.testing.assert_allclose(jnp.moveaxis(grouped, 0, 1).reshape(5, 12), expected, rtol=1e-5, atol=1e-5)
+    norm = wnn.RMSNorm()
+    scale = {"params": {"scale": jax.random.normal(keys[0], (12,))}}
+    np.testing.assert_allclose(jnp.moveaxis(norm.apply(scale, grouped, grouped=True), 0, 1).reshape(5, 12),
+                               norm.apply(scale, expected), rtol=1e-5, atol=1e-6)
+
+
 def test_dreamer_init_scale():
     weights = wnn.dreamer_init()(jax.random.PRNGKey(0), (1024, 512))
     assert float(jnp.std(weights)) == pytest.approx(1 / np.sqrt(1024), rel=0.02)

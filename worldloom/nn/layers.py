@@ -49,16 +49,27 @@ def tdmpc_init(std: float = 0.02) -> Initializer:
 
 
 class RMSNorm(nn.Module):
-    """``x * rsqrt(mean(x^2) + eps) * scale`` over the last axis, in float32."""
+    """``x * rsqrt(mean(x^2) + eps) * scale`` over the last axis, in float32.
+
+    ``grouped=True`` takes features split into groups, group-major
+    (``[G, ..., F/G]``, :class:`BlockLinear`'s grouped layout), and normalises
+    over all ``F`` of them, as over the last axis of ``[..., F]``.
+    """
 
     eps: float = 1e-4
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, grouped: bool = False) -> jax.Array:
         dtype = x.dtype
         x = x.astype(jnp.float32)
-        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
-        x = x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + self.eps) * scale
+        if not grouped:
+            scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+            x = x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + self.eps) * scale
+            return x.astype(dtype)
+        groups, width = x.shape[0], x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (groups * width,), jnp.float32)
+        scale = scale.reshape(groups, *([1] * (x.ndim - 2)), width)
+        x = x * jax.lax.rsqrt(jnp.mean(x * x, (0, x.ndim - 1), keepdims=True) + self.eps) * scale
         return x.astype(dtype)
 
 
@@ -89,6 +100,16 @@ class BlockLinear(nn.Module):
     mapped to ``features/blocks`` outputs; kernel ``[blocks, I/b, F/b]``, bias ``[F]``.
     The init's fan-in is the whole input ``I`` (``blocks * I/b``), the
     reference's: weights have std ``1/sqrt(I)``, not ``1/sqrt(I/b)``.
+
+    ``shared`` ``[..., S]`` is appended to every group's input, as if each
+    group's slice were concatenated with it (DreamerV3's GRU input); the kernel
+    is then ``[blocks, I/b + S, F/b]``. The shared part is one dense matmul
+    rather than ``blocks`` copies of it, the same sum in fewer, wider products.
+
+    ``grouped=True`` takes and returns the group-major layout ``[blocks, ...,
+    I/b]`` -> ``[blocks, ..., F/b]``: the layout of XLA's batched matmul, so a
+    chain of block layers and the elementwise work between them (the GRU's
+    gates) run without a transpose between each.
     """
 
     features: int
@@ -97,24 +118,30 @@ class BlockLinear(nn.Module):
     dtype: Any = None
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        in_features = x.shape[-1]
-        if in_features % self.blocks or self.features % self.blocks:
+    def __call__(self, x: jax.Array, shared: jax.Array | None = None, grouped: bool = False) -> jax.Array:
+        in_features = x.shape[-1] * (self.blocks if grouped else 1)
+        extra = 0 if shared is None else shared.shape[-1]
+        if in_features % self.blocks or self.features % self.blocks or (grouped and x.shape[0] != self.blocks):
             raise ValueError(
                 f"BlockLinear: {in_features} inputs and {self.features} outputs must divide "
                 f"into {self.blocks} blocks"
             )
-        init = dreamer_init(self.outscale)
-        kernel = self.param(
-            "kernel",
-            init,
-            (self.blocks, in_features // self.blocks, self.features // self.blocks),
-        )
+        per_block, out_block = in_features // self.blocks, self.features // self.blocks
+        kernel = self.param("kernel", dreamer_init(self.outscale), (self.blocks, per_block + extra, out_block))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         dtype = self.dtype or x.dtype
-        grouped = x.reshape(*x.shape[:-1], self.blocks, in_features // self.blocks)
-        out = jnp.einsum("...gi,gio->...go", grouped.astype(dtype), kernel.astype(dtype))
-        return out.reshape(*x.shape[:-1], self.features) + bias.astype(dtype)
+        kernel = kernel.astype(dtype)
+        if grouped:
+            lead, groups_first = x.shape[1:-1], x.astype(dtype)
+        else:
+            lead = x.shape[:-1]
+            groups_first = jnp.moveaxis(x.reshape(*lead, self.blocks, per_block).astype(dtype), -2, 0)
+        out = jnp.einsum("g...i,gio->g...o", groups_first, kernel[:, :per_block])
+        if shared is not None:
+            out = out + jnp.einsum("...i,gio->g...o", shared.astype(dtype), kernel[:, per_block:])
+        if grouped:
+            return out + bias.astype(dtype).reshape(self.blocks, *([1] * len(lead)), out_block)
+        return jnp.moveaxis(out, 0, -2).reshape(*lead, self.features) + bias.astype(dtype)
 
 
 def simnorm(x: jax.Array, group: int = 8) -> jax.Array:

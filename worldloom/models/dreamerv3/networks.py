@@ -142,18 +142,19 @@ class RSSM(nn.Module):
         action = action / jax.lax.stop_gradient(jnp.maximum(1.0, jnp.abs(action)))
         branches = [layer(x) for layer, x in zip(self.dyn_in, (deter, stoch, action))]
         x = jnp.concatenate(branches, -1)
-        groups = cfg.blocks
-        x = jnp.broadcast_to(x[..., None, :], (*x.shape[:-1], groups, x.shape[-1]))
-        deter_groups = deter.reshape(*deter.shape[:-1], groups, -1).astype(x.dtype)
-        x = jnp.concatenate([deter_groups, x], -1).reshape(*deter.shape[:-1], -1)
-        x = jax.nn.silu(self.dyn_hidden_norm(self.dyn_hidden(x)))
-        x = self.dyn_gru(x).astype(jnp.float32)
-        x = x.reshape(*x.shape[:-1], groups, 3, -1)
-        reset, cand, update = (x[..., i, :].reshape(*deter.shape[:-1], -1) for i in range(3))
+        # Group-major [G, N, D/G] from here to the output: each block sees its slice of deter and
+        # all of x (the reference broadcasts x to every block).
+        groups, lead = cfg.blocks, deter.shape[:-1]
+        deter_groups = jnp.moveaxis(deter.reshape(*lead, groups, -1), -2, 0)
+        x = self.dyn_hidden(deter_groups.astype(x.dtype), shared=x, grouped=True)
+        x = jax.nn.silu(self.dyn_hidden_norm(x, grouped=True))
+        x = self.dyn_gru(x, grouped=True).astype(jnp.float32)
+        reset, cand, update = jnp.split(x, 3, -1)
         reset = jax.nn.sigmoid(reset)
         cand = jnp.tanh(reset * cand)
         update = jax.nn.sigmoid(update - 1.0)
-        return update * cand + (1.0 - update) * deter
+        deter_groups = update * cand + (1.0 - update) * deter_groups
+        return jnp.moveaxis(deter_groups, 0, -2).reshape(*lead, cfg.deter)
 
     def prior(self, deter):
         """Prior logits ``[N, 32, classes]`` from ``deter [N, D]``."""
