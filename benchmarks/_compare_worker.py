@@ -1,0 +1,151 @@
+"""One side of ``benchmarks.compare``: builds workloads with whichever ``worldloom`` is first on the path.
+
+Started by :mod:`benchmarks.compare` with ``PYTHONPATH`` set to one source
+tree; it reads JSON commands on stdin and answers each with one JSON line:
+
+- ``{"setup": work}``: build and compile ``work``; answers the tree's path,
+  parameter count, compile seconds and XLA's temporary bytes.
+- ``{"time": work, "repeats": n}``: answers ``{"seconds": [...]}``, one per call.
+- ``{"peak": seconds}``: answers ``{"flops_per_s": ...}``, a 1024x1024 f32 matmul's rate.
+
+It only uses the documented API (and the agent classes), feature-detecting
+what changed between revisions, so the same workload runs on both sides.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import worldloom
+from worldloom import create_world_model
+from worldloom.models.base import OptimizerSettings
+
+VECTOR = {"dreamerv3": (39,), "tdmpc2": (24,)}
+IMAGE = (64, 64, 3)
+ACTIONS = 6
+
+
+def _sequences(rng, batch: int, length: int, obs_shape) -> dict:
+    if len(obs_shape) == 3:
+        obs = rng.integers(0, 255, (batch, length, *obs_shape), dtype=np.uint8)
+    else:
+        obs = rng.normal(size=(batch, length, *obs_shape)).astype(np.float32)
+    is_first = np.zeros((batch, length), bool)
+    is_first[:, 0] = True
+    return {"obs": obs, "actions": rng.uniform(-1, 1, (batch, length, ACTIONS)).astype(np.float32),
+            "rewards": rng.normal(size=(batch, length)).astype(np.float32),
+            "continues": np.ones((batch, length), np.float32), "is_first": is_first}
+
+
+def _agent_batch(agent, rng, batch: int, seq: int) -> dict:
+    """The agent's replay windows of ``seq`` trained rows, in the layout its revision expects."""
+    cfg = agent.world_model.config
+    try:
+        from worldloom.agents.replay import StreamReplay
+    except ImportError:  # whole-episode replay: plain windows
+        return _sequences(rng, batch, seq, cfg.obs_shape)
+    replay = StreamReplay(batch * (seq + 1), batch, cfg.obs_shape, np.float32 if len(cfg.obs_shape) == 1 else np.uint8,
+                          cfg.action_dim, cfg.deter, cfg.stoch_size, seed=0)
+    rows = _sequences(rng, batch, seq + 1, cfg.obs_shape)
+    for t in range(seq + 1):
+        replay.add({"obs": rows["obs"][:, t], "actions": rows["actions"][:, t], "rewards": rows["rewards"][:, t],
+                    "is_first": rows["is_first"][:, t], "is_last": np.zeros(batch, bool),
+                    "is_terminal": np.zeros(batch, bool), "deter": np.zeros((batch, cfg.deter), np.float32),
+                    "stoch": np.zeros((batch, cfg.stoch_size), np.uint8)})
+    return replay.sample(batch, seq + 1)[0]
+
+
+class Work:
+    """A compiled program and its inputs; ``call()`` runs it once and blocks until done."""
+
+    def __init__(self, name: str):
+        kind, model, *rest = name.split(":")
+        obs = rest[0] if rest else "vector"
+        family = "dreamerv3" if kind.startswith("dreamer") else "tdmpc2"
+        shape = IMAGE if obs == "image" else VECTOR[family]
+        self.handle = create_world_model(f"{family}:{model}", obs_shape=shape, action_dim=ACTIONS)
+        rng = np.random.default_rng(0)
+        key = jax.random.PRNGKey(0)
+        self.temp_bytes, self.flops = None, None
+        if kind == "tdmpc2-plan":
+            single = rng.normal(size=(1, *shape)).astype(np.float32)
+            self.params = self.handle.num_parameters()
+            start = time.perf_counter()  # the first plan compiles it
+            np.asarray(self.handle.act(single, t0=True))
+            self.compile_s = time.perf_counter() - start
+            self.call = lambda: np.asarray(self.handle.act(single, t0=False))
+            return
+        if kind == "dreamer-agent":
+            from worldloom.agents import DreamerAgent
+
+            owner = DreamerAgent(self.handle, seed=0)
+            data = _agent_batch(owner, rng, 16, 64)
+        else:
+            owner = self.handle
+            data = _sequences(rng, *((256, 4) if family == "tdmpc2" else (16, 64)), shape)
+        self.params = int(owner.num_parameters())
+        update = owner.make_update(OptimizerSettings())
+        data = jax.device_put(data)
+        state = update.init(owner.params)
+        step = jax.jit(update.step, donate_argnums=0)
+        start = time.perf_counter()
+        compiled = step.lower(state, data, key).compile()
+        self.compile_s = time.perf_counter() - start
+        memory = compiled.memory_analysis()
+        self.temp_bytes = int(memory.temp_size_in_bytes) if memory is not None else None
+        cost = compiled.cost_analysis()
+        cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) else (cost or {})
+        self.flops = float(cost.get("flops", 0.0)) or None
+        self.state, self.data, self.key, self.compiled = state, data, key, compiled
+        self.count = 0
+
+        def call():
+            self.count += 1
+            self.state, metrics = self.compiled(self.state, self.data, jax.random.fold_in(self.key, self.count))
+            jax.block_until_ready(metrics["loss"])
+
+        call()
+        self.call = call
+
+
+def matmul_peak(seconds: float) -> float:
+    """FLOP/s of a 1024x1024 f32 matmul, the same probe as ``benchmarks.train_step``."""
+    a = jnp.ones((1024, 1024), jnp.float32)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        matmul(a).block_until_ready()
+        count += 1
+    return 2 * 1024**3 * count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    works: dict[str, Work] = {}
+    for line in sys.stdin:
+        command = json.loads(line)
+        if "setup" in command:
+            work = works[command["setup"]] = Work(command["setup"])
+            reply = {"tree": worldloom.__file__, "params": work.params, "compile_s": work.compile_s,
+                     "temp_bytes": work.temp_bytes, "flops": work.flops, "jax": jax.__version__}
+        elif "peak" in command:
+            reply = {"flops_per_s": matmul_peak(float(command["peak"]))}
+        else:
+            work = works[command["time"]]
+            seconds = []
+            for _ in range(int(command["repeats"])):
+                start = time.perf_counter()
+                work.call()
+                seconds.append(time.perf_counter() - start)
+            reply = {"seconds": seconds}
+        print(json.dumps(reply), flush=True)
+
+
+if __name__ == "__main__":
+    main()
