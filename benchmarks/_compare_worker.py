@@ -6,7 +6,8 @@ tree; it reads JSON commands on stdin and answers each with one JSON line:
 - ``{"setup": work}``: build and compile ``work``; answers the tree's path,
   parameter count, compile seconds and XLA's temporary bytes.
 - ``{"time": work, "repeats": n}``: answers ``{"seconds": [...]}``, one per call.
-- ``{"peak": seconds}``: answers ``{"flops_per_s": ...}``, a 1024x1024 f32 matmul's rate.
+- ``{"peak": seconds}``: answers ``{"flops_per_s": ...}``, the f32 matmul rate
+  of ``benchmarks.train_step.device_peaks``.
 
 It only uses the documented API (and the agent classes), feature-detecting
 what changed between revisions, so the same workload runs on both sides.
@@ -19,7 +20,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import worldloom
@@ -114,18 +114,6 @@ class Work:
         self.call = call
 
 
-def matmul_peak(seconds: float) -> float:
-    """FLOP/s of a 1024x1024 f32 matmul, the same probe as ``benchmarks.train_step``."""
-    a = jnp.ones((1024, 1024), jnp.float32)
-    matmul = jax.jit(lambda x: x @ x)
-    matmul(a).block_until_ready()
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        matmul(a).block_until_ready()
-        count += 1
-    return 2 * 1024**3 * count / (time.perf_counter() - start)
-
-
 def main() -> None:
     works: dict[str, Work] = {}
     for line in sys.stdin:
@@ -135,7 +123,10 @@ def main() -> None:
             reply = {"tree": worldloom.__file__, "params": work.params, "compile_s": work.compile_s,
                      "temp_bytes": work.temp_bytes, "flops": work.flops, "jax": jax.__version__}
         elif "peak" in command:
-            reply = {"flops_per_s": matmul_peak(float(command["peak"]))}
+            from train_step import device_peaks  # beside this file
+
+            peaks = device_peaks(jax.devices()[0], float(command["peak"]))
+            reply = {"flops_per_s": peaks["matmul_flops_f32"]}
         else:
             work = works[command["time"]]
             seconds = []

@@ -19,8 +19,8 @@ the revision's: below 1 is faster. Workloads:
 
 Also printed: compile seconds and the temporaries XLA allocates for each
 compiled update (its memory analysis), per tree, and the working tree's
-FLOP/s (XLA's cost analysis over the median time) as a fraction of a
-1024x1024 f32 matmul timed right after the rounds.
+FLOP/s (XLA's cost analysis over the median time) as a fraction of the f32
+matmul rate ``benchmarks.train_step`` probes, timed right after the rounds.
 """
 
 from __future__ import annotations
