@@ -121,7 +121,9 @@ class BlockLinear(nn.Module):
     def __call__(self, x: jax.Array, shared: jax.Array | None = None, grouped: bool = False) -> jax.Array:
         in_features = x.shape[-1] * (self.blocks if grouped else 1)
         extra = 0 if shared is None else shared.shape[-1]
-        if in_features % self.blocks or self.features % self.blocks or (grouped and x.shape[0] != self.blocks):
+        if grouped and x.shape[0] != self.blocks:
+            raise ValueError(f"BlockLinear: grouped input must lead with {self.blocks} blocks, got {list(x.shape)}")
+        if in_features % self.blocks or self.features % self.blocks:
             raise ValueError(
                 f"BlockLinear: {in_features} inputs and {self.features} outputs must divide "
                 f"into {self.blocks} blocks"
@@ -130,18 +132,19 @@ class BlockLinear(nn.Module):
         kernel = self.param("kernel", dreamer_init(self.outscale), (self.blocks, per_block + extra, out_block))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         dtype = self.dtype or x.dtype
-        kernel = kernel.astype(dtype)
+        kernel, bias = kernel.astype(dtype), bias.astype(dtype)
         if grouped:
-            lead, groups_first = x.shape[1:-1], x.astype(dtype)
-        else:
-            lead = x.shape[:-1]
-            groups_first = jnp.moveaxis(x.reshape(*lead, self.blocks, per_block).astype(dtype), -2, 0)
-        out = jnp.einsum("g...i,gio->g...o", groups_first, kernel[:, :per_block])
+            lead = x.shape[1:-1]
+            out = jnp.einsum("g...i,gio->g...o", x.astype(dtype), kernel[:, :per_block])
+            if shared is not None:
+                out = out + jnp.einsum("...i,gio->g...o", shared.astype(dtype), kernel[:, per_block:])
+            return out + bias.reshape(self.blocks, *([1] * len(lead)), out_block)
+        lead = x.shape[:-1]
+        out = jnp.einsum("...gi,gio->...go", x.reshape(*lead, self.blocks, per_block).astype(dtype),
+                         kernel[:, :per_block])
         if shared is not None:
-            out = out + jnp.einsum("...i,gio->g...o", shared.astype(dtype), kernel[:, per_block:])
-        if grouped:
-            return out + bias.astype(dtype).reshape(self.blocks, *([1] * len(lead)), out_block)
-        return jnp.moveaxis(out, 0, -2).reshape(*lead, self.features) + bias.astype(dtype)
+            out = out + jnp.einsum("...i,gio->...go", shared.astype(dtype), kernel[:, per_block:])
+        return out.reshape(*lead, self.features) + bias
 
 
 def simnorm(x: jax.Array, group: int = 8) -> jax.Array:
