@@ -41,6 +41,10 @@ def piece_of(op_name: str) -> str:
     return f"{direction} {found}{where}"
 
 
+def _names_a_piece(op_name: str) -> bool:
+    return not piece_of(op_name).split(" ", 1)[1].startswith("other")
+
+
 def op_metadata(hlo: str) -> dict[str, tuple[str, str]]:
     """``op -> (shape, op_name)``; a fusion is named by the first op inside it that names a piece."""
     bodies = {m.group(1): m.group(2) for m in re.finditer(r"^%([\w.\-]+) .*?\{\n(.*?)^\}", hlo, re.M | re.S)}
@@ -48,9 +52,8 @@ def op_metadata(hlo: str) -> dict[str, tuple[str, str]]:
     for m in _OP.finditer(hlo):
         op, shape, op_name = m.groups()
         called = re.search(r"calls=%([\w.\-]+)", m.group(0))
-        if called and piece_of(op_name).split(" ", 1)[1].startswith("other"):
-            inner = [n for n in re.findall(r'op_name="([^"]*)"', bodies.get(called.group(1), ""))
-                     if not piece_of(n).split(" ", 1)[1].startswith("other")]
+        if called and not _names_a_piece(op_name):
+            inner = [n for n in re.findall(r'op_name="([^"]*)"', bodies.get(called.group(1), "")) if _names_a_piece(n)]
             op_name = inner[0] if inner else op_name
         metadata.setdefault(op, (shape, op_name))
     return metadata

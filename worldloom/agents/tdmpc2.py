@@ -77,8 +77,9 @@ class TDMPC2Agent:
         shape = tuple(self.world_model.config.obs_shape)
         if obs.shape[1:] != shape:
             raise ShapeError(f"obs: expected shape [N, {', '.join(map(str, shape))}], got {list(obs.shape)}.")
-        return np.asarray(self.world_model._plan_vectors(obs, np.asarray(is_first, bool), greedy, self.use_policy,
-                                                         None, None, key))
+        return np.asarray(self.world_model._plan_vectors(obs, t0=np.asarray(is_first, bool), eval_mode=greedy,
+                                                         use_policy=self.use_policy, prev_plan=None, task=None,
+                                                         key=key))
 
     def random_actions(self, rng: np.random.Generator, count: int) -> np.ndarray:
         """Seed-phase actions ``[count, A]``, uniform in [-1, 1] (discrete too: the env runs the argmax)."""
