@@ -31,7 +31,10 @@ from _compare_worker import Work  # noqa: E402
 PIECES = ("Critic", "Actor", "reward", "continue", "rssm.core", "rssm.prior", "rssm.posterior", "encoder",
           "decoder", "_gumbel", "log_softmax", "percentile", "dynamics", "Qs", "TDMPC2Networks.pi",
           "termination", "laprop", "adam")
-_OP = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\S+) .*?metadata=\{op_name=\"([^\"]*)\"", re.M)
+_OP = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\S+) ([\w\-]+)\(.*$", re.M)
+# Ops that hold others: their trace events span their bodies' ops, which are counted themselves.
+_CONTAINERS = ("while", "conditional", "call")
+_OP_NAME = re.compile(r'metadata=\{op_name="([^"]*)"')
 
 
 def piece_of(op_name: str) -> str:
@@ -50,7 +53,11 @@ def op_metadata(hlo: str) -> dict[str, tuple[str, str]]:
     bodies = {m.group(1): m.group(2) for m in re.finditer(r"^%([\w.\-]+) .*?\{\n(.*?)^\}", hlo, re.M | re.S)}
     metadata = {}
     for m in _OP.finditer(hlo):
-        op, shape, op_name = m.groups()
+        op, shape, kind = m.groups()
+        if kind in _CONTAINERS:
+            continue
+        named = _OP_NAME.search(m.group(0))
+        op_name = named.group(1) if named else ""
         called = re.search(r"calls=%([\w.\-]+)", m.group(0))
         if called and not _names_a_piece(op_name):
             inner = [n for n in re.findall(r'op_name="([^"]*)"', bodies.get(called.group(1), "")) if _names_a_piece(n)]
