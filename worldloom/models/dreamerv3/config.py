@@ -138,6 +138,10 @@ class DreamerV3Config(ConfigBase):
     loss_scale_rep: float = 0.1
     compute_dtype: str = "float32"
     """``"float32"`` or ``"bfloat16"`` matmuls/convs; norms, distributions and losses stay f32."""
+    remat: str = "cnn"
+    """Rematerialisation of image models: ``"cnn"`` runs the encoder and decoder of the loss in chunks of
+    about 64 frames and recomputes their activations in the backward pass (the CNNs hold one chunk's
+    activations, for one more forward pass of each); ``"none"`` keeps every activation."""
 
     @property
     def is_image(self) -> bool:
@@ -164,6 +168,7 @@ class DreamerV3Config(ConfigBase):
                 f"deter ({self.deter}) must be divisible by blocks ({self.blocks}).")
         require(self.compute_dtype in ("float32", "bfloat16"),
                 f"compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}.")
+        require(self.remat in ("none", "cnn"), f"remat must be 'none' or 'cnn', got {self.remat!r}.")
         require(self.reward_bins % 2 == 1, f"reward_bins must be odd, got {self.reward_bins}.")
         for name in ("hidden", "stoch", "classes", "units", "depth"):
             require(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}.")

@@ -40,6 +40,10 @@ from worldloom.nn.functional import (
 sg = jax.lax.stop_gradient
 
 
+# Frames per chunk of the image encoder and decoder under ``remat="cnn"`` (one 64-step sequence's worth).
+REMAT_FRAMES = 64
+
+
 class DreamerV3Functions:
     """Pure functions over ``params`` for one config. Everything here jits."""
 
@@ -64,6 +68,33 @@ class DreamerV3Functions:
         flat = obs.reshape(-1, *self.config.obs_shape)
         tokens = self._apply(params, DreamerV3Networks.encode, flat)
         return tokens.reshape(*lead, tokens.shape[-1])
+
+    def _over_frames(self, params, method, *frames):
+        """``method`` on frames ``[B, T, ...]`` -> ``[B, T, ...]``, as one batch of ``B * T``.
+
+        With ``remat="cnn"`` an image model runs in chunks of ``B x c`` frames
+        (``c`` consecutive steps of every sequence, ``B * c`` near
+        :data:`REMAT_FRAMES`) and recomputes each chunk's activations in the
+        backward pass: the encoder's and decoder's memory is one chunk's, for
+        one more forward pass of each. Chunks keep the batch axis whole, so a
+        batch sharded over devices stays sharded.
+        """
+        batch_size, length = frames[0].shape[:2]
+        if self.config.remat == "cnn" and self.config.is_image:
+            steps = max([c for c in range(1, length + 1) if length % c == 0 and batch_size * c <= REMAT_FRAMES],
+                        default=1)
+            run = jax.checkpoint(lambda *chunk: self._apply(params, method, *chunk))
+
+            def one_chunk(chunk):
+                out = run(*(x.reshape(batch_size * steps, *x.shape[2:]) for x in chunk))
+                return out.reshape(batch_size, steps, *out.shape[1:])
+
+            chunks = [jnp.moveaxis(x.reshape(batch_size, length // steps, steps, *x.shape[2:]), 1, 0)
+                      for x in frames]
+            out = jnp.moveaxis(jax.lax.map(one_chunk, chunks), 0, 1)
+            return out.reshape(batch_size, length, *out.shape[3:])
+        out = self._apply(params, method, *(x.reshape(-1, *x.shape[2:]) for x in frames))
+        return out.reshape(batch_size, length, *out.shape[1:])
 
     def core(self, params, deter, stoch, action):
         return self._apply(params, DreamerV3Networks.core, deter, stoch, action)
@@ -219,7 +250,7 @@ class DreamerV3Functions:
         prev_actions = jnp.concatenate([jnp.zeros_like(actions[:, :1]), actions[:, :-1]], 1)
         scan_key, next_key = jax.random.split(key)
 
-        tokens = self.encode(params, obs)
+        tokens = self._over_frames(params, DreamerV3Networks.encode, obs)
         start = self.initial(params, batch_size)
         post, cont_deter = self.observe_scan(params, tokens, prev_actions, is_first, start, scan_key, stochastic)
 
@@ -258,7 +289,7 @@ class DreamerV3Functions:
         """
         obs = batch["obs"]
         is_first = batch["is_first"].astype(bool)
-        tokens = self.encode(params, obs)
+        tokens = self._over_frames(params, DreamerV3Networks.encode, obs)
         post, _ = self.observe_scan(params, tokens, batch["prev_actions"].astype(jnp.float32), is_first, start,
                                     key, stochastic)
         prior_logits = self.prior(params, post.deterministic)
@@ -290,11 +321,7 @@ class DreamerV3Functions:
             "rep": jnp.maximum(rep, cfg.free_nats),
         }
 
-        recon = self._apply(
-            params, DreamerV3Networks.decode,
-            post.deterministic.reshape(batch_size * length, -1),
-            post.stochastic.reshape(batch_size * length, -1),
-        ).reshape(batch_size, length, *cfg.obs_shape)
+        recon = self._over_frames(params, DreamerV3Networks.decode, post.deterministic, post.stochastic)
         if cfg.is_image:
             target = obs.astype(jnp.float32) / (255.0 if obs.dtype == jnp.uint8 else 1.0)
         else:
