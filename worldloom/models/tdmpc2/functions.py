@@ -7,6 +7,7 @@ where it is random); everything jits. Inputs may carry any leading axes.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -26,6 +27,8 @@ class TDMPC2Functions:
     def __init__(self, config: TDMPC2Config):
         self.config = config
         self.net = TDMPC2Networks(config)
+        # The same networks with a two-member Q ensemble: q_two applies it to the two chosen heads' params.
+        self._two_q = TDMPC2Networks(dataclasses.replace(config, num_q=2))
 
     def _apply(self, params, method, *args, rngs=None):
         return self.net.apply({"params": params}, *args, method=method, rngs=rngs)
@@ -100,9 +103,21 @@ class TDMPC2Functions:
         return tdmpc_twohot_mean(self.q_logits(params, z, action, task, dropout_key), cfg.vmin, cfg.vmax)
 
     def q_two(self, params, z, action, key, reduce: str, task=None, dropout_key=None) -> jax.Array:
-        """``min`` or ``avg`` of two randomly chosen Q heads (the same two for the whole batch)."""
-        heads = jax.random.permutation(key, self.config.num_q)[:2]
-        values = self.q_all(params, z, action, task, dropout_key)[heads]
+        """``min`` or ``avg`` of two randomly chosen Q heads (the same two for the whole batch).
+
+        Without dropout only the two chosen heads are evaluated (their params
+        gathered from the ensemble): the values of evaluating every head and
+        picking two, for ``2 / num_q`` of the work. With dropout every head runs,
+        so that each draws the mask it draws in :meth:`q_all`.
+        """
+        cfg = self.config
+        heads = jax.random.permutation(key, cfg.num_q)[:2]
+        if dropout_key is None or cfg.dropout == 0.0:
+            chosen = {**params, "Qs": jax.tree_util.tree_map(lambda p: p[heads], params["Qs"])}
+            logits = self._two_q.apply({"params": chosen}, z, action, task, True, method=TDMPC2Networks.q_logits)
+            values = tdmpc_twohot_mean(logits, cfg.vmin, cfg.vmax)
+        else:
+            values = self.q_all(params, z, action, task, dropout_key)[heads]
         return jnp.min(values, 0) if reduce == "min" else jnp.mean(values, 0)
 
     def with_q(self, params, q_params) -> Params:
