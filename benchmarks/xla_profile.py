@@ -31,7 +31,7 @@ from _compare_worker import Work  # noqa: E402
 PIECES = ("Critic", "Actor", "reward", "continue", "rssm.core", "rssm.prior", "rssm.posterior", "encoder",
           "decoder", "_gumbel", "log_softmax", "percentile", "dynamics", "Qs", "TDMPC2Networks.pi",
           "termination", "laprop", "adam")
-_OP = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\S+) ([\w\-]+)\(.*$", re.M)
+_OP = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\(.*?\)|\S+) ([\w\-]+)\(.*$", re.M)  # shape: one array or a tuple
 # Ops that hold others: their trace events span their bodies' ops, which are counted themselves.
 _CONTAINERS = ("while", "conditional", "call")
 _OP_NAME = re.compile(r'metadata=\{op_name="([^"]*)"')
