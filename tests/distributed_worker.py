@@ -30,7 +30,6 @@ def main(spec: dict) -> None:
     from worldloom import create_world_model
     from worldloom.training import Trainer, TrainingConfig
     from worldloom.training.callbacks import Callback, CheckpointCallback
-    from worldloom.training.data import create_random_buffer
 
     class Record(Callback):
         def __init__(self):
@@ -46,11 +45,13 @@ def main(spec: dict) -> None:
     model = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, device="cpu", seed=0,
                                deter=64, hidden=32, units=32, classes=4, stoch=4, enc_layers=1, dec_layers=1,
                                img_layers=1, action_type="discrete")
-    buffer = create_random_buffer(capacity=2000, obs_shape=(4,), action_dim=2, num_episodes=30,
-                                  episode_length=12 + spec.get("extra_length", 0) * dist.process_index(), seed=0)
     config = TrainingConfig(total_steps=spec["steps"], batch_size=8, sequence_length=8, steps_per_dispatch=4,
                             device="cpu", eval_interval=spec.get("eval_interval", 0), eval_fraction=0.1,
-                            warmup_steps=2, learning_rate=1e-3, data_parallel=True, max_in_flight=2)
+                            warmup_steps=2, learning_rate=1e-3, data_parallel=True, max_in_flight=2,
+                            replay_sharding=spec.get("replay", "replicated"))
+    if spec.get("reference_shards"):
+        return reference(spec, model, config)
+    buffer = own_buffer(spec, dist.process_index())
     record = Record()
     callbacks = [record]
     if spec.get("checkpoint_dir"):
@@ -76,6 +77,53 @@ def main(spec: dict) -> None:
         json.dump({"losses": record.losses, "devices": trainer.placement.size, "seconds": seconds,
                    "steps": trainer.step, "local_batch": [list(s.data.shape) for s in chunk["obs"].addressable_shards],
                    "process_count": dist.process_count(), "evals": [s for s, _ in trainer.eval_history]}, handle)
+
+
+def own_buffer(spec: dict, index: int):
+    """Process ``index``'s buffer: the same for every process, or with ``replay="process"`` its own episodes."""
+    from worldloom.training.data import create_random_buffer
+
+    if spec.get("replay") == "process":  # other episodes, and another number of them, in each process
+        return create_random_buffer(capacity=2000, obs_shape=(4,), action_dim=2, num_episodes=20 + 5 * index,
+                                    episode_length=12 + index, seed=100 + index)
+    return create_random_buffer(capacity=2000, obs_shape=(4,), action_dim=2, num_episodes=30,
+                                episode_length=12 + spec.get("extra_length", 0) * index, seed=0)
+
+
+def reference(spec: dict, model, config) -> None:
+    """One process, one device: the updates of a ``replay="process"`` run on its global batches.
+
+    Batch ``s`` is the concatenation of what each of ``reference_shards``
+    processes draws from its own buffer; the update program is the trainer's.
+    """
+    import jax
+
+    from worldloom.training import Trainer
+    from worldloom.training._sampling import WindowSampler, split_segments
+    from worldloom.training._step import step_program
+
+    shards = spec["reference_shards"]
+    samplers = []
+    for index in range(shards):
+        buffer = own_buffer(spec, index)
+        segments, _ = split_segments(buffer, 0.0, config.sequence_length)
+        layout = Trainer(model, config)._layout(buffer, segments)
+        samplers.append(WindowSampler(buffer, config.batch_size, config.sequence_length, config.seed, segments,
+                                      layout, config.steps_per_dispatch, jax.devices("cpu")[0], (index, shards)))
+    program = step_program(model, config.optimizer_settings(), config.steps_per_dispatch, config.on_nonfinite)
+    state = program.update.init(model.params)
+    train_key = jax.random.split(jax.random.PRNGKey(config.seed))[0]
+    losses = []
+    for start in range(0, config.total_steps, config.steps_per_dispatch):
+        steps = range(start, start + config.steps_per_dispatch)
+        parts = [sampler.arrays(sampler.rows(steps)) for sampler in samplers]
+        batches = {key: np.concatenate([part[key] for part in parts], 1) for key in parts[0]}
+        state, metrics = program.run(state, batches, train_key, np.int32(start), np.int32(len(steps)))
+        losses += np.asarray(metrics["loss"]).tolist()
+    leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(program.update.params(state))]
+    np.savez(f"{spec['out']}.0.npz", *leaves)
+    with open(f"{spec['out']}.0.json", "w") as handle:
+        json.dump({"losses": losses, "local_batch": [list(batches["obs"].shape)]}, handle)
 
 
 def online(spec: dict) -> None:

@@ -156,6 +156,22 @@ def test_a_lost_process_stops_the_others_with_a_clear_error(tmp_path, runs, dies
 
 
 @pytest.mark.slow
+def test_each_process_can_hold_only_its_own_episodes(tmp_path):
+    """replay_sharding="process": each process draws its share of every batch from its own buffer."""
+    spec = dict(steps=8, replay="process")
+    two = ok(launch(2, tmp_path / "two", **spec))
+    # The same updates in one process on one device, on the batches the two processes drew together.
+    reference = ok(launch(1, tmp_path / "alone", reference_shards=2, **spec))
+    alone = reference["json"][0]
+    assert alone["local_batch"] == [[4, 8, 8, 4]]
+    for report in two["json"]:
+        assert report["local_batch"] == [[4, 4, 8, 4]] and report["steps"] == 8
+        np.testing.assert_allclose(report["losses"], alone["losses"], rtol=1e-4)
+    assert_params_close(two["params"][1], two["params"][0], rtol=0, atol=0)
+    assert_params_close(two["params"][0], reference["params"][0])
+
+
+@pytest.mark.slow
 def test_processes_with_different_buffers_refuse_to_train(tmp_path):
     run = launch(2, tmp_path / "run", timeout=200, steps=4, extra_length=1)
     assert run["codes"] != [0, 0]
@@ -165,7 +181,10 @@ def test_processes_with_different_buffers_refuse_to_train(tmp_path):
 
 @pytest.mark.slow
 def test_worldloom_train_runs_as_two_processes(tmp_path):
-    """The command line: process 0 chooses and writes the run directory; process 1 writes nothing."""
+    """The command line: process 0 chooses and writes the run directory; process 1 writes nothing.
+
+    With replay_sharding=process each process collects and holds its own half of the training episodes.
+    """
     port = _free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     (tmp_path / "out").mkdir()
@@ -174,12 +193,14 @@ def test_worldloom_train_runs_as_two_processes(tmp_path):
                "--test-episodes", "2", "--steps", "4", "--batch-size", "4", "--seq-len", "8",
                "--steps-per-dispatch", "2", "--eval-interval", "0", "--no-progress", "--device", "cpu",
                "--out", str(tmp_path / "out"), "--set", "deter=64", "--set", "hidden=32", "--set", "units=32",
-               "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
+               "--set", "replay_sharding=process", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
     procs = [subprocess.Popen([*command, "--process-id", str(index)], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for index in range(2)]
     outputs = [proc.communicate(timeout=400)[0] for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], "\n---\n".join(o[-3000:] for o in outputs)
     assert "Trained 4 updates" in outputs[0]
+    assert "this process: training episodes 0 to 2" in outputs[0]
+    assert "this process: training episodes 3 to 5" in outputs[1]
     assert "Process 1: trained 4 updates; process 0 writes" in outputs[1] and "out-2" in outputs[1]
     run_dir = tmp_path / "out-2"
     assert {"model", "checkpoints", "logs", "config.yaml", "summary.json"} <= {p.name for p in run_dir.iterdir()}

@@ -156,3 +156,20 @@ def test_laprop_first_step_is_lr_times_sign():
     params = {"w": jnp.array([1.0, -2.0, 3.0])}
     updates, _ = tx.update({"w": jnp.array([0.5, -0.1, 2.0])}, tx.init(params), params)
     np.testing.assert_allclose(updates["w"], [-1e-2, 1e-2, -1e-2], rtol=1e-5)
+
+
+def test_per_example_keys_draw_an_examples_sample_wherever_it_sits():
+    """A batch shard with its offset draws exactly what the whole batch draws for those examples."""
+    from worldloom.nn.functional import example_keys, split_key, straight_through_sample
+
+    key = jax.random.PRNGKey(3)
+    probs = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(1), (6, 3, 5)))
+    whole = straight_through_sample(example_keys(key, 6), probs)
+    shard = straight_through_sample(example_keys(key, 3, offset=3), probs[3:])
+    np.testing.assert_array_equal(whole[3:], shard)
+    same = straight_through_sample(example_keys(key, 6), jnp.broadcast_to(probs[:1], probs.shape))
+    assert len({np.asarray(row).tobytes() for row in same}) > 1  # each example its own draw
+    steps = split_key(example_keys(key, 6), 4)
+    assert steps.shape == (4, 6, 2)
+    np.testing.assert_array_equal(steps[:, 3:], split_key(example_keys(key, 3, offset=3), 4))
+    assert split_key(key, 4).shape == (4, 2)

@@ -158,7 +158,7 @@ def test_data_parallel_needs_the_devices_it_names(buffer):
 
 # Runs in a fresh interpreter with 4 fake CPU devices; writes its findings to sys.argv[1] (json + npz).
 _DATA_PARALLEL_SCRIPT = textwrap.dedent("""
-    import json, sys
+    import json, re, sys
     import jax, numpy as np
     from jax.sharding import PartitionSpec as P
     sys.path.insert(0, sys.argv[2])
@@ -196,6 +196,14 @@ _DATA_PARALLEL_SCRIPT = textwrap.dedent("""
             "runners": len(trainer.program.runners),
             "compiles_per_runner": sorted({run._cache_size() for run in trainer.program.runners.values()}),
         }
+        if name == "four":  # the all-reduces of the compiled 4-device update program
+            layout = trainer._layout(buffer, buffer.segments())
+            rows = np.zeros((RUN["steps_per_dispatch"], 8, 8), np.int64)
+            batches = trainer.placement.chunk(rows, lambda r: {k: v.astype(layout[k])
+                                                               for k, v in buffer.gather(r).items() if k in layout})
+            hlo = trainer.program.runner(trainer.placement.mesh).lower(
+                trainer.state, batches, jax.random.PRNGKey(0), np.int32(0), np.int32(1)).compile().as_text()
+            out["all_reduces"] = len(re.findall(r" all-reduce(?:-start)?[(]", hlo))
         arrays.update({f"{name}/{i}": x for i, x in enumerate(leaves(model))})
     out["spec_expected"] = str(P(None, "batch"))
     np.savez(sys.argv[1] + ".npz", **arrays)
@@ -233,6 +241,8 @@ def test_data_parallel_on_four_fake_devices_matches_one_device(tmp_path, replay_
         assert run["compiles_per_runner"] == [1]  # evaluations and short dispatches included
     assert out["four_replay"]["runners"] == 3  # one device; 4 devices; 4 devices sampling on device
     assert one["evals"] == four["evals"] == [8, 16, 24]
+    # One all-reduce per update (the averaged gradients and metrics, shard_map + pmean); none at each time step.
+    assert out["all_reduces"] == 1
     count = len(replay_run["params"])
     for name, reference in (("one", None), ("four_replay", replay_run["params"])):
         for index in range(count):

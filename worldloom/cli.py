@@ -310,13 +310,22 @@ def cmd_train(args) -> dict:
     for flag, value in (("--episodes", args.episodes), ("--test-episodes", args.test_episodes)):
         if value < 1:
             raise ConfigError(f"{flag}: expected at least 1 episode, got {value}.")
+    # With replay_sharding="process" each process collects and holds only its block of the training episodes.
+    first, last = 0, args.episodes
+    if config.replay_sharding == "process" and dist.process_count() > 1:
+        index, count = dist.process_index(), dist.process_count()
+        if args.episodes < count:
+            raise ConfigError(f"--episodes: replay_sharding='process' splits the training episodes among the "
+                              f"{count} processes; expected at least {count}, got {args.episodes}.")
+        first, last = index * args.episodes // count, (index + 1) * args.episodes // count
     if primary:
         out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
-    print(f"Collecting {args.episodes} + {args.test_episodes} random-policy episodes of {args.env} ...")
+    share = "" if (first, last) == (0, args.episodes) else f" (this process: training episodes {first} to {last - 1})"
+    print(f"Collecting {args.episodes} + {args.test_episodes} random-policy episodes of {args.env}{share} ...")
     env = make_env(args.env)
     try:
-        buffer = collect_episodes(env, args.episodes, seed=args.seed)
+        buffer = collect_episodes(env, last - first, seed=args.seed + first)  # episode e resets with seed + e
         test = collect_episodes(env, args.test_episodes, seed=args.seed + 100_000)
     finally:
         env.close()

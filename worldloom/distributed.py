@@ -15,13 +15,16 @@ On a cluster whose environment JAX reads (SLURM, Open MPI, TPU pods, GKE),
 ``dist.initialize()`` alone is enough. CPU processes exchange gradients over
 Gloo (TCP); GPUs use NCCL and TPUs their interconnect, as JAX chooses.
 
-What the processes share: every process draws the same window rows (the
-sampler's seed is the run's) and gathers only those of its own devices, so
-all of them must hold buffers with the same episode layout, for example the
-same file or the same collection seeds. Params start equal (the same model
-seed) and stay equal: the gradient all-reduce is part of the one jitted
-update. Progress, logs, saved models and checkpoints are written by process 0
-only; the others wait for a checkpoint to be complete before they go on.
+What the processes share: by default every process draws the same window
+rows (the sampler's seed is the run's) and gathers only those of its own
+devices, so all of them must hold buffers with the same episode layout, for
+example the same file or the same collection seeds. With
+``TrainingConfig(replay_sharding="process")`` each process holds only its own
+episodes and draws its share of every batch from them. Params start equal
+(the same model seed) and stay equal: the gradient all-reduce is part of the
+one jitted update. Progress, logs, saved models and checkpoints are written
+by process 0 only; the others wait for a checkpoint to be complete before
+they go on.
 
 When a process dies, the others fail at their next collective (the
 connection to it is reset) or, if it hangs, when the coordination service

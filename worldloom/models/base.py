@@ -70,11 +70,23 @@ class UpdateFunctions:
             a ``[B, T, ...]`` batch. ``metrics`` maps names to f32 scalars and
             always holds ``"loss"``.
         params: ``params(state) -> params``: the model params inside a state.
+        gradients: For a loss that is a mean over the batch's examples and draws
+            its noise from per-example keys (``nn.functional.example_keys``):
+            ``gradients(state, batch, keys [B]) -> (grads, metrics)``, and
+            ``step`` is ``apply_gradients(state, *gradients(state, batch,
+            example_keys(key, B)))``. A data-parallel trainer then computes
+            the gradients of each batch shard on its own device and averages
+            them with one all-reduce per update; the result is the one-device
+            update's. ``None`` for updates that need the whole batch at once.
+        apply_gradients: ``apply_gradients(state, grads, metrics) -> (state, metrics)``
+            with the averaged gradients and metrics (``None`` with ``gradients``).
     """
 
     init: Callable[[Params], Any]
     step: Callable[[Any, Batch, jax.Array], tuple]
     params: Callable[[Any], Params]
+    gradients: Callable[[Any, Batch, jax.Array], tuple] | None = None
+    apply_gradients: Callable[[Any, Any, dict], tuple] | None = None
 
 
 class ParameterView:

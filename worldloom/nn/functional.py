@@ -143,9 +143,41 @@ def unimix_logits(logits: jax.Array, unimix: float = 0.01) -> jax.Array:
     return jnp.log(unimix_probs(logits, unimix))
 
 
+def is_key_batch(key: jax.Array) -> bool:
+    """Whether ``key`` is a batch of PRNG keys ``[B]`` (one per example) rather than one key."""
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key.ndim >= 1
+    return key.ndim >= 2  # raw uint32 keys: [2] or [B, 2]
+
+
+def example_keys(key: jax.Array, count: int, offset=0) -> jax.Array:
+    """One key per example ``[count]``: example ``i`` gets ``fold_in(key, offset + i)``.
+
+    A loss that draws from per-example keys draws the same numbers for an
+    example wherever it sits: in a whole batch on one device, or in its shard
+    of the batch on another (``offset`` is the shard's first example).
+    """
+    indices = jnp.arange(count, dtype=jnp.uint32) + jnp.asarray(offset, jnp.uint32)
+    return jax.vmap(jax.random.fold_in, (None, 0))(key, indices)
+
+
+def split_key(key: jax.Array, num: int) -> jax.Array:
+    """``num`` keys from ``key`` ``[num]``; from a batch of keys ``[B]``, ``[num, B]`` (each example split)."""
+    if not is_key_batch(key):
+        return jax.random.split(key, num)
+    return jnp.swapaxes(jax.vmap(lambda k: jax.random.split(k, num))(key), 0, 1)
+
+
 def straight_through_sample(key: jax.Array, probs: jax.Array) -> jax.Array:
-    """One-hot sample ``[..., C]`` whose gradient flows into ``probs``."""
-    index = jax.random.categorical(key, jnp.log(probs), axis=-1)
+    """One-hot sample ``[..., C]`` whose gradient flows into ``probs``.
+
+    ``key`` is one key, or a batch of keys ``[B]`` (see :func:`example_keys`)
+    for ``probs`` ``[B, ..., C]``: example ``b`` is drawn from ``key[b]``.
+    """
+    if is_key_batch(key):
+        index = jax.vmap(lambda k, p: jax.random.categorical(k, jnp.log(p), axis=-1))(key, probs)
+    else:
+        index = jax.random.categorical(key, jnp.log(probs), axis=-1)
     sample = jax.nn.one_hot(index, probs.shape[-1], dtype=probs.dtype)
     return sample + probs - jax.lax.stop_gradient(probs)
 

@@ -10,6 +10,7 @@ from worldloom.models.base import OptimizerSettings
 from worldloom.training._guard import NONFINITE_MODES
 
 _DEVICE_KINDS = ("auto", "cpu", "cuda", "gpu", "rocm", "tpu")
+REPLAY_SHARDINGS = ("replicated", "process")
 
 # The papers' optimiser settings, per model family.
 REFERENCE_SETTINGS: dict[str, dict[str, Any]] = {
@@ -78,6 +79,8 @@ class TrainingConfig(ConfigBase):
     """Data parallel over devices: False (one device), True (all of them, on all hosts) or a device count."""
     device_replay: bool | str = False
     """Copy the buffer to the device once and sample inside the jit: True, False or "auto" (when it fits)."""
+    replay_sharding: str = "replicated"
+    """With several processes: "replicated" (every process holds the same episodes) or "process" (each its own)."""
     max_in_flight: int = 1
     """Dispatches queued on the device before the trainer waits for the oldest (1: wait for each)."""
     on_nonfinite: str = "stop"
@@ -115,6 +118,12 @@ class TrainingConfig(ConfigBase):
                 f"max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}.")
         require(isinstance(self.device_replay, bool) or self.device_replay == "auto",
                 f"device_replay must be True, False or 'auto', got {self.device_replay!r}.")
+        require(self.replay_sharding in REPLAY_SHARDINGS,
+                f"replay_sharding must be one of {', '.join(map(repr, REPLAY_SHARDINGS))}, got "
+                f"{self.replay_sharding!r}.")
+        require(not (self.replay_sharding == "process" and self.device_replay is True),
+                "device_replay=True copies one buffer to every device; with replay_sharding='process' each "
+                "process holds its own episodes, so sample on the host (device_replay=False).")
         require(0.0 <= self.eval_fraction < 1.0, f"eval_fraction must be in [0, 1), got {self.eval_fraction}.")
         require(isinstance(self.device, str) and self.device.split(":")[0].strip().lower() in _DEVICE_KINDS,
                 f"device must be one of {', '.join(_DEVICE_KINDS)} (optionally ':index'), got {self.device!r}.")

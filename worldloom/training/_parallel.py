@@ -104,6 +104,14 @@ class Placement:
         return {key: jax.make_array_from_process_local_data(self._chunks, value, (*shape[:2], *value.shape[2:]))
                 for key, value in local.items()}
 
+    def chunk_local(self, arrays: dict[str, np.ndarray], batch_size: int) -> dict[str, jax.Array]:
+        """This process's own share ``[K, B / processes, ...]`` of batches ``[K, B, ...]``, placed (sharded on B)."""
+        if self.mesh is None:
+            return jax.device_put(arrays, self.device)
+        return {key: jax.make_array_from_process_local_data(self._chunks, value,
+                                                            (value.shape[0], batch_size, *value.shape[2:]))
+                for key, value in arrays.items()}
+
     def _local_batch(self, shape: tuple) -> tuple[int, int]:
         """The rows ``[lo, hi)`` of the batch axis that this host's devices hold."""
         indices = self._chunks.addressable_devices_indices_map(shape).values()

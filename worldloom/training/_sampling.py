@@ -58,22 +58,35 @@ class WindowSampler:
         slots: ``K``, the number of batches per chunk.
         device: Where chunks are placed: a device, or a :class:`Placement`
             (a data-parallel mesh: each host gathers its devices' share).
+        shard: ``None``: ``buffer`` is the whole data set; every process draws
+            the same global windows and gathers its share. ``(index, count)``:
+            ``buffer`` holds only this process's episodes; it draws its
+            ``B / count`` windows of each batch from them, with a generator of
+            its own (``[seed, stream, step, index]``).
     """
 
     def __init__(self, buffer: ReplayBuffer, batch_size: int, seq_len: int, seed: int, segments: np.ndarray,
-                 layout: dict[str, np.dtype], slots: int, device):
+                 layout: dict[str, np.dtype], slots: int, device, shard: tuple[int, int] | None = None):
         self.buffer, self.batch_size, self.seq_len = buffer, batch_size, seq_len
         self.seed, self.segments, self.layout = int(seed), segments, layout
-        self.slots, self.device = int(slots), device
+        self.slots, self.device, self.shard = int(slots), device, shard
         self.placement = device if isinstance(device, Placement) else Placement(device)
 
     def rows(self, steps: Iterable[int], stream: int = 0) -> np.ndarray:
-        """``[len(steps), B, T]`` absolute rows of the windows of ``steps``."""
+        """``[len(steps), B, T]`` absolute rows of the windows of ``steps`` (``B / count`` of a shard)."""
+        where, size = [], self.batch_size
+        if self.shard is not None:
+            where, size = [int(self.shard[0])], self.batch_size // int(self.shard[1])
         return np.stack([
-            self.buffer.window_rows(np.random.default_rng([self.seed, stream, int(step)]), self.batch_size,
+            self.buffer.window_rows(np.random.default_rng([self.seed, stream, int(step), *where]), size,
                                     self.seq_len, self.segments)
             for step in steps
         ])
+
+    def _place(self, rows: np.ndarray) -> dict[str, jax.Array]:
+        if self.shard is None:
+            return self.placement.chunk(rows, self.arrays)
+        return self.placement.chunk_local(self.arrays(rows), self.batch_size)
 
     def arrays(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         batch = self.buffer.gather(rows)
@@ -86,14 +99,14 @@ class WindowSampler:
         """
         steps = list(range(start, start + count))
         steps += [steps[-1]] * (self.slots - count)
-        return self.placement.chunk(self.rows(steps), self.arrays)
+        return self._place(self.rows(steps))
 
     def fixed_chunks(self, count: int, stream: int) -> list[dict[str, jax.Array]]:
         """``count`` fixed batches (e.g. held-out ones), each alone in slot 0 of a chunk."""
         out = []
         for index in range(count):
             rows = self.rows([index], stream)
-            out.append(self.placement.chunk(np.repeat(rows, self.slots, 0), self.arrays))
+            out.append(self._place(np.repeat(rows, self.slots, 0)))
         return out
 
 

@@ -22,6 +22,15 @@ slots after it are skipped too, so the returned state is the one before it.
 Variants (:meth:`StepProgram.runner`) share that scan: one jitted with
 shardings over a device mesh (data parallel), and one that samples its
 batches on the device from a replay table instead of taking them as input.
+
+On a mesh, an update whose model splits it into ``gradients`` and
+``apply_gradients`` (see ``UpdateFunctions``) runs the gradients under
+``shard_map``: each device takes the loss and gradients of its shard of the
+batch, one ``pmean`` averages them (a single all-reduce per update), and
+every device applies the same averaged gradients. Left to XLA's partitioner,
+the gradients of weights used inside the time scan are all-reduced at every
+time step instead. Other updates (those that need statistics of the whole
+batch) run as one program that XLA partitions.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from worldloom.models.base import OptimizerSettings, UpdateFunctions, WorldModel
+from worldloom.nn.functional import example_keys
 from worldloom.training._device_replay import sample_windows
 from worldloom.training._guard import SKIPPED, guarded_step
 
@@ -126,8 +136,41 @@ def _multi_update(update: UpdateFunctions, steps: int, state, xs, batch_at: Call
     return state, metrics
 
 
+def _shard_map(function, mesh: Mesh, in_specs, out_specs):
+    if hasattr(jax, "shard_map"):
+        return jax.shard_map(function, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+    from jax.experimental.shard_map import shard_map
+
+    return shard_map(function, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=False)
+
+
+def sharded_update(update: UpdateFunctions, mesh: Mesh) -> UpdateFunctions:
+    """``update`` with its gradients taken per batch shard and averaged by one ``pmean`` over the mesh.
+
+    ``update`` must have ``gradients``/``apply_gradients``. Example ``i`` of the
+    global batch draws from ``fold_in(key, i)`` on whichever device holds it,
+    so the result equals the one-device ``update.step`` up to the order of the
+    sums.
+    """
+    axis = mesh.axis_names[0]
+
+    def shard_gradients(state, batch, keys):
+        grads, metrics = update.gradients(state, batch, keys)
+        return jax.lax.pmean((grads, metrics), axis)
+
+    gradients = _shard_map(shard_gradients, mesh, (P(), P(axis), P(axis)), (P(), P()))
+
+    def step(state, batch, key):
+        keys = example_keys(key, jax.tree_util.tree_leaves(batch)[0].shape[0])
+        return update.apply_gradients(state, *gradients(state, batch, keys))
+
+    return dataclasses.replace(update, step=step)
+
+
 def _build(program: StepProgram, mesh: Mesh | None, window: tuple[int, int] | None) -> Callable:
     update, steps, nonfinite = program.update, program.steps_per_dispatch, program.nonfinite
+    if mesh is not None and update.gradients is not None:
+        update = sharded_update(update, mesh)
     replicated = None if mesh is None else NamedSharding(mesh, P())
 
     def run(state, batches, base_key, start, count):

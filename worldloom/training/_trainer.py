@@ -20,6 +20,7 @@ from worldloom.core.devices import device_name, resolve_device
 from worldloom.core.errors import (
     CheckpointError,
     ConfigError,
+    DataError,
     DeviceError,
     DistributedError,
     ShapeError,
@@ -39,7 +40,7 @@ from worldloom.training.callbacks import Callback, CheckpointCallback, ProgressC
 _TRAIN_STREAM, _EVAL_STREAM, _DEVICE_REPLAY_STREAM = 0, 1, 2
 # Fields that change what a resumed run computes.
 _RUN_FIELDS = ("batch_size", "sequence_length", "learning_rate", "weight_decay", "grad_clip", "warmup_steps",
-               "seed", "eval_fraction", "device_replay")
+               "seed", "eval_fraction", "device_replay", "replay_sharding")
 
 
 _WARNED_DEVICES: set[str] = set()
@@ -95,7 +96,25 @@ def _check_same_layout(buffer: ReplayBuffer, train_segments, eval_segments) -> N
         raise ConfigError(f"Processes {differing} hold buffers with another episode layout than process 0 (this "
                           f"process: {buffer.num_transitions} transitions in {buffer.num_episodes} episodes). Every "
                           "process samples the same window rows, so each must hold a buffer with the same episodes "
-                          "(the same file, or the same collection seeds).")
+                          "(the same file, or the same collection seeds), or set replay_sharding='process'.")
+
+
+def _check_same_fields(layout: dict | None, eval_segments, problem: Exception | None) -> None:
+    """With ``replay_sharding="process"``: every process's buffer gives batches of the same fields and shapes.
+
+    Every process takes part before any raises, so a buffer that cannot be
+    sampled on one process stops all of them with a message.
+    """
+    text = "unusable" if problem is not None else json.dumps(
+        [{key: str(dtype) for key, dtype in layout.items()}, eval_segments is None])
+    differing = distributed.differing_processes(text)
+    if problem is not None:
+        raise problem
+    if differing:
+        raise ConfigError(f"Processes {differing} hold buffers that give other batches than process 0's (fields, "
+                          "dtypes, or whether episodes are held out for evaluation); with replay_sharding='process' "
+                          "each process holds its own episodes, but of the same kind, and enough of them to hold "
+                          "out as many for evaluation.")
 
 
 def _copy(tree):
@@ -316,9 +335,18 @@ class Trainer:
             warnings.warn(f"Evaluation is off: the buffer ({buffer.num_transitions} transitions in "
                           f"{buffer.num_episodes} episodes) is too small to hold out whole episodes and keep "
                           f"sequence_length={config.sequence_length} for training.", RuntimeWarning, stacklevel=2)
-        layout = self._layout(buffer, train_segments)
-        if distributed.process_count() > 1:
-            _check_same_layout(buffer, train_segments, eval_segments)
+        shard = None
+        if config.replay_sharding == "process" and distributed.process_count() > 1:
+            shard = (distributed.process_index(), distributed.process_count())
+            try:
+                layout, problem = self._layout(buffer, train_segments), None
+            except (DataError, ShapeError) as err:
+                layout, problem = None, err
+            _check_same_fields(layout, eval_segments, problem)
+        else:
+            layout = self._layout(buffer, train_segments)
+            if distributed.process_count() > 1:
+                _check_same_layout(buffer, train_segments, eval_segments)
 
         key, seed = jax.random.PRNGKey(config.seed), config.seed
         source = self._resume_source(resume, callbacks)
@@ -330,7 +358,7 @@ class Trainer:
         # Committed on the device (replicated on a mesh), so every dispatch hits the same executable.
         self.state, key = place.replicate((state, key))
         train_key, eval_key = jax.random.split(key)
-        table = self._device_table(buffer, train_segments, layout)
+        table = None if shard is not None else self._device_table(buffer, train_segments, layout)
         self._run = {"key": key, "seed": seed, "num_transitions": buffer.num_transitions,
                      "train_segments": train_segments.tolist(),
                      "eval_segments": None if eval_segments is None else eval_segments.tolist(),
@@ -339,11 +367,11 @@ class Trainer:
 
         slots = config.steps_per_dispatch
         sampler = WindowSampler(buffer, config.batch_size, config.sequence_length, seed, train_segments, layout,
-                                slots, place)
+                                slots, place, shard)
         eval_chunks = []
         if eval_segments is not None:
             eval_sampler = WindowSampler(buffer, config.batch_size, config.sequence_length, seed, eval_segments,
-                                         layout, slots, place)
+                                         layout, slots, place, shard)
             eval_chunks = eval_sampler.fixed_chunks(config.eval_batches, _EVAL_STREAM)
         intervals = [c.sync_interval() for c in callbacks] + [config.eval_interval if eval_chunks else 0]
         plan = chunk_plan(self.step, config.total_steps, slots, intervals)

@@ -28,6 +28,7 @@ from worldloom.nn.functional import (
     categorical_entropy,
     categorical_kl,
     dreamer_bins,
+    split_key,
     straight_through_mode,
     straight_through_sample,
     symexp,
@@ -161,7 +162,7 @@ class DreamerV3Functions:
         """
         batch = tokens.shape[0]
         first_deter = self.first_deter(params, prev_actions.shape[-1])
-        keys = jax.random.split(key, tokens.shape[1])
+        keys = split_key(key, tokens.shape[1])
 
         def step(carry, inputs):
             return self.obs_step(params, carry, inputs, first_deter, stochastic)
@@ -248,7 +249,7 @@ class DreamerV3Functions:
         is_first = batch.get("is_first")
         is_first = jnp.zeros((batch_size, length), bool) if is_first is None else is_first.astype(bool)
         prev_actions = jnp.concatenate([jnp.zeros_like(actions[:, :1]), actions[:, :-1]], 1)
-        scan_key, next_key = jax.random.split(key)
+        scan_key, next_key = split_key(key, 2)
 
         tokens = self._over_frames(params, DreamerV3Networks.encode, obs)
         start = self.initial(params, batch_size)

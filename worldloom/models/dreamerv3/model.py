@@ -23,6 +23,7 @@ from worldloom.models.base import (
 )
 from worldloom.models.dreamerv3.config import DreamerV3Config
 from worldloom.models.dreamerv3.losses import DreamerV3Functions
+from worldloom.nn.functional import example_keys
 from worldloom.nn.optim import laprop_agc
 
 
@@ -295,13 +296,21 @@ def make_simple_update(loss_fn, tx: optax.GradientTransformation) -> UpdateFunct
     def init(params):
         return owned_state({"params": params, "opt_state": tx.init(params)}, params)
 
-    def step(state, batch, key):
+    def gradients(state, batch, keys):
         grad_fn = jax.value_and_grad(functools.partial(loss_fn, stochastic=True), has_aux=True)
-        (_, metrics), grads = grad_fn(state["params"], batch, key)
+        (_, metrics), grads = grad_fn(state["params"], batch, keys)
+        return grads, metrics
+
+    def apply_gradients(state, grads, metrics):
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics = dict(metrics, grad_norm=optax.global_norm(grads))
         return {"params": params, "opt_state": opt_state}, metrics
 
-    return UpdateFunctions(init=init, step=step, params=lambda state: state["params"])
+    def step(state, batch, key):
+        keys = example_keys(key, batch["rewards"].shape[0])  # the same draws for an example on any device count
+        return apply_gradients(state, *gradients(state, batch, keys))
+
+    return UpdateFunctions(init=init, step=step, params=lambda state: state["params"], gradients=gradients,
+                           apply_gradients=apply_gradients)
 
