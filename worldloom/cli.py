@@ -23,6 +23,9 @@ from pathlib import Path
 
 from worldloom.core.errors import ConfigError, DistributedError, WorldloomError
 
+ENV_HELP = ("Gymnasium env id, or a suite task with its reference settings: dmc:<domain>-<task>[:pixels], "
+            "atari:<game>")
+
 
 def _setting(text: str) -> str:
     if "=" not in text or not text.partition("=")[0].strip():
@@ -129,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
                              help="join a run from the cluster's environment (SLURM, Open MPI, TPU pods)")
 
     train = command("train", "collect episodes with a random policy and train a world model")
-    train.add_argument("--env", default="CartPole-v1", help="Gymnasium env id")
+    train.add_argument("--env", default="CartPole-v1", help=ENV_HELP)
     train.add_argument("--model", default="dreamerv3:size1m", help="preset, alias or saved directory")
     train.add_argument("--episodes", type=int, default=100, help="training episodes to collect")
     train.add_argument("--test-episodes", type=int, default=20, help="held-out episodes for the report")
@@ -152,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     run_flags(train, "runs/worldloom")
 
     collect = command("collect", "collect random-policy episodes into a replay buffer file")
-    collect.add_argument("--env", default="CartPole-v1", help="Gymnasium env id")
+    collect.add_argument("--env", default="CartPole-v1", help=ENV_HELP)
     collect.add_argument("--episodes", type=int, default=100, help="episodes to collect")
     collect.add_argument("--capacity", type=int, default=100_000, help="buffer capacity (transitions)")
     collect.add_argument("--out", required=True, help="the .npz file to write")
@@ -173,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
     imagine.add_argument("--out", default="imagination.png", help="PNG to write")
 
     agent = command("agent", "train an agent online in a Gymnasium environment")
-    agent.add_argument("--env", default="CartPole-v1", help="Gymnasium env id")
+    agent.add_argument("--env", default="CartPole-v1", help=ENV_HELP)
     agent.add_argument("--algo", choices=["dreamerv3", "tdmpc2"], default="dreamerv3",
                        help="DreamerV3 actor-critic or TD-MPC2 planning")
     agent.add_argument("--model", help="world-model preset (default: dreamerv3:size1m / tdmpc2:5m)")

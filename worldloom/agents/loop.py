@@ -159,11 +159,11 @@ def evaluate(agent, env_id: str, episodes: int, seed: int) -> list[float]:
     agent's acting state (recurrent latents, kept plans) is restored
     afterwards, so training episodes in flight go on undisturbed.
     """
-    import gymnasium as gym
+    from worldloom.training.data import make_env
 
     if episodes <= 0:
         return []
-    envs = [gym.make(env_id) for _ in range(episodes)]
+    envs = [make_env(env_id, agent=agent.algo) for _ in range(episodes)]
     _, _, discrete = _spaces(envs[0])
     greedy = agent.algo == "tdmpc2"
     obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
@@ -186,11 +186,19 @@ def evaluate(agent, env_id: str, episodes: int, seed: int) -> list[float]:
     return returns.tolist()
 
 
-def terminates(env_id: str, seed: int, steps: int = 2000) -> bool:
-    """Whether random actions in ``env_id`` reach a termination (not a time limit) within ``steps`` steps."""
-    import gymnasium as gym
+def terminates(env_id: str, seed: int, steps: int = 2000, agent: str | None = None) -> bool:
+    """Whether random actions in ``env_id`` reach a termination (not a time limit) within ``steps`` steps.
 
-    env = gym.make(env_id)
+    DMC tasks are taken as never terminating, as TD-MPC2's reference runs them
+    (only their time limit ends an episode), without stepping them.
+    """
+    from worldloom.envs.suites import is_suite_id, parse_suite_id
+    from worldloom.training.data import make_env
+
+    if is_suite_id(env_id) and parse_suite_id(env_id)[0] == "dmc":
+        return False
+
+    env = make_env(env_id, agent=agent)
     try:
         env.reset(seed=seed)
         env.action_space.seed(seed)
@@ -229,12 +237,14 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
     share = ProcessShare(device, config.resolved("batch_size"))
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    envs = [make_env(config.env) for _ in range(config.num_envs)]
+    envs = [make_env(config.env, agent=config.algo) for _ in range(config.num_envs)]
     obs_shape, action_dim, discrete = _spaces(envs[0])
     episode_length = envs[0].spec.max_episode_steps if envs[0].spec is not None else None
     run_overrides = {key: value for key, value in model_overrides.items() if key != "episodic"}
     if config.algo == "tdmpc2":
-        episodic = config.episodic if config.episodic is not None else terminates(config.env, config.seed)
+        episodic = config.episodic
+        if episodic is None:
+            episodic = terminates(config.env, config.seed, agent=config.algo)
         config = config.replace(episodic=bool(model_overrides.setdefault("episodic", bool(episodic))))
     agent = make_agent(config, obs_shape, action_dim, discrete, episode_length, **model_overrides)
     if share.primary:

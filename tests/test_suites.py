@@ -1,0 +1,168 @@
+"""The benchmark suites: ids, each reference's preprocessing, and short agent runs on each suite."""
+
+import numpy as np
+import pytest
+
+from worldloom.core.errors import ConfigError
+from worldloom.envs import ATARI_REFERENCE, DMC_REFERENCE, parse_suite_id, suite_settings
+from worldloom.training.data import make_env
+
+pytest.importorskip("dm_control")
+pytest.importorskip("ale_py")
+
+
+def test_ids_name_a_task_and_bad_ones_say_what_was_expected():
+    assert parse_suite_id("dmc:cartpole-balance") == ("dmc", {"domain": "cartpole", "task": "balance",
+                                                              "pixels": False})
+    assert parse_suite_id("dmc:cup-catch:pixels") == ("dmc", {"domain": "ball_in_cup", "task": "catch",
+                                                              "pixels": True})
+    assert parse_suite_id("dmc:finger-turn_hard")[1]["task"] == "turn_hard"
+    assert parse_suite_id("atari:pong") == ("atari", {"game": "pong"})
+    for bad in ("dmc:cartpole", "dmc:cartpole-balance:video", "atari:"):
+        with pytest.raises(ConfigError, match="Expected"):
+            parse_suite_id(bad)
+    with pytest.raises(ConfigError, match="tdmpc2 reference is not run on atari"):
+        suite_settings("atari:pong", "tdmpc2")
+    with pytest.raises(ConfigError, match=r"Unknown dmc settings \['frameskip'\]"):
+        suite_settings("dmc:cartpole-balance", frameskip=4)
+    with pytest.raises(ConfigError, match="Did you mean 'dmc:cartpole-balance'"):
+        make_env("dmc:cartpole-balanse")
+    with pytest.raises(ConfigError, match="Unknown Atari game 'pongg'"):
+        make_env("atari:pongg")
+
+
+def test_each_reference_runs_dmc_with_its_action_repeat_and_episode_length():
+    from dm_control import suite
+
+    assert (DMC_REFERENCE["dreamerv3"].repeat, DMC_REFERENCE["tdmpc2"].repeat) == (1, 2)
+    for agent, steps in (("dreamerv3", 1000), ("tdmpc2", 500)):
+        env = make_env("dmc:cartpole-balance", agent=agent)
+        assert env.max_episode_steps == env.spec.max_episode_steps == steps
+        assert env.observation_space.shape == (5,) and env.observation_space.dtype == np.float32
+        assert env.action_space.shape == (1,) and (env.action_space.low, env.action_space.high) == (-1, 1)
+    # One TD-MPC2 step is two physics steps; their rewards are summed.
+    env = make_env("dmc:cartpole-balance", agent="tdmpc2")
+    raw = suite.load("cartpole", "balance", task_kwargs={"random": 7})
+    obs, _ = env.reset(seed=7)
+    step = raw.reset()
+    np.testing.assert_allclose(obs, np.concatenate([v.reshape(-1) for v in step.observation.values()]))
+    actions = np.random.default_rng(0).uniform(-1, 1, (500, 1))
+    for index, action in enumerate(actions):
+        obs, reward, terminated, truncated, _ = env.step(action)
+        expected = sum(raw.step(action).reward for _ in range(2))
+        assert reward == pytest.approx(expected, abs=1e-6)
+        assert not terminated and truncated == (index == 499)  # the time limit truncates; DMC never terminates
+
+
+def _render_or_skip(env_id, agent):
+    try:
+        env = make_env(env_id, agent=agent)
+        return env, env.reset(seed=0)[0]
+    except Exception as err:  # noqa: BLE001 - no offscreen OpenGL on this machine
+        pytest.skip(f"MuJoCo cannot render offscreen here ({type(err).__name__}: {err})")
+
+
+def test_dmc_pixels_are_64x64_frames_stacked_as_each_reference_stacks_them():
+    env, obs = _render_or_skip("dmc:cartpole-balance:pixels", "dreamerv3")
+    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8 and obs.std() > 0
+    env, first = _render_or_skip("dmc:cartpole-balance:pixels", "tdmpc2")
+    assert first.shape == (64, 64, 9) and env.observation_space.shape == (64, 64, 9)
+    np.testing.assert_array_equal(first[..., :3], first[..., 6:])  # the reset frame fills the stack
+    second = env.step(np.ones(1))[0]
+    np.testing.assert_array_equal(second[..., :6], first[..., 3:])  # oldest first; the new frame last
+    assert not np.array_equal(second[..., 6:], first[..., 6:])
+    assert make_env("dmc:quadruped-walk").camera == 2 and env.camera == 0
+
+
+class CountingALE:
+    """ale-py's interface with every emulated frame counted and the rewards and lives scripted."""
+
+    def __init__(self, ale, reward=None, lives=None):
+        self.ale, self.frames, self.screens = ale, 0, []
+        self.reward, self.lives_left = reward, lives
+
+    def act(self, action):
+        self.frames += 1
+        real = self.ale.act(action)
+        return real if self.reward is None else self.reward
+
+    def lives(self):
+        return self.ale.lives() if self.lives_left is None else self.lives_left(self.frames)
+
+    def getScreenRGB(self, out=None):  # noqa: N802 - ale-py's name
+        self.ale.getScreenRGB(out)
+        self.screens.append(out.copy())
+
+    def __getattr__(self, name):
+        return getattr(self.ale, name)
+
+
+def test_atari_follows_dreamerv3s_atari100k_settings():
+    from PIL import Image
+
+    settings = ATARI_REFERENCE["dreamerv3"]
+    assert (settings.repeat, settings.size, settings.gray, settings.sticky, settings.noops) == (4, 64, False, 0.0, 30)
+    env = make_env("atari:pong")
+    assert env.observation_space.shape == (64, 64, 3) and env.observation_space.dtype == np.uint8
+    assert env.action_space.n == 6  # Pong's minimal action set
+    assert env.ale.getFloat("repeat_action_probability") == 0.0
+    assert make_env("atari:pong", sticky=0.25).ale.getFloat("repeat_action_probability") == 0.25
+    noops = set()
+    for seed in range(6):  # a uniform number of no-op frames in [0, 30] at every reset
+        env.ale = CountingALE(env.ale)
+        env.reset(seed=seed)
+        noops.add(env.ale.frames)
+    assert len(noops) > 1 and max(noops) <= 30
+    env.ale = CountingALE(env.ale.ale, reward=1.0)
+    env.reset(seed=0)
+    env.ale.frames, env.ale.screens = 0, []
+    obs, reward, terminated, truncated, info = env.step(1)
+    assert env.ale.frames == 4 and info["frames"] == 4 and reward == 4.0  # 4 frames, rewards summed
+    assert len(env.ale.screens) == 2  # the last two frames of the step, max-pooled, resized bilinearly
+    pooled = np.maximum(*env.ale.screens)
+    np.testing.assert_array_equal(obs, np.asarray(Image.fromarray(pooled).resize((64, 64), Image.BILINEAR)))
+    assert not terminated and not truncated
+
+
+def test_atari_time_limit_truncates_and_lives_end_episodes_only_when_asked():
+    env = make_env("atari:pong", max_frames=8)
+    env.reset(seed=0)
+    assert env.step(0)[2:4] == (False, False)
+    assert env.step(0)[2:4] == (False, True)  # 8 frames: truncated, not terminated
+    for lives, ends in (("unused", False), ("terminal", True)):
+        env = make_env("atari:pong", lives=lives)
+        env.ale = CountingALE(env.ale, lives=lambda frames: 3 if frames < 2 else 2)
+        env.reset(seed=0)
+        env.ale.frames = 0
+        _, _, terminated, truncated, info = env.step(0)
+        assert terminated == ends and not truncated and info["lives"] == 2
+
+
+DREAMER_TINY = dict(deter=64, hidden=32, units=32, classes=4, stoch=4, depth=4, enc_layers=1, dec_layers=1)
+TDMPC_TINY = dict(enc_dim=32, mlp_dim=32, latent_dim=16, num_q=2, num_samples=32, num_elites=8, num_pi_trajs=4,
+                  iterations=2)
+RUNS = {
+    "dreamerv3-dmc": ("dmc:cartpole-balance", "dreamerv3", DREAMER_TINY),
+    "dreamerv3-dmc-pixels": ("dmc:cartpole-balance:pixels", "dreamerv3", DREAMER_TINY),
+    "dreamerv3-atari": ("atari:pong", "dreamerv3", DREAMER_TINY),
+    "tdmpc2-dmc": ("dmc:cartpole-balance", "tdmpc2", TDMPC_TINY),
+    "tdmpc2-dmc-pixels": ("dmc:cartpole-balance:pixels", "tdmpc2", TDMPC_TINY),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_each_agent_trains_on_each_suite_its_reference_runs(tmp_path, name):
+    from worldloom.agents import AgentRunConfig, run_agent
+
+    env_id, algo, model = RUNS[name]
+    if "pixels" in env_id:
+        _render_or_skip(env_id, algo)
+    # TD-MPC2 replays whole episodes, as its reference does: its updates start when the first (500 steps) ends.
+    steps = 40 if algo == "dreamerv3" else 504
+    config = AgentRunConfig(env=env_id, algo=algo, total_steps=steps, seed_steps=24, train_ratio=8,
+                            updates_per_step=0.5, batch_size=2, sequence_length=4 if algo == "dreamerv3" else 3,
+                            eval_every=steps, eval_episodes=0, checkpoint_every=10_000, out_dir=str(tmp_path / "run"),
+                            seed=0)
+    result = run_agent(config, progress=False, **model)
+    assert result["env_steps"] >= steps and result["updates"] > 0
