@@ -104,3 +104,33 @@ def test_bad_run_config():
         AgentRunConfig(algo="ppo")
     with pytest.raises(ConfigError, match="total_steps"):
         AgentRunConfig(total_steps=0)
+
+
+@pytest.mark.slow
+def test_environments_in_subprocesses_collect_what_stepping_them_in_turn_collects():
+    """num_envs > 1 steps the environments in subprocesses (Gymnasium's AsyncVectorEnv): same rows, same episodes."""
+    import gymnasium as gym
+
+    from worldloom.agents.collect import EpisodeCollector, StreamCollector, make_vector_env
+
+    wm = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, action_type="discrete", **DREAMER_TINY)
+    tdmpc = TDMPC2Agent(create_world_model("tdmpc2:1m", obs_shape=(4,), action_dim=2, action_type="discrete",
+                                           **TDMPC_TINY))
+    for kind, agent in ((StreamCollector, DreamerAgent(wm, seed=0)), (EpisodeCollector, tdmpc)):
+        collected = []
+        for envs in (make_vector_env("CartPole-v1", agent.algo, 2, kind.AUTORESET),
+                     [gym.make("CartPole-v1") for _ in range(2)]):
+            assert isinstance(envs, list) or isinstance(envs, gym.vector.AsyncVectorEnv)
+            episodes = []
+            collector = kind(envs, agent, 500, True, 0, lambda ret, length, into=episodes: into.append((ret, length)))
+            collector.reset([5, 6], agent)
+            rng = np.random.default_rng(0)
+            for _ in range(60):
+                collector.step(agent, agent.random_actions(rng, 2))
+            collector.envs.close()
+            data = collector.replay.data if kind is StreamCollector else collector.buffer.sample_episodes(8, 3)
+            collected.append((episodes, data))
+        (episodes_async, data_async), (episodes_turn, data_turn) = collected
+        assert episodes_async == episodes_turn and len(episodes_turn) >= 2
+        for key in set(data_turn) - {"deter", "stoch"}:  # the latents depend on the agent's advancing key
+            np.testing.assert_array_equal(np.asarray(data_async[key]), np.asarray(data_turn[key]), err_msg=key)

@@ -24,16 +24,55 @@ EpisodeHook = Callable[[float, int], None]
 
 
 def env_action(action: np.ndarray, env, discrete: bool):
-    """The Gymnasium action of one agent action (one-hot -> index; [-1, 1] -> the Box bounds)."""
+    """The Gymnasium action of one agent action (one-hot -> index; [-1, 1] -> the Box bounds).
+
+    ``env`` is an environment, or an action space (a vector env's ``single_action_space``).
+    """
+    space = getattr(env, "action_space", env)
     if discrete:
         return int(np.argmax(action))
-    low, high = env.action_space.low, env.action_space.high
+    low, high = space.low, space.high
     scaled = low + (np.clip(action, -1, 1) + 1.0) * 0.5 * (high - low)
-    return scaled.reshape(env.action_space.shape).astype(env.action_space.dtype)
+    return scaled.reshape(space.shape).astype(space.dtype)
+
+
+def env_actions(actions: np.ndarray, envs, discrete: bool) -> np.ndarray:
+    """A vector env's batched actions ``[N, ...]`` from the agent's ``[N, A]``."""
+    return np.stack([env_action(action, envs.single_action_space, discrete) for action in actions])
+
+
+def make_vector_env(env_id: str, agent: str, count: int, autoreset: str):
+    """``count`` copies of ``env_id`` behind Gymnasium's vector API, reset as ``autoreset`` says.
+
+    With ``count > 1`` each runs in a subprocess (``AsyncVectorEnv``, started
+    with ``spawn``): they step, and render, in parallel. A subprocess makes its
+    environment from the id, so an environment registered only in the calling
+    script must be named ``"module:Id"`` (Gymnasium imports the module first).
+    """
+    import functools
+
+    import gymnasium as gym
+
+    from worldloom.training.data import make_env
+
+    make = functools.partial(make_env, env_id, agent=agent)
+    if count > 1:
+        return gym.vector.AsyncVectorEnv([make] * count, context="spawn", autoreset_mode=autoreset)
+    return gym.vector.SyncVectorEnv([make], autoreset_mode=autoreset)
+
+
+def as_vector_env(envs, autoreset: str):
+    """``envs`` as a Gymnasium vector env: a vector env unchanged, a list of environments stepped in turn."""
+    import gymnasium as gym
+
+    if isinstance(envs, gym.vector.VectorEnv):
+        return envs
+    return gym.vector.SyncVectorEnv([lambda env=env: env for env in envs], autoreset_mode=autoreset)
 
 
 def obs_dtype(env) -> np.dtype:
-    dtype = np.dtype(env.observation_space.dtype)
+    """The dtype replay stores ``env``'s (or an observation space's) observations in."""
+    dtype = np.dtype(getattr(env, "observation_space", env).dtype)
     return np.dtype(np.float32) if dtype in (np.float64, np.bool_) else dtype
 
 
@@ -41,19 +80,24 @@ class StreamCollector:
     """DreamerV3's collection: one replay row per environment per call of :meth:`step`.
 
     Args:
-        envs: Gymnasium environments (one stream each).
+        envs: A Gymnasium vector env made with ``autoreset_mode=AUTORESET``
+            (one stream per environment), or a list of environments.
         agent: A :class:`DreamerAgent`.
         capacity: Replay rows over all streams.
         discrete: Discrete action space.
         on_episode: ``on_episode(return, length)`` at every episode end.
     """
 
-    def __init__(self, envs: list, agent, capacity: int, discrete: bool, seed: int, on_episode: EpisodeHook):
+    AUTORESET = "NextStep"  # the step after the last one resets: the terminal row is stored first
+
+    def __init__(self, envs, agent, capacity: int, discrete: bool, seed: int, on_episode: EpisodeHook):
         cfg = agent.world_model.config
-        self.envs, self.discrete, self.on_episode = envs, discrete, on_episode
-        self.replay = StreamReplay(max(capacity, 2 * len(envs)), len(envs), cfg.obs_shape, obs_dtype(envs[0]),
-                                   cfg.action_dim, cfg.deter, cfg.stoch_size, seed=seed)
-        count = len(envs)
+        envs = self.envs = as_vector_env(envs, self.AUTORESET)
+        self.discrete, self.on_episode = discrete, on_episode
+        count = envs.num_envs
+        dtype = obs_dtype(envs.single_observation_space)
+        self.replay = StreamReplay(max(capacity, 2 * count), count, cfg.obs_shape, dtype, cfg.action_dim, cfg.deter,
+                                   cfg.stoch_size, seed=seed)
         self.rewards = np.zeros(count, np.float32)
         self.first, self.last, self.terminal = (np.zeros(count, bool) for _ in range(3))
         self.returns, self.lengths = np.zeros(count), np.zeros(count, np.int64)
@@ -61,10 +105,10 @@ class StreamCollector:
 
     def reset(self, seeds: list[int], agent) -> None:
         """Start a new episode in every environment."""
-        self.obs = np.stack([env.reset(seed=seed)[0] for env, seed in zip(self.envs, seeds)])
+        self.obs = self.envs.reset(seed=[int(seed) for seed in seeds])[0]
         self.rewards[:], self.first[:], self.last[:], self.terminal[:] = 0.0, True, False, False
         self.returns[:], self.lengths[:] = 0.0, 0
-        agent.reset(len(self.envs))
+        agent.reset(self.envs.num_envs)
 
     def step(self, agent, random_actions: np.ndarray | None = None) -> int:
         """Act on the current observations, store the rows, advance the environments; env steps taken."""
@@ -76,14 +120,13 @@ class StreamCollector:
         self.replay.add({"obs": self.obs, "actions": actions, "rewards": self.rewards, "is_first": self.first,
                          "is_last": self.last, "is_terminal": self.terminal, "deter": deter, "stoch": stoch})
         stepped = 0
-        obs = self.obs.copy()
-        for i, env in enumerate(self.envs):
-            if self.last[i]:  # the terminal row is stored: start the next episode
-                obs[i] = env.reset()[0]
+        obs, rewards, terminateds, truncateds, _ = self.envs.step(env_actions(actions, self.envs, self.discrete))
+        for i in range(self.envs.num_envs):
+            if self.last[i]:  # the terminal row is stored; this step reset the environment
                 self.rewards[i], self.first[i], self.last[i], self.terminal[i] = 0.0, True, False, False
                 self.returns[i], self.lengths[i] = 0.0, 0
                 continue
-            obs[i], reward, terminated, truncated, _ = env.step(env_action(actions[i], env, self.discrete))
+            reward, terminated, truncated = float(rewards[i]), bool(terminateds[i]), bool(truncateds[i])
             stepped += 1
             self.rewards[i], self.first[i] = reward, False
             self.last[i], self.terminal[i] = terminated or truncated, terminated
@@ -120,16 +163,22 @@ class StreamCollector:
 
 
 class EpisodeCollector:
-    """TD-MPC2's collection: whole episodes, with their final observation, enter a :class:`ReplayBuffer`."""
+    """TD-MPC2's collection: whole episodes, with their final observation, enter a :class:`ReplayBuffer`.
 
-    def __init__(self, envs: list, agent, capacity: int, discrete: bool, seed: int, on_episode: EpisodeHook):
+    ``envs``: a Gymnasium vector env made with ``autoreset_mode=AUTORESET``, or a list of environments.
+    """
+
+    AUTORESET = "SameStep"  # an ended episode resets at once; its final observation comes in the step's info
+
+    def __init__(self, envs, agent, capacity: int, discrete: bool, seed: int, on_episode: EpisodeHook):
         from worldloom.training import ReplayBuffer
 
         cfg = agent.world_model.config
-        self.envs, self.discrete, self.on_episode = envs, discrete, on_episode
+        envs = self.envs = as_vector_env(envs, self.AUTORESET)
+        self.discrete, self.on_episode = discrete, on_episode
         self.buffer = ReplayBuffer(capacity, cfg.obs_shape, cfg.action_dim, seed=seed)
-        self.records = [self._record() for _ in envs]
-        self.first = np.ones(len(envs), bool)
+        self.records = [self._record() for _ in range(envs.num_envs)]
+        self.first = np.ones(envs.num_envs, bool)
         self.obs = None
 
     @staticmethod
@@ -137,16 +186,18 @@ class EpisodeCollector:
         return dict(obs=[], actions=[], rewards=[], terminated=[], truncated=[])
 
     def reset(self, seeds: list[int], agent) -> None:
-        self.obs = np.stack([env.reset(seed=seed)[0] for env, seed in zip(self.envs, seeds)])
-        self.records = [self._record() for _ in self.envs]
+        count = self.envs.num_envs
+        self.obs = self.envs.reset(seed=[int(seed) for seed in seeds])[0]
+        self.records = [self._record() for _ in range(count)]
         self.first[:] = True
-        agent.reset(len(self.envs))
+        agent.reset(count)
 
     def step(self, agent, random_actions: np.ndarray | None = None) -> int:
         actions = agent.act(self.obs, self.first) if random_actions is None else random_actions
-        obs = self.obs.copy()
-        for i, env in enumerate(self.envs):
-            next_obs, reward, terminated, truncated, _ = env.step(env_action(actions[i], env, self.discrete))
+        obs, rewards, terminateds, truncateds, info = self.envs.step(env_actions(actions, self.envs, self.discrete))
+        for i in range(self.envs.num_envs):
+            reward, terminated, truncated = float(rewards[i]), bool(terminateds[i]), bool(truncateds[i])
+            next_obs = info["final_obs"][i] if terminated or truncated else obs[i]
             record = self.records[i]
             for key, value in (("obs", self.obs[i]), ("actions", actions[i]), ("rewards", reward),
                                ("terminated", terminated), ("truncated", truncated)):
@@ -159,11 +210,9 @@ class EpisodeCollector:
                                         truncated=np.asarray(record["truncated"]), final_obs=next_obs)
                 self.on_episode(float(np.sum(record["rewards"])), len(record["rewards"]))
                 self.records[i] = self._record()
-                next_obs, _ = env.reset()
-                self.first[i] = True
-            obs[i] = next_obs
+                self.first[i] = True  # obs[i] is the next episode's first observation
         self.obs = obs
-        return len(self.envs)
+        return self.envs.num_envs
 
     @property
     def num_transitions(self) -> int:

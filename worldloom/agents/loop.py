@@ -22,7 +22,7 @@ import numpy as np
 from worldloom import distributed
 from worldloom.agents._processes import NullWriter, ProcessShare
 from worldloom.agents._run_io import LoopState, load_checkpoint, plot_curves, save_checkpoint
-from worldloom.agents.collect import EpisodeCollector, StreamCollector, env_action
+from worldloom.agents.collect import EpisodeCollector, StreamCollector, env_action, make_vector_env
 from worldloom.agents.dreamer import DreamerAgent
 from worldloom.agents.run_file import write_run
 from worldloom.agents.tdmpc2 import TDMPC2Agent
@@ -237,9 +237,12 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
     share = ProcessShare(device, config.resolved("batch_size"))
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    envs = [make_env(config.env, agent=config.algo) for _ in range(config.num_envs)]
-    obs_shape, action_dim, discrete = _spaces(envs[0])
-    episode_length = envs[0].spec.max_episode_steps if envs[0].spec is not None else None
+    probe = make_env(config.env, agent=config.algo)  # a bad id or setting fails here, with its message
+    try:
+        obs_shape, action_dim, discrete = _spaces(probe)
+        episode_length = probe.spec.max_episode_steps if probe.spec is not None else None
+    finally:
+        probe.close()
     run_overrides = {key: value for key, value in model_overrides.items() if key != "episodic"}
     if config.algo == "tdmpc2":
         episodic = config.episodic
@@ -265,6 +268,7 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
         writer.add_scalar("episode/length", length, loop.env_step)
 
     collector_type = StreamCollector if config.algo == "dreamerv3" else EpisodeCollector
+    envs = make_vector_env(config.env, config.algo, config.num_envs, collector_type.AUTORESET)
     capacity = min(config.buffer_capacity, config.total_steps + 1000)
     collector = collector_type(envs, agent, capacity, discrete, config.seed + _PROCESS_SEEDS * share.index,
                                on_episode)
@@ -288,7 +292,7 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
     seed_steps = seed_steps_for(config, episode_length)
     first_seed = config.seed + _PROCESS_SEEDS * share.index + loop.env_step
     rng = np.random.default_rng(first_seed)
-    collector.reset([first_seed + 1000 * i for i in range(len(envs))], agent)
+    collector.reset([first_seed + 1000 * i for i in range(envs.num_envs)], agent)
     bar = progress_display(config.total_steps, initial=loop.env_step, disable=not (progress and share.primary),
                            desc=f"{config.algo} {config.env}")
     compiled = False
@@ -299,7 +303,7 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
     try:
         while loop.env_step < config.total_steps:
             random_phase = loop.env_step < seed_steps
-            stepped = collector.step(agent, agent.random_actions(rng, len(envs)) if random_phase else None)
+            stepped = collector.step(agent, agent.random_actions(rng, envs.num_envs) if random_phase else None)
             stepped, ready = share.agree(stepped, collector.ready(seq_len))  # summed over processes
             loop.env_step += stepped
             bar.update(stepped)
@@ -359,8 +363,7 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
     finally:
         bar.close()
         writer.close()
-        for env in envs:
-            env.close()
+        envs.close()
     loop.wall_time += time.time() - started
     save_checkpoint(checkpoint_dir, share.primary_state(train_state), collector, loop, agent)
     share.barrier("worldloom-agent-final-checkpoint")
