@@ -166,3 +166,25 @@ def test_each_agent_trains_on_each_suite_its_reference_runs(tmp_path, name):
                             seed=0)
     result = run_agent(config, progress=False, **model)
     assert result["env_steps"] >= steps and result["updates"] > 0
+
+
+def test_the_suite_table_scores_in_the_papers_format(tmp_path):
+    """benchmarks.suites: DMC returns at the published step counts, Atari human-normalised beside DreamerV3's."""
+    from benchmarks.reference_scores import ATARI, human_normalized
+    from benchmarks.suites import BEGIN, END, table, write_section
+
+    assert human_normalized("pong", -20.7) == 0.0 and human_normalized("pong", 14.6) == pytest.approx(1.0)
+    runs = [{"task": "dmc:cartpole-balance:pixels", "algo": "dreamerv3", "seed": seed,
+             "eval": [(50_000, 300.0 + seed), (100_000, 700.0 + 10 * seed), (120_000, 800.0)]} for seed in (0, 1)]
+    runs.append({"task": "atari:pong", "algo": "dreamerv3", "seed": 0, "eval": [(100_000, -3.0)]})
+    text = table(runs)
+    assert "| dmc:cartpole-balance:pixels | dreamerv3 | 2 | 100,000 | 705.0 | 947.8 |" in text
+    assert "| dmc:cartpole-balance:pixels | dreamerv3 | 2 | 120,000 | 800.0 | - |" in text
+    random, human, paper = ATARI["pong"]
+    assert (f"| pong | dreamerv3 | 1 | 100,000 | -3.0 | {random} | {human} | {(-3.0 - random) / (human - random):.3f} "
+            f"| {paper} |") in text
+    results = tmp_path / "results.md"
+    results.write_text("# Results\n\nearlier text\n")
+    write_section(results, "first")
+    write_section(results, "second")
+    assert results.read_text() == f"# Results\n\nearlier text\n\n{BEGIN}\nsecond\n{END}\n"

@@ -1,0 +1,148 @@
+"""Agents on the papers' benchmark tasks, scored in the papers' format, beside the papers' numbers.
+
+    python -m benchmarks.suites --algo dreamerv3 --tasks atari:pong atari:breakout --steps 100000 --train-ratio 256
+    python -m benchmarks.suites --algo dreamerv3 --tasks dmc:cartpole-balance:pixels --steps 100000 \\
+        --model dreamerv3:size1m --train-ratio 256 --eval-every 10000 --results docs/results.md
+
+Each task runs ``run_agent`` once per seed with the reference's environment
+settings (``worldloom.envs``). The table gives, for DMC, the evaluation return
+at each step count the run passed where DreamerV3's published curve has a
+value (100k, 500k, 1M) and at the end; for Atari, the final score, its
+human-normalised score ``(score - random) / (human - random)`` and DreamerV3's
+Atari 100k score and its normalised score (``benchmarks/reference_scores.py``
+says where the published numbers come from). ``--results`` replaces the
+section between the markers ``<!-- suites:begin -->`` and ``<!-- suites:end
+-->`` of that file (appended when absent) with the table, the command and the
+wall time; ``runs/suites/results.json`` keeps every curve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.reference_scores import ATARI, DMC_PROPRIO, DMC_VISION, human_normalized
+
+BEGIN, END = "<!-- suites:begin -->", "<!-- suites:end -->"
+
+
+def run_task(task: str, algo: str, seed: int, args, overrides: dict) -> dict:
+    from worldloom.agents import AgentRunConfig, run_agent
+
+    fields = dict(env=task, algo=algo, total_steps=args.steps, eval_every=args.eval_every,
+                  eval_episodes=args.eval_episodes, checkpoint_every=0, seed=seed,
+                  out_dir=str(Path(args.out) / f"{task.replace(':', '_')}-{algo}-seed{seed}"))
+    if args.model:
+        fields["model"] = args.model
+    if args.train_ratio is not None:
+        fields["train_ratio"] = args.train_ratio
+    started = time.time()
+    result = run_agent(AgentRunConfig(**fields), progress=not args.no_progress, **overrides)
+    return {"task": task, "algo": algo, "seed": seed, "eval": result["eval"], "wall_s": time.time() - started}
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _at(curve, step):
+    """The last evaluation return at or before ``step`` (None when the run evaluated none by then)."""
+    passed = [ret for at, ret in curve if at <= step]
+    return passed[-1] if passed else None
+
+
+def _fmt(value, digits=1):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table(runs: list[dict]) -> str:
+    """The Markdown tables of ``runs`` (``run_task`` results), DMC and Atari apart."""
+    lines = []
+    by_task: dict[tuple, list[dict]] = {}
+    for run in runs:
+        by_task.setdefault((run["task"], run["algo"]), []).append(run)
+    dmc = [(key, group) for key, group in by_task.items() if key[0].startswith("dmc:")]
+    atari = [(key, group) for key, group in by_task.items() if key[0].startswith("atari:")]
+    if dmc:
+        lines += ["| task | agent | seeds | env steps | return | DreamerV3 (published) |", "|---|---|---|---|---|---|"]
+        for (task, algo), group in dmc:
+            name = task.split(":")[1]
+            published = (DMC_VISION if task.endswith(":pixels") else DMC_PROPRIO).get(name, {})
+            last = max(at for run in group for at, _ in run["eval"]) if any(r["eval"] for r in group) else 0
+            steps = sorted({s for s in published if s <= last} | {last})
+            for step in steps:
+                ours = _mean([_at(run["eval"], step) for run in group])
+                lines.append(f"| {task} | {algo} | {len(group)} | {step:,} | {_fmt(ours)} | "
+                             f"{_fmt(published.get(step))} |")
+    if atari:
+        if lines:
+            lines.append("")
+        lines += ["| game | agent | seeds | agent steps | score | random | human | human-normalised | "
+                  "DreamerV3 at 100k (published) | its human-normalised |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for (task, algo), group in atari:
+            game = task.split(":")[1]
+            score = _mean([run["eval"][-1][1] if run["eval"] else None for run in group])
+            last = max((run["eval"][-1][0] for run in group if run["eval"]), default=0)
+            if game in ATARI:
+                random, human, paper = ATARI[game]
+                ours = None if score is None else human_normalized(game, score)
+                lines.append(f"| {game} | {algo} | {len(group)} | {last:,} | {_fmt(score)} | {random} | {human} | "
+                             f"{_fmt(ours, 3)} | {paper} | {human_normalized(game, paper):.3f} |")
+            else:
+                lines.append(f"| {game} | {algo} | {len(group)} | {last:,} | {_fmt(score)} | - | - | - | - | - |")
+    return "\n".join(lines)
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace the suites section of ``path`` with ``text`` (appended when absent); written to a temporary, renamed."""
+    old = path.read_text() if path.exists() else ""
+    section = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in old and END in old:
+        new = old[:old.index(BEGIN)] + section + old[old.index(END) + len(END):]
+    else:
+        new = old.rstrip("\n") + ("\n\n" if old else "") + section + "\n"
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(new)
+    os.replace(temporary, path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", required=True, help="suite ids: dmc:<domain>-<task>[:pixels], "
+                        "atari:<game>")
+    parser.add_argument("--algo", choices=["dreamerv3", "tdmpc2"], default="dreamerv3")
+    parser.add_argument("--steps", type=int, default=100_000, help="environment (agent) steps per run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--model", help="world-model preset (default: the agent's)")
+    parser.add_argument("--train-ratio", type=float, help="DreamerV3 replayed steps per env step")
+    parser.add_argument("--eval-every", type=int, default=10_000)
+    parser.add_argument("--eval-episodes", type=int, default=5)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="world-model field")
+    parser.add_argument("--out", default="runs/suites")
+    parser.add_argument("--results", help="Markdown file whose suites section gets the table")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value) if value[:1] in "-0123456789[{tf\"" else value
+    started = time.time()
+    runs = [run_task(task, args.algo, seed, args, overrides) for task in args.tasks for seed in args.seeds]
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "results.json").write_text(json.dumps(runs, indent=2))
+    text = table(runs)
+    print(text)
+    if args.results:
+        command = "python -m benchmarks.suites " + " ".join(argv if argv is not None else sys.argv[1:])
+        write_section(Path(args.results), f"`{command}`: {(time.time() - started) / 3600:.2f} h of wall time on "
+                                          f"this machine.\n\n{text}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
