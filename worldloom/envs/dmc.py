@@ -14,6 +14,22 @@ from worldloom.envs.suites import DMCSettings, missing_package
 _QUADRUPED_CAMERA = 2
 
 
+def _choose_gl() -> None:
+    """Pick MuJoCo's offscreen OpenGL (before dm_control is imported): EGL, else OSMesa, unless MUJOCO_GL is set.
+
+    dm_control fails at import when ``MUJOCO_GL`` names a library that is
+    missing, so it is only set to one that is there.
+    """
+    import ctypes.util
+
+    if "MUJOCO_GL" in os.environ:
+        return
+    for backend, library in (("egl", "EGL"), ("osmesa", "OSMesa")):
+        if ctypes.util.find_library(library):
+            os.environ["MUJOCO_GL"] = backend
+            return
+
+
 class DMCEnv(gym.Env):
     """A dm_control task: state vectors or rendered frames, actions in ``[-1, 1]``.
 
@@ -24,15 +40,16 @@ class DMCEnv(gym.Env):
     their rewards. The task's time limit ends an episode as truncated; a
     discount of 0 (none of the standard tasks has one) as terminated.
 
-    Offscreen rendering uses ``MUJOCO_GL`` (``egl`` unless set; ``osmesa`` is
-    the software fallback).
+    Offscreen rendering uses ``MUJOCO_GL`` when set, else EGL when its library
+    is present, else OSMesa; without either, state tasks still run and
+    rendering raises.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
 
     def __init__(self, domain: str, task: str, settings: DMCSettings, *, env_id: str | None = None,
                  render_mode: str | None = None):
-        os.environ.setdefault("MUJOCO_GL", "egl")
+        _choose_gl()
         try:
             from dm_control import suite
         except ImportError as err:
@@ -73,7 +90,12 @@ class DMCEnv(gym.Env):
         if not self.settings.pixels:
             return np.concatenate([np.asarray(v, np.float32).reshape(-1) for v in time_step.observation.values()])
         size = self.settings.size
-        frame = self._env.physics.render(size, size, camera_id=self.camera)
+        try:
+            frame = self._env.physics.render(size, size, camera_id=self.camera)
+        except Exception as err:  # noqa: BLE001 - MuJoCo's and OpenGL's own error types
+            raise ConfigError(f"{self.spec.id} renders its observations with MuJoCo's offscreen OpenGL, which failed "
+                              f"here (MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}): {type(err).__name__}: {err}. "
+                              "Install EGL (libegl1) or OSMesa (libosmesa6), or use the state observations.") from err
         self._frames = [frame] * self.settings.frames if first else [*self._frames[1:], frame]
         return np.concatenate(self._frames, -1)
 
