@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from benchmarks.reference_scores import ATARI, DMC_PROPRIO, DMC_VISION, human_normalized
+from worldloom.cli import _override
 
 BEGIN, END = "<!-- suites:begin -->", "<!-- suites:end -->"
 
@@ -122,15 +123,13 @@ def main(argv=None) -> int:
     parser.add_argument("--train-ratio", type=float, help="DreamerV3 replayed steps per env step")
     parser.add_argument("--eval-every", type=int, default=10_000)
     parser.add_argument("--eval-episodes", type=int, default=5)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="world-model field")
+    parser.add_argument("--set", action="append", default=[], type=_override, metavar="KEY=VALUE",
+                        help="world-model field (the value read as JSON when it parses, else as text)")
     parser.add_argument("--out", default="runs/suites")
     parser.add_argument("--results", help="Markdown file whose suites section gets the table")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        overrides[key] = json.loads(value) if value[:1] in "-0123456789[{tf\"" else value
+    overrides = dict(args.set)
     started = time.time()
     runs = [run_task(task, args.algo, seed, args, overrides) for task in args.tasks for seed in args.seeds]
     Path(args.out).mkdir(parents=True, exist_ok=True)

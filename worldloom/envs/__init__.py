@@ -7,7 +7,6 @@ takes these ids beside Gymnasium's: ``dmc:<domain>-<task>[:pixels]`` and
 
 from worldloom.envs.suites import (
     AGENTS,
-    ATARI_100K_STEPS,
     ATARI_REFERENCE,
     DMC_REFERENCE,
     AtariSettings,
@@ -18,5 +17,5 @@ from worldloom.envs.suites import (
     suite_settings,
 )
 
-__all__ = ["AGENTS", "ATARI_100K_STEPS", "ATARI_REFERENCE", "DMC_REFERENCE", "AtariSettings", "DMCSettings",
+__all__ = ["AGENTS", "ATARI_REFERENCE", "DMC_REFERENCE", "AtariSettings", "DMCSettings",
            "is_suite_id", "make_suite_env", "parse_suite_id", "suite_settings"]

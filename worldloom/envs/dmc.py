@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 
 from worldloom.core.errors import ConfigError
-from worldloom.envs.suites import DMCSettings, missing_package
+from worldloom.envs.suites import DMC_EPISODE_STEPS, DMCSettings, missing_package
 
 _QUADRUPED_CAMERA = 2
 
@@ -80,7 +80,7 @@ class DMCEnv(gym.Env):
         else:
             size = sum(int(np.prod(value.shape)) for value in self._env.observation_spec().values())
             self.observation_space = gym.spaces.Box(-np.inf, np.inf, (size,), np.float32)
-        limit = getattr(self._env, "_step_limit", 1000)
+        limit = getattr(self._env, "_step_limit", DMC_EPISODE_STEPS)
         self.max_episode_steps = math.ceil(limit / settings.repeat)
         self.spec = gym.envs.registration.EnvSpec(id=env_id or f"dmc:{domain}-{task}", entry_point=None,
                                                   max_episode_steps=self.max_episode_steps)

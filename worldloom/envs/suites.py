@@ -78,10 +78,8 @@ DMC_REFERENCE: dict[str, DMCSettings] = {
 ATARI_REFERENCE: dict[str, AtariSettings] = {
     "dreamerv3": AtariSettings(),
 }
-# Physics steps per DMC episode: every suite task runs 1,000 control steps (its time limit).
+# Control steps per DMC episode when a task does not say (every standard task's time limit is 1,000).
 DMC_EPISODE_STEPS = 1000
-# Environment steps of the Atari 100k benchmark: 100k agent steps, 400k frames at repeat 4.
-ATARI_100K_STEPS = 100_000
 
 _DMC_DOMAINS = {"cup": "ball_in_cup", "pointmass": "point_mass"}
 

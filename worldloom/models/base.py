@@ -21,6 +21,7 @@ from worldloom.core.config import ConfigBase, require
 from worldloom.core.devices import device_name, resolve_device
 from worldloom.core.errors import ConfigError, ShapeError
 from worldloom.core.types import LatentState
+from worldloom.nn.functional import example_keys
 
 Params = Any
 Batch = Mapping[str, jax.Array]
@@ -87,6 +88,19 @@ class UpdateFunctions:
     params: Callable[[Any], Params]
     gradients: Callable[[Any, Batch, jax.Array], tuple] | None = None
     apply_gradients: Callable[[Any, Any, dict], tuple] | None = None
+
+
+def step_from_gradients(gradients: Callable, apply_gradients: Callable) -> Callable:
+    """``step(state, batch, key)`` of an update split into ``gradients`` and ``apply_gradients``.
+
+    Example ``i`` of the batch draws from ``example_keys(key, B)[i]``, whether
+    ``gradients`` sees the whole batch or (data parallel) its shard of it.
+    """
+    def step(state, batch, key):
+        keys = example_keys(key, jax.tree_util.tree_leaves(batch)[0].shape[0])
+        return apply_gradients(state, *gradients(state, batch, keys))
+
+    return step
 
 
 class ParameterView:

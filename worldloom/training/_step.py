@@ -44,8 +44,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from worldloom.models.base import OptimizerSettings, UpdateFunctions, WorldModel
-from worldloom.nn.functional import example_keys
+from worldloom.models.base import OptimizerSettings, UpdateFunctions, WorldModel, step_from_gradients
 from worldloom.training._device_replay import sample_windows
 from worldloom.training._guard import SKIPPED, guarded_step
 
@@ -159,12 +158,7 @@ def sharded_update(update: UpdateFunctions, mesh: Mesh) -> UpdateFunctions:
         return jax.lax.pmean((grads, metrics), axis)
 
     gradients = _shard_map(shard_gradients, mesh, (P(), P(axis), P(axis)), (P(), P()))
-
-    def step(state, batch, key):
-        keys = example_keys(key, jax.tree_util.tree_leaves(batch)[0].shape[0])
-        return update.apply_gradients(state, *gradients(state, batch, keys))
-
-    return dataclasses.replace(update, step=step)
+    return dataclasses.replace(update, step=step_from_gradients(gradients, update.apply_gradients))
 
 
 def _build(program: StepProgram, mesh: Mesh | None, window: tuple[int, int] | None) -> Callable:

@@ -20,10 +20,10 @@ from worldloom.models.base import (
     check_batch_mapping,
     owned_state,
     positive_batch_size,
+    step_from_gradients,
 )
 from worldloom.models.dreamerv3.config import DreamerV3Config
 from worldloom.models.dreamerv3.losses import DreamerV3Functions
-from worldloom.nn.functional import example_keys
 from worldloom.nn.optim import laprop_agc
 
 
@@ -307,10 +307,6 @@ def make_simple_update(loss_fn, tx: optax.GradientTransformation) -> UpdateFunct
         metrics = dict(metrics, grad_norm=optax.global_norm(grads))
         return {"params": params, "opt_state": opt_state}, metrics
 
-    def step(state, batch, key):
-        keys = example_keys(key, batch["rewards"].shape[0])  # the same draws for an example on any device count
-        return apply_gradients(state, *gradients(state, batch, keys))
-
-    return UpdateFunctions(init=init, step=step, params=lambda state: state["params"], gradients=gradients,
-                           apply_gradients=apply_gradients)
+    return UpdateFunctions(init=init, step=step_from_gradients(gradients, apply_gradients),
+                           params=lambda state: state["params"], gradients=gradients, apply_gradients=apply_gradients)
 
