@@ -32,15 +32,16 @@ def test_ids_name_a_task_and_bad_ones_say_what_was_expected():
 
 
 def test_each_reference_runs_dmc_with_its_action_repeat_and_episode_length():
-    from dm_control import suite
-
     assert (DMC_REFERENCE["dreamerv3"].repeat, DMC_REFERENCE["tdmpc2"].repeat) == (1, 2)
     for agent, steps in (("dreamerv3", 1000), ("tdmpc2", 500)):
         env = make_env("dmc:cartpole-balance", agent=agent)
         assert env.max_episode_steps == env.spec.max_episode_steps == steps
         assert env.observation_space.shape == (5,) and env.observation_space.dtype == np.float32
         assert env.action_space.shape == (1,) and (env.action_space.low, env.action_space.high) == (-1, 1)
-    # One TD-MPC2 step is two physics steps; their rewards are summed.
+    # One TD-MPC2 step is two physics steps; their rewards are summed. (dm_control is imported after worldloom
+    # made an environment, which chose its OpenGL backend: imported first, dm_control would pick one itself.)
+    from dm_control import suite
+
     env = make_env("dmc:cartpole-balance", agent="tdmpc2")
     raw = suite.load("cartpole", "balance", task_kwargs={"random": 7})
     obs, _ = env.reset(seed=7)

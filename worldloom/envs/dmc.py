@@ -95,7 +95,9 @@ class DMCEnv(gym.Env):
         except Exception as err:  # noqa: BLE001 - MuJoCo's and OpenGL's own error types
             raise ConfigError(f"{self.spec.id} renders its observations with MuJoCo's offscreen OpenGL, which failed "
                               f"here (MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}): {type(err).__name__}: {err}. "
-                              "Install EGL (libegl1) or OSMesa (libosmesa6), or use the state observations.") from err
+                              "Install EGL (libegl1) or OSMesa (libosmesa6), or use the state observations; "
+                              "dm_control picks its backend when first imported, so set MUJOCO_GL=egl (or osmesa) "
+                              "before anything imports it.") from err
         self._frames = [frame] * self.settings.frames if first else [*self._frames[1:], frame]
         return np.concatenate(self._frames, -1)
 
