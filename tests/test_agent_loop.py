@@ -134,3 +134,28 @@ def test_environments_in_subprocesses_collect_what_stepping_them_in_turn_collect
         assert episodes_async == episodes_turn and len(episodes_turn) >= 2
         for key in set(data_turn) - {"deter", "stoch"}:  # the latents depend on the agent's advancing key
             np.testing.assert_array_equal(np.asarray(data_async[key]), np.asarray(data_turn[key]), err_msg=key)
+
+
+@pytest.mark.slow
+def test_env_options_reach_every_environment_of_a_run(tmp_path):
+    """env_options make training, evaluation and `play` environments alike, and a bad one fails before training."""
+    from worldloom.agents.play import play
+    from worldloom.agents.run_file import resolve_run
+
+    config, _ = resolve_run(None, {"env": "Pendulum-v1"}, ["env_options.max_episode_steps=20"])
+    assert config.env_options == {"max_episode_steps": 20}
+    config = AgentRunConfig(env="Pendulum-v1", env_options={"max_episode_steps": 20}, total_steps=60, train_ratio=8,
+                            batch_size=2, sequence_length=8, eval_every=60, eval_episodes=2,
+                            out_dir=str(tmp_path / "run"), seed=0)
+    result = run_agent(config, progress=False, **DREAMER_TINY)
+    # Pendulum's own limit is 200 steps: three 20-step training episodes, and an evaluation return of 20 steps'
+    # worth (a step's reward is at least -16.3; random actions lose about 1,200 in 200 steps).
+    steps = [step for step, _ in result["train_returns"]]
+    assert len(steps) == 3 and np.diff(steps).tolist() == [20, 20]
+    assert result["final_eval_return"] >= -16.3 * 20
+    assert play(result["out_dir"], episodes=1)["lengths"] == [20]
+
+    with pytest.raises(ConfigError, match="no_such_option"):
+        run_agent(config.replace(env_options={"no_such_option": 1}, out_dir=str(tmp_path / "bad")), progress=False)
+    with pytest.raises(ConfigError, match="env_options"):
+        AgentRunConfig(env_options=["fast_render"])

@@ -41,8 +41,10 @@ def env_actions(actions: np.ndarray, envs, discrete: bool) -> np.ndarray:
     return np.stack([env_action(action, envs.single_action_space, discrete) for action in actions])
 
 
-def make_vector_env(env_id: str, agent: str, count: int, autoreset: str):
+def make_vector_env(env_id: str, agent: str, count: int, autoreset: str, options: dict | None = None):
     """``count`` copies of ``env_id`` behind Gymnasium's vector API, reset as ``autoreset`` says.
+
+    ``options`` are :func:`~worldloom.training.data.make_env` keywords (a suite's settings).
 
     With ``count > 1`` each runs in a subprocess (``AsyncVectorEnv``, started
     with ``spawn``): they step, and render, in parallel. A subprocess makes its
@@ -55,7 +57,7 @@ def make_vector_env(env_id: str, agent: str, count: int, autoreset: str):
 
     from worldloom.training.data import make_env
 
-    make = functools.partial(make_env, env_id, agent=agent)
+    make = functools.partial(make_env, env_id, agent=agent, **(options or {}))
     if count > 1:
         return gym.vector.AsyncVectorEnv([make] * count, context="spawn", autoreset_mode=autoreset)
     return gym.vector.SyncVectorEnv([make], autoreset_mode=autoreset)

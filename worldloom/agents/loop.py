@@ -15,6 +15,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -48,7 +49,12 @@ class AgentRunConfig(ConfigBase):
     """An online training run. ``None`` fields take the algorithm's reference default."""
 
     env: str = "CartPole-v1"
-    """Gymnasium environment id (Discrete or Box actions, vector or image observations)."""
+    """Gymnasium id or suite id (``dmc:cartpole-balance:pixels``, ``atari:pong``); Discrete or Box actions,
+    vector or image observations."""
+    env_options: dict[str, Any] | None = None
+    """Keywords for every environment the run makes: a suite's settings over its reference's
+    (``{"fast_render": True}``, ``{"repeat": 2}``; see :mod:`worldloom.envs.suites`), or ``gymnasium.make``
+    keywords for a Gymnasium id."""
     algo: str = "dreamerv3"
     """``"dreamerv3"`` (actor-critic in imagination) or ``"tdmpc2"`` (MPPI planning)."""
     model: str | None = None
@@ -100,9 +106,18 @@ class AgentRunConfig(ConfigBase):
         require(self.eval_episodes >= 0 and self.eval_every > 0, "eval_every must be > 0 and eval_episodes >= 0.")
         require(self.on_nonfinite in NONFINITE_MODES,
                 f"on_nonfinite must be one of {', '.join(map(repr, NONFINITE_MODES))}, got {self.on_nonfinite!r}.")
+        require(self.env_options is None or (isinstance(self.env_options, dict)
+                                              and all(isinstance(key, str) for key in self.env_options)),
+                f"env_options must be a mapping of keyword names to values, got {self.env_options!r}.")
         require(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}.")
         require(self.max_consecutive_skips >= 1,
                 f"max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}.")
+
+    def make_env(self, **kwargs):
+        """One environment of this run: ``env`` with the agent's suite settings and ``env_options``."""
+        from worldloom.training.data import make_env
+
+        return make_env(self.env, agent=self.algo, **(self.env_options or {}), **kwargs)
 
     def resolved(self, name: str):
         value = getattr(self, name)
@@ -150,20 +165,21 @@ def make_agent(config: AgentRunConfig, obs_shape, action_dim: int, discrete: boo
     return TDMPC2Agent(model, seed_steps=seed_steps_for(config, episode_length), seed=config.seed)
 
 
-def evaluate(agent, env_id: str, episodes: int, seed: int) -> list[float]:
+def evaluate(agent, env_id: str, episodes: int, seed: int, env_options: dict | None = None) -> list[float]:
     """Returns of ``episodes`` evaluation episodes (TD-MPC2 without exploration noise).
 
     The episodes run side by side: episode ``i`` starts from
     ``reset(seed=seed + i)`` and the agent acts on every unfinished one in a
     single call, so planning (or the actor) is batched over episodes. The
     agent's acting state (recurrent latents, kept plans) is restored
-    afterwards, so training episodes in flight go on undisturbed.
+    afterwards, so training episodes in flight go on undisturbed. ``env_options`` are
+    :func:`~worldloom.training.data.make_env` keywords (a suite's settings).
     """
     from worldloom.training.data import make_env
 
     if episodes <= 0:
         return []
-    envs = [make_env(env_id, agent=agent.algo) for _ in range(episodes)]
+    envs = [make_env(env_id, agent=agent.algo, **(env_options or {})) for _ in range(episodes)]
     _, _, discrete = _spaces(envs[0])
     greedy = agent.algo == "tdmpc2"
     obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
@@ -186,7 +202,8 @@ def evaluate(agent, env_id: str, episodes: int, seed: int) -> list[float]:
     return returns.tolist()
 
 
-def terminates(env_id: str, seed: int, steps: int = 2000, agent: str | None = None) -> bool:
+def terminates(env_id: str, seed: int, steps: int = 2000, agent: str | None = None,
+               env_options: dict | None = None) -> bool:
     """Whether random actions in ``env_id`` reach a termination (not a time limit) within ``steps`` steps.
 
     DMC tasks are taken as never terminating, as TD-MPC2's reference runs them
@@ -198,7 +215,7 @@ def terminates(env_id: str, seed: int, steps: int = 2000, agent: str | None = No
     if is_suite_id(env_id) and parse_suite_id(env_id)[0] == "dmc":
         return False
 
-    env = make_env(env_id, agent=agent)
+    env = make_env(env_id, agent=agent, **(env_options or {}))
     try:
         env.reset(seed=seed)
         env.action_space.seed(seed)
@@ -231,13 +248,12 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
 
     from worldloom.core.devices import resolve_device
     from worldloom.core.progress import progress as progress_display
-    from worldloom.training.data import make_env
 
     device = resolve_device(config.device)  # an absent device fails before any environment is made
     share = ProcessShare(device, config.resolved("batch_size"))
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    probe = make_env(config.env, agent=config.algo)  # a bad id or setting fails here, with its message
+    probe = config.make_env()  # a bad id or setting fails here, with its message
     try:
         obs_shape, action_dim, discrete = _spaces(probe)
         episode_length = probe.spec.max_episode_steps if probe.spec is not None else None
@@ -247,7 +263,7 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
     if config.algo == "tdmpc2":
         episodic = config.episodic
         if episodic is None:
-            episodic = terminates(config.env, config.seed, agent=config.algo)
+            episodic = terminates(config.env, config.seed, agent=config.algo, env_options=config.env_options)
         config = config.replace(episodic=bool(model_overrides.setdefault("episodic", bool(episodic))))
     agent = make_agent(config, obs_shape, action_dim, discrete, episode_length, **model_overrides)
     if share.primary:
@@ -268,7 +284,8 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
         writer.add_scalar("episode/length", length, loop.env_step)
 
     collector_type = StreamCollector if config.algo == "dreamerv3" else EpisodeCollector
-    envs = make_vector_env(config.env, config.algo, config.num_envs, collector_type.AUTORESET)
+    envs = make_vector_env(config.env, config.algo, config.num_envs, collector_type.AUTORESET,
+                           config.env_options)
     capacity = min(config.buffer_capacity, config.total_steps + 1000)
     collector = collector_type(envs, agent, capacity, discrete, config.seed + _PROCESS_SEEDS * share.index,
                                on_episode)
@@ -342,7 +359,8 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
                 next_eval += config.eval_every
                 if config.eval_episodes:
                     eval_seed = config.seed + 10_000 + loop.env_step
-                    returns = evaluate(agent, config.env, config.eval_episodes, seed=eval_seed)
+                    returns = evaluate(agent, config.env, config.eval_episodes, seed=eval_seed,
+                                       env_options=config.env_options)
                     loop.eval_returns.append((loop.env_step, float(np.mean(returns)), float(np.std(returns))))
                     writer.add_scalar("eval/return", float(np.mean(returns)), loop.env_step)
                 if share.primary:

@@ -22,7 +22,7 @@ from worldloom.core.errors import CheckpointError, ConfigError
 
 
 def load_run_agent(run_dir, device=None):
-    """``(agent, env_id)`` of a run directory written by :func:`run_agent`."""
+    """``(agent, env_id, env_options)`` of a run directory written by :func:`run_agent`."""
     import yaml
 
     from worldloom.agents._run_io import read_agent_meta
@@ -38,7 +38,7 @@ def load_run_agent(run_dir, device=None):
                               f"{str(run_dir)!r}: {err}") from err
     algo = read_agent_meta(run_dir / "agent", config.get("algo", "")).get("algo")
     agent_type = {"dreamerv3": DreamerAgent, "tdmpc2": TDMPC2Agent}[algo]
-    return agent_type.load(run_dir / "agent", device=device), config["env"]
+    return agent_type.load(run_dir / "agent", device=device), config["env"], config.get("env_options") or {}
 
 
 def play(run_dir, episodes: int = 5, seed: int = 0, video=None, fps: int = 30, device=None) -> dict:
@@ -63,14 +63,14 @@ def play(run_dir, episodes: int = 5, seed: int = 0, video=None, fps: int = 30, d
     video = None if video is None else Path(video)
     if video is not None and video.suffix.lower() not in (".gif", ".mp4"):
         raise ConfigError(f"video: expected a .gif or .mp4 path, got {str(video)!r}.")
-    agent, env_id = load_run_agent(run_dir, device=device)
+    agent, env_id, env_options = load_run_agent(run_dir, device=device)
     if video is not None and not os.environ.get("DISPLAY"):  # render off-screen; no window system to talk to
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
         os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
     returns, lengths = [], []
     for episode in range(episodes):
         record = video is not None and episode == 0
-        env = make_env(env_id, agent=agent.algo, **({"render_mode": "rgb_array"} if record else {}))
+        env = make_env(env_id, agent=agent.algo, **env_options, **({"render_mode": "rgb_array"} if record else {}))
         frames = []
         try:
             if record and video.suffix.lower() == ".mp4":

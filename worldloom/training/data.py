@@ -181,6 +181,6 @@ def make_env(env_id: str, agent: str | None = None, **kwargs: Any):
         return make_suite_env(env_id, agent or "dreamerv3", **kwargs)
     try:
         return gym.make(env_id, **kwargs)
-    except (gym.error.Error, ModuleNotFoundError, ImportError) as err:
+    except (gym.error.Error, ModuleNotFoundError, ImportError, TypeError) as err:  # TypeError: a bad keyword
         hint = _close_matches(env_id, gym.registry.keys())
         raise ConfigError(f"Cannot make the Gymnasium environment {env_id!r}: {err}.{hint}") from err
