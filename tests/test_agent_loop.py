@@ -157,5 +157,6 @@ def test_env_options_reach_every_environment_of_a_run(tmp_path):
 
     with pytest.raises(ConfigError, match="no_such_option"):
         run_agent(config.replace(env_options={"no_such_option": 1}, out_dir=str(tmp_path / "bad")), progress=False)
-    with pytest.raises(ConfigError, match="env_options"):
-        AgentRunConfig(env_options=["fast_render"])
+    for bad in (["fast_render"], {"agent": "tdmpc2"}):
+        with pytest.raises(ConfigError, match="env_options"):
+            AgentRunConfig(env_options=bad)

@@ -107,8 +107,10 @@ class AgentRunConfig(ConfigBase):
         require(self.on_nonfinite in NONFINITE_MODES,
                 f"on_nonfinite must be one of {', '.join(map(repr, NONFINITE_MODES))}, got {self.on_nonfinite!r}.")
         require(self.env_options is None or (isinstance(self.env_options, dict)
-                                              and all(isinstance(key, str) for key in self.env_options)),
-                f"env_options must be a mapping of keyword names to values, got {self.env_options!r}.")
+                                              and all(isinstance(key, str) for key in self.env_options)
+                                              and "agent" not in self.env_options),
+                f"env_options must be a mapping of keyword names to values (the agent's suite settings come "
+                f"from algo, not an 'agent' key), got {self.env_options!r}.")
         require(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}.")
         require(self.max_consecutive_skips >= 1,
                 f"max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}.")
