@@ -144,7 +144,8 @@ def test_env_options_reach_every_environment_of_a_run(tmp_path):
 
     config, _ = resolve_run(None, {"env": "Pendulum-v1"}, ["env_options.max_episode_steps=20"])
     assert config.env_options == {"max_episode_steps": 20}
-    config = AgentRunConfig(env="Pendulum-v1", env_options={"max_episode_steps": 20}, total_steps=60, train_ratio=8,
+    # No update runs (60 * 0.2 replayed steps are less than one batch): only the environments are under test.
+    config = AgentRunConfig(env="Pendulum-v1", env_options={"max_episode_steps": 20}, total_steps=60, train_ratio=0.2,
                             batch_size=2, sequence_length=8, eval_every=60, eval_episodes=2,
                             out_dir=str(tmp_path / "run"), seed=0)
     result = run_agent(config, progress=False, **DREAMER_TINY)
