@@ -483,9 +483,13 @@ def cmd_agent(args) -> dict:
     from worldloom.agents.run_file import resolve_run
 
     flags = _given_flags(args)
-    if args.config is None:  # no run file: the flags' defaults are the run's
+    run_file = args.config
+    if run_file is None and args.resume:  # a resumed run keeps its own settings; flags typed now override them
+        saved = Path(flags.get("out_dir", args.out) if args.resume is True else args.resume) / "config.yaml"
+        run_file = saved if saved.is_file() else None
+    if run_file is None:  # no run file: the flags' defaults are the run's
         flags = {field: getattr(args, dest) for dest, field in AGENT_FLAGS.items()}
-    config, model_overrides = resolve_run(args.config, flags, args.set)
+    config, model_overrides = resolve_run(run_file, flags, args.set)
     primary = _join(args)
     config = config.replace(out_dir=dist.broadcast(str(_run_dir(config.out_dir, args.resume)) if primary else None))
     result = run_agent(config, progress=not args.no_progress, resume=bool(args.resume), **model_overrides)
