@@ -70,7 +70,8 @@ def play(run_dir, episodes: int = 5, seed: int = 0, video=None, fps: int = 30, d
     returns, lengths = [], []
     for episode in range(episodes):
         record = video is not None and episode == 0
-        env = make_env(env_id, agent=agent.algo, **{**env_options, **({"render_mode": "rgb_array"} if record else {})})
+        options = {**env_options, "render_mode": "rgb_array"} if record else env_options
+        env = make_env(env_id, agent=agent.algo, **options)
         frames = []
         try:
             if record and video.suffix.lower() == ".mp4":
