@@ -14,6 +14,12 @@ says where the published numbers come from). ``--results`` replaces the
 section between the markers ``<!-- suites:begin -->`` and ``<!-- suites:end
 -->`` of that file (appended when absent) with the table, the command and the
 wall time; ``runs/suites/results.json`` keeps every curve.
+
+Long runs are better made with ``worldloom agent``, which checkpoints and
+resumes (``--resume``); ``--runs`` then tabulates finished run directories
+instead of running anything::
+
+    python -m benchmarks.suites --runs runs/pong-seed0 runs/pong-seed1 --results docs/results.md
 """
 
 from __future__ import annotations
@@ -44,6 +50,20 @@ def run_task(task: str, algo: str, seed: int, args, overrides: dict) -> dict:
     started = time.time()
     result = run_agent(AgentRunConfig(**fields), progress=not args.no_progress, **overrides)
     return {"task": task, "algo": algo, "seed": seed, "eval": result["eval"], "wall_s": time.time() - started}
+
+
+def read_run(run_dir: Path) -> dict:
+    """A finished ``worldloom agent`` run directory as a ``run_task`` result (from config.yaml and summary.json)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        summary = json.loads((run_dir / "summary.json").read_text())
+        return {"task": config["env"], "algo": config["algo"], "seed": config["seed"],
+                "eval": [tuple(point) for point in summary["eval"]], "wall_s": summary["wall_time"]}
+    except (OSError, ValueError, TypeError, KeyError, yaml.YAMLError) as err:
+        raise SystemExit(f"{run_dir}: expected a finished `worldloom agent` run (config.yaml and summary.json), "
+                         f"got {type(err).__name__}: {err}") from None
 
 
 def _mean(values):
@@ -114,8 +134,10 @@ def write_section(path: Path, text: str) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", required=True, help="suite ids: dmc:<domain>-<task>[:pixels], "
-                        "atari:<game>")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--tasks", nargs="+", help="suite ids: dmc:<domain>-<task>[:pixels], atari:<game>")
+    source.add_argument("--runs", nargs="+", type=Path, metavar="RUN_DIR",
+                        help="tabulate these finished `worldloom agent` runs instead of running tasks")
     parser.add_argument("--algo", choices=["dreamerv3", "tdmpc2"], default="dreamerv3")
     parser.add_argument("--steps", type=int, default=100_000, help="environment (agent) steps per run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -131,15 +153,20 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     overrides = dict(args.set)
     started = time.time()
-    runs = [run_task(task, args.algo, seed, args, overrides) for task in args.tasks for seed in args.seeds]
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "results.json").write_text(json.dumps(runs, indent=2))
+    if args.runs:
+        runs = [read_run(run_dir) for run_dir in args.runs]
+        hours = sum(run["wall_s"] for run in runs) / 3600
+    else:
+        runs = [run_task(task, args.algo, seed, args, overrides) for task in args.tasks for seed in args.seeds]
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "results.json").write_text(json.dumps(runs, indent=2))
+        hours = (time.time() - started) / 3600
     text = table(runs)
     print(text)
     if args.results:
         command = "python -m benchmarks.suites " + " ".join(argv if argv is not None else sys.argv[1:])
-        write_section(Path(args.results), f"`{command}`: {(time.time() - started) / 3600:.2f} h of wall time on "
-                                          f"this machine.\n\n{text}")
+        write_section(Path(args.results), f"`{command}`: {hours:.2f} h of wall time on this machine"
+                                          f"{' (the runs added up)' if args.runs else ''}.\n\n{text}")
     return 0
 
 

@@ -189,3 +189,25 @@ def test_the_suite_table_scores_in_the_papers_format(tmp_path):
     write_section(results, "first")
     write_section(results, "second")
     assert results.read_text() == f"# Results\n\nearlier text\n\n{BEGIN}\nsecond\n{END}\n"
+
+
+def test_the_suite_table_from_finished_agent_runs(tmp_path):
+    """benchmarks.suites --runs tabulates `worldloom agent` run directories; a directory without a run is refused."""
+    import json
+
+    import yaml
+
+    from benchmarks.suites import main
+
+    run = tmp_path / "pixels"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"env": "dmc:cartpole-balance:pixels", "algo": "dreamerv3",
+                                                     "seed": 3}))
+    (run / "summary.json").write_text(json.dumps({"eval": [[50_000, 500.0], [100_000, 720.5]], "wall_time": 7200.0}))
+    results = tmp_path / "results.md"
+    assert main(["--runs", str(run), "--results", str(results)]) == 0
+    text = results.read_text()
+    assert "| dmc:cartpole-balance:pixels | dreamerv3 | 1 | 100,000 | 720.5 | 947.8 |" in text
+    assert "2.00 h of wall time on this machine (the runs added up)" in text
+    with pytest.raises(SystemExit, match="expected a finished `worldloom agent` run"):
+        main(["--runs", str(tmp_path / "missing")])
