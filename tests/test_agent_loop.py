@@ -30,7 +30,8 @@ def test_dreamer_loop_resume_and_reload(tmp_path, capsys):
                    "--train-ratio", "8", "--batch-size", "2", "--seq-len", "8", "--eval-every", "100",
                    "--eval-episodes", "1", "--checkpoint-every", "100", "--out", str(tmp_path / "run"),
                    "--seed", "3", "--no-progress", *sets])
-    assert status == 0 and "final evaluation return" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert status == 0 and "final evaluation return" in out and "after 100 steps and 20 updates" in out
     first = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert first["updates"] == int((100 - 60) * 8 / 16)
     assert [step for step, _ in first["eval"]] == [100]
@@ -43,6 +44,10 @@ def test_dreamer_loop_resume_and_reload(tmp_path, capsys):
     assert resumed["updates"] == int((200 - 60) * 8 / 16)
     assert [step for step, _ in resumed["eval"]] == [100, 200]
     assert json.loads((run / "summary.json").read_text())["updates"] == resumed["updates"]
+    # Resumed from the command line with a target return that its next evaluation reaches: it stops there, and
+    # says so.
+    assert main(["agent", "--resume", str(run), "--steps", "500", "--stop-return", "-1000", "--no-progress"]) == 0
+    assert "after 300 of 500 steps (stopped at the target return -1000)" in capsys.readouterr().out
 
     agent = DreamerAgent.load(run / "agent")
     again = DreamerAgent.load(run / "agent")

@@ -494,8 +494,13 @@ def cmd_agent(args) -> dict:
     config = config.replace(out_dir=dist.broadcast(str(_run_dir(config.out_dir, args.resume)) if primary else None))
     result = run_agent(config, progress=not args.no_progress, resume=bool(args.resume), **model_overrides)
     final = result["final_eval_return"]
+    steps = f"{result['env_steps']} steps"
+    if result["env_steps"] < config.total_steps and config.stop_return is not None and final is not None \
+            and final >= config.stop_return:
+        steps = (f"{result['env_steps']} of {config.total_steps} steps (stopped at the target return "
+                 f"{config.stop_return:g})")
     print(f"{config.algo} on {config.env}: final evaluation return {final if final is None else round(final, 1)} "
-          f"after {config.total_steps} steps and {result['updates']} updates ({result['wall_time'] / 60:.1f} min)")
+          f"after {steps} and {result['updates']} updates ({result['wall_time'] / 60:.1f} min)")
     print(f"learning curve: {result['curves']}\nagent: {result['out_dir']}/agent\n"
           f"TensorBoard: tensorboard --logdir {result['out_dir']}/logs")
     return result
