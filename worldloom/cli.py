@@ -480,6 +480,7 @@ def _given_flags(args) -> dict:
 def cmd_agent(args) -> dict:
     from worldloom import distributed as dist
     from worldloom.agents import run_agent
+    from worldloom.agents.loop import reached
     from worldloom.agents.run_file import resolve_run
 
     flags = _given_flags(args)
@@ -495,8 +496,7 @@ def cmd_agent(args) -> dict:
     result = run_agent(config, progress=not args.no_progress, resume=bool(args.resume), **model_overrides)
     final = result["final_eval_return"]
     steps = f"{result['env_steps']} steps"
-    if result["env_steps"] < config.total_steps and config.stop_return is not None and final is not None \
-            and final >= config.stop_return:
+    if result["env_steps"] < config.total_steps and reached(result["eval"], config.stop_return):
         steps = (f"{result['env_steps']} of {config.total_steps} steps (stopped at the target return "
                  f"{config.stop_return:g})")
     print(f"{config.algo} on {config.env}: final evaluation return {final if final is None else round(final, 1)} "
