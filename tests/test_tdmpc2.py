@@ -147,29 +147,39 @@ def test_q_ensemble_is_stacked_and_members_differ(model):
 
 
 def test_two_q_heads_alone_give_the_ensembles_values_and_gradients():
-    """``q_two`` evaluates only the two heads it picks; values and gradients are those of every head's."""
-    model = tiny_model(num_q=5)
+    """``q_two`` evaluates only the two heads it picks; values and gradients are those of every head's.
+
+    Also with dropout on (the policy loss in training): each chosen head draws
+    the mask it draws among all five.
+    """
+    model = tiny_model(num_q=5, dropout=0.3)
     fns = model.functions
     params = jax.tree_util.tree_map(lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(2), x.shape),
                                     model.params)
     z = jax.random.normal(jax.random.PRNGKey(3), (6, 32))
     a = jnp.tanh(jax.random.normal(jax.random.PRNGKey(4), (6, ACTION_DIM)))
 
-    def two_heads(p, a, key, reduce):
-        return fns.q_two(p, z, a, key, reduce).sum()
+    def two_heads(p, a, key, reduce, dropout_key):
+        return fns.q_two(p, z, a, key, reduce, dropout_key=dropout_key).sum()
 
-    def every_head(p, a, key, reduce):
-        values = fns.q_all(p, z, a)[jax.random.permutation(key, 5)[:2]]
+    def every_head(p, a, key, reduce, dropout_key):
+        values = fns.q_all(p, z, a, dropout_key=dropout_key)[jax.random.permutation(key, 5)[:2]]
         return (jnp.min(values, 0) if reduce == "min" else jnp.mean(values, 0)).sum()
 
-    for reduce in ("min", "avg"):
-        for seed in range(3):
-            key = jax.random.PRNGKey(seed)
-            got, grads = jax.value_and_grad(two_heads, (0, 1))(params, a, key, reduce)
-            expected, expected_grads = jax.value_and_grad(every_head, (0, 1))(params, a, key, reduce)
-            np.testing.assert_allclose(got, expected, rtol=1e-6)
-            for g, e in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(expected_grads)):
-                np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+    dropped = []
+    for dropout_key in (None, jax.random.PRNGKey(7)):
+        for reduce in ("min", "avg"):
+            for seed in range(3):
+                key = jax.random.PRNGKey(seed)
+                got, grads = jax.value_and_grad(two_heads, (0, 1))(params, a, key, reduce, dropout_key)
+                expected, expected_grads = jax.value_and_grad(every_head, (0, 1))(params, a, key, reduce,
+                                                                                  dropout_key)
+                np.testing.assert_allclose(got, expected, rtol=1e-6)
+                for g, e in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(expected_grads)):
+                    np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+                dropped.append(got)
+    # Dropout changed the values (so the masks above were not all ones).
+    assert not np.allclose(dropped[:6], dropped[6:])
 
 
 # ---------------------------------------------------------------- rollouts

@@ -229,6 +229,36 @@ def lambda_return(
     return returns
 
 
+# ---------------------------------------------------------------- activations
+
+
+@jax.custom_jvp
+def mish(x: jax.Array) -> jax.Array:
+    """``x * tanh(softplus(x))`` (``jax.nn.mish``'s values) from one ``exp``.
+
+    With ``e = exp(x)`` and ``n = e * (e + 2)``, ``tanh(softplus(x)) = n / (n + 2)``
+    and the derivative is ``n / (n + 2) + x * 4 e (1 + e) / (n + 2)**2``: a sum of
+    terms of one sign, so no cancellation. Above ``x = 20``, where ``n / (n + 2)``
+    is 1 in f32, the exponential takes 20 and the derivative is 1. Against float64, the values
+    are as accurate as ``jax.nn.mish``'s (which takes an ``exp``, a ``log1p`` and
+    a ``tanh``) and the derivative within a few f32 ulps.
+    """
+    e = jnp.exp(jnp.minimum(x, 20.0))
+    n = e * (e + 2.0)
+    return x * (n / (n + 2.0))
+
+
+@mish.defjvp
+def _mish_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    e = jnp.exp(jnp.minimum(x, 20.0))
+    n = e * (e + 2.0)
+    inv = 1.0 / (n + 2.0)
+    ratio = n * inv
+    slope = jnp.where(x < 20.0, ratio + x * (4.0 * e * (1.0 + e) * inv * inv), 1.0)
+    return x * ratio, slope * dx
+
+
 # ---------------------------------------------------------------- convolution
 
 

@@ -92,10 +92,18 @@ class TDMPC2Functions:
         mean, _ = self._apply(params, TDMPC2Networks.pi_outputs, z, task)
         return jnp.tanh(mean)
 
+    def _dropout_keys(self, dropout_key):
+        """One dropout key per Q head, ``[num_q]`` (``None`` when dropout is off)."""
+        if dropout_key is None or self.config.dropout == 0.0:
+            return None
+        return jax.random.split(dropout_key, self.config.num_q)
+
     def q_logits(self, params, z, action, task=None, dropout_key=None) -> jax.Array:
-        """Logits of every Q head ``[num_q, ..., num_bins]``; ``dropout_key`` turns dropout on."""
-        rngs = None if dropout_key is None else {"dropout": dropout_key}
-        return self._apply(params, TDMPC2Networks.q_logits, z, action, task, dropout_key is None, rngs=rngs)
+        """Logits of every Q head ``[num_q, ..., num_bins]``; ``dropout_key`` turns dropout on.
+
+        Head ``i`` draws its dropout mask from ``split(dropout_key, num_q)[i]``.
+        """
+        return self._apply(params, TDMPC2Networks.q_logits, z, action, task, self._dropout_keys(dropout_key))
 
     def q_all(self, params, z, action, task=None, dropout_key=None) -> jax.Array:
         """Q values of every head in real units, ``[num_q, ...]``."""
@@ -105,19 +113,18 @@ class TDMPC2Functions:
     def q_two(self, params, z, action, key, reduce: str, task=None, dropout_key=None) -> jax.Array:
         """``min`` or ``avg`` of two randomly chosen Q heads (the same two for the whole batch).
 
-        Without dropout only the two chosen heads are evaluated (their params
-        gathered from the ensemble): the values of evaluating every head and
-        picking two, for ``2 / num_q`` of the work. With dropout every head runs,
-        so that each draws the mask it draws in :meth:`q_all`.
+        Only the two chosen heads are evaluated: their params are gathered from
+        the ensemble and, with dropout on, their dropout keys from the
+        ensemble's. The values (and gradients) are those of evaluating every
+        head with :meth:`q_all` and picking two, for ``2 / num_q`` of the work.
         """
         cfg = self.config
         heads = jax.random.permutation(key, cfg.num_q)[:2]
-        if dropout_key is None or cfg.dropout == 0.0:
-            chosen = {**params, "Qs": jax.tree_util.tree_map(lambda p: p[heads], params["Qs"])}
-            logits = self._two_q.apply({"params": chosen}, z, action, task, True, method=TDMPC2Networks.q_logits)
-            values = tdmpc_twohot_mean(logits, cfg.vmin, cfg.vmax)
-        else:
-            values = self.q_all(params, z, action, task, dropout_key)[heads]
+        chosen = {**params, "Qs": jax.tree_util.tree_map(lambda p: p[heads], params["Qs"])}
+        keys = self._dropout_keys(dropout_key)
+        keys = None if keys is None else keys[heads]
+        logits = self._two_q.apply({"params": chosen}, z, action, task, keys, method=TDMPC2Networks.q_logits)
+        values = tdmpc_twohot_mean(logits, cfg.vmin, cfg.vmax)
         return jnp.min(values, 0) if reduce == "min" else jnp.mean(values, 0)
 
     def with_q(self, params, q_params) -> Params:

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from worldloom.models.tdmpc2.config import TDMPC2Config
+from worldloom.nn.functional import mish
 from worldloom.nn.layers import simnorm, tdmpc_init
 
 LOG_SQRT_2PI = 0.9189385175704956  # log(sqrt(2 pi)), the Gaussian log-density constant
@@ -38,24 +39,29 @@ def _torch_uniform(fan_in: int):
 
 
 class NormedLinear(nn.Module):
-    """``Linear(features) -> [Dropout] -> LayerNorm -> Mish`` (or SimNorm when ``activation="simnorm"``)."""
+    """``Linear(features) -> [Dropout] -> LayerNorm -> Mish`` (or SimNorm when ``activation="simnorm"``).
+
+    Dropout (rate ``dropout``) is applied only when a ``dropout_key`` is
+    given; its mask is ``bernoulli(dropout_key, 1 - dropout, x.shape)``, kept
+    units scaled by ``1 / (1 - dropout)`` (as ``torch.nn.Dropout``).
+    """
 
     features: int
     activation: str = "mish"
     simnorm_dim: int = 8
     dropout: float = 0.0
-    deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
         x = nn.Dense(self.features, kernel_init=tdmpc_init(0.02), bias_init=nn.initializers.zeros,
                      name="linear")(x)
-        if self.dropout > 0.0:
-            x = nn.Dropout(self.dropout, deterministic=self.deterministic)(x)
+        if self.dropout > 0.0 and dropout_key is not None:
+            keep = jax.random.bernoulli(dropout_key, 1.0 - self.dropout, x.shape)
+            x = jnp.where(keep, x / (1.0 - self.dropout), jnp.zeros_like(x))
         x = nn.LayerNorm(epsilon=LAYER_NORM_EPS, name="norm")(x)
         if self.activation == "simnorm":
             return simnorm(x, self.simnorm_dim)
-        return jax.nn.mish(x)
+        return mish(x)
 
 
 class MLP(nn.Module):
@@ -66,9 +72,9 @@ class MLP(nn.Module):
         out_features: Output size.
         simnorm_out: If True the output layer is ``NormedLinear`` with SimNorm
             (a latent); otherwise a plain ``Linear``.
-        dropout: Dropout rate of the first hidden layer only (the reference's Q networks).
+        dropout: Dropout rate of the first hidden layer only (the reference's Q
+            networks), applied when ``__call__`` gets a ``dropout_key``.
         zero_out: Zero-initialise the output weights (reward and Q heads).
-        deterministic: Disable dropout.
     """
 
     hidden: tuple
@@ -77,13 +83,12 @@ class MLP(nn.Module):
     simnorm_dim: int = 8
     dropout: float = 0.0
     zero_out: bool = False
-    deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
         for i, width in enumerate(self.hidden):
-            x = NormedLinear(width, dropout=self.dropout if i == 0 else 0.0,
-                             deterministic=self.deterministic, name=f"hidden_{i}")(x)
+            x = NormedLinear(width, dropout=self.dropout if i == 0 else 0.0, name=f"hidden_{i}")(
+                x, dropout_key if i == 0 else None)
         if self.simnorm_out:
             return NormedLinear(self.out_features, activation="simnorm", simnorm_dim=self.simnorm_dim,
                                 name="out")(x)
@@ -154,35 +159,37 @@ class QFunction(nn.Module):
     """One Q network: ``[z, a] -> num_bins`` two-hot logits, dropout on its first layer."""
 
     config: TDMPC2Config
-    deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
         cfg = self.config
         return MLP((cfg.mlp_dim, cfg.mlp_dim), cfg.num_bins, dropout=cfg.dropout, zero_out=True,
-                   deterministic=self.deterministic, name="mlp")(x)
+                   name="mlp")(x, dropout_key)
 
 
 class QEnsemble(nn.Module):
     """``num_q`` Q networks evaluated with ``nn.vmap`` over stacked params.
 
-    Params carry a leading ``[num_q]`` axis; each member draws its own dropout mask.
+    Params carry a leading ``[num_q]`` axis. ``dropout_keys`` (``[num_q]``
+    keys, one per member, or ``None`` for no dropout) give each member its
+    own mask, so a member's output depends only on its params and its key:
+    evaluating some members alone gives what they give in the whole ensemble.
     Returns logits ``[num_q, ..., num_bins]``.
     """
 
     config: TDMPC2Config
 
     @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+    def __call__(self, x: jax.Array, dropout_keys: jax.Array | None = None) -> jax.Array:
         ensemble = nn.vmap(
             QFunction,
             variable_axes={"params": 0},
-            split_rngs={"params": True, "dropout": True},
-            in_axes=None,
+            split_rngs={"params": True},
+            in_axes=(None, 0),
             out_axes=0,
             axis_size=self.config.num_q,
         )
-        return ensemble(self.config, deterministic, name="ensemble")(x)
+        return ensemble(self.config, name="ensemble")(x, dropout_keys)
 
 
 def tanh_gaussian(mean: jax.Array, log_std_raw: jax.Array, eps: jax.Array, log_std_min: float,
@@ -281,9 +288,12 @@ class TDMPC2Networks(nn.Module):
         out = self.pi(self._with_task(z, task))
         return jnp.split(out, 2, axis=-1)
 
-    def q_logits(self, z: jax.Array, action: jax.Array, task=None, deterministic: bool = True) -> jax.Array:
-        """Two-hot logits of every ensemble member, ``[num_q, ..., num_bins]``."""
-        return self.Qs(jnp.concatenate([self._with_task(z, task), action], -1), deterministic)
+    def q_logits(self, z: jax.Array, action: jax.Array, task=None, dropout_keys=None) -> jax.Array:
+        """Two-hot logits of every ensemble member, ``[num_q, ..., num_bins]``.
+
+        ``dropout_keys``: ``[num_q]`` keys turn dropout on (one mask per member).
+        """
+        return self.Qs(jnp.concatenate([self._with_task(z, task), action], -1), dropout_keys)
 
     def termination_logit(self, z: jax.Array, task=None) -> jax.Array:
         """Logit that the episode has ended on arriving in ``z``, ``[...]`` (episodic models)."""
