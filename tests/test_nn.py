@@ -59,6 +59,21 @@ def test_straight_through_sample_is_one_hot_with_gradient():
     np.testing.assert_allclose(grad, [[0.0, 1.0, 2.0]])
 
 
+def test_straight_through_samples_follow_the_probabilities():
+    """Frequencies of 200k draws (one key per example) match ``probs``, each class within 5 standard errors."""
+    from worldloom.nn.functional import example_keys
+
+    probs = jnp.stack([wnn.unimix_probs(jax.random.normal(jax.random.PRNGKey(1), (16,)) * 3),
+                       jnp.full((16,), 1 / 16), jax.nn.one_hot(15, 16) * 0.99 + 0.01 / 16])
+    draws = 200_000
+    samples = jax.jit(wnn.straight_through_sample)(example_keys(jax.random.PRNGKey(0), draws),
+                                                   jnp.broadcast_to(probs, (draws, *probs.shape)))
+    np.testing.assert_array_equal(np.asarray(samples).sum(-1).round(5), 1.0)
+    freq = np.asarray(jnp.round(samples).mean(0))
+    p = np.asarray(probs)
+    assert np.all(np.abs(freq - p) <= 5 * np.sqrt(p * (1 - p) / draws) + 1e-6), (freq, p)
+
+
 def test_lambda_return_numbers():
     returns = wnn.lambda_return(jnp.array([0.0, 1, 1, 1]), jnp.full(4, 0.5), jnp.ones(4), 0.95)
     np.testing.assert_allclose(returns, [3.3525, 2.45, 1.5], rtol=1e-6)

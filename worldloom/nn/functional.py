@@ -168,16 +168,31 @@ def split_key(key: jax.Array, num: int) -> jax.Array:
     return jnp.swapaxes(jax.vmap(lambda k: jax.random.split(k, num))(key), 0, 1)
 
 
+def categorical_index(key: jax.Array, probs: jax.Array) -> jax.Array:
+    """Class indices ``[...]`` drawn from probabilities ``probs`` ``[..., C]`` (last axis sums to 1).
+
+    Inverts the CDF with one uniform per distribution: the index is the
+    number of classes whose cumulative probability is at most ``u * total``.
+    ``jax.random.categorical`` (Gumbel-max) draws ``C`` uniforms and takes
+    three logarithms per class; this draws one uniform per distribution and
+    takes none, with the same distribution (different draws for a key).
+    """
+    cdf = jnp.cumsum(probs, -1)
+    u = jax.random.uniform(key, probs.shape[:-1] + (1,), cdf.dtype) * cdf[..., -1:]
+    return jnp.minimum(jnp.sum(cdf <= u, -1), probs.shape[-1] - 1)
+
+
 def straight_through_sample(key: jax.Array, probs: jax.Array) -> jax.Array:
     """One-hot sample ``[..., C]`` whose gradient flows into ``probs``.
 
     ``key`` is one key, or a batch of keys ``[B]`` (see :func:`example_keys`)
     for ``probs`` ``[B, ..., C]``: example ``b`` is drawn from ``key[b]``.
+    Draws with :func:`categorical_index`.
     """
     if is_key_batch(key):
-        index = jax.vmap(lambda k, p: jax.random.categorical(k, jnp.log(p), axis=-1))(key, probs)
+        index = jax.vmap(categorical_index)(key, probs)
     else:
-        index = jax.random.categorical(key, jnp.log(probs), axis=-1)
+        index = categorical_index(key, probs)
     sample = jax.nn.one_hot(index, probs.shape[-1], dtype=probs.dtype)
     return sample + probs - jax.lax.stop_gradient(probs)
 
