@@ -80,6 +80,7 @@ class Work:
             np.asarray(self.handle.act(single, t0=True))
             self.compile_s = time.perf_counter() - start
             self.call = lambda: np.asarray(self.handle.act(single, t0=False))
+            self.hlo_text = self._plan_hlo(single)
             return
         if kind == "dreamer-agent":
             from worldloom.agents import DreamerAgent
@@ -103,6 +104,7 @@ class Work:
         cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) else (cost or {})
         self.flops = float(cost.get("flops", 0.0)) or None
         self.state, self.data, self.key, self.compiled = state, data, key, compiled
+        self.hlo_text = compiled.as_text()
         self.count = 0
 
         def call():
@@ -112,6 +114,17 @@ class Work:
 
         call()
         self.call = call
+
+
+    def _plan_hlo(self, single) -> str | None:
+        """The optimised HLO of the plan program ``act`` runs (None where a revision plans otherwise)."""
+        handle = self.handle
+        programs = getattr(handle, "programs", None)
+        if programs is None or not hasattr(programs, "act") or handle.plan_mean is None:
+            return None
+        obs = handle._obs(handle._put(single), 1)
+        args = (handle.params, obs, handle.plan_mean, jax.numpy.zeros((1,), bool), jax.random.PRNGKey(0), None)
+        return programs.act.lower(*args, eval_mode=False, use_policy=False).compile().as_text()
 
 
 def main() -> None:

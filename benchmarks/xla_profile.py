@@ -9,6 +9,15 @@ piece its HLO metadata names (the Flax module path: ``rssm.core``, ``Critic``,
 ``Actor``, the encoder, ...), split into forward and backward (``transpose``
 in the op name) and into inside a ``lax.scan`` body or not. Prints the pieces
 with their share of the total op time and the slowest single ops.
+
+``--matmul-floor`` instead times every matrix product the program runs
+alone: each ``dot`` of the optimised HLO (inside fusions and loop bodies too),
+at its operand shapes, dimension numbers and dtype, as one jitted
+``lax.dot_general`` on its own, times how often the profiled call ran it. The
+sum is what the program's matmuls cost at their own shapes on this machine,
+with nothing else around them (operands in the default layout), set beside
+the program's median time in the same run. It also works for
+``tdmpc2-plan``.
 """
 
 from __future__ import annotations
@@ -77,10 +86,141 @@ def op_times(call, calls: int) -> dict[str, float]:
         with gzip.open(path) as handle:
             events = json.load(handle)["traceEvents"]
     times = collections.Counter()
+    _RUN_COUNTS.clear()
     for event in events:
         if event.get("ph") == "X":
             times[event["name"]] += event["dur"] / 1e3 / calls
+            _RUN_COUNTS[event["name"]] += 1
     return times
+
+
+_SHAPE = re.compile(r"([a-z]+[0-9]*)\[([0-9,]*)\]")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.*?) ([\w\-]+)\((.*)$", re.M)
+_DTYPES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16", "f64": "float64", "s32": "int32"}
+
+
+def _dims(line: str, key: str) -> tuple[int, ...]:
+    found = re.search(key + r"=\{([0-9,]*)\}", line)
+    return tuple(int(d) for d in found.group(1).split(",") if d) if found else ()
+
+
+def program_dots(hlo: str) -> dict[str, list[tuple]]:
+    """``traced op -> [dot, ...]`` with ``dot = (dtype, lhs shape, rhs shape, dimension numbers)``.
+
+    An op is a ``dot`` itself or a fusion whose computation holds dots.
+    """
+    shapes, lines = {}, {}
+    for m in _INSTRUCTION.finditer(hlo):
+        name, shape, _, _ = m.groups()
+        array = _SHAPE.match(shape)
+        if array:
+            shapes[name] = (array.group(1), tuple(int(d) for d in array.group(2).split(",") if d))
+        lines[name] = m.group(0)
+    for m in re.finditer(r"^\s*%?([\w.\-]+) \(([^)]*)\) ->", hlo, re.M):  # parameters in signatures
+        for param in re.finditer(r"([\w.\-]+): ([a-z]+[0-9]*)\[([0-9,]*)\]", m.group(2)):
+            shapes.setdefault(param.group(1), (param.group(2), tuple(int(d) for d in param.group(3).split(",") if d)))
+    bodies = {m.group(1): m.group(2) for m in re.finditer(r"^%([\w.\-]+) .*?\{\n(.*?)^\}", hlo, re.M | re.S)}
+
+    def dot_of(line: str):
+        operands = re.findall(r"%([\w.\-]+)", line.split(" dot(", 1)[1].split(")", 1)[0])
+        (dtype, lhs), (_, rhs) = shapes[operands[0]], shapes[operands[1]]
+        dims = ((_dims(line, "lhs_contracting_dims"), _dims(line, "rhs_contracting_dims")),
+                (_dims(line, "lhs_batch_dims"), _dims(line, "rhs_batch_dims")))
+        return dtype, lhs, rhs, dims
+
+    def dots_in(computation: str, depth: int = 0) -> list:
+        found = []
+        for line in bodies.get(computation, "").splitlines():
+            if " dot(" in line:
+                found.append(dot_of(line))
+            elif depth < 3:
+                for called in re.findall(r"calls=%([\w.\-]+)", line):
+                    found.extend(dots_in(called, depth + 1))
+        return found
+
+    ops = {}
+    for name, line in lines.items():
+        if " dot(" in line:
+            ops[name] = [dot_of(line)]
+        elif " fusion(" in line:
+            called = re.search(r"calls=%([\w.\-]+)", line)
+            inner = dots_in(called.group(1)) if called else []
+            if inner:
+                ops[name] = inner
+    return ops
+
+
+def _time_dot(dot: tuple, seconds: float = 0.15) -> float:
+    """Median seconds of one jitted ``dot_general`` of these shapes, alone."""
+    import time
+
+    import jax.numpy as jnp
+    import numpy as np
+
+    dtype, lhs, rhs, dims = dot
+    dtype = jnp.dtype(_DTYPES.get(dtype, "float32"))
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.standard_normal(lhs, np.float32), dtype)
+    b = jnp.asarray(rng.standard_normal(rhs, np.float32), dtype)
+    fn = jax.jit(lambda x, y: jax.lax.dot_general(x, y, dims))
+    fn(a, b).block_until_ready()
+    times, start = [], time.perf_counter()
+    while len(times) < 5 or (time.perf_counter() - start < seconds and len(times) < 200):
+        begin = time.perf_counter()
+        fn(a, b).block_until_ready()
+        times.append(time.perf_counter() - begin)
+    return float(np.median(times))
+
+
+def _dot_flops(dot: tuple) -> float:
+    _, lhs, rhs, ((lc, rc), (lb, _)) = dot
+    contracted = 1
+    for d in lc:
+        contracted *= lhs[d]
+    out = 1
+    for i, d in enumerate(lhs):
+        out *= 1 if i in lc else d
+    for i, d in enumerate(rhs):
+        out *= 1 if (i in rc or i in dot[3][1][1]) else d
+    return 2.0 * out * contracted
+
+
+def matmul_floor(work: str, calls: int = 3) -> dict:
+    """The program's matmuls timed alone at their shapes, against the program's own median time."""
+    import numpy as np
+
+    built = Work(work)
+    hlo = getattr(built, "hlo_text", None)
+    if not hlo:
+        raise SystemExit(f"{work}: no HLO text for this workload")
+    ops = program_dots(hlo)
+    times = op_times(built.call, calls)
+    counts = collections.Counter()
+    for op, dots in ops.items():
+        runs = _runs(op, calls)
+        for dot in dots:
+            counts[dot] += runs
+    seconds = {dot: _time_dot(dot) for dot in counts}
+    update = []
+    for _ in range(5):
+        import time
+
+        start = time.perf_counter()
+        built.call()
+        update.append(time.perf_counter() - start)
+    alone = sum(counts[d] * seconds[d] for d in counts)
+    flops = sum(counts[d] * _dot_flops(d) for d in counts)
+    del times
+    rows = sorted(((counts[d] * seconds[d], counts[d], d) for d in counts), reverse=True)
+    return {"work": work, "matmuls_alone_s": alone, "program_s": float(np.median(update)), "matmul_gflop": flops / 1e9,
+            "dots": len(counts), "rows": rows}
+
+
+_RUN_COUNTS: collections.Counter = collections.Counter()
+
+
+def _runs(op: str, calls: int) -> float:
+    return _RUN_COUNTS.get(op, 0) / calls
 
 
 def breakdown(work: str, calls: int = 3) -> tuple[dict, list, float]:
@@ -104,7 +244,20 @@ def main(argv=None) -> int:
     parser.add_argument("work", help="a workload of benchmarks.compare, e.g. dreamer-agent:size1m")
     parser.add_argument("--calls", type=int, default=3)
     parser.add_argument("--top", type=int, default=10, help="slowest single ops to list")
+    parser.add_argument("--matmul-floor", action="store_true",
+                        help="time the program's matmuls alone at their shapes, against the program")
     args = parser.parse_args(argv)
+    if args.matmul_floor:
+        floor = matmul_floor(args.work, args.calls)
+        share = floor["matmuls_alone_s"] / floor["program_s"]
+        print(f"{args.work}: {floor['dots']} distinct matmuls, {floor['matmul_gflop']:.2f} GFLOP per call; "
+              f"alone at their shapes {1e3 * floor['matmuls_alone_s']:.1f} ms "
+              f"({floor['matmul_gflop'] / floor['matmuls_alone_s']:.0f} GFLOP/s); the program "
+              f"{1e3 * floor['program_s']:.1f} ms (median of 5): matmuls alone are {100 * share:.0f}% of it\n")
+        print("| ms alone per call | runs per call | dtype | lhs | rhs | contracting | batch |\n|---|---|---|---|---|---|---|")
+        for ms, runs, (dtype, lhs, rhs, dims) in floor["rows"][:args.top]:
+            print(f"| {1e3 * ms:.2f} | {runs:g} | {dtype} | {list(lhs)} | {list(rhs)} | {dims[0]} | {dims[1]} |")
+        return 0
     pieces, ops, total = breakdown(args.work, args.calls)
     import worldloom
 

@@ -207,3 +207,18 @@ def test_mish_values_and_derivative_match_float64():
     np.testing.assert_allclose(grads, slope, rtol=0, atol=5e-7)
     # Far out: mish(x) -> x with slope 1 above, -> 0 with slope 0 below.
     np.testing.assert_array_equal(grads[-3:], np.float32([0.0, 1.0, 0.6]))
+
+
+def test_twohot_loss_of_several_targets_is_the_sum_of_their_scaled_losses():
+    bins = wnn.dreamer_bins()
+    logits = jax.random.normal(jax.random.PRNGKey(0), (6, 255))
+    first, second = jnp.linspace(-30, 30, 6), jnp.linspace(2, -1, 6)
+
+    def together(x):
+        return wnn.twohot_loss(x, (first, second), bins, (1.0, 0.3)).sum()
+
+    def apart(x):
+        return (wnn.twohot_loss(x, first, bins) + 0.3 * wnn.twohot_loss(x, second, bins)).sum()
+
+    np.testing.assert_allclose(together(logits), apart(logits), rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(together)(logits), jax.grad(apart)(logits), rtol=1e-5, atol=1e-7)

@@ -146,14 +146,13 @@ def behaviour_loss(cfg: DreamerAgentConfig, wm_fns, nets, params, slow_critic, r
     retnorm, _, scale = normalizer.update(retnorm, returns)
     advantage = sg((returns - values[:-1]) / scale)
 
-    actor_raw = actor_net.apply({"params": params["actor"]}, features[:-1])
+    actor_raw = actor_net.apply({"params": params["actor"]}, features)[:-1]
     log_prob = policy_log_prob(actor_raw, sg(actions[:-1]), discrete)
     entropy = policy_entropy(actor_raw, discrete)
     policy_loss = (weight[:-1] * -(log_prob * advantage + cfg.actor_entropy * entropy)).mean()
 
-    slow_values = sg(twohot_mean(critic_net.apply({"params": slow_critic}, features[:-1]), bins))
-    value_terms = twohot_loss(critic_logits[:-1], sg(returns), bins) + cfg.slow_critic_reg * twohot_loss(
-        critic_logits[:-1], slow_values, bins)
+    slow_values = sg(twohot_mean(critic_net.apply({"params": slow_critic}, features)[:-1], bins))
+    value_terms = twohot_loss(critic_logits[:-1], (sg(returns), slow_values), bins, (1.0, cfg.slow_critic_reg))
     value_loss = (weight[:-1] * value_terms).mean()
 
     post_features = post.features
@@ -162,8 +161,8 @@ def behaviour_loss(cfg: DreamerAgentConfig, wm_fns, nets, params, slow_critic, r
     discount = 1.0 - 1.0 / wm_fns.config.contdisc_horizon
     replay_target = replay_returns(batch["rewards"].astype(jnp.float32), batch["is_last"], batch["is_terminal"],
                                    returns[0].reshape(batch_size, length), cfg.lam, discount)
-    repval_terms = twohot_loss(replay_logits[:, :-1], sg(replay_target), bins) + cfg.slow_critic_reg * twohot_loss(
-        replay_logits[:, :-1], slow_replay[:, :-1], bins)
+    repval_terms = twohot_loss(replay_logits[:, :-1], (sg(replay_target), slow_replay[:, :-1]), bins,
+                               (1.0, cfg.slow_critic_reg))
     not_last = 1.0 - batch["is_last"][:, :-1].astype(jnp.float32)
     repval_loss = (not_last * repval_terms).mean()
 

@@ -79,10 +79,17 @@ def twohot_mean(logits: jax.Array, bins: jax.Array) -> jax.Array:
     return jnp.sum(difference * bins[mid + 1:], -1)
 
 
-def twohot_loss(logits: jax.Array, target: jax.Array, bins: jax.Array) -> jax.Array:
-    """Cross-entropy of ``logits`` ``[..., K]`` against the two-hot of ``target`` ``[...]``."""
+def twohot_loss(logits: jax.Array, target, bins: jax.Array, scales=None) -> jax.Array:
+    """Cross-entropy of ``logits`` ``[..., K]`` against the two-hot of ``target`` ``[...]``.
+
+    ``target`` may be a tuple of targets with ``scales``: the sum of the
+    scaled cross-entropies, from one log-softmax of ``logits``.
+    """
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-    return -jnp.sum(jax.lax.stop_gradient(twohot(target, bins)) * log_probs, -1)
+    if not isinstance(target, tuple):
+        target, scales = (target,), (1.0,)
+    weights = sum(scale * twohot(t, bins) for t, scale in zip(target, scales))
+    return -jnp.sum(jax.lax.stop_gradient(weights) * log_probs, -1)
 
 
 # ---------------------------------------------------------------- TD-MPC2 two-hot
