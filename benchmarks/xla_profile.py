@@ -30,9 +30,12 @@ import json
 import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _compare_worker import Work  # noqa: E402
@@ -73,6 +76,14 @@ def op_metadata(hlo: str) -> dict[str, tuple[str, str]]:
             op_name = inner[0] if inner else op_name
         metadata.setdefault(op, (shape, op_name))
     return metadata
+
+
+_RUN_COUNTS: collections.Counter = collections.Counter()  # trace events per op in the last op_times
+
+
+def _runs(op: str, calls: int) -> float:
+    """How often ``op`` ran per call in the last :func:`op_times`."""
+    return _RUN_COUNTS.get(op, 0) / calls
 
 
 def op_times(call, calls: int) -> dict[str, float]:
@@ -152,10 +163,6 @@ def program_dots(hlo: str) -> dict[str, list[tuple]]:
 
 def _time_dot(dot: tuple, seconds: float = 0.15) -> float:
     """Median seconds of one jitted ``dot_general`` of these shapes, alone."""
-    import time
-
-    import jax.numpy as jnp
-    import numpy as np
 
     dtype, lhs, rhs, dims = dot
     dtype = jnp.dtype(_DTYPES.get(dtype, "float32"))
@@ -187,14 +194,12 @@ def _dot_flops(dot: tuple) -> float:
 
 def matmul_floor(work: str, calls: int = 3) -> dict:
     """The program's matmuls timed alone at their shapes, against the program's own median time."""
-    import numpy as np
-
     built = Work(work)
     hlo = getattr(built, "hlo_text", None)
     if not hlo:
         raise SystemExit(f"{work}: no HLO text for this workload")
     ops = program_dots(hlo)
-    times = op_times(built.call, calls)
+    op_times(built.call, calls)  # how often each op runs per call
     counts = collections.Counter()
     for op, dots in ops.items():
         runs = _runs(op, calls)
@@ -203,24 +208,14 @@ def matmul_floor(work: str, calls: int = 3) -> dict:
     seconds = {dot: _time_dot(dot) for dot in counts}
     update = []
     for _ in range(5):
-        import time
-
         start = time.perf_counter()
         built.call()
         update.append(time.perf_counter() - start)
     alone = sum(counts[d] * seconds[d] for d in counts)
     flops = sum(counts[d] * _dot_flops(d) for d in counts)
-    del times
     rows = sorted(((counts[d] * seconds[d], counts[d], d) for d in counts), reverse=True)
     return {"work": work, "matmuls_alone_s": alone, "program_s": float(np.median(update)), "matmul_gflop": flops / 1e9,
             "dots": len(counts), "rows": rows}
-
-
-_RUN_COUNTS: collections.Counter = collections.Counter()
-
-
-def _runs(op: str, calls: int) -> float:
-    return _RUN_COUNTS.get(op, 0) / calls
 
 
 def breakdown(work: str, calls: int = 3) -> tuple[dict, list, float]:
@@ -254,7 +249,8 @@ def main(argv=None) -> int:
               f"alone at their shapes {1e3 * floor['matmuls_alone_s']:.1f} ms "
               f"({floor['matmul_gflop'] / floor['matmuls_alone_s']:.0f} GFLOP/s); the program "
               f"{1e3 * floor['program_s']:.1f} ms (median of 5): matmuls alone are {100 * share:.0f}% of it\n")
-        print("| ms alone per call | runs per call | dtype | lhs | rhs | contracting | batch |\n|---|---|---|---|---|---|---|")
+        print("| ms alone per call | runs per call | dtype | lhs | rhs | contracting | batch |")
+        print("|---|---|---|---|---|---|---|")
         for ms, runs, (dtype, lhs, rhs, dims) in floor["rows"][:args.top]:
             print(f"| {1e3 * ms:.2f} | {runs:g} | {dtype} | {list(lhs)} | {list(rhs)} | {dims[0]} | {dims[1]} |")
         return 0

@@ -1,0 +1,40 @@
+"""The measuring tools of ``benchmarks/``: the matmul census of a compiled program."""
+
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import xla_profile  # noqa: E402
+
+
+def test_the_matmul_census_finds_each_dot_with_its_shapes_and_runs_per_call():
+    """Dots inside a scan body count once per step; the one after it once per call."""
+
+    def program(x, w, v):
+        def step(h, _):
+            return jnp.tanh(h @ w), None
+
+        h, _ = jax.lax.scan(step, x, None, length=3)
+        return h @ v
+
+    args = (jnp.ones((64, 48)), jnp.full((48, 48), 0.01), jnp.ones((48, 40)))
+    compiled = jax.jit(program).lower(*args).compile()
+    ops = xla_profile.program_dots(compiled.as_text())
+    found = {(lhs, rhs): op for op, dots in ops.items() for _, lhs, rhs, _ in dots}
+    assert set(found) == {((64, 48), (48, 48)), ((64, 48), (48, 40))}
+    dims = next(d for dots in ops.values() for d in dots if d[2] == (48, 40))
+    assert dims[0] == "f32" and xla_profile._dot_flops(dims) == 2 * 64 * 48 * 40
+
+    def call():
+        jax.block_until_ready(compiled(*args))
+
+    call()
+    xla_profile.op_times(call, 2)
+    assert xla_profile._runs(found[((64, 48), (48, 48))], 2) == 3
+    assert xla_profile._runs(found[((64, 48), (48, 40))], 2) == 1
+    assert xla_profile._time_dot(dims, seconds=0.01) > 0
+    np.testing.assert_allclose(compiled(*args), program(*args), rtol=1e-5)
