@@ -82,12 +82,12 @@ def twohot_mean(logits: jax.Array, bins: jax.Array) -> jax.Array:
 def twohot_loss(logits: jax.Array, target, bins: jax.Array, scales=None) -> jax.Array:
     """Cross-entropy of ``logits`` ``[..., K]`` against the two-hot of ``target`` ``[...]``.
 
-    ``target`` may be a tuple of targets with ``scales``: the sum of the
-    scaled cross-entropies, from one log-softmax of ``logits``.
+    ``target`` may be a tuple of targets, with ``scales`` (default: ones): the
+    sum of the scaled cross-entropies, from one log-softmax of ``logits``.
     """
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-    if not isinstance(target, tuple):
-        target, scales = (target,), (1.0,)
+    target = target if isinstance(target, tuple) else (target,)
+    scales = (1.0,) * len(target) if scales is None else scales
     weights = sum(scale * twohot(t, bins) for t, scale in zip(target, scales))
     return -jnp.sum(jax.lax.stop_gradient(weights) * log_probs, -1)
 
