@@ -80,7 +80,7 @@ class Work:
             np.asarray(self.handle.act(single, t0=True))
             self.compile_s = time.perf_counter() - start
             self.call = lambda: np.asarray(self.handle.act(single, t0=False))
-            self.hlo_text = self._plan_hlo(single)
+            self.single = single
             return
         if kind == "dreamer-agent":
             from worldloom.agents import DreamerAgent
@@ -104,7 +104,6 @@ class Work:
         cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) else (cost or {})
         self.flops = float(cost.get("flops", 0.0)) or None
         self.state, self.data, self.key, self.compiled = state, data, key, compiled
-        self.hlo_text = compiled.as_text()
         self.count = 0
 
         def call():
@@ -116,13 +115,15 @@ class Work:
         self.call = call
 
 
-    def _plan_hlo(self, single) -> str | None:
-        """The optimised HLO of the plan program ``act`` runs (None where a revision plans otherwise)."""
+    def hlo_text(self) -> str | None:
+        """The optimised HLO of the program ``call`` runs (None for a plan of a revision without ``programs.act``)."""
+        if hasattr(self, "compiled"):
+            return self.compiled.as_text()
         handle = self.handle
         programs = getattr(handle, "programs", None)
         if programs is None or not hasattr(programs, "act") or handle.plan_mean is None:
             return None
-        obs = handle._obs(handle._put(single), 1)
+        obs = handle._obs(handle._put(self.single), 1)
         args = (handle.params, obs, handle.plan_mean, jax.numpy.zeros((1,), bool), jax.random.PRNGKey(0), None)
         return programs.act.lower(*args, eval_mode=False, use_policy=False).compile().as_text()
 

@@ -16,7 +16,8 @@ at its operand shapes, dimension numbers and dtype, as one jitted
 ``lax.dot_general`` on its own, times how often the profiled call ran it. The
 sum is what the program's matmuls cost at their own shapes on this machine,
 with nothing else around them (operands in the default layout), set beside
-the program's median time in the same run. It also works for
+the program's median time in the same run (XLA's CPU programs, where
+matmuls are ``dot`` ops; on GPUs they are library calls). It also works for
 ``tdmpc2-plan``.
 """
 
@@ -78,16 +79,8 @@ def op_metadata(hlo: str) -> dict[str, tuple[str, str]]:
     return metadata
 
 
-_RUN_COUNTS: collections.Counter = collections.Counter()  # trace events per op in the last op_times
-
-
-def _runs(op: str, calls: int) -> float:
-    """How often ``op`` ran per call in the last :func:`op_times`."""
-    return _RUN_COUNTS.get(op, 0) / calls
-
-
-def op_times(call, calls: int) -> dict[str, float]:
-    """Milliseconds per call of each XLA op (trace event name) over ``calls`` calls of ``call``."""
+def op_times(call, calls: int) -> tuple[dict[str, float], dict[str, float]]:
+    """``(milliseconds, runs)`` per call of each XLA op (trace event name) over ``calls`` calls of ``call``."""
     with tempfile.TemporaryDirectory(prefix="worldloom-profile-") as trace_dir:
         jax.profiler.start_trace(trace_dir)
         for _ in range(calls):
@@ -96,13 +89,12 @@ def op_times(call, calls: int) -> dict[str, float]:
         path = sorted(glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True))[-1]
         with gzip.open(path) as handle:
             events = json.load(handle)["traceEvents"]
-    times = collections.Counter()
-    _RUN_COUNTS.clear()
+    times, runs = collections.Counter(), collections.Counter()
     for event in events:
         if event.get("ph") == "X":
             times[event["name"]] += event["dur"] / 1e3 / calls
-            _RUN_COUNTS[event["name"]] += 1
-    return times
+            runs[event["name"]] += 1 / calls
+    return times, runs
 
 
 _SHAPE = re.compile(r"([a-z]+[0-9]*)\[([0-9,]*)\]")
@@ -180,31 +172,29 @@ def _time_dot(dot: tuple, seconds: float = 0.15) -> float:
 
 
 def _dot_flops(dot: tuple) -> float:
-    _, lhs, rhs, ((lc, rc), (lb, _)) = dot
-    contracted = 1
-    for d in lc:
-        contracted *= lhs[d]
-    out = 1
-    for i, d in enumerate(lhs):
-        out *= 1 if i in lc else d
-    for i, d in enumerate(rhs):
-        out *= 1 if (i in rc or i in dot[3][1][1]) else d
-    return 2.0 * out * contracted
+    """``2 x`` output size ``x`` contracted size: batch and free dims of both sides, contracted dims once."""
+    _, lhs, rhs, ((lhs_contract, rhs_contract), (_, rhs_batch)) = dot
+    contracted = float(np.prod([lhs[d] for d in lhs_contract]))
+    out = np.prod([d for i, d in enumerate(lhs) if i not in lhs_contract])
+    out *= np.prod([d for i, d in enumerate(rhs) if i not in rhs_contract and i not in rhs_batch])
+    return 2.0 * float(out) * contracted
 
 
 def matmul_floor(work: str, calls: int = 3) -> dict:
     """The program's matmuls timed alone at their shapes, against the program's own median time."""
     built = Work(work)
-    hlo = getattr(built, "hlo_text", None)
+    hlo = built.hlo_text()
     if not hlo:
         raise SystemExit(f"{work}: no HLO text for this workload")
     ops = program_dots(hlo)
-    op_times(built.call, calls)  # how often each op runs per call
+    if not ops:
+        raise SystemExit(f"{work}: no dot ops in the optimised program (--matmul-floor reads XLA's CPU "
+                         "programs; on GPUs the matmuls are library calls)")
+    _, runs = op_times(built.call, calls)
     counts = collections.Counter()
     for op, dots in ops.items():
-        runs = _runs(op, calls)
         for dot in dots:
-            counts[dot] += runs
+            counts[dot] += runs.get(op, 0)
     seconds = {dot: _time_dot(dot) for dot in counts}
     update = []
     for _ in range(5):
@@ -224,7 +214,7 @@ def breakdown(work: str, calls: int = 3) -> tuple[dict, list, float]:
     if not hasattr(built, "compiled"):
         raise SystemExit(f"{work}: only compiled updates are profiled (dreamer-agent, dreamer-wm, tdmpc2-update)")
     metadata = op_metadata(built.compiled.as_text())
-    times = op_times(built.call, calls)
+    times, _ = op_times(built.call, calls)
     pieces, ops = collections.Counter(), []
     for op, ms in times.items():
         if op in metadata:

@@ -144,6 +144,11 @@ def test_q_ensemble_is_stacked_and_members_differ(model):
     eval_logits, train_logits = q_logits(params, jax.random.PRNGKey(1))
     assert eval_logits.shape == (2, 4, 101)
     assert not np.allclose(eval_logits, train_logits)
+    # Members with equal params agree without dropout and differ with it: each draws its own mask.
+    same = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x[:1], x.shape), params["Qs"])
+    eval_logits, train_logits = q_logits({**params, "Qs": same}, jax.random.PRNGKey(1))
+    np.testing.assert_array_equal(eval_logits[0], eval_logits[1])
+    assert not np.allclose(train_logits[0], train_logits[1])
 
 
 def test_two_q_heads_alone_give_the_ensembles_values_and_gradients():

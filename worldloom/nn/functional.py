@@ -88,7 +88,7 @@ def twohot_loss(logits: jax.Array, target, bins: jax.Array, scales=None) -> jax.
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
     target = target if isinstance(target, tuple) else (target,)
     scales = (1.0,) * len(target) if scales is None else scales
-    weights = sum(scale * twohot(t, bins) for t, scale in zip(target, scales))
+    weights = sum(scale * twohot(t, bins) for t, scale in zip(target, scales, strict=True))
     return -jnp.sum(jax.lax.stop_gradient(weights) * log_probs, -1)
 
 
@@ -182,10 +182,12 @@ def categorical_index(key: jax.Array, probs: jax.Array) -> jax.Array:
     number of classes whose cumulative probability is at most ``u * total``.
     ``jax.random.categorical`` (Gumbel-max) draws ``C`` uniforms and takes
     three logarithms per class; this draws one uniform per distribution and
-    takes none, with the same distribution (different draws for a key).
+    takes none. The distribution is the same to the resolution of a float32
+    uniform (steps of 2**-23 of probability); the draws for a key differ.
+    Computed in float32 whatever the dtype of ``probs``.
     """
-    cdf = jnp.cumsum(probs, -1)
-    u = jax.random.uniform(key, probs.shape[:-1] + (1,), cdf.dtype) * cdf[..., -1:]
+    cdf = jnp.cumsum(probs.astype(jnp.float32), -1)
+    u = jax.random.uniform(key, probs.shape[:-1] + (1,), jnp.float32) * cdf[..., -1:]
     return jnp.minimum(jnp.sum(cdf <= u, -1), probs.shape[-1] - 1)
 
 
@@ -263,22 +265,27 @@ def mish(x: jax.Array) -> jax.Array:
     terms of one sign, so no cancellation. Above ``x = 20``, where ``n / (n + 2)``
     is 1 in f32, the exponential takes 20 and the derivative is 1. Against float64, the values
     are as accurate as ``jax.nn.mish``'s (which takes an ``exp``, a ``log1p`` and
-    a ``tanh``) and the derivative within a few f32 ulps.
+    a ``tanh``) and the derivative within a few f32 ulps. Computed in float32
+    and returned in the dtype of ``x`` (``n`` overflows float16 from x = 6).
     """
-    e = jnp.exp(jnp.minimum(x, 20.0))
+    return _mish_and_slope(x)[0]
+
+
+def _mish_and_slope(x):
+    x32 = x.astype(jnp.float32)
+    e = jnp.exp(jnp.minimum(x32, 20.0))
     n = e * (e + 2.0)
-    return x * (n / (n + 2.0))
+    inv = 1.0 / (n + 2.0)
+    ratio = n * inv
+    slope = jnp.where(x32 < 20.0, ratio + x32 * (4.0 * e * (1.0 + e) * inv * inv), 1.0)
+    return (x32 * ratio).astype(x.dtype), slope.astype(x.dtype)
 
 
 @mish.defjvp
 def _mish_jvp(primals, tangents):
     (x,), (dx,) = primals, tangents
-    e = jnp.exp(jnp.minimum(x, 20.0))
-    n = e * (e + 2.0)
-    inv = 1.0 / (n + 2.0)
-    ratio = n * inv
-    slope = jnp.where(x < 20.0, ratio + x * (4.0 * e * (1.0 + e) * inv * inv), 1.0)
-    return x * ratio, slope * dx
+    value, slope = _mish_and_slope(x)
+    return value, slope * dx
 
 
 # ---------------------------------------------------------------- convolution

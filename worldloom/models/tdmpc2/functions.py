@@ -30,8 +30,8 @@ class TDMPC2Functions:
         # The same networks with a two-member Q ensemble: q_two applies it to the two chosen heads' params.
         self._two_q = TDMPC2Networks(dataclasses.replace(config, num_q=2))
 
-    def _apply(self, params, method, *args, rngs=None):
-        return self.net.apply({"params": params}, *args, method=method, rngs=rngs)
+    def _apply(self, params, method, *args):
+        return self.net.apply({"params": params}, *args, method=method)
 
     def init(self, key: jax.Array) -> Params:
         """Fresh params (target Q networks excluded)."""
