@@ -114,7 +114,6 @@ class Work:
         call()
         self.call = call
 
-
     def hlo_text(self) -> str | None:
         """The optimised HLO of the program ``call`` runs (None for a plan of a revision without ``programs.act``)."""
         if hasattr(self, "compiled"):

@@ -57,13 +57,21 @@ def piece_of(op_name: str) -> str:
     return f"{direction} {found}{where}"
 
 
+_CALLS = re.compile(r"calls=%([\w.\-]+)")
+
+
+def _computations(hlo: str) -> dict[str, str]:
+    """``computation name -> its body`` (fusion and loop bodies; not the entry computation)."""
+    return {m.group(1): m.group(2) for m in re.finditer(r"^%([\w.\-]+) .*?\{\n(.*?)^\}", hlo, re.M | re.S)}
+
+
 def _names_a_piece(op_name: str) -> bool:
     return not piece_of(op_name).split(" ", 1)[1].startswith("other")
 
 
 def op_metadata(hlo: str) -> dict[str, tuple[str, str]]:
     """``op -> (shape, op_name)``; a fusion is named by the first op inside it that names a piece."""
-    bodies = {m.group(1): m.group(2) for m in re.finditer(r"^%([\w.\-]+) .*?\{\n(.*?)^\}", hlo, re.M | re.S)}
+    bodies = _computations(hlo)
     metadata = {}
     for m in _OP.finditer(hlo):
         op, shape, kind = m.groups()
@@ -71,7 +79,7 @@ def op_metadata(hlo: str) -> dict[str, tuple[str, str]]:
             continue
         named = _OP_NAME.search(m.group(0))
         op_name = named.group(1) if named else ""
-        called = re.search(r"calls=%([\w.\-]+)", m.group(0))
+        called = _CALLS.search(m.group(0))
         if called and not _names_a_piece(op_name):
             inner = [n for n in re.findall(r'op_name="([^"]*)"', bodies.get(called.group(1), "")) if _names_a_piece(n)]
             op_name = inner[0] if inner else op_name
@@ -122,7 +130,7 @@ def program_dots(hlo: str) -> dict[str, list[tuple]]:
     for m in re.finditer(r"^\s*%?([\w.\-]+) \(([^)]*)\) ->", hlo, re.M):  # parameters in signatures
         for param in re.finditer(r"([\w.\-]+): ([a-z]+[0-9]*)\[([0-9,]*)\]", m.group(2)):
             shapes.setdefault(param.group(1), (param.group(2), tuple(int(d) for d in param.group(3).split(",") if d)))
-    bodies = {m.group(1): m.group(2) for m in re.finditer(r"^%([\w.\-]+) .*?\{\n(.*?)^\}", hlo, re.M | re.S)}
+    bodies = _computations(hlo)
 
     def dot_of(line: str):
         operands = re.findall(r"%([\w.\-]+)", line.split(" dot(", 1)[1].split(")", 1)[0])
@@ -137,7 +145,7 @@ def program_dots(hlo: str) -> dict[str, list[tuple]]:
             if " dot(" in line:
                 found.append(dot_of(line))
             elif depth < 3:
-                for called in re.findall(r"calls=%([\w.\-]+)", line):
+                for called in _CALLS.findall(line):
                     found.extend(dots_in(called, depth + 1))
         return found
 
@@ -146,7 +154,7 @@ def program_dots(hlo: str) -> dict[str, list[tuple]]:
         if " dot(" in line:
             ops[name] = [dot_of(line)]
         elif " fusion(" in line:
-            called = re.search(r"calls=%([\w.\-]+)", line)
+            called = _CALLS.search(line)
             inner = dots_in(called.group(1)) if called else []
             if inner:
                 ops[name] = inner
@@ -155,7 +163,6 @@ def program_dots(hlo: str) -> dict[str, list[tuple]]:
 
 def _time_dot(dot: tuple, seconds: float = 0.15) -> float:
     """Median seconds of one jitted ``dot_general`` of these shapes, alone."""
-
     dtype, lhs, rhs, dims = dot
     dtype = jnp.dtype(_DTYPES.get(dtype, "float32"))
     rng = np.random.default_rng(0)

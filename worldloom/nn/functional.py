@@ -261,12 +261,13 @@ def mish(x: jax.Array) -> jax.Array:
     """``x * tanh(softplus(x))`` (``jax.nn.mish``'s values) from one ``exp``.
 
     With ``e = exp(x)`` and ``n = e * (e + 2)``, ``tanh(softplus(x)) = n / (n + 2)``
-    and the derivative is ``n / (n + 2) + x * 4 e (1 + e) / (n + 2)**2``: a sum of
-    terms of one sign, so no cancellation. Above ``x = 20``, where ``n / (n + 2)``
-    is 1 in f32, the exponential takes 20 and the derivative is 1. Against float64, the values
-    are as accurate as ``jax.nn.mish``'s (which takes an ``exp``, a ``log1p`` and
-    a ``tanh``) and the derivative within a few f32 ulps. Computed in float32
-    and returned in the dtype of ``x`` (``n`` overflows float16 from x = 6).
+    and the derivative is ``n / (n + 2) + x * 4 e (1 + e) / (n + 2)**2``: a sum
+    of terms of one sign, so no cancellation. Above ``x = 20``, where
+    ``n / (n + 2)`` is 1 in f32, the exponential takes 20 and the derivative
+    is 1. Against float64, the values are as accurate as ``jax.nn.mish``'s
+    (which takes an ``exp``, a ``log1p`` and a ``tanh``) and the derivative
+    within a few f32 ulps. Computed in float32 and returned in the dtype of
+    ``x`` (``n`` overflows float16 from x = 6).
     """
     return _mish_and_slope(x)[0]
 
