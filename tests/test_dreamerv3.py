@@ -1,5 +1,7 @@
 """DreamerV3: reference sizes, the scanned posterior, learning and imagination."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +9,7 @@ import pytest
 
 from worldloom import ConfigError, ShapeError, create_world_model, get_model_info
 from worldloom.models.base import OptimizerSettings
+from worldloom.models.dreamerv3 import losses
 from worldloom.models.dreamerv3.config import PRESETS, DreamerV3Config
 from worldloom.models.dreamerv3.losses import DreamerV3Functions
 
@@ -66,6 +69,24 @@ def test_scanned_observe_equals_python_loop(rng):
     # Every reset lands on the same deter, whatever came before.
     np.testing.assert_allclose(post.deterministic[0, 2], post.deterministic[1, 4], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(post.deterministic[0, 2], first[0], rtol=1e-5, atol=1e-6)
+
+
+def test_loss_gradients_equal_those_of_the_plain_posterior_scan(monkeypatch, rng):
+    """The posterior scan's weight gradients, summed after the loop, equal the plain scan's sums in the loop."""
+    cfg = DreamerV3Config(**TINY, obs_shape=(5,), action_dim=3)
+    fns = DreamerV3Functions(cfg)
+    params = fns.init(jax.random.PRNGKey(0))
+    batch = {"obs": jnp.asarray(rng.normal(size=(3, 6, 5)), jnp.float32),
+             "actions": jnp.asarray(rng.uniform(-1, 1, size=(3, 6, 3)), jnp.float32),
+             "rewards": jnp.asarray(rng.normal(size=(3, 6)), jnp.float32),
+             "continues": jnp.ones((3, 6)), "is_first": jnp.zeros((3, 6), bool).at[1, 2].set(True)}
+    grad = jax.jit(jax.grad(lambda p: fns.loss(p, batch, jax.random.PRNGKey(1))[0]))
+    hoisted = grad(params)
+    monkeypatch.setattr(losses, "scan_hoisted", functools.partial(losses.scan_hoisted, hoist=False))
+    plain = jax.jit(jax.grad(lambda p: fns.loss(p, batch, jax.random.PRNGKey(1))[0]))(params)
+    assert np.abs(plain["rssm"]["dyn_gru"]["kernel"]).max() > 0
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max()),
+                 hoisted, plain)
 
 
 def _pattern_episodes(rng, episodes, length=8):

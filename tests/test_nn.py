@@ -1,5 +1,8 @@
 """The numbers DESIGN.md pins, and the layers' defining properties."""
 
+import functools
+
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -222,3 +225,80 @@ def test_twohot_loss_of_several_targets_is_the_sum_of_their_scaled_losses():
 
     np.testing.assert_allclose(together(logits), apart(logits), rtol=1e-6)
     np.testing.assert_allclose(jax.grad(together)(logits), jax.grad(apart)(logits), rtol=1e-5, atol=1e-7)
+
+
+class _TappedCell(flax.linen.Module):
+    """A recurrent cell with every kind of tapped layer, and a norm scale that is not tapped."""
+
+    @flax.linen.compact
+    def __call__(self, h, x):
+        a = wnn.RMSNorm()(wnn.Dense(8)(jnp.concatenate([h, x], -1)))
+        grouped = jnp.moveaxis(h.reshape(h.shape[0], 2, 4), 1, 0)
+        b = wnn.BlockLinear(8, 2)(grouped, shared=a, grouped=True)
+        b = jnp.moveaxis(b, 0, 1).reshape(h.shape[0], 8)
+        c = wnn.BlockLinear(8, 2)(jnp.tanh(b), shared=x)
+        d = wnn.Dense(8, use_bias=False)(wnn.BlockLinear(8, 4)(c))
+        return jnp.tanh(d + h)
+
+
+def _tapped_step(params, consts, h, inputs, taps):
+    x, first = inputs
+    h = jnp.where(first[:, None], consts, h)
+    cell = _TappedCell()
+    if taps is None:
+        h, state = cell.apply({"params": params}, h, x, mutable=[wnn.TAP_INPUTS, wnn.TAP_OUTPUTS])
+        return h, 2.0 * h, state[wnn.TAP_INPUTS], state[wnn.TAP_OUTPUTS]
+    h, state = cell.apply({"params": params, wnn.TAP_OUTPUTS: taps}, h, x, mutable=[wnn.TAP_INPUTS])
+    return h, 2.0 * h, state[wnn.TAP_INPUTS], taps
+
+
+def _scans(jaxpr):
+    """Every ``scan`` equation of a jaxpr, nested ones included."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            yield eqn
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, tuple) else (value,):
+                if hasattr(sub, "eqns") or hasattr(sub, "jaxpr"):
+                    yield from _scans(getattr(sub, "jaxpr", sub))
+
+
+def test_scan_hoisted_equals_the_plain_scan_and_sums_weight_gradients_after_the_loop():
+    keys = jax.random.split(jax.random.PRNGKey(0), 5)
+    steps, rows = 7, 3
+    xs = (jax.random.normal(keys[0], (steps, rows, 3)), jnp.zeros((steps, rows), bool).at[4, 1].set(True))
+    h0, reset = jax.random.normal(keys[1], (rows, 8)), jax.random.normal(keys[2], (1, 8))
+    params = _TappedCell().init(keys[3], h0, xs[0][0])["params"]
+    weights = jax.random.normal(keys[4], (steps, rows, 8))
+    plain = functools.partial(wnn.scan_hoisted, hoist=False)
+
+    def loss(scan, params, reset, h0, x):
+        carry, ys = scan(_tapped_step, params, reset, h0, (x, xs[1]))
+        return (ys * weights).sum() + jnp.sin(carry).sum()
+
+    args = (params, reset, h0, xs[0])
+    value, grads = jax.value_and_grad(lambda *a: loss(wnn.scan_hoisted, *a), argnums=(0, 1, 2, 3))(*args)
+    expected_value, expected = jax.value_and_grad(lambda *a: loss(plain, *a), argnums=(0, 1, 2, 3))(*args)
+    np.testing.assert_allclose(value, expected_value, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads, expected)
+
+    # The backward loop of the plain scan carries a running sum of every kernel's gradient; the
+    # hoisted one carries none (the kernels' gradients are products after the loop).
+    kernels = {p.shape for p in jax.tree.leaves(params) if p.ndim >= 2}
+
+    def carried_shapes(scan):
+        jaxpr = jax.make_jaxpr(jax.grad(lambda *a: loss(scan, *a)))(*args).jaxpr
+        return {v.aval.shape for eqn in _scans(jaxpr)
+                for v in eqn.invars[eqn.params["num_consts"]:eqn.params["num_consts"] + eqn.params["num_carry"]]}
+
+    assert kernels <= carried_shapes(plain)
+    assert not kernels & carried_shapes(wnn.scan_hoisted)
+
+
+def test_a_tapped_layer_may_run_once_per_step():
+    layer = wnn.Dense(4)
+    x = jnp.ones((2, 4))
+    params = layer.init(jax.random.PRNGKey(0), x)["params"]
+    twice = lambda module, x: module(module(x))  # noqa: E731
+    with pytest.raises(ValueError, match="ran twice"):
+        flax.linen.apply(twice, layer, mutable=[wnn.TAP_INPUTS])({"params": params}, x)

@@ -22,6 +22,8 @@ from worldloom.nn.functional import (
     unimix_probs,
 )
 from worldloom.nn.layers import (
+    TAP_INPUTS,
+    TAP_OUTPUTS,
     BlockLinear,
     Dense,
     RMSNorm,
@@ -30,8 +32,11 @@ from worldloom.nn.layers import (
     simnorm,
     tdmpc_init,
 )
+from worldloom.nn.scan import scan_hoisted
 
 __all__ = [
+    "TAP_INPUTS",
+    "TAP_OUTPUTS",
     "BlockLinear",
     "Dense",
     "RMSNorm",
@@ -43,6 +48,7 @@ __all__ = [
     "dreamer_init",
     "lambda_return",
     "mish",
+    "scan_hoisted",
     "simnorm",
     "straight_through_mode",
     "straight_through_sample",

@@ -11,6 +11,12 @@ import jax.numpy as jnp
 
 Initializer = Callable[..., jax.Array]
 
+# Collections of the linear layers' taps (see :func:`worldloom.nn.scan.scan_hoisted`): each tapped layer
+# sows its inputs into TAP_INPUTS and adds a zero perturbation from TAP_OUTPUTS to its output, whose
+# gradient is the output's cotangent. Applied without these collections the layers do neither.
+TAP_INPUTS = "tap_inputs"
+TAP_OUTPUTS = "tap_outputs"
+
 # std of a standard normal truncated to [-2, 2]; dividing by it restores unit std.
 _TRUNC_STD = 0.87962566103423978
 
@@ -83,7 +89,7 @@ class Dense(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return nn.Dense(
+        y = nn.Dense(
             self.features,
             use_bias=self.use_bias,
             kernel_init=dreamer_init(self.outscale),
@@ -91,6 +97,7 @@ class Dense(nn.Module):
             dtype=self.dtype,
             param_dtype=jnp.float32,
         )(x)
+        return _tap(self, "dense", (x,), y)
 
 
 class BlockLinear(nn.Module):
@@ -138,13 +145,16 @@ class BlockLinear(nn.Module):
             out = jnp.einsum("g...i,gio->g...o", x.astype(dtype), kernel[:, :per_block])
             if shared is not None:
                 out = out + jnp.einsum("...i,gio->g...o", shared.astype(dtype), kernel[:, per_block:])
-            return out + bias.reshape(self.blocks, *([1] * len(lead)), out_block)
-        lead = x.shape[:-1]
-        out = jnp.einsum("...gi,gio->...go", x.reshape(*lead, self.blocks, per_block).astype(dtype),
-                         kernel[:, :per_block])
-        if shared is not None:
-            out = out + jnp.einsum("...i,gio->...go", shared.astype(dtype), kernel[:, per_block:])
-        return out.reshape(*lead, self.features) + bias
+            out = out + bias.reshape(self.blocks, *([1] * len(lead)), out_block)
+        else:
+            lead = x.shape[:-1]
+            out = jnp.einsum("...gi,gio->...go", x.reshape(*lead, self.blocks, per_block).astype(dtype),
+                             kernel[:, :per_block])
+            if shared is not None:
+                out = out + jnp.einsum("...i,gio->...go", shared.astype(dtype), kernel[:, per_block:])
+            out = out.reshape(*lead, self.features) + bias
+        inputs = (x,) if shared is None else (x, shared)
+        return _tap(self, "block_grouped" if grouped else "block", inputs, out)
 
 
 def simnorm(x: jax.Array, group: int = 8) -> jax.Array:
@@ -161,3 +171,83 @@ class SimNorm(nn.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return simnorm(x, self.group)
+
+
+# ---------------------------------------------------------------- taps
+
+
+def _only_once(previous, inputs):
+    if previous is not None:
+        raise ValueError("a tapped layer ran twice in one step; its weight gradients would be wrong")
+    return inputs
+
+
+def _tap(module: nn.Module, kind: str, inputs: tuple, out: jax.Array) -> jax.Array:
+    """Sow a linear layer's ``inputs`` and perturb its ``out`` when the tap collections are in use."""
+    module.sow(TAP_INPUTS, kind, inputs, init_fn=lambda: None, reduce_fn=_only_once)
+    return module.perturb(kind, out, collection=TAP_OUTPUTS)
+
+
+def _outer(x: jax.Array, d: jax.Array, spec: str) -> jax.Array:
+    """A weight gradient ``einsum(spec, x, d)`` at ``d``'s precision, accumulated in float32."""
+    return jnp.einsum(spec, x.astype(d.dtype), d, preferred_element_type=jnp.float32)
+
+
+def _dense_grads(params, inputs, d_out):
+    (x,) = inputs
+    x, d = x.reshape(-1, x.shape[-1]), d_out.reshape(-1, d_out.shape[-1])
+    grads = {"kernel": _outer(x, d, "ni,no->io")}
+    if "bias" in params["Dense_0"]:
+        grads["bias"] = d.astype(jnp.float32).sum(0)
+    return {"Dense_0": grads}
+
+
+def _block_grads(params, inputs, d_out, grouped: bool):
+    blocks, _, out_block = params["kernel"].shape
+    x = inputs[0]
+    if grouped:  # [T, G, ..., I/G]: one leading scan axis before the blocks
+        x = jnp.moveaxis(x, 1, 0).reshape(blocks, -1, x.shape[-1])
+        d = jnp.moveaxis(d_out, 1, 0).reshape(blocks, -1, out_block)
+    else:
+        x = x.reshape(-1, blocks, x.shape[-1] // blocks).swapaxes(0, 1)
+        d = d_out.reshape(-1, blocks, out_block).swapaxes(0, 1)
+    kernel = [_outer(x, d, "gni,gno->gio")]
+    if len(inputs) == 2:
+        shared = inputs[1]
+        kernel.append(_outer(shared.reshape(-1, shared.shape[-1]), d, "ni,gno->gio"))
+    return {"kernel": jnp.concatenate(kernel, 1), "bias": d.astype(jnp.float32).sum(1).reshape(-1)}
+
+
+_TAP_GRADS = {
+    "dense": _dense_grads,
+    "block": lambda params, inputs, d_out: _block_grads(params, inputs, d_out, grouped=False),
+    "block_grouped": lambda params, inputs, d_out: _block_grads(params, inputs, d_out, grouped=True),
+}
+
+
+def tap_weight_grads(params, inputs, d_out):
+    """Weight gradients of the tapped layers from their stacked inputs and output cotangents.
+
+    Args:
+        params: The params tree (or any tree of its structure: only its keys are read).
+        inputs: The ``TAP_INPUTS`` collection, each layer's inputs stacked over a leading scan axis ``[T, ...]``.
+        d_out: The gradient of the ``TAP_OUTPUTS`` perturbations ``[T, ...]``, the layers' output cotangents.
+
+    Returns:
+        A tree of the tapped layers' params (kernels and biases), each the sum over all steps and rows:
+        one product over ``T * rows`` per kernel.
+    """
+    grads = {}
+    for name, value in inputs.items():
+        if name in _TAP_GRADS:
+            grads.update(_TAP_GRADS[name](params, value, d_out[name]))
+        else:
+            grads[name] = tap_weight_grads(params[name], value, d_out[name])
+    return grads
+
+
+def stop_tapped(params, inputs):
+    """``params`` with the tapped layers' params (those ``inputs`` names) under ``stop_gradient``."""
+    if any(name in _TAP_GRADS for name in inputs):
+        return jax.lax.stop_gradient(params)
+    return {**params, **{name: stop_tapped(params[name], value) for name, value in inputs.items()}}

@@ -37,6 +37,8 @@ from worldloom.nn.functional import (
     twohot_mean,
     unimix_probs,
 )
+from worldloom.nn.layers import TAP_INPUTS, TAP_OUTPUTS
+from worldloom.nn.scan import scan_hoisted
 
 sg = jax.lax.stop_gradient
 
@@ -57,6 +59,21 @@ class DreamerV3Functions:
 
     def _apply(self, params, method, *args):
         return self.net.apply({"params": params}, *args, method=method)
+
+    def _apply_tapped(self, params, taps, method, *args):
+        """``method`` with its linear layers tapped (:func:`~worldloom.nn.scan.scan_hoisted`).
+
+        Returns:
+            ``(out, inputs, taps)``: the layers' sown inputs and their output
+            perturbations (zeros created when ``taps`` is None).
+        """
+        if taps is None:
+            out, state = self.net.apply({"params": params}, *args, method=method,
+                                        mutable=[TAP_INPUTS, TAP_OUTPUTS])
+            return out, state[TAP_INPUTS], state[TAP_OUTPUTS]
+        out, state = self.net.apply({"params": params, TAP_OUTPUTS: taps}, *args, method=method,
+                                    mutable=[TAP_INPUTS])
+        return out, state[TAP_INPUTS], taps
 
     def init(self, key) -> Any:
         cfg = self.config
@@ -164,12 +181,12 @@ class DreamerV3Functions:
         first_deter = self.first_deter(params, prev_actions.shape[-1])
         keys = split_key(key, tokens.shape[1])
 
-        def step(carry, inputs):
-            return self.obs_step(params, carry, inputs, first_deter, stochastic)
+        def step(params, first_deter, carry, inputs, taps):
+            return self._obs_step(params, carry, inputs, first_deter, stochastic, taps)
 
         time_major = jax.tree_util.tree_map(lambda x: jnp.swapaxes(x, 0, 1), (tokens, prev_actions, is_first))
         carry = (start.deterministic.reshape(batch, -1), start.stochastic.reshape(batch, -1))
-        _, (deter, stoch, logits, cont) = jax.lax.scan(step, carry, (*time_major, keys))
+        _, (deter, stoch, logits, cont) = scan_hoisted(step, params, first_deter, carry, (*time_major, keys))
         deter, stoch, logits, cont = (jnp.swapaxes(x, 0, 1) for x in (deter, stoch, logits, cont))
         return self.state(deter, stoch, posterior_logits=logits), cont
 
@@ -189,13 +206,17 @@ class DreamerV3Functions:
         Returns:
             ``(carry, (deter, stoch, logits, cont_deter))``.
         """
+        carry, outputs, _, _ = self._obs_step(params, carry, inputs, first_deter, stochastic, taps=None)
+        return carry, outputs
+
+    def _obs_step(self, params, carry, inputs, first_deter, stochastic, taps):
+        """:meth:`obs_step` with its linear layers tapped: ``(carry, outputs, layer inputs, taps)``."""
         deter, stoch = carry
         token, prev_action, first, step_key = inputs
-        cont = self.core(params, deter, stoch, prev_action)
-        deter = jnp.where(first[:, None], jnp.broadcast_to(first_deter, cont.shape), cont)
-        logits = self.posterior(params, deter, token)
+        (cont, deter, logits), layer_inputs, taps = self._apply_tapped(
+            params, taps, DreamerV3Networks.observe, deter, stoch, prev_action, token, first, first_deter)
         stoch = self.sample(logits, step_key, stochastic)
-        return (deter, stoch), (deter, stoch, logits, cont)
+        return (deter, stoch), (deter, stoch, logits, cont), layer_inputs, taps
 
     def imagine(self, params, start: LatentState, actions, key, stochastic=True):
         """Prior rollout over ``actions`` ``[H, B, A]`` -> states ``[H, B, ...]``."""

@@ -293,6 +293,16 @@ class DreamerV3Networks(nn.Module):
     def posterior(self, deter, tokens):
         return self.rssm.posterior(deter, tokens)
 
+    def observe(self, deter, stoch, action, tokens, first, first_deter):
+        """A posterior step before sampling: ``(cont_deter, deter [N, D], logits [N, 32, classes])``.
+
+        ``cont_deter`` is the GRU step from ``(deter, stoch, action)``; the new
+        ``deter`` is ``first_deter`` ``[1, D]`` instead where ``first`` ``[N]``.
+        """
+        cont = self.rssm.core(deter, stoch, action)
+        deter = jnp.where(first[:, None], jnp.broadcast_to(first_deter, cont.shape), cont)
+        return cont, deter, self.rssm.posterior(deter, tokens)
+
     def decode(self, deter, stoch):
         return self.decoder(deter, stoch)
 
