@@ -144,7 +144,12 @@ class BlockLinear(nn.Module):
             lead = x.shape[1:-1]
             out = jnp.einsum("g...i,gio->g...o", x.astype(dtype), kernel[:, :per_block])
             if shared is not None:
-                out = out + jnp.einsum("...i,gio->g...o", shared.astype(dtype), kernel[:, per_block:])
+                # The shared kernel as one [S, G * F/G] matrix, transposed here in the open: in a scan
+                # body over constant params XLA hoists this out of the loop, where a transposed
+                # operand of the dot would be copied at every step.
+                wide = jnp.moveaxis(kernel[:, per_block:], 0, 1).reshape(extra, self.blocks * out_block)
+                wide_out = (shared.astype(dtype) @ wide).reshape(*lead, self.blocks, out_block)
+                out = out + jnp.moveaxis(wide_out, -2, 0)
             out = out + bias.reshape(self.blocks, *([1] * len(lead)), out_block)
         else:
             lead = x.shape[:-1]
