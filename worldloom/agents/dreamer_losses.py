@@ -134,7 +134,10 @@ def behaviour_loss(cfg: DreamerAgentConfig, wm_fns, nets, params, slow_critic, r
     start = jax.tree_util.tree_map(lambda x: sg(x.reshape(batch_size * length, *x.shape[2:])), post)
     actor_sg = lambda f: actor_net.apply({"params": sg(params["actor"])}, f)  # noqa: E731
     states, actions = imagine_with_policy(wm_fns, wm_params, actor_sg, start, cfg.imag_horizon, key, discrete)
-    features = sg(states.features)  # [H+1, N, F]
+    # The start's features and the imagined steps' joined in one piece each: the [H+1] deter and
+    # stoch arrays of ``states`` are then never built (XLA drops them), only the features.
+    imagined = jnp.concatenate([states.deterministic[1:], states.stochastic[1:]], -1)
+    features = sg(jnp.concatenate([start.features[None], imagined], 0))  # [H+1, N, F]
     rewards = wm_fns.reward(wm_params, features)
     continues = wm_fns.continue_prob(wm_params, features)
     weight = sg(jnp.cumprod(continues, 0))
