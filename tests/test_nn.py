@@ -302,3 +302,12 @@ def test_a_tapped_layer_may_run_once_per_step():
     twice = lambda module, x: module(module(x))  # noqa: E731
     with pytest.raises(ValueError, match="ran twice"):
         flax.linen.apply(twice, layer, mutable=[wnn.TAP_INPUTS])({"params": params}, x)
+
+
+def test_sigmoid_and_silu_match_float64():
+    x = np.linspace(-30.0, 30.0, 20001, dtype=np.float32)
+    exact = 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+    np.testing.assert_allclose(wnn.sigmoid(jnp.asarray(x)), exact, atol=2e-7, rtol=0)
+    np.testing.assert_allclose(wnn.silu(jnp.asarray(x)), x * exact, atol=3e-6, rtol=1e-6)
+    slope = jax.vmap(jax.grad(wnn.sigmoid))(jnp.asarray(x))
+    np.testing.assert_allclose(slope, exact * (1.0 - exact), atol=2e-7, rtol=0)

@@ -256,6 +256,20 @@ def lambda_return(
 # ---------------------------------------------------------------- activations
 
 
+def sigmoid(x: jax.Array) -> jax.Array:
+    """The logistic function as ``0.5 * tanh(x / 2) + 0.5``, the same function.
+
+    One ``tanh`` and no division: XLA's CPU code for ``jax.nn.sigmoid``
+    divides, and runs slower. Within 2e-7 of ``jax.nn.sigmoid`` in float32.
+    """
+    return 0.5 * jnp.tanh(0.5 * x) + 0.5
+
+
+def silu(x: jax.Array) -> jax.Array:
+    """``x * sigmoid(x)`` (``jax.nn.silu``) through :func:`sigmoid`."""
+    return x * sigmoid(x)
+
+
 @jax.custom_jvp
 def mish(x: jax.Array) -> jax.Array:
     """``x * tanh(softplus(x))`` (``jax.nn.mish``'s values) from one ``exp``.

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from worldloom.models.dreamerv3.config import DreamerV3Config
-from worldloom.nn.functional import conv_same, symlog
+from worldloom.nn.functional import conv_same, sigmoid, silu, symlog
 from worldloom.nn.layers import BlockLinear, Dense, RMSNorm, dreamer_init
 
 
@@ -32,7 +32,7 @@ class NormAct(nn.Module):
     @nn.compact
     def __call__(self, x):
         x = Dense(self.units, dtype=self.dtype)(x)
-        return jax.nn.silu(RMSNorm()(x))
+        return silu(RMSNorm()(x))
 
 
 class ConvParams(nn.Module):
@@ -147,7 +147,7 @@ class Encoder(nn.Module):
             x = obs.astype(jnp.float32) - 0.5
         for i, mult in enumerate(cfg.cnn_mults):
             x = ConvPool(cfg.depth * mult, cfg.kernel, dtype=dtype, name=f"Conv_{i}")(x)
-            x = jax.nn.silu(RMSNorm()(x))
+            x = silu(RMSNorm()(x))
         return x.reshape(x.shape[0], -1)
 
 
@@ -177,13 +177,13 @@ class Decoder(nn.Module):
         # '(g h w c) -> h w (g c)'
         x0 = x0.reshape(-1, groups, min_h, min_w, size // (groups * min_h * min_w))
         x0 = x0.transpose(0, 2, 3, 1, 4).reshape(-1, *shape)
-        x1 = jax.nn.silu(RMSNorm()(Dense(2 * cfg.units, dtype=dtype)(stoch)))
+        x1 = silu(RMSNorm()(Dense(2 * cfg.units, dtype=dtype)(stoch)))
         x1 = Dense(size, dtype=dtype)(x1).reshape(-1, *shape)
-        x = jax.nn.silu(RMSNorm()(x0 + x1))
+        x = silu(RMSNorm()(x0 + x1))
         for i, depth in enumerate(reversed(depths[:-1])):
-            x = jax.nn.silu(RMSNorm()(UpConv(depth, cfg.kernel, dtype=dtype, name=f"Conv_{i}")(x)))
+            x = silu(RMSNorm()(UpConv(depth, cfg.kernel, dtype=dtype, name=f"Conv_{i}")(x)))
         x = UpConv(cfg.obs_shape[-1], cfg.kernel, dtype=dtype, name=f"Conv_{len(depths) - 1}")(x)
-        return jax.nn.sigmoid(x.astype(jnp.float32))
+        return sigmoid(x.astype(jnp.float32))
 
 
 class RSSM(nn.Module):
@@ -217,12 +217,12 @@ class RSSM(nn.Module):
         groups, lead = cfg.blocks, deter.shape[:-1]
         deter_groups = jnp.moveaxis(deter.reshape(*lead, groups, -1), -2, 0)
         x = self.dyn_hidden(deter_groups.astype(x.dtype), shared=x, grouped=True)
-        x = jax.nn.silu(self.dyn_hidden_norm(x, grouped=True))
+        x = silu(self.dyn_hidden_norm(x, grouped=True))
         x = self.dyn_gru(x, grouped=True).astype(jnp.float32)
         reset, cand, update = jnp.split(x, 3, -1)
-        reset = jax.nn.sigmoid(reset)
+        reset = sigmoid(reset)
         cand = jnp.tanh(reset * cand)
-        update = jax.nn.sigmoid(update - 1.0)
+        update = sigmoid(update - 1.0)
         deter_groups = update * cand + (1.0 - update) * deter_groups
         return jnp.moveaxis(deter_groups, 0, -2).reshape(*lead, cfg.deter)
 
