@@ -311,3 +311,14 @@ def test_sigmoid_and_silu_match_float64():
     np.testing.assert_allclose(wnn.silu(jnp.asarray(x)), x * exact, atol=3e-6, rtol=1e-6)
     slope = jax.vmap(jax.grad(wnn.sigmoid))(jnp.asarray(x))
     np.testing.assert_allclose(slope, exact * (1.0 - exact), atol=2e-7, rtol=0)
+
+
+def test_twohot_at_bin_centres_and_beyond_the_ends():
+    bins = wnn.dreamer_bins()
+    at = wnn.twohot(bins[jnp.array([0, 5, 127, 200, 254])], bins)
+    np.testing.assert_array_equal(at, jax.nn.one_hot(jnp.array([0, 5, 127, 200, 254]), 255))
+    beyond = wnn.twohot(jnp.array([-1e10, 1e10]), bins)
+    np.testing.assert_array_equal(beyond, jax.nn.one_hot(jnp.array([0, 254]), 255))
+    between = wnn.twohot(0.5 * (bins[10] + bins[11])[None], bins)[0]
+    assert set(np.nonzero(np.asarray(between))[0]) == {10, 11}
+    np.testing.assert_allclose(between[10], 0.5, rtol=1e-5)

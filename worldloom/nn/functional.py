@@ -41,17 +41,18 @@ def dreamer_bins(num_bins: int = DREAMER_NUM_BINS, limit: float = 20.0) -> jax.A
 
 
 def twohot(x: jax.Array, bins: jax.Array) -> jax.Array:
-    """Two-hot encoding of ``x`` ``[...]`` over sorted ``bins`` ``[K]`` -> ``[..., K]``.
+    """Two-hot encoding of ``x`` ``[...]`` over sorted, distinct ``bins`` ``[K]`` -> ``[..., K]``.
 
     The weight is split between the two neighbouring bins in proportion to
     the distance; values outside the range put all weight on the end bin.
     """
     x = x.astype(jnp.float32)[..., None]
     num = bins.shape[0]
-    below = jnp.sum((bins <= x).astype(jnp.int32), -1) - 1
-    above = num - jnp.sum((bins > x).astype(jnp.int32), -1)
-    below = jnp.clip(below, 0, num - 1)
-    above = jnp.clip(above, 0, num - 1)
+    # The number of bins at or below x: the bin below is the last of them, the bin above the next
+    # (the bins are sorted and distinct).
+    count = jnp.sum((bins <= x).astype(jnp.int32), -1)
+    below = jnp.clip(count - 1, 0, num - 1)
+    above = jnp.clip(count, 0, num - 1)
     equal = below == above
     x = x[..., 0]
     dist_below = jnp.where(equal, 1.0, jnp.abs(bins[below] - x))
