@@ -138,7 +138,8 @@ def behaviour_loss(cfg: DreamerAgentConfig, wm_fns, nets, params, slow_critic, r
     # stoch arrays of ``states`` are then never built (XLA drops them), only the features.
     imagined = jnp.concatenate([states.deterministic[1:], states.stochastic[1:]], -1)
     features = sg(jnp.concatenate([start.features[None], imagined], 0))  # [H+1, N, F]
-    rewards = wm_fns.reward(wm_params, features)
+    # The start's reward enters no return: the reward head reads the imagined steps only.
+    rewards = jnp.concatenate([jnp.zeros((1, imagined.shape[1])), wm_fns.reward(wm_params, sg(imagined))], 0)
     continues = wm_fns.continue_prob(wm_params, features)
     weight = sg(jnp.cumprod(continues, 0))
 
