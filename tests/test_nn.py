@@ -244,12 +244,8 @@ class _TappedCell(flax.linen.Module):
 def _tapped_step(params, consts, h, inputs, taps):
     x, first = inputs
     h = jnp.where(first[:, None], consts, h)
-    cell = _TappedCell()
-    if taps is None:
-        h, state = cell.apply({"params": params}, h, x, mutable=[wnn.TAP_INPUTS, wnn.TAP_OUTPUTS])
-        return h, 2.0 * h, state[wnn.TAP_INPUTS], state[wnn.TAP_OUTPUTS]
-    h, state = cell.apply({"params": params, wnn.TAP_OUTPUTS: taps}, h, x, mutable=[wnn.TAP_INPUTS])
-    return h, 2.0 * h, state[wnn.TAP_INPUTS], taps
+    h, layer_inputs, taps = wnn.apply_tapped(_TappedCell(), params, taps, h, x)
+    return h, 2.0 * h, layer_inputs, taps
 
 
 def _scans(jaxpr):

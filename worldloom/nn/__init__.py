@@ -34,11 +34,12 @@ from worldloom.nn.layers import (
     simnorm,
     tdmpc_init,
 )
-from worldloom.nn.scan import scan_hoisted
+from worldloom.nn.scan import apply_tapped, scan_hoisted
 
 __all__ = [
     "TAP_INPUTS",
     "TAP_OUTPUTS",
+    "apply_tapped",
     "BlockLinear",
     "Dense",
     "RMSNorm",

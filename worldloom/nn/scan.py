@@ -16,7 +16,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from worldloom.nn.layers import stop_tapped, tap_weight_grads
+from worldloom.nn.layers import TAP_INPUTS, TAP_OUTPUTS, stop_tapped, tap_weight_grads
 
 
 def _add(tree, extra):
@@ -24,6 +24,21 @@ def _add(tree, extra):
     if not isinstance(extra, dict):
         return tree + extra
     return {**tree, **{name: _add(tree[name], value) for name, value in extra.items()}}
+
+
+def apply_tapped(module, params, taps, *args, method=None):
+    """``module.apply`` with its linear layers tapped, for a :func:`scan_hoisted` step.
+
+    Returns:
+        ``(out, inputs, taps)``: the tapped layers' inputs and the
+        :data:`~worldloom.nn.layers.TAP_OUTPUTS` perturbations (zeros, created
+        here, when ``taps`` is None).
+    """
+    if taps is None:
+        out, state = module.apply({"params": params}, *args, method=method, mutable=[TAP_INPUTS, TAP_OUTPUTS])
+        return out, state[TAP_INPUTS], state[TAP_OUTPUTS]
+    out, state = module.apply({"params": params, TAP_OUTPUTS: taps}, *args, method=method, mutable=[TAP_INPUTS])
+    return out, state[TAP_INPUTS], taps
 
 
 def scan_hoisted(step: Callable, params, consts, carry, xs, hoist: bool = True):
@@ -35,12 +50,10 @@ def scan_hoisted(step: Callable, params, consts, carry, xs, hoist: bool = True):
 
     Args:
         step: ``step(params, consts, carry, x, taps) -> (carry, y, inputs, taps)``, one step. It
-            applies its Flax modules with ``taps`` as the
-            :data:`~worldloom.nn.layers.TAP_OUTPUTS` collection (``taps is None``: created, so
-            also mutable) and :data:`~worldloom.nn.layers.TAP_INPUTS` mutable, and returns both
-            collections (``inputs``, ``taps``). Its :class:`~worldloom.nn.layers.Dense` and
-            :class:`~worldloom.nn.layers.BlockLinear` layers are the tapped ones; each may run once
-            per step.
+            applies the module that ``params`` belong to with :func:`apply_tapped` and returns the
+            ``inputs`` and ``taps`` that gives; that module's :class:`~worldloom.nn.layers.Dense`
+            and :class:`~worldloom.nn.layers.BlockLinear` layers are the tapped ones, and each may
+            run once per step. Modules applied without :func:`apply_tapped` are not tapped.
         params: The modules' params; the tapped layers' get their gradients outside the loop, all
             others (norm scales, say) inside it as usual.
         consts: Other arrays every step reads (differentiable).

@@ -37,8 +37,7 @@ from worldloom.nn.functional import (
     twohot_mean,
     unimix_probs,
 )
-from worldloom.nn.layers import TAP_INPUTS, TAP_OUTPUTS
-from worldloom.nn.scan import scan_hoisted
+from worldloom.nn.scan import apply_tapped, scan_hoisted
 
 sg = jax.lax.stop_gradient
 
@@ -59,21 +58,6 @@ class DreamerV3Functions:
 
     def _apply(self, params, method, *args):
         return self.net.apply({"params": params}, *args, method=method)
-
-    def _apply_tapped(self, params, taps, method, *args):
-        """``method`` with its linear layers tapped (:func:`~worldloom.nn.scan.scan_hoisted`).
-
-        Returns:
-            ``(out, inputs, taps)``: the layers' sown inputs and their output
-            perturbations (zeros created when ``taps`` is None).
-        """
-        if taps is None:
-            out, state = self.net.apply({"params": params}, *args, method=method,
-                                        mutable=[TAP_INPUTS, TAP_OUTPUTS])
-            return out, state[TAP_INPUTS], state[TAP_OUTPUTS]
-        out, state = self.net.apply({"params": params, TAP_OUTPUTS: taps}, *args, method=method,
-                                    mutable=[TAP_INPUTS])
-        return out, state[TAP_INPUTS], taps
 
     def init(self, key) -> Any:
         cfg = self.config
@@ -213,8 +197,9 @@ class DreamerV3Functions:
         """:meth:`obs_step` with its linear layers tapped: ``(carry, outputs, layer inputs, taps)``."""
         deter, stoch = carry
         token, prev_action, first, step_key = inputs
-        (cont, deter, logits), layer_inputs, taps = self._apply_tapped(
-            params, taps, DreamerV3Networks.observe, deter, stoch, prev_action, token, first, first_deter)
+        (cont, deter, logits), layer_inputs, taps = apply_tapped(
+            self.net, params, taps, deter, stoch, prev_action, token, first, first_deter,
+            method=DreamerV3Networks.observe)
         stoch = self.sample(logits, step_key, stochastic)
         return (deter, stoch), (deter, stoch, logits, cont), layer_inputs, taps
 
