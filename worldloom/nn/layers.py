@@ -188,7 +188,12 @@ def _only_once(previous, inputs):
 
 
 def _tap(module: nn.Module, kind: str, inputs: tuple, out: jax.Array) -> jax.Array:
-    """Sow a linear layer's ``inputs`` and perturb its ``out`` when the tap collections are in use."""
+    """Sow a linear layer's ``inputs`` and perturb its ``out`` when the tap collections are in use.
+
+    ``init`` makes every collection mutable; the taps are not variables of a model, so it skips them.
+    """
+    if module.is_initializing():
+        return out
     module.sow(TAP_INPUTS, kind, inputs, init_fn=lambda: None, reduce_fn=_only_once)
     return module.perturb(kind, out, collection=TAP_OUTPUTS)
 
