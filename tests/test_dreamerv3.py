@@ -71,9 +71,13 @@ def test_scanned_observe_equals_python_loop(rng):
     np.testing.assert_allclose(post.deterministic[0, 2], first[0], rtol=1e-5, atol=1e-6)
 
 
-def test_loss_gradients_equal_those_of_the_plain_posterior_scan(monkeypatch, rng):
-    """The posterior scan's weight gradients, summed after the loop, equal the plain scan's sums in the loop."""
-    cfg = DreamerV3Config(**TINY, obs_shape=(5,), action_dim=3)
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("bfloat16", 3e-2)])
+def test_loss_gradients_equal_those_of_the_plain_posterior_scan(monkeypatch, rng, dtype, tolerance):
+    """The posterior scan's weight gradients, summed after the loop, equal the plain scan's sums in the loop.
+
+    In bfloat16 the plain scan rounds each step's weight gradient to bfloat16; the hoisted sums do not.
+    """
+    cfg = DreamerV3Config(**TINY, obs_shape=(5,), action_dim=3, compute_dtype=dtype)
     fns = DreamerV3Functions(cfg)
     params = fns.init(jax.random.PRNGKey(0))
     batch = {"obs": jnp.asarray(rng.normal(size=(3, 6, 5)), jnp.float32),
@@ -85,7 +89,7 @@ def test_loss_gradients_equal_those_of_the_plain_posterior_scan(monkeypatch, rng
     monkeypatch.setattr(losses, "scan_hoisted", functools.partial(losses.scan_hoisted, hoist=False))
     plain = jax.jit(jax.grad(lambda p: fns.loss(p, batch, jax.random.PRNGKey(1))[0]))(params)
     assert np.abs(plain["rssm"]["dyn_gru"]["kernel"]).max() > 0
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max()),
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=10 * tolerance, atol=tolerance * np.abs(b).max()),
                  hoisted, plain)
 
 

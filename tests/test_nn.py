@@ -295,7 +295,7 @@ def test_a_tapped_layer_may_run_once_per_step():
     layer = wnn.Dense(4)
     x = jnp.ones((2, 4))
     params = layer.init(jax.random.PRNGKey(0), x)["params"]
-    twice = lambda module, x: module(module(x))  # noqa: E731
+    twice = lambda module, x: module(module(x))
     with pytest.raises(ValueError, match="ran twice"):
         flax.linen.apply(twice, layer, mutable=[wnn.TAP_INPUTS])({"params": params}, x)
 
@@ -318,3 +318,4 @@ def test_twohot_at_bin_centres_and_beyond_the_ends():
     between = wnn.twohot(0.5 * (bins[10] + bins[11])[None], bins)[0]
     assert set(np.nonzero(np.asarray(between))[0]) == {10, 11}
     np.testing.assert_allclose(between[10], 0.5, rtol=1e-5)
+    assert np.isnan(np.asarray(wnn.twohot(jnp.array([jnp.nan]), bins))).all()

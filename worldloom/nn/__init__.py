@@ -39,11 +39,11 @@ from worldloom.nn.scan import apply_tapped, scan_hoisted
 __all__ = [
     "TAP_INPUTS",
     "TAP_OUTPUTS",
-    "apply_tapped",
     "BlockLinear",
     "Dense",
     "RMSNorm",
     "SimNorm",
+    "apply_tapped",
     "categorical_entropy",
     "categorical_index",
     "categorical_kl",

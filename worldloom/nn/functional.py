@@ -53,8 +53,8 @@ def twohot(x: jax.Array, bins: jax.Array) -> jax.Array:
     count = jnp.sum((bins <= x).astype(jnp.int32), -1)
     below = jnp.clip(count - 1, 0, num - 1)
     above = jnp.clip(count, 0, num - 1)
-    equal = below == above
     x = x[..., 0]
+    equal = (below == above) & ~jnp.isnan(x)  # NaN stays NaN
     dist_below = jnp.where(equal, 1.0, jnp.abs(bins[below] - x))
     dist_above = jnp.where(equal, 1.0, jnp.abs(bins[above] - x))
     total = dist_below + dist_above

@@ -97,7 +97,7 @@ class Dense(nn.Module):
             dtype=self.dtype,
             param_dtype=jnp.float32,
         )(x)
-        return _tap(self, "dense", (x,), y)
+        return _tap(self, "dense", (x if self.dtype is None else x.astype(self.dtype),), y)
 
 
 class BlockLinear(nn.Module):
@@ -108,7 +108,8 @@ class BlockLinear(nn.Module):
     The init's fan-in is the whole input ``I`` (``blocks * I/b``), the
     reference's: weights have std ``1/sqrt(I)``, not ``1/sqrt(I/b)``.
 
-    ``shared`` ``[..., S]`` is appended to every group's input, as if each
+    ``shared`` ``[..., S]`` (the same leading axes as ``x``, without the
+    blocks') is appended to every group's input, as if each
     group's slice were concatenated with it (DreamerV3's GRU input); the kernel
     is then ``[blocks, I/b + S, F/b]``. The shared part is one dense matmul
     rather than ``blocks`` copies of it, the same sum in fewer, wider products.
@@ -158,7 +159,7 @@ class BlockLinear(nn.Module):
             if shared is not None:
                 out = out + jnp.einsum("...i,gio->...go", shared.astype(dtype), kernel[:, per_block:])
             out = out.reshape(*lead, self.features) + bias
-        inputs = (x,) if shared is None else (x, shared)
+        inputs = (x.astype(dtype),) if shared is None else (x.astype(dtype), shared.astype(dtype))
         return _tap(self, "block_grouped" if grouped else "block", inputs, out)
 
 
@@ -196,68 +197,3 @@ def _tap(module: nn.Module, kind: str, inputs: tuple, out: jax.Array) -> jax.Arr
         return out
     module.sow(TAP_INPUTS, kind, inputs, init_fn=lambda: None, reduce_fn=_only_once)
     return module.perturb(kind, out, collection=TAP_OUTPUTS)
-
-
-def _outer(x: jax.Array, d: jax.Array, spec: str) -> jax.Array:
-    """A weight gradient ``einsum(spec, x, d)`` at ``d``'s precision, accumulated in float32."""
-    return jnp.einsum(spec, x.astype(d.dtype), d, preferred_element_type=jnp.float32)
-
-
-def _dense_grads(params, inputs, d_out):
-    (x,) = inputs
-    x, d = x.reshape(-1, x.shape[-1]), d_out.reshape(-1, d_out.shape[-1])
-    grads = {"kernel": _outer(x, d, "ni,no->io")}
-    if "bias" in params["Dense_0"]:
-        grads["bias"] = d.astype(jnp.float32).sum(0)
-    return {"Dense_0": grads}
-
-
-def _block_grads(params, inputs, d_out, grouped: bool):
-    blocks, _, out_block = params["kernel"].shape
-    x = inputs[0]
-    if grouped:  # [T, G, ..., I/G]: one leading scan axis before the blocks
-        x = jnp.moveaxis(x, 1, 0).reshape(blocks, -1, x.shape[-1])
-        d = jnp.moveaxis(d_out, 1, 0).reshape(blocks, -1, out_block)
-    else:
-        x = x.reshape(-1, blocks, x.shape[-1] // blocks).swapaxes(0, 1)
-        d = d_out.reshape(-1, blocks, out_block).swapaxes(0, 1)
-    kernel = [_outer(x, d, "gni,gno->gio")]
-    if len(inputs) == 2:
-        shared = inputs[1]
-        kernel.append(_outer(shared.reshape(-1, shared.shape[-1]), d, "ni,gno->gio"))
-    return {"kernel": jnp.concatenate(kernel, 1), "bias": d.astype(jnp.float32).sum(1).reshape(-1)}
-
-
-_TAP_GRADS = {
-    "dense": _dense_grads,
-    "block": lambda params, inputs, d_out: _block_grads(params, inputs, d_out, grouped=False),
-    "block_grouped": lambda params, inputs, d_out: _block_grads(params, inputs, d_out, grouped=True),
-}
-
-
-def tap_weight_grads(params, inputs, d_out):
-    """Weight gradients of the tapped layers from their stacked inputs and output cotangents.
-
-    Args:
-        params: The params tree (or any tree of its structure: only its keys are read).
-        inputs: The ``TAP_INPUTS`` collection, each layer's inputs stacked over a leading scan axis ``[T, ...]``.
-        d_out: The gradient of the ``TAP_OUTPUTS`` perturbations ``[T, ...]``, the layers' output cotangents.
-
-    Returns:
-        A tree of the tapped layers' params (kernels and biases), each the sum over all steps and rows:
-        one product over ``T * rows`` per kernel.
-    """
-    grads = {}
-    for name, value in inputs.items():
-        if name in _TAP_GRADS:
-            grads.update(_TAP_GRADS[name](params, value, d_out[name]))
-        else:
-            grads[name] = tap_weight_grads(params[name], value, d_out[name])
-    return grads
-
-
-def stop_tapped(params, inputs):
-    """``params`` with the tapped layers' params (those ``inputs`` names) under ``stop_gradient``."""
-    if any(name in _TAP_GRADS for name in inputs):
-        return jax.lax.stop_gradient(params)
-    return {**params, **{name: stop_tapped(params[name], value) for name, value in inputs.items()}}

@@ -180,7 +180,7 @@ class DreamerV3Functions:
         return self.core(params, zero.deterministic, zero.stochastic, jnp.zeros((1, action_dim), jnp.float32))
 
     def obs_step(self, params, carry, inputs, first_deter, stochastic=True):
-        """One posterior step, the body of :meth:`observe_scan`.
+        """One posterior step: what :meth:`observe_scan` does at each step.
 
         Args:
             carry: ``(deter [B, D], stoch [B, S])`` of the previous step.
