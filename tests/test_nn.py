@@ -319,3 +319,19 @@ def test_twohot_at_bin_centres_and_beyond_the_ends():
     assert set(np.nonzero(np.asarray(between))[0]) == {10, 11}
     np.testing.assert_allclose(between[10], 0.5, rtol=1e-5)
     assert np.isnan(np.asarray(wnn.twohot(jnp.array([jnp.nan]), bins))).all()
+
+
+@pytest.mark.parametrize("p", [0.99, 0.3])
+def test_bernoulli16_frequency_and_keys(p):
+    shape = (5, 3, 40001)  # an odd number of entries: the last word is half used
+    mask = wnn.bernoulli16(jax.random.PRNGKey(0), p, shape)
+    assert mask.shape == shape and mask.dtype == jnp.bool_
+    exact = round(p * 65536) / 65536
+    assert abs(exact - p) <= 2.0**-17
+    standard_error = np.sqrt(exact * (1 - exact) / mask.size)
+    assert abs(float(mask.mean()) - exact) < 5 * standard_error
+    flat = np.asarray(mask).reshape(-1)[:-1].reshape(-1, 2)  # the two entries drawn from one word
+    both = float((flat[:, 0] & flat[:, 1]).mean())
+    assert abs(both - exact**2) < 5 * np.sqrt(exact**2 * (1 - exact**2) / len(flat))
+    other = wnn.bernoulli16(jax.random.PRNGKey(1), p, shape)
+    assert float((mask != other).mean()) > p * (1 - p)

@@ -1,6 +1,7 @@
 """Shared building blocks: pure math and Flax Linen layers."""
 
 from worldloom.nn.functional import (
+    bernoulli16,
     categorical_entropy,
     categorical_index,
     categorical_kl,
@@ -44,6 +45,7 @@ __all__ = [
     "RMSNorm",
     "SimNorm",
     "apply_tapped",
+    "bernoulli16",
     "categorical_entropy",
     "categorical_index",
     "categorical_kl",

@@ -5,6 +5,8 @@ All functions are jittable and act on the last axis unless stated.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -190,6 +192,20 @@ def categorical_index(key: jax.Array, probs: jax.Array) -> jax.Array:
     cdf = jnp.cumsum(probs.astype(jnp.float32), -1)
     u = jax.random.uniform(key, probs.shape[:-1] + (1,), jnp.float32) * cdf[..., -1:]
     return jnp.minimum(jnp.sum(cdf <= u, -1), probs.shape[-1] - 1)
+
+
+def bernoulli16(key: jax.Array, p: float, shape: tuple) -> jax.Array:
+    """A boolean mask of ``shape``, each entry True with probability ``round(p * 2**16) / 2**16``.
+
+    Draws 16 random bits per entry, two entries per 32-bit word:
+    ``jax.random.bernoulli`` draws a whole word per entry, so this generates
+    half the random words. ``p`` is met to within ``2**-17`` (for a dropout
+    rate of 0.01: a keep probability of 0.990005 instead of 0.99).
+    """
+    size = math.prod(shape)
+    words = jax.random.bits(key, ((size + 1) // 2,), jnp.uint32)
+    halves = jnp.stack([words & 0xFFFF, words >> 16], -1).reshape(-1)[:size]
+    return (halves < round(p * 65536)).reshape(shape)
 
 
 def straight_through_sample(key: jax.Array, probs: jax.Array) -> jax.Array:

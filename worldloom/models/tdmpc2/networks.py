@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from worldloom.models.tdmpc2.config import TDMPC2Config
-from worldloom.nn.functional import mish
+from worldloom.nn.functional import bernoulli16, mish
 from worldloom.nn.layers import simnorm, tdmpc_init
 
 LOG_SQRT_2PI = 0.9189385175704956  # log(sqrt(2 pi)), the Gaussian log-density constant
@@ -42,7 +42,7 @@ class NormedLinear(nn.Module):
     """``Linear(features) -> [Dropout] -> LayerNorm -> Mish`` (or SimNorm when ``activation="simnorm"``).
 
     Dropout (rate ``dropout``) is applied only when a ``dropout_key`` is
-    given; its mask is ``bernoulli(dropout_key, 1 - dropout, x.shape)``, kept
+    given; its mask is ``bernoulli16(dropout_key, 1 - dropout, x.shape)``, kept
     units scaled by ``1 / (1 - dropout)`` (as ``torch.nn.Dropout``).
     """
 
@@ -56,7 +56,7 @@ class NormedLinear(nn.Module):
         x = nn.Dense(self.features, kernel_init=tdmpc_init(0.02), bias_init=nn.initializers.zeros,
                      name="linear")(x)
         if self.dropout > 0.0 and dropout_key is not None:
-            keep = jax.random.bernoulli(dropout_key, 1.0 - self.dropout, x.shape)
+            keep = bernoulli16(dropout_key, 1.0 - self.dropout, x.shape)
             x = jnp.where(keep, x / (1.0 - self.dropout), jnp.zeros_like(x))
         x = nn.LayerNorm(epsilon=LAYER_NORM_EPS, name="norm")(x)
         if self.activation == "simnorm":
