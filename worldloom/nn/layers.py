@@ -141,23 +141,24 @@ class BlockLinear(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         dtype = self.dtype or x.dtype
         kernel, bias = kernel.astype(dtype), bias.astype(dtype)
+        if shared is not None:
+            # The shared kernel as one [S, G * F/G] matrix, transposed here in the open: in a scan body
+            # over constant params XLA hoists this out of the loop, where a transposed operand of the
+            # dot would be copied at every step.
+            wide = jnp.moveaxis(kernel[:, per_block:], 0, 1).reshape(extra, self.features)
+            shared_out = (shared.astype(dtype) @ wide).reshape(*shared.shape[:-1], self.blocks, out_block)
         if grouped:
             lead = x.shape[1:-1]
             out = jnp.einsum("g...i,gio->g...o", x.astype(dtype), kernel[:, :per_block])
             if shared is not None:
-                # The shared kernel as one [S, G * F/G] matrix, transposed here in the open: in a scan
-                # body over constant params XLA hoists this out of the loop, where a transposed
-                # operand of the dot would be copied at every step.
-                wide = jnp.moveaxis(kernel[:, per_block:], 0, 1).reshape(extra, self.blocks * out_block)
-                wide_out = (shared.astype(dtype) @ wide).reshape(*lead, self.blocks, out_block)
-                out = out + jnp.moveaxis(wide_out, -2, 0)
+                out = out + jnp.moveaxis(shared_out, -2, 0)
             out = out + bias.reshape(self.blocks, *([1] * len(lead)), out_block)
         else:
             lead = x.shape[:-1]
             out = jnp.einsum("...gi,gio->...go", x.reshape(*lead, self.blocks, per_block).astype(dtype),
                              kernel[:, :per_block])
             if shared is not None:
-                out = out + jnp.einsum("...i,gio->...go", shared.astype(dtype), kernel[:, per_block:])
+                out = out + shared_out
             out = out.reshape(*lead, self.features) + bias
         inputs = (x.astype(dtype),) if shared is None else (x.astype(dtype), shared.astype(dtype))
         return _tap(self, "block_grouped" if grouped else "block", inputs, out)
