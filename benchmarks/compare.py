@@ -8,7 +8,9 @@ directory; one worker process per tree imports its own ``worldloom`` and
 compiles every workload once. Then, round after round, each workload is timed
 in both workers in turn (the order alternating between rounds), so both sides
 see the same machine load. The ratio is the working tree's median time over
-the revision's: below 1 is faster. Workloads:
+the revision's: below 1 is faster; the paired ratio is the median over
+rounds of each round's ratio (the two sides' medians within the round), which
+a machine whose speed drifts between rounds moves less. Workloads:
 
 - ``dreamer-agent:<preset>``: DreamerV3's full agent update (world model and
   imagination actor-critic in one program), B16 T64 H15, 39-dim observations.
@@ -84,10 +86,13 @@ def compare(rev: str, works: list[str], rounds: int, repeats: int) -> list[dict]
                     if not Path(answer["tree"]).resolve().is_relative_to(expected.resolve()):
                         raise RuntimeError(f"the {side} worker imported {answer['tree']}, not from {expected}")
                 times = {"tree": [], "rev": []}
+                paired = []
                 for index in range(rounds):
                     order = ["tree", "rev"] if index % 2 == 0 else ["rev", "tree"]
+                    round_times = {side: workers[side].ask(time=work, repeats=repeats)["seconds"] for side in order}
                     for side in order:
-                        times[side].extend(workers[side].ask(time=work, repeats=repeats)["seconds"])
+                        times[side].extend(round_times[side])
+                    paired.append(statistics.median(round_times["tree"]) / statistics.median(round_times["rev"]))
                 row = {"work": work, "rev": commit[:7], "rounds": rounds, "repeats": repeats}
                 for side in ("tree", "rev"):
                     row[f"{side}_median_s"] = statistics.median(times[side])
@@ -103,6 +108,8 @@ def compare(rev: str, works: list[str], rounds: int, repeats: int) -> list[dict]
                 row["tree_fraction_of_peak"] = flops / row["tree_median_s"] / peak if flops else None
                 row["ratio"] = row["tree_median_s"] / row["rev_median_s"]
                 row["ratio_min"] = row["tree_min_s"] / row["rev_min_s"]
+                row["ratio_paired"] = statistics.median(paired)
+                row["round_ratios"] = paired
                 print(json.dumps(row), flush=True)
                 rows.append(row)
         finally:
@@ -112,13 +119,14 @@ def compare(rev: str, works: list[str], rounds: int, repeats: int) -> list[dict]
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| work | rev s (median) | tree s (median) | ratio (median) | ratio (min) | compile s rev / tree "
-             "| temp GiB rev / tree | params rev / tree | tree GFLOP | % of matmul peak |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| work | rev s (median) | tree s (median) | ratio (median) | ratio (min) | ratio (paired) "
+             "| compile s rev / tree | temp GiB rev / tree | params rev / tree | tree GFLOP | % of matmul peak |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     gib = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     for r in rows:
         lines.append(f"| {r['work']} | {r['rev_median_s']:.3f} | {r['tree_median_s']:.3f} | {r['ratio']:.2f}x "
-                     f"| {r['ratio_min']:.2f}x | {r['rev_compile_s']:.1f} / {r['tree_compile_s']:.1f} "
+                     f"| {r['ratio_min']:.2f}x | {r['ratio_paired']:.2f}x "
+                     f"| {r['rev_compile_s']:.1f} / {r['tree_compile_s']:.1f} "
                      f"| {gib(r['rev_temp_gib'])} / {gib(r['tree_temp_gib'])} | {r['rev_params']:,} / "
                      f"{r['tree_params']:,} | {gib(r['tree_gflop'])} | "
                      f"{gib(r['tree_fraction_of_peak'] and 100 * r['tree_fraction_of_peak'])} |")
