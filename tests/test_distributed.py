@@ -138,7 +138,7 @@ def test_a_lost_process_stops_the_others_with_a_clear_error(tmp_path, runs, dies
     from worldloom.training._checkpoint import list_checkpoints, read_meta
 
     run = launch(2, tmp_path / "run", timeout=200, steps=16, checkpoint_dir=str(tmp_path / "ckpt"), save_every=4,
-                 die_at=10, die_process=dies, heartbeat=10)
+                 die_at=10, die_process=dies)
     survivor = 1 - dies
     assert run["codes"][dies] == 3, run["logs"][dies][-2000:]
     assert run["codes"][survivor] == 2, run["logs"][survivor][-3000:]
