@@ -69,6 +69,20 @@ def test_policy_distribution(discrete):
         assert float(jnp.exp(policy_log_prob(raw, jnp.eye(4)[None, 1], True))[0]) > 0.0025
 
 
+def test_acting_compiles_the_policy_step_once():
+    """reset, act and record_actions keep the carry where the step's outputs live: one program, not three."""
+    wm = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, action_type="discrete", **TINY)
+    agent = DreamerAgent(wm)
+    agent.reset(2)
+    for t in range(4):
+        agent.act(np.zeros((2, 4), np.float32), np.full(2, t == 0))
+        if t == 1:
+            agent.record_actions(agent.random_actions(np.random.default_rng(0), 2))
+    agent.reset(2)
+    agent.act(np.zeros((2, 4), np.float32), np.ones(2, bool))
+    assert agent._policy_step._cache_size() == 1
+
+
 @pytest.mark.slow
 def test_imagination_shapes():
     wm = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, action_type="discrete", **TINY)

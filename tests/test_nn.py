@@ -159,6 +159,24 @@ def test_dreamer_init_scale():
     assert not jnp.any(wnn.dreamer_init(0.0)(jax.random.PRNGKey(0), (4, 4)))
 
 
+@pytest.mark.parametrize("preset, sizes", [
+    ("dreamerv3:size1m", dict(deter=64, hidden=32, units=32, classes=4, stoch=4, depth=4, cnn_mults=(2,),
+                              obs_shape=(8, 8, 3))),
+    ("tdmpc2:1m", dict(enc_dim=32, mlp_dim=32, latent_dim=16, num_q=2, obs_shape=(4,))),
+])
+def test_fast_compiled_initialisers_give_the_same_params(preset, sizes):
+    """``jit_init`` (LLVM level 1 on the CPU) draws exactly the params the default compilation draws."""
+    from worldloom import create_world_model
+
+    model = create_world_model(preset, action_dim=2, device="cpu", **sizes)
+    key = jax.random.PRNGKey(3)
+    fast = wnn.jit_init(model.functions.init)(key)
+    default = jax.jit(model.functions.init)(key)
+    for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(default), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert jax.tree_util.tree_structure(fast) == jax.tree_util.tree_structure(model.params)
+
+
 def test_agc_clips_relative_to_param_norm():
     params = {"w": jnp.full((4,), 0.5)}  # norm 1
     updates = {"w": jnp.full((4,), 5.0)}  # norm 10
@@ -273,8 +291,8 @@ def test_scan_hoisted_equals_the_plain_scan_and_sums_weight_gradients_after_the_
         return (ys * weights).sum() + jnp.sin(carry).sum()
 
     args = (params, reset, h0, xs[0])
-    value, grads = jax.value_and_grad(lambda *a: loss(wnn.scan_hoisted, *a), argnums=(0, 1, 2, 3))(*args)
-    expected_value, expected = jax.value_and_grad(lambda *a: loss(plain, *a), argnums=(0, 1, 2, 3))(*args)
+    value, grads = jax.jit(jax.value_and_grad(lambda *a: loss(wnn.scan_hoisted, *a), argnums=(0, 1, 2, 3)))(*args)
+    expected_value, expected = jax.jit(jax.value_and_grad(lambda *a: loss(plain, *a), argnums=(0, 1, 2, 3)))(*args)
     np.testing.assert_allclose(value, expected_value, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads, expected)
 

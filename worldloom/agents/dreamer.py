@@ -17,6 +17,7 @@ from worldloom.core.errors import CheckpointError, ConfigError, ShapeError
 from worldloom.models.base import OptimizerSettings, UpdateFunctions, owned_state
 from worldloom.models.checkpoint import restore_pytree, save_pytree
 from worldloom.models.dreamerv3.model import DreamerV3WorldModel
+from worldloom.nn.layers import jit_init
 from worldloom.nn.optim import laprop_agc
 from worldloom.training._guard import guard_update
 
@@ -54,7 +55,7 @@ class DreamerAgent:
                                self.config.actor_outscale)
         self.critic_net = Critic(wm_cfg.units, self.config.critic_bins, self.config.critic_layers)
         if behaviour_params is None:
-            behaviour_params = self.init_behaviour(jax.random.PRNGKey(seed + 7))
+            behaviour_params = jit_init(self.init_behaviour)(jax.random.PRNGKey(seed + 7))
         self.behaviour_params = jax.device_put(behaviour_params, world_model.device)
         self.seed = seed
         self._key = jax.random.PRNGKey(seed + 11)
@@ -179,7 +180,9 @@ class DreamerAgent:
     def reset(self, num_envs: int) -> None:
         """Start fresh recurrent states for ``num_envs`` environments."""
         wm = self.world_model
-        self._carry = (wm.initial_state(num_envs), jnp.zeros((num_envs, wm.config.action_dim)))
+        # On the model's device, as the policy step's outputs are: jit compiles once per placement of its inputs.
+        self._carry = jax.device_put((wm.initial_state(num_envs), jnp.zeros((num_envs, wm.config.action_dim))),
+                                     wm.device)
 
     def latent(self) -> tuple[np.ndarray, np.ndarray]:
         """``(deter [N, D], stoch [N, S])`` after the latest :meth:`act`: what the replay stores with the step."""
@@ -188,7 +191,7 @@ class DreamerAgent:
 
     def record_actions(self, actions) -> None:
         """Make ``actions`` ``[N, A]`` the previous actions of the next step (random ones run instead, say)."""
-        self._carry = (self._carry[0], jnp.asarray(actions, jnp.float32))
+        self._carry = (self._carry[0], jax.device_put(jnp.asarray(actions, jnp.float32), self.world_model.device))
 
     def acting_state(self):
         """The recurrent acting state, to hand back to :meth:`set_acting_state` (e.g. around an evaluation)."""

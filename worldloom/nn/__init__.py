@@ -32,6 +32,7 @@ from worldloom.nn.layers import (
     RMSNorm,
     SimNorm,
     dreamer_init,
+    jit_init,
     simnorm,
     tdmpc_init,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "categorical_kl",
     "dreamer_bins",
     "dreamer_init",
+    "jit_init",
     "lambda_return",
     "mish",
     "scan_hoisted",

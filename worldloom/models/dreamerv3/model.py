@@ -24,6 +24,7 @@ from worldloom.models.base import (
 )
 from worldloom.models.dreamerv3.config import DreamerV3Config
 from worldloom.models.dreamerv3.losses import DreamerV3Functions
+from worldloom.nn.layers import jit_init
 from worldloom.nn.optim import laprop_agc
 
 
@@ -287,7 +288,7 @@ class DreamerV3WorldModel(WorldModel):
 
 @functools.lru_cache(maxsize=16)
 def _init_program(config: DreamerV3Config):
-    return jax.jit(DreamerV3Functions(config).init)
+    return jit_init(DreamerV3Functions(config).init)
 
 
 def make_simple_update(loss_fn, tx: optax.GradientTransformation) -> UpdateFunctions:

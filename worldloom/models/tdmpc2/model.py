@@ -25,6 +25,7 @@ from worldloom.models.tdmpc2.functions import TDMPC2Functions
 from worldloom.models.tdmpc2.losses import loss_metrics
 from worldloom.models.tdmpc2.scale import running_scale
 from worldloom.models.tdmpc2.update import make_update
+from worldloom.nn.layers import jit_init
 
 
 def _latent_state(z: jax.Array) -> LatentState:
@@ -46,7 +47,7 @@ class _Programs:
         self.loss = jax.jit(lambda params, batch, key, train: loss_metrics(fns, scale, params, batch, key, train),
                             static_argnames="train")
         self.act = jax.jit(self._act, static_argnames=("eval_mode", "use_policy"))
-        self.init = jax.jit(fns.init)
+        self.init = jit_init(fns.init)
 
     def _imagine(self, params, z, actions, task):
         fns = self.functions
