@@ -81,15 +81,21 @@ def test_window_from_its_stored_latent_continues_the_unbroken_scan(stream_batch)
     fns, wm = agent.world_model.functions, agent.world_model.params
     rng = np.random.default_rng(1)
     batch = stream_batch(agent, rng, length=8)
-    tokens = fns.encode(wm, jnp.asarray(batch["obs"]))
-    prev = jnp.concatenate([jnp.zeros_like(batch["actions"][:, :1]), batch["actions"][:, :-1]], 1)
-    whole, _ = fns.observe_scan(wm, tokens, prev, jnp.asarray(batch["is_first"]), fns.initial(wm, 2),
-                                jax.random.PRNGKey(0), stochastic=False)
-    # The replay stores row 0's posterior; a window of rows 1.. starts from it.
-    rows = {k: jnp.asarray(batch[k][:, 1:]) for k in ("obs", "rewards", "is_first", "is_terminal")}
-    rows["prev_actions"] = jnp.asarray(batch["actions"][:, :-1])
-    start = fns.state(whole.deterministic[:, 0], whole.stochastic[:, 0])
-    _, _, post = fns.stream_loss(wm, rows, start, jax.random.PRNGKey(5), stochastic=False)
+
+    @jax.jit
+    def unbroken_and_window(wm, batch):
+        tokens = fns.encode(wm, batch["obs"])
+        prev = jnp.concatenate([jnp.zeros_like(batch["actions"][:, :1]), batch["actions"][:, :-1]], 1)
+        whole, _ = fns.observe_scan(wm, tokens, prev, batch["is_first"], fns.initial(wm, 2),
+                                    jax.random.PRNGKey(0), stochastic=False)
+        # The replay stores row 0's posterior; a window of rows 1.. starts from it.
+        rows = {k: batch[k][:, 1:] for k in ("obs", "rewards", "is_first", "is_terminal")}
+        rows["prev_actions"] = batch["actions"][:, :-1]
+        start = fns.state(whole.deterministic[:, 0], whole.stochastic[:, 0])
+        _, _, post = fns.stream_loss(wm, rows, start, jax.random.PRNGKey(5), stochastic=False)
+        return whole, post
+
+    whole, post = unbroken_and_window(wm, batch)
     np.testing.assert_allclose(post.deterministic, whole.deterministic[:, 1:], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(post.stochastic, whole.stochastic[:, 1:])
 
@@ -103,6 +109,7 @@ def test_terminal_reward_and_continue_come_from_the_posterior(stream_batch):
     rows["prev_actions"] = batch["actions"][:, :-1]
     start = fns.state(batch["deter"], batch["stoch"])
 
+    @jax.jit
     def head_losses(params):
         _, metrics, _ = fns.stream_loss(params, rows, start, jax.random.PRNGKey(3))
         return metrics["loss/rew"], metrics["loss/con"]
@@ -215,10 +222,14 @@ def test_planner_stops_at_a_predicted_termination():
     head[last] = {**head[last], "bias": jnp.full_like(head[last]["bias"], 50.0)}
     params = {**params, "termination": head}
     fns = model.functions
-    z = fns.encode(params, jnp.ones((3, 4)))
     actions = jnp.full((fns.config.horizon, 3, 2), 0.3)
-    value = estimate_value(fns, params, z, actions, jax.random.PRNGKey(0))
-    first_reward = fns.reward(params, z, actions[0])
+
+    @jax.jit
+    def value_and_first_reward(params):
+        z = fns.encode(params, jnp.ones((3, 4)))
+        return estimate_value(fns, params, z, actions, jax.random.PRNGKey(0)), fns.reward(params, z, actions[0])
+
+    value, first_reward = value_and_first_reward(params)
     np.testing.assert_allclose(value, first_reward, rtol=1e-5, atol=1e-6)  # nothing after the termination
 
 

@@ -44,24 +44,32 @@ def test_size12m_parts_match_reference_split():
 def test_scanned_observe_equals_python_loop(rng):
     cfg = DreamerV3Config(**TINY, obs_shape=(5,), action_dim=3)
     fns = DreamerV3Functions(cfg)
-    params = fns.init(jax.random.PRNGKey(0))
+    params = jax.jit(fns.init)(jax.random.PRNGKey(0))
     batch, length = 2, 6
     obs = jnp.asarray(rng.normal(size=(batch, length, 5)), jnp.float32)
     prev_actions = jnp.asarray(rng.uniform(-1, 1, size=(batch, length, 3)), jnp.float32)
     is_first = jnp.asarray([[0, 0, 1, 0, 0, 0], [0, 0, 0, 0, 1, 0]], bool)
     key = jax.random.PRNGKey(3)
-    tokens = fns.encode(params, obs)
-    start = fns.initial(params, batch)
-    post, cont = fns.observe_scan(params, tokens, prev_actions, is_first, start, key)
 
-    first = fns.first_deter(params, 3)
-    carry = (start.deterministic, start.stochastic)
-    keys = jax.random.split(key, length)
-    outs = []
-    for t in range(length):
-        carry, out = fns.obs_step(params, carry, (tokens[:, t], prev_actions[:, t], is_first[:, t], keys[t]), first)
-        outs.append(out)
-    deter, stoch, logits, cont_loop = (jnp.stack(x, 1) for x in zip(*outs))
+    @jax.jit
+    def scanned(params):
+        tokens = fns.encode(params, obs)
+        return fns.observe_scan(params, tokens, prev_actions, is_first, fns.initial(params, batch), key)
+
+    @jax.jit
+    def python_loop(params):  # one obs_step per step, unrolled
+        tokens = fns.encode(params, obs)
+        start = fns.initial(params, batch)
+        carry, outs = (start.deterministic, start.stochastic), []
+        keys = jax.random.split(key, length)
+        for t in range(length):
+            step = (tokens[:, t], prev_actions[:, t], is_first[:, t], keys[t])
+            carry, out = fns.obs_step(params, carry, step, fns.first_deter(params, 3))
+            outs.append(out)
+        return fns.first_deter(params, 3), [jnp.stack(x, 1) for x in zip(*outs)]
+
+    post, cont = scanned(params)
+    first, (deter, stoch, logits, cont_loop) = python_loop(params)
     np.testing.assert_allclose(post.deterministic, deter, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(post.stochastic, stoch, atol=1e-6)
     np.testing.assert_allclose(post.posterior_logits, logits, rtol=1e-5, atol=1e-5)
@@ -189,12 +197,13 @@ def test_gru_core_is_the_reference_block_gru():
     """The group-major core equals the reference's formula: x broadcast to every block, concat, two block
     linears, gates split per block as (reset, cand, update)."""
     wm = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, **TINY)
-    cfg, params = wm.config, wm.params["rssm"]
+    cfg = wm.config
     keys = jax.random.split(jax.random.PRNGKey(3), 4)
     deter = jax.random.normal(keys[0], (5, cfg.deter))
     stoch = jax.random.normal(keys[1], (5, cfg.stoch_size))
     action = 3 * jax.random.normal(keys[2], (5, 2))
-    params = jax.tree_util.tree_map(lambda p: p + 0.1 * jax.random.normal(keys[3], p.shape), params)
+    params = jax.jit(lambda params: jax.tree_util.tree_map(lambda p: p + 0.1 * jax.random.normal(keys[3], p.shape),
+                                                           params))(wm.params["rssm"])
 
     def norm_act(p, x):
         x = x @ p["Dense_0"]["Dense_0"]["kernel"] + p["Dense_0"]["Dense_0"]["bias"]
@@ -205,17 +214,22 @@ def test_gru_core_is_the_reference_block_gru():
         out = jnp.einsum("ngi,gio->ngo", x.reshape(x.shape[0], g, -1), p["kernel"])
         return out.reshape(x.shape[0], -1) + p["bias"]
 
-    g = cfg.blocks
-    a = action / jnp.maximum(1.0, jnp.abs(action))
-    x = jnp.concatenate([norm_act(params[f"dyn_in_{i}"], v) for i, v in enumerate((deter, stoch, a))], -1)
-    x = jnp.concatenate([deter.reshape(5, g, -1), jnp.broadcast_to(x[:, None], (5, g, x.shape[-1]))], -1)
-    x = block(params["dyn_hidden"], x.reshape(5, -1), g)
-    x = jax.nn.silu(x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-4) * params["dyn_hidden_norm"]["scale"])
-    x = block(params["dyn_gru"], x, g).reshape(5, g, 3, -1)
-    reset, cand, update = (x[:, :, i].reshape(5, -1) for i in range(3))
-    reset, update = jax.nn.sigmoid(reset), jax.nn.sigmoid(update - 1.0)
-    expected = update * jnp.tanh(reset * cand) + (1.0 - update) * deter
-    got = wm.functions.core({**wm.params, "rssm": params}, deter, stoch, action)
+    @jax.jit
+    def reference(params):
+        g = cfg.blocks
+        a = action / jnp.maximum(1.0, jnp.abs(action))
+        x = jnp.concatenate([norm_act(params[f"dyn_in_{i}"], v) for i, v in enumerate((deter, stoch, a))], -1)
+        x = jnp.concatenate([deter.reshape(5, g, -1), jnp.broadcast_to(x[:, None], (5, g, x.shape[-1]))], -1)
+        x = block(params["dyn_hidden"], x.reshape(5, -1), g)
+        x = jax.nn.silu(x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-4)
+                        * params["dyn_hidden_norm"]["scale"])
+        x = block(params["dyn_gru"], x, g).reshape(5, g, 3, -1)
+        reset, cand, update = (x[:, :, i].reshape(5, -1) for i in range(3))
+        reset, update = jax.nn.sigmoid(reset), jax.nn.sigmoid(update - 1.0)
+        return update * jnp.tanh(reset * cand) + (1.0 - update) * deter
+
+    expected = reference(params)
+    got = jax.jit(wm.functions.core)({**wm.params, "rssm": params}, deter, stoch, action)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -242,15 +256,21 @@ def test_half_resolution_convs_equal_the_full_resolution_ones(kernel):
     x = jax.random.normal(keys[0], (2, 12, 8, 3))
     for module, reference, inputs in [(ConvPool(5, kernel), conv_then_pool, x),
                                       (UpConv(4, kernel), upsample_then_conv, x[:, ::2])]:
-        params = module.init(keys[1], inputs)
-        params = jax.tree_util.tree_map(lambda p: p + 0.1 * jax.random.normal(keys[2], p.shape), params)
-        got, grad = jax.vjp(module.apply, params, inputs)
-        expected, expected_grad = jax.vjp(reference, params, inputs)
+
+        @jax.jit
+        def values_and_gradients(inputs, module=module, reference=reference):  # both, in one program
+            params = module.init(keys[1], inputs)
+            params = jax.tree_util.tree_map(lambda p: p + 0.1 * jax.random.normal(keys[2], p.shape), params)
+            got, grad = jax.vjp(module.apply, params, inputs)
+            expected, expected_grad = jax.vjp(reference, params, inputs)
+            cotangent = jax.random.normal(keys[2], got.shape)
+            return got, expected, grad(cotangent), expected_grad(cotangent)
+
+        got, expected, grads, expected_grads = values_and_gradients(inputs)
         assert got.shape == expected.shape
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
-        cotangent = jax.random.normal(keys[2], got.shape)
         leaves = jax.tree_util.tree_leaves
-        for g, e in zip(leaves(grad(cotangent)), leaves(expected_grad(cotangent))):
+        for g, e in zip(leaves(grads), leaves(expected_grads), strict=True):
             np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
 
 
