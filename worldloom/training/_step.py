@@ -107,7 +107,8 @@ def _multi_update(update: UpdateFunctions, steps: int, state, xs, batch_at: Call
     ``nonfinite`` other than ``"ignore"`` guards each update (``guarded_step``);
     ``"stop"`` also halts the scan at the first non-finite update.
     """
-    update_step = update.step if nonfinite == "ignore" else guarded_step(update.step)
+    # Jitted so that its one trace serves both the shape query below and the scan body (the same avals).
+    update_step = jax.jit(update.step if nonfinite == "ignore" else guarded_step(update.step))
     halts = nonfinite == "stop"
     first = jax.tree_util.tree_map(lambda x: x[0], xs)
     metric_shapes = jax.eval_shape(lambda s, x: update_step(s, batch_at(0, x), base_key), state, first)[1]
