@@ -159,6 +159,7 @@ def test_dreamer_init_scale():
     assert not jnp.any(wnn.dreamer_init(0.0)(jax.random.PRNGKey(0), (4, 4)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset, sizes", [
     ("dreamerv3:size1m", dict(deter=64, hidden=32, units=32, classes=4, stoch=4, depth=4, cnn_mults=(2,),
                               obs_shape=(8, 8, 3))),
