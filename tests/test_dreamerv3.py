@@ -52,24 +52,20 @@ def test_scanned_observe_equals_python_loop(rng):
     key = jax.random.PRNGKey(3)
 
     @jax.jit
-    def scanned(params):
-        tokens = fns.encode(params, obs)
-        return fns.observe_scan(params, tokens, prev_actions, is_first, fns.initial(params, batch), key)
-
-    @jax.jit
-    def python_loop(params):  # one obs_step per step, unrolled
+    def scanned_and_looped(params):  # the scan, and one obs_step per step unrolled, from the same inputs
         tokens = fns.encode(params, obs)
         start = fns.initial(params, batch)
+        scanned = fns.observe_scan(params, tokens, prev_actions, is_first, start, key)
+        first = fns.first_deter(params, 3)
         carry, outs = (start.deterministic, start.stochastic), []
         keys = jax.random.split(key, length)
         for t in range(length):
-            step = (tokens[:, t], prev_actions[:, t], is_first[:, t], keys[t])
-            carry, out = fns.obs_step(params, carry, step, fns.first_deter(params, 3))
+            carry, out = fns.obs_step(params, carry, (tokens[:, t], prev_actions[:, t], is_first[:, t], keys[t]),
+                                      first)
             outs.append(out)
-        return fns.first_deter(params, 3), [jnp.stack(x, 1) for x in zip(*outs)]
+        return scanned, first, [jnp.stack(x, 1) for x in zip(*outs)]
 
-    post, cont = scanned(params)
-    first, (deter, stoch, logits, cont_loop) = python_loop(params)
+    (post, cont), first, (deter, stoch, logits, cont_loop) = scanned_and_looped(params)
     np.testing.assert_allclose(post.deterministic, deter, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(post.stochastic, stoch, atol=1e-6)
     np.testing.assert_allclose(post.posterior_logits, logits, rtol=1e-5, atol=1e-5)
