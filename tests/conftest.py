@@ -26,10 +26,25 @@ import pytest  # noqa: E402
 SLOW_SECONDS = 20.0
 
 
+# The files that take longest, longest first. With ``--dist loadfile`` each file runs on one worker, and the
+# workers take files in collection order: the long files start first instead of last, where one of them
+# would run on alone while the other worker sits idle.
+LONGEST_FIRST = ["test_distributed.py", "test_suites.py", "test_cli.py", "test_dreamerv3.py", "test_docs.py",
+                 "test_original_docs.py", "test_nonfinite_guard.py", "test_agent_fidelity.py", "test_scale.py",
+                 "test_tdmpc2.py", "test_agent_loop.py"]
+
+
 def pytest_configure(config):
     if config.option.durations is None:  # every run prints its 15 slowest tests
         config.option.durations = 15
         config.option.durations_min = 0.0
+    if hasattr(config.option, "loadscopereorder"):  # xdist: keep the order below, not the most tests first
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -86,23 +86,35 @@ def test_list_models_verbose(capsys):
 
 
 def _worldloom(*args, timeout=120):
+    """``python -m worldloom ARGS`` in a fresh interpreter: for exit codes and what only a new process shows."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     return subprocess.run([sys.executable, "-m", "worldloom", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 
-@pytest.mark.slow
-def test_version_and_help_show_defaults():
+def _run(capsys, *args) -> subprocess.CompletedProcess:
+    """``worldloom ARGS`` in this process: its exit status (argparse's exits included), stdout and stderr."""
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 2
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+
+def test_version_and_help_show_defaults(capsys, monkeypatch):
     from importlib.metadata import version
 
-    out = _worldloom("--version")
+    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps help as a terminal of 80 columns would
+    out = _run(capsys, "--version")
     assert out.returncode == 0 and out.stdout.strip() == f"worldloom {version('worldloom')}"
     for command in ("train", "collect", "agent"):
-        options = _worldloom(command, "--help").stdout.split("options:", 1)[1]
+        options = _run(capsys, command, "--help").stdout.split("options:", 1)[1]
         for flag in ("--seed", "--env"):
             block = options.split(f"\n  {flag}", 1)[1].split("\n  -", 1)[0]
             assert "default:" in block, (command, flag, block)
-    agent_help = _worldloom("agent", "--help").stdout
+    agent_help = _run(capsys, "agent", "--help").stdout
     assert "--device" in agent_help and "--log-every" in agent_help and "--episodic" in agent_help
 
 
@@ -111,21 +123,30 @@ def test_version_and_help_show_defaults():
     (("train", "--device", "cuda"), "Device 'cuda' is not available"),
     (("agent", "--device", "cuda"), "Device 'cuda' is not available"),
 ])
-@pytest.mark.slow
-def test_bad_settings_fail_before_collecting(tmp_path, args, message):
-    out = _worldloom(*args, "--out", str(tmp_path / "run"))
+def test_bad_settings_fail_before_collecting(tmp_path, capsys, args, message):
+    out = _run(capsys, *args, "--out", str(tmp_path / "run"))
     assert out.returncode == 2 and message in out.stderr
     assert "Collecting" not in out.stdout and not (tmp_path / "run").exists()
 
 
-@pytest.mark.slow
-def test_each_run_gets_its_own_directory_and_resume_names_one(tmp_path):
-    sets = ["--set", "deter=64", "--set", "hidden=32", "--set", "units=32", "--set", "classes=4", "--set", "stoch=4"]
+AGENT_SETS = ["--set", "deter=64", "--set", "hidden=32", "--set", "units=32", "--set", "classes=4", "--set",
+              "stoch=4"]
+
+
+@pytest.fixture(scope="module")
+def agent_runs(tmp_path_factory):
+    """Two tiny DreamerV3 agent runs with the same ``--out``: the second goes to ``run-2``."""
+    root = tmp_path_factory.mktemp("agent")
     args = ["agent", "--steps", "30", "--train-ratio", "8", "--batch-size", "2", "--seq-len", "8", "--eval-every",
-            "30", "--eval-episodes", "1", "--checkpoint-every", "0", "--out", str(tmp_path / "run"), "--no-progress",
-            *sets]
+            "30", "--eval-episodes", "1", "--checkpoint-every", "0", "--out", str(root / "run"), "--no-progress",
+            *AGENT_SETS]
     assert main(args) == 0 and main(args) == 0
-    first, second = tmp_path / "run", tmp_path / "run-2"
+    return root
+
+
+@pytest.mark.slow(reason="two agent runs and a resume")
+def test_each_run_gets_its_own_directory_and_resume_names_one(agent_runs, capsys):
+    first, second = agent_runs / "run", agent_runs / "run-2"
     for run in (first, second):
         assert {"config.yaml", "summary.json", "logs", "checkpoints", "agent"} <= {p.name for p in run.iterdir()}
     import yaml
@@ -133,24 +154,20 @@ def test_each_run_gets_its_own_directory_and_resume_names_one(tmp_path):
     saved = yaml.safe_load((second / "config.yaml").read_text())
     assert saved["out_dir"] == str(second) and saved["world_model"]["deter"] == 64
     # Only the new step count is typed: the rest (the tiny model among it) comes from the run's config.yaml.
-    resumed = _worldloom("agent", "--steps", "60", "--no-progress", "--resume", str(first), timeout=600)
+    resumed = _run(capsys, "agent", "--steps", "60", "--no-progress", "--resume", str(first))
     assert resumed.returncode == 0, resumed.stderr
     assert f"Resuming {first} from environment step 30" in resumed.stdout
-    assert not (tmp_path / "run-3").exists()
-    missing = _worldloom("agent", "--resume", str(tmp_path / "nothing"))
+    assert not (agent_runs / "run-3").exists()
+    missing = _worldloom("agent", "--resume", str(agent_runs / "nothing"))  # the exit status of a real process
     assert missing.returncode == 2 and "expected a run directory holding checkpoints/" in missing.stderr
 
 
 @pytest.mark.slow
-def test_play_evaluates_a_saved_agent_and_writes_a_gif(tmp_path):
+def test_play_evaluates_a_saved_agent_and_writes_a_gif(agent_runs, tmp_path, capsys):
     from PIL import Image
 
-    sets = ["--set", "deter=64", "--set", "hidden=32", "--set", "units=32", "--set", "classes=4", "--set", "stoch=4"]
-    run = tmp_path / "run"
-    assert main(["agent", "--steps", "20", "--train-ratio", "8", "--batch-size", "2", "--seq-len", "8",
-                 "--eval-episodes", "0", "--checkpoint-every", "0", "--out", str(run), "--no-progress", *sets]) == 0
-    out = _worldloom("play", str(run), "--episodes", "2", "--seed", "3", "--video", str(tmp_path / "v.gif"),
-                     timeout=300)
+    run = agent_runs / "run-2"
+    out = _run(capsys, "play", str(run), "--episodes", "2", "--seed", "3", "--video", str(tmp_path / "v.gif"))
     assert out.returncode == 0, out.stderr
     assert "2 episodes from seed 3: return" in out.stdout
     with Image.open(tmp_path / "v.gif") as gif:
@@ -159,12 +176,12 @@ def test_play_evaluates_a_saved_agent_and_writes_a_gif(tmp_path):
 
     again = play(run, episodes=2, seed=3)
     assert len(again["returns"]) == 2 and again["video"] is None
-    bad = _worldloom("play", str(tmp_path), "--episodes", "1")
+    bad = _run(capsys, "play", str(tmp_path), "--episodes", "1")
     assert bad.returncode == 2 and "config.yaml" in bad.stderr
 
 
 @pytest.mark.slow
-def test_a_run_file_reproduces_a_run_and_set_reaches_every_field(tmp_path):
+def test_a_run_file_reproduces_a_run_and_set_reaches_every_field(tmp_path, capsys):
     import yaml
 
     from worldloom.agents.run_file import resolve_run
@@ -186,12 +203,12 @@ def test_a_run_file_reproduces_a_run_and_set_reaches_every_field(tmp_path):
     assert rerun["world_model"]["stoch"] == 2 and rerun["world_model"]["deter"] == 64
     for bad, message in ((["--set", "batch_size=many"], "could not be converted to Integer"),
                          (["--set", "total_step=5"], "Did you mean"),):
-        out = _worldloom("agent", "--config", str(saved), *bad)
+        out = _run(capsys, "agent", "--config", str(saved), *bad)
         assert out.returncode == 2 and message in out.stderr, out.stderr
 
 
 @pytest.mark.slow
-def test_train_run_file_reproduces_and_set_reaches_training_fields(run_dir, tmp_path):
+def test_train_run_file_reproduces_and_set_reaches_training_fields(run_dir, tmp_path, capsys):
     import yaml
 
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -204,5 +221,5 @@ def test_train_run_file_reproduces_and_set_reaches_training_fields(run_dir, tmp_
     assert again["world_model"] == saved["world_model"]
     assert json.loads((out / "summary.json").read_text())["steps"] == 4
     (tmp_path / "bad.yaml").write_text("episode: 3\n")
-    bad = _worldloom("train", "--config", str(tmp_path / "bad.yaml"))
+    bad = _run(capsys, "train", "--config", str(tmp_path / "bad.yaml"))
     assert bad.returncode == 2 and "Did you mean 'episodes'" in bad.stderr

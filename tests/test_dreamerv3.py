@@ -110,18 +110,25 @@ def _pattern_episodes(rng, episodes, length=8):
     return dict(obs=obs, actions=actions, rewards=rewards, continues=continues, is_first=is_first)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="300 updates")
 def test_learns_pattern_and_imagines_its_rewards(rng):
     model = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=1, seed=0, **TINY)
     update = model.make_update(OptimizerSettings(learning_rate=3e-3))
-    step = jax.jit(update.step)
-    state = update.init(model.params)
-    key = jax.random.PRNGKey(0)
-    losses = []
-    for _ in range(300):
-        key, sample_key = jax.random.split(key)
-        state, metrics = step(state, _pattern_episodes(rng, 16), sample_key)
-        losses.append(float(metrics["loss"]))
+    batches = [_pattern_episodes(rng, 16) for _ in range(300)]
+    batches = {name: np.stack([b[name] for b in batches]) for name in batches[0]}  # [300, B, T, ...]
+    keys = jax.random.split(jax.random.PRNGKey(0), 300)
+
+    @jax.jit
+    def train(state):  # the 300 updates as one program
+        def body(state, inputs):
+            batch, key = inputs
+            state, metrics = update.step(state, batch, key)
+            return state, metrics["loss"]
+
+        return jax.lax.scan(body, state, (batches, keys))
+
+    state, losses = train(update.init(model.params))
+    losses = np.asarray(losses)
     assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:5]), (losses[:5], losses[-20:])
 
     model.load_params(update.params(state)).eval()

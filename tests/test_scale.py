@@ -224,7 +224,8 @@ def test_data_parallel_on_four_fake_devices_matches_one_device(tmp_path, replay_
     sampled differently or averaged over one shard only).
     """
     base = str(tmp_path / "result")
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4".strip()
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")  # and the tests' optimisation level
     done = subprocess.run([sys.executable, "-c", _DATA_PARALLEL_SCRIPT, base, os.path.dirname(__file__)],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
