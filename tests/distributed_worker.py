@@ -1,25 +1,40 @@
-"""One process of a multi-process training run, started by tests/test_distributed.py.
+"""One process of a multi-process run, started by tests/test_distributed.py.
 
-    python tests/distributed_worker.py '{"processes": 2, "process_id": 0, "port": 12345, "out": "...", ...}'
+    python tests/distributed_worker.py '{"processes": 2, "process_id": 0, "port": 12345, "out": "...",
+                                         "jobs": [{"name": "train", "steps": 16, ...}, ...]}'
 
-Every process trains the same tiny DreamerV3 model on the same random buffer
-with ``data_parallel=True``; with ``processes == 1`` it runs alone, without
-``jax.distributed``. Each process writes ``<out>.<process_id>.npz`` (its final
-params) and ``.json`` (its losses, devices and the shape of its batch share).
+The process joins the run once (``jax.distributed``; with ``processes == 1``
+it runs alone, without it) and then does its jobs one after the other, as
+every other process of the run does. A job trains the same tiny DreamerV3
+model on a random buffer with ``data_parallel=True`` (from scratch, or from
+``resume_from``), computes the one-device reference of a
+``replay="process"`` run (``reference_shards``), or runs an online agent
+(``agent``). Job ``name`` writes ``<out>.<name>.<process_id>.npz`` (its final
+params) and ``.json`` (its losses, devices and the shape of its batch share),
+or ``.error`` (its error).
+
+A job that fails in every process alike (``may_fail``: the processes agree
+on the error) lets the process go on to its next job, as does any error of a
+process that runs alone (it then exits with status 1 after its last job).
+In a run of several processes any other error ends the process at once
+(exit status 1; 2 for a lost process), which stops the others at their next
+collective.
 """
 
 import json
 import os
+import resource
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
 
+STARTED = time.perf_counter()
+
 
 def main(spec: dict) -> None:
-    import jax
-
     import worldloom.distributed as dist
 
     if spec["processes"] > 1:
@@ -28,8 +43,46 @@ def main(spec: dict) -> None:
         # sooner anyway, by the next collective, whose connection to it is reset.
         dist.initialize(f"127.0.0.1:{spec['port']}", spec["processes"], spec["process_id"],
                         initialization_timeout=120)
-    if "agent" in spec:
-        return online(spec)
+    failed = []
+    for job in spec["jobs"]:
+        job = dict(job, out=f"{spec['out']}.{job['name']}")
+        print(f"--- job {job['name']} starts at {time.perf_counter() - STARTED:.1f} s ({cpu()})", flush=True)
+        started = time.perf_counter()
+        try:
+            online(job) if "agent" in job else train(job)
+        except dist.DistributedError as err:
+            write_error(job, str(err))
+            dist.exit_after(f"error: {err}", 2)
+        except Exception as err:  # noqa: BLE001 - reported to the test
+            write_error(job, f"{type(err).__name__}: {err}")
+            traceback.print_exc()
+            if not job.get("may_fail"):
+                if spec["processes"] > 1:  # the others may be inside this job's collectives: stop them too
+                    dist.exit_after(f"error in job {job['name']}: {err}", 1)
+                failed.append(job["name"])  # alone, the process goes on to its next job
+        print(f"--- job {job['name']} ended after {time.perf_counter() - started:.1f} s ({cpu()})", flush=True)
+    print(f"--- all jobs ended at {time.perf_counter() - STARTED:.1f} s", flush=True)
+    if failed:
+        sys.exit(f"failed jobs: {failed}")
+
+
+def cpu() -> str:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return f"{usage.ru_utime + usage.ru_stime:.1f} s of CPU so far"
+
+
+def write_error(job: dict, text: str) -> None:
+    import worldloom.distributed as dist
+
+    with open(f"{job['out']}.{dist.process_index()}.error", "w") as handle:
+        handle.write(text)
+
+
+def train(spec: dict) -> None:
+    """One training run of the tiny model (or its one-device ``reference_shards`` computation)."""
+    import jax
+
+    import worldloom.distributed as dist
     from worldloom import create_world_model
     from worldloom.training import Trainer, TrainingConfig
     from worldloom.training.callbacks import Callback, CheckpointCallback
@@ -62,16 +115,7 @@ def main(spec: dict) -> None:
                                             keep_last=None, save_best=False))
     trainer = Trainer(model, config, callbacks, resume_from=spec.get("resume_from"))
     started = time.perf_counter()
-    try:
-        trainer.train(buffer)
-    except dist.DistributedError as err:
-        with open(f"{spec['out']}.{dist.process_index()}.error", "w") as handle:
-            handle.write(str(err))
-        dist.exit_after(f"error: {err}", 2)
-    except Exception as err:  # noqa: BLE001 - reported to the test
-        with open(f"{spec['out']}.{dist.process_index()}.error", "w") as handle:
-            handle.write(f"{type(err).__name__}: {err}")
-        raise
+    trainer.train(buffer)
     seconds = time.perf_counter() - started
     chunk = trainer.placement.chunk(np.zeros((4, 8, 8), np.int64), buffer.gather)
     leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(model.params)]
