@@ -6,9 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _agents import DREAMER_TINY, TDMPC_TINY, dreamer_agent, pendulum_tdmpc
 
 from worldloom import create_world_model
-from worldloom.agents import AgentRunConfig, DreamerAgent, DreamerAgentConfig, TDMPC2Agent, evaluate, run_agent
+from worldloom.agents import AgentRunConfig, DreamerAgentConfig, TDMPC2Agent, evaluate, run_agent
 from worldloom.agents.collect import StreamCollector
 from worldloom.agents.dreamer_losses import behaviour_loss, replay_returns
 from worldloom.agents.dreamer_networks import policy_entropy, policy_log_prob
@@ -19,22 +20,18 @@ from worldloom.models.tdmpc2.planner import estimate_value
 from worldloom.nn.layers import BlockLinear
 from worldloom.training import ReplayBuffer
 
-DREAMER_TINY = dict(deter=64, hidden=32, units=32, classes=4, stoch=4)
-TDMPC_TINY = dict(enc_dim=32, mlp_dim=32, latent_dim=16, num_q=2, num_samples=32, num_elites=8, num_pi_trajs=4,
-                  iterations=2)
 
-
-def _dreamer(**overrides):
-    wm = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, action_type="discrete",
-                            **{**DREAMER_TINY, **overrides})
-    return DreamerAgent(wm, seed=0)
+@pytest.fixture(scope="module")
+def dreamer():
+    """The module's tiny CartPole DreamerV3 agent (tests/_agents.py): its world model compiles once."""
+    return dreamer_agent()
 
 
 # ---------------------------------------------------------------- DreamerV3
 
 def test_block_linear_fan_in_is_the_whole_input():
     layer = BlockLinear(features=1024, blocks=8)
-    params = layer.init(jax.random.PRNGKey(0), jnp.zeros((1, 1024)))["params"]
+    params = jax.jit(layer.init)(jax.random.PRNGKey(0), jnp.zeros((1, 1024)))["params"]
     std = float(jnp.std(params["kernel"]))
     assert params["kernel"].shape == (8, 128, 128)
     assert std == pytest.approx(1.0 / np.sqrt(1024), rel=0.03)  # per-block fan-in would give 1/sqrt(128)
@@ -49,9 +46,9 @@ def test_discrete_policy_has_no_unimix():
     assert float(policy_entropy(raw, True)[0]) == pytest.approx(float(-(probs * jnp.log(probs)).sum()), rel=1e-6)
 
 
-@pytest.mark.slow
-def test_replay_value_loss_trains_the_world_model(stream_batch):
-    agent = _dreamer()
+@pytest.mark.slow(reason="builds the module's DreamerV3 agent; compiles the gradient of the replay value loss")
+def test_replay_value_loss_trains_the_world_model(dreamer, stream_batch):
+    agent = dreamer
     params = agent.params
     # Give the (zero-initialised) critic output weights so gradients can flow through it.
     params["critic"] = jax.tree_util.tree_map(
@@ -75,9 +72,9 @@ def test_replay_value_loss_trains_the_world_model(stream_batch):
     assert float(optax.global_norm(grads["rssm"])) > 0.0 and float(optax.global_norm(grads["encoder"])) > 0.0
 
 
-@pytest.mark.slow
-def test_window_from_its_stored_latent_continues_the_unbroken_scan(stream_batch):
-    agent = _dreamer()
+@pytest.mark.slow(reason="needs the module's DreamerV3 agent (its world model compiles first); one scan program")
+def test_window_from_its_stored_latent_continues_the_unbroken_scan(dreamer, stream_batch):
+    agent = dreamer
     fns, wm = agent.world_model.functions, agent.world_model.params
     rng = np.random.default_rng(1)
     batch = stream_batch(agent, rng, length=8)
@@ -100,9 +97,9 @@ def test_window_from_its_stored_latent_continues_the_unbroken_scan(stream_batch)
     np.testing.assert_array_equal(post.stochastic, whole.stochastic[:, 1:])
 
 
-@pytest.mark.slow
-def test_terminal_reward_and_continue_come_from_the_posterior(stream_batch):
-    agent = _dreamer()
+@pytest.mark.slow(reason="needs the module's DreamerV3 agent (its world model compiles first); one loss program")
+def test_terminal_reward_and_continue_come_from_the_posterior(dreamer, stream_batch):
+    agent = dreamer
     fns, wm = agent.world_model.functions, agent.world_model.params
     batch = jax.tree_util.tree_map(jnp.asarray, stream_batch(agent, np.random.default_rng(2), terminal_at=6))
     rows = {k: batch[k][:, 1:] for k in ("obs", "rewards", "is_first", "is_terminal")}
@@ -135,10 +132,10 @@ def test_replay_returns_at_episode_ends():
     assert float(returns[0, 0]) == pytest.approx(expected0)
 
 
-@pytest.mark.slow
-def test_stream_collector_rows_follow_the_reference_layout():
+@pytest.mark.slow(reason="needs the module's DreamerV3 agent (its world model and policy step compile first)")
+def test_stream_collector_rows_follow_the_reference_layout(dreamer):
     env = gym.make("CartPole-v1")
-    agent = _dreamer()
+    agent = dreamer
     lengths = []
     collector = StreamCollector([env], agent, 2000, True, 0, lambda ret, length: lengths.append(length))
     collector.reset([0], agent)
@@ -160,9 +157,9 @@ def test_stream_collector_rows_follow_the_reference_layout():
     np.testing.assert_allclose(data["deter"][0, rows - 1], deter[0], rtol=1e-6)
 
 
-@pytest.mark.slow
-def test_random_actions_feed_the_acting_latent():
-    agent = _dreamer()
+@pytest.mark.slow(reason="needs the module's DreamerV3 agent (its world model and policy step compile first)")
+def test_random_actions_feed_the_acting_latent(dreamer):
+    agent = dreamer
     agent.reset(1)
     agent.act(np.zeros((1, 4)), np.array([True]))
     ran = np.array([[0.0, 1.0]], np.float32)
@@ -188,13 +185,15 @@ def test_stream_replay_write_back_and_files(tmp_path):
     np.testing.assert_array_equal(again.sample(3, 4)[0]["obs"], replay.sample(3, 4)[0]["obs"])
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="a DreamerV3 run of 150 steps with 15 evaluations (world model, policy step)")
 def test_no_transition_is_lost_across_evaluations(tmp_path):
-    config = AgentRunConfig(env="CartPole-v1", algo="dreamerv3", total_steps=150, train_ratio=8, batch_size=2,
+    # Collection is under test, not training: 150 steps replay 150 * 0.01 rows, less than one 2 x 8 window, so no
+    # update runs (its compile is left to the runs that train).
+    config = AgentRunConfig(env="CartPole-v1", algo="dreamerv3", total_steps=150, train_ratio=0.01, batch_size=2,
                             sequence_length=8, eval_every=10, eval_episodes=1, checkpoint_every=0,
                             out_dir=str(tmp_path / "run"), seed=0)
     result = run_agent(config, progress=False, **DREAMER_TINY)
-    assert len(result["eval"]) == 15
+    assert len(result["eval"]) == 15 and result["updates"] == 0
     with np.load(tmp_path / "run" / "checkpoints" / "replay.npz") as saved:
         rows = int(saved["written"][0])
         first, last = saved["is_first"][0, :rows], saved["is_last"][0, :rows]
@@ -212,7 +211,7 @@ def _tdmpc(obs_shape=(4,), episodic=False, **overrides):
                               episodic=episodic, **{**TDMPC_TINY, **overrides})
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="compiles a TD-MPC2 model and its value estimate")
 def test_planner_stops_at_a_predicted_termination():
     model = _tdmpc(episodic=True)
     params = model.params
@@ -247,13 +246,13 @@ def test_episode_uniform_windows_end_on_the_final_observation():
     assert final_rows[:, -1].mean() > 0.4 and not final_rows[:, :-1].any()
     ends = short & batch["is_final"][:, -1]
     assert np.all(batch["obs"][ends, -1, 0] == -2.0) and np.all(batch["terminals"][ends, -2])
-    chunks = make_chunks({k: jnp.asarray(v) for k, v in batch.items()}, 3)
+    chunks = jax.jit(make_chunks, static_argnums=1)(batch, 3)  # one program, not one per operation
     # The terminal transition before a final observation trains consistency and value.
     assert bool(jnp.all(chunks.next_valid[-1][ends]))
     assert bool(jnp.all(chunks.terminals[-1][ends] == 1.0))
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="compiles a TD-MPC2 image model and two acting programs")
 def test_image_observations_are_shifted_when_acting_too():
     rng = np.random.default_rng(0)
     obs = rng.integers(0, 255, (1, 64, 64, 3), dtype=np.uint8)
@@ -269,25 +268,26 @@ def test_image_observations_are_shifted_when_acting_too():
     assert len({a.tobytes() for a in plain}) == 1
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="an agent run: a TD-MPC2 model compiles; orbax, TensorBoard, matplotlib load (5 s alone)")
 def test_episodic_mode_follows_the_environment(tmp_path):
     assert terminates("CartPole-v1", 0) and not terminates("Pendulum-v1", 0, steps=400)
-    config = AgentRunConfig(env="CartPole-v1", algo="tdmpc2", total_steps=60, seed_steps=40, batch_size=4,
-                            eval_every=60, eval_episodes=1, checkpoint_every=0, out_dir=str(tmp_path / "run"))
-    run_agent(config, progress=False, **TDMPC_TINY)
+    # The run decides the mode before it steps; a few random-action steps (no update, no plan) then save the agent.
+    config = AgentRunConfig(env="CartPole-v1", algo="tdmpc2", total_steps=4, seed_steps=40, batch_size=4,
+                            eval_every=60, eval_episodes=0, checkpoint_every=0, out_dir=str(tmp_path / "run"))
+    assert run_agent(config, progress=False, **TDMPC_TINY)["updates"] == 0
     assert TDMPC2Agent.load(tmp_path / "run" / "agent").world_model.config.episodic
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="compiles two TD-MPC2 plans and evaluates a 200-step episode")
 def test_evaluation_keeps_the_kept_plan():
-    model = create_world_model("tdmpc2:1m", obs_shape=(3,), action_dim=1, action_type="continuous", **TDMPC_TINY)
-    agent = TDMPC2Agent(model)
+    agent = TDMPC2Agent(pendulum_tdmpc())  # run_agent's Pendulum model: its evaluation plan is test_agent_loop's
     agent.act(np.zeros((2, 3)), np.array([True, True]))
     plan = np.asarray(agent.acting_state())
     evaluate(agent, "Pendulum-v1", 1, seed=0)
     np.testing.assert_array_equal(np.asarray(agent.acting_state()), plan)  # the training episodes' plans
 
 
+@pytest.mark.slow(reason="compiles a TD-MPC2 model and its MPPI plan (about 5 s)")
 def test_discrete_tdmpc2_replays_the_vectors_it_plans_with():
     """Replay holds the relaxed vectors MPPI chose (not one-hots), and the environment ran their argmax."""
     model = create_world_model("tdmpc2:1m", obs_shape=(4,), action_dim=2, action_type="discrete", **TDMPC_TINY)

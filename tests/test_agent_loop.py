@@ -4,15 +4,12 @@ import json
 
 import numpy as np
 import pytest
+from _agents import DREAMER_TINY, TDMPC_TINY
 
 from worldloom import create_world_model
 from worldloom.agents import AgentRunConfig, DreamerAgent, TDMPC2Agent, evaluate, run_agent
 from worldloom.agents.loop import seed_steps_for
 from worldloom.core.errors import ConfigError
-
-DREAMER_TINY = dict(deter=64, hidden=32, units=32, classes=4, stoch=4)
-TDMPC_TINY = dict(enc_dim=32, mlp_dim=32, latent_dim=16, num_q=2, num_samples=32, num_elites=8, num_pi_trajs=4,
-                  iterations=2)
 
 
 def _dreamer_config(tmp_path, total_steps):
@@ -21,7 +18,8 @@ def _dreamer_config(tmp_path, total_steps):
                           checkpoint_every=100, out_dir=str(tmp_path / "run"), seed=3)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="three DreamerV3 runs (100 steps, resumed twice): the agent's update compiles for a fresh "
+                         "and for a restored train state")
 def test_dreamer_loop_resume_and_reload(tmp_path, capsys):
     from worldloom.cli import main
 
@@ -61,12 +59,12 @@ def test_dreamer_loop_resume_and_reload(tmp_path, capsys):
         np.testing.assert_array_equal(agent.act(obs[t], first, key=key), again.act(obs[t], first, key=key))
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="a TD-MPC2 run on Pendulum: its update and two MPPI plans compile")
 def test_tdmpc2_loop_on_pendulum(tmp_path):
-    config = AgentRunConfig(env="Pendulum-v1", algo="tdmpc2", total_steps=260, seed_steps=200, batch_size=8,
-                            eval_every=260, eval_episodes=1, checkpoint_every=0, out_dir=str(tmp_path / "run"))
+    config = AgentRunConfig(env="Pendulum-v1", algo="tdmpc2", total_steps=210, seed_steps=200, batch_size=8,
+                            eval_every=210, eval_episodes=1, checkpoint_every=0, out_dir=str(tmp_path / "run"))
     result = run_agent(config, progress=False, **TDMPC_TINY)
-    assert result["updates"] == 200 + 60  # pretraining burst of seed_steps, then one per step
+    assert result["updates"] == 200 + 10  # pretraining burst of seed_steps, then one per step
     assert result["final_eval_return"] is not None and np.isfinite(result["final_eval_return"])
     agent = TDMPC2Agent.load(tmp_path / "run" / "agent")
     # The discount heuristic sees Pendulum's 200-step time limit, as the reference's does.
@@ -83,7 +81,7 @@ def test_tdmpc2_loop_on_pendulum(tmp_path):
 
 @pytest.mark.parametrize("env_id, obs_shape, action_dim, kind", [("CartPole-v1", (4,), 2, "discrete"),
                                                                   ("Pendulum-v1", (3,), 1, "continuous")])
-@pytest.mark.slow
+@pytest.mark.slow(reason="compiles a TD-MPC2 model and its policy for one and for three episodes")
 def test_side_by_side_evaluation_matches_one_episode_at_a_time(env_id, obs_shape, action_dim, kind):
     model = create_world_model("tdmpc2:1m", obs_shape=obs_shape, action_dim=action_dim, action_type=kind,
                                **TDMPC_TINY)
@@ -111,7 +109,7 @@ def test_bad_run_config():
         AgentRunConfig(total_steps=0)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="starts four environment subprocesses and compiles a DreamerV3 policy step")
 def test_environments_in_subprocesses_collect_what_stepping_them_in_turn_collects():
     """num_envs > 1 steps the environments in subprocesses (Gymnasium's AsyncVectorEnv): same rows, same episodes."""
     import gymnasium as gym
@@ -141,7 +139,7 @@ def test_environments_in_subprocesses_collect_what_stepping_them_in_turn_collect
             np.testing.assert_array_equal(np.asarray(data_async[key]), np.asarray(data_turn[key]), err_msg=key)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="a DreamerV3 run on Pendulum, its evaluation and play: the model and policy compile")
 def test_env_options_reach_every_environment_of_a_run(tmp_path):
     """env_options make training, evaluation and `play` environments alike, and a bad one fails before training."""
     from worldloom.agents.play import play

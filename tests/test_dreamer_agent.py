@@ -4,15 +4,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _agents import DREAMER_BATCH, DREAMER_LENGTH, dreamer_agent, jit_update, run_settings
 
-from worldloom import create_world_model
-from worldloom.agents import DreamerAgent, DreamerAgentConfig
+from worldloom.agents import DreamerAgent
 from worldloom.agents.dreamer_losses import imagine_with_policy, replay_returns
 from worldloom.agents.dreamer_networks import Actor, Critic, policy_entropy, policy_log_prob, policy_sample
 from worldloom.agents.normalizers import ema_update, percentile_normalizer
-from worldloom.models.base import OptimizerSettings
 
-TINY = dict(deter=64, hidden=32, units=32, classes=4, stoch=4, depth=2)
+
+@pytest.fixture(scope="module")
+def agent():
+    """One tiny CartPole agent for the module (the world model's init compiles once)."""
+    return dreamer_agent()
 
 
 def _count(module, features):
@@ -69,10 +72,10 @@ def test_policy_distribution(discrete):
         assert float(jnp.exp(policy_log_prob(raw, jnp.eye(4)[None, 1], True))[0]) > 0.0025
 
 
-def test_acting_compiles_the_policy_step_once():
+@pytest.mark.slow(reason="compiles a DreamerV3 world model's initialiser and policy step (about 5 s)")
+def test_acting_compiles_the_policy_step_once(agent):
     """reset, act and record_actions keep the carry where the step's outputs live: one program, not three."""
-    wm = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, action_type="discrete", **TINY)
-    agent = DreamerAgent(wm)
+    agent = DreamerAgent(agent.world_model, behaviour_params=agent.behaviour_params)  # a policy step of its own
     agent.reset(2)
     for t in range(4):
         agent.act(np.zeros((2, 4), np.float32), np.full(2, t == 0))
@@ -83,30 +86,34 @@ def test_acting_compiles_the_policy_step_once():
     assert agent._policy_step._cache_size() == 1
 
 
-@pytest.mark.slow
-def test_imagination_shapes():
-    wm = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, action_type="discrete", **TINY)
-    agent = DreamerAgent(wm)
+@pytest.mark.slow(reason="needs the module's DreamerV3 agent: its world model's initialiser compiles first (about 5 s)")
+def test_imagination_shapes(agent):
+    wm = agent.world_model
     start = wm.encode(np.zeros((5, 4)))
-    actor = lambda f: agent.actor_net.apply({"params": agent.behaviour_params["actor"]}, f)  # noqa: E731
-    states, actions = imagine_with_policy(wm.functions, wm.params, actor, start, 4, jax.random.PRNGKey(0), True)
+
+    @jax.jit
+    def imagine(params, behaviour, start):
+        actor = lambda f: agent.actor_net.apply({"params": behaviour["actor"]}, f)  # noqa: E731
+        return imagine_with_policy(wm.functions, params, actor, start, 4, jax.random.PRNGKey(0), True)
+
+    states, actions = imagine(wm.params, agent.behaviour_params, start)
     assert states.features.shape == (5, 5, wm.config.feature_size) and actions.shape == (5, 5, 2)
     np.testing.assert_array_equal(states.features[0], start.features)
 
 
-@pytest.mark.slow
-def test_update_runs_and_checkpoint_acts_identically(tmp_path, rng, stream_batch):
-    wm = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, action_type="discrete", **TINY)
-    agent = DreamerAgent(wm, DreamerAgentConfig(imag_horizon=3), seed=1)
-    update = agent.make_update(OptimizerSettings(learning_rate=1e-3))
+@pytest.mark.slow(reason="compiles the DreamerV3 agent's update (run_agent's, shared through the compilation cache)")
+def test_update_runs_and_checkpoint_acts_identically(agent, tmp_path, rng, stream_batch):
+    # run_agent's update on its windows (CartPole, batch 2 x 8 rows): the program a run of this agent compiles.
+    wm = agent.world_model
+    update = agent.make_update(run_settings("dreamerv3"))
     state = update.init(agent.params)
-    step = jax.jit(update.step, donate_argnums=0)
-    batch = stream_batch(agent, rng, 2, 5, terminal_at=3)
+    step = jit_update(update)
+    batch = stream_batch(agent, rng, DREAMER_BATCH, DREAMER_LENGTH, terminal_at=3)
     batch["is_first"][:, 4] = True
     for i in range(3):
         state, metrics = step(state, batch, jax.random.PRNGKey(i))
-    assert metrics.pop("context/deter").shape == (2, 5, wm.config.deter)
-    assert metrics.pop("context/stoch").shape == (2, 5, wm.config.stoch_size)
+    assert metrics.pop("context/deter").shape == (DREAMER_BATCH, DREAMER_LENGTH, wm.config.deter)
+    assert metrics.pop("context/stoch").shape == (DREAMER_BATCH, DREAMER_LENGTH, wm.config.stoch_size)
     assert all(np.isfinite(float(v)) for v in metrics.values())
     assert {"loss/policy", "loss/value", "loss/repval", "loss/rec", "loss/dyn"} <= set(metrics)
     agent.load_params(update.params(state))

@@ -5,12 +5,22 @@ import json
 import jax
 import numpy as np
 import pytest
+from _agents import (
+    DREAMER_BATCH,
+    DREAMER_LENGTH,
+    DREAMER_TINY,
+    TDMPC_BATCH,
+    TDMPC_LENGTH,
+    TDMPC_TINY,
+    dreamer_agent,
+    jit_update,
+    pendulum_tdmpc,
+    run_settings,
+)
 
 from worldloom import TrainingError, WorldloomError, create_world_model
-from worldloom.agents import AgentRunConfig, DreamerAgent, TDMPC2Agent, run_agent
-from worldloom.agents.dreamer_losses import DreamerAgentConfig
+from worldloom.agents import AgentRunConfig, TDMPC2Agent, run_agent
 from worldloom.core.errors import ConfigError
-from worldloom.models.base import OptimizerSettings
 from worldloom.training import ReplayBuffer, Trainer, TrainingConfig
 from worldloom.training._checkpoint import list_checkpoints
 from worldloom.training._guard import NonFiniteGuard
@@ -18,10 +28,10 @@ from worldloom.training.callbacks import Callback
 from worldloom.training.data import create_random_buffer
 
 INF = float("inf")
-DREAMER_AGENT = dict(deter=64, hidden=32, units=32, classes=4, stoch=4)
-DREAMER = dict(DREAMER_AGENT, enc_layers=1, dec_layers=1, img_layers=1, action_type="discrete")
+# The Trainer's models are those of tests/test_trainer.py, test_callbacks.py and test_checkpoint_safety.py (the
+# good runs here compile their program); the agents are tests/_agents.py's, their updates built as run_agent's.
+DREAMER = dict(DREAMER_TINY, enc_layers=1, dec_layers=1, img_layers=1, action_type="discrete")
 TDMPC = dict(enc_dim=32, mlp_dim=32, latent_dim=16, num_q=2)
-TDMPC_AGENT = dict(TDMPC, num_samples=32, num_elites=8, num_pi_trajs=4, iterations=2)
 
 
 def dreamer(seed=0):
@@ -40,7 +50,7 @@ def config(**changes):
 
 
 def leaves(tree):
-    return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+    return [np.array(x) for x in jax.tree_util.tree_leaves(tree)]  # copies: a donated buffer may be reused
 
 
 def same(a, b):
@@ -70,6 +80,17 @@ def extreme_buffer():
     return buffer
 
 
+@pytest.fixture(scope="module")
+def overflowing_buffer():
+    """Every observation 3e38: every TD-MPC2 update overflows."""
+    rng = np.random.default_rng(1)
+    buffer = ReplayBuffer(2000, (3,), 1, seed=0)
+    for _ in range(4):
+        buffer.add_episode(obs=np.full((20, 3), 3e38, np.float32), actions=rng.uniform(-1, 1, (20, 1)).astype("f"),
+                           rewards=rng.normal(size=20).astype(np.float32), dones=np.eye(20, dtype=bool)[-1])
+    return buffer
+
+
 class Record(Callback):
     """Every reported update's losses, and the params at each step the state is synced."""
 
@@ -92,7 +113,7 @@ def test_settings_are_validated():
     assert issubclass(TrainingError, WorldloomError) and issubclass(TrainingError, RuntimeError)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="compiles a DreamerV3 Trainer update twice: finite and infinite learning rate")
 def test_stop_names_the_step_and_keeps_the_last_good_checkpoint(buffer, tmp_path):
     directory = tmp_path / "ckpt"
     good = Trainer(dreamer(), config(checkpoint_dir=str(directory), save_interval=2)).train(buffer)
@@ -119,7 +140,7 @@ def test_stop_names_the_step_and_keeps_the_last_good_checkpoint(buffer, tmp_path
     assert resumed.train(buffer) is not None and resumed.step == 6 and finite(resumed.model.params)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="alone, compiles the infinite-learning-rate DreamerV3 update (the test above shares it)")
 def test_stop_with_dispatches_in_flight_drops_the_state(buffer):
     # With max_in_flight=2 the second dispatch has run from the halted state by the time the first is read.
     model = dreamer()
@@ -130,7 +151,7 @@ def test_stop_with_dispatches_in_flight_drops_the_state(buffer):
     assert trainer.state is None and trainer.step == 0 and same(leaves(model.params), initial)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="compiles a TD-MPC2 Trainer update (4 per dispatch)")
 def test_stop_mid_dispatch_reports_only_the_updates_before(extreme_buffer):
     # Batches are drawn per step, so the window with the extreme observation is update 7's whatever K is.
     record = Record()
@@ -146,7 +167,7 @@ def test_stop_mid_dispatch_reports_only_the_updates_before(extreme_buffer):
     assert finite(model.params) and same(leaves(model.params), leaves(trainer.program.update.params(trainer.state)))
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="compiles a TD-MPC2 Trainer update (1 per dispatch, skipping)")
 def test_skip_leaves_the_state_unchanged_and_counts(extreme_buffer):
     record = Record()
     trainer = Trainer(tdmpc(), config(total_steps=12, batch_size=2, sequence_length=4, warmup_steps=0,
@@ -160,21 +181,22 @@ def test_skip_leaves_the_state_unchanged_and_counts(extreme_buffer):
     assert finite(model.params) and same(leaves(model.params), record.params[12])
 
 
-@pytest.mark.slow
-def test_skip_stops_after_too_many_in_a_row(buffer):
+@pytest.mark.slow(reason="compiles a TD-MPC2 Trainer update (the skip test's program, when run alone)")
+def test_skip_stops_after_too_many_in_a_row(overflowing_buffer):
+    # The skip test's program (TD-MPC2, one update per dispatch) on windows that all overflow.
     record = Record()
-    model = dreamer()
+    model = tdmpc()
     initial = leaves(model.params)
-    trainer = Trainer(model, config(total_steps=20, learning_rate=INF, on_nonfinite="skip", max_consecutive_skips=5),
-                      [record])
+    trainer = Trainer(model, config(total_steps=20, batch_size=2, sequence_length=4, warmup_steps=0,
+                                    steps_per_dispatch=1, on_nonfinite="skip", max_consecutive_skips=5), [record])
     with pytest.raises(TrainingError, match=r"6 consecutive updates were not finite and were skipped \(step 1 to "
                                             r"step 6\), more than max_consecutive_skips=5"):
-        trainer.train(buffer)
+        trainer.train(overflowing_buffer)
     assert trainer.skipped_updates == 6 and [record.losses[s]["skipped"] for s in sorted(record.losses)] == [1.0] * 5
     assert same(leaves(model.params), initial)  # no update applied
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="compiles the unguarded DreamerV3 Trainer update")
 def test_ignore_lets_non_finite_params_through(buffer):
     trainer = Trainer(dreamer(), config(total_steps=2, learning_rate=INF, on_nonfinite="ignore"))
     model = trainer.train(buffer)
@@ -196,27 +218,27 @@ def test_host_guard_counts_runs_across_dispatches():
 # ------------------------------------------------------------ agents
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="compiles the agent's update (the run_agent test's program below, shared through the cache)")
 @pytest.mark.parametrize("algo", ["dreamerv3", "tdmpc2"])
 def test_agent_update_skips_a_non_finite_update(algo, rng, stream_batch):
+    # Each agent's update as the run_agent test below compiles it: its settings, its windows' shapes, donated.
+    settings = run_settings(algo, learning_rate=INF)
     if algo == "dreamerv3":
-        wm = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, **DREAMER)
-        agent = DreamerAgent(wm, DreamerAgentConfig(imag_horizon=3))
-        batch = stream_batch(agent, rng, 2, 5)
+        agent = dreamer_agent()
+        batch = stream_batch(agent, rng, DREAMER_BATCH, DREAMER_LENGTH)
     else:
-        agent = TDMPC2Agent(create_world_model("tdmpc2:1m", obs_shape=(3,), action_dim=1, **TDMPC))
+        agent = TDMPC2Agent(pendulum_tdmpc())
         buffer = ReplayBuffer(100, (3,), 1, seed=0)
         buffer.add_episode(obs=rng.normal(size=(20, 3)).astype("f"), actions=rng.uniform(-1, 1, (20, 1)).astype("f"),
                            rewards=np.ones(20, "f"), dones=np.eye(20, dtype=bool)[-1])
-        batch = buffer.sample(4, 4)
-    settings = OptimizerSettings(learning_rate=INF)
+        batch = buffer.sample_episodes(TDMPC_BATCH, TDMPC_LENGTH)
     update = agent.make_update(settings)
     state = update.init(agent.params)
     initial = leaves(state)
-    state, metrics = jax.jit(update.step)(state, batch, jax.random.PRNGKey(0))
+    state, metrics = jit_update(update)(state, batch, jax.random.PRNGKey(0))
     assert float(metrics["skipped"]) == 1.0 and same(leaves(state), initial)
     unguarded = agent.make_update(settings, skip_nonfinite=False)
-    shapes = jax.eval_shape(unguarded.step, unguarded.init(agent.params), batch, jax.random.PRNGKey(0))
+    shapes = jax.eval_shape(unguarded.step, jax.eval_shape(unguarded.init, agent.params), batch, jax.random.PRNGKey(0))
     assert "skipped" not in shapes[1]
 
 
@@ -228,11 +250,11 @@ def _dreamer_run(tmp_path, **changes):
     return AgentRunConfig(**values)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="compiles a DreamerV3 agent, its policy step and update (shared with the test above)")
 def test_run_agent_stops_before_the_checkpoint(tmp_path):
     # From environment step 40 on, half an update is owed per step: the first runs at step 41.
     with pytest.raises(TrainingError) as caught:
-        run_agent(_dreamer_run(tmp_path), progress=False, **DREAMER_AGENT)
+        run_agent(_dreamer_run(tmp_path), progress=False, **DREAMER_TINY)
     message = str(caught.value)
     assert message.startswith("Update 1 is not finite: ") and "environment step 41." in message
     assert "AgentRunConfig.on_nonfinite='stop'" in message
@@ -241,15 +263,14 @@ def test_run_agent_stops_before_the_checkpoint(tmp_path):
     assert not (tmp_path / "run" / "agent").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="compiles a TD-MPC2 agent's update (shared with the agent update test)")
 def test_run_agent_skips_and_counts(tmp_path):
     # The pretraining burst of 200 updates once the first (200-step) episode is stored; every one dropped.
     config = AgentRunConfig(env="Pendulum-v1", algo="tdmpc2", total_steps=200, seed_steps=200, batch_size=8,
                             learning_rate=INF, eval_every=200, eval_episodes=0, checkpoint_every=0,
                             on_nonfinite="skip", max_consecutive_skips=200, out_dir=str(tmp_path / "run"))
-    result = run_agent(config, progress=False, **TDMPC_AGENT)
+    result = run_agent(config, progress=False, **TDMPC_TINY)
     assert result["updates"] == 200 and result["skipped_updates"] == 200
     saved = TDMPC2Agent.load(tmp_path / "run" / "agent")
-    fresh = create_world_model("tdmpc2:1m", obs_shape=(3,), action_dim=1, action_type="continuous",
-                               episode_length=200, **TDMPC_AGENT)
+    fresh = pendulum_tdmpc()
     assert same(leaves(saved.params), leaves(fresh.params))  # every update was dropped
