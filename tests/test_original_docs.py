@@ -6,13 +6,19 @@ Adjustments made before running (nothing else is changed):
 
 - ``"cuda"`` -> ``"cpu"``; step counts shortened as in ``test_spec_docs``;
 - ``...`` placeholder arguments (``create_world_model("dreamer", ...)``) get
-  ``obs_shape=(4,), action_dim=2``; ``"/path/to/checkpoint"`` is a model saved
-  in the temporary working directory, as is ``"./my_saved_model"``;
+  ``obs_shape=(4,), action_dim=2`` and the sizes of the family's smallest preset
+  (the one the other tests build): each name resolves as written, and builds
+  that small model, all of a family with one compiled initialiser (instead of
+  eight presets of up to 317M parameters); ``"/path/to/checkpoint"`` is a
+  model saved in the temporary working directory, as is ``"./my_saved_model"``;
 - names a snippet uses without defining (``model``, ``obs``, ``action``,
   ``actions``, ``initial_state``, ``batch``, ``my_head``, ``config_dict``,
   ``dataclass``, ``torch``, ``LatentState``, ``Trajectory``) are given, and ``config.json``
   holds the page's saved-model JSON;
 - on the JAX face, image shapes ``(3, 64, 64)`` read ``(64, 64, 3)`` (channels last).
+
+Each page runs on the JAX face first, then on the torch face, whose JAX model
+finds most of the JAX face's programs compiled.
 """
 
 from __future__ import annotations
@@ -31,8 +37,9 @@ from test_spec_docs import SHORTEN, SPEC
 ORIGINAL = SPEC / "original" if SPEC is not None else None
 BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 JSON_BLOCK = re.compile(r"```json\n(.*?)```", re.S)
-FACES = ["worldloom_torch_compat", "worldloom"]
-FAMILIES = {"dreamerv3": "dreamerv3:size1m", "tdmpc2": "tdmpc2:1m"}
+FACES = ["worldloom", "worldloom_torch_compat"]  # in this order
+FAMILIES = {"dreamerv3": "dreamerv3:size1m", "tdmpc2": "tdmpc2:1m"}  # each family's smallest preset
+PLACEHOLDER = re.compile(r"""create_world_model\(("[^"]+"),\s*\.\.\.\)""")
 
 needs_spec = pytest.mark.skipif(ORIGINAL is None or not (ORIGINAL / "protocol.md").is_file(),
                                 reason="spec/original not found (set WORLDLOOM_SPEC_DIR)")
@@ -48,7 +55,7 @@ def blocks(page: str, face: str) -> list[tuple[int, str | None]]:
             continue
         for pattern, replacement in SHORTEN:
             code = pattern.sub(replacement, code)
-        code = re.sub(r",\s*\.\.\.\)", ", obs_shape=(4,), action_dim=2)", code)
+        code = PLACEHOLDER.sub(placeholder_arguments, code)
         code = code.replace('"/path/to/checkpoint"', '"./my_saved_model"')
         if face == "worldloom":
             code = code.replace("(3, 64, 64)", "(64, 64, 3)")
@@ -56,6 +63,35 @@ def blocks(page: str, face: str) -> list[tuple[int, str | None]]:
             code = re.sub(r"\bworldloom\b", face, code)
         out.append((index, code))
     return out
+
+
+def cases(reasons: dict, families: bool = True) -> list:
+    """The ``family, face`` (or ``face``) parameters, each marked slow with its reason.
+
+    ``reasons`` maps a case's id (``"tdmpc2-worldloom"``) or else its face to
+    the reason, or to None for a quick case. A reason is for the case run on
+    its own, as ``-m "not slow"`` runs it: in a whole run, a torch-face case
+    finds many programs of the JAX-face case before it already compiled.
+    """
+    out = []
+    for family in FAMILIES if families else [None]:
+        for face in FACES:
+            values = (family, face) if families else (face,)
+            case_id = "-".join(v for v in values if v)
+            reason = reasons.get(case_id, reasons.get(face))
+            marks = [pytest.mark.slow(reason=reason)] if reason else []
+            out.append(pytest.param(*values, marks=marks, id=case_id))
+    return out
+
+
+def placeholder_arguments(match: re.Match) -> str:
+    """``create_world_model("dreamer", ...)``: a vector space and the sizes of the family's smallest preset."""
+    from worldloom.core import registry
+
+    family = registry.resolve(match.group(1).strip('"'))[0]
+    smallest = registry.resolve(FAMILIES[family.name])[1]
+    sizes = "".join(f", {key}={value!r}" for key, value in family.presets[smallest].items())
+    return f"create_world_model({match.group(1)}, obs_shape=(4,), action_dim=2{sizes})"
 
 
 def run(page: str, face: str, namespace: dict) -> dict:
@@ -107,10 +143,11 @@ def make_model(face: str, family: str, obs_shape: tuple):
                                                             device="cpu")
 
 
-@pytest.mark.slow
 @needs_spec
-@pytest.mark.parametrize("face", FACES)
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family, face", cases({
+    "worldloom": "compiles every protocol method of a DreamerV3 or TD-MPC2 model, and saves and loads it",
+    "worldloom_torch_compat": "compiles every protocol method with its gradient (grad mode), and saves and loads",
+}))
 def test_protocol_page(workdir, family, face):
     import importlib
 
@@ -144,10 +181,12 @@ def test_protocol_page(workdir, family, face):
             assert ours == documented, name
 
 
-@pytest.mark.slow
 @needs_spec
-@pytest.mark.parametrize("face", FACES)
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family, face", cases({
+    "worldloom": "compiles a 64x64-image DreamerV3 model's initialiser and encoder",
+    "tdmpc2-worldloom": None,
+    "worldloom_torch_compat": "compiles a 64x64-image model's initialiser and its encoder at two batch sizes",
+}))
 def test_state_page(workdir, family, face):
     model = make_model(face, family, (3, 64, 64))
     values = inputs(model, face, batch=2)
@@ -179,8 +218,9 @@ def test_state_page(workdir, family, face):
 
 
 @needs_spec
-@pytest.mark.slow
-@pytest.mark.parametrize("face", FACES)
+@pytest.mark.parametrize("face", cases({
+    face: "compiles the page's two 64x64-image size12m models and a small model of each family" for face in FACES
+}, families=False))
 def test_factory_page(workdir, face):
     import importlib
 
@@ -197,9 +237,10 @@ def test_factory_page(workdir, face):
     assert model.config.enc_layers == model.config.dec_layers == 3
 
 
-@pytest.mark.slow
 @needs_spec
-@pytest.mark.parametrize("face", FACES)
+@pytest.mark.parametrize("face", cases({
+    face: "compiles the initialiser of the page's 26.6M-parameter image model (deter 4096)" for face in FACES
+}, families=False))
 def test_config_page(workdir, face):
     import importlib
 
@@ -292,7 +333,6 @@ def test_aliases_are_the_documented_presets(alias, preset):
     assert f"{family.name}:{name}" == preset == MODEL_ALIASES[alias]
 
 
-@pytest.mark.slow
 def test_auto_names_dispatch_over_the_registry(tmp_path):
     import worldloom
 
@@ -316,7 +356,7 @@ def test_docs_mapping_table_is_written_from_the_configs_alias_tables():
     assert original_names_table(DreamerV3Config, TDMPC2Config) in text
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="compiles a 16x16-image DreamerV3 model's initialiser, and saves and loads it")
 def test_auto_names_on_the_torch_face_give_torch_modules_and_channels_first_configs(tmp_path):
     pytest.importorskip("torch")
     import torch

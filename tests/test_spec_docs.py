@@ -91,7 +91,7 @@ def params_finite(model: WorldModel) -> bool:
     return all(np.all(np.isfinite(np.asarray(p))) for p in model.parameters())
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="compiles a model's training program and trains it five times (2 steps, B=16, T=50)")
 @pytest.mark.parametrize("preset", PRESETS)
 def test_training_api(workdir, preset):
     length = 60
@@ -116,7 +116,7 @@ def test_training_api(workdir, preset):
     assert (workdir / "final_model" / "config.json").is_file()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="trains a model of over 500K parameters twice (2 steps, B=16, T=50)")
 @pytest.mark.parametrize("preset", PRESETS)
 def test_train_your_first_model(workdir, preset):
     namespace = {"__name__": "spec_train_your_first_model"}

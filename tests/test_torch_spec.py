@@ -100,7 +100,7 @@ def params_of(model) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="compiles a model, its training program and the torch face's loss and imagination")
 def test_train_your_first_model(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     seen = {}
@@ -148,7 +148,7 @@ def test_train_your_first_model(tmp_path, monkeypatch):
     assert any((tmp_path / "checkpoints").iterdir()) and (tmp_path / "logs").is_dir()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="trains a model six times, 20 steps each (B=16, T=50), with every documented callback")
 def test_training_api(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name in ("data.npz", "trajectories.npz"):
