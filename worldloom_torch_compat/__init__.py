@@ -32,6 +32,16 @@ from worldloom.core.errors import (
 )
 from worldloom.models.base import OptimizerSettings, UpdateFunctions
 from worldloom_torch_compat._convert import to_jax, to_torch
+from worldloom_torch_compat.core import (  # noqa: E402 - the original's top-level names
+    CategoricalLatentSpace,
+    DynamicsType,
+    GaussianLatentSpace,
+    LatentSpace,
+    LatentType,
+    SimNormLatentSpace,
+    WorldModelConfig,
+    WorldModelRegistry,
+)
 from worldloom_torch_compat.info import (
     MODEL_ALIASES,
     MODEL_CATALOG,
@@ -48,6 +58,14 @@ from worldloom_torch_compat.types import LatentState, Trajectory
 __version__ = "0.1.0"
 
 __all__ = [
+    "CategoricalLatentSpace",
+    "DynamicsType",
+    "GaussianLatentSpace",
+    "LatentSpace",
+    "LatentType",
+    "SimNormLatentSpace",
+    "WorldModelConfig",
+    "WorldModelRegistry",
     "MODEL_ALIASES",
     "MODEL_CATALOG",
     "AutoConfig",

@@ -96,10 +96,23 @@ class WorldModel(nn.Module):
         """torch device of the Parameters (and of every output)."""
         return next(iter(self.parameters())).device
 
+    latent_type: ClassVar[str] = "deterministic"
+    """The original's ``LatentState.latent_type`` of this family's states."""
+    source_losses: ClassVar[dict[str, str]] = {}
+    """The original source's loss names -> worldloom's (``compute_loss`` returns both)."""
+
     @property
     def config(self):
-        """The JAX model's frozen config (``obs_shape`` there is channels last)."""
-        return self.jax_model.config
+        """The JAX model's frozen config (``obs_shape`` there is channels last), which also reads the
+        original's names (``config.deter_dim``, ``config.model_type``, ``config.model_name``)."""
+        from worldloom_torch_compat._source_names import source_view
+
+        config = self.jax_model.config
+        cached = self.__dict__.get("_config_view")
+        if cached is None or cached[0] is not config:
+            cached = (config, source_view(config))
+            self.__dict__["_config_view"] = cached
+        return cached[1]
 
     @property
     def family(self) -> str:
@@ -111,17 +124,17 @@ class WorldModel(nn.Module):
 
     @property
     def is_image(self) -> bool:
-        return len(self.config.obs_shape) == 3
+        return len(self.jax_model.config.obs_shape) == 3
 
     @property
     def obs_shape(self) -> tuple:
         """Observation shape at the torch edge: ``(C, H, W)`` for images."""
-        shape = tuple(self.config.obs_shape)
+        shape = tuple(self.jax_model.config.obs_shape)
         return (shape[2], shape[0], shape[1]) if self.is_image else shape
 
     @property
     def action_dim(self) -> int:
-        return int(self.config.action_dim)
+        return int(self.jax_model.config.action_dim)
 
     def num_parameters(self) -> int:
         """Total number of trained parameters (equals ``sum(p.numel() for p in parameters())``)."""
@@ -236,7 +249,7 @@ class WorldModel(nn.Module):
 
         params = params if torch.is_grad_enabled() else None
         out = call_jax(run, params, to_jax_types(args), to_jax_types(kwargs), device=self.device)
-        return from_jax_types(out)
+        return _tagged(from_jax_types(out), self.latent_type)
 
     def _obs_in(self, obs, lead: int) -> Any:
         """Observations as JAX wants them: images channels last ``[..., H, W, C]``."""
@@ -246,7 +259,7 @@ class WorldModel(nn.Module):
         if obs.ndim < 3 + lead or tuple(obs.shape[-3:]) != self.obs_shape:
             dims = ", ".join(["B", "T"][:lead] + [str(d) for d in self.obs_shape])
             hint = " (channels last; permute to channels first)" if tuple(obs.shape[-3:]) == tuple(
-                self.config.obs_shape) else ""
+                self.jax_model.config.obs_shape) else ""
             raise ShapeError(f"obs: expected shape [{dims}] (channels first), got {list(obs.shape)}{hint}.")
         return obs.movedim(-3, -1)
 
@@ -314,16 +327,25 @@ class WorldModel(nn.Module):
 
     def compute_loss(self, batch: Mapping[str, Any], key=None) -> dict:
         """Loss terms on a ``[B, T, ...]`` batch (``obs, actions, rewards, continues``
-        and optionally ``is_first``), as 0-dim tensors: ``{"loss", "loss/rec", ...}``.
+        and optionally ``is_first``), as 0-dim tensors: ``{"loss", "loss/rec", ...}``, and
+        the original source's names of the terms (:attr:`source_losses`). A batch
+        without ``continues`` (or ``terminals``) has no episode end: continues are ones.
 
         ``compute_loss(batch)["loss"].backward()`` fills the Parameters' ``.grad``.
         """
         if not isinstance(batch, Mapping):
             raise ShapeError(f"batch: expected a dict of [B, T, ...] arrays, got {type(batch).__name__}.")
         batch = dict(batch)
+        if "continues" not in batch and "terminals" not in batch and "rewards" in batch:
+            # The source's batches may leave continues out: no episode ends inside them.
+            batch["continues"] = torch.ones_like(torch.as_tensor(batch["rewards"]), dtype=torch.float32)
         if "obs" in batch:
             batch["obs"] = self._obs_in(batch["obs"], 2)
-        return self._call("compute_loss", batch, key=key)
+        losses = self._call("compute_loss", batch, key=key)
+        for source_name, name in self.source_losses.items():
+            if name in losses:
+                losses.setdefault(source_name, losses[name])
+        return losses
 
     def save_pretrained(self, path: str | os.PathLike, overwrite: bool = False) -> None:
         """Write the model (current Parameters) to directory ``path``; load with :func:`create_world_model`.
@@ -332,6 +354,21 @@ class WorldModel(nn.Module):
         anything else at ``path`` is a CheckpointError unless ``overwrite=True``.
         """
         self.sync_to_jax().save_pretrained(path, overwrite=overwrite)
+
+
+def _tagged(out: Any, latent_type: str) -> Any:
+    """``out`` with the family's ``latent_type`` on every LatentState in it."""
+    if isinstance(out, LatentState):
+        out.latent_type = latent_type
+    elif isinstance(out, Trajectory):
+        out.states.latent_type = latent_type
+    elif isinstance(out, dict):
+        for value in out.values():
+            _tagged(value, latent_type)
+    elif isinstance(out, (list, tuple)):
+        for value in out:
+            _tagged(value, latent_type)
+    return out
 
 
 def _rebuild(meta: tuple, tensors: list, flags: list, training: bool) -> WorldModel:
@@ -398,18 +435,37 @@ def create_world_model(
     """Create a world model as a ``torch.nn.Module``; arguments as :func:`worldloom.create_world_model`.
 
     Args:
-        model: A preset (``"dreamerv3:size12m"``), an alias or a ``save_pretrained`` directory.
-        obs_shape: Observation shape; images channels first, ``(C, H, W)``.
-        action_dim: Action size (number of actions when discrete).
+        model: A preset (``"dreamerv3:size12m"``, also ``"dreamer:size12m"``), an alias or a
+            ``save_pretrained`` directory.
+        obs_shape: Observation shape; images channels first, ``(C, H, W)``. A new model
+            without one gets the original's ``(3, 64, 64)``.
+        action_dim: Action size (number of actions when discrete); by default the original's 6.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device`` or ``"auto"``.
         seed: Seeds the initial params and the model's RNG.
-        **overrides: Config fields, e.g. ``deter=256``, ``action_type="discrete"``.
+        **overrides: Config fields in any of the configs' names, e.g. ``deter=256``,
+            ``deter_dim=256``, ``stoch_discrete=8``, ``action_type="discrete"``.
 
     Raises:
         UnknownModelError, ConfigError, CheckpointError, DeviceError: as worldloom's.
     """
-    handle = worldloom.create_world_model(model, channels_last(obs_shape), action_dim,
-                                          device=_jax_device_name(device), seed=seed, **overrides)
+    from worldloom_torch_compat._names import is_saved_path
+
+    if not isinstance(model, (str, os.PathLike)) or is_saved_path(os.fspath(model)):
+        handle = worldloom.create_world_model(model, channels_last(obs_shape), action_dim,
+                                              device=_jax_device_name(device), seed=seed, **overrides)
+        return wrap(handle)
+    from worldloom.core import registry
+    from worldloom_torch_compat._names import DEFAULT_ACTION_DIM, DEFAULT_OBS_SHAPE, preset_name
+
+    name = preset_name(model)
+    family, preset = registry.resolve(name)
+    config_class = WorldModel.family_classes[family.name].config_class
+    config = config_class.from_size(
+        preset, obs_shape=DEFAULT_OBS_SHAPE if obs_shape is None else obs_shape,
+        action_dim=DEFAULT_ACTION_DIM if action_dim is None else action_dim, **overrides)
+    fields = config.to_jax().to_dict()
+    handle = worldloom.create_world_model(name, fields.pop("obs_shape"), fields.pop("action_dim"),
+                                          device=_jax_device_name(device), seed=seed, **fields)
     return wrap(handle)
 
 

@@ -13,10 +13,14 @@ from typing import Any
 import torch
 
 from worldloom.core import types as jax_types
+from worldloom.core.exceptions import StateError
 
 
 def _map(fn, value):
     return None if value is None else fn(value)
+
+
+_TENSOR_FIELDS = ("deterministic", "stochastic", "posterior_logits", "prior_logits", "codebook_indices")
 
 
 @dataclasses.dataclass
@@ -27,42 +31,97 @@ class LatentState:
         deterministic: ``[..., deter]``: DreamerV3's GRU state; TD-MPC2's
             SimNorm latent ``z`` (its whole, deterministic representation).
         stochastic: ``[..., stoch]``: DreamerV3's flattened one-hot codes;
-            ``None`` for TD-MPC2.
+            ``None`` for TD-MPC2. A state built by hand may also hold codes
+            ``[B, latents, classes]``; :attr:`features` flattens them.
         posterior_logits: DreamerV3's posterior logits ``[..., latents, classes]``, or ``None``.
         prior_logits: DreamerV3's prior logits ``[..., latents, classes]``, or ``None``.
         codebook_indices: Discrete-code indices of VQ models; ``None`` here.
+        latent_type: The original's tag of the latent kind: ``"categorical"``
+            (DreamerV3), ``"simnorm"`` (TD-MPC2), ``"deterministic"`` by default.
 
     Indexing (``states[-1]``), ``len`` and iteration go along the leading axis.
+
+    Raises:
+        StateError: none of ``deterministic``, ``stochastic`` and
+            ``codebook_indices`` is given.
     """
 
-    deterministic: torch.Tensor
+    deterministic: torch.Tensor | None = None
     stochastic: torch.Tensor | None = None
     posterior_logits: torch.Tensor | None = None
     prior_logits: torch.Tensor | None = None
     codebook_indices: torch.Tensor | None = None
+    latent_type: str = "deterministic"
+
+    def __post_init__(self) -> None:
+        if self.deterministic is None and self.stochastic is None and self.codebook_indices is None:
+            raise StateError("LatentState: expected at least one of deterministic, stochastic or "
+                             "codebook_indices, got none.")
+
+    def _tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.deterministic, self.stochastic, self.codebook_indices) if t is not None]
+
+    @property
+    def _stochastic_flat(self) -> torch.Tensor | None:
+        """``stochastic`` with codes ``[..., latents, classes]`` flattened to ``[..., latents * classes]``."""
+        stoch = self.stochastic
+        if stoch is None:
+            return None
+        lead = self.deterministic.ndim - 1 if self.deterministic is not None else 1
+        if stoch.ndim == lead + 2:
+            return stoch.flatten(-2)
+        if stoch.ndim != lead + 1:
+            raise StateError(f"LatentState.stochastic: expected [B, stoch] or [B, latents, classes] codes, "
+                             f"got shape {list(stoch.shape)}.")
+        return stoch
 
     @property
     def features(self) -> torch.Tensor:
-        """Combined features for downstream heads: ``cat([deterministic, stochastic], -1)``."""
-        if self.stochastic is not None:
-            return torch.cat([self.deterministic, self.stochastic.to(self.deterministic.dtype)], dim=-1)
+        """Combined features for downstream heads: ``cat([deterministic, stochastic], -1)``
+        (codes ``[B, latents, classes]`` flattened)."""
+        stoch = self._stochastic_flat
+        if self.deterministic is None:
+            if stoch is None:
+                raise StateError("LatentState.features: expected a deterministic or stochastic part, got only "
+                                 "codebook_indices.")
+            return stoch
+        if stoch is not None:
+            return torch.cat([self.deterministic, stoch.to(self.deterministic.dtype)], dim=-1)
         return self.deterministic
 
     @property
     def batch_shape(self) -> torch.Size:
         """Leading (batch, or batch and time) shape: ``deterministic.shape[:-1]``."""
-        return self.deterministic.shape[:-1]
+        if self.deterministic is not None:
+            return self.deterministic.shape[:-1]
+        return self._tensors()[0].shape[:1]
+
+    @property
+    def batch_size(self) -> int:
+        """Size of the leading axis (the original's name)."""
+        return int(self._tensors()[0].shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        """torch device of the state's tensors."""
+        return self._tensors()[0].device
+
+    @property
+    def feature_dim(self) -> int:
+        """Size of :attr:`features`' last axis."""
+        return int(self.features.shape[-1])
 
     def map(self, fn) -> LatentState:
         """Apply ``fn`` to every tensor field (``None`` fields stay ``None``)."""
-        return LatentState(*(_map(fn, getattr(self, f.name)) for f in dataclasses.fields(self)))
+        return LatentState(*(_map(fn, getattr(self, name)) for name in _TENSOR_FIELDS),
+                           latent_type=self.latent_type)
 
     def __getitem__(self, index) -> LatentState:
         """Index the leading (batch or time) axes of every field, e.g. ``states[:, -1]``."""
         return self.map(lambda x: x[index])
 
     def __len__(self) -> int:
-        return int(self.deterministic.shape[0])
+        return int(self._tensors()[0].shape[0])
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
@@ -74,6 +133,10 @@ class LatentState:
     def detach(self) -> LatentState:
         """A copy cut from the autograd graph."""
         return self.map(torch.Tensor.detach)
+
+    def clone(self) -> LatentState:
+        """A copy with its own memory (``Tensor.clone`` on every field)."""
+        return self.map(torch.Tensor.clone)
 
 
 @dataclasses.dataclass
@@ -127,7 +190,7 @@ class Trajectory:
 def to_jax_types(value: Any) -> Any:
     """Swap torch-side containers for worldloom's, recursively; leaves stay as they are."""
     if isinstance(value, LatentState):
-        return jax_types.LatentState(*(getattr(value, f.name) for f in dataclasses.fields(value)))
+        return jax_types.LatentState(*(getattr(value, name) for name in _TENSOR_FIELDS))
     if isinstance(value, Trajectory):
         return jax_types.Trajectory(to_jax_types(value.states), value.actions, value.rewards, value.continues)
     if isinstance(value, dict):
@@ -140,7 +203,7 @@ def to_jax_types(value: Any) -> Any:
 def from_jax_types(value: Any) -> Any:
     """Swap worldloom's containers for the torch-side ones, recursively; leaves stay as they are."""
     if isinstance(value, jax_types.LatentState):
-        return LatentState(*(getattr(value, f.name) for f in dataclasses.fields(LatentState)))
+        return LatentState(*(getattr(value, name) for name in _TENSOR_FIELDS))
     if isinstance(value, jax_types.Trajectory):
         return Trajectory(from_jax_types(value.states), value.actions, value.rewards, value.continues)
     if isinstance(value, dict):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import json
+import os
+from typing import Any, ClassVar
 
-from worldloom.core.config import ConfigBase, require
+from worldloom.core.config import ConfigBase, renamed, require
 from worldloom.models.base import OptimizerSettings
 from worldloom.training._guard import NONFINITE_MODES
 
@@ -38,6 +40,10 @@ class TrainingConfig(ConfigBase):
         >>> TrainingConfig.reference("dreamerv3").learning_rate
         4e-05
     """
+
+    ORIGINAL_NAMES: ClassVar[tuple] = (
+        renamed("output_dir", "checkpoint_dir", "`checkpoint_dir` (checkpoints are written there)"),
+    )
 
     total_steps: int = 50_000
     """Total number of updates (one batch each)."""
@@ -129,6 +135,48 @@ class TrainingConfig(ConfigBase):
                 f"device must be one of {', '.join(_DEVICE_KINDS)} (optionally ':index'), got {self.device!r}.")
         # The optimiser fields are checked where they are used.
         self.optimizer_settings()
+
+    # ------------------------------------------------------------ the original's helpers
+
+    @property
+    def output_dir(self) -> str | None:
+        """The original's name of :attr:`checkpoint_dir`."""
+        return self.checkpoint_dir
+
+    def with_updates(self, **overrides: Any) -> TrainingConfig:
+        """The original's name of :meth:`replace`."""
+        return self.replace(**overrides)
+
+    def resolve_device(self) -> str:
+        """The kind of device :attr:`device` resolves to: ``"cpu"``, ``"cuda"`` (a GPU) or ``"tpu"``."""
+        from worldloom.core.devices import resolve_device
+
+        platform = resolve_device(self.device).platform
+        return "cuda" if platform == "gpu" else platform
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the config to ``path`` as JSON (read it back with :meth:`load`); written whole or not at all."""
+        from pathlib import Path
+
+        from worldloom.core.files import atomic_write_text
+
+        atomic_write_text(Path(path), self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TrainingConfig:
+        """Read a config written by :meth:`save` (or any JSON dict of its fields).
+
+        Raises:
+            CheckpointError: a missing or unreadable file.
+        """
+        from worldloom.core.errors import CheckpointError
+
+        try:
+            with open(path) as file:
+                data = json.load(file)
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"TrainingConfig.load: cannot read a JSON config at {path}: {err}") from err
+        return cls.from_dict(data)
 
     def optimizer_settings(self) -> OptimizerSettings:
         """The optimiser fields as the models' :class:`OptimizerSettings`."""

@@ -3,6 +3,8 @@
 ``train``/``Trainer`` take the ``torch.nn.Module`` from
 ``worldloom_torch_compat.create_world_model`` and return it with the trained
 weights; ``ReplayBuffer.sample(..., device=...)`` returns torch tensors.
+The original's paths are here too: ``training.config``, ``training.trainer``,
+``training.data`` (with ``TrajectoryDataset``) and ``training.callbacks``.
 
 Example:
     >>> from worldloom_torch_compat import create_world_model
@@ -13,9 +15,12 @@ Example:
     >>> model = train(model, buffer, total_steps=100, device="cpu")
 """
 
-from worldloom.training import TrainingConfig
 from worldloom_torch_compat.training import callbacks, data
 from worldloom_torch_compat.training._buffer import ReplayBuffer
-from worldloom_torch_compat.training._trainer import Trainer, train
+from worldloom_torch_compat.training.callbacks import Callback, CheckpointCallback, LoggingCallback
+from worldloom_torch_compat.training.config import TrainingConfig
+from worldloom_torch_compat.training.data import TrajectoryDataset
+from worldloom_torch_compat.training.trainer import Trainer, train
 
-__all__ = ["ReplayBuffer", "Trainer", "TrainingConfig", "callbacks", "data", "train"]
+__all__ = ["Callback", "CheckpointCallback", "LoggingCallback", "ReplayBuffer", "Trainer", "TrainingConfig",
+           "TrajectoryDataset", "callbacks", "data", "train"]

@@ -128,8 +128,12 @@ class ReplayBuffer:
             actions: ``[T, action_dim]``, or ``[T]``/``[T, 1]`` integer indices.
             rewards: ``[T]``.
             dones: ``[T]`` bool; ``terminated``/``truncated``/``final_obs`` as in
-                :meth:`worldloom.training.ReplayBuffer.add_episode`.
+                :meth:`worldloom.training.ReplayBuffer.add_episode`. Without any of
+                them (the original's ``add_episode(obs, actions, rewards)``) the
+                episode ends at its last step.
         """
+        if dones is None and terminated is None and truncated is None:
+            dones = np.arange(len(_numpy(rewards))) == len(_numpy(rewards)) - 1
         self.jax_buffer.add_episode(self._obs_in(obs), _numpy(actions), _numpy(rewards), dones=_numpy(dones),
                                     terminated=_numpy(terminated), truncated=_numpy(truncated),
                                     final_obs=self._obs_in(final_obs))
@@ -161,6 +165,34 @@ class ReplayBuffer:
         if target is not None and target.type != "cpu":
             out = {key: value.to(target, non_blocking=True) for key, value in out.items()}
         return out
+
+    @classmethod
+    def from_trajectories(cls, trajectories, capacity: int | None = None, *, seed: int = 0) -> ReplayBuffer:
+        """A buffer holding ``trajectories``: dicts with ``obs``, ``actions``, ``rewards`` and optionally
+        ``dones``/``terminated``/``truncated`` (see :meth:`add_episode`), one per episode.
+
+        ``obs_shape`` and ``action_dim`` are read from the first trajectory; ``capacity``
+        defaults to their total length.
+
+        Raises:
+            DataError: no trajectories, or one without ``obs``/``actions``/``rewards``.
+        """
+        from worldloom.core.errors import DataError
+
+        trajectories = list(trajectories)
+        if not trajectories or not all(isinstance(t, dict) and {"obs", "actions", "rewards"} <= set(t)
+                                       for t in trajectories):
+            raise DataError("ReplayBuffer.from_trajectories: expected a non-empty list of dicts with 'obs', "
+                            "'actions' and 'rewards'.")
+        first = trajectories[0]
+        actions = np.asarray(_numpy(first["actions"]))
+        total = sum(len(_numpy(t["rewards"])) for t in trajectories)
+        buffer = cls(capacity or total, tuple(np.shape(_numpy(first["obs"]))[1:]),
+                     int(actions.shape[-1]) if actions.ndim > 1 else int(actions.max()) + 1, seed=seed)
+        keys = ("obs", "actions", "rewards", "dones", "terminated", "truncated", "final_obs")
+        for trajectory in trajectories:
+            buffer.add_episode(**{k: trajectory[k] for k in keys if k in trajectory})
+        return buffer
 
     # ------------------------------------------------------------ files
 

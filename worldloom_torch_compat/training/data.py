@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from worldloom.training import data as jax_data
 from worldloom_torch_compat.model import channels_last
 from worldloom_torch_compat.training._buffer import ReplayBuffer, unwrap_buffer
@@ -29,4 +31,30 @@ def collect_episodes(env, num_episodes: int, policy=None, seed: int = 0, buffer:
     return buffer if buffer is not None else ReplayBuffer.wrap(out)
 
 
-__all__ = ["collect_episodes", "create_random_buffer"]
+class TrajectoryDataset(torch.utils.data.Dataset):
+    """A ``torch.utils.data.Dataset`` of windows sampled from a buffer (the original's ``TrajectoryDataset``).
+
+    Item ``i`` is one window of ``seq_len`` transitions drawn from ``buffer``
+    (a fresh draw on each access): ``obs [T, *obs_shape]``, ``actions [T, A]``,
+    ``rewards [T]``, ``continues [T]``, ... as torch tensors; a ``DataLoader``
+    batches them to ``[B, T, ...]``. ``len`` is ``samples_per_epoch``.
+
+    Example:
+        >>> dataset = TrajectoryDataset(buffer, seq_len=10, samples_per_epoch=100)
+        >>> loader = torch.utils.data.DataLoader(dataset, batch_size=16)
+    """
+
+    def __init__(self, buffer: ReplayBuffer, seq_len: int = 50, samples_per_epoch: int = 10_000):
+        self.buffer = buffer if isinstance(buffer, ReplayBuffer) else ReplayBuffer.wrap(buffer)
+        self.seq_len, self.samples_per_epoch = int(seq_len), int(samples_per_epoch)
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not -self.samples_per_epoch <= index < self.samples_per_epoch:
+            raise IndexError(f"TrajectoryDataset index {index} out of range [0, {self.samples_per_epoch}).")
+        return {key: value[0] for key, value in self.buffer.sample(1, self.seq_len).items()}
+
+
+__all__ = ["ReplayBuffer", "TrajectoryDataset", "collect_episodes", "create_random_buffer"]

@@ -1,17 +1,22 @@
-"""``Trainer`` and ``train`` for torch modules: worldloom's jitted JAX training, weights copied back."""
+"""``Trainer`` and ``train`` for torch modules: worldloom's jitted JAX training, weights copied back.
+
+At the original library's path ``worldloom.training.trainer``.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 import worldloom
 from worldloom.core.errors import ConfigError, DeviceError
 from worldloom.training import Trainer as JaxTrainer
-from worldloom.training import TrainingConfig
 from worldloom.training import train as jax_train
 from worldloom_torch_compat._convert import jax_device, torch_device
 from worldloom_torch_compat.model import WorldModel
-from worldloom_torch_compat.training._buffer import unwrap_buffer
+from worldloom_torch_compat.training._buffer import ReplayBuffer, unwrap_buffer
+from worldloom_torch_compat.training.config import TrainingConfig
 
 
 def _as_module(model: Any) -> WorldModel:
@@ -56,20 +61,81 @@ class Trainer:
         """Add a callback (an instance of :class:`~worldloom.training.callbacks.Callback`)."""
         self.jax_trainer.add_callback(callback)
 
-    def train(self, buffer: Any, resume: bool = False) -> WorldModel:
+    def train(self, buffer: Any, resume: bool = False, num_steps: int | None = None) -> WorldModel:
         """Run ``config.total_steps`` updates on ``buffer`` and return the model, trained in place.
 
         The torch Parameters' current values are the starting point; the
         trained values are copied back into them.
+
+        Args:
+            buffer: The replay buffer (torch face or worldloom's).
+            resume: Resume from the configured checkpoint directory.
+            num_steps: The source's argument: run this many updates instead of
+                ``config.total_steps`` (the config itself is unchanged).
         """
         self.model.sync_to_jax(copy=True)
-        self.jax_trainer.train(unwrap_buffer(buffer), resume=resume)
+        trainer = self.jax_trainer
+        config = trainer.config
+        if num_steps is not None:
+            trainer.config = config.replace(total_steps=int(num_steps))
+        try:
+            trainer.train(unwrap_buffer(buffer), resume=resume)
+        finally:
+            trainer.config = config
         return _after_training(self.model)
+
+    def load_checkpoint(self, path) -> None:
+        """Resume from the checkpoint directory ``path`` (written by :meth:`save_checkpoint` or a
+        ``CheckpointCallback``) when :meth:`train` next runs; the step and optimiser state are restored then."""
+        self.jax_trainer.resume_from = path
+
+    @property
+    def state(self) -> TrainingState | None:
+        """The run's state: ``global_step`` and the JAX train state's fields (None before training)."""
+        return None if self.jax_trainer.state is None else TrainingState(self.jax_trainer)
+
+    def evaluate(self, buffer: Any, num_batches: int = 10) -> dict[str, float]:
+        """Mean losses of the model on ``num_batches`` batches drawn from ``buffer``, as floats.
+
+        Batches have the config's ``batch_size`` and ``sequence_length``; the
+        model runs in eval mode without gradients (its mode is restored).
+        """
+        buffer = buffer if isinstance(buffer, ReplayBuffer) else ReplayBuffer.wrap(buffer)
+        config, module = self.jax_trainer.config, self.model
+        was_training = module.training
+        module.eval()
+        totals: dict[str, float] = {}
+        try:
+            with torch.no_grad():
+                for _ in range(int(num_batches)):
+                    batch = buffer.sample(config.batch_size, config.sequence_length, device=module.device)
+                    for name, value in module.compute_loss(batch).items():
+                        totals[name] = totals.get(name, 0.0) + float(value)
+        finally:
+            module.train(was_training)
+        return {name: total / max(int(num_batches), 1) for name, total in totals.items()}
 
     def __getattr__(self, name: str) -> Any:
         if name == "jax_trainer":
             raise AttributeError(name)
         return getattr(self.jax_trainer, name)
+
+
+class TrainingState:
+    """The source's view of a run: ``global_step`` (updates done); other attributes are the JAX
+    train state's (``trainer.jax_trainer.state``)."""
+
+    def __init__(self, trainer: JaxTrainer):
+        self._trainer = trainer
+
+    @property
+    def global_step(self) -> int:
+        return int(self._trainer.step)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_trainer":
+            raise AttributeError(name)
+        return getattr(self._trainer.state, name)
 
 
 def train(model: Any, buffer: Any, total_steps: int = 50_000, batch_size: int = 16, sequence_length: int = 50,

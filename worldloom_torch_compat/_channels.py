@@ -12,11 +12,18 @@ class ChannelsFirst:
     channels first. :meth:`to_jax` gives the JAX model's config (channels last).
     """
 
+    @classmethod
+    def jax_class(cls) -> type:
+        """The JAX config class this torch-face class extends."""
+        from worldloom.core.config import ConfigBase
+
+        return next(c for c in cls.__mro__[1:] if issubclass(c, ConfigBase) and not issubclass(c, ChannelsFirst))
+
     def to_jax(self):
         """The same config for the JAX model, ``obs_shape`` channels last."""
         from worldloom_torch_compat.model import channels_last
 
-        base = next(c for c in type(self).__mro__[1:] if not issubclass(c, ChannelsFirst))
+        base = self.jax_class()
         try:
             shape = channels_last(self.obs_shape)
         except ConfigError as err:

@@ -1,0 +1,398 @@
+"""The original WorldLoom's *source* vocabulary on the torch face.
+
+WorldLoom's code (its examples, ``__init__`` exports and tests) uses names its
+docs do not: ``stoch_discrete``, ``num_q_networks``, ``core.config``,
+``TrainingConfig(output_dir=...)``, ``LatentState.batch_size``, ... These tests
+pin each of them as an alias of one documented meaning on
+``worldloom_torch_compat``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import worldloom_torch_compat as face  # noqa: E402
+from worldloom.core.errors import ConfigError, ShapeError  # noqa: E402
+from worldloom_torch_compat.core.config import DreamerV3Config, TDMPC2Config  # noqa: E402
+
+TINY = dict(deter_dim=64, hidden_dim=32, stoch_discrete=4, stoch_classes=4)
+
+
+@pytest.fixture(scope="module")
+def dreamer():
+    """One tiny vector DreamerV3, built with the source's names."""
+    return face.create_world_model("dreamer:size1m", obs_shape=(4,), action_dim=2, device="cpu",
+                                   encoder_type="mlp", decoder_type="mlp", **TINY)
+
+
+@pytest.fixture(scope="module")
+def tdmpc():
+    return face.create_world_model("tdmpc:1m", obs_shape=(5,), action_dim=2, device="cpu", latent_dim=32,
+                                   hidden_dim=32, num_q_networks=2, gamma=0.9)
+
+
+# ---------------------------------------------------------------- module layout
+
+# The names each of the original's seven __init__ files exports (less its private torch
+# building blocks: RSSM, encoders, decoders, heads and Q networks).
+ORIGINAL_EXPORTS = {
+    "": ["create_world_model", "list_models", "get_model_info", "get_config", "MODEL_ALIASES", "MODEL_CATALOG",
+         "LatentState", "Trajectory", "LatentType", "DynamicsType", "WorldModelConfig", "DreamerV3Config",
+         "TDMPC2Config", "WorldModel", "WorldModelRegistry", "AutoWorldModel", "AutoConfig", "LatentSpace",
+         "GaussianLatentSpace", "CategoricalLatentSpace", "SimNormLatentSpace", "DreamerV3WorldModel",
+         "TDMPC2WorldModel"],
+    ".core": ["LatentState", "Trajectory", "LatentType", "DynamicsType", "WorldModelConfig", "DreamerV3Config",
+              "TDMPC2Config", "WorldModel", "WorldModelRegistry", "AutoWorldModel", "AutoConfig", "LatentSpace",
+              "GaussianLatentSpace", "CategoricalLatentSpace", "SimNormLatentSpace", "WorldLoomError",
+              "ConfigurationError", "ShapeMismatchError", "StateError", "ModelNotFoundError", "CheckpointError",
+              "TrainingError", "BufferError"],
+    ".models": ["DreamerV3WorldModel", "TDMPC2WorldModel"],
+    ".models.dreamer": ["DreamerV3WorldModel", "symlog", "symexp"],
+    ".models.tdmpc2": ["TDMPC2WorldModel"],
+    ".training": ["train", "Trainer", "TrainingConfig", "ReplayBuffer", "TrajectoryDataset", "Callback",
+                  "LoggingCallback", "CheckpointCallback"],
+}
+
+ORIGINAL_MODULES = {
+    ".factory": ["create_world_model", "list_models", "get_model_info", "get_config", "MODEL_ALIASES",
+                 "MODEL_CATALOG"],
+    ".core.config": ["DreamerV3Config", "TDMPC2Config", "WorldModelConfig", "LatentType", "DynamicsType"],
+    ".core.registry": ["TYPE_ALIASES", "AutoConfig", "AutoWorldModel", "WorldModelRegistry"],
+    ".core.latent_space": ["LatentSpace", "GaussianLatentSpace", "CategoricalLatentSpace", "SimNormLatentSpace"],
+    ".core.protocol": ["WorldModel"],
+    ".core.trajectory": ["Trajectory"],
+    ".models.dreamer.heads": ["symlog", "symexp"],
+    ".models.dreamer.world_model": ["DreamerV3WorldModel"],
+    ".models.tdmpc2.world_model": ["TDMPC2WorldModel"],
+    ".training.config": ["TrainingConfig"],
+    ".training.trainer": ["Trainer", "train"],
+    ".training.data": ["ReplayBuffer", "TrajectoryDataset", "create_random_buffer"],
+    ".training.callbacks": ["EarlyStoppingCallback", "ProgressCallback", "CheckpointCallback", "LoggingCallback"],
+}
+
+
+@pytest.mark.parametrize("path", sorted({**ORIGINAL_EXPORTS, **ORIGINAL_MODULES}))
+def test_the_originals_names_import_from_its_paths(path):
+    module = importlib.import_module(f"worldloom_torch_compat{path}")
+    names = {**ORIGINAL_EXPORTS, **ORIGINAL_MODULES}[path]
+    missing = [name for name in names if not hasattr(module, name)]
+    assert not missing
+
+
+def test_the_originals_paths_are_the_torch_faces_classes():
+    from worldloom_torch_compat.core.registry import WorldModelRegistry
+    from worldloom_torch_compat.models.dreamer.world_model import DreamerV3WorldModel
+
+    assert DreamerV3WorldModel is face.DreamerV3WorldModel and face.DreamerV3Config is DreamerV3Config
+    assert face.models.tdmpc2.TDMPC2Config is TDMPC2Config
+    assert face.core.StateError is face.core.exceptions.StateError
+    assert WorldModelRegistry.list_models() == {"dreamer": face.DreamerV3WorldModel, "tdmpc2": face.TDMPC2WorldModel}
+    assert WorldModelRegistry._config_registry["tdmpc2"] is TDMPC2Config
+    assert face.core.registry.TYPE_ALIASES == {"dreamerv3": "dreamer", "dreamer": "dreamer", "tdmpc2": "tdmpc2",
+                                                "tdmpc": "tdmpc2"}
+
+
+# ---------------------------------------------------------------- config names
+
+
+def test_source_config_names_set_the_documented_fields():
+    config = DreamerV3Config(stoch_discrete=8, stoch_classes=16, deter_dim=256, hidden_dim=128, cnn_depth=16)
+    assert (config.stoch, config.classes, config.deter, config.hidden, config.depth) == (8, 16, 256, 128, 16)
+    # read back in either vocabulary; the docs' stoch_dim is the flat size
+    assert (config.stoch_discrete, config.stoch_classes, config.stoch_dim) == (8, 16, 128)
+    assert config.deter_dim == 256 and config.hidden_dim == 128 and config.cnn_depth == 16
+    # stoch_dim divides by the classes stoch_classes sets in the same call
+    assert DreamerV3Config(stoch_dim=64, stoch_classes=8).stoch == 8
+
+    tdmpc = TDMPC2Config(obs_shape=(39,), num_q_networks=3, gamma=0.95, hidden_dim=64)
+    assert (tdmpc.num_q, tdmpc.discount, tdmpc.mlp_dim) == (3, 0.95, 64)
+    assert (tdmpc.num_q_networks, tdmpc.gamma, tdmpc.hidden_dim) == (3, 0.95, 64)
+
+
+@pytest.mark.parametrize("fields", [dict(gamma=0.0), dict(gamma=1.5), dict(num_q_networks=1)])
+def test_source_tdmpc2_values_are_checked_like_ours(fields):
+    with pytest.raises(ConfigError):
+        TDMPC2Config(obs_shape=(39,), **fields)
+
+
+def test_encoder_and_decoder_type_must_agree_with_obs_shape():
+    assert DreamerV3Config(obs_shape=(4,), encoder_type="mlp", decoder_type="mlp").encoder_type == "mlp"
+    assert DreamerV3Config(encoder_type="cnn").decoder_type == "cnn"
+    with pytest.raises(ConfigError, match="encoder_type='mlp' has no faithful meaning"):
+        DreamerV3Config(obs_shape=(3, 64, 64), encoder_type="mlp")
+    with pytest.raises(ConfigError):
+        DreamerV3Config(stoch_discrete=0)
+
+
+def test_model_type_and_model_name_follow_the_source():
+    assert DreamerV3Config.from_size("size50m").model_name == "size50m"
+    assert DreamerV3Config.from_size("size12m").model_type == "dreamer"
+    assert TDMPC2Config.from_size("19m").model_name == "19m" and TDMPC2Config().model_type == "tdmpc2"
+    assert DreamerV3Config(deter_dim=256).model_name == "custom"
+    assert face.get_config("dreamer-medium").model_name == "size50m"
+
+
+def test_dreamer_config_defaults_to_a_channels_first_image():
+    assert tuple(DreamerV3Config().obs_shape) == (3, 64, 64)
+    assert tuple(DreamerV3Config.from_size("size12m").obs_shape) == (3, 64, 64)
+    assert tuple(DreamerV3Config().to_jax().obs_shape) == (64, 64, 3)
+
+
+def test_ci_is_the_smallest_reference_preset():
+    assert DreamerV3Config.from_size("ci") == DreamerV3Config.from_size("size1m")
+    assert TDMPC2Config.from_size("tdmpc2:ci", obs_shape=(4,)) == TDMPC2Config.from_size("1m", obs_shape=(4,))
+    assert face.get_config("dreamerv3:ci").deter == face.get_config("dreamerv3:size1m").deter
+
+
+def test_source_registry_names():
+    assert isinstance(face.get_config("dreamer:size12m"), DreamerV3Config)
+    assert isinstance(face.AutoConfig.from_pretrained("TDMPC:5m"), TDMPC2Config)
+    assert face.get_config("DreamerV3:size12m", deter_dim=512).deter == 512
+    info = face.get_model_info("dreamer-large")
+    assert (info["model_id"], info["alias"]) == ("dreamerv3:size200m", "dreamer-large")
+    assert "alias" not in face.get_model_info("dreamerv3:size12m")
+    assert face.MODEL_CATALOG["dreamerv3:size12m"]["default_obs"] == (3, 64, 64)
+    assert face.MODEL_CATALOG["tdmpc2:5m"]["default_obs"] == (24,)
+    with pytest.raises(ValueError, match="Unknown model"):
+        face.get_model_info("unknown-model")
+
+
+def test_docs_list_the_source_names():
+    from pathlib import Path
+
+    from worldloom.core.config import original_names_table
+    from worldloom_torch_compat.training import TrainingConfig
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "pytorch.md").read_text()
+    rows = original_names_table(DreamerV3Config, TDMPC2Config, TrainingConfig).splitlines()
+    for name in ("stoch_discrete", "stoch_classes", "encoder_type", "decoder_type", "num_q_networks", "gamma",
+                 "output_dir"):
+        row = next(r for r in rows if f"| `{name}` |" in r)
+        assert row in text
+
+
+# ---------------------------------------------------------------- LatentState and latent spaces
+
+
+def test_latent_state_source_api():
+    state = face.LatentState(deterministic=torch.randn(4, 8), stochastic=torch.randn(4, 2, 3),
+                             latent_type="categorical")
+    assert state.batch_size == 4 and state.device == torch.device("cpu") and state.latent_type == "categorical"
+    assert state.features.shape == (4, 8 + 6)
+    clone = state.clone()
+    state.deterministic.fill_(0)
+    assert clone.deterministic.abs().sum() > 0 and clone.latent_type == "categorical"
+    assert state[1:3].latent_type == "categorical" and state.detach().batch_size == 4
+    with pytest.raises(face.core.StateError):
+        face.LatentState()
+
+
+def test_model_states_carry_the_families_latent_type(dreamer, tdmpc):
+    with torch.no_grad():
+        assert dreamer.encode(torch.zeros(2, 4)).latent_type == "categorical"
+        assert tdmpc.encode(torch.zeros(2, 5)).latent_type == "simnorm"
+        traj = dreamer.imagine(dreamer.initial_state(2), torch.zeros(3, 2, 2))
+    assert traj.states.latent_type == "categorical"
+
+
+def test_gaussian_latent_space():
+    space = face.GaussianLatentSpace(dim=5)
+    params = torch.randn(3, 10, requires_grad=True)
+    assert space.param_dim == 10
+    torch.testing.assert_close(space.sample(params, deterministic=True), params[:, :5])
+    sample = space.sample(params)
+    assert sample.shape == (3, 5)
+    sample.sum().backward()
+    assert params.grad is not None and params.grad[:, 5:].abs().sum() > 0  # reparameterised through the std
+    kl = space.kl_divergence(torch.randn(3, 10), torch.randn(3, 10))
+    assert kl.shape == (3,) and (kl >= 0).all()
+    same = torch.randn(3, 10)
+    torch.testing.assert_close(space.kl_divergence(same, same), torch.zeros(3), atol=1e-5, rtol=0)
+
+
+def test_categorical_latent_space():
+    space = face.CategoricalLatentSpace(num_categoricals=4, num_classes=3)
+    logits = torch.randn(2, 4, 3, requires_grad=True)
+    sample = space.sample(logits)
+    assert sample.shape == (2, 4, 3)
+    torch.testing.assert_close(sample.detach().sum(-1), torch.ones(2, 4))
+    assert space.sample(logits.detach().reshape(2, 12)).shape == (2, 4, 3)
+    mode = space.sample(logits.detach(), deterministic=True)
+    assert torch.equal(mode.argmax(-1), logits.detach().argmax(-1))
+    (sample * torch.randn(2, 4, 3)).sum().backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0  # straight-through
+    posterior, prior = torch.randn(2, 4, 3), torch.randn(2, 4, 3)
+    kl = space.kl_divergence(posterior, prior)
+    p = posterior.softmax(-1)
+    expected = (p * (p.log() - prior.log_softmax(-1))).sum((-1, -2))
+    torch.testing.assert_close(kl, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(space.kl_divergence(posterior, prior, free_nats=0.5), (expected - 0.5).clamp(min=0),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_sampling_follows_torch_manual_seed():
+    space = face.CategoricalLatentSpace(num_categoricals=8, num_classes=8)
+    logits = torch.zeros(2, 8, 8)
+    torch.manual_seed(3)
+    first = space.sample(logits)
+    torch.manual_seed(3)
+    assert torch.equal(space.sample(logits), first)
+
+
+def test_simnorm_latent_space():
+    space = face.SimNormLatentSpace(dim=16, simnorm_dim=4)
+    params = torch.randn(3, 16, requires_grad=True)
+    out = space.sample(params)
+    torch.testing.assert_close(out.view(3, 4, 4).sum(-1), torch.ones(3, 4))
+    torch.testing.assert_close(out, params.view(3, 4, 4).softmax(-1).view(3, 16))
+    out[:, 0].sum().backward()
+    assert params.grad is not None
+    assert torch.equal(space.kl_divergence(params, params), torch.zeros(3))
+    with pytest.raises(ValueError):
+        face.SimNormLatentSpace(dim=17, simnorm_dim=4)
+
+
+def test_symlog_and_symexp():
+    from worldloom_torch_compat.models.dreamer.heads import symexp, symlog
+
+    x = torch.linspace(-20, 20, 41)
+    torch.testing.assert_close(symexp(symlog(x)), x, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(symlog(x), torch.sign(x) * torch.log1p(x.abs()))
+    big = torch.tensor([100.0, -1000.0, 88.0], requires_grad=True)
+    out = symexp(big)
+    assert torch.isfinite(out).all() and out[0] > 0 > out[1]
+    assert out[0] > 3.3e38 and out[1] < -3.3e38  # saturated near float32's largest value
+    out.sum().backward()
+    assert torch.isfinite(big.grad).all()
+
+
+# ---------------------------------------------------------------- models
+
+
+@pytest.mark.slow(reason="builds a 64x64 image model with the original's default shapes")
+def test_create_world_model_defaults_to_the_originals_shapes():
+    model = face.create_world_model("dreamerv3:ci", device="cpu")
+    assert model.obs_shape == (3, 64, 64) and model.action_dim == 6
+    assert model.preset == "size1m"
+
+
+def test_model_config_reads_the_source_names(dreamer, tdmpc):
+    config = dreamer.config
+    assert (config.model_type, config.deter_dim, config.stoch_discrete, config.stoch_classes) == ("dreamer", 64, 4, 4)
+    assert config.encoder_type == "mlp" and tuple(config.obs_shape) == (4,)
+    assert config.to_dict() == dreamer.jax_model.config.to_dict()  # the JAX model's config, read both ways
+    assert tdmpc.config.model_type == "tdmpc2" and tdmpc.config.num_q_networks == 2 and tdmpc.config.gamma == 0.9
+
+
+@pytest.mark.slow(reason="compiles the loss of both families (test_trainer_source_api's evaluate reuses it)")
+def test_compute_loss_has_the_sources_loss_names(dreamer, tdmpc):
+    gen = torch.Generator().manual_seed(0)
+    batch = {"obs": torch.randn(2, 4, 4, generator=gen), "actions": torch.rand(2, 4, 2, generator=gen),
+             "rewards": torch.randn(2, 4, generator=gen), "continues": torch.ones(2, 4)}
+    with torch.no_grad():
+        losses = dreamer.compute_loss(batch)
+        for source, ours in (("kl", "kl_loss"), ("reconstruction", "reconstruction_loss"),
+                             ("reward", "reward_loss"), ("continue", "continue_loss")):
+            assert torch.equal(losses[source], losses[ours])
+        tdmpc_batch = dict(batch, obs=torch.randn(2, 4, 5, generator=gen))
+        losses = tdmpc.compute_loss(tdmpc_batch)
+        del tdmpc_batch["continues"]  # the source's TD-MPC2 batches: no continues, no episode end
+        torch.testing.assert_close(tdmpc.compute_loss(tdmpc_batch)["loss"], losses["loss"])
+    assert torch.equal(losses["td"], losses["loss/value"]) and torch.equal(losses["consistency"],
+                                                                            losses["loss/consistency"])
+
+
+# ---------------------------------------------------------------- training
+
+
+def test_training_config_source_api(tmp_path):
+    from worldloom_torch_compat.training import TrainingConfig
+
+    config = TrainingConfig(total_steps=1000, output_dir=str(tmp_path))
+    assert config.output_dir == config.checkpoint_dir == str(tmp_path)
+    updated = config.with_updates(total_steps=2000, batch_size=64)
+    assert (updated.total_steps, updated.batch_size, config.total_steps) == (2000, 64, 1000)
+    config.save(tmp_path / "c.json")
+    assert TrainingConfig.load(tmp_path / "c.json") == config
+    assert json.loads((tmp_path / "c.json").read_text())["checkpoint_dir"] == str(tmp_path)
+    assert TrainingConfig(device="cpu").resolve_device() == "cpu"
+    assert TrainingConfig(device="auto").resolve_device() in ("cpu", "cuda")
+    assert TrainingConfig().total_steps == 50_000  # the documented default
+    from worldloom.training import TrainingConfig as JaxTrainingConfig
+
+    assert TrainingConfig is JaxTrainingConfig  # one class on both faces
+    with pytest.raises(ConfigError):
+        TrainingConfig(output_dir="a", checkpoint_dir="b")
+
+
+def test_add_episode_without_dones_ends_at_the_last_step():
+    from worldloom_torch_compat.training import ReplayBuffer
+
+    buffer = ReplayBuffer(capacity=100, obs_shape=(2,), action_dim=1)
+    buffer.add_episode(np.zeros((10, 2), np.float32), np.zeros((10, 1), np.float32), np.zeros(10, np.float32))
+    assert len(buffer) == 10 and buffer.num_episodes == 1
+    batch = buffer.sample(2, 10)  # the whole episode
+    assert batch["continues"][:, :-1].eq(1).all() and batch["continues"][:, -1].eq(0).all()
+    assert batch["terminals"][:, -1].all()
+
+
+def test_from_trajectories_and_trajectory_dataset():
+    from worldloom_torch_compat.training import ReplayBuffer, TrajectoryDataset
+
+    rng = np.random.default_rng(0)
+    episodes = [{"obs": rng.normal(size=(20, 3)).astype(np.float32),
+                 "actions": rng.normal(size=(20, 2)).astype(np.float32),
+                 "rewards": rng.normal(size=20).astype(np.float32)} for _ in range(3)]
+    buffer = ReplayBuffer.from_trajectories(episodes)
+    assert (len(buffer), buffer.obs_shape, buffer.action_dim, buffer.num_episodes) == (60, (3,), 2, 3)
+    dataset = TrajectoryDataset(buffer, seq_len=5, samples_per_epoch=7)
+    assert isinstance(dataset, torch.utils.data.Dataset) and len(dataset) == 7
+    item = dataset[0]
+    assert item["obs"].shape == (5, 3) and item["actions"].shape == (5, 2) and item["rewards"].shape == (5,)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4)
+    assert next(iter(loader))["obs"].shape == (4, 5, 3)
+    with pytest.raises(IndexError):
+        dataset[7]
+
+
+def test_callback_source_arguments(tmp_path):
+    from worldloom_torch_compat.training import CheckpointCallback, LoggingCallback
+    from worldloom_torch_compat.training.callbacks import EarlyStoppingCallback, ProgressCallback
+
+    callback = CheckpointCallback(save_interval=100, output_dir=tmp_path, max_checkpoints=3)
+    assert (callback.save_every, callback.keep_last, str(callback.save_dir)) == (100, 3, str(tmp_path))
+    assert (callback.save_interval, callback.max_checkpoints, callback.output_dir) == (100, 3, callback.save_dir)
+    with pytest.raises(ConfigError):
+        CheckpointCallback(save_dir=tmp_path, output_dir=tmp_path)
+    assert ProgressCallback(desc="Training").desc == "Training"
+    assert LoggingCallback(log_interval=10).log_interval == 10
+    assert EarlyStoppingCallback(patience=1000, min_delta=1e-4).patience == 1000
+
+
+@pytest.mark.slow(reason="compiles a training step (the train() call after it reuses the compiled program)")
+def test_trainer_source_api(dreamer, tmp_path):
+    from worldloom_torch_compat.training import Trainer, TrainingConfig, train
+    from worldloom_torch_compat.training.data import create_random_buffer
+
+    buffer = create_random_buffer(1000, (4,), 2, num_episodes=10, episode_length=30, seed=0)
+    # batch and window as in test_compute_loss_has_the_sources_loss_names: evaluate reuses that program
+    config = TrainingConfig(total_steps=4, batch_size=2, sequence_length=4, device="cpu", steps_per_dispatch=2)
+    trainer = Trainer(dreamer, config.with_updates(output_dir=str(tmp_path / "run")))
+    assert trainer.state is None
+    assert trainer.train(buffer, num_steps=2) is dreamer
+    assert trainer.state.global_step == 2 and trainer.config.total_steps == 4
+    metrics = trainer.evaluate(buffer, num_batches=2)
+    assert isinstance(metrics["loss"], float) and math.isfinite(metrics["loss"]) and dreamer.training
+    assert train(dreamer, buffer, total_steps=2, batch_size=2, sequence_length=4, device="cpu", steps_per_dispatch=2,
+                 output_dir=str(tmp_path / "fn"), callbacks=[]) is dreamer
+
+
+def test_state_error_is_a_shape_error():
+    assert issubclass(face.core.StateError, ShapeError)

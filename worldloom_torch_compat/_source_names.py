@@ -1,0 +1,127 @@
+"""The original's source names for config fields: the rows its code uses beyond its docs.
+
+WorldLoom's source (its examples, tests and ``__init__`` files) names config
+fields in a second vocabulary: ``stoch_discrete``, ``stoch_classes``,
+``encoder_type``, ``decoder_type`` (DreamerV3), ``num_q_networks`` and
+``gamma`` (TD-MPC2). The torch-face config classes add these rows to the JAX
+configs' :data:`ORIGINAL_NAMES` tables (one mechanism, one meaning per name)
+and :class:`SourceNames` lets code read them back, with ``model_type`` and
+``model_name``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from worldloom.core.config import OriginalName, renamed
+from worldloom.core.errors import ConfigError
+from worldloom_torch_compat._names import source_size
+
+
+def _coder_type(name: str) -> OriginalName:
+    """``encoder_type``/``decoder_type``: which network reads or writes observations; here obs_shape decides."""
+
+    def convert(value, values):
+        expected = "cnn" if len(tuple(values["obs_shape"])) == 3 else "mlp"
+        if str(value).lower() != expected:
+            raise ConfigError(f"DreamerV3Config: {name}={value!r} has no faithful meaning for obs_shape="
+                              f"{tuple(values['obs_shape'])}: the {name.split('_')[0]} follows obs_shape, a CNN for "
+                              f"an image (C, H, W) and an MLP for a vector; expected {expected!r} or no {name}.")
+        return {}
+
+    return OriginalName(name, (), "`cnn` for image `obs_shape`, `mlp` for vectors (obs_shape decides)", convert)
+
+
+# Before the docs' rows: stoch_dim reads the classes that stoch_classes sets.
+DREAMER_SOURCE_NAMES = (
+    renamed("stoch_classes", "classes", "`classes` (classes per latent)"),
+    renamed("stoch_discrete", "stoch", "`stoch` (number of categorical latents)"),
+    _coder_type("encoder_type"),
+    _coder_type("decoder_type"),
+)
+
+TDMPC2_SOURCE_NAMES = (
+    renamed("num_q_networks", "num_q", "`num_q` (size of the Q ensemble)"),
+    renamed("gamma", "discount", "`discount` (a fixed discount in (0, 1])"),
+)
+
+
+def _image_or_vector(config) -> str:
+    return "cnn" if len(tuple(config.obs_shape)) == 3 else "mlp"
+
+
+DREAMER_READS: dict[str, Callable[[Any], Any]] = {
+    "deter_dim": lambda c: c.deter,
+    "stoch_discrete": lambda c: c.stoch,
+    "stoch_classes": lambda c: c.classes,
+    "num_categories": lambda c: c.classes,
+    "stoch_dim": lambda c: c.stoch * c.classes,
+    "hidden_dim": lambda c: c.hidden,
+    "cnn_depth": lambda c: c.depth,
+    "kl_free": lambda c: c.free_nats,
+    "kl_balance": lambda c: c.loss_scale_dyn / (c.loss_scale_dyn + c.loss_scale_rep),
+    "encoder_type": _image_or_vector,
+    "decoder_type": _image_or_vector,
+}
+
+TDMPC2_READS: dict[str, Callable[[Any], Any]] = {
+    "hidden_dim": lambda c: c.mlp_dim,
+    "num_q_networks": lambda c: c.num_q,
+}
+
+
+class SourceNames:
+    """Mixin: the original's names readable on a config (``config.deter_dim``, ``config.model_type``).
+
+    ``model_type`` is the original's type name (``"dreamer"``, ``"tdmpc2"``);
+    ``model_name`` is the preset whose every value the config holds, else ``"custom"``.
+    """
+
+    SOURCE_MODEL_TYPE: ClassVar[str] = ""
+    SOURCE_READS: ClassVar[dict[str, Callable[[Any], Any]]] = {}
+
+    @classmethod
+    def from_size(cls, size: str, **fields: Any):
+        """As :meth:`ConfigBase.from_size`; the source's size ``ci`` is the family's smallest preset."""
+        family, sep, name = str(size).rpartition(":")
+        return super().from_size(f"{family}{sep}{source_size(cls.MODEL_TYPES[0], name)}", **fields)
+
+    @property
+    def model_type(self) -> str:
+        return self.SOURCE_MODEL_TYPE
+
+    @property
+    def model_name(self) -> str:
+        for name, values in self.PRESETS.items():
+            if all(getattr(self, key) == value for key, value in values.items()):
+                return name
+        return "custom"
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not fields or attributes.
+        read = type(self).SOURCE_READS.get(name)
+        if read is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return read(self)
+
+
+_VIEWS: dict[type, type] = {}
+
+
+def source_view(config) -> Any:
+    """``config`` (a JAX config) as the same values in a class that also reads the original's names."""
+    from worldloom_torch_compat.core.config import DreamerV3Config, TDMPC2Config
+
+    for torch_cls in (DreamerV3Config, TDMPC2Config):
+        jax_cls = torch_cls.jax_class()
+        if type(config) is jax_cls:
+            view = _VIEWS.get(jax_cls)
+            if view is None:
+                view = type(jax_cls.__name__, (SourceNames, jax_cls), {
+                    "__module__": jax_cls.__module__, "__doc__": jax_cls.__doc__,
+                    "SOURCE_MODEL_TYPE": torch_cls.SOURCE_MODEL_TYPE, "SOURCE_READS": torch_cls.SOURCE_READS,
+                    "ORIGINAL_NAMES": torch_cls.ORIGINAL_NAMES})
+                _VIEWS[jax_cls] = view
+            return view(**config.to_dict())
+    return config
