@@ -75,6 +75,7 @@ def test_scanned_observe_equals_python_loop(rng):
     np.testing.assert_allclose(post.deterministic[0, 2], first[0], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow(reason="the full loss gradient compiled twice per dtype")
 @pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("bfloat16", 3e-2)])
 def test_loss_gradients_equal_those_of_the_plain_posterior_scan(monkeypatch, rng, dtype, tolerance):
     """The posterior scan's weight gradients, summed after the loop, equal the plain scan's sums in the loop.
@@ -196,6 +197,7 @@ def test_eval_mode_is_deterministic(rng):
     np.testing.assert_array_equal(a.states.features, b.states.features)
 
 
+@pytest.mark.slow
 def test_gru_core_is_the_reference_block_gru():
     """The group-major core equals the reference's formula: x broadcast to every block, concat, two block
     linears, gates split per block as (reset, cand, update)."""

@@ -282,6 +282,7 @@ def _scans(jaxpr):
                     yield from _scans(getattr(sub, "jaxpr", sub))
 
 
+@pytest.mark.slow
 def test_scan_hoisted_equals_the_plain_scan_and_sums_weight_gradients_after_the_loop():
     keys = jax.random.split(jax.random.PRNGKey(0), 5)
     steps, rows = 7, 3

@@ -151,6 +151,7 @@ def test_q_ensemble_is_stacked_and_members_differ(model):
     assert not np.allclose(train_logits[0], train_logits[1])
 
 
+@pytest.mark.slow(reason="two full TD-MPC2 losses and their gradients compiled")
 def test_two_q_heads_alone_give_the_ensembles_values_and_gradients():
     """``q_two`` evaluates only the two heads it picks; values and gradients are those of every head's.
 
@@ -193,6 +194,7 @@ def test_two_q_heads_alone_give_the_ensembles_values_and_gradients():
 # ---------------------------------------------------------------- rollouts
 
 
+@pytest.mark.slow
 def test_latent_rollout_scan_matches_python_loop(model):
     fns, params = model.functions, model.params
     rng = np.random.default_rng(1)
