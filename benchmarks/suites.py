@@ -6,8 +6,12 @@
 
 Each task runs ``run_agent`` once per seed with the reference's environment
 settings (``worldloom.envs``). The table gives, for DMC, the evaluation return
-at each step count the run passed where DreamerV3's published curve has a
-value (100k, 500k, 1M) and at the end; for Atari, the final score, its
+at each frame count the run passed where DreamerV3's published curve has a
+value (100k, 200k, 500k, 1M frames) and at the end. The published DMC curves
+count frames (agent steps x action repeat; repeat 2 in the published runs), so
+a run's agent steps are converted with its own repeat (``env_options``, else
+its reference's, ``worldloom.envs.DMC_REFERENCE``) before they are compared.
+For Atari the table gives the final score, its
 human-normalised score ``(score - random) / (human - random)`` and DreamerV3's
 Atari 100k score and its normalised score (``benchmarks/reference_scores.py``
 says where the published numbers come from). ``--results`` replaces the
@@ -49,7 +53,8 @@ def run_task(task: str, algo: str, seed: int, args, overrides: dict) -> dict:
         fields["train_ratio"] = args.train_ratio
     started = time.time()
     result = run_agent(AgentRunConfig(**fields), progress=not args.no_progress, **overrides)
-    return {"task": task, "algo": algo, "seed": seed, "eval": result["eval"], "wall_s": time.time() - started}
+    return {"task": task, "algo": algo, "seed": seed, "eval": result["eval"], "wall_s": time.time() - started,
+            "repeat": None}
 
 
 def read_run(run_dir: Path) -> dict:
@@ -60,7 +65,8 @@ def read_run(run_dir: Path) -> dict:
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
         summary = json.loads((run_dir / "summary.json").read_text())
         return {"task": config["env"], "algo": config["algo"], "seed": config["seed"],
-                "eval": [tuple(point) for point in summary["eval"]], "wall_s": summary["wall_time"]}
+                "eval": [tuple(point) for point in summary["eval"]], "wall_s": summary["wall_time"],
+                "repeat": (config.get("env_options") or {}).get("repeat")}
     except (OSError, ValueError, TypeError, KeyError, yaml.YAMLError) as err:
         raise SystemExit(f"{run_dir}: expected a finished `worldloom agent` run (config.yaml and summary.json), "
                          f"got {type(err).__name__}: {err}") from None
@@ -77,6 +83,13 @@ def _at(curve, step):
     return passed[-1] if passed else None
 
 
+def frames_per_step(run: dict) -> int:
+    """Physics steps (frames) per agent step of a DMC run: its own action repeat, else its reference's."""
+    from worldloom.envs import DMC_REFERENCE
+
+    return run.get("repeat") or DMC_REFERENCE[run["algo"]].repeat
+
+
 def _fmt(value, digits=1):
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -90,16 +103,20 @@ def table(runs: list[dict]) -> str:
     dmc = [(key, group) for key, group in by_task.items() if key[0].startswith("dmc:")]
     atari = [(key, group) for key, group in by_task.items() if key[0].startswith("atari:")]
     if dmc:
-        lines += ["| task | agent | seeds | env steps | return | DreamerV3 (published) |", "|---|---|---|---|---|---|"]
+        lines += ["| task | agent | seeds | agent steps | frames | return | DreamerV3 (published, same frames) |",
+                  "|---|---|---|---|---|---|---|"]
         for (task, algo), group in dmc:
             name = task.split(":")[1]
             published = (DMC_VISION if task.endswith(":pixels") else DMC_PROPRIO).get(name, {})
-            last = max(at for run in group for at, _ in run["eval"]) if any(r["eval"] for r in group) else 0
-            steps = sorted({s for s in published if s <= last} | {last})
-            for step in steps:
-                ours = _mean([_at(run["eval"], step) for run in group])
-                lines.append(f"| {task} | {algo} | {len(group)} | {step:,} | {_fmt(ours)} | "
-                             f"{_fmt(published.get(step))} |")
+            # Each run's curve by frames, the published curves' axis.
+            curves = [[(at * frames_per_step(run), ret) for at, ret in run["eval"]] for run in group]
+            repeats = {frames_per_step(run) for run in group}
+            last = max((at for curve in curves for at, _ in curve), default=0)
+            for frames in sorted({f for f in published if f <= last} | {last}):
+                ours = _mean([_at(curve, frames) for curve in curves])
+                steps = f"{frames // min(repeats):,}" if len(repeats) == 1 else "-"
+                lines.append(f"| {task} | {algo} | {len(group)} | {steps} | {frames:,} | {_fmt(ours)} | "
+                             f"{_fmt(published.get(frames))} |")
     if atari:
         if lines:
             lines.append("")

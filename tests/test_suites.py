@@ -184,8 +184,9 @@ def test_the_suite_table_scores_in_the_papers_format(tmp_path):
              "eval": [(50_000, 300.0 + seed), (100_000, 700.0 + 10 * seed), (120_000, 800.0)]} for seed in (0, 1)]
     runs.append({"task": "atari:pong", "algo": "dreamerv3", "seed": 0, "eval": [(100_000, -3.0)]})
     text = table(runs)
-    assert "| dmc:cartpole-balance:pixels | dreamerv3 | 2 | 100,000 | 705.0 | 947.8 |" in text
-    assert "| dmc:cartpole-balance:pixels | dreamerv3 | 2 | 120,000 | 800.0 | - |" in text
+    # DreamerV3's DMC runs repeat each action once (its reference's setting): agent steps are frames.
+    assert "| dmc:cartpole-balance:pixels | dreamerv3 | 2 | 100,000 | 100,000 | 705.0 | 947.8 |" in text
+    assert "| dmc:cartpole-balance:pixels | dreamerv3 | 2 | 120,000 | 120,000 | 800.0 | - |" in text
     random, human, paper = ATARI["pong"]
     assert (f"| pong | dreamerv3 | 1 | 100,000 | -3.0 | {random} | {human} | {(-3.0 - random) / (human - random):.3f} "
             f"| {paper} |") in text
@@ -207,12 +208,14 @@ def test_the_suite_table_from_finished_agent_runs(tmp_path):
     run = tmp_path / "pixels"
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump({"env": "dmc:cartpole-balance:pixels", "algo": "dreamerv3",
-                                                     "seed": 3}))
+                                                     "seed": 3, "env_options": {"repeat": 2}}))
     (run / "summary.json").write_text(json.dumps({"eval": [[50_000, 500.0], [100_000, 720.5]], "wall_time": 7200.0}))
     results = tmp_path / "results.md"
     assert main(["--runs", str(run), "--results", str(results)]) == 0
     text = results.read_text()
-    assert "| dmc:cartpole-balance:pixels | dreamerv3 | 1 | 100,000 | 720.5 | 947.8 |" in text
+    # At action repeat 2 an agent step is two frames, the published curve's unit: 50k steps meet its 100k frames.
+    assert "| dmc:cartpole-balance:pixels | dreamerv3 | 1 | 50,000 | 100,000 | 500.0 | 947.8 |" in text
+    assert "| dmc:cartpole-balance:pixels | dreamerv3 | 1 | 100,000 | 200,000 | 720.5 | 976.6 |" in text
     assert "2.00 h of wall time on this machine (the runs added up)" in text
     with pytest.raises(SystemExit, match="expected a finished `worldloom agent` run"):
         main(["--runs", str(tmp_path / "missing")])
