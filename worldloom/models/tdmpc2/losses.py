@@ -29,9 +29,16 @@ Masks (transition ``t`` of a chunk):
   transition (whose target is just the reward);
 - the policy trains on every live latent ``z_0 .. z_H``.
 
-Per-step losses are averaged over valid entries, weighted by ``rho**t`` and
-summed over steps divided by ``horizon``, exactly the reference's reduction
-when nothing is masked.
+Reductions (each step's loss first averaged over its valid entries; with
+nothing masked these are the reference's, ``TDMPC2._update`` and
+``TDMPC2.update_pi`` in nicklashansen/tdmpc2 ``tdmpc2/tdmpc2.py``):
+
+- consistency and reward: weighted ``rho**t``, summed over the ``H`` steps,
+  divided by ``horizon``;
+- value: likewise, each step's cross-entropy averaged over the Q heads (the
+  reference sums the heads and divides by ``horizon * num_q``);
+- termination: an unweighted mean over all live steps;
+- policy: ``mean_t(rho**t * loss_t)`` over the ``H + 1`` latents.
 """
 
 from __future__ import annotations
