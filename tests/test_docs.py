@@ -2,7 +2,7 @@
 
 The pages run in one process, in this order, so a program that several pages
 compile (the DreamerV3 `size1m` vector model's initialiser, its training
-program at B=8, T=16 in README.md, docs/performance.md and docs/pytorch.md)
+program at B=8, T=16 in README.md, docs/distributed.md and docs/pytorch.md)
 compiles once. The pages' examples run at the smallest settings that still
 execute every line.
 """
@@ -21,7 +21,7 @@ SLOW = {
     "README.md": "compiles a DreamerV3 model's methods and its training program",
     "agents.md": "compiles a DreamerAgent's initialiser and policy step, and makes DMC and Atari environments",
     "dreamerv3.md": "compiles a DreamerV3 model's initialiser and methods",
-    "performance.md": "trains a DreamerV3 model (its program is README.md's, cached in a full run)",
+    "distributed.md": "trains a DreamerV3 model (its program is README.md's, cached in a full run)",
     "pytorch.md": "compiles the torch face's gradient programs and a second (image) model",
     "tdmpc2.md": "compiles a TD-MPC2 model, its update and its MPPI planner",
     "training.md": "compiles and runs a DreamerV3 training program, with a checkpoint and a resumed run",
