@@ -169,7 +169,11 @@ def test_protocol_page(workdir, family, face):
         assert parts == pytest.approx(scalar(losses["loss"]), rel=1e-5)
     else:
         assert "reward_loss" in losses
-    assert len(trajectory.states) == 4 and trajectory.states[-1].features.shape[0] == 3
+    # worldloom's trajectories hold the H imagined states; the torch face's, as the original's, the start too
+    assert len(trajectory.states) == (4 if face == "worldloom" else 5)
+    assert trajectory.states[-1].features.shape[0] == 3 and trajectory.rewards.shape == (4, 3)
+    if face != "worldloom":
+        assert bool((trajectory.states[0].deterministic == state.deterministic).all())  # the page's start
     assert isinstance(namespace["model"], package.WorldModel)  # the saved-and-loaded model of the last block
     assert (workdir / "my_model" / "config.json").is_file()
 
@@ -257,7 +261,8 @@ def test_config_page(workdir, face):
     assert model.num_parameters() > 0 and model.config.deter == 4096
     if face == "worldloom_torch_compat":
         assert isinstance(model, dreamer.DreamerV3WorldModel) and tuple(config.obs_shape) == (3, 64, 64)
-        assert tuple(model.config.obs_shape) == (64, 64, 3)  # the JAX model's, channels last
+        assert tuple(model.config.obs_shape) == (3, 64, 64)  # channels first, as the config it was built from
+        assert tuple(model.jax_model.config.obs_shape) == (64, 64, 3)  # the JAX model's, channels last
         assert model.obs_shape == (3, 64, 64)
 
 

@@ -198,7 +198,8 @@ def test_user_errors_raise_worldloom_types(model):
 def test_image_observations_are_channels_first():
     model = create_world_model("dreamerv3:size1m", obs_shape=(3, 16, 16), action_dim=2, device="cpu",
                                cnn_mults=(2,), depth=4, **TINY)
-    assert model.obs_shape == (3, 16, 16) and model.config.obs_shape == (16, 16, 3)
+    assert model.obs_shape == model.config.obs_shape == (3, 16, 16)  # channels first, as the original's
+    assert model.config.to_jax() == model.jax_model.config and model.jax_model.config.obs_shape == (16, 16, 3)
     obs = torch.randint(0, 255, (2, 3, 16, 16), dtype=torch.uint8)
     with torch.no_grad():
         state = model.encode(obs)
@@ -257,10 +258,10 @@ def test_action_gradient_of_imagine(model):
     w_deter, w_logits = torch.randn(2, 64, generator=gen), torch.randn(2, 4, 4, generator=gen)
 
     def smooth_output(acts):
-        # The first imagined step's deter and prior logits are smooth in the first
-        # action (later steps pass through the straight-through one-hot sample).
+        # The first imagined step's deter and prior logits (states[1]; states[0] is the start)
+        # are smooth in the first action (later steps pass through the straight-through sample).
         traj = model.imagine(state, acts)
-        return (traj.states.deterministic[0] * w_deter).sum() + (traj.states.prior_logits[0] * w_logits).sum()
+        return (traj.states.deterministic[1] * w_deter).sum() + (traj.states.prior_logits[1] * w_logits).sum()
 
     smooth_output(actions).backward()
     direction = torch.randn(actions.shape, generator=gen)
@@ -421,7 +422,8 @@ def test_tdmpc2_through_the_same_facade():
     assert actions.grad.shape == (4, 3, 2)
     assert any(p.grad is not None and torch.any(p.grad != 0) for p in model.parameters())
     with torch.no_grad():
-        assert model.predict_q(state, torch.zeros(3, 2)).shape == (3,)  # a family method, forwarded
+        assert model.predict_q(state, torch.zeros(3, 2)).shape == (model.config.num_q, 3)  # the ensemble
+        assert model.predict_reward(state, torch.zeros(3, 2)).shape == (3,)  # a family method, forwarded
     with pytest.raises(AttributeError):
         model.no_such_method  # noqa: B018
 

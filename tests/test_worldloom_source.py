@@ -40,7 +40,7 @@ def tdmpc():
 
 # ---------------------------------------------------------------- module layout
 
-# The names each of the original's seven __init__ files exports (less its private torch
+# The names each of the original's six __init__ files exports (less its private torch
 # building blocks: RSSM, encoders, decoders, heads and Q networks).
 ORIGINAL_EXPORTS = {
     "": ["create_world_model", "list_models", "get_model_info", "get_config", "MODEL_ALIASES", "MODEL_CATALOG",
@@ -200,6 +200,8 @@ def test_model_states_carry_the_families_latent_type(dreamer, tdmpc):
         assert tdmpc.encode(torch.zeros(2, 5)).latent_type == "simnorm"
         traj = dreamer.imagine(dreamer.initial_state(2), torch.zeros(3, 2, 2))
     assert traj.states.latent_type == "categorical"
+    # The zero start state has no prior logits, so the stacked trajectory has none either.
+    assert len(traj) == 4 and traj.states.prior_logits is None and not traj.states.deterministic[0].any()
 
 
 def test_gaussian_latent_space():
@@ -289,6 +291,72 @@ def test_model_config_reads_the_source_names(dreamer, tdmpc):
     assert config.encoder_type == "mlp" and tuple(config.obs_shape) == (4,)
     assert config.to_dict() == dreamer.jax_model.config.to_dict()  # the JAX model's config, read both ways
     assert tdmpc.config.model_type == "tdmpc2" and tdmpc.config.num_q_networks == 2 and tdmpc.config.gamma == 0.9
+
+
+def test_model_config_is_the_torch_faces_class_channels_first(dreamer):
+    from worldloom.models import dreamerv3
+    from worldloom_torch_compat._source_names import torch_config
+
+    assert isinstance(dreamer.config, DreamerV3Config) and dreamer.config.to_jax() == dreamer.jax_model.config
+    jax_config = dreamerv3.DreamerV3Config(obs_shape=(32, 16, 3), action_dim=2)
+    config = torch_config(jax_config)  # what model.config gives for an image model
+    assert isinstance(config, DreamerV3Config) and tuple(config.obs_shape) == (3, 32, 16)
+    assert config.to_jax() == jax_config and config.model_type == "dreamer"
+
+
+@pytest.mark.slow(reason="compiles imagine and predict of both families")
+def test_imagined_trajectory_starts_with_the_start_state(dreamer, tdmpc):
+    gen = torch.Generator().manual_seed(0)
+    for model, obs_dim in ((dreamer, 4), (tdmpc, 5)):
+        actions = torch.rand(3, 2, 2, generator=gen) * 2 - 1
+        with torch.no_grad():
+            start = model.encode(torch.randn(2, obs_dim, generator=gen))
+            traj = model.imagine(start, actions)
+            first = model.predict(start, actions[0])
+        assert len(traj) == len(traj.states) == 4 and traj.horizon == 3 and traj.batch_size == 2
+        assert traj.rewards.shape == traj.continues.shape == (3, 2) and traj.values is None
+        assert torch.equal(traj.states[0].deterministic, start.deterministic)
+        # The first action's outcome is states[1]; its deterministic part does not depend on sampling.
+        torch.testing.assert_close(traj.states[1].deterministic, first.deterministic, rtol=1e-5, atol=1e-5)
+        assert traj.to_features_tensor().shape == (4, 2, start.feature_dim)
+        assert torch.equal(traj.to_features_tensor()[0], start.features)
+        alive = torch.cumprod(torch.cat([torch.ones(1, 2), traj.continues[:-1]]), 0)
+        expected = (0.9 ** torch.arange(3.0)[:, None] * alive * traj.rewards).sum(0)
+        torch.testing.assert_close(traj.discounted_return(0.9), expected, rtol=1e-5, atol=1e-6)
+        assert len(traj.detach().states) == 4 and traj.to("cpu").horizon == 3
+    with torch.no_grad():
+        start = dreamer.encode(torch.randn(2, 4, generator=gen))
+        odd = face.LatentState(start.deterministic, start.stochastic, prior_logits=torch.zeros(2, 3))
+        with pytest.raises(ShapeError, match=r"initial_state.prior_logits: expected shape \[2, 4, 4\]"):
+            dreamer.imagine(odd, actions)
+
+
+@pytest.mark.slow(reason="compiles decode, predict_q at three reductions and the policy's acting program")
+def test_predict_q_and_decode_give_the_q_ensemble(tdmpc):
+    import copy
+
+    gen = torch.Generator().manual_seed(1)
+    obs, action = torch.randn(3, 5, generator=gen), torch.rand(3, 2, generator=gen) * 2 - 1
+    tdmpc = copy.deepcopy(tdmpc)  # its own Parameters, still a TDMPC2WorldModel
+    assert isinstance(tdmpc, face.TDMPC2WorldModel)
+    with torch.no_grad():
+        for name, param in tdmpc.named_parameters():  # Q heads start at zero: make the members differ
+            if name.startswith("Qs."):
+                param.add_(torch.randn(param.shape, generator=gen) * 0.3)
+        state = tdmpc.encode(obs)
+        q = tdmpc.predict_q(state, action)
+        q_mean, q_min = tdmpc.predict_q(state, action, reduce="mean"), tdmpc.predict_q(state, action, reduce="min")
+        decoded, given = tdmpc.decode(state), tdmpc.decode(state, action)
+        policy_action = tdmpc.act(obs, use_policy=True, eval_mode=True)
+    assert q.shape == (2, 3) and not torch.allclose(q[0], q[1])  # [num_q, B], one row per member
+    torch.testing.assert_close(q_mean, q.mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(q_min, q.min(0).values)
+    assert "obs" not in decoded and decoded["q_values"].shape == (2, 3, 1) and decoded["reward"].shape == (3, 1)
+    # By default the heads score the policy prior's mean action, which decode returns.
+    torch.testing.assert_close(decoded["action"], policy_action, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(decoded["q"], decoded["q_values"].mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(given["q_values"][..., 0], q)
+    assert torch.equal(given["action"], action)
 
 
 @pytest.mark.slow(reason="compiles the loss of both families (test_trainer_source_api's evaluate reuses it)")

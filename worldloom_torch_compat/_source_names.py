@@ -6,7 +6,8 @@ fields in a second vocabulary: ``stoch_discrete``, ``stoch_classes``,
 ``gamma`` (TD-MPC2). The torch-face config classes add these rows to the JAX
 configs' :data:`ORIGINAL_NAMES` tables (one mechanism, one meaning per name)
 and :class:`SourceNames` lets code read them back, with ``model_type`` and
-``model_name``.
+``model_name``; :func:`torch_config` gives a JAX model's config as the torch
+face's class (what ``model.config`` returns).
 """
 
 from __future__ import annotations
@@ -106,22 +107,20 @@ class SourceNames:
         return read(self)
 
 
-_VIEWS: dict[type, type] = {}
+def torch_config(config) -> Any:
+    """``config`` (a JAX model's config) as the torch face's config class: the same values, image
+    ``obs_shape`` channels first, the original's names readable (``config.deter_dim``, ``config.model_type``).
 
-
-def source_view(config) -> Any:
-    """``config`` (a JAX config) as the same values in a class that also reads the original's names."""
+    A config of another family, or an image shape that the torch face would not take channels first
+    (``(H, W, C)`` whose ``(C, H, W)`` looks channels last), is returned unchanged.
+    """
     from worldloom_torch_compat.core.config import DreamerV3Config, TDMPC2Config
+    from worldloom_torch_compat.model import channels_first
 
     for torch_cls in (DreamerV3Config, TDMPC2Config):
-        jax_cls = torch_cls.jax_class()
-        if type(config) is jax_cls:
-            view = _VIEWS.get(jax_cls)
-            if view is None:
-                view = type(jax_cls.__name__, (SourceNames, jax_cls), {
-                    "__module__": jax_cls.__module__, "__doc__": jax_cls.__doc__,
-                    "SOURCE_MODEL_TYPE": torch_cls.SOURCE_MODEL_TYPE, "SOURCE_READS": torch_cls.SOURCE_READS,
-                    "ORIGINAL_NAMES": torch_cls.ORIGINAL_NAMES})
-                _VIEWS[jax_cls] = view
-            return view(**config.to_dict())
+        if type(config) is torch_cls.jax_class():
+            try:
+                return torch_cls(**{**config.to_dict(), "obs_shape": channels_first(config.obs_shape)})
+            except ConfigError:
+                return config
     return config

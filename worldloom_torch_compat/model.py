@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import jax
@@ -31,11 +31,11 @@ from torch import nn
 import worldloom
 from worldloom.core.config import ConfigBase
 from worldloom.core.devices import resolve_device
-from worldloom.core.errors import ConfigError, ShapeError
+from worldloom.core.errors import ConfigError, DeviceError, ShapeError
 from worldloom_torch_compat import _params
 from worldloom_torch_compat._autograd import call_jax
 from worldloom_torch_compat._convert import jax_device, torch_device
-from worldloom_torch_compat.types import LatentState, Trajectory, from_jax_types, to_jax_types
+from worldloom_torch_compat.types import LatentState, Trajectory, from_jax_types, to_jax_types, with_start_state
 
 
 class WorldModel(nn.Module):
@@ -103,14 +103,17 @@ class WorldModel(nn.Module):
 
     @property
     def config(self):
-        """The JAX model's frozen config (``obs_shape`` there is channels last), which also reads the
-        original's names (``config.deter_dim``, ``config.model_type``, ``config.model_name``)."""
-        from worldloom_torch_compat._source_names import source_view
+        """The model's frozen config as the torch face's class (``DreamerV3Config``, ``TDMPC2Config``
+        of ``worldloom_torch_compat``): the JAX model's values with an image ``obs_shape`` channels
+        first, as the original's, reading the original's names too (``config.deter_dim``,
+        ``config.model_type``, ``config.model_name``). ``config.to_jax()`` is the JAX model's config
+        (``jax_model.config``, channels last)."""
+        from worldloom_torch_compat._source_names import torch_config
 
         config = self.jax_model.config
         cached = self.__dict__.get("_config_view")
         if cached is None or cached[0] is not config:
-            cached = (config, source_view(config))
+            cached = (config, torch_config(config))
             self.__dict__["_config_view"] = cached
         return cached[1]
 
@@ -170,7 +173,11 @@ class WorldModel(nn.Module):
         # A dtype change (.half(), .double(), .to(torch.float64)) is refused: the JAX
         # computation keeps float32 params, so converted Parameters would only pretend.
         before = {name: param.dtype for name, param in self.named_parameters()}
-        out = super()._apply(fn, recurse)
+        try:
+            out = super()._apply(fn, recurse)
+        except (AssertionError, RuntimeError) as err:  # e.g. .to("cuda") on a torch without CUDA
+            raise DeviceError(f"{type(self).__name__}: could not move the Parameters ({err}); expected a device "
+                              f"this torch can use (CUDA available: {torch.cuda.is_available()}).") from err
         if "_paths" in self.__dict__:
             changed = {name: param.dtype for name, param in self.named_parameters() if param.dtype != before[name]}
             if changed:
@@ -233,17 +240,21 @@ class WorldModel(nn.Module):
     # torch.compile: dynamo does not trace into JAX, which compiles the work itself;
     # the edge runs eagerly inside a compiled caller (a graph break).
     @torch.compiler.disable
-    def _call(self, method: str, *args, **kwargs) -> Any:
-        """Run ``jax_model.<method>(*args, **kwargs)`` on torch inputs, differentiably."""
+    def _call(self, method: str | Callable[..., Any], *args, **kwargs) -> Any:
+        """Run ``jax_model.<method>(*args, **kwargs)`` on torch inputs, differentiably.
+
+        ``method`` may also be a function of the handle, run as ``method(jax_model, *args, **kwargs)``.
+        """
         handle = self.sync_to_jax()
         params = jax.tree_util.tree_unflatten(self._treedef, _params.tensors(self, self._paths))
+        function = functools.partial(method, handle) if callable(method) else getattr(handle, method)
 
         def run(traced_params, call_args, call_kwargs):
             if traced_params is None:
-                return getattr(handle, method)(*call_args, **call_kwargs)
+                return function(*call_args, **call_kwargs)
             pushed, handle.params = handle.params, traced_params
             try:
-                return getattr(handle, method)(*call_args, **call_kwargs)
+                return function(*call_args, **call_kwargs)
             finally:
                 handle.params = pushed
 
@@ -320,10 +331,11 @@ class WorldModel(nn.Module):
         """Roll the prior forward under ``actions`` ``[H, B, A]`` from ``initial_state`` ``[B, ...]``.
 
         Returns:
-            :class:`Trajectory` with states ``[H, B, ...]``, rewards ``[H, B]``
-            (real units) and continue probabilities ``[H, B]``.
+            :class:`Trajectory` with states ``[H + 1, B, ...]`` (``initial_state``
+            first, then the state after each action, as the original's), rewards
+            ``[H, B]`` (real units) and continue probabilities ``[H, B]``.
         """
-        return self._call("imagine", initial_state, actions, **kwargs)
+        return self._call(_imagine_from_start, initial_state, actions, **kwargs)
 
     def compute_loss(self, batch: Mapping[str, Any], key=None) -> dict:
         """Loss terms on a ``[B, T, ...]`` batch (``obs, actions, rewards, continues``
@@ -356,6 +368,11 @@ class WorldModel(nn.Module):
         self.sync_to_jax().save_pretrained(path, overwrite=overwrite)
 
 
+def _imagine_from_start(handle: worldloom.WorldModel, initial_state, actions, **kwargs):
+    """``handle.imagine`` with ``initial_state`` put before the imagined states (``H + 1`` states)."""
+    return with_start_state(initial_state, handle.imagine(initial_state, actions, **kwargs))
+
+
 def _tagged(out: Any, latent_type: str) -> Any:
     """``out`` with the family's ``latent_type`` on every LatentState in it."""
     if isinstance(out, LatentState):
@@ -383,7 +400,7 @@ def _rebuild(meta: tuple, tensors: list, flags: list, training: bool) -> WorldMo
     params = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shapes),
                                           [jax.numpy.array(to_jax(t), copy=True) for t in tensors])
     handle = family.build(config, params=params, seed=seed, device=jax_device(torch.device(device)), preset=preset)
-    module = WorldModel(handle).train(training)
+    module = wrap(handle).train(training)  # the family class (DreamerV3WorldModel, ...)
     for tensor, flag in zip(_params.tensors(module, module._paths), flags):
         tensor.requires_grad_(flag)
     return module

@@ -2,17 +2,21 @@
 
 Same field names and shape conventions as :mod:`worldloom.core.types`, with
 torch tensors as fields: a single state is ``[B, ...]``, an observed sequence
-``[B, T, ...]`` and an imagined trajectory ``[H, B, ...]`` (time first).
+``[B, T, ...]``. An imagined trajectory is time first and, as the original
+library's, holds the start state too: states ``[H + 1, B, ...]``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
+import jax.numpy as jnp
 import torch
 
 from worldloom.core import types as jax_types
+from worldloom.core.errors import ShapeError
 from worldloom.core.exceptions import StateError
 
 
@@ -141,29 +145,53 @@ class LatentState:
 
 @dataclasses.dataclass
 class Trajectory:
-    """An imagined rollout, time first, as torch tensors.
+    """An imagined rollout, time first, as torch tensors (the original library's ``Trajectory``).
+
+    As in the original, ``states`` holds the start state and then the state
+    reached after each action: ``H + 1`` states for ``H`` actions, so
+    ``states[h + 1]`` is the outcome of ``actions[h]`` and ``states[1:]`` are the
+    imagined ones. (worldloom's JAX :class:`worldloom.Trajectory` keeps the ``H``
+    imagined states only.)
 
     Attributes:
-        states: Latent states ``[H, B, ...]`` reached after each action.
+        states: Latent states ``[H + 1, B, ...]``, the start state first. A
+            field the start state lacks (the prior logits of
+            ``initial_state()``) is ``None`` for the whole trajectory.
         actions: The actions taken ``[H, B, action_dim]``.
         rewards: Predicted reward of each action, real units, ``[H, B]``.
         continues: Predicted probability that the episode goes on after each
             action, ``[H, B]``.
+        values: Optional values of the states ``[H + 1, B]`` (the original's
+            field; ``imagine`` leaves it ``None``).
     """
 
     states: LatentState
     actions: torch.Tensor
     rewards: torch.Tensor
     continues: torch.Tensor
+    values: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        """Number of states, ``H + 1`` (the original's ``len(trajectory)``)."""
+        return len(self.states)
 
     @property
     def features(self) -> torch.Tensor:
-        """Features of the imagined states, ``[H, B, feature_dim]``."""
+        """Features of all states, the start state first, ``[H + 1, B, feature_dim]``."""
         return self.states.features
+
+    def to_features_tensor(self) -> torch.Tensor:
+        """The original's name of :attr:`features`: ``[H + 1, B, feature_dim]``."""
+        return self.features
 
     @property
     def horizon(self) -> int:
-        return int(self.rewards.shape[0])
+        """Number of actions ``H``."""
+        return int(self.actions.shape[0])
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.rewards.shape[1])
 
     def discounted_return(self, discount: float) -> torch.Tensor:
         """Sum of discounted predicted rewards, weighted by continues, ``[B]``.
@@ -176,23 +204,49 @@ class Trajectory:
         return call_jax(lambda traj: traj.discounted_return(discount), to_jax_types(self),
                         device=self.rewards.device)
 
+    def _map(self, fn) -> Trajectory:
+        return Trajectory(self.states.map(fn), *(_map(fn, getattr(self, n))
+                                                 for n in ("actions", "rewards", "continues", "values")))
+
     def to(self, *args, **kwargs) -> Trajectory:
         """``Tensor.to`` on every field."""
-        return Trajectory(self.states.to(*args, **kwargs), *(getattr(self, n).to(*args, **kwargs)
-                                                             for n in ("actions", "rewards", "continues")))
+        return self._map(lambda x: x.to(*args, **kwargs))
 
     def detach(self) -> Trajectory:
         """A copy cut from the autograd graph."""
-        return Trajectory(self.states.detach(), self.actions.detach(), self.rewards.detach(),
-                          self.continues.detach())
+        return self._map(torch.Tensor.detach)
+
+
+def with_start_state(start: jax_types.LatentState, trajectory: jax_types.Trajectory) -> jax_types.Trajectory:
+    """``trajectory`` (JAX, ``H`` imagined states) with ``start`` put before its states: ``H + 1`` states.
+
+    Fields that both hold are concatenated along time (the start state's
+    reshaped to the imagined states' layout); a field either lacks is ``None``.
+
+    Raises:
+        ShapeError: a field of ``start`` whose size differs from an imagined state's.
+    """
+
+    def stacked(name: str):
+        first, rest = getattr(start, name), getattr(trajectory.states, name)
+        if first is None or rest is None:
+            return None
+        if math.prod(jnp.shape(first)) != math.prod(rest.shape[1:]):
+            raise ShapeError(f"initial_state.{name}: expected shape {list(rest.shape[1:])} (that of the imagined "
+                             f"states), got {list(jnp.shape(first))}.")
+        first = jnp.reshape(jnp.asarray(first, rest.dtype), (1, *rest.shape[1:]))
+        return jnp.concatenate([first, rest], axis=0)
+
+    states = jax_types.LatentState(*(stacked(name) for name in _TENSOR_FIELDS))
+    return jax_types.Trajectory(states, trajectory.actions, trajectory.rewards, trajectory.continues)
 
 
 def to_jax_types(value: Any) -> Any:
     """Swap torch-side containers for worldloom's, recursively; leaves stay as they are."""
     if isinstance(value, LatentState):
         return jax_types.LatentState(*(getattr(value, name) for name in _TENSOR_FIELDS))
-    if isinstance(value, Trajectory):
-        return jax_types.Trajectory(to_jax_types(value.states), value.actions, value.rewards, value.continues)
+    if isinstance(value, Trajectory):  # worldloom's trajectories hold the imagined states only
+        return jax_types.Trajectory(to_jax_types(value.states[1:]), value.actions, value.rewards, value.continues)
     if isinstance(value, dict):
         return {k: to_jax_types(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):

@@ -14,7 +14,7 @@ from worldloom.core.errors import ConfigError, DeviceError
 from worldloom.training import Trainer as JaxTrainer
 from worldloom.training import train as jax_train
 from worldloom_torch_compat._convert import jax_device, torch_device
-from worldloom_torch_compat.model import WorldModel
+from worldloom_torch_compat.model import WorldModel, wrap
 from worldloom_torch_compat.training._buffer import ReplayBuffer, unwrap_buffer
 from worldloom_torch_compat.training.config import TrainingConfig
 
@@ -23,7 +23,7 @@ def _as_module(model: Any) -> WorldModel:
     if isinstance(model, WorldModel):
         return model
     if isinstance(model, worldloom.WorldModel):
-        return WorldModel(model)
+        return wrap(model)  # as its family class
     raise ConfigError(f"model must be a WorldModel from create_world_model, got {type(model).__name__}.")
 
 
