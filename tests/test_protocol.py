@@ -34,7 +34,7 @@ def assert_states_close(a: LatentState, b: LatentState) -> None:
             np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-5, err_msg=name)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="one observe step per time step, each a call of the compiled step")
 def test_one_step_observe_loop_equals_the_sequence_posterior(model):
     obs, actions = sequence()
     states = model.observe_sequence(obs, actions)
@@ -49,7 +49,7 @@ def test_one_step_observe_loop_equals_the_sequence_posterior(model):
         assert state.stochastic is None and state.features is state.deterministic
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="compiles the sequence posterior from a given state")
 def test_sequence_posterior_from_a_state_continues_the_unbroken_sequence(model):
     obs, actions = sequence(1)
     whole = model.observe_sequence(obs, actions)
@@ -58,7 +58,7 @@ def test_sequence_posterior_from_a_state_continues_the_unbroken_sequence(model):
     assert_states_close(rest, whole[:, 3:])
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="compiles the prior step and a two-step imagination")
 def test_predict_is_one_imagination_step(model):
     obs, actions = sequence(2)
     state = model.encode(obs[:, 0])
@@ -102,7 +102,7 @@ def test_wrong_kinds_of_argument_raise_shape_errors(model, call, message):
         call(model, state, obs, actions)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="imports torch, compiles a DreamerV3 image model and steps its torch face one step at a time")
 def test_torch_face_one_step_observe_and_channels_first_images():
     torch = pytest.importorskip("torch")
     import worldloom_torch_compat as face
@@ -133,13 +133,40 @@ def _filled(shape, dtype, fill):
         return np.full(shape, fill).astype(dtype)
 
 
+# Values that mean nothing to a model: indices out of range (5, -1), 0..255 pixels in a float, actions far
+# outside the bounds (1e6), NaN and inf; and the ordinary ones, so valid inputs are drawn too.
+ODD_VALUES = [0.0, 1.0, 0.5, -1.0, 5.0, -3.5, 255.0, 1e6, 1e30, np.nan, np.inf, -np.inf]
+ODD_DTYPES = [np.float32, np.float64, np.int32, np.int64, np.uint8, np.uint16, np.bool_]
+
+
 def odd_arrays():
     """Arrays of odd shapes, dtypes and values, and things that are not arrays at all."""
     shapes = st.lists(st.integers(0, 5), min_size=0, max_size=4).map(tuple)
-    dtypes = st.sampled_from([np.float32, np.float64, np.int32, np.uint8, np.bool_])
-    arrays = st.builds(_filled, shapes, dtypes, st.sampled_from([0.0, 1.0, -3.5, np.nan, np.inf, 1e30]))
+    dtypes = st.sampled_from(ODD_DTYPES)
+    arrays = st.builds(_filled, shapes, dtypes, st.sampled_from(ODD_VALUES))
     others = st.sampled_from([None, "x", 3, 2.5, True, [1, "a"], {"obs": 1}, object()])
     return st.one_of(arrays, others)
+
+
+def _with_odd_value(shape, dtype, base, odd, where):
+    values = np.full(shape, base, np.float64)
+    if values.size:
+        values.flat[where % values.size] = odd
+    with np.errstate(invalid="ignore", over="ignore"):
+        return values.astype(dtype)
+
+
+def shaped_arrays(shape):
+    """Arrays of the shape a call expects, with drawn dtypes and values (one odd value among ordinary ones),
+    so the value checks, not the shape checks, are what answers."""
+    odd = [value for value in ODD_VALUES if value != 1e30]  # finite, but beyond what a network's norms can square
+    return st.builds(_with_odd_value, st.just(shape), st.sampled_from(ODD_DTYPES), st.sampled_from(ODD_VALUES[:4]),
+                     st.sampled_from(odd), st.integers(0, 1000))
+
+
+def finite(out) -> bool:
+    """Whether an array or tensor output holds only finite values."""
+    return bool(np.isfinite(np.asarray(out, np.float64)).all())
 
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, database=None,
@@ -185,3 +212,87 @@ def test_create_world_model_raises_only_worldloom_errors(name, obs_shape, action
         create_world_model(name, obs_shape=obs_shape, action_dim=action_dim, **overrides)
     except WorldloomError:
         pass
+
+
+# ---------------------------------------------------------------- odd values in well-shaped arrays
+
+
+@pytest.fixture(scope="module", params=list(TINY))
+def edge_models(request):
+    """A discrete image model of each family, and its torch face (both share one set of programs)."""
+    pytest.importorskip("torch")
+    from worldloom_torch_compat.model import wrap
+
+    shape = (16, 16, 3) if request.param.startswith("dreamerv3") else (64, 64, 3)  # TD-MPC2 encodes 64x64 frames
+    extra = {"num_channels": 4} if request.param.startswith("tdmpc2") else {}
+    handle = create_world_model(request.param, obs_shape=shape, action_dim=ACT, action_type="discrete",
+                                **TINY[request.param], **extra).eval()
+    return handle, wrap(handle)
+
+
+def _calls(model, obs, actions, indices, to):
+    """Each protocol call on one face with drawn inputs; ``to`` converts arrays for that face."""
+    state = model.encode(to(np.zeros((B, *obs.shape[1:]), np.uint8)))
+    loss_obs = np.stack([obs, obs], 1)
+    batch = {"obs": to(loss_obs), "actions": to(np.stack([indices, indices], 1)),
+             "rewards": to(np.zeros((B, 2), np.float32)), "continues": to(np.ones((B, 2), np.float32))}
+    return [lambda: model.encode(to(obs)).features, lambda: model.observe(state, to(actions), to(obs)).features,
+            lambda: model.observe(state, to(indices), to(obs)).features,
+            lambda: model.imagine(state, to(actions[None])).rewards,
+            lambda: model.imagine(state, to(indices[None])).rewards, lambda: model.compute_loss(batch)["loss"]]
+
+
+@pytest.mark.slow(reason="compiles a discrete image model of each family (TD-MPC2 at 64x64) and runs both faces")
+@settings(max_examples=25, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data(), dtype=st.sampled_from(ODD_DTYPES), actions=shaped_arrays((B, ACT)),
+       indices=shaped_arrays((B,)))
+def test_odd_values_get_worldloom_errors_or_finite_results_on_both_faces(edge_models, data, dtype, actions, indices):
+    import torch
+
+    handle, torch_model = edge_models
+    shape = (B, *handle.config.obs_shape)
+    pixels = data.draw(st.sampled_from(["uint8 range", "unit floats", "odd"]))
+    rng = np.random.default_rng(0)
+    if pixels == "odd":
+        obs = data.draw(shaped_arrays(shape))
+    else:
+        obs = rng.integers(0, 256, shape) if pixels == "uint8 range" else rng.uniform(0, 1, shape)
+        obs = obs.astype(dtype)
+    faces = [(handle, lambda x: x),
+             (torch_model, lambda x: torch.from_numpy(np.ascontiguousarray(
+                 np.moveaxis(x, -1, -3) if x.ndim >= 4 and x.shape[-1] == 3 else x)))]
+    with torch.no_grad():
+        for model, to in faces:
+            for call in _calls(model, obs, actions, indices, to):
+                try:
+                    out = call()
+                except WorldloomError:
+                    continue
+                assert finite(out)  # accepted input: no silent NaN
+
+
+@pytest.fixture(scope="module")
+def acting_agents():
+    from worldloom.agents import DreamerAgent, TDMPC2Agent
+
+    dreamer = create_world_model("dreamerv3:size1m", obs_shape=(OBS,), action_dim=ACT, action_type="discrete",
+                                 **TINY["dreamerv3:size1m"])
+    planner = create_world_model("tdmpc2:1m", obs_shape=(OBS,), action_dim=ACT, num_samples=16, num_elites=4,
+                                 num_pi_trajs=2, iterations=1, **TINY["tdmpc2:1m"])
+    return DreamerAgent(dreamer), TDMPC2Agent(planner)
+
+
+@pytest.mark.slow(reason="compiles a Dreamer policy step and an MPPI plan for each observation dtype drawn")
+@settings(max_examples=20, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(obs=shaped_arrays((B, OBS)), first=st.booleans())
+def test_agents_act_raise_worldloom_errors_or_finite_actions(acting_agents, obs, first):
+    for agent in acting_agents:
+        agent.reset(B)
+        try:
+            actions = agent.act(obs, np.full(B, first))
+        except WorldloomError:
+            assert not np.isfinite(obs.astype(np.float64)).all()  # vector observations: refused only when not finite
+            continue
+        assert np.isfinite(actions).all() and actions.shape == (B, ACT)

@@ -113,12 +113,16 @@ def to_jax(tensor: Any, device: jax.Device | None = None) -> jax.Array:
         and on a device JAX sees.
 
     Raises:
-        DataError: an int64 tensor that does not fit int32 while x64 is off.
+        DataError: an int64 tensor that does not fit int32 while x64 is off; a
+            tensor on the ``meta`` device (it has no values).
     """
     if not isinstance(tensor, torch.Tensor):
         out = as_array(tensor)
         return out if device is None else jax.device_put(out, device)
     source = tensor.detach()
+    if source.device.type == "meta":
+        raise DataError(f"A tensor on the 'meta' device holds no values (shape {list(source.shape)}, "
+                        f"{source.dtype}); expected a tensor on the CPU or a CUDA device.")
     if source.is_conj():
         source = source.resolve_conj()
     if source.is_neg():

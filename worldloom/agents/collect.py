@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from worldloom.agents.replay import StreamReplay
+from worldloom.core.errors import DataError
 
 EpisodeHook = Callable[[float, int], None]
 
@@ -34,6 +35,23 @@ def env_action(action: np.ndarray, env, discrete: bool):
     low, high = space.low, space.high
     scaled = low + (np.clip(action, -1, 1) + 1.0) * 0.5 * (high - low)
     return scaled.reshape(space.shape).astype(space.dtype)
+
+
+def act_on(agent, obs: np.ndarray, first: np.ndarray, envs, episode_steps) -> np.ndarray:
+    """``agent.act(obs, first)``; an observation it refuses is named by environment id, index and episode step."""
+    try:
+        return agent.act(obs, first)
+    except DataError as err:
+        rows = getattr(err, "environments", None)
+        if not rows:
+            raise
+        try:
+            specs = list(envs.get_attr("spec"))
+        except Exception:  # noqa: BLE001 - the id only words the message
+            specs = [None] * len(obs)
+        named = ", ".join(f"{getattr(specs[i], 'id', None) or 'environment'} #{i} at step {int(episode_steps[i])} "
+                          "of its episode" for i in rows[:8])
+        raise DataError(f"{named}: {err}") from err
 
 
 def env_actions(actions: np.ndarray, envs, discrete: bool) -> np.ndarray:
@@ -114,7 +132,7 @@ class StreamCollector:
 
     def step(self, agent, random_actions: np.ndarray | None = None) -> int:
         """Act on the current observations, store the rows, advance the environments; env steps taken."""
-        actions = agent.act(self.obs, self.first)
+        actions = act_on(agent, self.obs, self.first, self.envs, self.lengths)
         if random_actions is not None:
             actions = random_actions
             agent.record_actions(actions)
@@ -195,7 +213,8 @@ class EpisodeCollector:
         agent.reset(count)
 
     def step(self, agent, random_actions: np.ndarray | None = None) -> int:
-        actions = agent.act(self.obs, self.first) if random_actions is None else random_actions
+        actions = (act_on(agent, self.obs, self.first, self.envs, [len(r["rewards"]) for r in self.records])
+                   if random_actions is None else random_actions)
         obs, rewards, terminateds, truncateds, info = self.envs.step(env_actions(actions, self.envs, self.discrete))
         for i in range(self.envs.num_envs):
             reward, terminated, truncated = float(rewards[i]), bool(terminateds[i]), bool(truncateds[i])

@@ -14,6 +14,7 @@ from worldloom.agents.dreamer_losses import DreamerAgentConfig, behaviour_loss
 from worldloom.agents.dreamer_networks import Actor, Critic, policy_sample
 from worldloom.agents.normalizers import ema_update, percentile_normalizer
 from worldloom.core.errors import CheckpointError, ConfigError, ShapeError
+from worldloom.core.validation import check_environment_observations
 from worldloom.models.base import OptimizerSettings, UpdateFunctions, owned_state
 from worldloom.models.checkpoint import restore_pytree, save_pytree
 from worldloom.models.dreamerv3.model import DreamerV3WorldModel
@@ -205,11 +206,15 @@ class DreamerAgent:
 
         Continuous actions are clipped to [-1, 1]. ``is_first`` marks the first
         observation of an episode. Call :meth:`reset` before the first step.
+        Observations are checked as the world model checks them
+        (:mod:`worldloom.core.validation`); a NaN/inf one is a DataError naming its environment.
         """
-        obs = jnp.asarray(obs)
+        obs = obs if isinstance(obs, jax.Array) else np.asarray(obs)
         shape = tuple(self.world_model.config.obs_shape)
         if obs.shape[1:] != shape:
             raise ShapeError(f"obs: expected shape [N, {', '.join(map(str, shape))}], got {list(obs.shape)}.")
+        obs = check_environment_observations(obs, image=self.world_model.config.is_image,
+                                             device_checks=self.world_model.check_device_inputs)
         if self._carry is None or self._carry[1].shape[0] != obs.shape[0]:
             self.reset(obs.shape[0])
         if key is None:

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from worldloom.core.errors import DataError, ShapeError
+from worldloom.core.errors import ShapeError
 
 
 def as_array(x: Any, dtype=None) -> jax.Array:
@@ -37,8 +37,8 @@ def check_trailing_shape(name: str, x, expected: Sequence[int], min_lead: int = 
 
 
 def check_finite(name: str, x) -> None:
-    """Raise DataError if a float array holds NaN or inf (host-side check)."""
-    arr = np.asarray(x)
-    if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
-        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        raise DataError(f"{name} contains {bad} NaN or inf values; expected finite numbers.")
+    """Raise DataError if a float array holds NaN or inf (host-side check; the rule of
+    :func:`worldloom.core.validation.check_finite`)."""
+    from worldloom.core.validation import check_finite as finite
+
+    finite(name, np.asarray(x))

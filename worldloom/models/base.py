@@ -16,10 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from worldloom.core import validation
 from worldloom.core.arrays import as_array
 from worldloom.core.config import ConfigBase, require
 from worldloom.core.devices import device_name, resolve_device
-from worldloom.core.errors import ConfigError, ShapeError
+from worldloom.core.errors import ConfigError, DataError, ShapeError
 from worldloom.core.types import LatentState
 from worldloom.nn.functional import example_keys
 
@@ -151,6 +152,10 @@ class WorldModel:
 
     family: ClassVar[str] = ""
     config_cls: ClassVar[type] = ConfigBase
+    check_device_inputs: bool = True
+    """Read the values of inputs already on an accelerator to check them (one host sync per call).
+    Host inputs (NumPy, lists, CPU arrays) are always checked; set this to False on a handle to skip
+    the sync where inputs are known to be valid (see :mod:`worldloom.core.validation`)."""
 
     def __init__(self, config: ConfigBase, params: Params | None = None, *, seed: int = 0, device=None,
                  preset: str | None = None):
@@ -223,17 +228,58 @@ class WorldModel:
         self._key, key = jax.random.split(self._key)
         return key
 
-    def _put(self, x, dtype=None, name: str = "input") -> jax.Array:
-        """``x`` as a JAX array on the model's device; ShapeError for a state, None or a non-array."""
+    def _array(self, x, name: str = "input"):
+        """``x`` as an array where it already is: a JAX array (or tracer) as it is, a DLPack tensor as a
+        JAX array (no copy), anything else as a NumPy array on the host, where its values are checked
+        before it is copied to the device. ShapeError for a state, None or a non-array."""
         if isinstance(x, LatentState):
             raise ShapeError(f"{name}: expected an array, got a LatentState.")
         if x is None or isinstance(x, (str, bytes, dict)):
             raise ShapeError(f"{name}: expected an array, got {type(x).__name__}.")
+        if isinstance(x, jax.Array):
+            return x
         try:
-            array = as_array(x, dtype)
+            if not isinstance(x, np.ndarray) and hasattr(x, "__dlpack__"):
+                return as_array(x)
+            array = np.asarray(x)
+        except (TypeError, ValueError, OverflowError) as err:
+            raise ShapeError(f"{name}: expected an array of numbers, got {type(x).__name__} ({err}).") from err
+        if array.dtype.kind not in "biuf" and not jnp.issubdtype(array.dtype, jnp.floating):
+            error = DataError if array.dtype.kind == "c" else ShapeError
+            raise error(f"{name}: expected an array of real numbers, got {type(x).__name__} of dtype {array.dtype}.")
+        if array.dtype == np.float64:  # as JAX will hold it: values beyond float32 become inf here, and are refused
+            with np.errstate(over="ignore"):
+                array = array.astype(np.float32)
+        return array
+
+    def _put(self, x, dtype=None, name: str = "input") -> jax.Array:
+        """``x`` as a JAX array on the model's device; ShapeError for a state, None or a non-array."""
+        array = self._array(x, name)
+        try:
+            array = as_array(array, dtype)
         except (TypeError, ValueError, OverflowError) as err:
             raise ShapeError(f"{name}: expected an array of numbers, got {type(x).__name__} ({err}).") from err
         return jax.device_put(array, self.device)
+
+    def _indices_or_vectors(self, actions, lead: int, name: str, *, bound: float | None = None):
+        """Discrete integer indices ``[*lead]`` (``[*lead, 1]`` too) as one-hot ``[*lead, A]``, else the
+        array itself; values checked by the one set of rules (:mod:`worldloom.core.validation`).
+
+        Returns:
+            ``(actions, converted)``: ``converted`` when the indices became one-hot.
+        """
+        cfg = self.config
+        checks = self.check_device_inputs
+        if cfg.action_type == "discrete" and jnp.issubdtype(actions.dtype, jnp.integer):
+            if actions.ndim == lead + 1 and actions.shape[-1] == 1:
+                actions = actions[..., 0]
+            if actions.ndim == lead:
+                validation.check_action_indices(name, actions, cfg.action_dim, device_checks=checks)
+                return jax.nn.one_hot(self._put(actions, name=name), cfg.action_dim, dtype=jnp.float32), True
+        if actions.ndim == lead + 1 and actions.shape[-1] == cfg.action_dim:
+            one_hot = cfg.action_type == "discrete" and bound is None
+            validation.check_action_vectors(name, actions, one_hot=one_hot, bound=bound, device_checks=checks)
+        return actions, False
 
     @staticmethod
     def _state(state, name: str = "state") -> LatentState:
@@ -319,6 +365,21 @@ def check_batch_lead(shape) -> None:
     if shape[0] < 1 or shape[1] < 1:
         raise ShapeError(f"batch: expected at least one window of at least one step, got obs of shape "
                          f"{list(shape)}.")
+
+
+def check_sequence_length(shape) -> None:
+    """ShapeError for a sequence of no steps (``obs`` ``[B, 0, ...]``)."""
+    if shape[1] < 1:
+        raise ShapeError(f"obs: expected a sequence of at least one step [B, T >= 1, ...], got shape {list(shape)}.")
+
+
+def check_batch_values(name: str, value, device_checks: bool = True) -> None:
+    """The value rules of a batch's per-step arrays: ``rewards`` finite; ``continues`` and ``terminals``
+    in [0, 1] (:mod:`worldloom.core.validation`)."""
+    if name in ("continues", "terminals"):
+        validation.check_unit_interval(name, value, device_checks=device_checks)
+    elif name == "rewards":
+        validation.check_finite(name, value, device_checks=device_checks)
 
 
 def zeros_like_tree(tree):

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from worldloom.core.errors import ConfigError, DataError, ShapeError
+from worldloom.core.validation import check_observations
 from worldloom.training import _buffer_io
 from worldloom.training._episode import (
     INDEX_BYTES,
@@ -144,7 +145,9 @@ class ReplayBuffer:
         Raises:
             ShapeError: an array of the wrong shape (the message says what was expected).
             DataError: NaN/inf values, values too large for float32 (or for
-                ``obs_dtype``), indices out of range, an episode longer than the capacity.
+                ``obs_dtype``), indices out of range, an episode longer than the capacity;
+                images (``obs_shape`` of three axes) the models cannot read: integers
+                outside 0..255, float 0..255 pixels, bools (:mod:`worldloom.core.validation`).
         """
         obs_dtype = self.obs_dtype
         if obs_dtype is None:
@@ -153,6 +156,10 @@ class ReplayBuffer:
         episode = check_episode(obs, actions, rewards, dones, terminated, truncated, final_obs,
                                 obs_shape=self.obs_shape, obs_dtype=obs_dtype,
                                 action_dim=self.action_dim)
+        if len(self.obs_shape) == 3:  # images, by the models' rules: integers in 0..255, floats as [0, 1]
+            for name in ("obs", "final_obs"):
+                if episode[name] is not None:
+                    check_observations(name, episode[name], image=True)
         if self._obs is None:
             self._allocate_obs(obs_dtype)
         # A done before the last row ends an episode there: write the pieces separately.
@@ -414,7 +421,7 @@ class ReplayBuffer:
 
         Raises:
             ConfigError: ``path`` not a file name; ``capacity``/``seed`` not
-                integers. ShapeError: a bad ``obs_shape`` or ``action_dim``.
+                integers; a ``capacity`` below the saved transitions. ShapeError: a bad ``obs_shape`` or ``action_dim``.
             CheckpointError: a missing, unreadable, truncated or corrupt file,
                 or one that is not a buffer (e.g. a ``.npy`` renamed ``.npz``).
             DataError: arrays of inconsistent lengths, dones other than 0/1 or
@@ -427,7 +434,13 @@ class ReplayBuffer:
         seed = None if seed is None else integer("seed", seed, minimum=0)
         path, data = _buffer_io.read_npz(path, obs_shape=obs_shape, action_dim=action_dim)
         saved_capacity = int(data.get("capacity", len(data["rewards"])))
-        capacity = max(saved_capacity, len(data["rewards"]), 1) if capacity is None else capacity
+        held = len(data["rewards"])
+        if capacity is not None and capacity < held:
+            episodes = len(_buffer_io.episode_ranges(data))
+            raise ConfigError(f"capacity={capacity}: expected at least the {held} transitions ({episodes} episodes) "
+                              f"{path} holds, got fewer; loading would drop the oldest episodes. Pass "
+                              f"capacity >= {held} (or none: the saved capacity, {saved_capacity}).")
+        capacity = max(saved_capacity, held, 1) if capacity is None else capacity
         seed = int(data.get("seed", 0)) if seed is None else seed
         buffer = cls(capacity, data["obs"].shape[1:], data["actions"].shape[1], obs_dtype=data["obs"].dtype,
                      seed=seed)

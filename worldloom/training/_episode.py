@@ -11,6 +11,7 @@ import numpy as np
 
 from worldloom.core.arrays import check_finite
 from worldloom.core.errors import ConfigError, DataError, ShapeError
+from worldloom.core.validation import check_action_indices
 
 
 def _shape_text(shape) -> str:
@@ -165,9 +166,7 @@ def one_hot_actions(actions, action_dim: int, length: int) -> np.ndarray:
         if action_dim == 1:
             return stored("actions", flat[:, None], np.float32)
         if arr.dtype.kind in "iu" or np.all(flat == np.round(flat)):
-            if flat.min() < 0 or flat.max() >= action_dim:
-                raise DataError(f"actions: discrete indices must lie in [0, {action_dim}), got values from "
-                                f"{flat.min()} to {flat.max()}.")
+            check_action_indices("actions", flat, action_dim)
             return np.eye(action_dim, dtype=np.float32)[flat.astype(np.int64)]
     if arr.shape != (length, action_dim):
         raise ShapeError(f"actions: expected shape [{length}, {action_dim}] (or discrete indices [{length}] / "

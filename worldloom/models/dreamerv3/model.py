@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from worldloom.core import validation
 from worldloom.core.arrays import check_trailing_shape
 from worldloom.core.errors import ShapeError
 from worldloom.core.types import LatentState, Trajectory
@@ -18,6 +19,8 @@ from worldloom.models.base import (
     WorldModel,
     check_batch_lead,
     check_batch_mapping,
+    check_batch_values,
+    check_sequence_length,
     owned_state,
     positive_batch_size,
     step_from_gradients,
@@ -33,7 +36,10 @@ class DreamerV3WorldModel(WorldModel):
 
     Shapes: observations ``[B, *obs_shape]`` (sequences ``[B, T, *obs_shape]``),
     actions ``[B, A]`` one-hot or continuous (discrete models also take integer
-    indices ``[B]``), imagined actions ``[H, B, A]``.
+    indices ``[B]``), imagined actions ``[H, B, A]``. Inputs follow
+    :mod:`worldloom.core.validation`: indices outside ``[0, A)``, rows that are
+    not one-hot (discrete), NaN/inf, float images in 0..255 and continues
+    outside [0, 1] are refused with a DataError; integer images are read as uint8.
 
     Example:
         >>> from worldloom import create_world_model
@@ -67,27 +73,30 @@ class DreamerV3WorldModel(WorldModel):
     # ------------------------------------------------------------ inputs
 
     def _obs(self, obs, lead: int):
-        """Observations ``[*lead, *obs_shape]`` (exactly ``lead`` leading axes)."""
-        obs = self._put(obs, name="obs")
+        """Observations ``[*lead, *obs_shape]`` (exactly ``lead`` leading axes), their values checked
+        (:func:`~worldloom.core.validation.check_observations`: integer images read as uint8)."""
+        obs = self._array(obs, name="obs")
         check_trailing_shape("obs", obs, self.config.obs_shape, min_lead=lead)
         if obs.ndim != len(self.config.obs_shape) + lead:
             dims = ", ".join(["B", "T"][:lead] + [str(d) for d in self.config.obs_shape])
             raise ShapeError(f"obs: expected shape [{dims}], got {list(obs.shape)}.")
-        return obs
+        obs = validation.check_observations("obs", obs, image=self.config.is_image,
+                                            device_checks=self.check_device_inputs)
+        return self._put(obs, None if obs.dtype == np.uint8 else jnp.float32, "obs")
 
     def _actions(self, actions, lead: int, name: str = "actions", dims: str | None = None):
-        """Actions ``[*lead, A]`` as f32; discrete indices ``[*lead]`` become one-hot."""
-        actions = self._put(actions, name=name)
+        """Actions ``[*lead, A]`` as f32; discrete indices ``[*lead]`` become one-hot.
+
+        Discrete models take indices in ``[0, A)`` or one-hot rows; every action is finite.
+        """
+        actions, converted = self._indices_or_vectors(self._array(actions, name=name), lead, name)
+        if converted:
+            return actions
         cfg = self.config
-        if cfg.action_type == "discrete" and jnp.issubdtype(actions.dtype, jnp.integer):
-            if actions.ndim == lead + 1 and actions.shape[-1] == 1:
-                actions = actions[..., 0]
-            if actions.ndim == lead:
-                return jax.nn.one_hot(actions, cfg.action_dim, dtype=jnp.float32)
         if actions.ndim != lead + 1 or actions.shape[-1] != cfg.action_dim:
             dims = dims or {1: "B", 2: "B, T"}[lead]
             raise ShapeError(f"{name}: expected shape [{dims}, {cfg.action_dim}], got {list(actions.shape)}.")
-        return actions.astype(jnp.float32)
+        return self._put(actions, jnp.float32, name)
 
     def _core_state(self, state, name: str = "state") -> LatentState:
         """``state`` checked and reduced to what a step carries: ``deterministic [B, deter]``, ``stochastic``."""
@@ -160,6 +169,7 @@ class DreamerV3WorldModel(WorldModel):
         """
         obs = self._obs(obs, 2)
         batch, length = obs.shape[:2]
+        check_sequence_length(obs.shape)
         actions = self._actions(actions, 2)
         if actions.shape[:2] != (batch, length):
             raise ShapeError(f"actions: expected shape [{batch}, {length}, {self.config.action_dim}], "
@@ -268,10 +278,11 @@ class DreamerV3WorldModel(WorldModel):
         out = {"obs": obs, "actions": self._actions(batch["actions"], 2)}
         for name in ("rewards", "continues", "is_first"):
             if name in batch and batch[name] is not None:
-                value = self._put(batch[name], name=name)
+                value = self._array(batch[name], name=name)
                 if value.shape != lead:
                     raise ShapeError(f"{name}: expected shape {list(lead)}, got {list(value.shape)}.")
-                out[name] = value.astype(bool) if name == "is_first" else value.astype(jnp.float32)
+                check_batch_values(name, value, self.check_device_inputs)
+                out[name] = self._put(value, bool if name == "is_first" else jnp.float32, name)
         if out["actions"].shape[:2] != lead:
             raise ShapeError(f"actions: expected shape [{lead[0]}, {lead[1]}, {self.config.action_dim}], "
                              f"got {list(out['actions'].shape)}.")

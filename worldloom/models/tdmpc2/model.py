@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from worldloom.core import validation
 from worldloom.core.arrays import check_trailing_shape
 from worldloom.core.errors import ShapeError
 from worldloom.core.types import LatentState, Trajectory
@@ -17,6 +18,8 @@ from worldloom.models.base import (
     WorldModel,
     check_batch_lead,
     check_batch_mapping,
+    check_batch_values,
+    check_sequence_length,
     positive_batch_size,
 )
 from worldloom.models.tdmpc2 import planner
@@ -101,6 +104,9 @@ class TDMPC2WorldModel(WorldModel):
     Shapes: observations ``[B, *obs_shape]`` (sequences ``[B, T, *obs_shape]``),
     actions ``[B, A]`` in [-1, 1] (discrete models also take integer indices),
     imagined actions ``[H, B, A]``. Multitask models take ``task`` ids ``[B]``.
+    Inputs follow :mod:`worldloom.core.validation`: actions outside [-1, 1],
+    indices outside ``[0, A)``, NaN/inf and float images in 0..255 are
+    refused with a DataError; integer images are read as uint8.
 
     Example:
         >>> from worldloom import create_world_model
@@ -129,26 +135,33 @@ class TDMPC2WorldModel(WorldModel):
     # ------------------------------------------------------------ inputs
 
     def _obs(self, obs, lead: int):
-        obs = self._put(obs, name="obs")
+        """Observations ``[*lead, *obs_shape]``, their values checked (integer images read as uint8)."""
+        obs = self._array(obs, name="obs")
         check_trailing_shape("obs", obs, self.config.obs_shape, min_lead=lead)
         if obs.ndim != len(self.config.obs_shape) + lead:
             dims = ", ".join(["B", "T"][:lead] + [str(d) for d in self.config.obs_shape])
             raise ShapeError(f"obs: expected shape [{dims}], got {list(obs.shape)}.")
-        return obs if obs.dtype == jnp.uint8 else obs.astype(jnp.float32)
+        obs = validation.check_observations("obs", obs, image=self.config.is_image,
+                                            device_checks=self.check_device_inputs)
+        return self._put(obs, None if obs.dtype == np.uint8 else jnp.float32, "obs")
 
     def _actions(self, actions, lead_shape: tuple, names: str, name: str = "actions"):
-        """Actions ``[*lead_shape, A]`` as f32; discrete integer indices ``[*lead_shape]`` become one-hot."""
-        actions = self._put(actions, name=name)
+        """Actions ``[*lead_shape, A]`` as f32; discrete integer indices ``[*lead_shape]`` become one-hot.
+
+        Actions lie in TD-MPC2's bounds [-1, 1] (discrete models: indices in ``[0, A)``, or vectors
+        in [-1, 1] as the planner makes them); the reference's dynamics only ever see such actions
+        (its planner and policy clamp to the bounds), so others are refused rather than clipped.
+        """
+        actions = self._array(actions, name=name)
         cfg = self.config
-        if cfg.action_type == "discrete" and jnp.issubdtype(actions.dtype, jnp.integer):
-            if actions.ndim == len(lead_shape) + 1 and actions.shape[-1] == 1:
-                actions = actions[..., 0]
-            if actions.shape == tuple(lead_shape):
-                return jax.nn.one_hot(actions, cfg.action_dim, dtype=jnp.float32)
-        if tuple(actions.shape) != (*lead_shape, cfg.action_dim):
-            want = ", ".join([f"{n}={d}" for n, d in zip(names.split(","), lead_shape)] + [str(cfg.action_dim)])
-            raise ShapeError(f"{name}: expected shape [{want}], got {list(actions.shape)}.")
-        return actions.astype(jnp.float32)
+        lead, shape = tuple(lead_shape), tuple(actions.shape)
+        indices = cfg.action_type == "discrete" and jnp.issubdtype(actions.dtype, jnp.integer) \
+            and shape in (lead, (*lead, 1))
+        if not indices and shape != (*lead, cfg.action_dim):
+            want = ", ".join([f"{n}={d}" for n, d in zip(names.split(","), lead)] + [str(cfg.action_dim)])
+            raise ShapeError(f"{name}: expected shape [{want}], got {list(shape)}.")
+        actions, converted = self._indices_or_vectors(actions, len(lead), name, bound=validation.ACTION_BOUND)
+        return actions if converted else self._put(actions, jnp.float32, name)
 
     def _z(self, state, name: str = "state") -> jax.Array:
         """The latent ``z [..., L]`` of a :class:`LatentState`."""
@@ -207,6 +220,7 @@ class TDMPC2WorldModel(WorldModel):
         (they are still checked when given).
         """
         obs = self._obs(obs, 2)
+        check_sequence_length(obs.shape)
         if state is not None:
             self._same_batch("state", self._z(state).shape[0], obs.shape[0], "obs")
         if actions is not None:
@@ -235,7 +249,7 @@ class TDMPC2WorldModel(WorldModel):
         z = self._z(initial_state, "initial_state")
         if z.ndim != 2:
             raise ShapeError(f"initial_state: expected latents [B, {self.config.latent_dim}], got {list(z.shape)}.")
-        actions = self._put(actions, name="actions")
+        actions = self._array(actions, name="actions")
         if actions.ndim < 2:
             raise ShapeError(f"actions: expected shape [H, B={z.shape[0]}, {self.config.action_dim}], "
                              f"got {list(actions.shape)}.")
@@ -294,13 +308,14 @@ class TDMPC2WorldModel(WorldModel):
         Returns:
             Actions ``[A]`` or ``[B, A]`` in [-1, 1] (discrete models: indices ``[]`` or ``[B]``).
         """
-        action = self._plan_vectors(obs, t0, eval_mode, use_policy, prev_plan, task, key)
+        action = self.plan_vectors(obs, t0, eval_mode, use_policy, prev_plan, task, key)
         return jnp.argmax(action, -1) if self.config.action_type == "discrete" else action
 
-    def _plan_vectors(self, obs, t0, eval_mode, use_policy, prev_plan, task, key):
-        """:meth:`act`'s actions as the vectors in [-1, 1]^A the model plans with (discrete models too)."""
+    def plan_vectors(self, obs, t0, eval_mode, use_policy, prev_plan, task, key):
+        """:meth:`act`'s actions as the vectors in [-1, 1]^A the model plans with (discrete models too: the
+        relaxed vectors whose argmax :meth:`act` returns)."""
         cfg = self.config
-        obs = self._put(obs)
+        obs = self._array(obs, name="obs")
         single = obs.ndim == len(cfg.obs_shape)
         obs = self._obs(obs[None] if single else obs, 1)
         batch = obs.shape[0]
@@ -324,6 +339,8 @@ class TDMPC2WorldModel(WorldModel):
         if not use_policy:
             self._plan_mean = mean
         return action[0] if single else action
+
+    _plan_vectors = plan_vectors  # the name the agent used before plan_vectors was public
 
     @property
     def plan_mean(self):
@@ -382,10 +399,11 @@ class TDMPC2WorldModel(WorldModel):
         out = {"obs": obs, "actions": self._actions(batch["actions"], lead, "B,T")}
         for name in ("rewards", "continues", "is_first", "terminals", "is_final"):
             if name in batch and batch[name] is not None:
-                value = self._put(batch[name], name=name)
+                value = self._array(batch[name], name=name)
                 if tuple(value.shape) != lead:
                     raise ShapeError(f"{name}: expected shape {list(lead)}, got {list(value.shape)}.")
-                out[name] = value.astype(bool) if name in ("is_first", "is_final") else value.astype(jnp.float32)
+                check_batch_values(name, value, self.check_device_inputs)
+                out[name] = self._put(value, bool if name in ("is_first", "is_final") else jnp.float32, name)
         if self.config.multitask:
             task = batch.get("task")
             task = np.asarray(task)[:, 0] if task is not None and np.ndim(task) == 2 else task
