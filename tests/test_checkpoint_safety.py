@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from worldloom import create_world_model
-from worldloom.core import files
+from worldloom.core import files, persist
 from worldloom.core.errors import CheckpointError, ConfigError
 from worldloom.core.files import host_tag
 from worldloom.models.checkpoint import is_saved_model
@@ -232,6 +232,9 @@ def test_config_and_weights_are_checked_against_each_other(tmp_path):
     meta = json.loads((path / "config.json").read_text())
     meta["config"]["hidden"] = 48
     (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"saved model .* is damaged: config.json holds \d+ bytes, expected "):
+        create_world_model(str(path))  # the manifest names the edited file
+    persist.write_manifest(path, "worldloom-model", 2)  # edited and listed so: the shapes still disagree
     with pytest.raises(CheckpointError, match=r"config.json does not match the weights .*\(was the config edited\?\)"
                                               r".*: the config expects \[[\d, ]*48[\d, ]*\] float32, the weights "
                                               r"hold \[[\d, ]*32[\d, ]*\] float32"):
@@ -250,10 +253,11 @@ def test_damaged_weights_name_the_file_and_print_no_tracebacks(tmp_path):
         with open(largest, "r+b") as handle:  # cut in half, as by a full disk
             handle.truncate(os.path.getsize(largest) // 2)
         for drop_manifest in (False, True):
-            if drop_manifest:  # as an earlier version wrote it: orbax itself meets the damage
+            if drop_manifest:  # as an earlier version wrote it, with no file list: orbax itself meets the damage
                 meta = json.load(open("model/config.json"))
-                del meta["weights_files"]
+                meta["version"] = 1
                 json.dump(meta, open("model/config.json", "w"))
+                os.remove("model/manifest.json")
             try:
                 create_world_model("model")
             except CheckpointError as err:
@@ -263,7 +267,7 @@ def test_damaged_weights_name_the_file_and_print_no_tracebacks(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 2, result.stdout
-    assert re.search(r"are damaged: \S+ holds (\d+) bytes, expected (\d+)", lines[0]), lines[0]
+    assert re.search(r"is damaged: weights/\S+ holds (\d+) bytes, expected (\d+)", lines[0]), lines[0]
     assert "Could not read the weights" in lines[1]
     assert "Event loop is closed" not in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
 
@@ -321,8 +325,8 @@ def test_resume_falls_back_to_the_newest_good_checkpoint_and_says_so(buffer, ref
     trainer = Trainer(make_model(), make_config(), [CheckpointCallback(directory, save_every=2, keep_last=None,
                                                                        save_best=False)])
     with pytest.warns(RuntimeWarning, match=r"Resuming from .*step_00000004, the newest checkpoint that loads; "
-                                            r"skipped newer ones that do not: step_00000006 \(The train state files "
-                                            r"at .* are damaged: .*different content"):
+                                            r"skipped newer ones that do not: step_00000006 \(The training checkpoint "
+                                            r"at .* is damaged: state/.*different content"):
         model = trainer.train(buffer, resume=True)
     assert same(leaves(model.params), reference["params"])  # bit for bit from the good one
     for _, path in _checkpoint.list_checkpoints(directory):  # step 6 was written again, whole

@@ -32,7 +32,6 @@ import socket
 import sys
 import time
 import uuid
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,8 +74,10 @@ def process_alive(pid: int) -> bool:
 
 
 def remove_path(path: Path) -> None:
-    """Remove a file, link or directory tree; absent is fine."""
+    """Remove a file, link or directory tree; absent is fine (also on a read-only file system)."""
     path = Path(path)
+    if not os.path.lexists(path):
+        return
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
@@ -228,6 +229,12 @@ def atomic_directory(path: Path, fill: Callable[[Path], None]) -> None:
         _move_in(tmp, path)
         _fsync_directory(path.parent)
     finally:
+        _clean_up(tmp)
+
+
+def _clean_up(tmp: Path) -> None:
+    """Remove a temporary entry, best effort: a failure here must not hide the error that ended the write."""
+    with contextlib.suppress(OSError):
         remove_path(tmp)
 
 
@@ -241,52 +248,21 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` under a temporary name, then rename it into place."""
+    """Write ``text`` to ``path`` under a temporary name, then rename it into place.
+
+    Raises:
+        CheckpointError: the write failed (naming ``path`` and the cause, the original chained).
+    """
+    from worldloom.core.persist import writing  # persist builds on this module
+
     path = Path(path)
     tmp = temp_path(path)
     try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        with writing(path, "file"):
+            tmp.write_text(text)
+            os.replace(tmp, path)
     finally:
-        remove_path(tmp)
-
-
-# ------------------------------------------------------------ file manifests
-
-
-def file_manifest(directory: Path) -> dict[str, list[int]]:
-    """``{relative path: [size, crc32]}`` of every file under ``directory``."""
-    directory = Path(directory)
-    manifest = {}
-    for file in sorted(p for p in directory.rglob("*") if p.is_file()):
-        manifest[file.relative_to(directory).as_posix()] = [file.stat().st_size, _crc32(file)]
-    return manifest
-
-
-def _crc32(file: Path) -> int:
-    value = 0
-    with open(file, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            value = zlib.crc32(chunk, value)
-    return value
-
-
-def manifest_problems(directory: Path, manifest: dict) -> list[str]:
-    """How the files under ``directory`` differ from ``manifest`` (empty when they match)."""
-    directory = Path(directory)
-    problems = []
-    for name, (size, crc) in sorted(manifest.items()):
-        file = directory / name
-        try:
-            found = file.stat().st_size
-        except OSError:
-            problems.append(f"{name} is missing")
-            continue
-        if found != size:
-            problems.append(f"{name} holds {found} bytes, expected {size}")
-        elif _crc32(file) != crc:
-            problems.append(f"{name} has different content (CRC-32 mismatch)")
-    return problems
+        _clean_up(tmp)
 
 
 # ------------------------------------------------------------ writer locks

@@ -1,11 +1,11 @@
-"""Saving and loading models: ``config.json`` plus orbax weights, written atomically.
+"""Saving and loading models: ``config.json`` plus orbax weights, one saved directory of :mod:`worldloom.core.persist`.
 
-Layout of a saved directory::
+Layout of a saved directory (format ``worldloom-model``, version 2)::
 
-    config.json   {"format": "worldloom-model", "version": 1, "family", "preset",
-                   "config", "seed", "num_parameters", "weights_sha256",
-                   "weights_files", ["info"]}
-    weights/      orbax StandardCheckpointer directory of the params pytree
+    config.json     {"format": "worldloom-model", "version": 2, "family", "preset",
+                     "config", "seed", "num_parameters", "weights_sha256", ["info"]}
+    weights/        orbax StandardCheckpointer directory of the params pytree
+    manifest.json   the size and CRC-32 of every other file, config.json included
 
 The directory is assembled under a temporary name beside the target and
 moved into place in one step (see :mod:`worldloom.core.files`), so a crash
@@ -13,10 +13,14 @@ never leaves a half-written model and an overwritten model stays loadable
 throughout. A save goes only to a new path, an empty directory or an earlier
 saved model; anything else is refused unless ``overwrite=True``.
 
-On load, the weights' files are checked against their sizes and CRC-32s
-(``weights_files``), the stored array shapes against those the config
-implies, and the restored params against their SHA-256, so a corrupt or
-mismatched directory is an error, never a silently different model.
+On load, every file is checked against the manifest (a hand edit of
+``config.json`` is a CheckpointError naming it), the saved config must hold
+every field, the stored array shapes must be those the config implies, and
+the restored params must match their SHA-256, so a corrupt or mismatched
+directory is an error, never a silently different model. Version 1 (written
+before the manifest) still loads: its ``config.json`` lists the weights'
+sizes and CRC-32s (``weights_files``), which are checked, but nothing covers
+``config.json`` itself.
 """
 
 from __future__ import annotations
@@ -35,14 +39,24 @@ import jax
 import numpy as np
 
 from worldloom.core.errors import CheckpointError, ConfigError
-from worldloom.core.files import atomic_directory, atomic_write_text, file_manifest, manifest_problems, recover
+from worldloom.core.files import atomic_directory, atomic_write_text, recover
+from worldloom.core.persist import (
+    MANIFEST_FILE,
+    check_saved_files,
+    load_consistent,
+    manifest_problems,
+    read_manifest,
+    save_directory,
+    saved_config,
+)
 from worldloom.models.base import flatten_params
 
 __all__ = ["atomic_directory", "atomic_write_text", "is_saved_model", "load_model", "params_sha256", "read_meta",
            "restore_pytree", "save_model", "save_pytree", "stored_arrays"]
 
 FORMAT = "worldloom-model"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
 CONFIG_FILE = "config.json"
 WEIGHTS_DIR = "weights"
 _SHOWN = 6
@@ -75,10 +89,19 @@ def _checkpointer():
 
 
 def save_pytree(tree: Any, directory: Path) -> None:
-    """Write ``tree`` with orbax to ``directory`` (which must not exist)."""
+    """Write ``tree`` with orbax to ``directory`` (which must not exist).
+
+    Orbax's errors pass unchanged (a full disk is its ``ValueError:
+    RESOURCE_EXHAUSTED``); :func:`worldloom.core.persist.save_directory`, within
+    which every save runs, turns them into a CheckpointError naming the target.
+    """
     ckptr = _checkpointer()
-    ckptr.save(Path(directory).absolute(), jax.device_get(tree))
-    ckptr.wait_until_finished()
+    previous = _silence_abandoned_reads()  # a failed write's abandoned tasks report late too, like a failed read's
+    with _quiet_absl(logging.CRITICAL):  # its worker threads also log the error the save raises
+        ckptr.save(Path(directory).absolute(), jax.device_get(tree))
+        ckptr.wait_until_finished()
+    if previous is not None and getattr(sys.unraisablehook, "_drops_abandoned_reads", False):
+        sys.unraisablehook = previous  # nothing failed: nothing to drop
 
 
 def _abandoned_read_report(unraisable) -> bool:
@@ -133,15 +156,16 @@ def restore_pytree(directory: Path, like: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _quiet_absl():
-    """Hold back absl's warnings (orbax logs one per unreadable metadata item) within the block."""
+def _quiet_absl(level: int = logging.ERROR):
+    """Hold back absl's records below ``level`` within the block (orbax logs a warning per unreadable metadata
+    item, and an error per worker thread of a failed save, which raises it anyway)."""
     logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    before = logger.level
+    logger.setLevel(level)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.setLevel(before)
 
 
 def stored_arrays(directory: Path) -> dict[str, Any]:
@@ -227,7 +251,9 @@ def save_model(model, path, *, overwrite: bool = False, params: Any = None, info
         info: Extra JSON facts stored as ``config.json["info"]``.
 
     Raises:
-        CheckpointError: ``path`` holds something else and ``overwrite`` is False.
+        CheckpointError: ``path`` holds something else and ``overwrite`` is
+            False, or the write failed (naming ``path`` and the cause, such as
+            ``No space left on device``; the model saved there before stays).
     """
     path = Path(path)
     recover(path)
@@ -248,14 +274,20 @@ def save_model(model, path, *, overwrite: bool = False, params: Any = None, info
 
     def fill(tmp: Path) -> None:
         save_pytree(params, tmp / WEIGHTS_DIR)
-        meta["weights_files"] = file_manifest(tmp / WEIGHTS_DIR)
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
-    atomic_directory(path, fill)
+    save_directory(path, fill, format=FORMAT, version=VERSION, what="model")
 
 
 def read_meta(path) -> dict:
-    """Read and check ``config.json`` of a saved model directory."""
+    """Read and check ``config.json`` of a saved model directory.
+
+    In a version 2 directory, ``config.json`` is first checked against the
+    manifest (so a hand edit is named, not read).
+
+    Raises:
+        CheckpointError: no saved model there, or a missing, damaged or edited ``config.json``.
+    """
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"No saved model at {str(path)!r}: expected a directory written by save_pretrained().")
@@ -266,12 +298,33 @@ def read_meta(path) -> dict:
         meta = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{config_file} is not valid JSON ({err}); the saved model is corrupt.") from err
+    except OSError as err:
+        raise CheckpointError(f"Cannot read {str(config_file)!r}: expected a saved model's config, got {err}.") from err
+    manifest = _manifest(path)
+    if manifest is not None:
+        check_saved_files(path, manifest, "saved model", names=(CONFIG_FILE,))
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{config_file} is not a worldloom model config (format {FORMAT!r} expected).")
+    version = meta.get("version")
+    if version not in READS:
+        newer = " (a newer worldloom wrote it: upgrade to read it)" if isinstance(version, int) and version > VERSION \
+            else ""
+        raise CheckpointError(f"{config_file}: a saved model of format version {version!r}{newer}: this worldloom "
+                              f"reads versions {', '.join(map(str, READS))}.")
+    if version >= 2 and manifest is None:
+        raise CheckpointError(f"{str(path)!r} has no {MANIFEST_FILE}: expected it beside a version {version} "
+                              f"{CONFIG_FILE}, listing the checksum of every file; the saved model is incomplete.")
     for key in ("family", "config", "weights_sha256"):
         if key not in meta:
             raise CheckpointError(f"{config_file} lacks {key!r}; the saved model is corrupt.")
     return meta
+
+
+def _manifest(path: Path) -> dict | None:
+    """The checked manifest of a saved model; None for version 1 (none written)."""
+    if not os.path.lexists(path / MANIFEST_FILE):
+        return None
+    return read_manifest(path, FORMAT, READS[1:], "saved model")
 
 
 def check_files(directory: Path, manifest: dict | None, what: str) -> None:
@@ -287,27 +340,37 @@ def check_files(directory: Path, manifest: dict | None, what: str) -> None:
 def load_model(path, *, device=None, seed=None, **overrides):
     """Restore a model saved by :func:`save_model`, bit for bit.
 
+    A load that meets the directory being replaced by a new save reads the new one.
+
     Raises:
-        CheckpointError: missing directory, missing/corrupt config or weights,
-            or a ``config.json`` whose shapes do not match the weights.
+        CheckpointError: missing directory, missing/corrupt/edited config or
+            weights, a config field missing, a format version this worldloom
+            does not read, or a ``config.json`` whose shapes do not match the weights.
         ConfigError: ``overrides`` that change the parameter shapes (named,
             with the expected and stored shapes).
     """
+    return load_consistent(Path(path), lambda where: _load_model(where, device, seed, overrides))
+
+
+def _load_model(path: Path, device, seed, overrides: dict):
     from worldloom.core import registry
 
-    path = Path(path)
     recover(path)
     meta = read_meta(path)
     families = registry.families()
     family = families.get(meta["family"])
     if family is None:
         raise CheckpointError(f"{path} holds a model of unknown family {meta['family']!r}; known: {sorted(families)}.")
-    saved = family.config_cls.from_dict(meta["config"])
+    saved = saved_config(family.config_cls, meta["config"], path / CONFIG_FILE)
     config = saved.replace(**overrides) if overrides else saved
     weights = path / WEIGHTS_DIR
     if not weights.is_dir():
         raise CheckpointError(f"{path} has no {WEIGHTS_DIR}/ directory; the saved model is incomplete.")
-    check_files(weights, meta.get("weights_files"), "weights")
+    manifest = _manifest(path)
+    if manifest is not None:
+        check_saved_files(path, manifest, "saved model")
+    else:
+        check_files(weights, meta.get("weights_files"), "weights")
     like = jax.eval_shape(lambda: family.init_params(config, jax.random.PRNGKey(0)))
     stored = stored_arrays(weights)
     mismatches = array_mismatches(like, stored) if stored else []

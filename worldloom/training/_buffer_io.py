@@ -1,174 +1,47 @@
 """Reading and writing replay buffers as ``.npz`` files, atomically and checked.
 
-A save writes ``.<name>.tmp-<8 hex digits>`` beside the target, holding an
-exclusive ``flock`` on it while it writes, then ``os.replace``-s it into
-place. A save killed half-way leaves that temp file behind; the next save or
-load in the same directory removes such leftovers: regular files with exactly
-that name pattern whose content is (the start of) a zip archive, or empty
-for an ``.npz`` target, and that no live writer holds locked.
+A save is a signed archive of :mod:`worldloom.core.archives` (format
+``worldloom-replay-buffer``, version 1): written under a locked temp name and
+renamed into place, its signature's CRC-32 covering every byte. A load checks
+the signature and version when the file has one (an ``.npz`` written by
+``np.savez`` has none and is read with the zip's own checks), then the arrays
+(:func:`read_npz`). Temp files of killed saves are removed at the next save or
+load in the same directory (:func:`worldloom.core.archives.remove_temp_files`).
 """
 
 from __future__ import annotations
 
 import os
-import re
-import struct
-import uuid
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 
+from worldloom.core.archives import as_path, remove_temp_files
+from worldloom.core.archives import read_npz as read_archive
+from worldloom.core.archives import write_npz as write_archive
 from worldloom.core.arrays import check_finite
-from worldloom.core.errors import CheckpointError, ConfigError, DataError
+from worldloom.core.errors import CheckpointError, DataError
 
-try:
-    import fcntl
-except ImportError:  # Windows: a file another process holds open cannot be removed there
-    fcntl = None
+FORMAT = "worldloom-replay-buffer"
+VERSION = 1
 
 REQUIRED = ("obs", "actions", "rewards", "dones")
-TEMP_NAME = re.compile(r"\.(?P<target>.+)\.tmp-[0-9a-f]{8}")
-ZIP_MAGIC = b"PK\x03\x04"
-NPY_MAGIC = b"\x93NUMPY"
-# Everything reading a damaged archive or array header may raise.
-_READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, struct.error, ValueError, OSError, EOFError,
-                KeyError, NotImplementedError, RuntimeError, SyntaxError, OverflowError, MemoryError)
 
+remove_leftovers = remove_temp_files  # the temp files of killed saves, as in the module doc
 
-def as_path(path) -> Path:
-    """``path`` as a ``Path``; ConfigError for anything but ``str``/``os.PathLike``."""
-    if isinstance(path, os.PathLike):
-        path = os.fspath(path)
-    if not isinstance(path, str) or not path or "\x00" in path:
-        raise ConfigError(f"path: expected a non-empty str or os.PathLike file name, got {path!r}.")
-    return Path(path)
-
-
-# ------------------------------------------------------------ leftovers of killed saves
-
-
-def _is_leftover(entry: os.DirEntry) -> bool:
-    match = TEMP_NAME.fullmatch(entry.name)
-    try:
-        if match is None or not entry.is_file(follow_symlinks=False):
-            return False
-        with open(entry.path, "rb") as handle:
-            head = handle.read(len(ZIP_MAGIC))
-    except OSError:
-        return False
-    return head == ZIP_MAGIC or (not head and match["target"].endswith(".npz"))
-
-
-def _remove_if_unlocked(path: str) -> bool:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-    except OSError:
-        return False
-    try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while a live writer holds it
-            if not os.path.samestat(os.fstat(fd), os.stat(path)):
-                return False
-        else:
-            os.close(fd)
-            fd = -1
-        os.unlink(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        if fd >= 0:
-            os.close(fd)
-
-
-def remove_leftovers(directory: str | os.PathLike) -> list[Path]:
-    """Remove the temp files that killed saves left in ``directory``; returns the removed paths."""
-    try:
-        with os.scandir(directory) as entries:
-            candidates = [entry.path for entry in entries if _is_leftover(entry)]
-    except OSError:
-        return []
-    return [Path(name) for name in candidates if _remove_if_unlocked(name)]
-
-
-# ------------------------------------------------------------ writing
-
-
-def _create_locked_temp(path: Path) -> tuple[Path, int]:
-    """A new temp file beside ``path``, open for writing and locked against :func:`remove_leftovers`."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(8):
-        tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-        fd = os.open(tmp, flags, 0o644)
-        if fcntl is None:
-            return tmp, fd
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:  # no locks on this file system: cleaners cannot lock either and leave temp files alone
-            return tmp, fd
-        try:  # a cleaner may have removed the file between open and lock
-            if os.path.samestat(os.fstat(fd), os.stat(tmp)):
-                return tmp, fd
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-    raise CheckpointError(f"Cannot create a temp file beside {str(path)!r}: expected it to stay in place, "
-                          "got it removed repeatedly.")
-
-
-def _fsync_directory(directory: Path) -> None:
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+__all__ = ["FORMAT", "VERSION", "as_path", "episode_ranges", "read_npz", "remove_leftovers", "resolve", "write_npz"]
 
 
 def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` to ``path`` under a locked temp name, then ``os.replace`` it into place.
+    """Write a buffer's ``arrays`` to ``path`` as a signed ``.npz``, atomically.
 
     Leftover temp files of killed saves in the directory are removed first.
 
     Raises:
-        ConfigError: ``path`` is not a file name. CheckpointError: it cannot be written.
+        ConfigError: ``path`` is not a file name. CheckpointError: it cannot be
+            written (naming the path and the cause, e.g. ``No space left on device``).
     """
-    path = as_path(path)
-    if path.is_dir():
-        raise CheckpointError(f"{str(path)!r} is a directory: expected a file name such as 'buffer.npz'.")
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(path.parent)
-        tmp, fd = _create_locked_temp(path)
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-            if fcntl is not None:  # replace while still holding the lock
-                os.replace(tmp, path)
-        if fcntl is None:
-            os.replace(tmp, path)
-        _fsync_directory(path.parent)
-    except CheckpointError:
-        raise
-    except OSError as err:
-        raise CheckpointError(f"Cannot write the replay buffer to {str(path)!r}: expected a writable file "
-                              f"location, got {err}.") from err
-    finally:
-        if tmp is not None:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
+    write_archive(path, arrays, format=FORMAT, version=VERSION, what="replay buffer")
 
 
 # ------------------------------------------------------------ reading
@@ -186,58 +59,6 @@ def resolve(path) -> Path:
     except OSError as err:
         raise CheckpointError(f"Cannot read {str(path)!r}: expected a replay buffer file, got {err}.") from err
     return path
-
-
-def _found(head: bytes) -> str:
-    if not head:
-        return "an empty file"
-    if head.startswith(NPY_MAGIC):
-        return "a single .npy array (np.save), not an archive of arrays"
-    return f"a file starting with {head[:8]!r}"
-
-
-def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> np.ndarray:
-    """One ``.npy`` member, after checking that its header matches its size (no huge allocation)."""
-    with archive.open(info) as member:
-        version = np.lib.format.read_magic(member)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
-        header = member.tell()
-    if dtype.hasobject:
-        raise CheckpointError(f"{str(path)!r}: {info.filename}: expected an array of numbers, got dtype {dtype} "
-                              "(Python objects are not loaded).")
-    expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
-    if expected != info.file_size - header:
-        raise CheckpointError(f"{str(path)!r}: {info.filename}: expected {expected} bytes of array data for shape "
-                              f"{list(shape)} {dtype}, found {info.file_size - header}; the file is truncated or "
-                              "corrupt.")
-    with archive.open(info) as member:
-        return np.lib.format.read_array(member, allow_pickle=False)
-
-
-def _read_arrays(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(len(ZIP_MAGIC) * 2)
-        if not head.startswith(ZIP_MAGIC):
-            raise CheckpointError(f"{str(path)!r}: expected an .npz archive written by ReplayBuffer.save(), "
-                                  f"found {_found(head)}.")
-        data = {}
-        with zipfile.ZipFile(path) as archive:
-            for info in archive.infolist():
-                if not info.filename.endswith(".npy"):
-                    raise CheckpointError(f"{str(path)!r}: expected only .npy arrays in the archive, found "
-                                          f"{info.filename!r}; it is not a replay buffer file.")
-                data[info.filename[: -len(".npy")]] = _read_member(archive, info, path)
-    except CheckpointError:
-        raise
-    except _READ_ERRORS as err:
-        raise CheckpointError(f"{str(path)!r} is not a readable .npz replay buffer: expected a complete archive "
-                              f"written by ReplayBuffer.save(), got {type(err).__name__}: {err}; the file is "
-                              "truncated or corrupt.") from err
-    return data
 
 
 def read_npz(path, *, obs_shape=None, action_dim: int | None = None) -> tuple[Path, dict[str, np.ndarray]]:
@@ -260,7 +81,7 @@ def read_npz(path, *, obs_shape=None, action_dim: int | None = None) -> tuple[Pa
         raise CheckpointError(f"No replay buffer file at {str(path)!r}: expected an .npz written by "
                               "ReplayBuffer.save().")
     remove_leftovers(path.parent)
-    data = _read_arrays(path)
+    data = read_archive(path, format=FORMAT, versions=(VERSION,), what="replay buffer", writer="ReplayBuffer.save()")
     missing = [key for key in REQUIRED if key not in data]
     if missing:
         raise CheckpointError(f"{str(path)!r} lacks {missing}; a replay buffer file holds {list(REQUIRED)} "

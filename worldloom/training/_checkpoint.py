@@ -5,15 +5,20 @@ Layout::
     save_dir/
       .worldloom-writer.lock   while a run writes here: {"pid", "host", "token", "since"}
       step_00010000/
-        meta.json   {"format": "worldloom-train-state", "version", "step", "run_id", "family",
-                     "preset", "model_config", "training_config", "sampler", "data",
-                     "state_sha256", "state_files"}
-        state/      orbax directory of {"train_state": ..., "key": ...}
+        meta.json       {"format": "worldloom-train-state", "version", "step", "run_id", "family",
+                         "preset", "model_config", "training_config", "sampler", "data",
+                         "state_sha256", "state_files"}
+        state/          orbax directory of {"train_state": ..., "key": ...}
+        manifest.json   the size and CRC-32 of every other file, meta.json included
       best/         a saved model (``CheckpointCallback(save_best=True)``), whose
                     ``config.json["info"]`` holds its step, metric and run_id
 
-Each step directory is assembled under a temporary name and moved into place,
-so a crash never leaves a half-written checkpoint; only ``step_<digits>``
+Each step directory is a saved directory of :mod:`worldloom.core.persist`
+(format ``worldloom-train-state``, version 2): assembled under a temporary name
+and moved into place, so a crash never leaves a half-written checkpoint, and
+every file checked against the manifest on load. Version 1 (no manifest; the
+state's files listed in ``meta.json["state_files"]``, ``meta.json`` itself
+unchecked) still loads; only ``step_<digits>``
 directories with both ``meta.json`` and ``state/`` count as checkpoints.
 Deleting one (``keep_last``) renames it away first, so an interrupted deletion
 never leaves a listed but broken checkpoint.
@@ -28,6 +33,7 @@ directory.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -35,17 +41,20 @@ from typing import Any
 import jax
 
 from worldloom.core.errors import CheckpointError
-from worldloom.core.files import WriterLock, discard, file_manifest, remove_leftovers
-from worldloom.models.checkpoint import (
-    atomic_directory,
-    check_files,
-    params_sha256,
-    restore_pytree,
-    save_pytree,
+from worldloom.core.files import WriterLock, discard, remove_leftovers
+from worldloom.core.persist import (
+    MANIFEST_FILE,
+    check_saved_files,
+    file_manifest,
+    read_manifest,
+    save_directory,
+    writing,
 )
+from worldloom.models.checkpoint import check_files, params_sha256, restore_pytree, save_pytree
 
 FORMAT = "worldloom-train-state"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
 META_FILE = "meta.json"
 STATE_DIR = "state"
 BEST_DIR = "best"
@@ -169,8 +178,9 @@ def save_checkpoint(directory, step: int, tree: Any, meta: dict, keep_last: int 
     ``keep_last`` checkpoints of that run when given.
 
     Raises:
-        CheckpointError: another process holds the directory's lock, or the
-            directory holds another run's checkpoints.
+        CheckpointError: another process holds the directory's lock, the
+            directory holds another run's checkpoints, or the write failed
+            (naming the path and the cause; the checkpoints there stay).
     """
     directory = Path(directory)
     host = jax.device_get(tree)
@@ -183,27 +193,49 @@ def save_checkpoint(directory, step: int, tree: Any, meta: dict, keep_last: int 
         meta["state_files"] = file_manifest(tmp / STATE_DIR)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
 
-    with WriterLock(directory):
+    with writing(target, "training checkpoint"), WriterLock(directory):
         open_directory(directory)
         check_one_run(directory, run_id)
-        atomic_directory(target, fill)
+        save_directory(target, fill, format=FORMAT, version=VERSION, what="training checkpoint")
         if keep_last:
             for _, old in list_checkpoints(directory, run_id)[:-int(keep_last)]:
                 discard(old)
     return target
 
 
+def _manifest(path: Path) -> dict | None:
+    """The checked manifest of a checkpoint; None for version 1 (none written)."""
+    if not os.path.lexists(path / MANIFEST_FILE):
+        return None
+    return read_manifest(path, FORMAT, READS[1:], "training checkpoint")
+
+
 def read_meta(path) -> dict:
-    """The checked ``meta.json`` of a checkpoint directory."""
-    meta_file = Path(path) / META_FILE
+    """The checked ``meta.json`` of a checkpoint directory (against the manifest, from version 2).
+
+    Raises:
+        CheckpointError: a missing, damaged or edited ``meta.json``, or a format version this worldloom does not read.
+    """
+    path = Path(path)
+    meta_file = path / META_FILE
     try:
         meta = json.loads(meta_file.read_text())
     except FileNotFoundError as err:
         raise CheckpointError(f"{str(path)!r} has no {META_FILE}; not a training checkpoint.") from err
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{meta_file} is not valid JSON ({err}); the checkpoint is corrupt.") from err
+    manifest = _manifest(path)
+    if manifest is not None:
+        check_saved_files(path, manifest, "training checkpoint", names=(META_FILE,))
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "step" not in meta:
         raise CheckpointError(f"{meta_file} is not a worldloom training checkpoint (format {FORMAT!r} expected).")
+    version = meta.get("version")
+    if version not in READS:
+        raise CheckpointError(f"{meta_file}: a training checkpoint of format version {version!r}: this worldloom "
+                              f"reads versions {', '.join(map(str, READS))}.")
+    if version >= 2 and manifest is None:
+        raise CheckpointError(f"{str(path)!r} has no {MANIFEST_FILE}: expected it beside a version {version} "
+                              f"{META_FILE}; the checkpoint is incomplete.")
     return meta
 
 
@@ -221,7 +253,11 @@ def load_state(path, like: Any, meta: dict) -> Any:
     path = Path(path)
     if not (path / STATE_DIR).is_dir():
         raise CheckpointError(f"{path} has no {STATE_DIR}/ directory; the checkpoint is incomplete.")
-    check_files(path / STATE_DIR, meta.get("state_files"), "train state files")
+    manifest = _manifest(path)
+    if manifest is not None:
+        check_saved_files(path, manifest, "training checkpoint", under=STATE_DIR)
+    else:
+        check_files(path / STATE_DIR, meta.get("state_files"), "train state files")
     try:
         tree = restore_pytree(path / STATE_DIR, like)
     except Exception as err:  # noqa: BLE001 - orbax raises many types
