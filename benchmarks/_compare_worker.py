@@ -4,10 +4,14 @@ Started by :mod:`benchmarks.compare` with ``PYTHONPATH`` set to one source
 tree; it reads JSON commands on stdin and answers each with one JSON line:
 
 - ``{"setup": work}``: build and compile ``work``; answers the tree's path,
-  parameter count, compile seconds and XLA's temporary bytes.
+  parameter count, compile seconds and XLA's temporary bytes. Optional
+  ``"batch"``, ``"length"`` (the update's window) and ``"overrides"`` (model
+  config fields, e.g. ``{"compute_dtype": "bfloat16"}``) change the workload.
 - ``{"time": work, "repeats": n}``: answers ``{"seconds": [...]}``, one per call.
-- ``{"peak": seconds}``: answers ``{"flops_per_s": ...}``, the f32 matmul rate
-  of ``benchmarks.train_step.device_peaks``.
+- ``{"memory": true}``: answers ``{"peak_bytes": ...}``, the device's peak bytes
+  in use so far in this process (None where the device does not count them).
+- ``{"peak": seconds}``: answers ``{"flops_per_s": ..., "flops_per_s_bf16": ...}``,
+  the f32 and bf16 matmul rates of ``benchmarks.train_step.device_peaks``.
 
 It only uses the documented API (and the agent classes), feature-detecting
 what changed between revisions, so the same workload runs on both sides.
@@ -64,12 +68,16 @@ def _agent_batch(agent, rng, batch: int, seq: int) -> dict:
 class Work:
     """A compiled program and its inputs; ``call()`` runs it once and blocks until done."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, batch: int | None = None, length: int | None = None,
+                 overrides: dict | None = None):
         kind, model, *rest = name.split(":")
         obs = rest[0] if rest else "vector"
         family = "dreamerv3" if kind.startswith("dreamer") else "tdmpc2"
         shape = IMAGE if obs == "image" else VECTOR[family]
-        self.handle = create_world_model(f"{family}:{model}", obs_shape=shape, action_dim=ACTIONS)
+        self.handle = create_world_model(f"{family}:{model}", obs_shape=shape, action_dim=ACTIONS,
+                                         **(overrides or {}))
+        window = (256, 4) if family == "tdmpc2" else (16, 64)
+        batch, length = batch or window[0], length or window[1]
         rng = np.random.default_rng(0)
         key = jax.random.PRNGKey(0)
         self.temp_bytes, self.flops = None, None
@@ -86,10 +94,10 @@ class Work:
             from worldloom.agents import DreamerAgent
 
             owner = DreamerAgent(self.handle, seed=0)
-            data = _agent_batch(owner, rng, 16, 64)
+            data = _agent_batch(owner, rng, batch, length)
         else:
             owner = self.handle
-            data = _sequences(rng, *((256, 4) if family == "tdmpc2" else (16, 64)), shape)
+            data = _sequences(rng, batch, length, shape)
         self.params = int(owner.num_parameters())
         update = owner.make_update(OptimizerSettings())
         data = jax.device_put(data)
@@ -108,7 +116,8 @@ class Work:
 
         def call():
             self.count += 1
-            self.state, metrics = self.compiled(self.state, self.data, jax.random.fold_in(self.key, self.count))
+            # (state, metrics), or (state, metrics, posteriors) where the update hands back replay latents
+            self.state, metrics, *_ = self.compiled(self.state, self.data, jax.random.fold_in(self.key, self.count))
             jax.block_until_ready(metrics["loss"])
 
         call()
@@ -132,14 +141,18 @@ def main() -> None:
     for line in sys.stdin:
         command = json.loads(line)
         if "setup" in command:
-            work = works[command["setup"]] = Work(command["setup"])
+            work = works[command["setup"]] = Work(command["setup"], command.get("batch"), command.get("length"),
+                                                  command.get("overrides"))
             reply = {"tree": worldloom.__file__, "params": work.params, "compile_s": work.compile_s,
                      "temp_bytes": work.temp_bytes, "flops": work.flops, "jax": jax.__version__}
         elif "peak" in command:
             from train_step import device_peaks  # beside this file
 
             peaks = device_peaks(jax.devices()[0], float(command["peak"]))
-            reply = {"flops_per_s": peaks["matmul_flops_f32"]}
+            reply = {"flops_per_s": peaks["matmul_flops_f32"], "flops_per_s_bf16": peaks["matmul_flops_bf16"]}
+        elif "memory" in command:
+            stats = jax.devices()[0].memory_stats() or {}
+            reply = {"peak_bytes": stats.get("peak_bytes_in_use")}
         else:
             work = works[command["time"]]
             seconds = []

@@ -43,17 +43,29 @@ DEFAULT_WORK = ["dreamer-agent:size1m", "dreamer-agent:size12m", "tdmpc2-update:
 
 
 class Worker:
-    """A worker process for one source tree, answering one JSON line per command."""
+    """A worker process for one source tree, answering one JSON line per command.
 
-    def __init__(self, label: str, tree: Path):
+    ``tree`` becomes the process's ``PYTHONPATH`` (one path, or several joined
+    by ``os.pathsep``); ``script`` is the worker it runs (``_compare_worker.py``).
+    """
+
+    def __init__(self, label: str, tree: Path | str, script: Path = WORKER):
         env = dict(os.environ, PYTHONPATH=str(tree))
         self.label = label
-        self.process = subprocess.Popen([sys.executable, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        self.process = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         text=True, env=env, cwd=tempfile.gettempdir())
 
     def ask(self, **command) -> dict:
+        self.send(**command)
+        return self.receive(command)
+
+    def send(self, **command) -> None:
+        """Hand the worker a command without waiting (several workers can then work at once)."""
         self.process.stdin.write(json.dumps(command) + "\n")
         self.process.stdin.flush()
+
+    def receive(self, command=None) -> dict:
+        """The worker's answer to the command sent last."""
         line = self.process.stdout.readline()
         if not line:
             raise RuntimeError(f"the {self.label} worker exited (code {self.process.wait()}) on {command}")
