@@ -143,6 +143,44 @@ def test_missing_and_corrupt_directories(saved, tmp_path):
         create_world_model(str(path))
 
 
+def test_a_preset_name_is_the_preset_whatever_the_working_directory_holds(saved, tmp_path, monkeypatch):
+    model, _ = saved
+    monkeypatch.chdir(tmp_path)
+    model.save_pretrained("dreamerv3:size1m")
+    fresh = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=3, **TINY)
+    assert fresh.config.action_dim == 3  # the preset with these shapes, not the directory of that name
+    loaded = create_world_model("./dreamerv3:size1m")  # a path that looks like one
+    assert loaded.config == model.config
+    np.testing.assert_array_equal(np.asarray(jax.tree_util.tree_leaves(loaded.params)[0]),
+                                  np.asarray(jax.tree_util.tree_leaves(model.params)[0]))
+    assert worldloom.get_config("dreamerv3:size1m", obs_shape=(4,), action_dim=3).action_dim == 3
+    assert create_world_model("model").config == model.config  # no preset of that name: a saved directory
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(UnknownModelError, match="'plain' exists here but holds no config.json"):
+        create_world_model("plain", obs_shape=(4,), action_dim=2)
+
+
+def test_an_empty_name_is_a_config_error():
+    for name in ("", "  "):
+        with pytest.raises(ConfigError, match="expected a preset name .* got "):
+            create_world_model(name, obs_shape=(4,), action_dim=2)
+
+
+@pytest.mark.slow(reason="builds, saves and loads models through the torch face")
+def test_the_torch_face_resolves_names_by_the_same_rule(saved, tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    import worldloom_torch_compat as face
+
+    model, _ = saved
+    monkeypatch.chdir(tmp_path)
+    model.save_pretrained("dreamerv3:size1m")
+    fresh = face.create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=3, device="cpu", **TINY)
+    assert fresh.action_dim == 3  # the preset, not the directory of that name
+    assert face.create_world_model("./dreamerv3:size1m", device="cpu").action_dim == 2
+    with pytest.raises(ConfigError):
+        face.create_world_model("", device="cpu")
+
+
 def test_truncated_weights_are_an_error(saved):
     _, path = saved
     files = sorted(p for p in (path / "weights").rglob("*") if p.is_file() and p.stat().st_size > 64)

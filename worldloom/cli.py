@@ -419,7 +419,7 @@ def _load(args):
 
     if not Path(args.model).is_dir():
         raise ConfigError(f"--model must be a directory written by save_pretrained, got {args.model!r}.")
-    model = create_world_model(args.model, device=args.device)
+    model = create_world_model(Path(args.model), device=args.device)  # a path, even one named like a preset
     buffer = ReplayBuffer.load(args.buffer, obs_shape=model.config.obs_shape)
     return model, buffer
 

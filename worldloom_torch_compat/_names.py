@@ -17,16 +17,21 @@ DEFAULT_ACTION_DIM = 6
 
 
 def is_saved_path(name: str) -> bool:
-    """Whether ``name`` names a directory (or file) rather than a preset or alias."""
-    return os.sep in name or name.startswith(".") or os.path.exists(name)
+    """Whether ``name`` names a saved model rather than a preset or alias: worldloom's rule
+    (:func:`worldloom.models.factory.names_saved_model`), the source's preset names counting as presets."""
+    from worldloom.models.factory import names_saved_model
+
+    return names_saved_model(name) and names_saved_model(_source_preset(name))
 
 
 def preset_name(name: str | os.PathLike) -> str:
     """``name`` with the original source's family prefixes (``dreamer:``, ``tdmpc:``) as worldloom's;
     paths pass through."""
     name = os.fspath(name)
-    if is_saved_path(name):
-        return name
+    return name if is_saved_path(name) else _source_preset(name)
+
+
+def _source_preset(name: str) -> str:
     family, sep, preset = name.strip().partition(":")
     if not sep:
         return name

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from worldloom.core import registry
-from worldloom.core.errors import CheckpointError, ConfigError
+from worldloom.core.errors import CheckpointError, ConfigError, UnknownModelError
 from worldloom.models.base import WorldModel
 from worldloom.models.checkpoint import load_model, read_meta
 
@@ -28,8 +28,56 @@ REFERENCE_SPACES = {
 }
 
 
-def _looks_like_path(name: str) -> bool:
-    return os.sep in name or name.startswith(".") or Path(name).exists()
+def names_saved_model(model: str | os.PathLike) -> bool:
+    """Whether :func:`create_world_model` reads ``model`` as the path of a saved model.
+
+    One rule, the same in every working directory: a ``PathLike`` is a path; a
+    string that names a preset or an alias is that preset, whatever the
+    working directory holds; any other string is a path when it looks like
+    one: it starts with ``./``, ``../``, ``/`` or ``~``, holds a path
+    separator, or is an existing directory holding ``config.json``.
+    Anything else is an unknown model name.
+    """
+    if isinstance(model, os.PathLike):
+        return True
+    name = str(model).strip()
+    if not name or _is_preset(name):
+        return False
+    separators = tuple(sep for sep in (os.sep, os.altsep) if sep)
+    if name.startswith(("~", ".")) and (name in (".", "..", "~") or name.lstrip(".~").startswith(separators)):
+        return True
+    return any(sep in name for sep in separators) or (Path(name) / "config.json").is_file()
+
+
+def _is_preset(name: str) -> bool:
+    try:
+        registry.resolve(name)
+    except UnknownModelError:
+        return False
+    return True
+
+
+def _resolve_preset(name: str):
+    """``(family, preset)`` of a preset name or alias; UnknownModelError otherwise."""
+    try:
+        return registry.resolve(name)
+    except UnknownModelError as err:
+        if Path(name).exists():
+            raise UnknownModelError(f"{err} ({name!r} exists here but holds no config.json, so it is not read as "
+                                    "a saved model.)") from err
+        raise
+
+
+def _model_name(model) -> str:
+    """``model`` as a name or path string; ConfigError for another type or an empty name."""
+    if not isinstance(model, (str, os.PathLike)):
+        raise ConfigError(f"create_world_model: model must be a preset name, an alias or a path, "
+                          f"got {type(model).__name__} {model!r}.")
+    name = os.fspath(model)
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"create_world_model: expected a preset name (e.g. 'dreamerv3:size12m'), an alias or "
+                          f"the path of a saved model, got {name!r}.")
+    return name
 
 
 def create_world_model(
@@ -46,6 +94,8 @@ def create_world_model(
     Args:
         model: ``"dreamerv3:size12m"``, ``"tdmpc2:5m"``, an alias (``"dreamer"``,
             ``"tdmpc-small"``, ...) or the path of a ``save_pretrained`` directory.
+            A preset or alias wins over a directory of the same name; a path
+            must look like one (see :func:`names_saved_model`).
         obs_shape: Observation shape, e.g. ``(4,)`` or ``(64, 64, 3)``; required
             for a new model.
         action_dim: Action size (number of actions when discrete); required for
@@ -60,22 +110,20 @@ def create_world_model(
         CheckpointError: a saved directory that is missing or corrupt.
         DeviceError: a device that is not present.
     """
-    if not isinstance(model, (str, os.PathLike)):
-        raise ConfigError(f"create_world_model: model must be a preset name, an alias or a path, "
-                          f"got {type(model).__name__} {model!r}.")
-    name = os.fspath(model)
+    name = _model_name(model)
     if isinstance(obs_shape, numbers.Integral) and not isinstance(obs_shape, bool):
         obs_shape = (int(obs_shape),)
     elif isinstance(obs_shape, list):
         obs_shape = tuple(obs_shape)
-    if _looks_like_path(name) and not (":" in name and not Path(name).exists()):
+    if names_saved_model(model):
+        name = os.path.expanduser(name)
         extra = dict(overrides)
         if obs_shape is not None:
             extra["obs_shape"] = obs_shape
         if action_dim is not None:
             extra["action_dim"] = action_dim
         return load_model(name, device=device, seed=None, **extra)
-    family, preset = registry.resolve(name)
+    family, preset = _resolve_preset(name)
     if obs_shape is None or action_dim is None:
         raise ConfigError(
             f"create_world_model({name!r}) needs obs_shape= and action_dim= for a new model, "
@@ -184,15 +232,16 @@ MODEL_ALIASES: Mapping[str, str] = _Aliases()
 
 def get_config(model: str | os.PathLike, **fields: Any):
     """The config of a preset or alias (``fields`` on top) or of a saved model directory."""
-    name = os.fspath(model)
-    if _looks_like_path(name) and not (":" in name and not Path(name).exists()):
+    name = _model_name(model)
+    if names_saved_model(model):
+        name = os.path.expanduser(name)
         meta = read_meta(name)
         family = registry.families().get(meta["family"])
         if family is None:
             raise CheckpointError(f"{name} holds a model of unknown family {meta['family']!r}.")
         config = family.config_cls.from_dict(meta["config"])
         return config.replace(**fields) if fields else config
-    family, preset = registry.resolve(name)
+    family, preset = _resolve_preset(name)
     return family.config_cls.from_size(preset, **fields)
 
 
