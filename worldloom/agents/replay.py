@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 
+from worldloom.core.archives import read_npz, write_npz
 from worldloom.core.errors import CheckpointError, DataError, ShapeError
 
 FLAGS = ("is_first", "is_last", "is_terminal")
+FORMAT = "worldloom-stream-replay"
+VERSION = 1
 
 
 class StreamReplay:
@@ -126,32 +128,45 @@ class StreamReplay:
     # ------------------------------------------------------------ files
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write every stream and counter to an ``.npz`` file (the caller makes it atomic)."""
-        with open(Path(path), "wb") as handle:
-            np.savez(handle, written=self.written, rng=np.asarray(json.dumps(self._rng.bit_generator.state)),
-                     **self.data)
+        """Write every stream and counter to a signed ``.npz`` file, atomically (:mod:`worldloom.core.archives`).
+
+        Raises:
+            CheckpointError: the write failed (naming the path and the cause).
+        """
+        write_npz(path, {"written": self.written, "rng": np.asarray(json.dumps(self._rng.bit_generator.state)),
+                         **self.data}, format=FORMAT, version=VERSION, what="agent's replay")
 
     def load_state(self, path: str | os.PathLike) -> StreamReplay:
         """Fill this replay from :meth:`save`'s file, keeping the saved capacity.
 
         Raises:
-            CheckpointError: an unreadable file, or rows of another shape (other
-                observations, actions, latents or number of streams).
+            CheckpointError: a missing, unreadable, truncated or damaged file, a
+                format version this worldloom does not read, or rows of another
+                shape (other observations, actions, latents or number of streams).
         """
+        saved = read_npz(path, format=FORMAT, versions=(VERSION,), what="agent's replay", writer="StreamReplay.save()",
+                         signed=True)
         try:
-            with np.load(Path(path)) as saved:
-                arrays = {key: saved[key] for key in (*self.data, "written")}
-                generator = json.loads(str(saved["rng"]))
-        except (OSError, KeyError, ValueError) as err:
-            raise CheckpointError(f"Could not read the agent's replay at {path}: {err}") from err
+            arrays = {key: saved[key] for key in (*self.data, "written")}
+            generator = json.loads(str(saved["rng"]))
+            written = arrays["written"].astype(np.int64)
+        except (KeyError, ValueError, TypeError) as err:
+            raise CheckpointError(f"{path}: expected the arrays {sorted(self.data)}, 'written' and 'rng' of "
+                                  f"StreamReplay.save(), got {sorted(saved)}: {err}") from err
         for key, store in self.data.items():
             got = arrays[key].shape
             if got[:1] + got[2:] != store.shape[:1] + store.shape[2:] or arrays[key].dtype != store.dtype:
                 raise CheckpointError(f"{path}: {key} expected {store.dtype} rows of shape "
                                       f"{[store.shape[0], 'rows', *store.shape[2:]]}, got {arrays[key].dtype} "
                                       f"{list(got)}.")
+        if written.shape != (self.num_streams,) or np.any(written < 0):
+            raise CheckpointError(f"{path}: written: expected {self.num_streams} non-negative row counts, got "
+                                  f"{written.tolist()}.")
+        try:
+            self._rng.bit_generator.state = generator
+        except (TypeError, ValueError, KeyError) as err:
+            raise CheckpointError(f"{path}: rng: expected the sampler's generator state, got {err}.") from err
         self.data = {key: arrays[key] for key in self.data}
         self.rows = int(arrays["obs"].shape[1])
-        self.written = arrays["written"].astype(np.int64)
-        self._rng.bit_generator.state = generator
+        self.written = written
         return self
