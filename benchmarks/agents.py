@@ -4,6 +4,15 @@
     python -m benchmarks.agents --task pendulum --seeds 0
     python -m benchmarks.agents --task cartpole-tdmpc2 --seeds 0   # TD-MPC2, episodic
     python -m benchmarks.agents --task cartpole --steps 5000 --quick   # a short look
+    python -m benchmarks.agents --throughput --against HEAD --steps 1000 --rounds 3
+
+``--throughput`` times the online loop instead: DreamerV3 ``size1m`` at train
+ratio 64 on CartPole-v1 (one update every 16 environment steps), updates per
+second of the loop's wall time (acting, stepping, replay and updates; the
+programs compiled by an earlier run in the same process through JAX's
+persistent cache). ``--against REV`` runs the same measurement on a git
+revision's ``worldloom/`` (exported with ``git archive``) in alternating
+rounds and prints the ratio of the medians (above 1: the working tree is faster).
 
 Targets: DreamerV3 ``size1m`` reaches a mean evaluation return of at least 475
 on CartPole-v1 within 50,000 environment steps; TD-MPC2 reaches at least -200
@@ -21,6 +30,10 @@ import datetime
 import json
 import os
 import platform
+import statistics
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 from worldloom.agents import AgentRunConfig, run_agent
@@ -40,9 +53,61 @@ def first_step_reaching(history, target: float):
     return next((step for step, value in history if value >= target), None)
 
 
+THROUGHPUT = dict(env="CartPole-v1", algo="dreamerv3", model="dreamerv3:size1m", train_ratio=64.0, eval_episodes=0,
+                  checkpoint_every=0, device="cpu", seed=0)
+# One measurement in a fresh interpreter: a warm-up run compiles, the timed run reuses the cached programs.
+_MEASURE = """
+import json, sys, tempfile
+from worldloom.agents import AgentRunConfig, run_agent
+settings, steps = json.loads(sys.argv[1]), int(sys.argv[2])
+root = tempfile.mkdtemp()
+run_agent(AgentRunConfig(**settings, total_steps=min(steps, 200), out_dir=root + "/warm"), progress=False)
+result = run_agent(AgentRunConfig(**settings, total_steps=steps, out_dir=root + "/timed"), progress=False)
+print(json.dumps({"updates": result["updates"], "wall_time": result["wall_time"]}))
+"""
+
+
+def _measure(tree: str, steps: int, cache: str) -> float:
+    """Updates per second of one timed run, with ``tree`` first on the path."""
+    env = dict(os.environ, PYTHONPATH=tree, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache,
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    out = subprocess.run([sys.executable, "-c", _MEASURE, json.dumps(THROUGHPUT), str(steps)], env=env, check=True,
+                         capture_output=True, text=True, cwd=tempfile.gettempdir()).stdout
+    row = json.loads(out.strip().splitlines()[-1])
+    return row["updates"] / row["wall_time"]
+
+
+def throughput(against: str | None, steps: int, rounds: int) -> dict:
+    """Online update throughput of the working tree (and of ``against``) over ``rounds`` alternating rounds."""
+    root = Path(__file__).resolve().parents[1]
+    trees = {"working tree": str(root)}
+    with tempfile.TemporaryDirectory() as scratch:
+        if against:
+            export = Path(scratch) / "against"
+            export.mkdir()
+            archive = subprocess.run(["git", "archive", against, "worldloom"], cwd=root, check=True,
+                                     capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(export)], input=archive, check=True)
+            trees[against] = str(export)
+        rates = {label: [] for label in trees}
+        caches = {label: tempfile.mkdtemp(dir=scratch) for label in trees}
+        for number in range(rounds):
+            order = list(trees) if number % 2 == 0 else list(trees)[::-1]
+            for label in order:
+                rates[label].append(_measure(trees[label], steps, caches[label]))
+                print(f"round {number + 1}: {label}: {rates[label][-1]:.3f} updates/s", flush=True)
+    summary = {label: statistics.median(values) for label, values in rates.items()}
+    if against:
+        summary["ratio"] = summary["working tree"] / summary[against]
+    return {"median_updates_per_sec": summary, "rounds": rates, "steps": steps, **THROUGHPUT}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=sorted(TASKS), required=True)
+    parser.add_argument("--throughput", action="store_true", help="time the online loop instead (see above)")
+    parser.add_argument("--against", help="with --throughput: a git revision to time beside the working tree")
+    parser.add_argument("--rounds", type=int, default=3, help="with --throughput: alternating rounds")
+    parser.add_argument("--task", choices=sorted(TASKS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--steps", type=int, help="environment steps (default: the target's budget)")
     parser.add_argument("--train-ratio", type=float, help="DreamerV3 replayed steps per environment step")
@@ -54,6 +119,11 @@ def main(argv=None) -> int:
     parser.add_argument("--results", default="docs/results.md")
     parser.add_argument("--quick", action="store_true", help="do not append to the results file")
     args = parser.parse_args(argv)
+    if args.throughput:
+        print(json.dumps(throughput(args.against, args.steps or 1000, args.rounds), indent=2))
+        return 0
+    if args.task is None:
+        parser.error("--task is required (or --throughput)")
 
     task = TASKS[args.task]
     rows = []

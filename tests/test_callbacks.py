@@ -193,3 +193,19 @@ def test_progress_off_a_terminal_is_plain_periodic_lines():
     # 40 steps in 40 s after compiling: 1 step/s and 59 steps to go, whatever the first step cost.
     assert last.startswith("train: 41/100 steps (41%), 1.00 step/s, ETA 00:59") and last.endswith("loss=0.1")
     assert isinstance(progress(10, file=io.StringIO()), LineProgress)
+
+
+@pytest.mark.slow(reason="a training run (the shared tiny program) with a log directory on a full disk")
+def test_a_log_directory_on_a_full_disk_warns_once_and_training_goes_on(buffer, tmp_path, monkeypatch):
+    from worldloom.training.logs import TensorBoardWriter
+
+    def full_disk(self, *args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(TensorBoardWriter, "add_scalar", full_disk)
+    trainer = Trainer(make_model(), make_config(log_interval=2))
+    trainer.add_callback(LoggingCallback(log_dir=tmp_path / "logs"))
+    with pytest.warns(RuntimeWarning, match="Logging to .*logs stopped: No space left on device") as caught:
+        trainer.train(buffer)
+    assert trainer.step == 8 and not trainer.interrupted
+    assert len([w for w in caught if "Logging to" in str(w.message)]) == 1

@@ -111,9 +111,11 @@ def test_update_runs_and_checkpoint_acts_identically(agent, tmp_path, rng, strea
     batch = stream_batch(agent, rng, DREAMER_BATCH, DREAMER_LENGTH, terminal_at=3)
     batch["is_first"][:, 4] = True
     for i in range(3):
-        state, metrics = step(state, batch, jax.random.PRNGKey(i))
-    assert metrics.pop("context/deter").shape == (DREAMER_BATCH, DREAMER_LENGTH, wm.config.deter)
-    assert metrics.pop("context/stoch").shape == (DREAMER_BATCH, DREAMER_LENGTH, wm.config.stoch_size)
+        state, metrics, posteriors = step(state, batch, jax.random.PRNGKey(i))
+    # The write-back travels as its own output, not among the metrics.
+    assert posteriors["deter"].shape == (DREAMER_BATCH, DREAMER_LENGTH, wm.config.deter)
+    assert posteriors["stoch"].shape == (DREAMER_BATCH, DREAMER_LENGTH, wm.config.stoch_size)
+    assert not any(name.startswith("context/") for name in metrics)
     assert all(np.isfinite(float(v)) for v in metrics.values())
     assert {"loss/policy", "loss/value", "loss/repval", "loss/rec", "loss/dyn"} <= set(metrics)
     agent.load_params(update.params(state))

@@ -5,8 +5,7 @@ import pytest
 from _agents import DREAMER_TINY, TDMPC_TINY
 
 from worldloom.core.errors import ConfigError
-from worldloom.envs import ATARI_REFERENCE, DMC_REFERENCE, parse_suite_id, suite_settings
-from worldloom.training.data import make_env
+from worldloom.envs import ATARI_REFERENCE, DMC_REFERENCE, make_env, parse_suite_id, suite_settings
 
 pytest.importorskip("dm_control")
 pytest.importorskip("ale_py")

@@ -164,7 +164,7 @@ def test_same_seed_same_result_one_compile_and_every_step_reported(buffer, refer
     assert not same(leaves(other), reference_run["params"])
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="compiles the K-update program and the plain update")
 def test_scanned_dispatch_matches_a_plain_loop_over_the_update(buffer):
     """K updates in one ``lax.scan`` dispatch == K dispatches of one == a Python loop over ``update.step``."""
     trainer = Trainer(make_model(), make_config(total_steps=3))
@@ -263,7 +263,7 @@ def test_train_one_liner(buffer):
     assert out is model and not same(leaves(model), before)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="compiles a TD-MPC2 training program, trains, checkpoints and resumes")
 @pytest.mark.skipif(not any(n.startswith("tdmpc2:") for n in list_models()), reason="no TD-MPC2 presets")
 def test_tdmpc2_trains_and_resumes(buffer, tmp_path):
     small = dict(enc_dim=32, mlp_dim=32, latent_dim=16, num_q=2, num_bins=11)

@@ -15,32 +15,27 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from worldloom.core.errors import ConfigError, DistributedError, WorldloomError
+from worldloom.core.errors import CheckpointError, ConfigError, DistributedError, WorldloomError
 
 ENV_HELP = ("Gymnasium env id, or a suite task with its reference settings: dmc:<domain>-<task>[:pixels], "
             "atari:<game>")
 
 
-def _setting(text: str) -> str:
-    if "=" not in text or not text.partition("=")[0].strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return text
+def _setting(text: str) -> tuple[str, object]:
+    """``--set KEY=VALUE`` of every command: the key and the value read as YAML (one parser for all)."""
+    from worldloom.core.config import parse_setting
 
-
-def _override(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     try:
-        return key.strip(), json.loads(value)
-    except json.JSONDecodeError:
-        return key.strip(), value
+        return parse_setting(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--set: ")) from err
 
 
 # ``worldloom train`` flags and the TrainingConfig fields they set.
@@ -48,41 +43,30 @@ TRAIN_FLAGS = {"steps": "total_steps", "batch_size": "batch_size", "seq_len": "s
                "lr": "learning_rate", "warmup_steps": "warmup_steps", "steps_per_dispatch": "steps_per_dispatch",
                "log_interval": "log_interval", "eval_interval": "eval_interval", "save_interval": "save_interval",
                "device": "device", "seed": "seed"}
-# Flags that describe an invocation, not a run: never read from or written to a run file.
-_NOT_IN_RUN_FILE = {"command", "argv_tail", "config", "resume", "no_progress", "overrides", "training", "coordinator",
-                    "num_processes", "process_id", "distributed"}
+
+# The settings of a ``train`` run file: the flags' names, plus ``world_model`` and ``training``.
+TRAIN_FILE_KEYS = ("env", "model", "episodes", "test_episodes", "steps", "batch_size", "seq_len", "lr", "warmup_steps",
+                   "steps_per_dispatch", "log_interval", "eval_interval", "save_interval", "context", "horizon", "seed",
+                   "out", "device")
 
 
-def _train_file_argv(path, train_parser: argparse.ArgumentParser) -> tuple[list[str], dict]:
-    """Flags for the settings of a ``train`` run file, and its ``training`` section (TrainingConfig fields)."""
-    import difflib
+def _apply_train_file(args) -> None:
+    """Fill ``args`` from its ``train`` run file (``args.config``): the file's values, then flags typed (which win),
+    its ``world_model`` before the typed ``--set`` items, and its ``training`` section (TrainingConfig fields)."""
+    from worldloom.core.config import read_settings_file
 
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError as err:
-        raise ConfigError(f"--config: expected a run file, got {str(path)!r}, which does not exist.") from err
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"--config: could not read {str(path)!r}: {err}") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config: expected a mapping of settings in {str(path)!r}, got {type(data).__name__}.")
-    flags = {action.dest: action for action in train_parser._actions if action.option_strings}
-    argv = []
+    data = read_settings_file(args.config, known=(*TRAIN_FILE_KEYS, "world_model", "training"),
+                              sections=("world_model", "training"))
+    typed = _typed("train", args.argv_tail, TRAIN_FILE_KEYS)
     for key, value in data.items():
-        if key == "world_model":
-            argv += [item for name, v in (value or {}).items() for item in ("--set", f"{name}={json.dumps(v)}")]
-        elif key in flags and key not in _NOT_IN_RUN_FILE:
-            option = flags[key].option_strings[-1]
-            if value is True or value is False:
-                argv += [option] if value else []
-            elif value is not None:
-                argv += [option, str(value)]
-        elif key != "training":
-            close = difflib.get_close_matches(key, [k for k in flags if k not in _NOT_IN_RUN_FILE], n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"--config {path}: no train setting {key!r}.{hint}")
-    return argv, dict(data.get("training") or {})
+        if key in TRAIN_FILE_KEYS and key not in typed and value is not None:
+            setattr(args, key, value)
+    args.overrides = [*(data.get("world_model") or {}).items(), *args.overrides]
+    args.training = dict(data.get("training") or {})
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
 
 
 def _version() -> str:
@@ -108,10 +92,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="worldloom", description="Latent world models (DreamerV3, TD-MPC2).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
+    parser.commands = {}  # name -> the command's parser
 
     def command(name: str, text: str) -> argparse.ArgumentParser:
-        return commands.add_parser(name, help=text, description=text,
-                                   formatter_class=_Help)
+        parser.commands[name] = commands.add_parser(name, help=text, description=text, formatter_class=_Help)
+        return parser.commands[name]
 
     def run_flags(sub: argparse.ArgumentParser, out: str) -> None:
         """The flags of a command that makes a run directory (train, agent)."""
@@ -148,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="updates between checkpoints; 0: only at the end and on Ctrl-C")
     train.add_argument("--context", type=int, default=5, help="observed steps before imagining (plot)")
     train.add_argument("--horizon", type=int, default=15, help="imagined steps (plot)")
-    train.add_argument("--set", dest="overrides", type=_override, action="append", default=[],
+    train.add_argument("--set", dest="overrides", type=_setting, action="append", default=[],
                        metavar="KEY=VALUE", help="override a TrainingConfig field (grad_clip=1.0) or a model "
                                                  "config field (deter=256); applied last (repeatable)")
     train.add_argument("--seed", type=int, default=0, help="seeds collection, model and sampling")
@@ -218,13 +203,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+RUN_LOCK = ".worldloom-run.lock"  # held in a run directory while a command writes it
+
+
 def _run_dir(out: str, resume, checkpoints: str = "checkpoints") -> Path:
     """The directory a run writes to: a new one per run, or the one ``--resume`` names.
 
     Without ``--resume``, ``out`` when it does not exist or is empty, else the
     first free ``out-2``, ``out-3``, ... (an earlier run is never written over).
     ``--resume`` alone continues ``out``; ``--resume PATH`` continues ``PATH``.
+
+    Raises:
+        CheckpointError: a live run is writing ``out`` (or the run to resume).
     """
+    from worldloom.core.files import WriterLock
+
     if resume:
         path = Path(out if resume is True else resume)
         if not (path / checkpoints).is_dir():
@@ -233,6 +226,8 @@ def _run_dir(out: str, resume, checkpoints: str = "checkpoints") -> Path:
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--out: expected a directory, got the file {str(path)!r}.")
+    if (path / RUN_LOCK).exists():  # a run writing there now is refused, not moved aside
+        WriterLock(path, RUN_LOCK).acquire().release()
     number = 1
     while path.exists() and any(path.iterdir()):
         number += 1
@@ -240,6 +235,23 @@ def _run_dir(out: str, resume, checkpoints: str = "checkpoints") -> Path:
     if number > 1:
         print(f"{out} holds an earlier run; writing this one to {path}")
     return path
+
+
+@contextlib.contextmanager
+def _claimed(path: Path):
+    """Hold the run directory's lock while the command writes it (a second writer is refused at once); a
+    directory this made and left empty (the run failed before writing) is removed again."""
+    from worldloom.core.files import WriterLock
+
+    made = not path.exists()
+    lock = WriterLock(path, RUN_LOCK).acquire()
+    try:
+        yield path
+    finally:
+        lock.release()
+        if made:
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only when empty
 
 
 def _losses_text(losses: dict) -> str:
@@ -286,47 +298,107 @@ def _join(args) -> bool:
 
 def cmd_train(args) -> dict:
     """``worldloom train``: collect, train with progress and TensorBoard, save, evaluate, plot."""
-    import gymnasium as gym
-    import numpy as np
-    import yaml
-
-    from worldloom import create_world_model
     from worldloom import distributed as dist
     from worldloom.core import registry
     from worldloom.core.devices import resolve_device
-    from worldloom.training import Trainer, TrainingConfig
-    from worldloom.training._checkpoint import list_checkpoints
-    from worldloom.training.callbacks import LoggingCallback, ProgressCallback
-    from worldloom.training.data import collect_episodes, make_env
-    from worldloom.training.evaluation import evaluate_loss, open_loop_prediction, plot_open_loop
+    from worldloom.envs import make_env
+    from worldloom.models.factory import get_config, names_saved_model
+    from worldloom.training import TrainingConfig
+    from worldloom.training.checkpoints import list_checkpoints
 
-    # Settings are checked before any episode is collected.
+    # Settings are checked before any episode is collected and before the run directory is made.
     primary = _join(args)
-    out = Path(dist.broadcast(str(_run_dir(args.out, args.resume)) if primary else None))
     training_fields = set(TrainingConfig.field_names())
     training = dict(args.training)  # a run file's TrainingConfig fields, then --set ones
     training.update({key: value for key, value in args.overrides if key in training_fields})
     model_sets = [(key, value) for key, value in args.overrides if key not in training_fields]
-    config = TrainingConfig(**{**{field: getattr(args, dest) for dest, field in TRAIN_FLAGS.items()},
-                               "checkpoint_dir": str(out / "checkpoints"), **training})
+    config = TrainingConfig(**{**{field: getattr(args, dest) for dest, field in TRAIN_FLAGS.items()}, **training})
     resolve_device(args.device)
     for flag, value in (("--episodes", args.episodes), ("--test-episodes", args.test_episodes)):
         if value < 1:
             raise ConfigError(f"{flag}: expected at least 1 episode, got {value}.")
+    env = make_env(args.env)  # made, not stepped: its spaces check the model settings
+    try:
+        obs_shape, action_dim, discrete = _env_spaces(env)
+        overrides = dict(model_sets)
+        if not names_saved_model(args.model):
+            family, _ = registry.resolve(args.model)
+            if discrete and "action_type" in family.config_cls.field_names():
+                overrides.setdefault("action_type", "discrete")
+        get_config(args.model, obs_shape=obs_shape, action_dim=action_dim, **overrides)
+    except BaseException:
+        env.close()
+        raise
+    if args.resume:
+        resume_dir = Path(args.out if args.resume is True else args.resume)
+        saved = list_checkpoints(resume_dir / "checkpoints")
+        if saved and saved[-1][0] > config.total_steps:
+            env.close()
+            raise ConfigError(f"--resume: {resume_dir} has done {saved[-1][0]} updates; expected --steps of at least "
+                              f"{saved[-1][0]} to go on, got {config.total_steps}.")
     # With replay_sharding="process" each process collects and holds only its block of the training episodes.
     first, last = 0, args.episodes
     if config.replay_sharding == "process" and dist.process_count() > 1:
         index, count = dist.process_index(), dist.process_count()
         if args.episodes < count:
+            env.close()
             raise ConfigError(f"--episodes: replay_sharding='process' splits the training episodes among the "
                               f"{count} processes; expected at least {count}, got {args.episodes}.")
         first, last = index * args.episodes // count, (index + 1) * args.episodes // count
+    try:
+        out = Path(dist.broadcast(str(_run_dir(args.out, args.resume)) if primary else None))
+    except BaseException:
+        env.close()
+        raise
+    with _claimed(out) if primary else contextlib.nullcontext():
+        return _train(args, config.replace(checkpoint_dir=str(out / "checkpoints")), env, (first, last),
+                      overrides, model_sets, out, primary)
+
+
+def _env_spaces(env) -> tuple[tuple, int, bool]:
+    """``(obs_shape, action_dim, discrete)`` of a Gymnasium env, as :func:`collect_episodes` stores it."""
+    import gymnasium as gym
+    import numpy as np
+
+    discrete = isinstance(env.action_space, gym.spaces.Discrete)
+    action_dim = int(env.action_space.n) if discrete else int(np.prod(env.action_space.shape or (1,)))
+    return tuple(env.observation_space.shape or ()), action_dim, discrete
+
+
+def _train(args, config, env, block: tuple[int, int], overrides: dict, model_sets: list, out: Path,
+           primary: bool) -> dict:
+    """``worldloom train`` once its settings are checked and ``out`` is claimed."""
+    import numpy as np
+
+    from worldloom import create_world_model
+    from worldloom import distributed as dist
+    from worldloom.core.files import atomic_write_text
+    from worldloom.training import Trainer
+    from worldloom.training.callbacks import LoggingCallback, ProgressCallback
+    from worldloom.training.checkpoints import list_checkpoints
+    from worldloom.training.data import collect_episodes
+    from worldloom.training.evaluation import evaluate_loss, open_loop_prediction, plot_open_loop
+    from worldloom.training.interrupts import Interrupted, signal_name
+
+    first, last = block
+    # The run file: every flag's value, the model overrides and the TrainingConfig fields no flag sets.
+    run_config = {key: getattr(args, key) for key in TRAIN_FILE_KEYS}
+    run_config["out"] = str(out)
+    run_config["world_model"] = dict(model_sets)
+    run_config["training"] = {k: v for k, v in config.to_dict().items()
+                              if k not in TRAIN_FLAGS.values() and k != "checkpoint_dir"}
+    run_config = json.loads(json.dumps(run_config, default=str))
     if primary:
-        out.mkdir(parents=True, exist_ok=True)
+        import yaml
+
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(run_config, sort_keys=False))
+        print("Run settings (saved as " + str(out / "config.yaml") + "):\n  "
+              + ", ".join(f"{key}={value}" for key, value in run_config.items() if not isinstance(value, dict))
+              + "".join(f"\n  {section}: " + ", ".join(f"{k}={v}" for k, v in run_config[section].items())
+                        for section in ("world_model", "training")))
     began = time.perf_counter()
     share = "" if (first, last) == (0, args.episodes) else f" (this process: training episodes {first} to {last - 1})"
     print(f"Collecting {args.episodes} + {args.test_episodes} random-policy episodes of {args.env}{share} ...")
-    env = make_env(args.env)
     try:
         buffer = collect_episodes(env, last - first, seed=args.seed + first)  # episode e resets with seed + e
         test = collect_episodes(env, args.test_episodes, seed=args.seed + 100_000)
@@ -335,24 +407,9 @@ def cmd_train(args) -> dict:
     print(f"  train: {buffer.num_transitions} transitions in {buffer.num_episodes} episodes; "
           f"held out: {test.num_transitions} in {test.num_episodes}")
 
-    overrides = dict(model_sets)
-    discrete = isinstance(env.action_space, gym.spaces.Discrete)
-    if not Path(args.model).exists():
-        family, _ = registry.resolve(args.model)
-        if discrete and "action_type" in family.config_cls.field_names():
-            overrides.setdefault("action_type", "discrete")
     model = create_world_model(args.model, obs_shape=buffer.obs_shape, action_dim=buffer.action_dim,
                                device=args.device, seed=args.seed, **overrides)
     print(f"Model {model!r}")
-    # The run file: every flag's value, the model overrides and the TrainingConfig fields no flag sets.
-    run_config = {k: v for k, v in vars(args).items() if k not in _NOT_IN_RUN_FILE}
-    run_config["out"] = str(out)
-    run_config["world_model"] = dict(model_sets)
-    run_config["training"] = {k: v for k, v in config.to_dict().items()
-                              if k not in TRAIN_FLAGS.values() and k != "checkpoint_dir"}
-    if primary:
-        (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(run_config, default=str)),
-                                                        sort_keys=False))
     seq_len = args.seq_len
     if test.num_transitions < seq_len:
         raise ConfigError(f"The held-out episodes hold {test.num_transitions} transitions, fewer than --seq-len "
@@ -374,6 +431,10 @@ def cmd_train(args) -> dict:
     model.save_pretrained(out / "model")
     buffer.save(out / "buffer.npz")
     test.save(out / "test_buffer.npz")
+    if trainer.interrupt_signal is not None:
+        raise Interrupted(trainer.interrupt_signal, f"{signal_name(trainer.interrupt_signal)}: saved {out} at update "
+                                                    f"{trainer.step} of {config.total_steps}; resume with: worldloom "
+                                                    f"train --resume {out}")
     after = evaluate_loss(model, test, args.batch_size, seq_len, num_batches=4, seed=args.seed)
     train_reward = float(np.concatenate([buffer.episode(i)["rewards"] for i in range(buffer.num_episodes)]).mean())
     result = open_loop_prediction(model, test, context=args.context, horizon=args.horizon,
@@ -468,13 +529,22 @@ AGENT_FLAGS = {"env": "env", "algo": "algo", "model": "model", "steps": "total_s
                "out": "out_dir", "seed": "seed", "device": "device"}
 
 
+def _typed(command: str, argv_tail: list[str], dests) -> dict:
+    """The values of the flags among ``dests`` that were typed after ``command`` (not their defaults).
+
+    argparse fills in a default only where the namespace it is given lacks the
+    name, so a namespace holding a marker for each of ``dests`` keeps the
+    marker wherever no flag was typed.
+    """
+    unset = object()
+    namespace = argparse.Namespace(**{dest: unset for dest in dests})
+    typed = vars(_parser().commands[command].parse_args(argv_tail, namespace=namespace))
+    return {dest: value for dest, value in typed.items() if dest in dests and value is not unset}
+
+
 def _given_flags(args) -> dict:
     """Run fields set by flags the user typed (not argparse defaults), so a run file's values stand otherwise."""
-    agent_parser = _parser()._subparsers._group_actions[0].choices["agent"]
-    for action in agent_parser._actions:
-        action.default = argparse.SUPPRESS
-    typed = vars(agent_parser.parse_args(args.argv_tail))
-    return {AGENT_FLAGS[dest]: value for dest, value in typed.items() if dest in AGENT_FLAGS}
+    return {AGENT_FLAGS[dest]: value for dest, value in _typed("agent", args.argv_tail, AGENT_FLAGS).items()}
 
 
 def cmd_agent(args) -> dict:
@@ -482,6 +552,7 @@ def cmd_agent(args) -> dict:
     from worldloom.agents import run_agent
     from worldloom.agents.loop import reached
     from worldloom.agents.run_file import resolve_run
+    from worldloom.core.devices import resolve_device
 
     flags = _given_flags(args)
     run_file = args.config
@@ -491,9 +562,11 @@ def cmd_agent(args) -> dict:
     if run_file is None:  # no run file: the flags' defaults are the run's
         flags = {field: getattr(args, dest) for dest, field in AGENT_FLAGS.items()}
     config, model_overrides = resolve_run(run_file, flags, args.set)
+    resolve_device(config.device)  # an absent device fails before the run directory is made
     primary = _join(args)
     config = config.replace(out_dir=dist.broadcast(str(_run_dir(config.out_dir, args.resume)) if primary else None))
-    result = run_agent(config, progress=not args.no_progress, resume=bool(args.resume), **model_overrides)
+    with _claimed(Path(config.out_dir)) if primary else contextlib.nullcontext():
+        result = run_agent(config, progress=not args.no_progress, resume=bool(args.resume), **model_overrides)
     final = result["final_eval_return"]
     steps = f"{result['env_steps']} steps"
     if result["env_steps"] < config.total_steps and reached(result["eval"], config.stop_return):
@@ -528,24 +601,32 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     args.argv_tail = argv[argv.index(args.command) + 1:]
     args.training = {}
+    if args.command == "train" and args.resume and not args.config:
+        saved = Path(args.out if args.resume is True else args.resume) / "config.yaml"
+        if saved.is_file():  # a resumed run keeps its own settings; flags typed now override them
+            args.config = str(saved)
     if args.command == "train" and args.config:
-        parser = _parser()
-        train_parser = parser._subparsers._group_actions[0].choices["train"]
         try:
-            file_argv, training = _train_file_argv(args.config, train_parser)
+            _apply_train_file(args)
         except ConfigError as err:
             print(f"worldloom train: error: {err}", file=sys.stderr)
             return 2
-        args = parser.parse_args(["train", *file_argv, *args.argv_tail])  # flags you type come last and win
-        args.argv_tail, args.training = argv[argv.index("train") + 1:], training
     handlers = {"train": cmd_train, "collect": cmd_collect, "evaluate": cmd_evaluate, "imagine": cmd_imagine,
                 "agent": cmd_agent, "play": cmd_play, "list-models": cmd_list_models}
+    from worldloom.training.interrupts import Interrupted
+
     try:
         handlers[args.command](args)
+    except Interrupted as stop:  # saved: one line that says how to resume; 130 for Ctrl-C, 143 for SIGTERM
+        print(f"worldloom {args.command}: {stop}", file=sys.stderr)
+        return stop.exit_code
     except DistributedError as err:  # a lost process: skip jax.distributed's shutdown handshake with it
         from worldloom.distributed import exit_after
 
         exit_after(f"worldloom {args.command}: {err}", 2)
+    except CheckpointError as err:  # a file that cannot be read or written: the data on disk is as it was
+        print(f"worldloom {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return 1
     except WorldloomError as err:
         print(f"worldloom {args.command}: error: {err}", file=sys.stderr)
         return 2

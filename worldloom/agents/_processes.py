@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from worldloom import distributed
-from worldloom.training._parallel import AXIS, Placement, data_parallel_mesh
+from worldloom.training.parallel import AXIS, Placement, data_parallel_mesh
 
 
 class ProcessShare:
@@ -81,16 +81,17 @@ class ProcessShare:
         return np.concatenate([np.asarray(shard.data) for shard in shards])
 
     def jit(self, step):
-        """``step(state, batch, key) -> (state, metrics)`` jitted; across processes with the state replicated
-        and the ``context/*`` metrics sharded like the batch."""
+        """``step(state, batch, key) -> (state, metrics, *outputs)`` jitted; across processes with the state and
+        metrics replicated and the further outputs (per-window posteriors) sharded like the batch."""
         if self.place is None:
             return jax.jit(step, donate_argnums=0)
 
         def run(state, batch, key):
             if self._step is None:
-                _, metrics = jax.eval_shape(step, state, batch, key)
-                shardings = {name: self.rows if name.startswith("context/") else self.replicated for name in metrics}
-                self._step = jax.jit(step, donate_argnums=0, out_shardings=(self.replicated, shardings))
+                _, _, *outputs = jax.eval_shape(step, state, batch, key)
+                rows = jax.tree_util.tree_map(lambda _: self.rows, outputs)
+                self._step = jax.jit(step, donate_argnums=0,
+                                     out_shardings=(self.replicated, self.replicated, *rows))
             return self._step(state, batch, self.replicate(key))
 
         return run
@@ -114,13 +115,3 @@ class ProcessShare:
 
     def barrier(self, name: str) -> None:
         distributed.barrier(name)
-
-
-class NullWriter:
-    """A TensorBoard writer that writes nothing (the processes other than process 0)."""
-
-    def add_scalar(self, *args, **kwargs) -> None:
-        pass
-
-    def close(self) -> None:
-        pass

@@ -62,7 +62,7 @@ def env_actions(actions: np.ndarray, envs, discrete: bool) -> np.ndarray:
 def make_vector_env(env_id: str, agent: str, count: int, autoreset: str, options: dict | None = None):
     """``count`` copies of ``env_id`` behind Gymnasium's vector API, reset as ``autoreset`` says.
 
-    ``options`` are :func:`~worldloom.training.data.make_env` keywords (a suite's settings).
+    ``options`` are :func:`~worldloom.envs.make_env` keywords (a suite's settings).
 
     With ``count > 1`` each runs in a subprocess (``AsyncVectorEnv``, started
     with ``spawn``): they step, and render, in parallel. A subprocess makes its
@@ -73,7 +73,7 @@ def make_vector_env(env_id: str, agent: str, count: int, autoreset: str, options
 
     import gymnasium as gym
 
-    from worldloom.training.data import make_env
+    from worldloom.envs import make_env
 
     make = functools.partial(make_env, env_id, agent=agent, **(options or {}))
     if count > 1:
@@ -116,7 +116,8 @@ class StreamCollector:
         self.discrete, self.on_episode = discrete, on_episode
         count = envs.num_envs
         dtype = obs_dtype(envs.single_observation_space)
-        self.replay = StreamReplay(max(capacity, 2 * count), count, cfg.obs_shape, dtype, cfg.action_dim, cfg.deter,
+        self.capacity = max(int(capacity), 2 * count)
+        self.replay = StreamReplay(self.capacity, count, cfg.obs_shape, dtype, cfg.action_dim, cfg.deter,
                                    cfg.stoch_size, seed=seed)
         self.rewards = np.zeros(count, np.float32)
         self.first, self.last, self.terminal = (np.zeros(count, bool) for _ in range(3))
@@ -168,15 +169,17 @@ class StreamCollector:
         """Windows of ``seq_len + 1`` rows (one row of context) and where they lie."""
         return self.replay.sample(batch_size, seq_len + 1)
 
-    def write_back(self, where, metrics: dict) -> None:
-        self.replay.write_latents(where, np.asarray(metrics["context/deter"]), np.asarray(metrics["context/stoch"]))
+    def write_back(self, where, posteriors: dict) -> None:
+        """Store an update's fresh posteriors (``{"deter", "stoch"}``, ``[B, T, ...]``) in the windows ``where``."""
+        self.replay.write_latents(where, np.asarray(posteriors["deter"]), np.asarray(posteriors["stoch"]))
 
     def save(self, directory: Path) -> None:
         self.replay.save(directory / "replay.npz")
 
     def load(self, directory: Path) -> None:
-        """Restore the replay; the newest row of each stream becomes a last step (its episode ends there)."""
-        replay = self.replay.load_state(directory / "replay.npz")
+        """Restore the replay, grown to this run's capacity (ConfigError when the rows held do not fit); the
+        newest row of each stream becomes a last step (its episode ends there)."""
+        replay = self.replay.load_state(directory / "replay.npz").resize(self.capacity)
         newest = (replay.written - 1) % replay.rows
         held = replay.written > 0
         replay.data["is_last"][np.flatnonzero(held), newest[held]] = True
@@ -196,6 +199,7 @@ class EpisodeCollector:
         cfg = agent.world_model.config
         envs = self.envs = as_vector_env(envs, self.AUTORESET)
         self.discrete, self.on_episode = discrete, on_episode
+        self.capacity = int(capacity)
         self.buffer = ReplayBuffer(capacity, cfg.obs_shape, cfg.action_dim, seed=seed)
         self.records = [self._record() for _ in range(envs.num_envs)]
         self.first = np.ones(envs.num_envs, bool)
@@ -246,13 +250,22 @@ class EpisodeCollector:
     def sample(self, batch_size: int, seq_len: int):
         return self.buffer.sample_episodes(batch_size, seq_len), None
 
-    def write_back(self, where, metrics: dict) -> None:
-        pass
+    def write_back(self, where, posteriors) -> None:
+        """Nothing: TD-MPC2's replay stores no latents."""
 
     def save(self, directory: Path) -> None:
         self.buffer.save(directory / "replay.npz")
 
     def load(self, directory: Path) -> None:
+        """Restore the replay, in a buffer of this run's capacity (ConfigError when the episodes held do not fit)."""
+        from worldloom.core.errors import ConfigError
         from worldloom.training import ReplayBuffer
 
-        self.buffer = ReplayBuffer.load(directory / "replay.npz")
+        buffer = ReplayBuffer.load(directory / "replay.npz")
+        if buffer.num_transitions > self.capacity:
+            raise ConfigError(f"The replay in {directory} holds {buffer.num_transitions} transitions; expected a "
+                              f"capacity of at least that, got {self.capacity} (buffer_capacity or total_steps "
+                              "lowered since the run was saved).")
+        if buffer.capacity != self.capacity:
+            buffer = ReplayBuffer.load(directory / "replay.npz", capacity=self.capacity)
+        self.buffer = buffer

@@ -20,7 +20,7 @@ from worldloom.models.checkpoint import restore_pytree, save_pytree
 from worldloom.models.dreamerv3.model import DreamerV3WorldModel
 from worldloom.nn.layers import jit_init
 from worldloom.nn.optim import laprop_agc
-from worldloom.training._guard import guard_update
+from worldloom.training.guard import guard_update
 
 sg = jax.lax.stop_gradient
 
@@ -124,9 +124,10 @@ class DreamerAgent:
                 ``metrics["skipped"]`` is 1.0 there (0.0 otherwise). ``run_agent``
                 stops or goes on from that flag (``AgentRunConfig.on_nonfinite``).
 
-        The metrics also hold ``context/deter`` ``[B, T, D]`` and
-        ``context/stoch`` ``[B, T, S]``, the fresh posteriors of the trained
-        rows, for :meth:`StreamReplay.write_latents`.
+        ``step(state, batch, key) -> (state, metrics, posteriors)``: besides the
+        state and metrics, each update returns the fresh posteriors of the
+        trained rows, ``{"deter": [B, T, D], "stoch": [B, T, S]}``, for the
+        replay's write-back (:meth:`StreamReplay.write_latents`).
         """
         tx = laprop_agc(settings.schedule(), weight_decay=settings.weight_decay, grad_clip=settings.grad_clip)
         normalizer = percentile_normalizer(self.config.retnorm_rate, limit=self.config.retnorm_limit)
@@ -145,8 +146,9 @@ class DreamerAgent:
             params = optax.apply_updates(state["params"], updates)
             slow = ema_update(state["slow_critic"], params["critic"], rate)
             metrics = dict(metrics, grad_norm=optax.global_norm(grads))
-            metrics["context/deter"], metrics["context/stoch"] = sg(post.deterministic), sg(post.stochastic)
-            return {"params": params, "opt_state": opt_state, "slow_critic": slow, "retnorm": retnorm}, metrics
+            posteriors = {"deter": sg(post.deterministic), "stoch": sg(post.stochastic)}
+            return ({"params": params, "opt_state": opt_state, "slow_critic": slow, "retnorm": retnorm}, metrics,
+                    posteriors)
 
         update = UpdateFunctions(init=init, step=step, params=lambda state: state["params"])
         return guard_update(update) if skip_nonfinite else update

@@ -11,119 +11,43 @@ resumable checkpoints to ``out_dir``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import jax
 import numpy as np
 
 from worldloom import distributed
-from worldloom.agents._processes import NullWriter, ProcessShare
-from worldloom.agents._run_io import LoopState, load_checkpoint, plot_curves, save_checkpoint
+from worldloom.agents._processes import ProcessShare
+from worldloom.agents._run_io import (
+    LoopState,
+    has_checkpoint,
+    load_checkpoint,
+    plot_curves,
+    read_loop_state,
+    save_checkpoint,
+)
 from worldloom.agents.collect import EpisodeCollector, StreamCollector, env_action, make_vector_env
+from worldloom.agents.config import DEFAULTS, AgentRunConfig, seed_steps_for
 from worldloom.agents.dreamer import DreamerAgent
-from worldloom.agents.run_file import write_run
+from worldloom.agents.run_file import settings_text, write_run
 from worldloom.agents.tdmpc2 import TDMPC2Agent
-from worldloom.core.config import ConfigBase, require
 from worldloom.core.errors import ConfigError, TrainingError
 from worldloom.models.base import OptimizerSettings
 from worldloom.models.checkpoint import params_sha256
-from worldloom.models.factory import create_world_model
-from worldloom.training._guard import NONFINITE_MODES, SKIPPED, NonFiniteGuard
+from worldloom.models.factory import create_world_model, get_config
+from worldloom.training.guard import SKIPPED, NonFiniteGuard
+from worldloom.training.interrupts import Interrupted, signal_name, stop_requests
+from worldloom.training.logs import NullWriter, tensorboard_sink
+from worldloom.training.programs import update_program
+
+__all__ = ["DEFAULTS", "AgentRunConfig", "evaluate", "make_agent", "reached", "run_agent", "seed_steps_for",
+           "terminates"]
 
 _PROCESS_SEEDS = 7919  # seed offset of each process's environments, replay and random actions
-
-DEFAULTS = {
-    "dreamerv3": dict(model="dreamerv3:size1m", batch_size=16, sequence_length=64, learning_rate=4e-5,
-                      grad_clip=0.0, warmup_steps=1000, seed_steps=0),
-    "tdmpc2": dict(model="tdmpc2:5m", batch_size=256, sequence_length=4, learning_rate=3e-4,
-                   grad_clip=20.0, warmup_steps=0, seed_steps=1000),
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class AgentRunConfig(ConfigBase):
-    """An online training run. ``None`` fields take the algorithm's reference default."""
-
-    env: str = "CartPole-v1"
-    """Gymnasium id or suite id (``dmc:cartpole-balance:pixels``, ``atari:pong``); Discrete or Box actions,
-    vector or image observations."""
-    env_options: dict[str, Any] | None = None
-    """Keywords for every environment the run makes: a suite's settings over its reference's
-    (``{"fast_render": True}``, ``{"repeat": 2}``; see :mod:`worldloom.envs.suites`), or ``gymnasium.make``
-    keywords for a Gymnasium id."""
-    algo: str = "dreamerv3"
-    """``"dreamerv3"`` (actor-critic in imagination) or ``"tdmpc2"`` (MPPI planning)."""
-    model: str | None = None
-    """World-model preset; default ``dreamerv3:size1m`` / ``tdmpc2:5m`` (the reference's default size)."""
-    total_steps: int = 50_000
-    """Environment steps (summed over environments)."""
-    num_envs: int = 1
-    """Environments stepped together; the agent acts on all in one call."""
-    train_ratio: float = 32.0
-    """Replayed steps per environment step (DreamerV3); updates = steps * ratio / (B * T)."""
-    updates_per_step: float = 1.0
-    """Updates per environment step (TD-MPC2's update-to-data ratio)."""
-    batch_size: int | None = None
-    sequence_length: int | None = None
-    learning_rate: float | None = None
-    grad_clip: float | None = None
-    warmup_steps: int | None = None
-    seed_steps: int | None = None
-    """Random-action steps before learning starts (DreamerV3: none, it acts with its initial policy from
-    step 0, as the reference; TD-MPC2: ``max(1000, 5 * episode length)``)."""
-    episodic: bool | None = None
-    """TD-MPC2: termination head and planning that stops at predicted terminations. ``None``: on when a
-    random-action probe of the environment (2,000 steps, not counted) sees a termination; set it for tasks
-    that terminate only on success or failure a random policy never reaches."""
-    log_every: int = 10
-    """Updates between logged training losses (TensorBoard ``train/*``)."""
-    eval_every: int = 5_000
-    """Environment steps between evaluations."""
-    eval_episodes: int = 5
-    stop_return: float | None = None
-    """Stop once a mean evaluation return reaches this (``None``: run all ``total_steps``)."""
-    checkpoint_every: int = 10_000
-    """Environment steps between checkpoints (0: only at the end)."""
-    buffer_capacity: int = 1_000_000
-    out_dir: str = "runs/agent"
-    device: str = "auto"
-    """Where the agent computes: ``"cpu"``, ``"cuda"``, ``"tpu"`` or ``"auto"`` (the fastest present)."""
-    seed: int = 0
-    on_nonfinite: str = "stop"
-    """A NaN/inf loss, gradient or updated state: "stop" (TrainingError), "skip" (drop the update) or "ignore"."""
-    max_consecutive_skips: int = 20
-    """With ``on_nonfinite="skip"``: more consecutive skipped updates than this stop with TrainingError."""
-
-    def validate(self) -> None:
-        require(self.algo in DEFAULTS, f"algo must be one of {sorted(DEFAULTS)}, got {self.algo!r}.")
-        require(self.total_steps > 0, f"total_steps must be positive, got {self.total_steps}.")
-        require(self.num_envs >= 1, f"num_envs must be >= 1, got {self.num_envs}.")
-        require(self.train_ratio > 0 and self.updates_per_step > 0, "train_ratio and updates_per_step must be > 0.")
-        require(self.eval_episodes >= 0 and self.eval_every > 0, "eval_every must be > 0 and eval_episodes >= 0.")
-        require(self.on_nonfinite in NONFINITE_MODES,
-                f"on_nonfinite must be one of {', '.join(map(repr, NONFINITE_MODES))}, got {self.on_nonfinite!r}.")
-        require(self.env_options is None or (isinstance(self.env_options, dict)
-                                              and all(isinstance(key, str) for key in self.env_options)
-                                              and "agent" not in self.env_options),
-                f"env_options must be a mapping of keyword names to values (the agent's suite settings come "
-                f"from algo, not an 'agent' key), got {self.env_options!r}.")
-        require(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}.")
-        require(self.max_consecutive_skips >= 1,
-                f"max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}.")
-
-    def make_env(self, **kwargs):
-        """One environment of this run: ``env`` with the agent's suite settings and ``env_options``."""
-        from worldloom.training.data import make_env
-
-        return make_env(self.env, agent=self.algo, **(self.env_options or {}), **kwargs)
-
-    def resolved(self, name: str):
-        value = getattr(self, name)
-        return DEFAULTS[self.algo][name] if value is None else value
+_BURST = 50  # updates owed at one environment step from which they get a progress display of their own
+_CHUNK = 10  # updates per scanned program where an environment step owes that many or more
 
 
 def _spaces(env):
@@ -141,13 +65,6 @@ def _spaces(env):
 def reached(eval_returns, stop_return: float | None) -> bool:
     """Whether the latest evaluation ``(step, mean, std)`` reached ``stop_return``."""
     return stop_return is not None and bool(eval_returns) and eval_returns[-1][1] >= stop_return
-
-
-def seed_steps_for(config: AgentRunConfig, episode_length: int | None) -> int:
-    """Random-action steps: ``config.seed_steps``, else DreamerV3's 0 or TD-MPC2's ``max(1000, 5 * L)``."""
-    if config.seed_steps is not None or config.algo != "tdmpc2" or not episode_length:
-        return config.resolved("seed_steps")
-    return max(DEFAULTS["tdmpc2"]["seed_steps"], 5 * int(episode_length))
 
 
 def make_agent(config: AgentRunConfig, obs_shape, action_dim: int, discrete: bool, episode_length: int | None = None,
@@ -175,9 +92,9 @@ def evaluate(agent, env_id: str, episodes: int, seed: int, env_options: dict | N
     single call, so planning (or the actor) is batched over episodes. The
     agent's acting state (recurrent latents, kept plans) is restored
     afterwards, so training episodes in flight go on undisturbed. ``env_options`` are
-    :func:`~worldloom.training.data.make_env` keywords (a suite's settings).
+    :func:`~worldloom.envs.make_env` keywords (a suite's settings).
     """
-    from worldloom.training.data import make_env
+    from worldloom.envs import make_env
 
     if episodes <= 0:
         return []
@@ -211,8 +128,8 @@ def terminates(env_id: str, seed: int, steps: int = 2000, agent: str | None = No
     DMC tasks are taken as never terminating, as TD-MPC2's reference runs them
     (only their time limit ends an episode), without stepping them.
     """
+    from worldloom.envs import make_env
     from worldloom.envs.suites import is_suite_id, parse_suite_id
-    from worldloom.training.data import make_env
 
     if is_suite_id(env_id) and parse_suite_id(env_id)[0] == "dmc":
         return False
@@ -232,161 +149,342 @@ def terminates(env_id: str, seed: int, steps: int = 2000, agent: str | None = No
     return False
 
 
+class RunPlan:
+    """What a run settled before any environment is stepped: resolved settings, spaces, resume point.
+
+    Built by :func:`plan_run`, which checks every setting first: the run's
+    fields, the device, the environment id (made, not stepped), the
+    world-model preset and overrides, the replay capacity, and on resume the
+    steps already done. Nothing is written before it returns.
+    """
+
+    def __init__(self, config, overrides, spaces, episode_length, checkpoint_dir, steps_done):
+        self.config, self.overrides = config, overrides
+        self.obs_shape, self.action_dim, self.discrete = spaces
+        self.episode_length, self.checkpoint_dir, self.steps_done = episode_length, checkpoint_dir, steps_done
+
+    @property
+    def resuming(self) -> bool:
+        return self.steps_done is not None
+
+
+def steps_done(checkpoint_dir: Path) -> int:
+    """Environment steps an online run's checkpoint has done (its ``loop.json``).
+
+    Raises:
+        CheckpointError: no readable counters there.
+    """
+    return read_loop_state(checkpoint_dir).env_step  # loop.json, checked against the checkpoint's manifest
+
+
+def plan_run(config: AgentRunConfig, resume: bool, model_overrides: dict, share: ProcessShare) -> RunPlan:
+    """Check every setting of ``config`` before any environment is stepped; see :class:`RunPlan`.
+
+    Raises:
+        ConfigError: a setting no run can use; CheckpointError: unreadable counters to resume from.
+    """
+    out = Path(config.out_dir)
+    checkpoint_dir = out / ("checkpoints" if share.primary else f"checkpoints.process{share.index}")
+    done = None
+    if share.everyone(resume and has_checkpoint(checkpoint_dir)):  # a killed write's leftovers cleaned first
+        done = steps_done(checkpoint_dir)
+        if done > config.total_steps:
+            raise ConfigError(f"--resume: {out} has taken {done} environment steps; expected total_steps (--steps) "
+                              f"of at least {done} to go on, got {config.total_steps}.")
+    probe = config.make_env()  # a bad id or setting fails here, with its message
+    try:
+        spaces = _spaces(probe)
+        episode_length = probe.spec.max_episode_steps if probe.spec is not None else None
+    finally:
+        probe.close()
+    overrides = dict(model_overrides)
+    kind = "discrete" if spaces[2] else "continuous"
+    get_config(config.resolved("model"), obs_shape=spaces[0], action_dim=spaces[1], action_type=kind,
+               **{key: value for key, value in overrides.items() if key != "episodic"})
+    config = config.resolve(episode_length)
+    rows = config.capacity() // config.num_envs
+    window = config.sequence_length + (1 if config.algo == "dreamerv3" else 0)
+    need = window if config.algo == "dreamerv3" else max(window, episode_length or 0)
+    if rows < need:
+        what = "a window of sequence_length + 1" if config.algo == "dreamerv3" else "a window and a whole episode"
+        raise ConfigError(f"buffer_capacity={config.buffer_capacity} holds {rows} steps per environment; expected at "
+                          f"least {need} ({what}).")
+    if config.algo == "tdmpc2":  # the probe steps an environment: after every other check
+        episodic = config.episodic if config.episodic is not None else terminates(
+            config.env, config.seed, agent=config.algo, env_options=config.env_options)
+        config = config.replace(episodic=bool(overrides.setdefault("episodic", bool(episodic))))
+    return RunPlan(config, overrides, spaces, episode_length, checkpoint_dir, done)
+
+
+class Learner:
+    """Turns owed updates into jitted updates: the non-finite guard, placement and the posterior write-back.
+
+    Args:
+        agent: The agent whose ``make_update`` it runs.
+        config: The resolved run.
+        share: The process's part of the run (placement across processes).
+    """
+
+    def __init__(self, agent, config: AgentRunConfig, share: ProcessShare):
+        self.agent, self.config, self.share = agent, config, share
+        settings = OptimizerSettings(learning_rate=config.learning_rate, grad_clip=config.grad_clip,
+                                     warmup_steps=config.warmup_steps)
+        self.guard = NonFiniteGuard(config.on_nonfinite, config.max_consecutive_skips, "AgentRunConfig.on_nonfinite",
+                                    label=lambda update_number: f"update {update_number}")
+        self.update = agent.make_update(settings, skip_nonfinite=self.guard.active)
+        self.step_fn = share.jit(self.update.step)
+        # Where an environment step owes K updates or more (TD-MPC2's pretraining burst, high ratios), they run
+        # K at a time as one scanned program, on one process.
+        self.chunk = None if share.count > 1 else update_program(
+            agent.make_update(settings, skip_nonfinite=False), _CHUNK, config.on_nonfinite)
+        self.state = share.replicate(self.update.init(agent.params))
+        self.metrics: dict = {}
+        self.compiled: set = set()
+
+    def restore(self, saved) -> None:
+        self.state = self.share.replicate(distributed.broadcast_arrays(saved, self.state))
+        self.agent.load_params(self.share.local(self.update.params(self.state)))
+
+    def run(self, collector, loop: LoopState, writer, request, note) -> int:
+        """The updates ``loop.updates_owed`` holds (whole ones), fewer once a stop is requested; returns how many ran.
+
+        Raises:
+            TrainingError: the guard stops the run; the agent keeps its params from before these updates.
+        """
+        config, share = self.config, self.share
+        owed = int(loop.updates_owed)
+        inner = None
+        if owed >= _BURST:
+            from worldloom.core.progress import progress
+
+            inner = progress(owed, desc=f"updates at step {loop.env_step}", unit="update", measured=False,
+                             disable=not note.enabled)
+            inner.note(f"{owed} updates before the next environment step")
+        first_update, dispatched, placed = loop.updates, [], []
+        while loop.updates_owed >= 1.0 and not request.stop:
+            count = _CHUNK if self.chunk is not None and loop.updates_owed >= _CHUNK else 1
+            if count not in self.compiled:
+                note(f"compiling the update program ({count} x batch {config.batch_size} x {config.sequence_length})"
+                     " ...")
+                began = time.perf_counter()
+            samples = [collector.sample(share.local_batch, config.sequence_length) for _ in range(count)]
+            if count == 1:
+                key = jax.random.fold_in(jax.random.PRNGKey(config.seed), loop.updates)
+                self.state, metrics, *posteriors = self.step_fn(self.state, share.batch(samples[0][0]), key)
+                rows = [(metrics, posteriors[0] if posteriors else None)]
+            else:
+                batches = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *[batch for batch, _ in samples])
+                self.state, metrics, *posteriors = self.chunk(self.state, batches, jax.random.PRNGKey(config.seed),
+                                                              np.int32(loop.updates), np.int32(count))
+                rows = [(jax.tree_util.tree_map(lambda x, i=i: x[i], metrics),
+                         jax.tree_util.tree_map(lambda x, i=i: x[i], posteriors[0]) if posteriors else None)
+                        for i in range(count)]
+            for (_, where), (metrics_i, posteriors_i) in zip(samples, rows):
+                if posteriors_i is not None:  # DreamerV3: the trained rows' posteriors go back to replay
+                    placed.append((where, posteriors_i))  # fetched after the last dispatch: no wait per update
+                dispatched.append(metrics_i)
+                loop.updates += 1
+                loop.updates_owed -= 1.0
+                if loop.updates % config.log_every == 0:
+                    for name, value in metrics_i.items():
+                        writer.add_scalar(f"train/{name}", float(value), loop.env_step)
+            if count not in self.compiled:
+                jax.block_until_ready(metrics["loss"])
+                self.compiled.add(count)
+                note(f"update program compiled in {time.perf_counter() - began:.1f} s")
+                if inner is not None:
+                    inner.restart_clock()
+            if inner is not None:
+                inner.update(count)
+        if inner is not None:
+            inner.close()
+        skipped = self.guard.skipped
+        _check_updates(self.guard, first_update, dispatched, loop.env_step)
+        if self.guard.skipped != skipped:
+            writer.add_scalar("train/skipped_updates", self.guard.skipped, loop.env_step)
+        for (where, posteriors), metrics_i in zip(placed, dispatched):
+            if not self.guard.active or float(metrics_i[SKIPPED]) == 0.0:
+                collector.write_back(where, jax.tree_util.tree_map(share.local_rows, posteriors))
+        self.agent.load_params(share.local(self.update.params(self.state)))
+        if dispatched:
+            self.metrics = dispatched[-1]
+        return len(dispatched)
+
+
+class _Notes:
+    """One-line notes of the run's phases on the primary process's progress display."""
+
+    def __init__(self, bar, enabled: bool):
+        self.bar, self.enabled = bar, enabled
+
+    def __call__(self, text: str) -> None:
+        if self.enabled:
+            self.bar.note(text)
+
+
+def _evaluate(agent, config: AgentRunConfig, loop: LoopState, writer, note) -> None:
+    """One evaluation of ``config.eval_episodes`` episodes, logged and noted."""
+    count = config.eval_episodes
+    note(f"evaluating {count} episode{'s' if count != 1 else ''} at step {loop.env_step} ...")
+    began = time.perf_counter()
+    returns = evaluate(agent, config.env, config.eval_episodes, seed=config.seed + 10_000 + loop.env_step,
+                       env_options=config.env_options)
+    mean, std = float(np.mean(returns)), float(np.std(returns))
+    loop.eval_returns.append((loop.env_step, mean, std))
+    writer.add_scalar("eval/return", mean, loop.env_step)
+    note(f"evaluation at step {loop.env_step}: return {mean:.1f} +- {std:.1f} ({time.perf_counter() - began:.0f} s)")
+
+
 def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = False, **model_overrides) -> dict:
     """Train an agent online; returns the evaluation history and where files went.
 
+    Every setting is checked before any environment is stepped (:func:`plan_run`),
+    and ``out_dir/config.yaml`` then holds the run's resolved settings (printed
+    at start). Ctrl-C or SIGTERM saves a checkpoint and raises
+    :class:`~worldloom.training.interrupts.Interrupted`, whose message says how to resume.
+
     Args:
         config: The run.
-        progress: Show a tqdm progress bar.
-        resume: Continue from ``out_dir/checkpoints`` when it exists (episodes in
-            flight are restarted; replay, params, optimiser and counters resume).
+        progress: Show progress (a tqdm bar on a terminal, periodic lines elsewhere) and phase notes.
+        resume: Continue from ``out_dir/checkpoints`` when it exists (episodes in flight are restarted;
+            replay, params, optimiser and counters resume; replay grows to the new ``total_steps``).
         **model_overrides: World-model config overrides (e.g. ``deter=256``).
 
     Returns:
         ``{"eval": [(env_step, mean_return), ...], "final_eval_return", "env_steps", "params_sha256", "wall_time",
         "out_dir", "curves"}``.
     """
-    from tensorboardX import SummaryWriter
-
     from worldloom.core.devices import resolve_device
     from worldloom.core.progress import progress as progress_display
 
     device = resolve_device(config.device)  # an absent device fails before any environment is made
     share = ProcessShare(device, config.resolved("batch_size"))
-    out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    probe = config.make_env()  # a bad id or setting fails here, with its message
+    plan = plan_run(config, resume, model_overrides, share)
+    config, out = plan.config, Path(config.out_dir)
+    agent = make_agent(config, plan.obs_shape, plan.action_dim, plan.discrete, plan.episode_length, **plan.overrides)
+    learner = Learner(agent, config, share)
+    loop, rng_seed = LoopState(processes=share.count), config.seed + _PROCESS_SEEDS * share.index
+    collector = (StreamCollector if config.algo == "dreamerv3" else EpisodeCollector)(
+        make_vector_env(config.env, config.algo, config.num_envs,
+                        (StreamCollector if config.algo == "dreamerv3" else EpisodeCollector).AUTORESET,
+                        config.env_options),
+        agent, config.capacity(), plan.discrete, rng_seed, lambda ret, length: on_episode(ret, length))
     try:
-        obs_shape, action_dim, discrete = _spaces(probe)
-        episode_length = probe.spec.max_episode_steps if probe.spec is not None else None
+        if plan.resuming:
+            _restore(plan, learner, collector, loop, share, config)
+        if share.primary:
+            out.mkdir(parents=True, exist_ok=True)
+            overrides = {k: v for k, v in plan.overrides.items() if k != "episodic"}  # episodic: a run field
+            write_run(out / "config.yaml", config, overrides)
+            print(settings_text(config, overrides, out / "config.yaml"), flush=True)
+        writer = tensorboard_sink(out / "logs") if share.primary else NullWriter()
+
+        def on_episode(episode_return: float, length: int) -> None:
+            loop.train_returns.append((loop.env_step, episode_return))
+            writer.add_scalar("episode/return", episode_return, loop.env_step)
+            writer.add_scalar("episode/length", length, loop.env_step)
+
+        started = time.time()
+        first_seed = rng_seed + loop.env_step
+        collector.reset([first_seed + 1000 * i for i in range(collector.envs.num_envs)], agent)
+        bar = progress_display(config.total_steps, initial=loop.env_step, desc=f"{config.algo} {config.env}",
+                               disable=not (progress and share.primary), measured=False)
+        note = _Notes(bar, progress and share.primary)
+        try:
+            with stop_requests("saving a checkpoint and stopping") as request:
+                _drive(config, agent, collector, learner, loop, share, writer, bar, note, request,
+                       np.random.default_rng(first_seed), plan.checkpoint_dir, out)
+        finally:
+            bar.close()
+            writer.close()
+        loop.wall_time += time.time() - started
+        _save(plan.checkpoint_dir, learner, collector, loop, agent, share, "final")
+        if request.stop:
+            raise Interrupted(request.signal, f"{signal_name(request.signal)}: saved {out} at environment step "
+                                              f"{loop.env_step} of {config.total_steps}; resume with: worldloom agent "
+                                              f"--resume {out}")
     finally:
-        probe.close()
-    run_overrides = {key: value for key, value in model_overrides.items() if key != "episodic"}
-    if config.algo == "tdmpc2":
-        episodic = config.episodic
-        if episodic is None:
-            episodic = terminates(config.env, config.seed, agent=config.algo, env_options=config.env_options)
-        config = config.replace(episodic=bool(model_overrides.setdefault("episodic", bool(episodic))))
-    agent = make_agent(config, obs_shape, action_dim, discrete, episode_length, **model_overrides)
-    if share.primary:
-        write_run(out / "config.yaml", config, run_overrides)
-    batch_size, seq_len = config.resolved("batch_size"), config.resolved("sequence_length")
-    settings = OptimizerSettings(learning_rate=config.resolved("learning_rate"), grad_clip=config.resolved("grad_clip"),
-                                 warmup_steps=config.resolved("warmup_steps"))
-    guard = NonFiniteGuard(config.on_nonfinite, config.max_consecutive_skips, "AgentRunConfig.on_nonfinite",
-                           label=lambda update_number: f"update {update_number}")
-    update = agent.make_update(settings, skip_nonfinite=guard.active)
-    step_fn = share.jit(update.step)
-    writer = SummaryWriter(str(out / "logs")) if share.primary else NullWriter()
-    loop = LoopState()
+        collector.envs.close()
+    return _finish(config, agent, learner, loop, share, out)
 
-    def on_episode(episode_return: float, length: int) -> None:
-        loop.train_returns.append((loop.env_step, episode_return))
-        writer.add_scalar("episode/return", episode_return, loop.env_step)
-        writer.add_scalar("episode/length", length, loop.env_step)
 
-    collector_type = StreamCollector if config.algo == "dreamerv3" else EpisodeCollector
-    envs = make_vector_env(config.env, config.algo, config.num_envs, collector_type.AUTORESET,
-                           config.env_options)
-    capacity = min(config.buffer_capacity, config.total_steps + 1000)
-    collector = collector_type(envs, agent, capacity, discrete, config.seed + _PROCESS_SEEDS * share.index,
-                               on_episode)
-    train_state = share.replicate(update.init(agent.params))
-    # Process 0's checkpoint holds the run; each other process keeps its own replay and counters beside it.
-    checkpoint_dir = out / ("checkpoints" if share.primary else f"checkpoints.process{share.index}")
-    loop.processes = share.count
-    if share.everyone(resume and checkpoint_dir.exists()):
-        # Process 0 restores the train state and sends it; each process restores its own replay.
-        saved, restored = load_checkpoint(checkpoint_dir, train_state if share.primary else None, agent, collector)
-        if restored.processes != share.count:
-            raise ConfigError(f"{checkpoint_dir} is a checkpoint of a run of {restored.processes} processes; "
-                              f"expected {share.count}: an online run resumes on as many processes as it ran "
-                              "(each holds its own replay).")
-        vars(loop).update(vars(restored))
-        train_state = share.replicate(distributed.broadcast_arrays(saved, train_state))
-        agent.load_params(share.local(update.params(train_state)))
-        print(f"Resuming {out} from environment step {loop.env_step} ({loop.updates} updates done)")
-    per_step = (config.train_ratio / (batch_size * seq_len) if config.algo == "dreamerv3"
-                else config.updates_per_step)
-    seed_steps = seed_steps_for(config, episode_length)
-    first_seed = config.seed + _PROCESS_SEEDS * share.index + loop.env_step
-    rng = np.random.default_rng(first_seed)
-    collector.reset([first_seed + 1000 * i for i in range(envs.num_envs)], agent)
-    bar = progress_display(config.total_steps, initial=loop.env_step, disable=not (progress and share.primary),
-                           desc=f"{config.algo} {config.env}")
-    compiled = False
-    started, metrics = time.time(), {}
+def _restore(plan: RunPlan, learner: Learner, collector, loop: LoopState, share, config: AgentRunConfig) -> None:
+    """Process 0 restores the train state and sends it; each process restores its own replay (grown to the
+    run's capacity by the collector)."""
+    saved, restored = load_checkpoint(plan.checkpoint_dir, learner.state if share.primary else None, learner.agent,
+                                      collector)
+    if restored.processes != share.count:
+        raise ConfigError(f"{plan.checkpoint_dir} is a checkpoint of a run of {restored.processes} processes; "
+                          f"expected {share.count}: an online run resumes on as many processes as it ran "
+                          "(each holds its own replay).")
+    vars(loop).update(vars(restored))
+    learner.restore(saved)
+    print(f"Resuming {config.out_dir} from environment step {loop.env_step} ({loop.updates} updates done)")
+
+
+def _drive(config, agent, collector, learner, loop, share, writer, bar, note, request, rng, checkpoint_dir, out):
+    """Step the environments into replay until ``total_steps``, a reached target return or a stop request.
+
+    The rate (and ETA) is measured from the end of the first environment step
+    after the last compilation and after a burst of updates (TD-MPC2's pretraining).
+    """
+    seed_steps, per_step = config.seed_steps, config.updates_per_env_step()
     next_eval = (loop.env_step // config.eval_every + 1) * config.eval_every
     every = config.checkpoint_every
     next_ckpt = (loop.env_step // every + 1) * every if every else None
-    try:
-        while loop.env_step < config.total_steps:
-            random_phase = loop.env_step < seed_steps
-            stepped = collector.step(agent, agent.random_actions(rng, envs.num_envs) if random_phase else None)
-            stepped, ready = share.agree(stepped, collector.ready(seq_len))  # summed over processes
-            loop.env_step += stepped
-            bar.update(stepped)
-            if loop.env_step >= seed_steps and ready:
-                if not loop.pretrained and config.algo == "tdmpc2":
-                    loop.updates_owed += seed_steps  # the reference's pretraining burst, in place of this step's
-                else:
-                    loop.updates_owed += per_step * stepped
-                loop.pretrained = True
-                first_update, dispatched, placed = loop.updates, [], []
-                while loop.updates_owed >= 1.0:
-                    batch, where = collector.sample(share.local_batch, seq_len)
-                    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), loop.updates)
-                    train_state, metrics = step_fn(train_state, share.batch(batch), key)
-                    context = {k: metrics.pop(k) for k in [k for k in metrics if k.startswith("context/")]}
-                    if context:
-                        placed.append((where, {k: share.local_rows(v) for k, v in context.items()}))
-                    dispatched.append(metrics)
-                    loop.updates += 1
-                    loop.updates_owed -= 1.0
-                    if loop.updates % config.log_every == 0:
-                        for name, value in metrics.items():
-                            writer.add_scalar(f"train/{name}", float(value), loop.env_step)
-                skipped = guard.skipped
-                _check_updates(guard, first_update, dispatched, loop.env_step)
-                if guard.skipped != skipped:
-                    writer.add_scalar("train/skipped_updates", guard.skipped, loop.env_step)
-                for (where, context), metrics_i in zip(placed, dispatched):
-                    if not guard.active or float(metrics_i[SKIPPED]) == 0.0:
-                        collector.write_back(where, context)
-                agent.load_params(share.local(update.params(train_state)))
-                if dispatched and not compiled:  # leave the compiling first update out of the rate and ETA
-                    compiled = True
-                    bar.restart_clock()
-            if loop.env_step >= next_eval or loop.env_step >= config.total_steps:
-                next_eval += config.eval_every
-                if config.eval_episodes:
-                    eval_seed = config.seed + 10_000 + loop.env_step
-                    returns = evaluate(agent, config.env, config.eval_episodes, seed=eval_seed,
-                                       env_options=config.env_options)
-                    loop.eval_returns.append((loop.env_step, float(np.mean(returns)), float(np.std(returns))))
-                    writer.add_scalar("eval/return", float(np.mean(returns)), loop.env_step)
-                if share.primary:
-                    plot_curves(loop, out / "learning_curve.png", f"{config.algo} on {config.env}")
-                if reached(loop.eval_returns, config.stop_return):
-                    break
-            if next_ckpt is not None and loop.env_step >= next_ckpt:
-                next_ckpt += config.checkpoint_every
-                save_checkpoint(checkpoint_dir, share.primary_state(train_state), collector, loop, agent)
-                share.barrier(f"worldloom-agent-checkpoint-{loop.env_step}")
-            last = loop.eval_returns[-1][1] if loop.eval_returns else float("nan")
-            recent = [r for _, r in loop.train_returns[-10:]]
-            bar.set_postfix(ret=f"{np.mean(recent):.1f}" if recent else "-", eval=f"{last:.1f}", upd=loop.updates,
-                            loss=f"{float(metrics['loss']):.3f}" if metrics else "-")
-    except KeyboardInterrupt:
-        save_checkpoint(checkpoint_dir, share.primary_state(train_state), collector, loop, agent)
-        raise
-    finally:
-        bar.close()
-        writer.close()
-        envs.close()
-    loop.wall_time += time.time() - started
-    save_checkpoint(checkpoint_dir, share.primary_state(train_state), collector, loop, agent)
-    share.barrier("worldloom-agent-final-checkpoint")
+    if loop.env_step < seed_steps:
+        note(f"{seed_steps - loop.env_step} seed steps of random actions before learning")
+    acted, measuring = False, False
+    while loop.env_step < config.total_steps and not request.stop:
+        random_phase = loop.env_step < seed_steps
+        compiles = not random_phase and not acted
+        acted = acted or not random_phase
+        stepped = collector.step(agent, agent.random_actions(rng, collector.envs.num_envs) if random_phase else None)
+        stepped, ready = share.agree(stepped, collector.ready(config.sequence_length))  # summed over processes
+        loop.env_step += stepped
+        bar.update(stepped)
+        ran = 0
+        if random_phase and loop.env_step >= seed_steps:
+            note("seed steps done; learning starts")
+        if loop.env_step >= seed_steps and ready:
+            if not loop.pretrained and config.algo == "tdmpc2":
+                loop.updates_owed += seed_steps  # the reference's pretraining burst, in place of this step's
+            else:
+                loop.updates_owed += per_step * stepped
+            loop.pretrained = True
+            compiled_before = len(learner.compiled)
+            ran = learner.run(collector, loop, writer, request, note)
+            compiles = compiles or len(learner.compiled) != compiled_before
+        if compiles or ran >= _BURST or (random_phase and loop.env_step >= seed_steps):
+            measuring = False
+        elif not measuring and not random_phase and learner.compiled:
+            bar.restart_clock()  # leave compilation and bursts out of the rate and the ETA
+            measuring = True
+        if loop.env_step >= next_eval or loop.env_step >= config.total_steps:
+            next_eval += config.eval_every
+            if config.eval_episodes:
+                _evaluate(agent, config, loop, writer, note)
+            if share.primary:
+                plot_curves(loop, out / "learning_curve.png", f"{config.algo} on {config.env}")
+            if reached(loop.eval_returns, config.stop_return):
+                break
+        if next_ckpt is not None and loop.env_step >= next_ckpt:
+            next_ckpt += config.checkpoint_every
+            _save(checkpoint_dir, learner, collector, loop, agent, share, loop.env_step)
+        last = loop.eval_returns[-1][1] if loop.eval_returns else float("nan")
+        recent = [r for _, r in loop.train_returns[-10:]]
+        bar.set_postfix(ret=f"{np.mean(recent):.1f}" if recent else "-", eval=f"{last:.1f}", upd=loop.updates,
+                        loss=f"{float(learner.metrics['loss']):.3f}" if learner.metrics else "-")
+
+
+def _save(checkpoint_dir, learner, collector, loop, agent, share, label) -> None:
+    """A checkpoint of the run (process 0's holds the train state), then every process waits for the others."""
+    save_checkpoint(checkpoint_dir, share.primary_state(learner.state), collector, loop, agent)
+    share.barrier(f"worldloom-agent-checkpoint-{label}")
+
+
+def _finish(config, agent, learner, loop, share, out) -> dict:
+    """The saved agent, the curves and ``summary.json`` (process 0); the run's result."""
     curves = out / "learning_curve.png"
     if share.primary:
         agent.save(out / "agent")
@@ -398,7 +496,7 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
         "updates": loop.updates,
         "env_steps": loop.env_step,
         "params_sha256": params_sha256(jax.device_get(agent.params)),
-        "skipped_updates": guard.skipped,
+        "skipped_updates": learner.guard.skipped,
         "wall_time": loop.wall_time,
         "out_dir": str(out),
         "curves": str(curves),

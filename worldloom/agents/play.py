@@ -56,7 +56,7 @@ def play(run_dir, episodes: int = 5, seed: int = 0, video=None, fps: int = 30, d
         CheckpointError: ``run_dir`` holds no saved agent or config.
         ConfigError: ``episodes < 1`` or a video suffix other than .gif/.mp4.
     """
-    from worldloom.training.data import make_env
+    from worldloom.envs import make_env
 
     if episodes < 1:
         raise ConfigError(f"episodes: expected at least 1, got {episodes}.")

@@ -125,6 +125,32 @@ class StreamReplay:
         self.data["deter"][rows] = deter
         self.data["stoch"][rows] = np.asarray(stoch).round().astype(np.uint8)
 
+    def resize(self, capacity: int) -> StreamReplay:
+        """Hold ``capacity // num_streams`` rows per stream from now on, keeping every row held, in order.
+
+        Raises:
+            ConfigError: ``capacity`` holds fewer rows per stream than a stream holds now.
+        """
+        from worldloom.core.errors import ConfigError
+
+        rows = int(capacity) // self.num_streams
+        held = np.minimum(self.written, self.rows)
+        if rows < int(held.max(initial=0)):
+            raise ConfigError(f"StreamReplay: a capacity of {capacity} rows ({rows} per stream) cannot keep the "
+                              f"{int(held.sum())} rows held ({held.max()} in one stream); expected a capacity of at "
+                              f"least {int(held.max()) * self.num_streams}.")
+        if rows == self.rows:
+            return self
+        data = {key: np.zeros((self.num_streams, rows, *store.shape[2:]), store.dtype)
+                for key, store in self.data.items()}
+        for stream in range(self.num_streams):
+            absolute = self.written[stream] - held[stream] + np.arange(held[stream])  # oldest to newest
+            for key, store in self.data.items():  # the oldest row held goes to slot 0
+                data[key][stream, :held[stream]] = store[stream, absolute % self.rows]
+        # Counted from the oldest row held, so the ring goes on after the newest.
+        self.data, self.rows, self.written = data, rows, held.astype(np.int64)
+        return self
+
     # ------------------------------------------------------------ files
 
     def save(self, path: str | os.PathLike) -> None:

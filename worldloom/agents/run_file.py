@@ -9,104 +9,109 @@ world-model config overrides under ``world_model``::
     world_model:
       deter: 256
 
-``run_agent`` writes the resolved run as ``config.yaml`` in its run directory,
-so ``worldloom agent --config RUN/config.yaml`` runs it again. Files and
-``--set KEY=VALUE`` overrides are read with OmegaConf structured configs: the
-values are checked against ``AgentRunConfig``'s field types, and an unknown
-key is an error that suggests the closest field.
+``run_agent`` writes the resolved run as ``config.yaml`` in its run directory
+(every reference default filled in), so ``worldloom agent --config
+RUN/config.yaml`` runs it again. Files are read by
+:func:`~worldloom.core.config.read_settings_file` (unknown keys refused with
+close matches before any value is read) and ``--set KEY=VALUE`` by
+:func:`~worldloom.core.config.parse_setting`, the parser ``worldloom train``
+uses too; values are checked against ``AgentRunConfig``'s field types.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
+import difflib
 from pathlib import Path
 
+from worldloom.agents.config import AgentRunConfig
+from worldloom.core.config import parse_setting, read_settings_file
 from worldloom.core.errors import ConfigError
 
 MODEL_KEY = "world_model"
 
 
-def _schema():
-    """A structured config with ``AgentRunConfig``'s fields and types plus a free ``world_model`` mapping."""
-    import typing
+def _apply_sets(values: dict, model: dict, sets) -> None:
+    """Put each ``KEY=VALUE`` (text or a parsed pair) into the run's ``values`` or the world-model ``model``.
 
-    from omegaconf import OmegaConf
-
-    from worldloom.agents.loop import AgentRunConfig
-
-    hints = typing.get_type_hints(AgentRunConfig)
-    fields = [(f.name, hints[f.name], dataclasses.field(default=f.default)) for f in dataclasses.fields(AgentRunConfig)]
-    fields.append((MODEL_KEY, dict[str, typing.Any], dataclasses.field(default_factory=dict)))
-    return OmegaConf.structured(dataclasses.make_dataclass("AgentRunFile", fields))
-
-
-def _plain_sets(sets: list[str]) -> list[str]:
-    """``KEY=VALUE`` items, a bare key that is no run field going to ``world_model.KEY``."""
-    import difflib
-
-    from worldloom.agents.loop import AgentRunConfig
-
-    fields = set(AgentRunConfig.field_names())
-    out = []
+    A run field goes to the run, ``env_options.KEYWORD`` to the environments'
+    keywords; ``world_model.FIELD`` or a bare key that is no run field (and
+    close to none) goes to the world model.
+    """
+    fields = AgentRunConfig.field_names()
     for item in sets:
-        key, _, value = item.partition("=")
-        key = key.strip()
-        if key not in fields and "." not in key:
+        key, value = parse_setting(item) if isinstance(item, str) else item
+        if key.startswith(f"{MODEL_KEY}."):
+            model[key.removeprefix(f"{MODEL_KEY}.")] = value
+        elif key in fields:
+            values[key] = value
+        elif key.partition(".")[0] == "env_options":  # one keyword of the environments
+            values["env_options"] = {**(values.get("env_options") or {}), key.partition(".")[2]: value}
+        elif "." in key:
+            raise ConfigError(f"--set {key}: expected a run field, env_options.KEYWORD or {MODEL_KEY}.FIELD, got "
+                              f"{key!r}.")
+        else:
             close = difflib.get_close_matches(key, fields, n=1, cutoff=0.85)
             if close:
                 raise ConfigError(f"--set {key}: no run field {key!r}. Did you mean {close[0]!r}? (A world-model "
                                   f"field named so goes as {MODEL_KEY}.{key}.)")
-            key = f"{MODEL_KEY}.{key}"
-        out.append(f"{key}={value}")
-    return out
+            model[key] = value
 
 
-def resolve_run(config_file=None, flags: dict | None = None, sets: list[str] = ()) -> tuple:
+def resolve_run(config_file=None, flags: dict | None = None, sets=()) -> tuple:
     """``(AgentRunConfig, world-model overrides)`` from defaults < ``config_file`` < ``flags`` < ``sets``.
 
     Args:
         config_file: A run file (YAML), or None.
         flags: Run fields given on the command line.
-        sets: ``KEY=VALUE`` overrides; a run field, ``world_model.FIELD``, or a
-            bare world-model field (``deter=256``).
+        sets: ``KEY=VALUE`` overrides (text, or ``(key, value)`` pairs); a run
+            field, ``world_model.FIELD``, or a bare world-model field (``deter=256``).
 
     Raises:
         ConfigError: an unreadable file, an unknown key or a value of the wrong type.
     """
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from worldloom.agents.loop import AgentRunConfig
-
-    try:
-        merged = _schema()
-        if config_file is not None:
-            merged = OmegaConf.merge(merged, OmegaConf.load(Path(config_file)))
-        if flags:
-            merged = OmegaConf.merge(merged, OmegaConf.create(dict(flags)))
-        if sets:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(_plain_sets(list(sets))))
-        values = OmegaConf.to_container(merged, resolve=True)
-    except ConfigError:
-        raise
-    except FileNotFoundError as err:
-        raise ConfigError(f"--config: expected a run file, got {str(config_file)!r}, which does not exist.") from err
-    except (OmegaConfBaseException, OSError, ValueError) as err:
-        raise ConfigError(f"Run settings: {err}".replace("\n", "; ")) from err
-    model = values.pop(MODEL_KEY) or {}
+    values = {}
+    if config_file is not None:
+        values = read_settings_file(config_file, known=(*AgentRunConfig.field_names(), MODEL_KEY),
+                                    sections=(MODEL_KEY,))
+    model = dict(values.pop(MODEL_KEY, None) or {})
+    values.update(flags or {})
+    _apply_sets(values, model, sets)
     return AgentRunConfig(**values), model
 
 
-def write_run(path, config, model_overrides: dict) -> Path:
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def run_data(config: AgentRunConfig, model_overrides: dict) -> dict:
+    """The run file's mapping of ``config`` and the world-model overrides."""
+    data = {key: _plain(value) for key, value in dataclasses.asdict(config).items()}
+    data[MODEL_KEY] = {key: _plain(value) for key, value in model_overrides.items()}
+    return data
+
+
+def write_run(path, config: AgentRunConfig, model_overrides: dict) -> Path:
     """Write ``config`` and the world-model overrides as a run file, atomically."""
     import yaml
 
+    from worldloom.core.files import atomic_write_text
+
     path = Path(path)
-    data = dataclasses.asdict(config)
-    data[MODEL_KEY] = {key: (list(value) if isinstance(value, tuple) else value)
-                       for key, value in model_overrides.items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    os.replace(tmp, path)
+    atomic_write_text(path, yaml.safe_dump(run_data(config, model_overrides), sort_keys=False))
     return path
+
+
+def settings_text(config: AgentRunConfig, model_overrides: dict, path=None, width: int = 110) -> str:
+    """The run's settings as a few lines (``key=value, ...``), for the start of a run."""
+    items = [f"{key}={value}" for key, value in run_data(config, {}).items() if key != MODEL_KEY]
+    items += [f"{MODEL_KEY}.{key}={value}" for key, value in model_overrides.items()]
+    lines, line = [], ""
+    for item in items:
+        if line and len(line) + len(item) + 2 > width:
+            lines.append(line + ",")
+            line = ""
+        line = f"{line}, {item}" if line else f"  {item}"
+    lines.append(line)
+    where = f" (saved as {path})" if path is not None else ""
+    return "\n".join([f"Run settings{where}:", *lines])

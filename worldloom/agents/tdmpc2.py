@@ -10,7 +10,7 @@ from worldloom.agents._run_io import read_agent_meta, write_agent
 from worldloom.core.errors import ConfigError, ShapeError
 from worldloom.core.validation import check_environment_observations
 from worldloom.models.base import OptimizerSettings, UpdateFunctions
-from worldloom.training._guard import guard_update
+from worldloom.training.guard import guard_update
 
 
 class TDMPC2Agent:
@@ -79,7 +79,7 @@ class TDMPC2Agent:
         if obs.shape[1:] != shape:
             raise ShapeError(f"obs: expected shape [N, {', '.join(map(str, shape))}], got {list(obs.shape)}.")
         obs = check_environment_observations(obs, image=self.world_model.config.is_image)
-        return np.asarray(self.world_model._plan_vectors(obs, t0=np.asarray(is_first, bool), eval_mode=greedy,
+        return np.asarray(self.world_model.plan_vectors(obs, t0=np.asarray(is_first, bool), eval_mode=greedy,
                                                          use_policy=self.use_policy, prev_plan=None, task=None,
                                                          key=key))
 

@@ -21,7 +21,8 @@ from worldloom.core.errors import ConfigError
 C = TypeVar("C", bound="ConfigBase")
 
 
-def _close_matches(name: str, choices) -> str:
+def close_matches(name: str, choices) -> str:
+    """`` Did you mean 'a', 'b'?`` for up to three of ``choices`` close to ``name``; ``""`` when none is."""
     matches = difflib.get_close_matches(str(name), [str(c) for c in choices], n=3)
     return f" Did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
 
@@ -86,7 +87,7 @@ class ConfigBase(metaclass=_ConfigMeta):
         family, _, name = str(size).strip().lower().rpartition(":")
         if (family and family not in cls.MODEL_TYPES) or name not in cls.PRESETS:
             raise UnknownModelError(f"{cls.__name__}.from_size: unknown size {size!r}."
-                                    f"{_close_matches(name, cls.PRESETS)} Sizes: {', '.join(cls.PRESETS)}.")
+                                    f"{close_matches(name, cls.PRESETS)} Sizes: {', '.join(cls.PRESETS)}.")
         preset = dict(cls.PRESETS[name])
         return cls(**{**preset, **cls._translate(fields, preset)})
 
@@ -120,7 +121,7 @@ class ConfigBase(metaclass=_ConfigMeta):
         unknown = [k for k in kwargs if k not in cls.accepted_names()]
         if unknown:
             key = unknown[0]
-            raise ConfigError(f"{cls.__name__} has no field {key!r}.{_close_matches(key, cls.accepted_names())} "
+            raise ConfigError(f"{cls.__name__} has no field {key!r}.{close_matches(key, cls.accepted_names())} "
                               f"Fields: {', '.join(names)}.")
         out = dict(kwargs)
         if "model_type" in out:
@@ -233,3 +234,90 @@ def original_names_table(*config_classes: type[ConfigBase]) -> str:
             types = " or ".join(f"`{t}`" for t in cls.MODEL_TYPES)
             rows.append(f"| `{cls.__name__}` | `model_type` | must be {types} |")
     return "\n".join(rows)
+
+
+SETTINGS_FILE_LIMIT = 1 << 20
+"""Largest run file read, in bytes: a run's settings take a few kilobytes."""
+
+
+def read_settings_file(path, known=None, sections=()) -> dict:
+    """A run file (YAML mapping) as a dict, checked before anything reads its values.
+
+    Args:
+        path: The file.
+        known: Top-level keys it may hold (``None``: any); an unknown one is
+            refused with close matches, before any value is converted.
+        sections: Keys whose values are mappings of further settings.
+
+    Raises:
+        ConfigError: a missing, unreadable or oversized file, a document that is
+            not a mapping, or an unknown key.
+    """
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > SETTINGS_FILE_LIMIT:
+            raise ConfigError(f"--config: expected a run file of settings (at most {SETTINGS_FILE_LIMIT:,} bytes), "
+                              f"got {str(path)!r} of {size:,} bytes.")
+        text = path.read_text()
+    except FileNotFoundError as err:
+        raise ConfigError(f"--config: expected a run file, got {str(path)!r}, which does not exist.") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--config: could not read {str(path)!r}: {err}") from err
+    try:
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--config: {str(path)!r} is not valid YAML: {err}".replace("\n", " ")) from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config: expected a mapping of settings in {str(path)!r}, got {type(data).__name__}.")
+    data = _numbers_read(data)
+    if known is not None:
+        known = list(known)
+        for key in data:
+            if not isinstance(key, str) or key not in known:
+                raise ConfigError(f"--config {path}: no setting {key!r}.{close_matches(key, known)}")
+    for section in sections:
+        if data.get(section) is not None and not isinstance(data[section], dict):
+            raise ConfigError(f"--config {path}: expected {section} to be a mapping of settings, got "
+                              f"{type(data[section]).__name__}.")
+    return data
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of ``--set``: the key, and the value read as YAML (``3`` int, ``1e-4`` float, ``[64, 64]`` list).
+
+    Raises:
+        ConfigError: no ``=`` or an empty key.
+    """
+    import yaml
+
+    key, sep, value = str(text).partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set: expected KEY=VALUE, got {text!r}.")
+    try:
+        parsed = yaml.load(value, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError:
+        parsed = value
+    return key, "" if not value.strip() else _numbers_read(parsed)  # YAML 1.1 reads 1e-4 as a string
+
+
+def _numbers_read(value):
+    """``value`` with the strings YAML 1.1 leaves unread that are numbers (``1e-4``) made floats."""
+    if isinstance(value, dict):
+        return {key: _numbers_read(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_numbers_read(item) for item in value]
+    return float(value) if isinstance(value, str) and _is_float_text(value) else value
+
+
+def _is_float_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return text.strip().lower() not in ("nan", "inf", "-inf", "+inf", "infinity", "-infinity")

@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from worldloom.core.config import _close_matches
+from worldloom.core.config import close_matches
 from worldloom.core.errors import UnknownModelError
 
 
@@ -80,7 +80,7 @@ def resolve(name: str) -> tuple[ModelFamily, str]:
             return family, preset
     known = preset_names() + sorted(_ALIASES)
     raise UnknownModelError(
-        f"Unknown model {name!r}.{_close_matches(key, known)} "
+        f"Unknown model {name!r}.{close_matches(key, known)} "
         f"Available presets: {', '.join(preset_names())}; aliases: {', '.join(sorted(_ALIASES))}; "
         "or pass the path of a directory written by save_pretrained()."
     )

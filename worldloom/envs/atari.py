@@ -47,9 +47,9 @@ class AtariEnv(gym.Env):
         names = _rom_names(roms)
         self._rom = roms.get_rom_path(game) if game in names else None
         if self._rom is None:
-            from worldloom.core.config import _close_matches
+            from worldloom.core.config import close_matches
 
-            hint = _close_matches(f"atari:{game}", [f"atari:{name}" for name in names])
+            hint = close_matches(f"atari:{game}", [f"atari:{name}" for name in names])
             raise ConfigError(f"Unknown Atari game {game!r}: ale-py {ale_py.__version__} ships no such ROM.{hint}")
         self.settings, self.game, self.render_mode = settings, game, render_mode
         self.ale = ale_py.ALEInterface()

@@ -55,11 +55,11 @@ class DMCEnv(gym.Env):
         except ImportError as err:
             raise missing_package("dm_control", err) from err
         if (domain, task) not in suite.ALL_TASKS:
-            from worldloom.core.config import _close_matches
+            from worldloom.core.config import close_matches
 
             names = [f"dmc:{d}-{t}" for d, t in suite.ALL_TASKS]
             raise ConfigError(f"Unknown DeepMind Control task {domain}-{task}."
-                              f"{_close_matches(f'dmc:{domain}-{task}', names)}")
+                              f"{close_matches(f'dmc:{domain}-{task}', names)}")
         if settings.repeat < 1 or settings.frames < 1 or settings.size < 1:
             raise ConfigError(f"repeat, frames and size must be >= 1, got {settings}.")
         self.settings, self.domain, self.task, self.render_mode = settings, domain, task, render_mode

@@ -9,19 +9,15 @@ from typing import Any, ClassVar
 
 from worldloom.core.config import ConfigBase, renamed, require
 from worldloom.models.base import OptimizerSettings
-from worldloom.training._guard import NONFINITE_MODES
+from worldloom.training.guard import NONFINITE_MODES
+from worldloom.training.reference import OPTIMIZER_FIELDS, REFERENCE, reference_settings
 
 _DEVICE_KINDS = ("auto", "cpu", "cuda", "gpu", "rocm", "tpu")
 REPLAY_SHARDINGS = ("replicated", "process")
 
-# The papers' optimiser settings, per model family.
-REFERENCE_SETTINGS: dict[str, dict[str, Any]] = {
-    # DreamerV3: LaProp + AGC 0.3 (inside the model's optimiser), lr 4e-5, 1000 warm-up updates,
-    # no global-norm clip.
-    "dreamerv3": dict(learning_rate=4e-5, warmup_steps=1000, grad_clip=0.0, weight_decay=0.0),
-    # TD-MPC2: Adam lr 3e-4 (encoder x0.3, inside the model), grad-norm clip 20, no warm-up.
-    "tdmpc2": dict(learning_rate=3e-4, warmup_steps=0, grad_clip=20.0, weight_decay=0.0),
-}
+# The papers' optimiser settings, per model family (from the one table of reference settings).
+REFERENCE_SETTINGS: dict[str, dict[str, Any]] = {family: reference_settings(family, OPTIMIZER_FIELDS)
+                                                 for family in REFERENCE}
 
 # More dispatches queued at once risk XLA's rendezvous timeout with CPU collectives.
 _MAX_IN_FLIGHT = 8

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 
 from worldloom.training._buffer import ReplayBuffer
-from worldloom.training._parallel import Placement
+from worldloom.training.parallel import Placement
 
 
 def split_segments(buffer: ReplayBuffer, eval_fraction: float, seq_len: int) -> tuple[np.ndarray, np.ndarray | None]:

@@ -15,7 +15,7 @@ state is donated. ``metrics`` maps each name to ``[K]`` values (zeros in
 skipped slots).
 
 With the non-finite guard on (``nonfinite`` ``"skip"`` or ``"stop"``, see
-``_guard``), each update's result is checked on the device and a non-finite
+``guard``), each update's result is checked on the device and a non-finite
 one is not applied (``metrics["skipped"]`` is 1 there); under ``"stop"`` the
 slots after it are skipped too, so the returned state is the one before it.
 
@@ -46,7 +46,7 @@ from jax.sharding import PartitionSpec as P
 
 from worldloom.models.base import OptimizerSettings, UpdateFunctions, WorldModel, step_from_gradients
 from worldloom.training._device_replay import sample_windows
-from worldloom.training._guard import SKIPPED, guarded_step
+from worldloom.training.guard import SKIPPED, guarded_step
 
 _CACHE_SIZE = 8
 _CACHE: collections.OrderedDict = collections.OrderedDict()
@@ -111,7 +111,11 @@ def _multi_update(update: UpdateFunctions, steps: int, state, xs, batch_at: Call
     update_step = jax.jit(update.step if nonfinite == "ignore" else guarded_step(update.step))
     halts = nonfinite == "stop"
     first = jax.tree_util.tree_map(lambda x: x[0], xs)
-    metric_shapes = jax.eval_shape(lambda s, x: update_step(s, batch_at(0, x), base_key), state, first)[1]
+    shapes = jax.eval_shape(lambda s, x: update_step(s, batch_at(0, x), base_key), state, first)
+    if len(shapes) > 2:  # further outputs (an agent's posteriors): stacked [K, ...] beside the metrics
+        return _multi_update_outputs(update_step, steps, state, xs, batch_at, base_key, start, count, halts,
+                                     shapes[1:])
+    metric_shapes = shapes[1]
 
     def skip(carry, x, key, index):
         del x, key, index
@@ -134,6 +138,38 @@ def _multi_update(update: UpdateFunctions, steps: int, state, xs, batch_at: Call
         return jax.lax.scan(body, state, indices)
     (state, _), metrics = jax.lax.scan(body, (state, jnp.asarray(False)), indices)
     return state, metrics
+
+
+def _multi_update_outputs(update_step: Callable, steps: int, state, xs, batch_at: Callable, base_key, start, count,
+                          halts: bool, output_shapes: tuple):
+    """:func:`_multi_update` of a step with outputs beyond the metrics: ``(state, metrics [K], *outputs [K])``."""
+
+    def zeros(shapes):
+        return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+    def skip(carry, x, key, index):
+        del x, key, index
+        return carry, zeros(output_shapes)
+
+    def step(carry, x, key, index):
+        new, *outputs = update_step(carry, batch_at(index, x), key)
+        return new, tuple(outputs)
+
+    def body(carry, inputs):
+        index, x = inputs
+        key = jax.random.fold_in(base_key, start + index)
+        if not halts:
+            return jax.lax.cond(index < count, step, skip, carry, x, key, index)
+        carry, halted = carry
+        carry, outputs = jax.lax.cond((index < count) & ~halted, step, skip, carry, x, key, index)
+        return (carry, halted | (outputs[0][SKIPPED] > 0)), outputs
+
+    indices = (jnp.arange(steps, dtype=jnp.int32), xs)
+    if not halts:
+        state, outputs = jax.lax.scan(body, state, indices)
+    else:
+        (state, _), outputs = jax.lax.scan(body, (state, jnp.asarray(False)), indices)
+    return (state, *outputs)
 
 
 def _shard_map(function, mesh: Mesh, in_specs, out_specs):

@@ -31,11 +31,12 @@ from worldloom.training import _checkpoint, _resume
 from worldloom.training._buffer import ReplayBuffer
 from worldloom.training._config import TrainingConfig
 from worldloom.training._device_replay import build_table, table_nbytes, use_device_replay
-from worldloom.training._guard import SKIPPED, NonFiniteGuard
-from worldloom.training._parallel import DispatchQueue, Placement, data_parallel_mesh
 from worldloom.training._sampling import Prefetcher, WindowSampler, chunk_plan, split_segments
 from worldloom.training._step import StepProgram, step_program
 from worldloom.training.callbacks import Callback, CheckpointCallback, ProgressCallback
+from worldloom.training.guard import SKIPPED, NonFiniteGuard
+from worldloom.training.interrupts import signal_name
+from worldloom.training.parallel import DispatchQueue, Placement, data_parallel_mesh
 
 _TRAIN_STREAM, _EVAL_STREAM, _DEVICE_REPLAY_STREAM = 0, 1, 2
 # Fields that change what a resumed run computes.
@@ -65,26 +66,31 @@ def training_device(name: str) -> jax.Device:
 
 @contextlib.contextmanager
 def _interrupt_guard():
-    """Turn the first Ctrl-C into a request to stop after the current dispatch."""
-    request = {"stop": False, "abort": False}
+    """Turn the first Ctrl-C or SIGTERM into a request to stop after the current dispatch (``request["signal"]``
+    names it); a second Ctrl-C aborts."""
+    request = {"stop": False, "abort": False, "signal": None}
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
 
     def handler(signum, frame):
         if request["stop"]:
+            if signum != signal.SIGINT:
+                return
             request["abort"] = True
             raise KeyboardInterrupt
-        request["stop"] = True
-        print("\nStopping after the current dispatch (a checkpoint is saved if one is configured); "
-              "press Ctrl-C again to abort.", file=sys.stderr)
+        request["stop"], request["signal"] = True, signum
+        print(f"\n{signal_name(signum)}: stopping after the current dispatch (a checkpoint is saved if one is "
+              "configured); press Ctrl-C again to abort.", file=sys.stderr)
 
-    signal.signal(signal.SIGINT, handler)
+    for signum in previous:
+        signal.signal(signum, handler)
     try:
         yield request
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def _check_same_layout(buffer: ReplayBuffer, train_segments, eval_segments) -> None:
@@ -139,7 +145,8 @@ class Trainer:
         step: Updates done (the step of ``state``).
         state: The train state pytree (params, optimiser state, ...).
         stop_training: Set by a callback to stop after the current dispatch.
-        interrupted: Whether the last run was stopped by Ctrl-C.
+        interrupted: Whether the last run was stopped by Ctrl-C or SIGTERM.
+        interrupt_signal: Which (``signal.SIGINT``/``signal.SIGTERM``), or ``None``.
         last_losses: Losses of the last update; ``eval_history``: ``[(step, metrics)]``.
         skipped_updates: Updates of the last run dropped as non-finite (``on_nonfinite="skip"``).
     """
@@ -161,6 +168,7 @@ class Trainer:
         self.state = None
         self.stop_training = False
         self.interrupted = False
+        self.interrupt_signal = None
         self.last_losses: dict[str, float] = {}
         self.eval_history: list[tuple[int, dict[str, float]]] = []
         self.skipped_updates = 0
@@ -304,8 +312,8 @@ class Trainer:
 
         Each call starts from the model's current params with a fresh optimiser
         state, unless it resumes from a checkpoint (``resume_from`` or
-        ``resume=True`` with a checkpoint directory configured). Ctrl-C stops
-        after the current dispatch: checkpoints are saved and the model
+        ``resume=True`` with a checkpoint directory configured). Ctrl-C (or
+        SIGTERM) stops after the current dispatch: checkpoints are saved and the model
         (trained so far) is returned, with :attr:`interrupted` set.
 
         Returns:
@@ -328,13 +336,55 @@ class Trainer:
         callbacks = self._run_callbacks()
         program = self.program = step_program(model, config.optimizer_settings(), config.steps_per_dispatch,
                                               config.on_nonfinite)
+        train_segments, eval_segments, layout, shard = self._split(buffer)
+        train_key, eval_key, seed = self._start(model, program, place, resume, callbacks)
+        table = None if shard is not None else self._device_table(buffer, train_segments, layout)
+        self._run = {"key": self._key, "seed": seed, "num_transitions": buffer.num_transitions,
+                     "train_segments": train_segments.tolist(),
+                     "eval_segments": None if eval_segments is None else eval_segments.tolist(),
+                     "sampler": "per-step" if table is None else "device",
+                     "buffer_digest": _resume.buffer_digest(buffer)}
+        slots = config.steps_per_dispatch
+        sampler = WindowSampler(buffer, config.batch_size, config.sequence_length, seed, train_segments, layout,
+                                slots, place, shard)
+        eval_chunks = []
+        if eval_segments is not None:
+            eval_sampler = WindowSampler(buffer, config.batch_size, config.sequence_length, seed, eval_segments,
+                                         layout, slots, place, shard)
+            eval_chunks = eval_sampler.fixed_chunks(config.eval_batches, _EVAL_STREAM)
+        intervals = [c.sync_interval() for c in callbacks] + [config.eval_interval if eval_chunks else 0]
+        self._begin(callbacks)
+        prefetcher, dispatch = self._dispatcher(program, place, sampler, table, train_key, seed,
+                                                chunk_plan(self.step, config.total_steps, slots, intervals))
+        try:
+            with distributed.collective(lambda: f"training after step {self.step}"):
+                last_eval = self._loop(prefetcher, dispatch, (eval_chunks, eval_key),
+                                       config.optimizer_settings().schedule(), callbacks, [i for i in intervals if i])
+        except (TrainingError, DistributedError) as err:
+            self._abandon(err, model, program, place, callbacks)
+            raise
+        finally:
+            prefetcher.close()
+        if self.interrupted:
+            print(f"\nTraining interrupted at step {self.step}.", file=sys.stderr)
+        elif eval_chunks and last_eval != self.step and self.step > 0:
+            self._evaluate(eval_chunks, eval_key, callbacks)
+        model.load_params(_copy(place.local(program.update.params(self.state))))
+        for callback in callbacks:
+            callback.on_train_end(self)
+        return model
+
+    def _split(self, buffer: ReplayBuffer) -> tuple:
+        """``(train_segments, eval_segments, layout, shard)``: the held-out split, the batch layout, and this
+        process's block of the episodes under ``replay_sharding="process"`` (else ``None``)."""
+        config = self.config
         eval_on = config.eval_interval > 0
         train_segments, eval_segments = split_segments(buffer, config.eval_fraction if eval_on else 0.0,
                                                        config.sequence_length)
         if eval_on and eval_segments is None and config.eval_fraction > 0:
             warnings.warn(f"Evaluation is off: the buffer ({buffer.num_transitions} transitions in "
                           f"{buffer.num_episodes} episodes) is too small to hold out whole episodes and keep "
-                          f"sequence_length={config.sequence_length} for training.", RuntimeWarning, stacklevel=2)
+                          f"sequence_length={config.sequence_length} for training.", RuntimeWarning, stacklevel=3)
         shard = None
         if config.replay_sharding == "process" and distributed.process_count() > 1:
             shard = (distributed.process_index(), distributed.process_count())
@@ -347,8 +397,13 @@ class Trainer:
             layout = self._layout(buffer, train_segments)
             if distributed.process_count() > 1:
                 _check_same_layout(buffer, train_segments, eval_segments)
+        return train_segments, eval_segments, layout, shard
 
-        key, seed = jax.random.PRNGKey(config.seed), config.seed
+    def _start(self, model: WorldModel, program: StepProgram, place: Placement, resume: bool,
+               callbacks: list[Callback]) -> tuple:
+        """The train state (fresh, or restored from a checkpoint) placed on the devices; returns
+        ``(train_key, eval_key, sampling seed)`` and keeps the run's key as ``self._key``."""
+        key, seed = jax.random.PRNGKey(self.config.seed), self.config.seed
         source = self._resume_source(resume, callbacks)
         if source is not None:
             shapes = jax.eval_shape(program.update.init, model.params)
@@ -356,34 +411,27 @@ class Trainer:
         else:
             state, self.step = program.update.init(model.params), 0  # init owns copies of the params
         # Committed on the device (replicated on a mesh), so every dispatch hits the same executable.
-        self.state, key = place.replicate((state, key))
-        train_key, eval_key = jax.random.split(key)
-        table = None if shard is not None else self._device_table(buffer, train_segments, layout)
-        self._run = {"key": key, "seed": seed, "num_transitions": buffer.num_transitions,
-                     "train_segments": train_segments.tolist(),
-                     "eval_segments": None if eval_segments is None else eval_segments.tolist(),
-                     "sampler": "per-step" if table is None else "device",
-                     "buffer_digest": _resume.buffer_digest(buffer)}
+        self.state, self._key = place.replicate((state, key))
+        train_key, eval_key = jax.random.split(self._key)
+        return train_key, eval_key, seed
 
-        slots = config.steps_per_dispatch
-        sampler = WindowSampler(buffer, config.batch_size, config.sequence_length, seed, train_segments, layout,
-                                slots, place, shard)
-        eval_chunks = []
-        if eval_segments is not None:
-            eval_sampler = WindowSampler(buffer, config.batch_size, config.sequence_length, seed, eval_segments,
-                                         layout, slots, place, shard)
-            eval_chunks = eval_sampler.fixed_chunks(config.eval_batches, _EVAL_STREAM)
-        intervals = [c.sync_interval() for c in callbacks] + [config.eval_interval if eval_chunks else 0]
-        plan = chunk_plan(self.step, config.total_steps, slots, intervals)
-        schedule = config.optimizer_settings().schedule()
-
+    def _begin(self, callbacks: list[Callback]) -> None:
+        """Reset the run's flags and counters and start the callbacks."""
+        config = self.config
         self.stop_training = self.interrupted = False
+        self.interrupt_signal = None
         self.eval_history = []
         self.skipped_updates = 0
         self._guard = NonFiniteGuard(config.on_nonfinite, config.max_consecutive_skips,
                                      "TrainingConfig.on_nonfinite")
         for callback in callbacks:
             callback.on_train_begin(self)
+
+    def _dispatcher(self, program: StepProgram, place: Placement, sampler: WindowSampler, table, train_key, seed: int,
+                    plan) -> tuple:
+        """``(prefetcher, dispatch)``: the chunks of batches sampled ahead (none with a device table) and the call
+        that runs one K-update program on them."""
+        config = self.config
         if table is None:
             run = program.runner(place.mesh)
             prefetcher = Prefetcher(plan, sampler.chunk, config.prefetch)
@@ -399,29 +447,18 @@ class Trainer:
             def dispatch(start, count, batches):
                 return run(self.state, table, train_key, sample_key, place.scalar(np.int32(start)),
                            place.scalar(np.int32(count)))
-        try:
-            with distributed.collective(lambda: f"training after step {self.step}"):
-                last_eval = self._loop(prefetcher, dispatch, (eval_chunks, eval_key), schedule, callbacks,
-                                       [i for i in intervals if i])
-        except (TrainingError, DistributedError) as err:
-            if isinstance(err, DistributedError):
-                self.state = None  # its arrays span the lost process
-            if self.state is not None:  # the last finite state
-                model.load_params(_copy(place.local(program.update.params(self.state))))
-            for callback in callbacks:  # logs flushed, progress closed; no checkpoint is written
-                if not isinstance(callback, CheckpointCallback):
-                    callback.on_train_end(self)
-            raise
-        finally:
-            prefetcher.close()
-        if self.interrupted:
-            print(f"\nTraining interrupted at step {self.step}.", file=sys.stderr)
-        elif eval_chunks and last_eval != self.step and self.step > 0:
-            self._evaluate(eval_chunks, eval_key, callbacks)
-        model.load_params(_copy(place.local(program.update.params(self.state))))
-        for callback in callbacks:
-            callback.on_train_end(self)
-        return model
+        return prefetcher, dispatch
+
+    def _abandon(self, err: Exception, model: WorldModel, program: StepProgram, place: Placement,
+                 callbacks: list[Callback]) -> None:
+        """After a stopping error: the model keeps the last finite state; callbacks end without a checkpoint."""
+        if isinstance(err, DistributedError):
+            self.state = None  # its arrays span the lost process
+        if self.state is not None:  # the last finite state
+            model.load_params(_copy(place.local(program.update.params(self.state))))
+        for callback in callbacks:  # logs flushed, progress closed; no checkpoint is written
+            if not isinstance(callback, CheckpointCallback):
+                callback.on_train_end(self)
 
     def _loop(self, prefetcher: Prefetcher, dispatch, evaluation: tuple, schedule, callbacks: list[Callback],
               sync_intervals: list[int]) -> int | None:
@@ -447,6 +484,7 @@ class Trainer:
                     if eval_chunks and self.step % interval == 0:
                         last_eval = self._evaluate(eval_chunks, eval_key, callbacks)
                     self.interrupted = request["stop"]
+                    self.interrupt_signal = request["signal"]
                     if self.stop_training or self.interrupted:
                         break
                 for first, number, values in queue.drain():
@@ -456,6 +494,7 @@ class Trainer:
                 if request["abort"] or any(leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(self.state)):
                     raise
                 self.interrupted = True
+                self.interrupt_signal = signal.SIGINT
         return last_eval
 
     def _finish(self, start: int, count: int, metrics, schedule, callbacks: list[Callback]) -> None:

@@ -130,7 +130,8 @@ class LoggingCallback(Callback):
     Every ``log_interval`` steps it writes the mean of each training metric
     over the interval as ``train/<name>`` (``train/loss``, ``train/loss/rec``,
     ``train/lr``, ...) plus ``train/updates_per_sec``; evaluations are written
-    as they come (``eval/loss``, ...).
+    as they come (``eval/loss``, ...). A write that fails (a full disk, a
+    read-only directory) warns once and logging stops; training goes on.
 
     Args:
         log_dir: Directory of the TensorBoard event files (``None``: ``./logs``).
@@ -166,10 +167,9 @@ class LoggingCallback(Callback):
         self._interval = self.log_interval or trainer.config.log_interval or math.inf
         self._active = is_primary()  # several processes: process 0 logs the run
         if self.log_to_tensorboard and self._active:
-            from tensorboardX import SummaryWriter
+            from worldloom.training.logs import tensorboard_sink
 
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            self.writer = SummaryWriter(logdir=str(self.log_dir))
+            self.writer = tensorboard_sink(self.log_dir)  # a failing disk warns once; training goes on
         self._sums: dict[str, float] = {}
         self._count = 0
         self._mark = (time.perf_counter(), trainer.step)

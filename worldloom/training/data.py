@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from worldloom.core.errors import ConfigError, ShapeError
+from worldloom.envs.factory import make_env
 from worldloom.training._buffer import ReplayBuffer
 from worldloom.training._episode import integer, shape_tuple, storage_dtype
 
@@ -152,35 +153,4 @@ def _run_episode(env, buffer: ReplayBuffer, policy, seed: int, discrete: bool, m
                        truncated=np.asarray(rows["truncated"]), final_obs=np.asarray(obs))
 
 
-__all__ = ["collect_episodes", "create_random_buffer"]
-
-
-def make_env(env_id: str, agent: str | None = None, **kwargs: Any):
-    """``gymnasium.make(env_id, **kwargs)``, or a suite task (``dmc:...``, ``atari:...``).
-
-    Args:
-        env_id: A Gymnasium id (``"CartPole-v1"``) or a suite id
-            (``"dmc:cartpole-balance:pixels"``, ``"atari:pong"``; see
-            :mod:`worldloom.envs.suites`).
-        agent: For a suite id, whose reference settings to use (``"dreamerv3"``,
-            the default, or ``"tdmpc2"``); ignored for Gymnasium ids.
-        **kwargs: ``gymnasium.make`` keywords, or for a suite id its settings
-            and ``render_mode``.
-
-    Raises:
-        ConfigError: naming the id, the reason and close registered ids.
-    """
-    import gymnasium as gym
-
-    from worldloom.core.config import _close_matches
-    from worldloom.envs.suites import is_suite_id, make_suite_env
-
-    if not isinstance(env_id, str):
-        raise ConfigError(f"env: expected a Gymnasium env id such as 'CartPole-v1', got {type(env_id).__name__}.")
-    if is_suite_id(env_id):
-        return make_suite_env(env_id, agent or "dreamerv3", **kwargs)
-    try:
-        return gym.make(env_id, **kwargs)
-    except (gym.error.Error, ModuleNotFoundError, ImportError, TypeError) as err:  # TypeError: a bad keyword
-        hint = _close_matches(env_id, gym.registry.keys())
-        raise ConfigError(f"Cannot make the Gymnasium environment {env_id!r}: {err}.{hint}") from err
+__all__ = ["collect_episodes", "create_random_buffer", "make_env", "shape_tuple"]

@@ -16,7 +16,7 @@ import torch
 
 from worldloom.core.errors import DeviceError
 from worldloom.training import ReplayBuffer as JaxReplayBuffer
-from worldloom.training._episode import shape_tuple
+from worldloom.training.data import shape_tuple
 from worldloom_torch_compat.model import channels_first, channels_last
 
 

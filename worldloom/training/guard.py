@@ -40,18 +40,20 @@ def all_finite(tree) -> jax.Array:
 
 
 def guarded_step(step: Callable) -> Callable:
-    """``step(state, batch, key) -> (state, metrics)`` that keeps ``state`` when the update is not finite.
+    """``step(state, batch, key) -> (state, metrics, *outputs)`` that keeps ``state`` when the update is not finite.
 
     The returned metrics hold ``"skipped"``: 1.0 when any metric or any float
     leaf of the new state was NaN/inf (the old state is returned), else 0.0.
+    Further outputs of ``step`` (an agent's posteriors for its replay) pass
+    through unchanged; a caller drops them where ``"skipped"`` is 1.
     """
 
     def guarded(state, batch, key):
-        new_state, metrics = step(state, batch, key)
+        new_state, metrics, *outputs = step(state, batch, key)
         finite = all_finite((metrics, new_state))
         # One conditional over the whole state (a jnp.where per leaf compiles markedly slower).
         kept = jax.lax.cond(finite, lambda new, old: new, lambda new, old: old, new_state, state)
-        return kept, dict(metrics, **{SKIPPED: (~finite).astype(jnp.float32)})
+        return (kept, dict(metrics, **{SKIPPED: (~finite).astype(jnp.float32)}), *outputs)
 
     return guarded
 

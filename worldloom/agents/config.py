@@ -1,0 +1,161 @@
+"""``AgentRunConfig``: what an online run does, and its settings resolved against the reference's.
+
+``None`` fields take the algorithm's reference default
+(:data:`worldloom.training.reference.REFERENCE`); :meth:`AgentRunConfig.resolve`
+fills every one of them, so a run's ``config.yaml`` holds the settings it
+actually used and reproduces it alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from worldloom.core.config import ConfigBase, require
+from worldloom.training.guard import NONFINITE_MODES
+from worldloom.training.reference import REFERENCE
+
+RUN_FIELDS = ("model", "batch_size", "sequence_length", "learning_rate", "grad_clip", "warmup_steps", "seed_steps")
+DEFAULTS = {algo: {name: values[name] for name in RUN_FIELDS} for algo, values in REFERENCE.items()}
+"""Algorithm -> the reference defaults of the run fields left ``None`` (a view of the one reference table)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentRunConfig(ConfigBase):
+    """An online training run. ``None`` fields take the algorithm's reference default (see :meth:`resolve`)."""
+
+    env: str = "CartPole-v1"
+    """Gymnasium id or suite id (``dmc:cartpole-balance:pixels``, ``atari:pong``); Discrete or Box actions,
+    vector or image observations."""
+    env_options: dict[str, Any] | None = None
+    """Keywords for every environment the run makes: a suite's settings over its reference's
+    (``{"fast_render": True}``, ``{"repeat": 2}``; see :mod:`worldloom.envs.suites`), or ``gymnasium.make``
+    keywords for a Gymnasium id."""
+    algo: str = "dreamerv3"
+    """``"dreamerv3"`` (actor-critic in imagination) or ``"tdmpc2"`` (MPPI planning)."""
+    model: str | None = None
+    """World-model preset; default ``dreamerv3:size1m`` / ``tdmpc2:5m``. TD-MPC2's ``5m`` is its reference's
+    default size; DreamerV3's reference defaults to ``size200m`` and selects ``size1m`` in its ``dmc_proprio``
+    block, the size that trains on a laptop."""
+    total_steps: int = 50_000
+    """Environment steps (summed over environments)."""
+    num_envs: int = 1
+    """Environments stepped together; the agent acts on all in one call."""
+    train_ratio: float = 32.0
+    """Replayed steps per environment step (DreamerV3); updates = steps * ratio / (B * T)."""
+    updates_per_step: float = 1.0
+    """Updates per environment step (TD-MPC2's update-to-data ratio)."""
+    batch_size: int | None = None
+    sequence_length: int | None = None
+    learning_rate: float | None = None
+    grad_clip: float | None = None
+    warmup_steps: int | None = None
+    seed_steps: int | None = None
+    """Random-action steps before learning starts (DreamerV3: none, it acts with its initial policy from
+    step 0, as the reference; TD-MPC2: ``max(1000, 5 * episode length)``)."""
+    episodic: bool | None = None
+    """TD-MPC2: termination head and planning that stops at predicted terminations. ``None``: on when a
+    random-action probe of the environment (2,000 steps, not counted) sees a termination; set it for tasks
+    that terminate only on success or failure a random policy never reaches."""
+    log_every: int = 10
+    """Updates between logged training losses (TensorBoard ``train/*``)."""
+    eval_every: int = 5_000
+    """Environment steps between evaluations."""
+    eval_episodes: int = 5
+    stop_return: float | None = None
+    """Stop once a mean evaluation return reaches this (``None``: run all ``total_steps``)."""
+    checkpoint_every: int = 10_000
+    """Environment steps between checkpoints (0: only at the end)."""
+    buffer_capacity: int = 1_000_000
+    """Replay rows at most; a run holds ``min(buffer_capacity, total_steps + 1000)`` (a resumed run with
+    more steps grows its replay, keeping every row)."""
+    out_dir: str = "runs/agent"
+    device: str = "auto"
+    """Where the agent computes: ``"cpu"``, ``"cuda"``, ``"tpu"`` or ``"auto"`` (the fastest present)."""
+    seed: int = 0
+    on_nonfinite: str = "stop"
+    """A NaN/inf loss, gradient or updated state: "stop" (TrainingError), "skip" (drop the update) or "ignore"."""
+    max_consecutive_skips: int = 20
+    """With ``on_nonfinite="skip"``: more consecutive skipped updates than this stop with TrainingError."""
+
+    def validate(self) -> None:
+        require(self.algo in DEFAULTS, f"algo must be one of {sorted(DEFAULTS)}, got {self.algo!r}.")
+        require(self.total_steps > 0, f"total_steps must be positive, got {self.total_steps}.")
+        require(self.num_envs >= 1, f"num_envs must be >= 1, got {self.num_envs}.")
+        for name in ("train_ratio", "updates_per_step"):
+            value = getattr(self, name)
+            require(math.isfinite(value) and value > 0, f"{name} must be a finite number > 0, got {value}.")
+        require(self.eval_every > 0, f"eval_every must be > 0, got {self.eval_every}.")
+        require(self.eval_episodes >= 0, f"eval_episodes must be >= 0, got {self.eval_episodes}.")
+        require(self.checkpoint_every >= 0,
+                f"checkpoint_every must be >= 0 (0: only at the end), got {self.checkpoint_every}.")
+        require(self.buffer_capacity >= 1, f"buffer_capacity must be >= 1, got {self.buffer_capacity}.")
+        require(self.stop_return is None or math.isfinite(self.stop_return),
+                f"stop_return must be a finite return (or None: run all steps), got {self.stop_return}.")
+        for name in ("batch_size", "sequence_length"):
+            value = getattr(self, name)
+            require(value is None or value >= 1, f"{name} must be >= 1, got {value}.")
+        for name in ("warmup_steps", "seed_steps"):
+            value = getattr(self, name)
+            require(value is None or value >= 0, f"{name} must be >= 0, got {value}.")
+        for name in ("learning_rate", "grad_clip"):  # inf is allowed: it makes an update non-finite on purpose
+            value = getattr(self, name)
+            require(value is None or value >= 0, f"{name} must be >= 0, got {value}.")
+        require(self.on_nonfinite in NONFINITE_MODES,
+                f"on_nonfinite must be one of {', '.join(map(repr, NONFINITE_MODES))}, got {self.on_nonfinite!r}.")
+        require(self.env_options is None or (isinstance(self.env_options, dict)
+                                              and all(isinstance(key, str) for key in self.env_options)
+                                              and "agent" not in self.env_options),
+                f"env_options must be a mapping of keyword names to values (the agent's suite settings come "
+                f"from algo, not an 'agent' key), got {self.env_options!r}.")
+        require(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}.")
+        require(self.max_consecutive_skips >= 1,
+                f"max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}.")
+
+    def make_env(self, **kwargs):
+        """One environment of this run: ``env`` with the agent's suite settings and ``env_options``."""
+        from worldloom.envs import make_env
+
+        return make_env(self.env, agent=self.algo, **(self.env_options or {}), **kwargs)
+
+    def resolved(self, name: str):
+        """The value of field ``name``: its own, or the reference default when it is ``None``."""
+        value = getattr(self, name)
+        return DEFAULTS[self.algo][name] if value is None else value
+
+    def resolve(self, episode_length: int | None = None, episodic: bool | None = None) -> AgentRunConfig:
+        """This config with every reference default filled in (``None`` left only in ``stop_return``,
+        ``env_options`` and, until its probe, TD-MPC2's ``episodic``).
+
+        Args:
+            episode_length: The environment's time limit: TD-MPC2's seed steps
+                are ``max(1000, 5 * episode_length)`` unless set.
+            episodic: TD-MPC2's episodic mode, when ``self.episodic`` is ``None``
+                (found by probing the environment).
+        """
+        values = {name: self.resolved(name) for name in RUN_FIELDS}
+        values["seed_steps"] = seed_steps_for(self, episode_length)
+        if self.algo == "tdmpc2" and (self.episodic is not None or episodic is not None):
+            values["episodic"] = bool(self.episodic if self.episodic is not None else episodic)
+        return self.replace(**values)
+
+    def capacity(self) -> int:
+        """Replay rows of this run: ``min(buffer_capacity, total_steps + 1000)``."""
+        return min(self.buffer_capacity, self.total_steps + 1000)
+
+    def updates_per_env_step(self) -> float:
+        """DreamerV3: ``train_ratio / (B * T)``; TD-MPC2: ``updates_per_step``."""
+        if self.algo == "dreamerv3":
+            return self.train_ratio / (self.resolved("batch_size") * self.resolved("sequence_length"))
+        return self.updates_per_step
+
+
+def seed_steps_for(config: AgentRunConfig, episode_length: int | None) -> int:
+    """Random-action steps: ``config.seed_steps``, else DreamerV3's 0 or TD-MPC2's ``max(1000, 5 * L)``."""
+    if config.seed_steps is not None or config.algo != "tdmpc2" or not episode_length:
+        return config.resolved("seed_steps")
+    return max(DEFAULTS["tdmpc2"]["seed_steps"], 5 * int(episode_length))
+
+
+__all__ = ["DEFAULTS", "AgentRunConfig", "seed_steps_for"]
