@@ -189,6 +189,12 @@ def test_truncated_replay_and_counters_of_an_agent_checkpoint_are_checkpoint_err
         persist.write_manifest(path, _run_io.CHECKPOINT_FORMAT, _run_io.CHECKPOINT_VERSION)
     state, loop = load(path)
     assert loop == saved["loop"]
+    assert _run_io.read_loop_state(path) == saved["loop"]  # how far a run got, read before it resumes
+    (path / "loop.json").write_text(saved["loop"].to_json().replace('"env_step": 14', '"env_step": 99'))
+    with pytest.raises(CheckpointError, match=r"is damaged: loop.json has different content \(CRC-32 mismatch\)"):
+        _run_io.read_loop_state(path)
+    with pytest.raises(CheckpointError, match="No agent checkpoint at"):
+        _run_io.read_loop_state(tmp_path / "nothing")
 
 
 @pytest.mark.parametrize("content, message", [

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from worldloom.core.errors import CheckpointError
 from worldloom.core.files import WriterLock, recover
-from worldloom.core.persist import open_saved, save_directory
+from worldloom.core.persist import check_saved_files, open_saved, read_manifest, save_directory
 from worldloom.models.checkpoint import restore_pytree, save_pytree
 
 AGENT_FORMAT = "worldloom-agent"
@@ -196,17 +196,24 @@ def open_checkpoint(directory: Path) -> dict:
 
 
 def read_loop_state(directory: Path, checked: bool = False) -> LoopState:
-    """The counters of the agent checkpoint ``directory``.
+    """The counters of the agent checkpoint ``directory`` (how far a run got, before it is resumed).
 
     Args:
-        checked: The checkpoint was opened by :func:`open_checkpoint` already.
+        checked: The checkpoint was opened by :func:`open_checkpoint` already;
+            otherwise ``loop.json`` alone is checked against the manifest
+            (leftovers of a killed write are cleaned first).
 
     Raises:
-        CheckpointError: no checkpoint there, or a damaged or malformed ``loop.json``.
+        CheckpointError: no checkpoint there, a format version this worldloom
+            does not read, or a damaged or malformed ``loop.json``.
     """
     directory = Path(directory)
     if not checked:
-        open_checkpoint(directory)
+        if not has_checkpoint(directory):
+            raise CheckpointError(f"No agent checkpoint at {str(directory)!r}: expected a directory written by "
+                                  "an online run (loop.json, replay.npz and manifest.json).")
+        manifest = read_manifest(directory, CHECKPOINT_FORMAT, (CHECKPOINT_VERSION,), "agent checkpoint")
+        check_saved_files(directory, manifest, "agent checkpoint", names=(LOOP_FILE,))
     try:
         text = (directory / LOOP_FILE).read_text()
     except OSError as err:
