@@ -326,6 +326,9 @@ def test_imagined_trajectory_starts_with_the_start_state(dreamer, tdmpc):
         assert len(traj.detach().states) == 4 and traj.to("cpu").horizon == 3
     with torch.no_grad():
         start = dreamer.encode(torch.randn(2, 4, generator=gen))
+        # The source's examples decode each state of a rollout and stack the imagined ones.
+        decoded = [dreamer.decode(state)["obs"] for state in dreamer.imagine(start, actions).states]
+        assert len(decoded) == 4 and torch.stack(decoded[1:], dim=1).shape == (2, 3, 4)
         odd = face.LatentState(start.deterministic, start.stochastic, prior_logits=torch.zeros(2, 3))
         with pytest.raises(ShapeError, match=r"initial_state.prior_logits: expected shape \[2, 4, 4\]"):
             dreamer.imagine(odd, actions)
