@@ -24,20 +24,24 @@ set here is only what a benchmark needs, through the code's own config:
   each needs), ``jax.precompile: False`` (the report program is not built;
   the train program is compiled with the agent's own ``_compile_train``),
   ``jax.profiler: False``, ``jax.enable_policy: False`` (no acting copy of
-  the policy's params: the learner alone, as worldloom's side). One update is the agent's jitted train program
-  (world model, replay value and imagination actor-critic in one program),
-  called as ``Agent.train`` calls it, without its host copies of the
-  metrics of the step before.
+  the policy's params: the learner alone, as worldloom's side). One update
+  is the agent's jitted train program (world model, replay value and
+  imagination actor-critic in one program), called as ``Agent.train`` calls
+  it, without its host copies of the metrics of the step before.
 - TD-MPC2: ``config.yaml`` with ``model_size`` and the workload's shapes; one
   update is ``TDMPC2._update`` on a batch already on the device (``update``
   less the replay sampling), one plan is ``TDMPC2.act`` (``mpc: true``);
-  ``compiled`` sets ``compile: true`` (``torch.compile``, ``reduce-overhead``).
+  ``compiled`` sets ``compile: true`` (``torch.compile``, ``reduce-overhead``),
+  and the setup answer then counts Dynamo's graph breaks by reason.
 
-Two adaptations to versions newer than the ones the official code pins, made
-here at run time and never in its files: ``jax.jit`` takes its old positional
-arguments again (JAX made them keyword-only), and on a machine without CUDA,
-where this script's tiny CPU check runs, TD-MPC2's hard-coded ``cuda:0`` device
-and capturable Adam are mapped to the CPU.
+Three adaptations to versions newer than the ones the official code pins,
+made here at run time and never in its files: ``jax.jit`` takes its old
+positional arguments again (JAX made them keyword-only); under
+``torch.compile``, Inductor's randperm-indexing rewrites are left out (they
+fail to compile the Q ensemble's head pick in torch releases with
+pytorch/pytorch#183988); and on a machine without CUDA, where this script's
+tiny CPU check runs, TD-MPC2's hard-coded ``cuda:0`` device and capturable
+Adam are mapped to the CPU.
 """
 
 from __future__ import annotations
@@ -219,6 +223,20 @@ def tdmpc2_config(folder: Path, preset: str, obs_shape: tuple, batch: int, overr
     return config_class()
 
 
+def skip_inductor_randperm_patterns() -> None:
+    """Leave out Inductor's "misc" rewrites (``x[randperm(n)[:k]]`` into unchecked indexing) when compiling.
+
+    The official Q ensemble picks two heads as ``torch.randperm(num_q)[:2]``,
+    and Inductor's pattern for that fails to compile in torch releases with
+    pytorch/pytorch#183988 ("Not all inputs to pattern found in match.kwargs",
+    ``slice_shape``). Without the rewrite the pick compiles as ordinary
+    indexing of two elements.
+    """
+    from torch._inductor.fx_passes import misc_patterns
+
+    misc_patterns._misc_patterns_init = lambda *args, **kwargs: None
+
+
 class TDMPC2Work:
     """The official TD-MPC2 agent's update or plan on one workload, eager or under ``torch.compile``."""
 
@@ -235,6 +253,8 @@ class TDMPC2Work:
         self.cuda = torch.cuda.is_available()
         if not self.cuda:
             map_cuda_to_cpu(agent_module, scale)
+        if compiled:
+            skip_inductor_randperm_patterns()
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")
         torch.manual_seed(1)
@@ -263,6 +283,11 @@ class TDMPC2Work:
         self.compile_s = time.perf_counter() - start
         for _ in range(2):  # reduce-overhead records its CUDA graphs in the first calls after compiling
             self.call()
+        if compiled:  # where Dynamo split the program (each break is a piece run apart), by reason
+            from torch._dynamo.utils import counters
+
+            breaks = counters["graph_break"].items()
+            self.graph_breaks = {" ".join(reason.split())[:240]: count for reason, count in breaks}
 
     def _update(self, first: bool = False):
         import torch
@@ -330,6 +355,8 @@ def main() -> None:
                 work = works[command["setup"]] = build(command)
                 reply = {"tree": work.tree, "params": work.params, "compile_s": work.compile_s,
                          "temp_bytes": work.temp_bytes, "flops": None, "versions": versions()}
+                if getattr(work, "graph_breaks", None) is not None:
+                    reply["graph_breaks"] = work.graph_breaks
             elif "memory" in command:
                 work = next(iter(works.values()), None)
                 reply = {"peak_bytes": work.peak_bytes() if work is not None else None}

@@ -173,6 +173,8 @@ class Side:
                     "temp_gib": _gib(self.setup.get("temp_bytes")), "peak_gib": _gib(self.peak_bytes)})
         if "versions" in self.setup:  # the official side's libraries, as imported in its process
             out["versions"] = self.setup["versions"]
+        if "graph_breaks" in self.setup:  # torch.compile's, by reason
+            out["graph_breaks"] = self.setup["graph_breaks"]
         if times:
             out.update(median_ms=1e3 * statistics.median(times), min_ms=1e3 * min(times), calls=len(times))
         return out
@@ -296,6 +298,11 @@ def markdown(document: dict) -> str:
                 f"| {number(row.get('speedup', {}).get(name), '{:.2f}x')} "
                 f"| {number(row.get('speedup_paired', {}).get(name), '{:.2f}x')} "
                 f"| {number(side['peak_gib'], '{:.2f}')} | {number(side['temp_gib'], '{:.2f}')} |")
+    breaks = [(row["case"], name, side["graph_breaks"]) for row in document["cases"]
+              for name, side in row["sides"].items() if side.get("graph_breaks")]
+    for case, name, reasons in breaks:
+        listed = "; ".join(f"{count} x {reason}" for reason, count in reasons.items())
+        lines.append(f"\n{case}, {name}: {sum(reasons.values())} graph breaks ({listed})")
     rates = document.get("matmul_flops_per_s")
     if rates:
         lines += ["", "| case | worldloom TFLOP/s | matmul TFLOP/s | fraction |", "|---|---|---|---|"]

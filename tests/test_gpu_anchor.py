@@ -29,7 +29,9 @@ def anchor_run(tmp_path_factory):
     (official / "tdmpc2" / "COMMIT").write_text("0123456789abcdef\n")
     out = folder / "anchor.json"
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    with contextlib.redirect_stdout(printed), pytest.MonkeyPatch.context() as patch:
+        # main sets it for its workers; afterwards this process has its own value (or none) again
+        patch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
         code = gpu_anchor.main(["--tiny", "--cases", *RUN_CASES, "--official", str(official),
                                 "--site", str(folder / "no-site"), "--json", str(out)])
     return code, json.loads(out.read_text()), printed.getvalue()
@@ -88,11 +90,13 @@ def test_resume_skips_the_cases_the_results_file_holds(tmp_path, monkeypatch):
 
 
 def test_speedups_and_table_from_official_times():
-    """Speedup is official over worldloom (above 1: worldloom faster); the table shows each side's row."""
+    """Speedup is official over worldloom (above 1: worldloom faster); the table shows each side's row and
+    the compiled side's graph breaks."""
     side = lambda ms: {"median_ms": ms, "min_ms": ms, "params": 10, "compile_s": 2.0, "peak_gib": 0.5,  # noqa: E731
                        "temp_gib": None}
     row = {"case": "tdmpc2-update:5m", "overrides": {}, "flops": 4e9,
-           "sides": {"worldloom": side(2.0), "official-eager": side(8.0), "official-compile": side(3.0)},
+           "sides": {"worldloom": side(2.0), "official-eager": side(8.0),
+                     "official-compile": dict(side(3.0), graph_breaks={"skipped builtin": 6})},
            "speedup": {"official-eager": 4.0, "official-compile": 1.5},
            "speedup_paired": {"official-eager": 4.1, "official-compile": 1.4}}
     document = {"cases": [row], "matmul_flops_per_s": {"f32": 4e12, "bf16": 8e12}}
@@ -101,6 +105,7 @@ def test_speedups_and_table_from_official_times():
     table = gpu_anchor.markdown(document)
     assert "| tdmpc2-update:5m | official-compile | 10 | 2.0 | 3.00 | 3.00 | 1.50x | 1.40x | 0.50 | - |" in table
     assert "| tdmpc2-update:5m | 2.000 | 4.000 (f32) | 50.0% |" in table
+    assert "tdmpc2-update:5m, official-compile: 6 graph breaks (6 x skipped builtin)" in table
 
 
 def test_cases_by_family_and_the_official_layout(tmp_path):
