@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from benchmarks.reference_scores import ATARI, DMC_PROPRIO, DMC_VISION, human_normalized
-from worldloom.cli import _override
+from worldloom.core.config import parse_setting
 
 BEGIN, END = "<!-- suites:begin -->", "<!-- suites:end -->"
 
@@ -162,8 +162,8 @@ def main(argv=None) -> int:
     parser.add_argument("--train-ratio", type=float, help="DreamerV3 replayed steps per env step")
     parser.add_argument("--eval-every", type=int, default=10_000)
     parser.add_argument("--eval-episodes", type=int, default=5)
-    parser.add_argument("--set", action="append", default=[], type=_override, metavar="KEY=VALUE",
-                        help="world-model field (the value read as JSON when it parses, else as text)")
+    parser.add_argument("--set", action="append", default=[], type=parse_setting, metavar="KEY=VALUE",
+                        help="world-model field (the value read as YAML: 3, 1e-4, [64, 64], text)")
     parser.add_argument("--out", default="runs/suites")
     parser.add_argument("--results", help="Markdown file whose suites section gets the table")
     parser.add_argument("--no-progress", action="store_true")
