@@ -130,7 +130,8 @@ class DreamerWork:
         config = config.update({DREAMER_KEYS[key]: value for key, value in overrides.items()})
         config = config.update({"batch_size": batch, "batch_length": length, "jax.prealloc": False,
                                 "jax.platform": "cuda" if platform == "gpu" else platform})
-        self.logdir = tempfile.mkdtemp(prefix="gpu-anchor-dreamerv3-")
+        # The agent's log directory (it writes nothing there with the profiler off), removed when the process ends.
+        self.logdir = tempfile.TemporaryDirectory(prefix="gpu-anchor-dreamerv3-")
         obs_space = {"reward": elements.Space(np.float32), "is_first": elements.Space(bool),
                      "is_last": elements.Space(bool), "is_terminal": elements.Space(bool)}
         if obs == "image":
@@ -139,7 +140,7 @@ class DreamerWork:
             obs_space["vector"] = elements.Space(np.float32, VECTOR["dreamerv3"])
         act_space = {"action": elements.Space(np.float32, (ACTIONS,), -1, 1)}
         agent_config = elements.Config(
-            **config.agent, logdir=self.logdir, seed=config.seed,
+            **config.agent, logdir=self.logdir.name, seed=config.seed,
             jax=dict(config.jax, precompile=False, profiler=False, enable_policy=False),
             batch_size=batch, batch_length=length, replay_context=config.replay_context,
             report_length=config.report_length, replica=0, replicas=1)
@@ -163,14 +164,14 @@ class DreamerWork:
         self.compile_s += self.last_s
 
     def call(self) -> None:
+        import jax
+
         agent = self.agent
         start = time.perf_counter()
         seed = agent._seeds(self.count, agent.train_mirrored)
         allocated = {k: v for k, v in agent.params.items() if k in agent.policy_keys}
         donated = {k: v for k, v in agent.params.items() if k not in agent.policy_keys}
         agent.params, self.carry, _, metrics = agent._train(donated, allocated, seed, self.carry, self.data)
-        import jax
-
         jax.block_until_ready((agent.params, metrics))
         self.count += 1
         self.last_s = time.perf_counter() - start
