@@ -38,7 +38,8 @@ case runs worldloom alone. Output: progress and one JSON line per case,
 then a Markdown table; ``--json`` writes the whole document (header, cases,
 matmul rates), rewritten after each case under a temporary name and renamed,
 so a run stopped by a time limit keeps what it finished; ``--resume`` skips
-the cases that file already holds.
+the cases that file already holds; ``--report FILE ...`` prints the table of
+one or more results files (the cases of several calls in one table).
 """
 
 from __future__ import annotations
@@ -268,7 +269,7 @@ def add_fractions(rows: list[dict], rates: dict) -> None:
             continue
         dtype = "bf16" if row["overrides"].get("compute_dtype") == "bfloat16" else "f32"
         row["flops_per_s"] = row["flops"] / (median_ms / 1e3)
-        row["matmul_dtype"] = dtype
+        row["matmul_dtype"], row["matmul_flops_per_s"] = dtype, rates[dtype]
         row["fraction_of_matmul"] = row["flops_per_s"] / rates[dtype]
 
 
@@ -303,15 +304,28 @@ def markdown(document: dict) -> str:
     for case, name, reasons in breaks:
         listed = "; ".join(f"{count} x {reason}" for reason, count in reasons.items())
         lines.append(f"\n{case}, {name}: {sum(reasons.values())} graph breaks ({listed})")
-    rates = document.get("matmul_flops_per_s")
-    if rates:
+    counted = [row for row in document["cases"] if "fraction_of_matmul" in row]
+    if counted:
         lines += ["", "| case | worldloom TFLOP/s | matmul TFLOP/s | fraction |", "|---|---|---|---|"]
-        for row in document["cases"]:
-            if "fraction_of_matmul" in row:
-                rate = rates[row["matmul_dtype"]]
-                lines.append(f"| {row['case']} | {row['flops_per_s'] / 1e12:.3f} | {rate / 1e12:.3f} "
-                             f"({row['matmul_dtype']}) | {100 * row['fraction_of_matmul']:.1f}% |")
+        for row in counted:
+            lines.append(f"| {row['case']} | {row['flops_per_s'] / 1e12:.3f} | {row['matmul_flops_per_s'] / 1e12:.3f} "
+                         f"({row['matmul_dtype']}) | {100 * row['fraction_of_matmul']:.1f}% |")
     return "\n".join(lines)
+
+
+def run_line(header: dict) -> str:
+    """One line naming a run's device, versions and official commits."""
+    return (f"{header['device']}; jax {header['jax']}, torch {header.get('torch')}; "
+            + "; ".join(f"{entry['repo']} {entry['commit'] or 'commit unknown'}"
+                        + (" (missing)" if "missing" in entry else "") for entry in header["official"].values()))
+
+
+def report(paths: list[Path]) -> str:
+    """The table of one or more results files (several calls of the run), each file's run line first."""
+    documents = [json.loads(path.read_text()) for path in paths]
+    runs = [f"{path.name}: {run_line(document['header'])}" for path, document in zip(paths, documents)]
+    merged = {"cases": [row for document in documents for row in document["cases"]]}
+    return "\n".join(runs) + "\n\n" + markdown(merged)
 
 
 def select_cases(names: list[str] | None, tiny: bool) -> list[str]:
@@ -346,7 +360,12 @@ def main(argv=None) -> int:
                         help="folder the official code's dependencies are installed in (used where it exists)")
     parser.add_argument("--json", type=Path, help="write the results document here")
     parser.add_argument("--resume", action="store_true", help="with --json: skip the cases the file already holds")
+    parser.add_argument("--report", type=Path, nargs="+", metavar="JSON",
+                        help="run nothing: print the table of these results files (one run's, or several calls')")
     args = parser.parse_args(argv)
+    if args.report:
+        print(report(args.report))
+        return 0
     rounds = args.rounds or (2 if args.tiny else 5)
     repeats = args.repeats or (1 if args.tiny else 3)
     # Every process shares the device: JAX takes memory as it needs it, so each process's peak is its own.
@@ -386,10 +405,7 @@ def main(argv=None) -> int:
     add_fractions(document["cases"], rates)
     if args.json:
         write_json(args.json, document)
-    header = document["header"]
-    print(f"\n{header['device']}; jax {header['jax']}, torch {header.get('torch')}; "
-          + "; ".join(f"{entry['repo']} {entry['commit'] or 'commit unknown'}"
-                      + (" (missing)" if "missing" in entry else "") for entry in code.values()))
+    print(f"\n{run_line(document['header'])}")
     print(markdown(document))
     return 0
 

@@ -120,3 +120,18 @@ def test_cases_by_family_and_the_official_layout(tmp_path):
     code = gpu_anchor.official_code(tmp_path)
     assert code["dreamerv3"] == {"repo": "danijar/dreamerv3", "path": str(tmp_path / "dreamerv3"), "commit": "e3f0224"}
     assert "missing" in code["tdmpc2"] and code["tdmpc2"]["commit"] is None
+
+
+def test_report_puts_several_calls_in_one_table(tmp_path, capsys):
+    """A GPU run split over calls: --report prints each file's device and commits, then all cases together."""
+    ours = {"median_ms": 2.0, "min_ms": 2.0, "params": 10, "compile_s": 1.0, "peak_gib": None, "temp_gib": None}
+    header = {"device": "GPU: NVIDIA H100 80GB HBM3", "jax": "0.11.2", "torch": "2.11.0",
+              "official": {"tdmpc2": {"repo": "nicklashansen/tdmpc2", "commit": "e9f5932"}}}
+    paths = []
+    for index, case in enumerate(["dreamer-agent:size12m:vector", "tdmpc2-update:5m"]):
+        paths.append(tmp_path / f"call{index}.json")
+        paths[-1].write_text(json.dumps({"header": header, "cases": [{"case": case, "sides": {"worldloom": ours}}]}))
+    assert gpu_anchor.main(["--report", *map(str, paths)]) == 0
+    printed = capsys.readouterr().out
+    assert "call0.json: GPU: NVIDIA H100 80GB HBM3; jax 0.11.2, torch 2.11.0; nicklashansen/tdmpc2 e9f5932" in printed
+    assert "| dreamer-agent:size12m:vector | worldloom |" in printed and "| tdmpc2-update:5m | worldloom |" in printed
