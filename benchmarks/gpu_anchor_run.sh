@@ -31,7 +31,7 @@ if ls .scratch/wheels/*.whl >/dev/null 2>&1 && [ ! -d "$site" ]; then
 fi
 export JAX_COMPILATION_CACHE_DIR=$state/jax-cache TORCHINDUCTOR_CACHE_DIR=$state/inductor-cache PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv >"$out/nvidia-smi.csv" 2>&1
-python3 -m pip list 2>/dev/null | grep -E -i '^(jax|jaxlib|jax-cuda|flax|optax|torch|triton|numpy) ' >"$out/packages.txt"
+python3 -m pip list 2>/dev/null | grep -E -i '^(jax|jaxlib|jax-cuda[0-9]+-(plugin|pjrt)|flax|optax|orbax-checkpoint|torch|triton|numpy) ' >"$out/packages.txt"
 # GPU_ANCHOR_ARGS: more options for benchmarks.gpu_anchor (--rounds 3, or --tiny for a check of this script).
 timeout --signal=INT --kill-after=30 "$limit" python3 -m benchmarks.gpu_anchor --json "$state/gpu_anchor.json" \
   --resume --site "$site" ${GPU_ANCHOR_ARGS:-} ${1:+--cases "$@"} 2>&1 | tee -a "$state/gpu_anchor.log"
