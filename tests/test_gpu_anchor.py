@@ -37,7 +37,7 @@ def anchor_run(tmp_path_factory):
     return code, json.loads(out.read_text()), printed.getvalue()
 
 
-@pytest.mark.slow(reason="two tiny cases, each in fresh worker processes that import JAX and compile (about 60 s)")
+@pytest.mark.slow(reason="two tiny cases in fresh worker processes that import JAX and compile (80-90 s on 2 cores)")
 def test_tiny_run_times_worldloom_and_reports_missing_official_sides(anchor_run):
     code, document, printed = anchor_run
     assert code == 0
