@@ -17,10 +17,10 @@ import time
 import jax
 import numpy as np
 import pytest
-from _agents import dreamer_agent, dreamer_model
+from _agents import dreamer_agent, dreamer_model, pendulum_tdmpc
 
 from worldloom import create_world_model
-from worldloom.agents import DreamerAgent, _run_io
+from worldloom.agents import DreamerAgent, TDMPC2Agent, _run_io
 from worldloom.agents.replay import StreamReplay
 from worldloom.core import persist
 from worldloom.core.errors import CheckpointError
@@ -229,6 +229,23 @@ def test_a_malformed_agent_json_is_a_checkpoint_error(saved, tmp_path):
         DreamerAgent.load(path)
     resign(meta)
     DreamerAgent.load(path)
+
+
+@pytest.mark.slow(reason="makes a TD-MPC2 agent, whose initialisation compiles (about 4 s)")
+def test_a_td_mpc2_agent_json_without_a_setting_is_a_checkpoint_error(tmp_path):
+    path = tmp_path / "agent"
+    TDMPC2Agent(pendulum_tdmpc(), use_policy=True, seed_steps=7).save(path)
+    loaded = TDMPC2Agent.load(path)
+    assert (loaded.use_policy, loaded.seed_steps) == (True, 7)
+    meta = json.loads((path / "agent.json").read_text())
+    del meta["use_policy"]
+    (path / "agent.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="is damaged: agent.json"):
+        TDMPC2Agent.load(path)
+    persist.write_manifest(path, _run_io.AGENT_FORMAT, _run_io.AGENT_VERSION)  # as if written so
+    with pytest.raises(CheckpointError, match=r"agent.json lacks \['use_policy'\]: expected every setting of a "
+                                              r"tdmpc2 agent"):
+        TDMPC2Agent.load(path)
 
 
 def test_hand_edits_to_a_models_config_are_detected(saved, tmp_path):
