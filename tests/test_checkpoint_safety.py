@@ -209,7 +209,10 @@ def test_leftovers_of_killed_writes_are_cleaned_and_nothing_else(tmp_path, dead_
     old = time.time() - 3600
     os.utime(tmp_path / ".model.tmp-fedcba98", (old, old))  # an earlier version's name, an hour old
     (tmp_path / f".other.tmp-{host}-{dead_pid}-11112222").write_bytes(b"half")
-    live = f".model.tmp-{host}-{os.getpid()}-33334444"  # a write in progress (this process)
+    # This process writes nothing now: its own temporary directory is a leftover too (a failed write's).
+    (tmp_path / f".model.tmp-{host}-{os.getpid()}-44445555").mkdir()
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    live = f".model.tmp-{host}-{writer.pid}-33334444"  # a write in progress (a live process)
     elsewhere = f".model.tmp-{'000000' if host != '000000' else '111111'}-{dead_pid}-99990000"  # another machine's
     theirs = [".model.tmp-notes", "model.tmp-12345678", ".young.tmp-55556666", elsewhere, ".buffer.npz.tmp-77778888",
               live]
@@ -218,7 +221,11 @@ def test_leftovers_of_killed_writes_are_cleaned_and_nothing_else(tmp_path, dead_
     (tmp_path / ".buffer.npz.tmp-77778888").write_bytes(b"PK\x03\x04")  # the buffer cleaner's business
     (tmp_path / live).mkdir()
 
-    create_world_model(str(tmp_path / "model"))  # opening the directory cleans it
+    try:
+        create_world_model(str(tmp_path / "model"))  # opening the directory cleans it
+    finally:
+        writer.kill()
+        writer.wait()
     assert sorted(os.listdir(tmp_path)) == sorted(["model", *theirs])
 
 

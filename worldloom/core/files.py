@@ -8,7 +8,8 @@ Entries the package writes beside a target ``<name>`` while it works on it
     .<name>.trash-<host>-<pid>-<8 hex>   a <name> being deleted
 
 A write that is killed leaves such entries behind. :func:`remove_leftovers`
-removes those of this machine whose process is gone and puts a moved-away
+removes those of this machine whose process is gone (and ``tmp`` entries of
+this process that no write of it is using) and puts a moved-away
 ``old`` copy back when its target is missing, so the last complete directory
 is never lost. Entries of other machines (a shared file system) are left
 alone, and nothing else is ever touched: directories named
@@ -40,6 +41,9 @@ from worldloom.core.errors import CheckpointError
 _ENTRY = re.compile(r"\.(?P<target>.+)\.(?P<kind>tmp|old|trash)-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[0-9a-f]{8}")
 _EARLIER_ENTRY = re.compile(r"\.(?P<target>.+)\.(?P<kind>tmp|old)-[0-9a-f]{8}")
 _EARLIER_MIN_AGE_S = 600.0
+# The ``tmp`` entries this process is writing now; its other ``tmp`` entries are leftovers (of a failed write
+# that orbax's background writes recreated after the clean-up).
+_WRITING: set[str] = set()
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
@@ -100,7 +104,9 @@ def _leftover(entry: os.DirEntry) -> tuple[str, str, bool] | None:
     """``(target, kind, writer_gone)`` for one of the package's temporary entries, else None."""
     match = _ENTRY.fullmatch(entry.name)
     if match is not None:
-        gone = match["host"] == host_tag() and not process_alive(int(match["pid"]))
+        pid = int(match["pid"])
+        ours = pid == os.getpid() and match["kind"] == "tmp" and entry.name not in _WRITING
+        gone = match["host"] == host_tag() and (ours or not process_alive(pid))
         return match["target"], match["kind"], gone
     match = _EARLIER_ENTRY.fullmatch(entry.name)
     try:
@@ -223,6 +229,7 @@ def atomic_directory(path: Path, fill: Callable[[Path], None]) -> None:
                               f"in the way ({err}).") from err
     recover(path)
     tmp = temp_path(path)
+    _WRITING.add(tmp.name)
     try:
         tmp.mkdir()
         fill(tmp)
@@ -230,12 +237,21 @@ def atomic_directory(path: Path, fill: Callable[[Path], None]) -> None:
         _fsync_directory(path.parent)
     finally:
         _clean_up(tmp)
+        _WRITING.discard(tmp.name)
 
 
-def _clean_up(tmp: Path) -> None:
-    """Remove a temporary entry, best effort: a failure here must not hide the error that ended the write."""
-    with contextlib.suppress(OSError):
-        remove_path(tmp)
+def _clean_up(tmp: Path, attempts: int = 5) -> None:
+    """Remove a temporary entry, best effort: a failure here must not hide the error that ended the write.
+
+    A failed orbax save may still finish writing files of other arrays into
+    it for a moment after raising; the removal is tried again while it stays.
+    """
+    for attempt in range(attempts):
+        with contextlib.suppress(OSError):
+            remove_path(tmp)
+        if not os.path.lexists(tmp):
+            return
+        time.sleep(0.05 * (attempt + 1))
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -257,12 +273,14 @@ def atomic_write_text(path: Path, text: str) -> None:
 
     path = Path(path)
     tmp = temp_path(path)
+    _WRITING.add(tmp.name)
     try:
         with writing(path, "file"):
             tmp.write_text(text)
             os.replace(tmp, path)
     finally:
         _clean_up(tmp)
+        _WRITING.discard(tmp.name)
 
 
 # ------------------------------------------------------------ writer locks

@@ -98,8 +98,13 @@ def save_pytree(tree: Any, directory: Path) -> None:
     ckptr = _checkpointer()
     previous = _silence_abandoned_reads()  # a failed write's abandoned tasks report late too, like a failed read's
     with _quiet_absl(logging.CRITICAL):  # its worker threads also log the error the save raises
-        ckptr.save(Path(directory).absolute(), jax.device_get(tree))
-        ckptr.wait_until_finished()
+        try:
+            ckptr.save(Path(directory).absolute(), jax.device_get(tree))
+            ckptr.wait_until_finished()
+        except Exception:
+            with contextlib.suppress(Exception):  # its other writes go on after the first fails: let them end
+                ckptr.close()
+            raise
     if previous is not None and getattr(sys.unraisablehook, "_drops_abandoned_reads", False):
         sys.unraisablehook = previous  # nothing failed: nothing to drop
 
