@@ -340,8 +340,6 @@ class TDMPC2WorldModel(WorldModel):
             self._plan_mean = mean
         return action[0] if single else action
 
-    _plan_vectors = plan_vectors  # the name the agent used before plan_vectors was public
-
     @property
     def plan_mean(self):
         """The kept MPPI plan ``[B, H, A]`` (None before the first :meth:`act`)."""
