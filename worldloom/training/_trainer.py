@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import sys
-import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,7 @@ from worldloom.training._sampling import Prefetcher, WindowSampler, chunk_plan, 
 from worldloom.training._step import StepProgram, step_program
 from worldloom.training.callbacks import Callback, CheckpointCallback, ProgressCallback
 from worldloom.training.guard import SKIPPED, NonFiniteGuard
-from worldloom.training.interrupts import signal_name
+from worldloom.training.interrupts import stop_requests
 from worldloom.training.parallel import DispatchQueue, Placement, data_parallel_mesh
 
 _TRAIN_STREAM, _EVAL_STREAM, _DEVICE_REPLAY_STREAM = 0, 1, 2
@@ -62,35 +60,6 @@ def training_device(name: str) -> jax.Device:
                           f"{device_name(fallback)} instead. Pass device='auto' (or the device you have) "
                           "to silence this.", RuntimeWarning, stacklevel=3)
         return fallback
-
-
-@contextlib.contextmanager
-def _interrupt_guard():
-    """Turn the first Ctrl-C or SIGTERM into a request to stop after the current dispatch (``request["signal"]``
-    names it); a second Ctrl-C aborts."""
-    request = {"stop": False, "abort": False, "signal": None}
-    if threading.current_thread() is not threading.main_thread():
-        yield request
-        return
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-
-    def handler(signum, frame):
-        if request["stop"]:
-            if signum != signal.SIGINT:
-                return
-            request["abort"] = True
-            raise KeyboardInterrupt
-        request["stop"], request["signal"] = True, signum
-        print(f"\n{signal_name(signum)}: stopping after the current dispatch (a checkpoint is saved if one is "
-              "configured); press Ctrl-C again to abort.", file=sys.stderr)
-
-    for signum in previous:
-        signal.signal(signum, handler)
-    try:
-        yield request
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
 
 
 def _check_same_layout(buffer: ReplayBuffer, train_segments, eval_segments) -> None:
@@ -471,7 +440,8 @@ class Trainer:
         eval_chunks, eval_key = evaluation
         interval, last_eval = self.config.eval_interval, None
         queue = DispatchQueue(self.config.max_in_flight)
-        with _interrupt_guard() as request:
+        with stop_requests("stopping after the current dispatch (a checkpoint is saved if one is configured)") \
+                as request:
             try:
                 for (start, count), batches in prefetcher:
                     self.state, metrics = dispatch(start, count, batches)
@@ -483,15 +453,14 @@ class Trainer:
                         self._finish(first, number, values, schedule, callbacks)
                     if eval_chunks and self.step % interval == 0:
                         last_eval = self._evaluate(eval_chunks, eval_key, callbacks)
-                    self.interrupted = request["stop"]
-                    self.interrupt_signal = request["signal"]
+                    self.interrupted, self.interrupt_signal = request.stop, request.signal
                     if self.stop_training or self.interrupted:
                         break
                 for first, number, values in queue.drain():
                     self._finish(first, number, values, schedule, callbacks)
             except KeyboardInterrupt:
                 # A second Ctrl-C aborts; so does one that left the donated state unusable.
-                if request["abort"] or any(leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(self.state)):
+                if request.aborted or any(leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(self.state)):
                     raise
                 self.interrupted = True
                 self.interrupt_signal = signal.SIGINT

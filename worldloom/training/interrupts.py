@@ -22,6 +22,7 @@ class StopRequest:
 
     def __init__(self):
         self.signal: int | None = None
+        self.aborted = False  # a second Ctrl-C raised KeyboardInterrupt
 
     @property
     def stop(self) -> bool:
@@ -61,6 +62,7 @@ def stop_requests(announce: str = "stopping after the current step and saving"):
 
     def handler(signum, frame):
         if request.stop and signum == signal.SIGINT:
+            request.aborted = True
             raise KeyboardInterrupt
         if not request.stop:
             request.signal = signum
