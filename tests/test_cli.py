@@ -71,8 +71,10 @@ def test_collect_and_errors(tmp_path, capsys):
     path = tmp_path / "data.npz"
     assert main(["collect", "--env", "CartPole-v1", "--episodes", "3", "--out", str(path), "--seed", "1"]) == 0
     assert ReplayBuffer.load(path).num_episodes == 3 and "Wrote" in capsys.readouterr().out
-    assert main(["evaluate", "--model", str(tmp_path), "--buffer", str(path)]) == 2
-    assert "error" in capsys.readouterr().err
+    # A directory holding no saved model is a CheckpointError: one line, exit status 1.
+    assert main(["evaluate", "--model", str(tmp_path), "--buffer", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("worldloom evaluate: error: ") and len(err.strip().splitlines()) == 1
     with pytest.raises(SystemExit):
         main(["train", "--set", "no-equals-sign"])
 
