@@ -265,3 +265,19 @@ def test_chunk_plan_ends_dispatches_at_intervals():
     assert list(chunk_plan(0, 10, 4, [])) == [(0, 4), (4, 4), (8, 2)]
     assert list(chunk_plan(0, 10, 4, [3])) == [(0, 3), (3, 3), (6, 3), (9, 1)]
     assert list(chunk_plan(5, 12, 4, [6, 0, None])) == [(5, 1), (6, 4), (10, 2)]
+
+
+def test_box_actions_are_stored_scaled_to_the_unit_range():
+    """Pendulum's torque in [-2, 2] is stored halved; the policy still acts in the env's own units."""
+    taken = []
+
+    def policy(obs):
+        action = np.array([2.0 if len(taken) % 2 == 0 else -1.0], np.float32)
+        taken.append(action[0])
+        return action
+
+    buffer = collect_episodes("Pendulum-v1", num_episodes=1, policy=policy, seed=0, max_episode_steps=6)
+    np.testing.assert_allclose(buffer.episode(0)["actions"][:, 0], np.asarray(taken) / 2.0)
+    random = collect_episodes("Pendulum-v1", num_episodes=2, seed=1, max_episode_steps=50)
+    values = np.concatenate([random.episode(index)["actions"] for index in range(2)])
+    assert values.min() >= -1.0 and values.max() <= 1.0 and values.max() - values.min() > 1.0

@@ -96,7 +96,11 @@ def collect_episodes(env, num_episodes: int, policy: Callable[[np.ndarray], Any]
     Row ``t`` holds ``obs_t``, the action taken there, and the reward and
     flags that followed it; ``terminated`` (continue 0) and ``truncated``
     (time limit, continue 1) are kept apart, and the observation after the
-    last action is stored as the episode's ``final_obs``.
+    last action is stored as the episode's ``final_obs``. ``Box`` actions
+    with finite bounds are stored scaled to ``[-1, 1]`` (``2 (a - low) /
+    (high - low) - 1``), the range both references' models are trained on
+    (Pendulum's ``[-2, 2]`` torque is stored halved); ``policy`` still
+    returns the environment's own actions.
 
     Args:
         env: An env id (``"CartPole-v1"``) or a ``gymnasium.Env`` (not closed here).
@@ -125,15 +129,28 @@ def collect_episodes(env, num_episodes: int, policy: Callable[[np.ndarray], Any]
             raise ShapeError(f"The buffer holds obs {list(buffer.obs_shape)} and actions of size {buffer.action_dim}; "
                              f"the env gives obs {list(obs_shape)} and actions of size {action_dim}.")
         env.action_space.seed(seed)
+        scale = None if discrete else _unit_scale(env.action_space)
         for episode in range(integer("num_episodes", num_episodes)):
-            _run_episode(env, buffer, policy, seed + episode, discrete, max_episode_steps)
+            _run_episode(env, buffer, policy, seed + episode, discrete, max_episode_steps, scale)
     finally:
         if owned:
             env.close()
     return buffer
 
 
-def _run_episode(env, buffer: ReplayBuffer, policy, seed: int, discrete: bool, max_steps: int | None) -> None:
+def _unit_scale(space) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(low, high)`` of a Box action space stored scaled to [-1, 1]; None to store its actions as they are."""
+    low = np.asarray(space.low, np.float64).reshape(-1)
+    high = np.asarray(space.high, np.float64).reshape(-1)
+    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(high > low)):
+        return None
+    if np.allclose(low, -1.0) and np.allclose(high, 1.0):
+        return None
+    return low, high
+
+
+def _run_episode(env, buffer: ReplayBuffer, policy, seed: int, discrete: bool, max_steps: int | None,
+                 scale: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     obs, _ = env.reset(seed=seed)
     rows: dict[str, list] = {"obs": [], "actions": [], "rewards": [], "terminated": [], "truncated": []}
     while True:
@@ -141,7 +158,13 @@ def _run_episode(env, buffer: ReplayBuffer, policy, seed: int, discrete: bool, m
         next_obs, reward, terminated, truncated, _ = env.step(action)
         truncated = bool(truncated) or (max_steps is not None and len(rows["obs"]) + 1 >= max_steps)
         rows["obs"].append(obs)
-        rows["actions"].append(int(action) if discrete else np.asarray(action, np.float32).reshape(-1))
+        if discrete:
+            rows["actions"].append(int(action))
+        else:
+            flat = np.asarray(action, np.float64).reshape(-1)
+            if scale is not None:
+                flat = 2.0 * (flat - scale[0]) / (scale[1] - scale[0]) - 1.0
+            rows["actions"].append(flat.astype(np.float32))
         rows["rewards"].append(float(reward))
         rows["terminated"].append(bool(terminated))
         rows["truncated"].append(truncated and not terminated)
