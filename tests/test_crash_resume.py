@@ -63,7 +63,7 @@ def wait_for_checkpoint(directory, after: int, process) -> None:
         time.sleep(0.01)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="training processes killed with SIGKILL at random moments, then resumed")
 def test_kill_9_at_random_moments_then_resume_is_bit_exact(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(textwrap.dedent(CHILD.format(tiny=TINY, every=EVERY, config=CONFIG)))

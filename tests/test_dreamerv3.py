@@ -279,7 +279,7 @@ def test_half_resolution_convs_equal_the_full_resolution_ones(kernel):
             np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="the image model's loss and gradients compiled with and without remat, f32 and bf16")
 def test_image_remat_keeps_the_losses_and_gradients_and_bf16_stays_close(rng, monkeypatch):
     """``remat="cnn"`` (chunks of frames, recomputed in the backward pass) gives the losses and gradients of
     keeping every activation; bf16 convs stay within 2% of f32 on every loss term."""

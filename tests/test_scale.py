@@ -212,7 +212,7 @@ _DATA_PARALLEL_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="a fresh interpreter with 4 fake devices trains three runs of 24 updates")
 def test_data_parallel_on_four_fake_devices_matches_one_device(tmp_path, replay_run):
     """24 updates of B=8 on 4 devices (2 windows each) end where the 1-device run ends.
 
