@@ -112,37 +112,13 @@ def _multi_update(update: UpdateFunctions, steps: int, state, xs, batch_at: Call
     halts = nonfinite == "stop"
     first = jax.tree_util.tree_map(lambda x: x[0], xs)
     shapes = jax.eval_shape(lambda s, x: update_step(s, batch_at(0, x), base_key), state, first)
-    if len(shapes) > 2:  # further outputs (an agent's posteriors): stacked [K, ...] beside the metrics
-        return _multi_update_outputs(update_step, steps, state, xs, batch_at, base_key, start, count, halts,
-                                     shapes[1:])
-    metric_shapes = shapes[1]
-
-    def skip(carry, x, key, index):
-        del x, key, index
-        return carry, jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
-
-    def step(carry, x, key, index):
-        return update_step(carry, batch_at(index, x), key)
-
-    def body(carry, inputs):
-        index, x = inputs
-        key = jax.random.fold_in(base_key, start + index)
-        if not halts:
-            return jax.lax.cond(index < count, step, skip, carry, x, key, index)
-        carry, halted = carry
-        carry, metrics = jax.lax.cond((index < count) & ~halted, step, skip, carry, x, key, index)
-        return (carry, halted | (metrics[SKIPPED] > 0)), metrics
-
-    indices = (jnp.arange(steps, dtype=jnp.int32), xs)
-    if not halts:
-        return jax.lax.scan(body, state, indices)
-    (state, _), metrics = jax.lax.scan(body, (state, jnp.asarray(False)), indices)
-    return state, metrics
+    return _scan_updates(update_step, steps, state, xs, batch_at, base_key, start, count, halts, shapes[1:])
 
 
-def _multi_update_outputs(update_step: Callable, steps: int, state, xs, batch_at: Callable, base_key, start, count,
-                          halts: bool, output_shapes: tuple):
-    """:func:`_multi_update` of a step with outputs beyond the metrics: ``(state, metrics [K], *outputs [K])``."""
+def _scan_updates(update_step: Callable, steps: int, state, xs, batch_at: Callable, base_key, start, count,
+                  halts: bool, output_shapes: tuple):
+    """The scan of :func:`_multi_update`: ``(state, metrics [K], *outputs [K])``, the outputs beyond the metrics
+    (an agent's posteriors) stacked beside them; a skipped slot gives zeros."""
 
     def zeros(shapes):
         return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
