@@ -63,6 +63,12 @@ class AgentRunConfig(ConfigBase):
     eval_every: int = 5_000
     """Environment steps between evaluations."""
     eval_episodes: int = 5
+    eval_video: bool = True
+    """Record each evaluation's first episode: ``videos/eval_step_<N>.gif`` in ``out_dir`` and TensorBoard's
+    ``eval/video`` (image-observation DreamerV3 runs also get the open-loop report, ``eval/open_loop``)."""
+    logger: str = "tensorboard"
+    """Where metrics go besides ``metrics.jsonl``: ``"tensorboard"`` (``logs/``, always written) or ``"wandb"``
+    (W&B as well; the ``wandb`` extra; ``WANDB_MODE=offline`` keeps it in ``out_dir/wandb``)."""
     stop_return: float | None = None
     """Stop once a mean evaluation return reaches this (``None``: run all ``total_steps``)."""
     checkpoint_every: int = 10_000
@@ -109,6 +115,8 @@ class AgentRunConfig(ConfigBase):
                                               and "agent" not in self.env_options),
                 f"env_options must be a mapping of keyword names to values (the agent's suite settings come "
                 f"from algo, not an 'agent' key), got {self.env_options!r}.")
+        require(self.logger in ("tensorboard", "wandb"),
+                f"logger must be 'tensorboard' or 'wandb', got {self.logger!r}.")
         require(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}.")
         require(self.max_consecutive_skips >= 1,
                 f"max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}.")

@@ -1,0 +1,292 @@
+"""Videos of a run: evaluation episodes and the open-loop report of image models, as files and summaries.
+
+- :class:`FrameRecorder` keeps an episode's rendered frames small as they come
+  (downscaled to ``max_width`` pixels, every ``every``-th frame, at most
+  ``max_frames``), so a 500-step CartPole episode holds a few MB, not 360.
+- :func:`write_video` writes ``[T, H, W, 3]`` uint8 frames as an animated GIF
+  (Pillow, always present) or an MP4 (``imageio`` or ``moviepy`` when
+  installed), to a temporary name renamed into place.
+- :func:`encode_gif` gives the GIF's bytes: TensorBoard plays an animated GIF
+  in an image summary, which is what tensorboardX's ``add_video`` writes
+  (there through moviepy; here through Pillow, so no extra package is needed).
+- :func:`open_loop_frames` turns :func:`~worldloom.training.evaluation.open_loop_prediction`'s
+  result for image observations into the reference's open-loop video: the real
+  frames, the frames imagined from the observed ones, and their difference,
+  stacked top to bottom, episodes side by side.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from worldloom.core.errors import ConfigError, DataError
+
+VIDEO_SUFFIXES = (".gif", ".mp4")
+
+
+def _as_frames(frames) -> np.ndarray:
+    """``frames`` as a ``[T, H, W, 3]`` uint8 array (one channel repeated to three)."""
+    array = np.asarray(frames)
+    if array.ndim != 4 or array.shape[0] == 0 or array.shape[-1] not in (1, 3):
+        raise DataError(f"Video frames: expected a non-empty [T, H, W, 3] or [T, H, W, 1] array, got shape "
+                        f"{array.shape}.")
+    if array.dtype != np.uint8:
+        array = np.clip(array, 0, 255).astype(np.uint8)
+    return np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 else array
+
+
+def downscale(frame, max_width: int) -> np.ndarray:
+    """``frame`` ``[H, W, C]`` shrunk (Pillow, area filter) so its width is at most ``max_width``."""
+    frame = np.asarray(frame)
+    if frame.shape[1] <= max_width:
+        return frame.astype(np.uint8, copy=False)
+    from PIL import Image
+
+    height = max(1, round(frame.shape[0] * max_width / frame.shape[1]))
+    image = Image.fromarray(frame.astype(np.uint8, copy=False).squeeze(-1) if frame.shape[-1] == 1 else
+                            frame.astype(np.uint8, copy=False))
+    small = np.asarray(image.resize((max_width, height), Image.BOX))
+    return small[..., None] if small.ndim == 2 else small
+
+
+class FrameRecorder:
+    """Collects one episode's frames, small: call it with each rendered ``[H, W, 3]`` frame.
+
+    Args:
+        max_width: Frames wider than this are downscaled to it (aspect kept).
+        every: Keep every ``every``-th frame (the video's frame rate is the
+            environment's divided by it).
+        max_frames: Frames kept at most; later ones are dropped.
+    """
+
+    def __init__(self, max_width: int = 160, every: int = 2, max_frames: int = 500):
+        if max_width < 8 or every < 1 or max_frames < 1:
+            raise ConfigError(f"FrameRecorder: expected max_width >= 8, every >= 1, max_frames >= 1, got "
+                              f"{max_width}, {every}, {max_frames}.")
+        self.max_width, self.every, self.max_frames = int(max_width), int(every), int(max_frames)
+        self.frames: list[np.ndarray] = []
+        self.seen = 0
+
+    def __call__(self, frame) -> None:
+        if frame is not None and self.seen % self.every == 0 and len(self.frames) < self.max_frames:
+            self.frames.append(downscale(frame, self.max_width))
+        self.seen += 1
+
+    def array(self) -> np.ndarray:
+        """The kept frames, ``[T, H, W, 3]`` uint8."""
+        return _as_frames(np.stack(self.frames))
+
+
+def encode_gif(frames, fps: float) -> bytes:
+    """An animated GIF of ``frames`` (``[T, H, W, 3]`` or ``[T, H, W, 1]``) that loops, as bytes."""
+    from PIL import Image
+
+    array = _as_frames(frames)
+    images = [Image.fromarray(frame) for frame in array]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:],
+                   duration=max(20, round(1000 / max(float(fps), 1e-3))), loop=0)
+    return buffer.getvalue()
+
+
+def _mp4_writer():
+    """A function ``(frames, path, fps)`` writing an MP4, or None when neither imageio nor moviepy is installed."""
+    try:
+        import imageio.v2 as imageio
+
+        def write(frames, path, fps):
+            imageio.mimwrite(path, list(frames), fps=fps, format="FFMPEG", macro_block_size=1)
+
+        return write
+    except ImportError:
+        pass
+    try:
+        try:
+            from moviepy import ImageSequenceClip
+        except ImportError:
+            from moviepy.video.io.ImageSequenceClip import ImageSequenceClip
+
+        def write(frames, path, fps):
+            ImageSequenceClip(list(frames), fps=fps).write_videofile(path, logger=None, audio=False)
+
+        return write
+    except ImportError:
+        return None
+
+
+def write_video(frames, path: str | os.PathLike, fps: float = 25.0) -> Path:
+    """Write ``frames`` ``[T, H, W, 3]`` (uint8) to ``path``: ``.gif`` (Pillow) or ``.mp4`` (imageio or moviepy).
+
+    The file is written under a temporary name in the same directory and
+    renamed, so ``path`` is either whole or absent.
+
+    Raises:
+        ConfigError: another suffix, or ``.mp4`` without imageio or moviepy.
+        DataError: frames not shaped ``[T, H, W, 3]``.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in VIDEO_SUFFIXES:
+        raise ConfigError(f"Video path: expected a .gif or .mp4 file, got {str(path)!r}.")
+    array = _as_frames(frames)
+    writer = _mp4_writer() if suffix == ".mp4" else None
+    if suffix == ".mp4" and writer is None:
+        raise ConfigError("An .mp4 video needs imageio[ffmpeg] or moviepy (pip install 'worldloom[video]'); "
+                          "a .gif needs nothing more.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+    os.close(handle)
+    try:
+        if suffix == ".gif":
+            Path(tmp).write_bytes(encode_gif(array, fps))
+        else:
+            writer(array, tmp, fps)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def open_loop_frames(result: dict, max_episodes: int = 4) -> np.ndarray:
+    """The reference's open-loop report as video frames, from ``open_loop_prediction``'s result.
+
+    Each frame stacks, top to bottom, the real frame, the frame the model
+    imagined from ``context`` observed steps and the real actions, and their
+    absolute difference; up to ``max_episodes`` episodes side by side. During
+    the observed steps the middle and bottom rows are black.
+
+    Args:
+        result: ``open_loop_prediction``'s result for image observations
+            (``real_obs [N, C+H, h, w, c]``, ``pred_obs [N, H, h, w, c]`` in 0-255).
+
+    Returns:
+        ``[C + H, 3 h, n w, 3]`` uint8 frames (``n = min(N, max_episodes)``).
+
+    Raises:
+        DataError: vector observations or a model without an observation decoder.
+    """
+    real, pred = np.asarray(result["real_obs"]), result.get("pred_obs")
+    if real.ndim != 5 or pred is None:
+        raise DataError(f"An open-loop video needs image observations [N, T, H, W, C] and a model that decodes "
+                        f"them; got observations of shape {real.shape[1:]} and "
+                        f"{'no decoded frames' if pred is None else 'decoded frames'}.")
+    context, count = int(result["context"]), min(int(max_episodes), real.shape[0])
+    real = real[:count].astype(np.float32)
+    imagined = np.zeros_like(real)
+    imagined[:, context:] = np.clip(np.asarray(pred[:count], np.float32), 0, 255)
+    difference = np.zeros_like(real)
+    difference[:, context:] = np.abs(imagined[:, context:] - real[:, context:])
+    rows = np.concatenate([real, imagined, difference], axis=2)  # [n, T, 3h, w, c]
+    grid = np.concatenate(list(rows), axis=2)  # [T, 3h, n w, c]
+    return _as_frames(grid)
+
+
+class EpisodeRecorder:
+    """What an evaluation keeps of its first episode: small rendered frames and, for images, the steps.
+
+    :func:`~worldloom.agents.loop.evaluate` makes that episode's environment
+    with ``render_mode="rgb_array"`` and calls ``recorder(env, obs, action,
+    reward)`` after its reset (``action`` and ``reward`` None) and after each
+    of its steps. Image observations ``[H, W, C]`` are kept with the agent's
+    actions and the rewards (row ``t``: ``obs_t, action_t, reward_t``), for the
+    open-loop report.
+
+    Args:
+        max_width, every, max_frames: The rendered frames' :class:`FrameRecorder` settings.
+        keep_steps: Keep image observations, actions and rewards (up to ``max_frames`` steps).
+    """
+
+    def __init__(self, max_width: int = 160, every: int = 2, max_frames: int = 500, keep_steps: bool = True):
+        if not os.environ.get("DISPLAY"):  # render off-screen; no window system to talk to
+            os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+            os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+        self.frames = FrameRecorder(max_width, every, max_frames)
+        self.keep_steps, self.max_steps = bool(keep_steps), int(max_frames)
+        self.obs: list[np.ndarray] = []
+        self.actions: list[np.ndarray] = []
+        self.rewards: list[float] = []
+        self.fps = 25.0
+
+    def __call__(self, env, obs, action=None, reward=None) -> None:
+        if self.frames.seen == 0:
+            self.fps = float((getattr(env, "metadata", None) or {}).get("render_fps") or 50) / self.frames.every
+        self.frames(env.render())
+        obs = np.asarray(obs)
+        if self.keep_steps and obs.ndim == 3 and len(self.obs) <= self.max_steps:
+            if action is not None:
+                self.actions.append(np.array(action, np.float32))
+                self.rewards.append(float(reward))
+            self.obs.append(obs.copy())
+
+    def episode(self) -> dict | None:
+        """``{"obs" [T, H, W, C], "actions" [T, A], "rewards" [T]}`` of the kept steps, or None (no image steps)."""
+        steps = min(len(self.actions), len(self.obs))
+        if steps == 0:
+            return None
+        return {"obs": np.stack(self.obs[:steps]), "actions": np.stack(self.actions[:steps]),
+                "rewards": np.asarray(self.rewards[:steps], np.float32)}
+
+
+OPEN_LOOP_CONTEXT = 5
+"""Observed steps before the open-loop report imagines (the reference's report observes the first few)."""
+
+
+def open_loop_report(model, episode: dict, context: int = OPEN_LOOP_CONTEXT, horizon: int = 45) -> np.ndarray:
+    """The open-loop video frames of ``episode`` (:meth:`EpisodeRecorder.episode`) under ``model``.
+
+    Returns:
+        ``[context + horizon, 3 H, W, 3]`` uint8 (real, imagined, difference; see :func:`open_loop_frames`).
+
+    Raises:
+        DataError: the episode is not longer than ``context`` steps, or the model decodes no images.
+    """
+    from worldloom.training._buffer import ReplayBuffer
+    from worldloom.training.evaluation import open_loop_prediction
+
+    obs = episode["obs"]
+    buffer = ReplayBuffer(len(obs), obs.shape[1:], episode["actions"].shape[-1], obs_dtype=obs.dtype)
+    buffer.add_episode(obs, episode["actions"], episode["rewards"])
+    result = open_loop_prediction(model, buffer, context=context, horizon=horizon, max_episodes=1)
+    return open_loop_frames(result, max_episodes=1)
+
+
+def log_evaluation_video(writer, recorder: EpisodeRecorder, run_dir: str | os.PathLike, step: int,
+                         model=None) -> list[Path]:
+    """Write an evaluation's first episode as ``run_dir/videos/eval_step_<step>.gif`` and to ``writer``.
+
+    With ``model`` (a world model that decodes images) and image observations,
+    the open-loop report of that episode goes to ``videos/open_loop_step_<step>.gif``
+    and the ``eval/open_loop`` video too. A video that cannot be written warns
+    and the run goes on.
+
+    Returns:
+        The files written.
+    """
+    import warnings
+
+    run_dir, written = Path(run_dir), []
+    videos = [("eval/video", f"eval_step_{int(step)}.gif", lambda: recorder.frames.array(), recorder.fps)]
+    episode = recorder.episode() if model is not None else None
+    if episode is not None and len(episode["obs"]) > OPEN_LOOP_CONTEXT:
+        videos.append(("eval/open_loop", f"open_loop_step_{int(step)}.gif",
+                       lambda: open_loop_report(model, episode), 10.0))
+    for tag, name, frames_of, fps in videos:
+        try:
+            frames = frames_of()
+            path = write_video(frames, run_dir / "videos" / name, fps)
+        except (OSError, DataError) as err:
+            warnings.warn(f"The {tag} video of step {step} was not written: {err}", RuntimeWarning, stacklevel=2)
+            continue
+        writer.add_video(tag, frames, step, fps=fps, file=str(path.relative_to(run_dir)))
+        written.append(path)
+    return written
+
+
+__all__ = ["OPEN_LOOP_CONTEXT", "VIDEO_SUFFIXES", "EpisodeRecorder", "FrameRecorder", "downscale", "encode_gif",
+           "log_evaluation_video", "open_loop_frames", "open_loop_report", "write_video"]
