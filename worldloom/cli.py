@@ -47,7 +47,7 @@ TRAIN_FLAGS = {"steps": "total_steps", "batch_size": "batch_size", "seq_len": "s
 # The settings of a ``train`` run file: the flags' names, plus ``world_model`` and ``training``.
 TRAIN_FILE_KEYS = ("env", "model", "episodes", "test_episodes", "steps", "batch_size", "seq_len", "lr", "warmup_steps",
                    "steps_per_dispatch", "log_interval", "eval_interval", "save_interval", "context", "horizon", "seed",
-                   "out", "device")
+                   "out", "device", "logger")
 
 
 def _apply_train_file(args) -> None:
@@ -108,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="continue the run in RUN_DIR (alone: in OUT) from its checkpoints/; without it, "
                               "a run never writes over an earlier one (OUT-2, OUT-3, ...)")
         sub.add_argument("--no-progress", action="store_true", help="no progress bar")
+        sub.add_argument("--logger", choices=["tensorboard", "wandb"], default="tensorboard",
+                         help="where metrics go besides metrics.jsonl: tensorboard (logs/, always written) or wandb "
+                              "(W&B as well; WANDB_MODE=offline keeps it in the run directory)")
         several = sub.add_argument_group("several processes (data parallel; run the same command in each)")
         several.add_argument("--coordinator", metavar="HOST:PORT",
                              help="address of process 0, reachable from every process")
@@ -159,6 +162,9 @@ def _parser() -> argparse.ArgumentParser:
     imagine.add_argument("--context", type=int, default=5, help="observed steps before imagining")
     imagine.add_argument("--horizon", type=int, default=15, help="imagined steps")
     imagine.add_argument("--out", default="imagination.png", help="PNG to write")
+    imagine.add_argument("--video", metavar="PATH",
+                         help="also write the open-loop video of image observations (real frames, frames imagined "
+                              "from --context observed steps, their difference) to this .gif (or .mp4)")
 
     agent = command("agent", "train an agent online in a Gymnasium environment")
     agent.add_argument("--env", default="CartPole-v1", help=ENV_HELP)
@@ -187,6 +193,9 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--set", action="append", default=[], type=_setting, metavar="KEY=VALUE",
                        help="override any run field (batch_size=8) or world-model field (deter=256, or "
                             "world_model.deter=256); applied last (repeatable)")
+    agent.add_argument("--no-eval-video", dest="eval_video", action="store_false",
+                       help="no video of each evaluation's first episode (default: videos/eval_step_N.gif in the "
+                            "run directory and TensorBoard's eval/video)")
     agent.add_argument("--seed", type=int, default=0, help="seeds environments, model and sampling")
     run_flags(agent, "runs/agent")
 
@@ -197,6 +206,11 @@ def _parser() -> argparse.ArgumentParser:
     play.add_argument("--video", help="write the first episode to this .gif (or .mp4, with moviepy)")
     play.add_argument("--fps", type=int, default=30, help="frames per second of the video")
     play.add_argument("--device", default="auto", help="cpu, cuda, tpu or auto")
+
+    plotting = command("plot", "return curves of runs (mean and range over seeds) beside the published ones")
+    plotting.add_argument("runs", nargs="+", metavar="RUN", help="run directories written by `worldloom agent`")
+    plotting.add_argument("--out", default="curves.png", help="PNG to write")
+    plotting.add_argument("--title", help="the figure's title")
 
     listing = command("list-models", "available presets")
     listing.add_argument("--verbose", action="store_true", help="sizes, parameter counts, descriptions")
@@ -419,7 +433,8 @@ def _train(args, config, env, block: tuple[int, int], overrides: dict, model_set
     trainer = Trainer(model, config)
     if not args.no_progress:
         trainer.add_callback(ProgressCallback())
-    trainer.add_callback(LoggingCallback(log_dir=out / "logs"))
+    trainer.add_callback(LoggingCallback(log_dir=out / "logs", metrics_file=out / "metrics.jsonl",
+                                         logger=args.logger))
     if args.resume:
         saved = list_checkpoints(out / "checkpoints")
         print(f"Resuming {out} from step {saved[-1][0] if saved else 0} ({out / 'checkpoints'})")
@@ -441,6 +456,9 @@ def _train(args, config, env, block: tuple[int, int], overrides: dict, model_set
                                   baseline_reward=train_reward)
     plot = plot_open_loop(result, out / "imagination.png",
                           title=f"{args.env}: {model.family} after {trainer.step} updates (held-out episode)")
+    from worldloom.training.videos import write_open_loop_video
+
+    video = write_open_loop_video(result, out / "videos" / "open_loop.gif")  # image observations only
     summary = {
         "env": args.env, "model": args.model, "steps": trainer.step, "interrupted": trainer.interrupted,
         "seconds": round(time.perf_counter() - began, 1), "final_train_losses": trainer.last_losses,
@@ -460,7 +478,8 @@ def _train(args, config, env, block: tuple[int, int], overrides: dict, model_set
     for name, path in (("model", out / "model"), ("train buffer", out / "buffer.npz"),
                        ("held-out buffer", out / "test_buffer.npz"), ("TensorBoard logs", out / "logs"),
                        ("checkpoints", out / "checkpoints"), ("imagination plot", plot),
-                       ("summary", out / "summary.json"), ("run config", out / "config.yaml")):
+                       ("summary", out / "summary.json"), ("run config", out / "config.yaml"),
+                       ("metrics", out / "metrics.jsonl"), *((("open-loop video", video),) if video else ())):
         print(f"  {name:17s} {path}")
     return summary
 
@@ -504,6 +523,10 @@ def cmd_imagine(args) -> dict:
     plot_open_loop(result, args.out)
     print("\n".join(_report_open_loop(result)))
     print(f"Plot written to {args.out}")
+    if args.video:
+        from worldloom.training.videos import open_loop_frames, write_video
+
+        print(f"Video written to {write_video(open_loop_frames(result), args.video, fps=10)}")
     return result
 
 
@@ -526,7 +549,7 @@ AGENT_FLAGS = {"env": "env", "algo": "algo", "model": "model", "steps": "total_s
                "seq_len": "sequence_length", "lr": "learning_rate", "seed_steps": "seed_steps",
                "episodic": "episodic", "log_every": "log_every", "eval_every": "eval_every",
                "eval_episodes": "eval_episodes", "stop_return": "stop_return", "checkpoint_every": "checkpoint_every",
-               "out": "out_dir", "seed": "seed", "device": "device"}
+               "out": "out_dir", "seed": "seed", "device": "device", "logger": "logger", "eval_video": "eval_video"}
 
 
 def _typed(command: str, argv_tail: list[str], dests) -> dict:
@@ -579,6 +602,15 @@ def cmd_agent(args) -> dict:
     return result
 
 
+def cmd_plot(args) -> str:
+    """``worldloom plot``: the runs' return curves beside the published ones, as a PNG."""
+    from worldloom.training.plots import plot_runs
+
+    path = plot_runs(args.runs, args.out, title=args.title)
+    print(f"Curves of {len(args.runs)} run{'s' if len(args.runs) != 1 else ''} written to {path}")
+    return str(path)
+
+
 def cmd_list_models(args) -> None:
     from worldloom import list_models
 
@@ -612,7 +644,8 @@ def main(argv=None) -> int:
             print(f"worldloom train: error: {err}", file=sys.stderr)
             return 2
     handlers = {"train": cmd_train, "collect": cmd_collect, "evaluate": cmd_evaluate, "imagine": cmd_imagine,
-                "agent": cmd_agent, "play": cmd_play, "list-models": cmd_list_models}
+                "agent": cmd_agent, "play": cmd_play, "plot": cmd_plot,
+                "list-models": cmd_list_models}
     from worldloom.training.interrupts import Interrupted
 
     try:

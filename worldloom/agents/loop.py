@@ -39,8 +39,9 @@ from worldloom.models.checkpoint import params_sha256
 from worldloom.models.factory import create_world_model, get_config
 from worldloom.training.guard import SKIPPED, NonFiniteGuard
 from worldloom.training.interrupts import Interrupted, signal_name, stop_requests
-from worldloom.training.logs import NullWriter, tensorboard_sink
+from worldloom.training.logs import NullWriter, run_sinks
 from worldloom.training.programs import update_program
+from worldloom.training.videos import EpisodeRecorder, log_evaluation_video
 
 __all__ = ["DEFAULTS", "AgentRunConfig", "evaluate", "make_agent", "reached", "run_agent", "seed_steps_for",
            "terminates"]
@@ -84,7 +85,8 @@ def make_agent(config: AgentRunConfig, obs_shape, action_dim: int, discrete: boo
     return TDMPC2Agent(model, seed_steps=seed_steps_for(config, episode_length), seed=config.seed)
 
 
-def evaluate(agent, env_id: str, episodes: int, seed: int, env_options: dict | None = None) -> list[float]:
+def evaluate(agent, env_id: str, episodes: int, seed: int, env_options: dict | None = None,
+             record=None) -> list[float]:
     """Returns of ``episodes`` evaluation episodes (TD-MPC2 without exploration noise).
 
     The episodes run side by side: episode ``i`` starts from
@@ -92,16 +94,21 @@ def evaluate(agent, env_id: str, episodes: int, seed: int, env_options: dict | N
     single call, so planning (or the actor) is batched over episodes. The
     agent's acting state (recurrent latents, kept plans) is restored
     afterwards, so training episodes in flight go on undisturbed. ``env_options`` are
-    :func:`~worldloom.envs.make_env` keywords (a suite's settings).
+    :func:`~worldloom.envs.make_env` keywords (a suite's settings). With ``record`` (an
+    :class:`~worldloom.training.videos.EpisodeRecorder`), episode 0's environment renders ``rgb_array``
+    frames and ``record(env, obs, action, reward)`` sees its reset and each of its steps.
     """
     from worldloom.envs import make_env
 
     if episodes <= 0:
         return []
-    envs = [make_env(env_id, agent=agent.algo, **(env_options or {})) for _ in range(episodes)]
+    envs = [make_env(env_id, agent=agent.algo, **{**(env_options or {}), **(
+        {"render_mode": "rgb_array"} if record is not None and i == 0 else {})}) for i in range(episodes)]
     _, _, discrete = _spaces(envs[0])
     greedy = agent.algo == "tdmpc2"
     obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
+    if record is not None:
+        record(envs[0], obs[0])
     saved = agent.acting_state()
     agent.reset(episodes)
     first, running = np.ones(episodes, bool), np.ones(episodes, bool)
@@ -114,6 +121,8 @@ def evaluate(agent, env_id: str, episodes: int, seed: int, env_options: dict | N
                 obs[i], reward, terminated, truncated, _ = envs[i].step(env_action(actions[i], envs[i], discrete))
                 returns[i] += float(reward)
                 running[i] = not (terminated or truncated)
+                if record is not None and i == 0:
+                    record(envs[0], obs[0], actions[0], reward)
     finally:
         agent.set_acting_state(saved)
         for env in envs:
@@ -327,8 +336,11 @@ def _evaluate(agent, config: AgentRunConfig, loop: LoopState, writer, note) -> N
     count = config.eval_episodes
     note(f"evaluating {count} episode{'s' if count != 1 else ''} at step {loop.env_step} ...")
     began = time.perf_counter()
+    recorder = EpisodeRecorder() if config.eval_video and distributed.is_primary() else None
     returns = evaluate(agent, config.env, config.eval_episodes, seed=config.seed + 10_000 + loop.env_step,
-                       env_options=config.env_options)
+                       env_options=config.env_options, record=recorder)
+    if recorder is not None:
+        log_evaluation_video(writer, recorder, config.out_dir, loop.env_step, agent)
     mean, std = float(np.mean(returns)), float(np.std(returns))
     loop.eval_returns.append((loop.env_step, mean, std))
     writer.add_scalar("eval/return", mean, loop.env_step)
@@ -377,7 +389,7 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
             overrides = {k: v for k, v in plan.overrides.items() if k != "episodic"}  # episodic: a run field
             write_run(out / "config.yaml", config, overrides)
             print(settings_text(config, overrides, out / "config.yaml"), flush=True)
-        writer = tensorboard_sink(out / "logs") if share.primary else NullWriter()
+        writer = run_sinks(out, config.logger, config.to_dict()) if share.primary else NullWriter()
 
         def on_episode(episode_return: float, length: int) -> None:
             loop.train_returns.append((loop.env_step, episode_return))

@@ -140,36 +140,55 @@ class LoggingCallback(Callback):
             (0 there: only at the end).
         log_to_tensorboard: Write TensorBoard events; ``None``: when ``log_dir``
             is given, or when nothing goes to the console.
+        metrics_file: Also write every logged value there, one JSON line per
+            logged step keyed by the TensorBoard tags (``worldloom train``:
+            ``RUN/metrics.jsonl``); ``None``: no such file.
+        logger: ``"wandb"`` also logs to Weights & Biases (the ``wandb`` extra;
+            ``WANDB_MODE=offline`` keeps the run in ``wandb/`` beside
+            ``metrics_file``, else beside ``log_dir``).
 
     Raises:
-        ConfigError: both outputs off, or a ``log_dir`` that cannot be a directory.
+        ConfigError: both outputs off, a ``log_dir`` that cannot be a directory,
+            or an unknown ``logger`` (or ``"wandb"`` without its package).
     """
 
     def __init__(self, log_dir: str | os.PathLike | None = None, log_to_console: bool = False,
-                 log_interval: int | None = None, log_to_tensorboard: bool | None = None):
+                 log_interval: int | None = None, log_to_tensorboard: bool | None = None,
+                 metrics_file: str | os.PathLike | None = None, logger: str = "tensorboard"):
         require(log_interval is None or int(log_interval) >= 1,
                 f"log_interval must be >= 1 or None, got {log_interval!r}.")
         self.log_to_console = bool(log_to_console)
         if log_to_tensorboard is None:
             log_to_tensorboard = log_dir is not None or not self.log_to_console
         self.log_to_tensorboard = bool(log_to_tensorboard)
-        require(self.log_to_tensorboard or self.log_to_console,
+        require(self.log_to_tensorboard or self.log_to_console or metrics_file is not None or logger == "wandb",
                 "LoggingCallback logs nothing with log_to_console=False and log_to_tensorboard=False: expected "
-                "at least one of them True.")
+                "at least one of them True (or a metrics_file, or logger='wandb').")
         self.log_dir = Path("./logs" if log_dir is None else log_dir)
         if self.log_to_tensorboard:
             _check_directory(self.log_dir, "log_dir")
         self.log_interval = None if log_interval is None else int(log_interval)
+        from worldloom.training.logs import check_logger
+
+        self.metrics_file = None if metrics_file is None else Path(metrics_file)
+        self.logger = check_logger(logger)
         self.writer = None
 
     def on_train_begin(self, trainer) -> None:
         super().on_train_begin(trainer)
         self._interval = self.log_interval or trainer.config.log_interval or math.inf
         self._active = is_primary()  # several processes: process 0 logs the run
-        if self.log_to_tensorboard and self._active:
-            from worldloom.training.logs import tensorboard_sink
+        if self._active and (self.log_to_tensorboard or self.metrics_file is not None or self.logger == "wandb"):
+            from worldloom.training.logs import JsonlWriter, LogSink, LogSinks, WandbWriter, tensorboard_sink
 
-            self.writer = tensorboard_sink(self.log_dir)  # a failing disk warns once; training goes on
+            # Each sink fails on its own: a failing disk or service warns once; training goes on.
+            sinks = [tensorboard_sink(self.log_dir)] if self.log_to_tensorboard else []
+            if self.metrics_file is not None:
+                sinks.append(LogSink(lambda: JsonlWriter(self.metrics_file), self.metrics_file))
+            if self.logger == "wandb":
+                where = self.log_dir if self.metrics_file is None else self.metrics_file.parent
+                sinks.append(LogSink(lambda: WandbWriter(where, trainer.config.to_dict()), "W&B"))
+            self.writer = LogSinks(sinks)
         self._sums: dict[str, float] = {}
         self._count = 0
         self._mark = (time.perf_counter(), trainer.step)

@@ -91,9 +91,10 @@ class JsonlWriter:
     """``metrics.jsonl``: one JSON line per logged step, its keys the TensorBoard tags.
 
     Values logged at the same step gather into one line, written when the step
-    changes, a tag comes again at the same step (so no value is lost), or at
-    :meth:`flush`/:meth:`close`. Non-finite values are written as ``null``
-    (strict JSON). A resumed run appends to the file.
+    changes, when a tag comes again at the same step (so no value is lost), or
+    at :meth:`close` (:meth:`flush` writes the finished lines to disk; the
+    latest step's line waits for its step to end). Non-finite values are
+    written as ``null`` (strict JSON). A resumed run appends to the file.
 
     Args:
         path: The file (its directory is created when missing).
@@ -120,7 +121,11 @@ class JsonlWriter:
             self._file.write(json.dumps({"step": self._step, **self._row}) + "\n")
             self._row = {}
         if time.monotonic() - self._flushed > self.flush_secs:
-            self.flush()
+            self._flush_file()
+
+    def _flush_file(self) -> None:
+        self._file.flush()
+        self._flushed = time.monotonic()
 
     def add_scalar(self, tag: str, value, step: int) -> None:
         value = float(value)
@@ -132,13 +137,12 @@ class JsonlWriter:
             self._put(tag, str(file), step)
 
     def flush(self) -> None:
-        self._write_row()
-        self._file.flush()
-        self._flushed = time.monotonic()
+        self._flush_file()
 
     def close(self) -> None:
         try:
-            self.flush()
+            self._write_row()
+            self._flush_file()
         finally:
             self._file.close()
 

@@ -141,6 +141,9 @@ def write_video(frames, path: str | os.PathLike, fps: float = 25.0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
     os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # as an ordinary new file (mkstemp makes it private)
     try:
         if suffix == ".gif":
             Path(tmp).write_bytes(encode_gif(array, fps))
@@ -185,6 +188,17 @@ def open_loop_frames(result: dict, max_episodes: int = 4) -> np.ndarray:
     rows = np.concatenate([real, imagined, difference], axis=2)  # [n, T, 3h, w, c]
     grid = np.concatenate(list(rows), axis=2)  # [T, 3h, n w, c]
     return _as_frames(grid)
+
+
+def write_open_loop_video(result: dict, path: str | os.PathLike, fps: float = 10.0) -> Path | None:
+    """:func:`open_loop_frames` of ``result`` written to ``path``; None (nothing written) without image frames.
+
+    Raises:
+        ConfigError: a suffix other than .gif/.mp4.
+    """
+    if np.asarray(result["real_obs"]).ndim != 5 or result.get("pred_obs") is None:
+        return None
+    return write_video(open_loop_frames(result), path, fps)
 
 
 class EpisodeRecorder:
@@ -260,10 +274,11 @@ def log_evaluation_video(writer, recorder: EpisodeRecorder, run_dir: str | os.Pa
                          model=None) -> list[Path]:
     """Write an evaluation's first episode as ``run_dir/videos/eval_step_<step>.gif`` and to ``writer``.
 
-    With ``model`` (a world model that decodes images) and image observations,
-    the open-loop report of that episode goes to ``videos/open_loop_step_<step>.gif``
-    and the ``eval/open_loop`` video too. A video that cannot be written warns
-    and the run goes on.
+    With ``model`` (a DreamerV3 world model, or an agent holding one as
+    ``world_model``) and image observations, the open-loop report of that
+    episode goes to ``videos/open_loop_step_<step>.gif`` and the
+    ``eval/open_loop`` video too. A video that cannot be written warns and the
+    run goes on.
 
     Returns:
         The files written.
@@ -271,6 +286,9 @@ def log_evaluation_video(writer, recorder: EpisodeRecorder, run_dir: str | os.Pa
     import warnings
 
     run_dir, written = Path(run_dir), []
+    model = getattr(model, "world_model", model)
+    if getattr(model, "family", None) != "dreamerv3":  # TD-MPC2 decodes no observations
+        model = None
     videos = [("eval/video", f"eval_step_{int(step)}.gif", lambda: recorder.frames.array(), recorder.fps)]
     episode = recorder.episode() if model is not None else None
     if episode is not None and len(episode["obs"]) > OPEN_LOOP_CONTEXT:
@@ -289,4 +307,4 @@ def log_evaluation_video(writer, recorder: EpisodeRecorder, run_dir: str | os.Pa
 
 
 __all__ = ["OPEN_LOOP_CONTEXT", "VIDEO_SUFFIXES", "EpisodeRecorder", "FrameRecorder", "downscale", "encode_gif",
-           "log_evaluation_video", "open_loop_frames", "open_loop_report", "write_video"]
+           "log_evaluation_video", "open_loop_frames", "open_loop_report", "write_open_loop_video", "write_video"]

@@ -1,0 +1,149 @@
+"""metrics.jsonl beside TensorBoard in every run, W&B offline, and sinks that fail on their own."""
+
+import glob
+import json
+import os
+import struct
+
+import pytest
+from _agents import DREAMER_TINY
+
+from worldloom.core.errors import ConfigError
+from worldloom.training.logs import JsonlWriter, LogSink, LogSinks, run_sinks
+
+
+def read_events(log_dir) -> dict:
+    """``{tag: [(step, value), ...]}`` of the event files in ``log_dir`` (images: their encoded bytes)."""
+    from tensorboardX.proto import event_pb2
+
+    events: dict = {}
+    for path in glob.glob(os.path.join(log_dir, "events.out.tfevents.*")):
+        data, pos = open(path, "rb").read(), 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4
+            for value in event.summary.value:
+                kind = value.WhichOneof("value")
+                item = value.image.encoded_image_string if kind == "image" else value.simple_value
+                events.setdefault(value.tag, []).append((event.step, item))
+    return events
+
+
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in open(path, encoding="utf-8")]
+
+
+def jsonl_values(rows) -> dict:
+    """``{tag: [(step, value), ...]}`` of metrics.jsonl rows, in the order written."""
+    values: dict = {}
+    for row in rows:
+        for tag, value in row.items():
+            if tag != "step":
+                values.setdefault(tag, []).append((row["step"], value))
+    return values
+
+
+def test_every_value_goes_to_both_files_one_line_per_step(tmp_path):
+    sinks = run_sinks(tmp_path)
+    sinks.add_scalar("train/loss", 1.5, 10)
+    sinks.add_scalar("train/lr", 1e-4, 10)
+    sinks.add_scalar("train/loss", 1.25, 10)  # the same tag again at the same step: a new line, nothing lost
+    sinks.add_scalar("eval/return", float("nan"), 20)
+    sinks.flush()
+    assert [row["step"] for row in read_jsonl(tmp_path / "metrics.jsonl")] == [10, 10]  # step 20 still open
+    sinks.close()
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert rows == [{"step": 10, "train/loss": 1.5, "train/lr": 1e-4}, {"step": 10, "train/loss": 1.25},
+                    {"step": 20, "eval/return": None}]  # NaN is strict JSON's null
+    events = read_events(tmp_path / "logs")
+    assert set(jsonl_values(rows)) == set(events)
+    assert [step for step, _ in events["train/loss"]] == [10, 10]
+
+
+def test_a_resumed_run_appends(tmp_path):
+    for step in (1, 2):
+        writer = JsonlWriter(tmp_path / "metrics.jsonl")
+        writer.add_scalar("train/loss", step, step)
+        writer.close()
+    assert [row["step"] for row in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2]
+
+
+def test_a_failing_sink_warns_once_and_the_others_go_on(tmp_path):
+    class Broken:
+        def add_scalar(self, *args):
+            raise ValueError("the service went away")
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    good = JsonlWriter(tmp_path / "metrics.jsonl")
+    sinks = LogSinks([LogSink(Broken, "W&B"), LogSink(lambda: good, tmp_path / "metrics.jsonl")])
+    with pytest.warns(RuntimeWarning, match="Logging to W&B stopped: the service went away") as caught:
+        for step in range(3):
+            sinks.add_scalar("train/loss", 1.0, step)
+        sinks.close()
+    assert len([w for w in caught if "Logging to" in str(w.message)]) == 1
+    assert [row["step"] for row in read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1, 2]
+
+
+def test_an_unknown_logger_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="logger: expected one of 'tensorboard', 'wandb', got 'mlflow'"):
+        run_sinks(tmp_path, logger="mlflow")
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.slow(reason="W&B starts its service process (about 5 s here)")
+def test_a_wandb_offline_run_leaves_its_run_directory(tmp_path, monkeypatch):
+    pytest.importorskip("wandb", reason="wandb is not installed (the optional `wandb` extra)")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    sinks = run_sinks(tmp_path, logger="wandb", config={"env": "CartPole-v1"})
+    for step in range(3):
+        sinks.add_scalar("train/loss", 1.0 / (step + 1), step)
+    sinks.close()
+    runs = glob.glob(str(tmp_path / "wandb" / "offline-run-*"))
+    assert len(runs) == 1 and glob.glob(os.path.join(runs[0], "run-*.wandb"))
+    assert (tmp_path / "metrics.jsonl").is_file() and read_events(tmp_path / "logs")  # the other sinks too
+
+
+@pytest.mark.slow(reason="a short DreamerV3 run (40 steps, its update compiles)")
+def test_an_agent_run_writes_metrics_jsonl_with_the_tensorboard_tags(tmp_path):
+    from worldloom.agents import AgentRunConfig, run_agent
+
+    config = AgentRunConfig(env="CartPole-v1", algo="dreamerv3", total_steps=40, seed_steps=30, train_ratio=8,
+                            batch_size=2, sequence_length=8, eval_every=40, eval_episodes=1, checkpoint_every=0,
+                            log_every=1, eval_video=False, out_dir=str(tmp_path / "run"), seed=3)
+    run_agent(config, progress=False, **DREAMER_TINY)
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    events = read_events(tmp_path / "run" / "logs")
+    values = jsonl_values(rows)
+    assert set(values) == set(events)
+    assert {"train/loss", "episode/return", "eval/return"} <= set(values)
+    for tag, logged in events.items():  # every value at its step, in both
+        assert [step for step, _ in values[tag]] == [step for step, _ in logged], tag
+        assert [v for _, v in values[tag]] == pytest.approx([v for _, v in logged], rel=1e-6), tag
+    steps = [row["step"] for row in rows]
+    assert steps == sorted(steps)
+
+
+@pytest.mark.slow(reason="a short `worldloom train` run (8 updates of the tiny model)")
+def test_a_train_run_writes_metrics_jsonl_with_the_tensorboard_tags(tmp_path):
+    from worldloom.cli import main
+
+    args = ["train", "--env", "CartPole-v1", "--model", "dreamerv3:size1m", "--episodes", "8", "--test-episodes", "6",
+            "--steps", "8", "--batch-size", "4", "--seq-len", "8", "--steps-per-dispatch", "4", "--warmup-steps", "2",
+            "--eval-interval", "4", "--log-interval", "4", "--context", "3", "--horizon", "5", "--device", "cpu",
+            "--seed", "0", "--no-progress", "--out", str(tmp_path / "run")]
+    for override in ("deter=64", "hidden=32", "units=32", "classes=4", "stoch=4", "enc_layers=1", "dec_layers=1",
+                     "img_layers=1"):
+        args += ["--set", override]
+    assert main(args) == 0
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    events = read_events(tmp_path / "run" / "logs")
+    assert set(jsonl_values(rows)) == set(events)
+    assert {"train/loss", "train/updates_per_sec", "eval/loss"} <= set(events)
+    assert [row["step"] for row in rows] == [4, 8]  # one line per logged step: the losses and the evaluation
