@@ -106,11 +106,12 @@ class StreamCollector:
         capacity: Replay rows over all streams.
         discrete: Discrete action space.
         on_episode: ``on_episode(return, length)`` at every episode end.
+        **replay: :class:`StreamReplay` keywords: ``online``, ``directory``, ``resume``.
     """
 
     AUTORESET = "NextStep"  # the step after the last one resets: the terminal row is stored first
 
-    def __init__(self, envs, agent, capacity: int, discrete: bool, seed: int, on_episode: EpisodeHook):
+    def __init__(self, envs, agent, capacity: int, discrete: bool, seed: int, on_episode: EpisodeHook, **replay):
         cfg = agent.world_model.config
         envs = self.envs = as_vector_env(envs, self.AUTORESET)
         self.discrete, self.on_episode = discrete, on_episode
@@ -118,7 +119,7 @@ class StreamCollector:
         dtype = obs_dtype(envs.single_observation_space)
         self.capacity = max(int(capacity), 2 * count)
         self.replay = StreamReplay(self.capacity, count, cfg.obs_shape, dtype, cfg.action_dim, cfg.deter,
-                                   cfg.stoch_size, seed=seed)
+                                   cfg.stoch_size, seed=seed, **replay)
         self.rewards = np.zeros(count, np.float32)
         self.first, self.last, self.terminal = (np.zeros(count, bool) for _ in range(3))
         self.returns, self.lengths = np.zeros(count), np.zeros(count, np.int64)
@@ -171,7 +172,7 @@ class StreamCollector:
 
     def write_back(self, where, posteriors: dict) -> None:
         """Store an update's fresh posteriors (``{"deter", "stoch"}``, ``[B, T, ...]``) in the windows ``where``."""
-        self.replay.write_latents(where, np.asarray(posteriors["deter"]), np.asarray(posteriors["stoch"]))
+        self.replay.update(where, posteriors)
 
     def save(self, directory: Path) -> None:
         self.replay.save(directory / "replay.npz")
@@ -179,28 +180,28 @@ class StreamCollector:
     def load(self, directory: Path) -> None:
         """Restore the replay, grown to this run's capacity (ConfigError when the rows held do not fit); the
         newest row of each stream becomes a last step (its episode ends there)."""
-        replay = self.replay.load_state(directory / "replay.npz").resize(self.capacity)
-        newest = (replay.written - 1) % replay.rows
-        held = replay.written > 0
-        replay.data["is_last"][np.flatnonzero(held), newest[held]] = True
+        self.replay.load(directory / "replay.npz").resize(self.capacity).end_episodes()
 
 
 class EpisodeCollector:
-    """TD-MPC2's collection: whole episodes, with their final observation, enter a :class:`ReplayBuffer`.
+    """TD-MPC2's collection: whole episodes, with their final observation, enter an :class:`EpisodeReplay`.
 
     ``envs``: a Gymnasium vector env made with ``autoreset_mode=AUTORESET``, or a list of environments.
+    ``**replay``: :class:`EpisodeReplay` keywords (``directory``, ``resume``).
     """
 
     AUTORESET = "SameStep"  # an ended episode resets at once; its final observation comes in the step's info
 
-    def __init__(self, envs, agent, capacity: int, discrete: bool, seed: int, on_episode: EpisodeHook):
-        from worldloom.training import ReplayBuffer
+    def __init__(self, envs, agent, capacity: int, discrete: bool, seed: int, on_episode: EpisodeHook,
+                 online: bool = False, **replay):
+        from worldloom.training.episode_replay import EpisodeReplay
 
         cfg = agent.world_model.config
         envs = self.envs = as_vector_env(envs, self.AUTORESET)
         self.discrete, self.on_episode = discrete, on_episode
         self.capacity = int(capacity)
-        self.buffer = ReplayBuffer(capacity, cfg.obs_shape, cfg.action_dim, seed=seed)
+        self.replay = EpisodeReplay(capacity, cfg.obs_shape, obs_dtype(envs.single_observation_space), cfg.action_dim,
+                                    seed=seed, **replay)
         self.records = [self._record() for _ in range(envs.num_envs)]
         self.first = np.ones(envs.num_envs, bool)
         self.obs = None
@@ -229,10 +230,10 @@ class EpisodeCollector:
                 record[key].append(value)
             self.first[i] = False
             if terminated or truncated:
-                self.buffer.add_episode(obs=np.stack(record["obs"]), actions=np.stack(record["actions"]),
-                                        rewards=np.asarray(record["rewards"], np.float32),
-                                        terminated=np.asarray(record["terminated"]),
-                                        truncated=np.asarray(record["truncated"]), final_obs=next_obs)
+                self.replay.add(dict(obs=np.stack(record["obs"]), actions=np.stack(record["actions"]),
+                                     rewards=np.asarray(record["rewards"], np.float32),
+                                     terminated=np.asarray(record["terminated"]),
+                                     truncated=np.asarray(record["truncated"]), final_obs=next_obs))
                 self.on_episode(float(np.sum(record["rewards"])), len(record["rewards"]))
                 self.records[i] = self._record()
                 self.first[i] = True  # obs[i] is the next episode's first observation
@@ -240,32 +241,26 @@ class EpisodeCollector:
         return self.envs.num_envs
 
     @property
+    def buffer(self):
+        """The :class:`ReplayBuffer` the replay holds."""
+        return self.replay.buffer
+
+    @property
     def num_transitions(self) -> int:
-        return self.buffer.num_transitions
+        return len(self.replay)
 
     def ready(self, seq_len: int) -> bool:
-        bounds = self.buffer.episode_bounds()
-        return bool(len(bounds)) and bool(((bounds[:, 1] - bounds[:, 0]) + 1 >= seq_len).any())
+        return self.replay.ready(seq_len)
 
     def sample(self, batch_size: int, seq_len: int):
-        return self.buffer.sample_episodes(batch_size, seq_len), None
+        return self.replay.sample(batch_size, seq_len)
 
     def write_back(self, where, posteriors) -> None:
         """Nothing: TD-MPC2's replay stores no latents."""
 
     def save(self, directory: Path) -> None:
-        self.buffer.save(directory / "replay.npz")
+        self.replay.save(directory / "replay.npz")
 
     def load(self, directory: Path) -> None:
         """Restore the replay, in a buffer of this run's capacity (ConfigError when the episodes held do not fit)."""
-        from worldloom.core.errors import ConfigError
-        from worldloom.training import ReplayBuffer
-
-        buffer = ReplayBuffer.load(directory / "replay.npz")
-        if buffer.num_transitions > self.capacity:
-            raise ConfigError(f"The replay in {directory} holds {buffer.num_transitions} transitions; expected a "
-                              f"capacity of at least that, got {self.capacity} (buffer_capacity or total_steps "
-                              "lowered since the run was saved).")
-        if buffer.capacity != self.capacity:
-            buffer = ReplayBuffer.load(directory / "replay.npz", capacity=self.capacity)
-        self.buffer = buffer
+        self.replay.load(directory / "replay.npz")

@@ -76,6 +76,14 @@ class AgentRunConfig(ConfigBase):
     buffer_capacity: int = 1_000_000
     """Replay rows at most; a run holds ``min(buffer_capacity, total_steps + 1000)`` (a resumed run with
     more steps grows its replay, keeping every row)."""
+    replay_storage: str = "auto"
+    """Where replay rows live: ``"ram"``, ``"disk"`` (memory-mapped files in ``out_dir/replay``, for replays
+    larger than memory) or ``"auto"`` (disk when the replay's full size is over half of the available memory).
+    The choice is printed at start; a resumed run keeps the storage it was saved with."""
+    replay_online: bool = True
+    """DreamerV3's online queue (the reference's ``replay.online: True``): each newly completed window is
+    trained once, in order, before uniform samples fill the batch. TD-MPC2's reference samples only uniformly
+    over episodes; it ignores this setting."""
     out_dir: str = "runs/agent"
     device: str = "auto"
     """Where the agent computes: ``"cpu"``, ``"cuda"``, ``"tpu"`` or ``"auto"`` (the fastest present)."""
@@ -118,6 +126,10 @@ class AgentRunConfig(ConfigBase):
         require(self.logger in ("tensorboard", "wandb"),
                 f"logger must be 'tensorboard' or 'wandb', got {self.logger!r}.")
         require(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}.")
+        require(self.replay_storage in ("auto", "ram", "disk"),
+                f"replay_storage must be 'auto', 'ram' or 'disk', got {self.replay_storage!r}.")
+        require(isinstance(self.replay_online, bool),
+                f"replay_online must be true or false, got {self.replay_online!r}.")
         require(self.max_consecutive_skips >= 1,
                 f"max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}.")
 

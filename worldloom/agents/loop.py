@@ -31,6 +31,7 @@ from worldloom.agents._run_io import (
 from worldloom.agents.collect import EpisodeCollector, StreamCollector, env_action, make_vector_env
 from worldloom.agents.config import DEFAULTS, AgentRunConfig, seed_steps_for
 from worldloom.agents.dreamer import DreamerAgent
+from worldloom.agents.replay_choice import replay_options
 from worldloom.agents.run_file import settings_text, write_run
 from worldloom.agents.tdmpc2 import TDMPC2Agent
 from worldloom.core.errors import ConfigError, TrainingError
@@ -376,11 +377,14 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
     agent = make_agent(config, plan.obs_shape, plan.action_dim, plan.discrete, plan.episode_length, **plan.overrides)
     learner = Learner(agent, config, share)
     loop, rng_seed = LoopState(processes=share.count), config.seed + _PROCESS_SEEDS * share.index
+    replay_kw = replay_options(config, agent, plan.obs_shape, out, share.index,
+                               plan.checkpoint_dir if plan.resuming else None, announce=share.primary)
     collector = (StreamCollector if config.algo == "dreamerv3" else EpisodeCollector)(
         make_vector_env(config.env, config.algo, config.num_envs,
                         (StreamCollector if config.algo == "dreamerv3" else EpisodeCollector).AUTORESET,
                         config.env_options),
-        agent, config.capacity(), plan.discrete, rng_seed, lambda ret, length: on_episode(ret, length))
+        agent, replay_kw.pop("capacity"), plan.discrete, rng_seed, lambda ret, length: on_episode(ret, length),
+        **replay_kw)
     try:
         if plan.resuming:
             _restore(plan, learner, collector, loop, share, config)

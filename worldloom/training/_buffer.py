@@ -48,6 +48,11 @@ class ReplayBuffer:
             first episode added (``uint8`` images stay ``uint8``; float64 is
             stored as float32).
         seed: Seeds the buffer's own generator used by :meth:`sample`.
+        storage: Where rows live: ``None`` (RAM, the default), or a
+            :class:`~worldloom.training.replay_storage.DiskArrays` of one
+            stream and ``capacity`` rows (memory-mapped files; see
+            :class:`~worldloom.training.episode_replay.EpisodeReplay`, which
+            saves and reopens such a buffer).
 
     Raises:
         ConfigError: ``capacity``/``seed`` not integers (>= 1 / >= 0) or an
@@ -66,21 +71,23 @@ class ReplayBuffer:
     #: :func:`memory_limit`. Set it on a buffer (or on the class) to lower or raise the bound.
     max_sample_bytes: int | None = None
 
-    def __init__(self, capacity: int, obs_shape, action_dim: int, *, obs_dtype=None, seed: int = 0):
+    def __init__(self, capacity: int, obs_shape, action_dim: int, *, obs_dtype=None, seed: int = 0, storage=None):
         self.capacity = capacity = integer("capacity", capacity)
         self.obs_shape = shape_tuple("obs_shape", obs_shape)
         self.action_dim = integer("action_dim", action_dim, error=ShapeError)
         self.obs_dtype = None if obs_dtype is None else storage_dtype("obs_dtype", obs_dtype)
         self.seed = integer("seed", seed, minimum=0)
         self._rng = np.random.default_rng(self.seed)
+        self._storage = storage
         self._written = 0  # absolute number of rows ever written
         # Retained episodes, oldest first: (absolute start row, length).
         self._episodes: collections.deque[tuple[int, int]] = collections.deque()
         self._final_obs: dict[int, np.ndarray] = {}  # absolute start row -> observation after the episode
         self._obs = None
-        self._actions = self._zeros((self.action_dim,), np.float32)
-        self._rewards = self._zeros((), np.float32)
-        self._dones, self._terminals, self._is_first = (self._zeros((), bool) for _ in range(3))
+        self._actions = self._zeros("actions", (self.action_dim,), np.float32)
+        self._rewards = self._zeros("rewards", (), np.float32)
+        self._dones, self._terminals, self._is_first = (self._zeros(name, (), bool)
+                                                        for name in ("dones", "terminals", "is_first"))
         if self.obs_dtype is not None:
             self._allocate_obs(self.obs_dtype)
 
@@ -111,8 +118,10 @@ class ReplayBuffer:
 
     # ------------------------------------------------------------ writing
 
-    def _zeros(self, row_shape: tuple, dtype) -> np.ndarray:
-        """A ``[capacity, *row_shape]`` array; ConfigError when the memory cannot be had."""
+    def _zeros(self, name: str, row_shape: tuple, dtype) -> np.ndarray:
+        """A ``[capacity, *row_shape]`` array (in RAM or in ``storage``); ConfigError when the memory cannot be had."""
+        if self._storage is not None:
+            return self._storage.zeros(name, row_shape, dtype)[0]
         try:
             return np.zeros((self.capacity, *row_shape), dtype)
         except (MemoryError, ValueError) as err:  # ValueError: larger than NumPy can index
@@ -121,7 +130,7 @@ class ReplayBuffer:
                               f"{size_text(need)} for {np.dtype(dtype)} rows of shape {list(row_shape)}.") from err
 
     def _allocate_obs(self, dtype: np.dtype) -> None:
-        self._obs = self._zeros(self.obs_shape, dtype)
+        self._obs = self._zeros("obs", self.obs_shape, dtype)
         self.obs_dtype = np.dtype(dtype)
 
     def add_episode(self, obs, actions, rewards, dones=None, terminated=None, truncated=None, final_obs=None) -> None:
@@ -183,6 +192,10 @@ class ReplayBuffer:
         self._dones[slots] = episode["dones"]
         self._terminals[slots] = episode["terminals"]
         self._is_first[slots] = np.arange(length) == 0
+        if self._storage is not None:
+            for name in self._storage.layout:
+                self._storage.mark(name, 0, slots)
+            self._storage.head[0] = start + length  # after the rows: the count never names a row not written
         self._written = start + length
         self._episodes.append((start, length))
         if episode.get("final_obs") is not None:
