@@ -56,8 +56,8 @@ HEAD, MARKS = "head", "marks"
 
 
 def size_text(count: int) -> str:
-    """``count`` bytes in GiB/MiB/KiB, e.g. ``"1.5 GiB"``."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    """``count`` bytes in TiB/GiB/MiB/KiB, e.g. ``"1.5 GiB"``."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if count >= scale:
             return f"{count / scale:.1f} {unit}"
     return f"{count} bytes"

@@ -1,0 +1,238 @@
+"""Replay beyond RAM and the online queue: disk replays, their checkpoints, kill -9, the reference's online windows."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from worldloom.agents.replay import StreamReplay
+from worldloom.core.errors import CheckpointError, ConfigError
+from worldloom.training.episode_replay import EpisodeReplay
+from worldloom.training.replay_protocol import Replay, SampledBatch
+from worldloom.training.replay_storage import check_free_disk, choose_storage
+
+STREAMS, OBS, DETER, STOCH = 2, 3, 5, 4
+
+
+def step(t: int, streams: int = STREAMS) -> dict:
+    """Row ``t`` of every stream: the observation says which step and stream it is (``t + 1000 * stream``)."""
+    obs = (t + 1000 * np.arange(streams))[:, None] * np.ones((1, OBS), np.float32)
+    return {"obs": obs.astype(np.float32), "actions": np.zeros((streams, 2)), "rewards": np.full(streams, t),
+            "is_first": np.full(streams, t == 0), "is_last": np.zeros(streams, bool),
+            "is_terminal": np.zeros(streams, bool), "deter": np.full((streams, DETER), t, np.float32),
+            "stoch": np.zeros((streams, STOCH))}
+
+
+def flip_byte(path, offset: int) -> None:
+    """Invert the byte ``offset`` bytes into the data of the ``.npy`` file ``path``."""
+    start = np.load(path, mmap_mode="r").offset
+    with open(path, "r+b") as handle:
+        handle.seek(start + offset)
+        byte = handle.read(1)
+        handle.seek(start + offset)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+
+
+def stream_replay(capacity=40, **kwargs) -> StreamReplay:
+    return StreamReplay(capacity, STREAMS, (OBS,), np.float32, 2, DETER, STOCH, seed=1, **kwargs)
+
+
+def episode(length: int, value: float) -> dict:
+    return dict(obs=np.full((length, OBS), value, np.float32), actions=np.zeros((length, 2), np.float32),
+                rewards=np.full(length, value, np.float32), terminated=np.zeros(length, bool),
+                truncated=np.arange(length) == length - 1, final_obs=np.full(OBS, -value, np.float32))
+
+
+# ------------------------------------------------------------ the choice
+
+
+def test_auto_storage_compares_the_replay_with_the_available_memory_and_names_why():
+    assert choose_storage("auto", 4 * 2**30, available=16 * 2**30)[0] == "ram"
+    choice, why = choose_storage("auto", 12 * 2**30, available=16 * 2**30)
+    assert choice == "disk" and "12.0 GiB > 0.5 x 16.0 GiB of available memory" in why
+    assert choose_storage("disk", 1)[0] == "disk" and choose_storage("ram", 2**60)[0] == "ram"
+    with pytest.raises(ConfigError, match="replay_storage must be one of 'auto', 'ram', 'disk', got 'ssd'"):
+        choose_storage("ssd", 1)
+
+
+def test_a_disk_replay_larger_than_the_free_disk_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ConfigError, match=r"needs 1024.0 TiB more once full; expected at least that much free disk"):
+        check_free_disk(tmp_path / "replay", 2**40 * 1024)
+    assert not (tmp_path / "replay").exists()
+    check_free_disk(tmp_path / "replay", 2**20)
+
+
+def test_files_that_are_not_a_replay_are_refused_and_left_alone(tmp_path):
+    (tmp_path / "replay").mkdir()
+    (tmp_path / "replay" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="other files"):
+        stream_replay(directory=tmp_path / "replay")
+    assert (tmp_path / "replay" / "notes.txt").read_text() == "mine"
+
+
+# ------------------------------------------------------------ disk stream replay
+
+
+def test_a_disk_replay_samples_what_a_ram_replay_samples_and_implements_the_protocol(tmp_path):
+    ram, disk = stream_replay(), stream_replay(directory=tmp_path / "replay")
+    assert isinstance(ram, Replay) and isinstance(disk, Replay) and disk.storage == "disk"
+    for t in range(30):  # wraps the 20-row streams
+        ram.add(step(t))
+        disk.add(step(t))
+    assert isinstance(disk.data["obs"], np.memmap)
+    for _ in range(3):
+        (ram_batch, ram_where), sampled = ram.sample(4, 5), disk.sample(4, 5)
+        assert isinstance(sampled, SampledBatch)
+        for key, value in ram_batch.items():
+            np.testing.assert_array_equal(sampled.data[key], value)
+        ram.update(ram_where, {"deter": np.ones((4, 4, DETER)), "stoch": np.ones((4, 4, STOCH))})
+        disk.update(sampled.where, {"deter": np.ones((4, 4, DETER)), "stoch": np.ones((4, 4, STOCH))})
+    np.testing.assert_array_equal(np.asarray(disk.data["deter"]), ram.data["deter"])
+
+
+def test_resume_reopens_the_files_keeps_later_rows_and_checks_every_chunk(tmp_path):
+    replay = stream_replay(capacity=4000, directory=tmp_path / "replay")  # 2 chunks of 1024 rows per stream
+    for t in range(1500):
+        replay.add(step(t))
+    replay.save(tmp_path / "replay.npz")
+    assert os.path.getsize(tmp_path / "replay.npz") < 10_000  # counters and checksums, not the rows
+    for t in range(1500, 1600):  # rows and write-backs after the checkpoint, then the process dies
+        replay.add(step(t))
+    batch, where = replay.sample(3, 4)
+    replay.update(where, {"deter": np.full((3, 3, DETER), -1.0), "stoch": np.ones((3, 3, STOCH))})
+    del replay
+    again = stream_replay(capacity=4000, directory=tmp_path / "replay", resume=True).load(tmp_path / "replay.npz")
+    assert again.written.tolist() == [1600, 1600]  # every row, those after the checkpoint too
+    np.testing.assert_array_equal(np.asarray(again.data["obs"][1, :1600, 0]), 1000 + np.arange(1600))
+    again.add(step(1600))
+    again.save(tmp_path / "replay.npz")
+    # A flipped byte in rows the checkpoint vouches for is found on load.
+    flip_byte(tmp_path / "replay" / "obs.npy", 4 * OBS * 1030)  # row 1030 of stream 0
+    with pytest.raises(CheckpointError, match=r"obs.npy: rows 1024 to 1600 of stream 0 differ from the checkpoint"):
+        stream_replay(capacity=4000, directory=tmp_path / "replay", resume=True).load(tmp_path / "replay.npz")
+
+
+def test_a_checkpoint_of_another_replay_or_storage_is_a_checkpoint_error(tmp_path):
+    first = stream_replay(directory=tmp_path / "a")
+    first.add(step(0))
+    first.save(tmp_path / "a.npz")
+    other = stream_replay(directory=tmp_path / "b")
+    with pytest.raises(CheckpointError, match="do not belong together"):
+        other.load(tmp_path / "a.npz")
+    with pytest.raises(CheckpointError, match="saved on disk"):
+        stream_replay().load(tmp_path / "a.npz")
+    with pytest.raises(ConfigError, match="a disk replay holds the 20 rows per stream"):
+        first.resize(80)
+
+
+KILLED = """
+    import sys, time
+    sys.path.insert(0, sys.argv[2])
+    from test_replay_storage import step, stream_replay
+    replay = stream_replay(capacity=400, directory=sys.argv[1] + "/replay")
+    for t in range(290):
+        replay.add(step(t))
+        if t % 50 == 49:
+            replay.save(sys.argv[1] + "/replay.npz")  # the last save at 250 rows per stream
+    print(290, flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.mark.slow(reason="a child process that imports worldloom (about 4 s) and is killed with SIGKILL")
+def test_kill_9_and_resume_keeps_every_row(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(KILLED), str(tmp_path), os.path.dirname(__file__)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "290"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    replay = stream_replay(capacity=400, directory=tmp_path / "replay", resume=True).load(tmp_path / "replay.npz")
+    # Every row written before the kill: the 40 after the last save too, over rows that save held (200 per stream).
+    assert replay.written.tolist() == [290, 290] and len(replay) == 400
+    newest = np.arange(90, 290)
+    for stream in range(STREAMS):
+        np.testing.assert_array_equal(np.asarray(replay.data["obs"][stream, newest % replay.rows, 0]),
+                                      newest + 1000 * stream)
+    replay.add(step(290))  # the run goes on where it was killed, and its next save loads
+    replay.save(tmp_path / "replay.npz")
+    again = stream_replay(capacity=400, directory=tmp_path / "replay", resume=True).load(tmp_path / "replay.npz")
+    assert again.written.tolist() == [291, 291] and again.unchecked_chunks == 0
+
+
+# ------------------------------------------------------------ the online queue
+
+
+def test_each_new_window_is_trained_once_in_order_before_uniform_samples():
+    length = 4
+    replay = stream_replay(capacity=400, online=True)
+    queued = []  # (stream, start) of the windows the reference queues: starts 1, L + 1, 2L + 1, ... of each stream
+    trained = []
+    for t in range(41):
+        replay.add(step(t))
+        if t >= length and t % length == 0:
+            queued += [(stream, t + 1 - length) for stream in range(STREAMS)]
+        if t >= length and (t % 3 == 2 or t == 40):
+            batch, (streams, slots) = replay.sample(3, length)
+            starts = batch["obs"][:, 0, 0] - 1000 * streams
+            online = min(len(queued) - len(trained), 3)
+            trained += list(zip(streams[:online].tolist(), starts[:online].astype(int).tolist()))
+            assert trained == queued[:len(trained)]  # the queue first, oldest first, each window once
+            assert (slots[:, 1:] - slots[:, :-1] == 1).all()
+    assert len(trained) == len(queued) == 20 and replay.online_sampled == 20
+    # With the queue empty, a batch is uniform samples only.
+    assert replay.sample(64, length).data["obs"][:, 0, 0].std() > 5
+    assert not stream_replay(online=False).online
+
+
+def test_the_online_queue_survives_a_save_and_skips_windows_the_ring_overwrote(tmp_path):
+    replay = stream_replay(capacity=40, online=True)  # 20 rows per stream
+    for t in range(30):
+        replay.add(step(t))
+    replay.save(tmp_path / "replay.npz")
+    again = stream_replay(capacity=40, online=True).load(tmp_path / "replay.npz")
+    batch, (streams, _) = again.sample(6, 4)
+    # Windows starting at 1, 5 and 9 lost rows to the ring (rows 10..29 are held): the queue goes on at 13, 17.
+    starts = (batch["obs"][:4, 0, 0] - 1000 * streams[:4]).astype(int).tolist()
+    assert starts == [13, 13, 17, 17]
+
+
+# ------------------------------------------------------------ TD-MPC2's episode replay
+
+
+def test_an_episode_replay_on_disk_resumes_to_its_checkpoint(tmp_path):
+    replay = EpisodeReplay(30, (OBS,), np.float32, 2, directory=tmp_path / "replay")
+    for value in range(3):
+        replay.add(episode(6, value))
+    replay.save(tmp_path / "replay.npz")
+    for value in range(3, 6):  # 18 more rows: the ring overwrites the first episode, then the process dies
+        replay.add(episode(6, value))
+    again = EpisodeReplay(30, (OBS,), np.float32, 2, directory=tmp_path / "replay", resume=True)
+    again.load(tmp_path / "replay.npz")
+    held = [again.buffer.episode(i) for i in range(again.buffer.num_episodes)]
+    assert [e["obs"][0, 0] for e in held] == [1.0, 2.0] and held[-1]["final_obs"].tolist() == [-2.0] * OBS
+    batch, where = again.sample(4, 3)
+    assert batch["obs"].shape == (4, 3, OBS) and where is None
+    again.add(episode(6, 9))
+    again.save(tmp_path / "replay.npz")
+    flip_byte(tmp_path / "replay" / "rewards.npy", 4 * 7)  # the reward of row 7
+    with pytest.raises(CheckpointError, match="rewards.npy: rows 0 to 23 of stream 0 differ"):
+        EpisodeReplay(30, (OBS,), np.float32, 2, directory=tmp_path / "replay", resume=True).load(
+            tmp_path / "replay.npz")
+
+
+def test_an_episode_replay_in_ram_saves_the_documented_buffer_file(tmp_path):
+    from worldloom.training import ReplayBuffer
+
+    replay = EpisodeReplay(30, (OBS,), np.float32, 2)
+    replay.add(episode(6, 1))
+    replay.save(tmp_path / "replay.npz")
+    assert ReplayBuffer.load(tmp_path / "replay.npz").num_transitions == 6
+    with pytest.raises(ConfigError, match="holds 6 transitions; expected a capacity of at least that, got 4"):
+        EpisodeReplay(4, (OBS,), np.float32, 2).load(tmp_path / "replay.npz")
