@@ -265,7 +265,9 @@ def open_loop_report(model, episode: dict, context: int = OPEN_LOOP_CONTEXT, hor
 
     obs = episode["obs"]
     buffer = ReplayBuffer(len(obs), obs.shape[1:], episode["actions"].shape[-1], obs_dtype=obs.dtype)
-    buffer.add_episode(obs, episode["actions"], episode["rewards"])
+    dones = np.zeros(len(obs), bool)
+    dones[-1] = True  # the recorded steps are one episode (the report does not look past its end)
+    buffer.add_episode(obs, episode["actions"], episode["rewards"], dones=dones)
     result = open_loop_prediction(model, buffer, context=context, horizon=horizon, max_episodes=1)
     return open_loop_frames(result, max_episodes=1)
 
