@@ -19,7 +19,6 @@ import jax
 import numpy as np
 
 from worldloom import distributed
-from worldloom.agents._processes import ProcessShare
 from worldloom.agents._run_io import (
     LoopState,
     has_checkpoint,
@@ -41,7 +40,9 @@ from worldloom.models.factory import create_world_model, get_config
 from worldloom.training.guard import SKIPPED, NonFiniteGuard
 from worldloom.training.interrupts import Interrupted, signal_name, stop_requests
 from worldloom.training.logs import NullWriter, run_sinks
+from worldloom.training.parallel import ProcessShare
 from worldloom.training.programs import update_program
+from worldloom.training.runloop import Checkpointer, Evaluator, Learner, owed_plan
 from worldloom.training.videos import EpisodeRecorder, log_evaluation_video
 
 __all__ = ["DEFAULTS", "AgentRunConfig", "evaluate", "make_agent", "reached", "run_agent", "seed_steps_for",
@@ -226,8 +227,16 @@ def plan_run(config: AgentRunConfig, resume: bool, model_overrides: dict, share:
     return RunPlan(config, overrides, spaces, episode_length, checkpoint_dir, done)
 
 
-class Learner:
-    """Turns owed updates into jitted updates: the non-finite guard, placement and the posterior write-back.
+class AgentLearner(Learner):
+    """The run loop's learner (:class:`~worldloom.training.runloop.Learner`) over an agent's update.
+
+    Updates owed run as K-update programs (``K = 10`` where an environment
+    step owes that many or more: TD-MPC2's pretraining burst, high train
+    ratios) and one-update programs, across processes with each sampling its
+    share of the global batch; the next dispatches' windows are sampled on a
+    host thread while the current one runs. DreamerV3's posteriors go back to
+    replay after the environment step's last dispatch, and the agent acts
+    with the new params.
 
     Args:
         agent: The agent whose ``make_update`` it runs.
@@ -236,89 +245,109 @@ class Learner:
     """
 
     def __init__(self, agent, config: AgentRunConfig, share: ProcessShare):
+        guard = NonFiniteGuard(config.on_nonfinite, config.max_consecutive_skips, "AgentRunConfig.on_nonfinite",
+                               label=lambda update_number: f"update {update_number}")
+        super().__init__(self._dispatch, guard, fetch=lambda tree: jax.device_get(share.local(tree)))
         self.agent, self.config, self.share = agent, config, share
         settings = OptimizerSettings(learning_rate=config.learning_rate, grad_clip=config.grad_clip,
                                      warmup_steps=config.warmup_steps)
-        self.guard = NonFiniteGuard(config.on_nonfinite, config.max_consecutive_skips, "AgentRunConfig.on_nonfinite",
-                                    label=lambda update_number: f"update {update_number}")
-        self.update = agent.make_update(settings, skip_nonfinite=self.guard.active)
+        self.update = agent.make_update(settings, skip_nonfinite=guard.active)
         self.step_fn = share.jit(self.update.step)
-        # Where an environment step owes K updates or more (TD-MPC2's pretraining burst, high ratios), they run
-        # K at a time as one scanned program, on one process.
         self.chunk = None if share.count > 1 else update_program(
             agent.make_update(settings, skip_nonfinite=False), _CHUNK, config.on_nonfinite)
         self.state = share.replicate(self.update.init(agent.params))
         self.metrics: dict = {}
         self.compiled: set = set()
+        self._hooks = None
 
     def restore(self, saved) -> None:
         self.state = self.share.replicate(distributed.broadcast_arrays(saved, self.state))
         self.agent.load_params(self.share.local(self.update.params(self.state)))
 
-    def run(self, collector, loop: LoopState, writer, request, note) -> int:
+    def _sample(self, collector, start: int, count: int):
+        samples = [collector.sample(self.share.local_batch, self.config.sequence_length) for _ in range(count)]
+        wheres = [where for _, where in samples]
+        if count == 1:
+            return self.share.batch(samples[0][0]), wheres
+        return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *[batch for batch, _ in samples]), wheres
+
+    def _dispatch(self, state, batches, start: int, count: int):
+        note, inner = self._hooks
+        compiling = count not in self.compiled
+        if compiling:
+            note(f"compiling the update program ({count} x batch {self.config.batch_size} x "
+                 f"{self.config.sequence_length}) ...")
+            began = time.perf_counter()
+        if count == 1:
+            key = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), start)
+            result = self.step_fn(state, batches, key)
+        else:
+            result = self.chunk(state, batches, jax.random.PRNGKey(self.config.seed), np.int32(start),
+                                np.int32(count))
+        if compiling:
+            jax.block_until_ready(result[1]["loss"])
+            self.compiled.add(count)
+            note(f"update program compiled in {time.perf_counter() - began:.1f} s")
+            if inner is not None:
+                inner.restart_clock()
+        if inner is not None:
+            inner.update(count)
+        return result
+
+    def run_owed(self, collector, loop: LoopState, writer, request, note) -> int:
         """The updates ``loop.updates_owed`` holds (whole ones), fewer once a stop is requested; returns how many ran.
 
         Raises:
             TrainingError: the guard stops the run; the agent keeps its params from before these updates.
         """
         config, share = self.config, self.share
-        owed = int(loop.updates_owed)
+        plan = owed_plan(loop.updates, int(loop.updates_owed), _CHUNK if self.chunk is not None else None)
         inner = None
-        if owed >= _BURST:
+        if plan and loop.updates_owed >= _BURST:
             from worldloom.core.progress import progress
 
+            owed = int(loop.updates_owed)
             inner = progress(owed, desc=f"updates at step {loop.env_step}", unit="update", measured=False,
                              disable=not note.enabled)
             inner.note(f"{owed} updates before the next environment step")
-        first_update, dispatched, placed = loop.updates, [], []
-        while loop.updates_owed >= 1.0 and not request.stop:
-            count = _CHUNK if self.chunk is not None and loop.updates_owed >= _CHUNK else 1
-            if count not in self.compiled:
-                note(f"compiling the update program ({count} x batch {config.batch_size} x {config.sequence_length})"
-                     " ...")
-                began = time.perf_counter()
-            samples = [collector.sample(share.local_batch, config.sequence_length) for _ in range(count)]
-            if count == 1:
-                key = jax.random.fold_in(jax.random.PRNGKey(config.seed), loop.updates)
-                self.state, metrics, *posteriors = self.step_fn(self.state, share.batch(samples[0][0]), key)
-                rows = [(metrics, posteriors[0] if posteriors else None)]
-            else:
-                batches = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *[batch for batch, _ in samples])
-                self.state, metrics, *posteriors = self.chunk(self.state, batches, jax.random.PRNGKey(config.seed),
-                                                              np.int32(loop.updates), np.int32(count))
-                rows = [(jax.tree_util.tree_map(lambda x, i=i: x[i], metrics),
-                         jax.tree_util.tree_map(lambda x, i=i: x[i], posteriors[0]) if posteriors else None)
-                        for i in range(count)]
-            for (_, where), (metrics_i, posteriors_i) in zip(samples, rows):
-                if posteriors_i is not None:  # DreamerV3: the trained rows' posteriors go back to replay
-                    placed.append((where, posteriors_i))  # fetched after the last dispatch: no wait per update
-                dispatched.append(metrics_i)
-                loop.updates += 1
-                loop.updates_owed -= 1.0
-                if loop.updates % config.log_every == 0:
-                    for name, value in metrics_i.items():
-                        writer.add_scalar(f"train/{name}", float(value), loop.env_step)
-            if count not in self.compiled:
-                jax.block_until_ready(metrics["loss"])
-                self.compiled.add(count)
-                note(f"update program compiled in {time.perf_counter() - began:.1f} s")
-                if inner is not None:
-                    inner.restart_clock()
+        self._hooks = (note, inner)
+        placed, skipped = [], self.guard.skipped
+
+        def report(start, count, metrics, outputs, wheres):
+            for index in range(count):
+                if (start + index + 1) % config.log_every == 0:
+                    for name, values in metrics.items():
+                        writer.add_scalar(f"train/{name}", float(values[index]), loop.env_step)
+                if outputs and (not self.guard.active or metrics[SKIPPED][index] == 0.0):
+                    row = outputs[0] if len(wheres) == 1 else jax.tree_util.tree_map(
+                        lambda x, i=index: x[i], outputs[0])
+                    placed.append((wheres[index], row))  # DreamerV3: the trained rows' posteriors go back to replay
+            self.metrics = {name: values[count - 1] for name, values in metrics.items()}
+
+        def planned():  # read ahead on the prefetch thread; none after a stop request
+            for item in plan:
+                if request.stop:
+                    return
+                yield item
+
+        self.step = loop.updates
+        try:
+            ran = self.run(planned(), lambda start, count: self._sample(collector, start, count), report,
+                           prefetch=2 if len(plan) > 1 else 0)
+        except TrainingError as err:
+            raise TrainingError(f"{err} The agent keeps its params from before the updates of environment step "
+                                f"{loop.env_step}.") from None
+        finally:
             if inner is not None:
-                inner.update(count)
-        if inner is not None:
-            inner.close()
-        skipped = self.guard.skipped
-        _check_updates(self.guard, first_update, dispatched, loop.env_step)
+                inner.close()
+        loop.updates += ran
+        loop.updates_owed -= ran
         if self.guard.skipped != skipped:
             writer.add_scalar("train/skipped_updates", self.guard.skipped, loop.env_step)
-        for (where, posteriors), metrics_i in zip(placed, dispatched):
-            if not self.guard.active or float(metrics_i[SKIPPED]) == 0.0:
-                collector.write_back(where, jax.tree_util.tree_map(share.local_rows, posteriors))
+        for where, posteriors in placed:
+            collector.write_back(where, jax.tree_util.tree_map(share.local_rows, posteriors))
         self.agent.load_params(share.local(self.update.params(self.state)))
-        if dispatched:
-            self.metrics = dispatched[-1]
-        return len(dispatched)
+        return ran
 
 
 class _Notes:
@@ -375,16 +404,18 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
     plan = plan_run(config, resume, model_overrides, share)
     config, out = plan.config, Path(config.out_dir)
     agent = make_agent(config, plan.obs_shape, plan.action_dim, plan.discrete, plan.episode_length, **plan.overrides)
-    learner = Learner(agent, config, share)
+    learner = AgentLearner(agent, config, share)
     loop, rng_seed = LoopState(processes=share.count), config.seed + _PROCESS_SEEDS * share.index
+    kind = StreamCollector if config.algo == "dreamerv3" else EpisodeCollector
     replay_kw = replay_options(config, agent, plan.obs_shape, out, share.index,
                                plan.checkpoint_dir if plan.resuming else None, announce=share.primary)
-    collector = (StreamCollector if config.algo == "dreamerv3" else EpisodeCollector)(
-        make_vector_env(config.env, config.algo, config.num_envs,
-                        (StreamCollector if config.algo == "dreamerv3" else EpisodeCollector).AUTORESET,
-                        config.env_options),
-        agent, replay_kw.pop("capacity"), plan.discrete, rng_seed, lambda ret, length: on_episode(ret, length),
-        **replay_kw)
+    collector = kind(make_vector_env(config.env, config.algo, config.num_envs, kind.AUTORESET, config.env_options),
+                     agent, replay_kw.pop("capacity"), plan.discrete, rng_seed,
+                     lambda ret, length: on_episode(ret, length), **replay_kw)
+    # What a checkpoint holds: process 0's train state, each process's replay, the loop's counters.
+    cp = Checkpointer(lambda learner, replay, loop, agent: save_checkpoint(
+        plan.checkpoint_dir, share.primary_state(learner.state), replay, loop, agent), everyone_writes=True)
+    cp.learner, cp.replay, cp.loop, cp.agent = learner, collector, loop, agent
     try:
         if plan.resuming:
             _restore(plan, learner, collector, loop, share, config)
@@ -406,15 +437,17 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
         bar = progress_display(config.total_steps, initial=loop.env_step, desc=f"{config.algo} {config.env}",
                                disable=not (progress and share.primary), measured=False)
         note = _Notes(bar, progress and share.primary)
+        evaluator = Evaluator(config.eval_every, lambda step: _evaluation(agent, config, loop, writer, note, share,
+                                                                          out), loop.env_step)
         try:
             with stop_requests("saving a checkpoint and stopping") as request:
-                _drive(config, agent, collector, learner, loop, share, writer, bar, note, request,
-                       np.random.default_rng(first_seed), plan.checkpoint_dir, out)
+                _drive(config, agent, collector, learner, evaluator, cp, loop, share, writer, bar, note, request,
+                       np.random.default_rng(first_seed))
         finally:
             bar.close()
             writer.close()
         loop.wall_time += time.time() - started
-        _save(plan.checkpoint_dir, learner, collector, loop, agent, share, "final")
+        cp.save("final")
         if request.stop:
             raise Interrupted(request.signal, f"{signal_name(request.signal)}: saved {out} at environment step "
                                               f"{loop.env_step} of {config.total_steps}; resume with: worldloom agent "
@@ -424,7 +457,7 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
     return _finish(config, agent, learner, loop, share, out)
 
 
-def _restore(plan: RunPlan, learner: Learner, collector, loop: LoopState, share, config: AgentRunConfig) -> None:
+def _restore(plan: RunPlan, learner: AgentLearner, collector, loop: LoopState, share, config: AgentRunConfig) -> None:
     """Process 0 restores the train state and sends it; each process restores its own replay (grown to the
     run's capacity by the collector)."""
     saved, restored = load_checkpoint(plan.checkpoint_dir, learner.state if share.primary else None, learner.agent,
@@ -438,14 +471,13 @@ def _restore(plan: RunPlan, learner: Learner, collector, loop: LoopState, share,
     print(f"Resuming {config.out_dir} from environment step {loop.env_step} ({loop.updates} updates done)")
 
 
-def _drive(config, agent, collector, learner, loop, share, writer, bar, note, request, rng, checkpoint_dir, out):
+def _drive(config, agent, collector, learner, evaluator, cp, loop, share, writer, bar, note, request, rng):
     """Step the environments into replay until ``total_steps``, a reached target return or a stop request.
 
     The rate (and ETA) is measured from the end of the first environment step
     after the last compilation and after a burst of updates (TD-MPC2's pretraining).
     """
     seed_steps, per_step = config.seed_steps, config.updates_per_env_step()
-    next_eval = (loop.env_step // config.eval_every + 1) * config.eval_every
     every = config.checkpoint_every
     next_ckpt = (loop.env_step // every + 1) * every if every else None
     if loop.env_step < seed_steps:
@@ -469,34 +501,32 @@ def _drive(config, agent, collector, learner, loop, share, writer, bar, note, re
                 loop.updates_owed += per_step * stepped
             loop.pretrained = True
             compiled_before = len(learner.compiled)
-            ran = learner.run(collector, loop, writer, request, note)
+            ran = learner.run_owed(collector, loop, writer, request, note)
             compiles = compiles or len(learner.compiled) != compiled_before
         if compiles or ran >= _BURST or (random_phase and loop.env_step >= seed_steps):
             measuring = False
         elif not measuring and not random_phase and learner.compiled:
             bar.restart_clock()  # leave compilation and bursts out of the rate and the ETA
             measuring = True
-        if loop.env_step >= next_eval or loop.env_step >= config.total_steps:
-            next_eval += config.eval_every
-            if config.eval_episodes:
-                _evaluate(agent, config, loop, writer, note)
-            if share.primary:
-                plot_curves(loop, out / "learning_curve.png", f"{config.algo} on {config.env}")
-            if reached(loop.eval_returns, config.stop_return):
-                break
+        if evaluator(loop.env_step, final=loop.env_step >= config.total_steps):
+            break
         if next_ckpt is not None and loop.env_step >= next_ckpt:
             next_ckpt += config.checkpoint_every
-            _save(checkpoint_dir, learner, collector, loop, agent, share, loop.env_step)
+            cp.save(loop.env_step)
         last = loop.eval_returns[-1][1] if loop.eval_returns else float("nan")
         recent = [r for _, r in loop.train_returns[-10:]]
         bar.set_postfix(ret=f"{np.mean(recent):.1f}" if recent else "-", eval=f"{last:.1f}", upd=loop.updates,
                         loss=f"{float(learner.metrics['loss']):.3f}" if learner.metrics else "-")
 
 
-def _save(checkpoint_dir, learner, collector, loop, agent, share, label) -> None:
-    """A checkpoint of the run (process 0's holds the train state), then every process waits for the others."""
-    save_checkpoint(checkpoint_dir, share.primary_state(learner.state), collector, loop, agent)
-    share.barrier(f"worldloom-agent-checkpoint-{label}")
+def _evaluation(agent, config: AgentRunConfig, loop: LoopState, writer, note, share, out) -> bool:
+    """The evaluator's hook: an evaluation (when the run has evaluation episodes) and the learning curves;
+    returns whether the target return is reached."""
+    if config.eval_episodes:
+        _evaluate(agent, config, loop, writer, note)
+    if share.primary:
+        plot_curves(loop, out / "learning_curve.png", f"{config.algo} on {config.env}")
+    return reached(loop.eval_returns, config.stop_return)
 
 
 def _finish(config, agent, learner, loop, share, out) -> dict:
@@ -520,19 +550,3 @@ def _finish(config, agent, learner, loop, share, out) -> dict:
     if share.primary:
         (out / "summary.json").write_text(json.dumps(result, indent=2))
     return result
-
-
-def _check_updates(guard: NonFiniteGuard, first_update: int, dispatched: list[dict], env_step: int) -> None:
-    """One look at the ``"skipped"`` flags of this environment step's updates; TrainingError when the guard says stop.
-
-    Raised before the agent takes the new params and before any checkpoint,
-    so the checkpoint on disk and the agent keep the last finite state.
-    """
-    if not guard.active or not dispatched:
-        return
-    flags = jax.device_get([metrics[SKIPPED] for metrics in dispatched])
-    _, problem = guard.inspect(first_update, flags,
-                               lambda index: {k: float(v) for k, v in jax.device_get(dispatched[index]).items()})
-    if problem is not None:
-        raise TrainingError(f"{problem} The agent keeps its params from before the updates of environment step "
-                            f"{env_step}.")

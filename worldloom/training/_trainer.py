@@ -29,12 +29,13 @@ from worldloom.training import _checkpoint, _resume
 from worldloom.training._buffer import ReplayBuffer
 from worldloom.training._config import TrainingConfig
 from worldloom.training._device_replay import build_table, table_nbytes, use_device_replay
-from worldloom.training._sampling import Prefetcher, WindowSampler, chunk_plan, split_segments
+from worldloom.training._sampling import WindowSampler, chunk_plan, split_segments
 from worldloom.training._step import StepProgram, step_program
 from worldloom.training.callbacks import Callback, CheckpointCallback, ProgressCallback
 from worldloom.training.guard import SKIPPED, NonFiniteGuard
 from worldloom.training.interrupts import stop_requests
-from worldloom.training.parallel import DispatchQueue, Placement, data_parallel_mesh
+from worldloom.training.parallel import Placement, data_parallel_mesh
+from worldloom.training.runloop import Evaluator, Learner
 
 _TRAIN_STREAM, _EVAL_STREAM, _DEVICE_REPLAY_STREAM = 0, 1, 2
 # Fields that change what a resumed run computes.
@@ -133,19 +134,36 @@ class Trainer:
         for callback in callbacks:
             self.add_callback(callback)
         self.resume_from = resume_from
-        self.step = 0
-        self.state = None
+        self.learner = Learner()  # holds the train state and the step
         self.stop_training = False
         self.interrupted = False
         self.interrupt_signal = None
         self.last_losses: dict[str, float] = {}
         self.eval_history: list[tuple[int, dict[str, float]]] = []
-        self.skipped_updates = 0
-        self._guard = NonFiniteGuard("ignore", 1)
         self.device = None
         self.program: StepProgram | None = None
         self.placement: Placement | None = None
         self._run: dict[str, Any] = {}
+
+    @property
+    def step(self) -> int:
+        return self.learner.step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.learner.step = int(value)
+
+    @property
+    def state(self):
+        return self.learner.state
+
+    @state.setter
+    def state(self, value) -> None:
+        self.learner.state = value
+
+    @property
+    def skipped_updates(self) -> int:
+        return self.learner.guard.skipped
 
     def add_callback(self, callback: Callback) -> None:
         """Add a callback (an instance of :class:`~worldloom.training.callbacks.Callback`)."""
@@ -322,22 +340,21 @@ class Trainer:
                                          layout, slots, place, shard)
             eval_chunks = eval_sampler.fixed_chunks(config.eval_batches, _EVAL_STREAM)
         intervals = [c.sync_interval() for c in callbacks] + [config.eval_interval if eval_chunks else 0]
-        self._begin(callbacks)
-        prefetcher, dispatch = self._dispatcher(program, place, sampler, table, train_key, seed,
-                                                chunk_plan(self.step, config.total_steps, slots, intervals))
+        self._begin(callbacks, place)
+        sample = self._dispatcher(program, place, sampler, table, train_key, seed)
+        evaluator = Evaluator(config.eval_interval if eval_chunks else 0,
+                              lambda step: self._evaluate(eval_chunks, eval_key, callbacks), self.step)
         try:
             with distributed.collective(lambda: f"training after step {self.step}"):
-                last_eval = self._loop(prefetcher, dispatch, (eval_chunks, eval_key),
-                                       config.optimizer_settings().schedule(), callbacks, [i for i in intervals if i])
+                self._loop(chunk_plan(self.step, config.total_steps, slots, intervals), sample, evaluator,
+                           config.optimizer_settings().schedule(), callbacks, [i for i in intervals if i])
         except (TrainingError, DistributedError) as err:
             self._abandon(err, model, program, place, callbacks)
             raise
-        finally:
-            prefetcher.close()
         if self.interrupted:
             print(f"\nTraining interrupted at step {self.step}.", file=sys.stderr)
-        elif eval_chunks and last_eval != self.step and self.step > 0:
-            self._evaluate(eval_chunks, eval_key, callbacks)
+        elif eval_chunks and self.step > 0:
+            evaluator(self.step, final=True)
         model.load_params(_copy(place.local(program.update.params(self.state))))
         for callback in callbacks:
             callback.on_train_end(self)
@@ -384,39 +401,41 @@ class Trainer:
         train_key, eval_key = jax.random.split(self._key)
         return train_key, eval_key, seed
 
-    def _begin(self, callbacks: list[Callback]) -> None:
-        """Reset the run's flags and counters and start the callbacks."""
+    def _begin(self, callbacks: list[Callback], place: Placement) -> None:
+        """Reset the run's flags and counters (the learner's guard, fetch and queue) and start the callbacks."""
         config = self.config
         self.stop_training = self.interrupted = False
         self.interrupt_signal = None
         self.eval_history = []
-        self.skipped_updates = 0
-        self._guard = NonFiniteGuard(config.on_nonfinite, config.max_consecutive_skips,
-                                     "TrainingConfig.on_nonfinite")
+        learner = self.learner
+        learner.guard = NonFiniteGuard(config.on_nonfinite, config.max_consecutive_skips,
+                                       "TrainingConfig.on_nonfinite")
+        learner.fetch, learner.max_in_flight = place.fetch, config.max_in_flight
         for callback in callbacks:
             callback.on_train_begin(self)
 
-    def _dispatcher(self, program: StepProgram, place: Placement, sampler: WindowSampler, table, train_key, seed: int,
-                    plan) -> tuple:
-        """``(prefetcher, dispatch)``: the chunks of batches sampled ahead (none with a device table) and the call
-        that runs one K-update program on them."""
+    def _dispatcher(self, program: StepProgram, place: Placement, sampler: WindowSampler, table, train_key,
+                    seed: int):
+        """Sets the learner's call of one K-update program; returns how the batches of a dispatch are made
+        (``sample(start, count) -> (batches, None)``, sampled ahead; nothing with a device table)."""
         config = self.config
         if table is None:
             run = program.runner(place.mesh)
-            prefetcher = Prefetcher(plan, sampler.chunk, config.prefetch)
 
-            def dispatch(start, count, batches):
-                return run(self.state, batches, train_key, place.scalar(np.int32(start)),
-                           place.scalar(np.int32(count)))
-        else:
-            run = program.runner(place.mesh, (config.batch_size, config.sequence_length))
-            prefetcher = Prefetcher(plan, lambda start, count: None, config.prefetch)
-            sample_key = place.replicate(jax.random.fold_in(jax.random.PRNGKey(seed), _DEVICE_REPLAY_STREAM))
+            def dispatch(state, batches, start, count):
+                return run(state, batches, train_key, place.scalar(np.int32(start)), place.scalar(np.int32(count)))
 
-            def dispatch(start, count, batches):
-                return run(self.state, table, train_key, sample_key, place.scalar(np.int32(start)),
-                           place.scalar(np.int32(count)))
-        return prefetcher, dispatch
+            self.learner.dispatch = dispatch
+            return lambda start, count: (sampler.chunk(start, count), None)
+        run = program.runner(place.mesh, (config.batch_size, config.sequence_length))
+        sample_key = place.replicate(jax.random.fold_in(jax.random.PRNGKey(seed), _DEVICE_REPLAY_STREAM))
+
+        def dispatch_table(state, batches, start, count):
+            return run(state, table, train_key, sample_key, place.scalar(np.int32(start)),
+                       place.scalar(np.int32(count)))
+
+        self.learner.dispatch = dispatch_table
+        return lambda start, count: (None, None)
 
     def _abandon(self, err: Exception, model: WorldModel, program: StepProgram, place: Placement,
                  callbacks: list[Callback]) -> None:
@@ -429,63 +448,35 @@ class Trainer:
             if not isinstance(callback, CheckpointCallback):
                 callback.on_train_end(self)
 
-    def _loop(self, prefetcher: Prefetcher, dispatch, evaluation: tuple, schedule, callbacks: list[Callback],
-              sync_intervals: list[int]) -> int | None:
-        """Dispatch the prefetched chunks until done, stopped or interrupted; returns the last eval step.
+    def _loop(self, plan, sample, evaluator: Evaluator, schedule, callbacks: list[Callback],
+              sync_intervals: list[int]) -> None:
+        """The learner's run over ``plan`` until done, stopped or interrupted.
 
         Up to ``config.max_in_flight`` dispatches are queued before the oldest
         one's metrics are waited for and reported; the queue is drained at
         every step a callback or evaluation needs the state of (``sync_intervals``).
         """
-        eval_chunks, eval_key = evaluation
-        interval, last_eval = self.config.eval_interval, None
-        queue = DispatchQueue(self.config.max_in_flight)
+
+        def report(start, count, metrics, outputs, note):
+            self._report(start, count, metrics, schedule, callbacks)
+
         with stop_requests("stopping after the current dispatch (a checkpoint is saved if one is configured)") \
                 as request:
+
+            def after(step: int) -> bool:
+                evaluator(step)
+                self.interrupted, self.interrupt_signal = request.stop, request.signal
+                return self.stop_training or self.interrupted
+
             try:
-                for (start, count), batches in prefetcher:
-                    self.state, metrics = dispatch(start, count, batches)
-                    self.step = start + count
-                    done = queue.push((start, count, metrics))
-                    if any(self.step % i == 0 for i in sync_intervals):
-                        done += queue.drain()
-                    for first, number, values in done:
-                        self._finish(first, number, values, schedule, callbacks)
-                    if eval_chunks and self.step % interval == 0:
-                        last_eval = self._evaluate(eval_chunks, eval_key, callbacks)
-                    self.interrupted, self.interrupt_signal = request.stop, request.signal
-                    if self.stop_training or self.interrupted:
-                        break
-                for first, number, values in queue.drain():
-                    self._finish(first, number, values, schedule, callbacks)
+                self.learner.run(plan, sample, report, prefetch=self.config.prefetch,
+                                 sync=lambda step: any(step % i == 0 for i in sync_intervals), after=after)
             except KeyboardInterrupt:
                 # A second Ctrl-C aborts; so does one that left the donated state unusable.
                 if request.aborted or any(leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(self.state)):
                     raise
                 self.interrupted = True
                 self.interrupt_signal = signal.SIGINT
-        return last_eval
-
-    def _finish(self, start: int, count: int, metrics, schedule, callbacks: list[Callback]) -> None:
-        """Fetch a finished dispatch's metrics, apply the non-finite guard, report them.
-
-        At a non-finite update that stops the run, only the updates before it
-        reach the callbacks (so no checkpoint of a later state is written) and
-        :class:`TrainingError` is raised with the step back at the last finite update.
-        """
-        metrics = self.placement.fetch(metrics)
-        flags = np.asarray(metrics[SKIPPED])[:count] if SKIPPED in metrics else np.zeros(count)
-        reportable, problem = self._guard.inspect(
-            start, flags, lambda index: {name: float(values[index]) for name, values in metrics.items()})
-        self.skipped_updates = self._guard.skipped
-        if problem is not None and self._guard.mode == "stop":
-            if start + count != self.step:  # dispatches queued behind this one ran from its state
-                self.state = None
-            self.step = start + reportable  # the halted dispatch returned the state before the failing update
-        if reportable:
-            self._report(start, reportable, metrics, schedule, callbacks)
-        if problem is not None:
-            raise TrainingError(problem)
 
     def _report(self, start: int, count: int, metrics: dict, schedule, callbacks: list[Callback]) -> None:
         """Hand each update's losses (Python floats, plus ``lr``) to the callbacks."""
@@ -498,7 +489,7 @@ class Trainer:
             for callback in callbacks:
                 callback.on_step_end(start + index + 1, losses)
 
-    def _evaluate(self, eval_chunks: list, eval_key, callbacks: list[Callback]) -> int:
+    def _evaluate(self, eval_chunks: list, eval_key, callbacks: list[Callback]) -> None:
         """Mean metrics of the update on each held-out batch, computed on a copy of the state (discarded)."""
         totals: dict[str, float] = {}
         place = self.placement
@@ -514,7 +505,6 @@ class Trainer:
         self.eval_history.append((self.step, result))
         for callback in callbacks:
             callback.on_eval_end(self.step, result)
-        return self.step
 
     @property
     def compile_count(self) -> int:
