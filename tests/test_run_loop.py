@@ -26,7 +26,9 @@ from worldloom.core.progress import LineProgress
 from worldloom.training.logs import LogSink
 
 SETS = [arg for key, value in DREAMER_TINY.items() for arg in ("--set", f"{key}={value}")]
-QUIET = dict(train_ratio=0.01, batch_size=2, sequence_length=8, eval_episodes=0, checkpoint_every=0, seed=1)
+# configs=["defaults"]: the reference defaults, not the quick preset a Gymnasium id selects.
+QUIET = dict(configs=["defaults"], train_ratio=0.01, batch_size=2, sequence_length=8, eval_episodes=0,
+             checkpoint_every=0, seed=1)
 
 
 def _cli(capsys, *args):

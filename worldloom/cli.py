@@ -170,24 +170,34 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--env", default="CartPole-v1", help=ENV_HELP)
     agent.add_argument("--algo", choices=["dreamerv3", "tdmpc2"], default="dreamerv3",
                        help="DreamerV3 actor-critic or TD-MPC2 planning")
-    agent.add_argument("--model", help="world-model preset (default: dreamerv3:size1m / tdmpc2:5m)")
-    agent.add_argument("--steps", type=int, default=50_000, help="environment steps")
-    agent.add_argument("--num-envs", type=int, default=1, help="environments stepped together")
-    agent.add_argument("--train-ratio", type=float, default=32.0, help="DreamerV3 replayed steps per env step")
-    agent.add_argument("--updates-per-step", type=float, default=1.0, help="TD-MPC2 updates per env step")
+    agent.add_argument("--configs", nargs="+", metavar="NAME",
+                       help="presets stacked in order, later ones winning: dmc_proprio, dmc_vision, atari100k, "
+                            "size1m ... size400m, debug, tdmpc2, tdmpc2_pixels, quick, defaults (default: the one "
+                            "--env selects; flags you type win over presets)")
+    agent.add_argument("--model", help="world-model preset (default: the presets', else dreamerv3:size1m / "
+                                       "tdmpc2:5m)")
+    agent.add_argument("--steps", type=int, help="environment steps (default: the presets', else 50000)")
+    agent.add_argument("--num-envs", type=int, help="environments stepped together (default: 1)")
+    agent.add_argument("--train-ratio", type=float,
+                       help="DreamerV3 replayed steps per env step (default: the presets', else 32)")
+    agent.add_argument("--updates-per-step", type=float, help="TD-MPC2 updates per env step (default: 1)")
     agent.add_argument("--batch-size", type=int, help="windows per update (default: DreamerV3 16, TD-MPC2 256)")
     agent.add_argument("--seq-len", type=int, help="steps per window (default: DreamerV3 64, TD-MPC2 4)")
     agent.add_argument("--lr", type=float, help="learning rate (default: DreamerV3 4e-5, TD-MPC2 3e-4)")
+    agent.add_argument("--warmup", type=int,
+                       help="linear learning-rate warm-up, in updates (default: DreamerV3 1000, TD-MPC2 0)")
     agent.add_argument("--seed-steps", type=int,
                        help="random-action steps before learning (default: DreamerV3 0, TD-MPC2 max(1000, 5 L))")
     agent.add_argument("--episodic", action=argparse.BooleanOptionalAction, default=None,
                        help="TD-MPC2: termination head and planning that stops at predicted terminations "
                             "(default: on when random actions reach a termination)")
     agent.add_argument("--log-every", type=int, default=10, help="updates between logged losses")
-    agent.add_argument("--eval-every", type=int, default=5_000, help="environment steps between evaluations")
-    agent.add_argument("--eval-episodes", type=int, default=5, help="episodes per evaluation")
+    agent.add_argument("--eval-every", type=int,
+                       help="environment steps between evaluations (default: the presets', else 5000)")
+    agent.add_argument("--eval-episodes", type=int, help="episodes per evaluation (default: the presets', else 5)")
     agent.add_argument("--stop-return", type=float,
-                       help="stop once a mean evaluation return reaches this (default: run all steps)")
+                       help="stop once a mean evaluation return reaches this (default: the presets', else run "
+                            "all steps)")
     agent.add_argument("--checkpoint-every", type=int, default=10_000,
                        help="environment steps between checkpoints; 0: only at the end")
     agent.add_argument("--set", action="append", default=[], type=_setting, metavar="KEY=VALUE",
@@ -544,7 +554,8 @@ def cmd_play(args) -> dict:
 
 
 # ``worldloom agent`` flags and the AgentRunConfig fields they set.
-AGENT_FLAGS = {"env": "env", "algo": "algo", "model": "model", "steps": "total_steps", "num_envs": "num_envs",
+AGENT_FLAGS = {"env": "env", "algo": "algo", "configs": "configs", "model": "model", "steps": "total_steps",
+               "num_envs": "num_envs", "warmup": "warmup_steps",
                "train_ratio": "train_ratio", "updates_per_step": "updates_per_step", "batch_size": "batch_size",
                "seq_len": "sequence_length", "lr": "learning_rate", "seed_steps": "seed_steps",
                "episodic": "episodic", "log_every": "log_every", "eval_every": "eval_every",

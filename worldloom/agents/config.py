@@ -1,9 +1,13 @@
 """``AgentRunConfig``: what an online run does, and its settings resolved against the reference's.
 
-``None`` fields take the algorithm's reference default
-(:data:`worldloom.training.reference.REFERENCE`); :meth:`AgentRunConfig.resolve`
-fills every one of them, so a run's ``config.yaml`` holds the settings it
-actually used and reproduces it alone.
+Settings are stacked as the reference stacks its config blocks: the
+algorithm's reference defaults (:data:`worldloom.training.reference.REFERENCE`),
+then the named presets of ``configs`` in order
+(:data:`worldloom.training.reference.PRESETS`; by default the block the
+environment id selects), then the fields given. Presets fill the fields left
+``None`` when the config is made; :meth:`AgentRunConfig.resolve` fills the
+rest, so a run's ``config.yaml`` holds the settings it actually used (and the
+presets' names) and reproduces it alone.
 """
 
 from __future__ import annotations
@@ -13,12 +17,16 @@ import math
 from typing import Any
 
 from worldloom.core.config import ConfigBase, require
+from worldloom.core.errors import ConfigError
 from worldloom.training.guard import NONFINITE_MODES
-from worldloom.training.reference import REFERENCE
+from worldloom.training.reference import PRESETS, REFERENCE, stack_presets
 
 RUN_FIELDS = ("model", "batch_size", "sequence_length", "learning_rate", "grad_clip", "warmup_steps", "seed_steps")
 DEFAULTS = {algo: {name: values[name] for name in RUN_FIELDS} for algo, values in REFERENCE.items()}
 """Algorithm -> the reference defaults of the run fields left ``None`` (a view of the one reference table)."""
+STEP_DEFAULTS = dict(total_steps=50_000, num_envs=1, train_ratio=32.0, updates_per_step=1.0, eval_every=5_000,
+                     eval_episodes=5, buffer_capacity=1_000_000)
+"""The fields no preset sets: their values (train ratio 32 and one update per step are the references')."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,18 +42,25 @@ class AgentRunConfig(ConfigBase):
     keywords for a Gymnasium id."""
     algo: str = "dreamerv3"
     """``"dreamerv3"`` (actor-critic in imagination) or ``"tdmpc2"`` (MPPI planning)."""
+    configs: tuple[str, ...] | None = None
+    """Presets stacked in order, later ones winning (``("dmc_vision", "size12m")``; names in
+    :data:`~worldloom.training.reference.PRESETS`); fields given here win over them. ``None``: the block
+    ``env`` selects (DreamerV3: ``dmc_proprio``, ``dmc_vision``, ``atari100k``, ``quick`` for a Gymnasium id;
+    TD-MPC2: ``tdmpc2``, ``tdmpc2_pixels``); a list without a suite block gets it first; ``"defaults"`` stands
+    for none. Made, the config holds the full list."""
     model: str | None = None
     """World-model preset; default ``dreamerv3:size1m`` / ``tdmpc2:5m``. TD-MPC2's ``5m`` is its reference's
     default size; DreamerV3's reference defaults to ``size200m`` and selects ``size1m`` in its ``dmc_proprio``
     block, the size that trains on a laptop."""
-    total_steps: int = 50_000
-    """Environment steps (summed over environments)."""
-    num_envs: int = 1
-    """Environments stepped together; the agent acts on all in one call."""
-    train_ratio: float = 32.0
-    """Replayed steps per environment step (DreamerV3); updates = steps * ratio / (B * T)."""
-    updates_per_step: float = 1.0
-    """Updates per environment step (TD-MPC2's update-to-data ratio)."""
+    total_steps: int | None = None
+    """Environment steps (summed over environments); default: the presets', else 50,000."""
+    num_envs: int | None = None
+    """Environments stepped together; the agent acts on all in one call (default: the presets', else 1)."""
+    train_ratio: float | None = None
+    """Replayed steps per environment step (DreamerV3); updates = steps * ratio / (B * T). Default: the
+    presets' (``dmc_proprio`` 1024, ``dmc_vision`` and ``atari100k`` 256), else the reference's 32."""
+    updates_per_step: float | None = None
+    """Updates per environment step (TD-MPC2's update-to-data ratio; default 1)."""
     batch_size: int | None = None
     sequence_length: int | None = None
     learning_rate: float | None = None
@@ -60,9 +75,10 @@ class AgentRunConfig(ConfigBase):
     that terminate only on success or failure a random policy never reaches."""
     log_every: int = 10
     """Updates between logged training losses (TensorBoard ``train/*``)."""
-    eval_every: int = 5_000
-    """Environment steps between evaluations."""
-    eval_episodes: int = 5
+    eval_every: int | None = None
+    """Environment steps between evaluations (default: the presets', else 5,000)."""
+    eval_episodes: int | None = None
+    """Episodes per evaluation (default: the presets', else 5)."""
     eval_video: bool = True
     """Record each evaluation's first episode: ``videos/eval_step_<N>.gif`` in ``out_dir`` and TensorBoard's
     ``eval/video`` (image-observation DreamerV3 runs also get the open-loop report, ``eval/open_loop``)."""
@@ -70,12 +86,13 @@ class AgentRunConfig(ConfigBase):
     """Where metrics go besides ``metrics.jsonl``: ``"tensorboard"`` (``logs/``, always written) or ``"wandb"``
     (W&B as well; the ``wandb`` extra; ``WANDB_MODE=offline`` keeps it in ``out_dir/wandb``)."""
     stop_return: float | None = None
-    """Stop once a mean evaluation return reaches this (``None``: run all ``total_steps``)."""
+    """Stop once a mean evaluation return reaches this (``None``: the presets' (``quick``: 475), else run all
+    ``total_steps``)."""
     checkpoint_every: int = 10_000
     """Environment steps between checkpoints (0: only at the end)."""
-    buffer_capacity: int = 1_000_000
-    """Replay rows at most; a run holds ``min(buffer_capacity, total_steps + 1000)`` (a resumed run with
-    more steps grows its replay, keeping every row)."""
+    buffer_capacity: int | None = None
+    """Replay rows at most (default: the presets', else 1,000,000); a run holds ``min(buffer_capacity,
+    total_steps + 1000)`` (a resumed run with more steps grows its replay, keeping every row)."""
     replay_storage: str = "auto"
     """Where replay rows live: ``"ram"``, ``"disk"`` (memory-mapped files in ``out_dir/replay``, for replays
     larger than memory) or ``"auto"`` (disk when the replay's full size is over half of the available memory).
@@ -92,6 +109,20 @@ class AgentRunConfig(ConfigBase):
     """A NaN/inf loss, gradient or updated state: "stop" (TrainingError), "skip" (drop the update) or "ignore"."""
     max_consecutive_skips: int = 20
     """With ``on_nonfinite="skip"``: more consecutive skipped updates than this stop with TrainingError."""
+
+    def __post_init__(self) -> None:
+        names = self.configs
+        if isinstance(names, str):  # "dmc_vision size12m" or "dmc_vision,size12m"
+            names = names.replace(",", " ").split()
+        if names is not None and not (isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)):
+            raise ConfigError(f"AgentRunConfig.configs: expected a list of preset names, got {names!r}.")
+        if self.algo in DEFAULTS:  # else validate() reports the algo
+            names, run, _ = stack_presets(names, str(self.env), self.algo)
+            object.__setattr__(self, "configs", names)
+            for name, value in {**STEP_DEFAULTS, **run}.items():
+                if getattr(self, name) is None:
+                    object.__setattr__(self, name, value)
+        super().__post_init__()
 
     def validate(self) -> None:
         require(self.algo in DEFAULTS, f"algo must be one of {sorted(DEFAULTS)}, got {self.algo!r}.")
@@ -132,6 +163,16 @@ class AgentRunConfig(ConfigBase):
                 f"replay_online must be true or false, got {self.replay_online!r}.")
         require(self.max_consecutive_skips >= 1,
                 f"max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}.")
+
+    def preset_world_model(self) -> dict[str, Any]:
+        """The world-model fields the presets set (``debug``'s tiny model), to go under explicit overrides."""
+        return stack_presets(self.configs, str(self.env), self.algo)[2]
+
+    def preset_values(self) -> list[tuple[str, dict[str, Any]]]:
+        """``[(preset name, {field: value it sets}), ...]`` in stacking order, world-model fields as
+        ``world_model.FIELD``."""
+        return [(name, {**PRESETS[name].run, **{f"world_model.{k}": v for k, v in PRESETS[name].world_model.items()}})
+                for name in self.configs or ()]
 
     def make_env(self, **kwargs):
         """One environment of this run: ``env`` with the agent's suite settings and ``env_options``."""
@@ -178,4 +219,24 @@ def seed_steps_for(config: AgentRunConfig, episode_length: int | None) -> int:
     return max(DEFAULTS["tdmpc2"]["seed_steps"], 5 * int(episode_length))
 
 
-__all__ = ["DEFAULTS", "AgentRunConfig", "seed_steps_for"]
+__all__ = ["DEFAULTS", "STEP_DEFAULTS", "AgentRunConfig", "presets_text", "seed_steps_for"]
+
+
+def presets_text(config: AgentRunConfig, width: int = 110) -> list[str]:
+    """Lines naming each preset of ``config`` and the values it sets (``a -> b`` where a later one or a
+    field given changed it), for the start of a run and its ``config.yaml``."""
+    if not config.configs:
+        return ["Presets: none (the reference defaults)."]
+    lines = [f"Presets {' + '.join(config.configs)} (later ones and the fields given win):"]
+    for name, values in config.preset_values():
+        items = []
+        for key, value in values.items():
+            final = getattr(config, key, value)
+            items.append(f"{key}={value}" if final == value else f"{key}={value} -> {final}")
+        text = f"  {name} ({PRESETS[name].source}): {', '.join(items) or 'nothing'}"
+        while len(text) > width:
+            cut = text.rfind(", ", 0, width) + 1 or width
+            lines.append(text[:cut])
+            text = "    " + text[cut:].lstrip()
+        lines.append(text)
+    return lines

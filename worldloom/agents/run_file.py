@@ -24,7 +24,7 @@ import dataclasses
 import difflib
 from pathlib import Path
 
-from worldloom.agents.config import AgentRunConfig
+from worldloom.agents.config import AgentRunConfig, presets_text
 from worldloom.core.config import parse_setting, read_settings_file
 from worldloom.core.errors import ConfigError
 
@@ -59,7 +59,10 @@ def _apply_sets(values: dict, model: dict, sets) -> None:
 
 
 def resolve_run(config_file=None, flags: dict | None = None, sets=()) -> tuple:
-    """``(AgentRunConfig, world-model overrides)`` from defaults < ``config_file`` < ``flags`` < ``sets``.
+    """``(AgentRunConfig, world-model overrides)`` from defaults < presets < ``config_file`` < ``flags`` < ``sets``.
+
+    The presets are the file's, flags' or sets' ``configs`` (by default the
+    environment's suite block; see :class:`AgentRunConfig`).
 
     Args:
         config_file: A run file (YAML), or None.
@@ -77,7 +80,8 @@ def resolve_run(config_file=None, flags: dict | None = None, sets=()) -> tuple:
     model = dict(values.pop(MODEL_KEY, None) or {})
     values.update(flags or {})
     _apply_sets(values, model, sets)
-    return AgentRunConfig(**values), model
+    config = AgentRunConfig(**values)
+    return config, {**config.preset_world_model(), **model}  # the presets' world-model fields under the given
 
 
 def _plain(value):
@@ -92,13 +96,15 @@ def run_data(config: AgentRunConfig, model_overrides: dict) -> dict:
 
 
 def write_run(path, config: AgentRunConfig, model_overrides: dict) -> Path:
-    """Write ``config`` and the world-model overrides as a run file, atomically."""
+    """Write ``config`` and the world-model overrides as a run file, atomically; comments at its top name
+    the presets and the values they set."""
     import yaml
 
     from worldloom.core.files import atomic_write_text
 
     path = Path(path)
-    atomic_write_text(path, yaml.safe_dump(run_data(config, model_overrides), sort_keys=False))
+    header = "".join(f"# {line.strip()}\n" for line in presets_text(config))
+    atomic_write_text(path, header + yaml.safe_dump(run_data(config, model_overrides), sort_keys=False))
     return path
 
 
@@ -114,4 +120,4 @@ def settings_text(config: AgentRunConfig, model_overrides: dict, path=None, widt
         line = f"{line}, {item}" if line else f"  {item}"
     lines.append(line)
     where = f" (saved as {path})" if path is not None else ""
-    return "\n".join([f"Run settings{where}:", *lines])
+    return "\n".join([*presets_text(config, width), f"Run settings{where}:", *lines])
