@@ -57,7 +57,7 @@ def test_a_cartpole_episode_of_500_steps_is_well_under_5_mb(tmp_path):
     assert steps == 500 and truncated
     assert frames.shape == (251, 107, 160, 3)  # every 2nd of 501 frames; 600x400 shrunk to 160 wide
     path = write_video(frames, tmp_path / "eval.gif", fps=recorder.fps)
-    assert path.stat().st_size < 1_500_000 and recorder.fps == 25.0
+    assert path.stat().st_size < 500_000 and recorder.fps == 25.0  # about 70 KB here
     assert recorder.episode() is None  # vector observations: nothing kept for an open-loop report
 
 
