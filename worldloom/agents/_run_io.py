@@ -14,7 +14,9 @@ A saved agent (format ``worldloom-agent``, version 2)::
 An agent checkpoint (format ``worldloom-agent-checkpoint``, version 1)::
 
     train_state/    orbax directory of the train state (process 0 only)
-    replay.npz      the collector's replay (a signed archive of worldloom.core.archives)
+    replay.npz      the collector's replay (a signed archive of worldloom.core.archives): its rows, or for
+                    a disk replay (out_dir/replay, memory-mapped) its counters, the replay directory's id
+                    and a CRC-32 per chunk of rows, which vouch for the files outside the checkpoint
     loop.json       the counters and histories (:class:`LoopState`)
     algo.txt        the agent's name
     manifest.json

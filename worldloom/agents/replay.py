@@ -46,6 +46,8 @@ FORMAT = "worldloom-stream-replay"
 VERSION = 1
 DISK_VERSION = 2  # a disk replay's file: counters and checksums, not rows
 
+__all__ = ["StreamReplay"]
+
 
 class StreamReplay:
     """Ring buffers of ``capacity // num_streams`` rows per environment stream.

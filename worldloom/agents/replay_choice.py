@@ -20,6 +20,8 @@ from pathlib import Path
 from worldloom.core.errors import ConfigError
 from worldloom.training.replay_storage import check_free_disk, choose_storage, size_text
 
+__all__ = ["replay_options", "row_bytes", "saved_storage"]
+
 
 def row_bytes(config, agent, obs_shape) -> int:
     """Bytes of one replay row of ``config.algo``'s replay (images stored as uint8, vectors as float32)."""
@@ -73,10 +75,10 @@ def replay_options(config, agent, obs_shape, out_dir: Path, process: int, checkp
         options.update(capacity=config.buffer_capacity, directory=directory, resume=saved == "disk")
         full = row * config.buffer_capacity
         check_free_disk(directory, full)
-        where = f"disk at {directory} ({size_text(full)} when full, sparse: disk is used as rows arrive)"
+        where = f"on disk at {directory} ({size_text(full)} when full, sparse: disk is used as rows arrive)"
     else:
-        where = f"RAM ({size_text(nbytes)} when full)"
+        where = f"in RAM ({size_text(nbytes)} when full)"
     if announce:
         queue = ", online queue on" if options["online"] else ""
-        print(f"Replay: {options['capacity']:,} rows in {where}; {why}{queue}", flush=True)
+        print(f"Replay: {options['capacity']:,} rows {where}; {why}{queue}", flush=True)
     return options

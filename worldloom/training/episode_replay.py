@@ -32,6 +32,8 @@ from worldloom.training.replay_storage import DiskArrays
 FORMAT = "worldloom-episode-replay"
 VERSION = 1
 
+__all__ = ["EpisodeReplay"]
+
 
 class EpisodeReplay:
     """Whole episodes in a ring of ``capacity`` rows, sampled episode-uniformly.

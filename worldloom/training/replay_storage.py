@@ -54,6 +54,9 @@ VERSION = 1
 IDENTITY = "identity.json"
 HEAD, MARKS = "head", "marks"
 
+__all__ = ["AUTO_MEMORY_FRACTION", "CHUNK_ROWS", "STORAGES", "DiskArrays", "allocated_bytes", "available_memory",
+           "check_free_disk", "choose_storage", "size_text"]
+
 
 def size_text(count: int) -> str:
     """``count`` bytes in TiB/GiB/MiB/KiB, e.g. ``"1.5 GiB"``."""
@@ -128,11 +131,6 @@ def check_free_disk(directory: Path, nbytes: int) -> None:
         raise ConfigError(f"A disk replay at {str(directory)!r} needs {size_text(need)} more once full; expected "
                           f"at least that much free disk, got {size_text(free)} free. Lower buffer_capacity, "
                           "or put out_dir on a larger disk.")
-
-
-def replay_nbytes(row_bytes: int, rows: int) -> int:
-    """Bytes of ``rows`` replay rows of ``row_bytes`` each."""
-    return int(row_bytes) * int(rows)
 
 
 class DiskArrays:
