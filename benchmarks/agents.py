@@ -1,6 +1,7 @@
 """Agents learning real tasks: DreamerV3 on CartPole-v1, TD-MPC2 on Pendulum-v1.
 
     python -m benchmarks.agents --task cartpole --seeds 0 1 2
+    python -m benchmarks.agents --task cartpole-quick --seeds 0 1   # the quick preset
     python -m benchmarks.agents --task pendulum --seeds 0
     python -m benchmarks.agents --task cartpole-tdmpc2 --seeds 0   # TD-MPC2, episodic
     python -m benchmarks.agents --task cartpole --steps 5000 --quick   # a short look
@@ -42,6 +43,8 @@ TASKS = {
     # The reference defaults (configs=["defaults"]), not the quick preset CartPole-v1 selects.
     "cartpole": dict(config=dict(env="CartPole-v1", algo="dreamerv3", configs=["defaults"], model="dreamerv3:size1m",
                                  total_steps=50_000, eval_every=2_500, eval_episodes=10), target=475.0),
+    # The quick preset CartPole-v1 selects (docs/agents.md, Presets): its settings, its target and its budget.
+    "cartpole-quick": dict(config=dict(env="CartPole-v1", algo="dreamerv3"), target=475.0),
     "pendulum": dict(config=dict(env="Pendulum-v1", algo="tdmpc2", model="tdmpc2:1m", total_steps=20_000,
                                  eval_every=2_000, eval_episodes=5), target=-200.0),
     # A terminating task: TD-MPC2 in episodic mode (termination head, planning stops at predicted ends).
