@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -236,3 +237,55 @@ def test_an_episode_replay_in_ram_saves_the_documented_buffer_file(tmp_path):
     assert ReplayBuffer.load(tmp_path / "replay.npz").num_transitions == 6
     with pytest.raises(ConfigError, match="holds 6 transitions; expected a capacity of at least that, got 4"):
         EpisodeReplay(4, (OBS,), np.float32, 2).load(tmp_path / "replay.npz")
+
+
+# ------------------------------------------------------------ the online run
+
+AGENT_CHILD = """
+    import sys
+    sys.path.insert(0, sys.argv[2])
+    from _agents import DREAMER_TINY
+    from worldloom.agents.loop import AgentRunConfig, run_agent
+    config = AgentRunConfig(**eval(sys.argv[3]))
+    run_agent(config, progress=False, **DREAMER_TINY)
+"""
+
+
+def agent_settings(out_dir, total_steps: int) -> dict:
+    return dict(env="CartPole-v1", algo="dreamerv3", total_steps=total_steps, train_ratio=4, batch_size=2,
+                sequence_length=8, eval_every=10**6, eval_episodes=0, checkpoint_every=30, buffer_capacity=5000,
+                replay_storage="disk", out_dir=str(out_dir), seed=0)
+
+
+@pytest.mark.slow(reason="a DreamerV3 run in a child process killed with SIGKILL after its second checkpoint, then "
+                         "resumed here: the update compiles (about 30 s on 2 cores)")
+def test_an_online_run_killed_with_sigkill_resumes_its_disk_replay_with_every_row(tmp_path, capsys):
+    from _agents import DREAMER_TINY
+
+    from worldloom.agents._run_io import read_loop_state
+    from worldloom.agents.loop import AgentRunConfig, run_agent
+
+    run = tmp_path / "run"
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(AGENT_CHILD), str(tmp_path),
+                              os.path.dirname(__file__), repr(agent_settings(run, 10**6))],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not (run / "checkpoints" / "loop.json").exists() or read_loop_state(run / "checkpoints").env_step < 60:
+            assert child.poll() is None, child.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no second checkpoint within 10 minutes"
+            time.sleep(0.5)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        out, _ = child.communicate()
+    assert child.returncode == -signal.SIGKILL
+    assert "Replay: 5,000 rows on disk at" in out and "online queue on" in out
+    head = int(np.load(run / "replay" / "head.npy")[0])
+    rows = np.array(np.load(run / "replay" / "obs.npy", mmap_mode="r")[0, :head])
+    assert head >= 60 and os.path.getsize(run / "checkpoints" / "replay.npz") < 50_000  # not a copy of the rows
+    steps = read_loop_state(run / "checkpoints").env_step
+    result = run_agent(AgentRunConfig(**agent_settings(run, steps + 20)), progress=False, resume=True, **DREAMER_TINY)
+    assert result["env_steps"] == steps + 20 and "the storage the run was saved with" in capsys.readouterr().out
+    after = np.load(run / "replay" / "obs.npy", mmap_mode="r")[0]
+    assert int(np.load(run / "replay" / "head.npy")[0]) > head  # the resumed run wrote after the rows it found
+    np.testing.assert_array_equal(after[:head], rows)  # every row written before the kill, in place
