@@ -35,6 +35,7 @@ import json
 import math
 import os
 import shutil
+import time
 import uuid
 import zlib
 from pathlib import Path
@@ -158,6 +159,7 @@ class DiskArrays:
         self.checked_epoch = 0  # chunks marked later than this need a fresh checksum
         self.crcs: dict[str, np.ndarray] = {}
         self._checked_held: dict[str, np.ndarray] = {}  # the held rows each array's checksums cover
+        self._indices: dict[str, int] = {}
         identity = self._read_identity()
         if resume and identity is not None:
             self.id, self.layout = identity["id"], identity["arrays"]
@@ -268,6 +270,13 @@ class DiskArrays:
         return array
 
     @property
+    def _index(self) -> dict[str, int]:
+        """Array name -> its row in ``marks``."""
+        if len(self._indices) != len(self.layout):
+            self._indices = {name: index for index, name in enumerate(self.layout)}
+        return self._indices
+
+    @property
     def nbytes(self) -> int:
         return sum(array.nbytes for array in self.arrays.values())
 
@@ -275,8 +284,7 @@ class DiskArrays:
 
     def mark(self, name: str, streams, slots) -> None:
         """Record that rows ``(streams, slots)`` (broadcastable index arrays) of ``name`` changed."""
-        index = list(self.layout).index(name)
-        self.marks[index, streams, np.asarray(slots) // self.chunk_rows] = self.epoch
+        self.marks[self._index[name], streams, np.asarray(slots) // self.chunk_rows] = self.epoch
 
     def flush(self) -> None:
         for array in (*self.arrays.values(), self.head, self.marks):
@@ -336,6 +344,12 @@ class DiskArrays:
         """
         held = np.minimum(np.asarray(held, np.int64), self.rows)
         unchecked = 0
+        row_bytes = sum(array.nbytes // max(self.streams * self.rows, 1) for array in self.arrays.values())
+        total = int(held.sum()) * row_bytes
+        began = time.perf_counter()
+        if total > 2**30:
+            print(f"Checking {size_text(total)} of replay rows in {self.directory} against the checkpoint's "
+                  "checksums ...", flush=True)
         for index, (name, array) in enumerate(self.arrays.items()):
             table = crcs.get(name)
             if table is None or table.shape != (self.streams, self.chunks):
@@ -353,6 +367,9 @@ class DiskArrays:
                         raise CheckpointError(
                             f"{self.directory / (name + '.npy')}: rows {begin} to {end - 1} of stream {stream} "
                             f"differ from the checkpoint's checksum; the replay file is damaged.")
+        if total > 2**30:
+            print(f"Checked in {time.perf_counter() - began:.0f} s ({unchecked} chunks written after the checkpoint "
+                  "left unchecked)", flush=True)
         self.crcs = {name: np.asarray(table, np.uint32).copy() for name, table in crcs.items()}
         self._checked_held = {name: held.copy() for name in self.arrays}
         self.checked_epoch = epoch
