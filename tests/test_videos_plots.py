@@ -81,12 +81,18 @@ def test_the_open_loop_frames_stack_real_imagined_and_difference():
         open_loop_frames({"real_obs": np.zeros((1, 4, 3)), "pred_obs": np.zeros((1, 2, 3)), "context": 2})
 
 
-@pytest.mark.slow(reason="a tiny image DreamerV3 model observes, imagines and decodes (three programs compile)")
-def test_an_image_model_gets_the_open_loop_report(tmp_path):
+@pytest.fixture(scope="module")
+def image_model():
+    """A tiny DreamerV3 world model on 16x16 RGB frames and 2 discrete actions."""
     from worldloom import create_world_model
 
-    model = create_world_model("dreamerv3:size1m", obs_shape=(16, 16, 3), action_dim=2, action_type="discrete",
-                               depth=2, **DREAMER_TINY)
+    return create_world_model("dreamerv3:size1m", obs_shape=(16, 16, 3), action_dim=2, action_type="discrete",
+                              depth=2, **DREAMER_TINY)
+
+
+@pytest.mark.slow(reason="a tiny image DreamerV3 model observes, imagines and decodes (three programs compile)")
+def test_an_image_model_gets_the_open_loop_report(image_model, tmp_path):
+    model = image_model
     rng = np.random.default_rng(0)
 
     class Env:  # what evaluate hands the recorder: an environment that renders
@@ -116,6 +122,27 @@ def test_an_image_model_gets_the_open_loop_report(tmp_path):
     assert [p.name for p in written] == ["eval_step_7.gif", "open_loop_step_7.gif"]
     assert writer.videos[1] == ("eval/open_loop", (11, 48, 16, 3), 7, "videos/open_loop_step_7.gif")
     assert gif_frames(tmp_path / "videos" / "open_loop_step_7.gif") == 11
+
+
+@pytest.mark.slow(reason="the open-loop programs of the tiny image model (shared with the test above)")
+def test_worldloom_imagine_run_video_writes_the_open_loop_report(image_model, tmp_path, capsys):
+    from worldloom.cli import main
+    from worldloom.training import ReplayBuffer
+
+    run = tmp_path / "run"
+    image_model.save_pretrained(run / "model")
+    rng = np.random.default_rng(1)
+    buffer = ReplayBuffer(11, (16, 16, 3), 2, obs_dtype=np.uint8)
+    buffer.add_episode(rng.integers(0, 255, size=(11, 16, 16, 3), dtype=np.uint8), np.eye(2)[np.arange(11) % 2],
+                       np.zeros(11), dones=np.arange(11) == 10)
+    buffer.save(run / "test_buffer.npz")
+    video = tmp_path / "open_loop.gif"
+    assert main(["imagine", str(run), "--context", "5", "--horizon", "6", "--device", "cpu",
+                 "--out", str(tmp_path / "imagination.png"), "--video", str(video)]) == 0
+    assert f"Video written to {video}" in capsys.readouterr().out
+    assert gif_frames(video) == 11
+    assert main(["imagine", "--model", str(run / "model")]) == 2  # no buffer: one line, nothing written
+    assert "expected a run directory (RUN) or both --model and --buffer, got --model" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -151,9 +151,12 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = command("evaluate", "loss of a saved model on a buffer")
     imagine = command("imagine", "plot imagined versus real episodes of a buffer")
+    imagine.add_argument("run", nargs="?", metavar="RUN",
+                         help="a `worldloom train` run directory: its model/ and test_buffer.npz, in place of "
+                              "--model and --buffer")
     for sub in (evaluate, imagine):
-        sub.add_argument("--model", required=True, help="a directory written by save_pretrained")
-        sub.add_argument("--buffer", required=True, help="a .npz replay buffer")
+        sub.add_argument("--model", required=sub is evaluate, help="a directory written by save_pretrained")
+        sub.add_argument("--buffer", required=sub is evaluate, help="a .npz replay buffer")
         sub.add_argument("--device", default="auto", help="cpu, cuda, tpu or auto")
         sub.add_argument("--seed", type=int, default=0, help="seeds window sampling")
     evaluate.add_argument("--batch-size", type=int, default=16, help="windows per batch")
@@ -528,6 +531,14 @@ def cmd_evaluate(args) -> dict:
 def cmd_imagine(args) -> dict:
     from worldloom.training.evaluation import open_loop_prediction, plot_open_loop
 
+    if args.run is not None:  # a train run directory: its model and held-out episodes, unless named
+        args.model = args.model or str(Path(args.run) / "model")
+        args.buffer = args.buffer or str(Path(args.run) / "test_buffer.npz")
+    if args.model is None or args.buffer is None:
+        raise ConfigError("worldloom imagine: expected a run directory (RUN) or both --model and --buffer, got "
+                          f"{'--model' if args.model else '--buffer' if args.buffer else 'neither'}.")
+    if args.video and Path(args.video).suffix.lower() not in (".gif", ".mp4"):
+        raise ConfigError(f"--video: expected a .gif or .mp4 path, got {args.video!r}.")
     model, buffer = _load(args)
     result = open_loop_prediction(model, buffer, context=args.context, horizon=args.horizon)
     plot_open_loop(result, args.out)
