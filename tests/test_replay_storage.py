@@ -289,3 +289,36 @@ def test_an_online_run_killed_with_sigkill_resumes_its_disk_replay_with_every_ro
     after = np.load(run / "replay" / "obs.npy", mmap_mode="r")[0]
     assert int(np.load(run / "replay" / "head.npy")[0]) > head  # the resumed run wrote after the rows it found
     np.testing.assert_array_equal(after[:head], rows)  # every row written before the kill, in place
+
+
+def test_a_run_prints_its_replay_choice_and_resumes_with_the_storage_it_saved(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from worldloom.agents.config import AgentRunConfig
+    from worldloom.agents.replay_choice import replay_options, row_bytes
+
+    agent = SimpleNamespace(world_model=SimpleNamespace(config=SimpleNamespace(deter=512, stoch_size=128,
+                                                                               action_dim=6)))
+    config = AgentRunConfig(env="CartPole-v1", algo="dreamerv3", total_steps=9000, buffer_capacity=50_000,
+                            out_dir=str(tmp_path))
+    assert row_bytes(config, agent, (64, 64, 3)) == 64 * 64 * 3 + 24 + 4 + 3 + 2048 + 128
+    options = replay_options(config, agent, (64, 64, 3), tmp_path, 0, None)
+    assert options == {"capacity": 10_000, "online": True}
+    assert "Replay: 10,000 rows in RAM (138.2 MiB when full); auto: 138.2 MiB <= 0.5 x" in capsys.readouterr().out
+    tdmpc2 = AgentRunConfig(env="Pendulum-v1", algo="tdmpc2", total_steps=9000, buffer_capacity=50_000,
+                            replay_storage="disk", out_dir=str(tmp_path))
+    options = replay_options(tdmpc2, agent, (64, 64, 3), tmp_path, 1, None)
+    assert options == {"capacity": 50_000, "online": False, "directory": tmp_path / "replay.process1",
+                       "resume": False}
+    assert "rows on disk at" in capsys.readouterr().out
+    replay = stream_replay(directory=tmp_path / "replay")
+    (tmp_path / "checkpoints").mkdir()
+    replay.save(tmp_path / "checkpoints" / "replay.npz")
+    resumed = replay_options(config, agent, (64, 64, 3), tmp_path, 0, tmp_path / "checkpoints")
+    assert resumed["resume"] and resumed["directory"] == tmp_path / "replay"
+    with pytest.raises(ConfigError, match="saved its replay on disk; expected replay_storage 'auto' or 'disk'"):
+        replay_options(config.replace(replay_storage="ram"), agent, (64, 64, 3), tmp_path, 0,
+                       tmp_path / "checkpoints")
+    with pytest.raises(ConfigError, match="expected at least that much free disk"):
+        replay_options(config.replace(replay_storage="disk", buffer_capacity=10**11), agent, (64, 64, 3),
+                       tmp_path / "big", 0, None)
