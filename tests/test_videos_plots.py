@@ -69,14 +69,18 @@ def test_frame_recorder_keeps_every_nth_frame_up_to_its_limit():
     assert recorder.array().shape == (2, 4, 16, 3)
 
 
-def test_the_open_loop_frames_stack_real_imagined_and_difference():
+def test_the_open_loop_frames_stack_real_model_and_difference():
     real = np.zeros((2, 4, 3, 5, 3), np.uint8)
     real[:, 2:] = 200
-    pred = np.full((2, 2, 3, 5, 3), 150.0)
-    frames = open_loop_frames({"real_obs": real, "pred_obs": pred, "context": 2}, max_episodes=1)
+    recon = np.full((2, 2, 3, 5, 3), 10.0)  # the observed steps, reconstructed
+    pred = np.full((2, 2, 3, 5, 3), 150.0)  # the imagined ones
+    frames = open_loop_frames({"real_obs": real, "recon_obs": recon, "pred_obs": pred, "context": 2},
+                              max_episodes=1)
     assert frames.shape == (4, 9, 5, 3)
-    assert (frames[2, :3] == 200).all() and (frames[2, 3:6] == 150).all() and (frames[2, 6:] == 50).all()
-    assert (frames[0, 3:] == 0).all()  # observed steps: nothing imagined yet
+    # Top to bottom: real, model, (model - real) / 2 around mid-grey, as the reference's report.
+    assert (frames[2, :3] == 200).all() and (frames[2, 3:6] == 150).all() and (frames[2, 6:] == 102).all()
+    assert (frames[0, :3] == 0).all() and (frames[0, 3:6] == 10).all() and (frames[0, 6:] == 132).all()
+    assert open_loop_frames({"real_obs": real, "recon_obs": recon, "pred_obs": pred, "context": 2}).shape[2] == 10
     with pytest.raises(DataError, match="needs image observations"):
         open_loop_frames({"real_obs": np.zeros((1, 4, 3)), "pred_obs": np.zeros((1, 2, 3)), "context": 2})
 

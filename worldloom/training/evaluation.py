@@ -63,8 +63,10 @@ def open_loop_prediction(model, buffer: ReplayBuffer, context: int = 5, horizon:
     batched into one observe and one imagine call, in eval mode.
 
     Returns:
-        ``real_obs [N, C+H, *obs]``, ``pred_obs [N, H, *obs]`` (None when the
-        model has no observation decoder), ``real_rewards [N, C+H]``,
+        ``real_obs [N, C+H, *obs]``, ``pred_obs [N, H, *obs]`` and
+        ``recon_obs [N, C, *obs]`` (the observed steps decoded from their
+        posteriors; both None when the model has no observation decoder),
+        ``real_rewards [N, C+H]``,
         ``pred_rewards [N, H]`` (aligned with ``real_rewards[:, C-1:C-1+H]``),
         ``context``, ``horizon``, and errors: ``obs_mse`` against the
         persistence baseline ``obs_mse_baseline`` (repeat the last observed
@@ -91,8 +93,9 @@ def open_loop_prediction(model, buffer: ReplayBuffer, context: int = 5, horizon:
         try:
             decoded = model.decode(trajectory.states)
             pred_obs = decoded.get("obs") if isinstance(decoded, dict) else None
+            recon_obs = model.decode(posterior).get("obs") if pred_obs is not None else None
         except (NotImplementedError, TypeError):
-            pred_obs = None
+            pred_obs = recon_obs = None
     finally:
         model.train(was_training)
     target_rewards = rewards[:, context - 1:length - 1]
@@ -105,13 +108,14 @@ def open_loop_prediction(model, buffer: ReplayBuffer, context: int = 5, horizon:
         "reward_mae_baseline": float(np.mean(np.abs(mean_reward - target_rewards))),
         "reward_baseline": mean_reward,
         "rewards_constant": bool(np.all(target_rewards == target_rewards.flat[0])),
-        "pred_obs": None,
+        "pred_obs": None, "recon_obs": None,
     }
     if pred_obs is not None:
         pred_obs = np.swapaxes(np.asarray(pred_obs, np.float32), 0, 1)  # [N, H, *obs]
         real_future = obs[:, context:length].astype(np.float32)
         scale = 255.0 if obs.dtype == np.uint8 else 1.0
         result["pred_obs"] = pred_obs * scale
+        result["recon_obs"] = np.asarray(recon_obs, np.float32) * scale
         last = obs[:, context - 1:context].astype(np.float32)
         result["obs_mse"] = float(np.mean((pred_obs * scale - real_future) ** 2))
         result["obs_mse_baseline"] = float(np.mean((last - real_future) ** 2))

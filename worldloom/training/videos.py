@@ -11,8 +11,8 @@
   (there through moviepy; here through Pillow, so no extra package is needed).
 - :func:`open_loop_frames` turns :func:`~worldloom.training.evaluation.open_loop_prediction`'s
   result for image observations into the reference's open-loop video: the real
-  frames, the frames imagined from the observed ones, and their difference,
-  stacked top to bottom, episodes side by side.
+  frames, the model's (observed steps reconstructed, then imagined ones), and
+  their difference, stacked top to bottom, episodes side by side.
 """
 
 from __future__ import annotations
@@ -156,17 +156,20 @@ def write_video(frames, path: str | os.PathLike, fps: float = 25.0) -> Path:
     return path
 
 
-def open_loop_frames(result: dict, max_episodes: int = 4) -> np.ndarray:
+def open_loop_frames(result: dict, max_episodes: int = 6) -> np.ndarray:
     """The reference's open-loop report as video frames, from ``open_loop_prediction``'s result.
 
-    Each frame stacks, top to bottom, the real frame, the frame the model
-    imagined from ``context`` observed steps and the real actions, and their
-    absolute difference; up to ``max_episodes`` episodes side by side. During
-    the observed steps the middle and bottom rows are black.
+    As DreamerV3's report: each frame stacks, top to bottom, the real frame,
+    the model's frame (the observed steps reconstructed from their
+    posteriors, then the steps imagined from them with the real actions) and
+    their difference ``(model - real) / 2`` around mid-grey (grey: equal;
+    lighter: the model is brighter); up to ``max_episodes`` episodes side by
+    side (the reference shows 6).
 
     Args:
         result: ``open_loop_prediction``'s result for image observations
-            (``real_obs [N, C+H, h, w, c]``, ``pred_obs [N, H, h, w, c]`` in 0-255).
+            (``real_obs [N, C+H, h, w, c]``, ``recon_obs [N, C, h, w, c]``,
+            ``pred_obs [N, H, h, w, c]``, in 0-255).
 
     Returns:
         ``[C + H, 3 h, n w, 3]`` uint8 frames (``n = min(N, max_episodes)``).
@@ -181,13 +184,13 @@ def open_loop_frames(result: dict, max_episodes: int = 4) -> np.ndarray:
                         f"{'no decoded frames' if pred is None else 'decoded frames'}.")
     context, count = int(result["context"]), min(int(max_episodes), real.shape[0])
     real = real[:count].astype(np.float32)
-    imagined = np.zeros_like(real)
-    imagined[:, context:] = np.clip(np.asarray(pred[:count], np.float32), 0, 255)
-    difference = np.zeros_like(real)
-    difference[:, context:] = np.abs(imagined[:, context:] - real[:, context:])
-    rows = np.concatenate([real, imagined, difference], axis=2)  # [n, T, 3h, w, c]
+    recon = result.get("recon_obs")
+    observed = real[:, :context] if recon is None else np.asarray(recon[:count], np.float32)
+    model = np.clip(np.concatenate([observed, np.asarray(pred[:count], np.float32)], axis=1), 0, 255)
+    difference = (model - real) / 2 + 127.5
+    rows = np.concatenate([real, model, difference], axis=2)  # [n, T, 3h, w, c]
     grid = np.concatenate(list(rows), axis=2)  # [T, 3h, n w, c]
-    return _as_frames(grid)
+    return _as_frames(np.round(grid))
 
 
 def write_open_loop_video(result: dict, path: str | os.PathLike, fps: float = 10.0) -> Path | None:
