@@ -160,6 +160,9 @@ class DiskArrays:
         self.crcs: dict[str, np.ndarray] = {}
         self._checked_held: dict[str, np.ndarray] = {}  # the held rows each array's checksums cover
         self._indices: dict[str, int] = {}
+        from worldloom.core.files import remove_leftovers
+
+        remove_leftovers(self.directory)  # files of a creation that was killed (their process is gone)
         identity = self._read_identity()
         if resume and identity is not None:
             self.id, self.layout = identity["id"], identity["arrays"]
