@@ -21,12 +21,21 @@ Checksums. A checkpoint does not copy the rows; it records the directory's
 ``id``, the counters, and a CRC-32 per chunk of ``chunk_rows`` rows of every
 array (over the rows held in that chunk). A chunk is checksummed again only
 when it changed since the last save (``marks.npy`` says which), so a save
-costs the rows written since the last one, not the whole replay. On load each
-chunk that has not changed since the checkpoint (its mark is not newer than
-the checkpoint's epoch) is read and checked; a mismatch is a CheckpointError.
-Chunks written after the checkpoint (a run killed after it) cannot be vouched
-for by it: rows a replay appended are kept or dropped as its ``load`` says,
-and the count of chunks left unchecked is reported.
+costs the rows written since the last one, not the whole replay. On load every
+chunk is read and checked against the checksum of the rows it held at the
+save; a mismatch is a CheckpointError naming the file, stream and rows. Two
+kinds of chunk are left unchecked, and counted: a chunk holding rows that a
+run killed after the save overwrote in the ring (the counters in ``head.npy``
+say which), and a chunk of an array the run rewrites in place (written-back
+latents) whose mark is newer than the save. Rows appended after the save are
+kept or dropped as the replay's ``load`` says.
+
+``head.npy`` and ``marks.npy`` are the replay's live state, rewritten with
+every row; no checkpoint can vouch for them. They are checked for what can be
+checked: a head below the checkpoint's counts is a CheckpointError, and a mark
+can only excuse a chunk of written-back latents from its check, never rows.
+``identity.json`` must name the directory id and layout the checkpoint
+recorded.
 """
 
 from __future__ import annotations
