@@ -61,6 +61,38 @@ def test_a_cartpole_episode_of_500_steps_is_well_under_5_mb(tmp_path):
     assert recorder.episode() is None  # vector observations: nothing kept for an open-loop report
 
 
+def test_an_environment_that_cannot_render_costs_the_videos_not_the_run(tmp_path):
+    import gymnasium as gym
+
+    from worldloom.agents import AgentRunConfig
+    from worldloom.training.videos import evaluation_recorder
+
+    class NoRender(gym.Env):
+        observation_space = gym.spaces.Box(-1, 1, (2,))
+        action_space = gym.spaces.Discrete(2)
+
+    gym.register("worldloom-tests/NoRender-v0", entry_point=NoRender)
+    try:
+        with pytest.warns(RuntimeWarning, match="Evaluation videos are off: worldloom-tests/NoRender-v0 cannot"):
+            assert evaluation_recorder(AgentRunConfig(env="worldloom-tests/NoRender-v0")) is None
+        assert evaluation_recorder(AgentRunConfig(env="worldloom-tests/NoRender-v0")) is None  # warned once
+    finally:
+        gym.registry.pop("worldloom-tests/NoRender-v0")
+    assert evaluation_recorder(AgentRunConfig(eval_video=False)) is None
+
+    class Broken:  # an environment whose rendering fails mid-episode
+        metadata = {}
+
+        def render(self):
+            raise RuntimeError("no OpenGL context")
+
+    recorder = EpisodeRecorder()
+    recorder(Broken(), np.zeros(2))
+    with pytest.warns(RuntimeWarning, match="No eval/video at step 5: rendering failed: no OpenGL context"):
+        assert log_evaluation_video(None, recorder, tmp_path, 5) == []
+    assert not (tmp_path / "videos").exists()
+
+
 def test_frame_recorder_keeps_every_nth_frame_up_to_its_limit():
     recorder = FrameRecorder(max_width=16, every=3, max_frames=2)
     for value in range(10):

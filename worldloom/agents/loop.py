@@ -43,7 +43,7 @@ from worldloom.training.logs import NullWriter, run_sinks
 from worldloom.training.parallel import ProcessShare
 from worldloom.training.programs import update_program
 from worldloom.training.runloop import Checkpointer, Evaluator, Learner, owed_plan
-from worldloom.training.videos import EpisodeRecorder, log_evaluation_video
+from worldloom.training.videos import evaluation_recorder, log_evaluation_video
 
 __all__ = ["DEFAULTS", "AgentRunConfig", "evaluate", "make_agent", "reached", "run_agent", "seed_steps_for",
            "terminates"]
@@ -366,7 +366,7 @@ def _evaluate(agent, config: AgentRunConfig, loop: LoopState, writer, note) -> N
     count = config.eval_episodes
     note(f"evaluating {count} episode{'s' if count != 1 else ''} at step {loop.env_step} ...")
     began = time.perf_counter()
-    recorder = EpisodeRecorder() if config.eval_video and distributed.is_primary() else None
+    recorder = evaluation_recorder(config) if distributed.is_primary() else None
     returns = evaluate(agent, config.env, config.eval_episodes, seed=config.seed + 10_000 + loop.env_step,
                        env_options=config.env_options, record=recorder)
     if recorder is not None:

@@ -18,8 +18,10 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -229,11 +231,18 @@ class EpisodeRecorder:
         self.actions: list[np.ndarray] = []
         self.rewards: list[float] = []
         self.fps = 25.0
+        self.failed: Exception | None = None
 
     def __call__(self, env, obs, action=None, reward=None) -> None:
         if self.frames.seen == 0:
             self.fps = float((getattr(env, "metadata", None) or {}).get("render_fps") or 50) / self.frames.every
-        self.frames(env.render())
+        frame = None
+        if self.failed is None:
+            try:
+                frame = env.render()
+            except Exception as err:  # a video is not worth an evaluation: no more frames of this episode
+                self.failed = err
+        self.frames(frame)
         obs = np.asarray(obs)
         if self.keep_steps and obs.ndim == 3 and len(self.obs) <= self.max_steps:
             if action is not None:
@@ -248,6 +257,36 @@ class EpisodeRecorder:
             return None
         return {"obs": np.stack(self.obs[:steps]), "actions": np.stack(self.actions[:steps]),
                 "rewards": np.asarray(self.rewards[:steps], np.float32)}
+
+
+_RENDERS: dict = {}  # (env, algo, options) -> None (renders rgb_array frames) or the error making it raised
+
+
+def evaluation_recorder(config) -> EpisodeRecorder | None:
+    """An :class:`EpisodeRecorder` for one evaluation of an online run, or None: no video.
+
+    None when ``config.eval_video`` is off, or when the run's environment
+    cannot be made with ``render_mode="rgb_array"`` (found once per process by
+    making one, and warned once): an environment that cannot render costs the
+    run its videos, not the run.
+
+    Args:
+        config: The run's :class:`~worldloom.agents.AgentRunConfig`.
+    """
+    if not config.eval_video:
+        return None
+    key = (config.env, config.algo, json.dumps(config.env_options, sort_keys=True, default=str))
+    if key not in _RENDERS:
+        recorder = EpisodeRecorder()  # off-screen rendering set up before the environment is made
+        try:
+            config.make_env(render_mode="rgb_array").close()
+            _RENDERS[key] = None
+        except Exception as err:  # noqa: BLE001 - whatever the environment raises, the run goes on without videos
+            _RENDERS[key] = err
+            warnings.warn(f"Evaluation videos are off: {config.env} cannot be made with render_mode='rgb_array' "
+                          f"({type(err).__name__}: {err}). Training goes on.", RuntimeWarning, stacklevel=2)
+        return recorder if _RENDERS[key] is None else None
+    return EpisodeRecorder() if _RENDERS[key] is None else None
 
 
 OPEN_LOOP_CONTEXT = 5
@@ -288,9 +327,11 @@ def log_evaluation_video(writer, recorder: EpisodeRecorder, run_dir: str | os.Pa
     Returns:
         The files written.
     """
-    import warnings
-
     run_dir, written = Path(run_dir), []
+    if not recorder.frames.frames:
+        reason = f"rendering failed: {recorder.failed}" if recorder.failed is not None else "no frames were rendered"
+        warnings.warn(f"No eval/video at step {step}: {reason}.", RuntimeWarning, stacklevel=2)
+        return written
     model = getattr(model, "world_model", model)
     if getattr(model, "family", None) != "dreamerv3":  # TD-MPC2 decodes no observations
         model = None
@@ -312,4 +353,5 @@ def log_evaluation_video(writer, recorder: EpisodeRecorder, run_dir: str | os.Pa
 
 
 __all__ = ["OPEN_LOOP_CONTEXT", "VIDEO_SUFFIXES", "EpisodeRecorder", "FrameRecorder", "downscale", "encode_gif",
+           "evaluation_recorder",
            "log_evaluation_video", "open_loop_frames", "open_loop_report", "write_open_loop_video", "write_video"]
