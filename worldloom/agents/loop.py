@@ -232,8 +232,8 @@ class AgentLearner(Learner):
 
     Updates owed run as K-update programs (``K = 10`` where an environment
     step owes that many or more: TD-MPC2's pretraining burst, high train
-    ratios) and one-update programs, across processes with each sampling its
-    share of the global batch; the next dispatches' windows are sampled on a
+    ratios) and one-update programs, on one process or across several with
+    each sampling its share of the global batch; the next dispatches' windows are sampled on a
     host thread while the current one runs. DreamerV3's posteriors go back to
     replay after the environment step's last dispatch, and the agent acts
     with the new params.
@@ -253,8 +253,8 @@ class AgentLearner(Learner):
                                      warmup_steps=config.warmup_steps)
         self.update = agent.make_update(settings, skip_nonfinite=guard.active)
         self.step_fn = share.jit(self.update.step)
-        self.chunk = None if share.count > 1 else update_program(
-            agent.make_update(settings, skip_nonfinite=False), _CHUNK, config.on_nonfinite)
+        self.chunk = update_program(agent.make_update(settings, skip_nonfinite=False), _CHUNK, config.on_nonfinite,
+                                    None if share.place is None else share.place.mesh)
         self.state = share.replicate(self.update.init(agent.params))
         self.metrics: dict = {}
         self.compiled: set = set()
@@ -269,7 +269,8 @@ class AgentLearner(Learner):
         wheres = [where for _, where in samples]
         if count == 1:
             return self.share.batch(samples[0][0]), wheres
-        return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *[batch for batch, _ in samples]), wheres
+        stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *[batch for batch, _ in samples])
+        return self.share.chunk(stacked), wheres
 
     def _dispatch(self, state, batches, start: int, count: int):
         note, inner = self._hooks
@@ -282,8 +283,9 @@ class AgentLearner(Learner):
             key = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), start)
             result = self.step_fn(state, batches, key)
         else:
-            result = self.chunk(state, batches, jax.random.PRNGKey(self.config.seed), np.int32(start),
-                                np.int32(count))
+            counter = self.share.counter
+            result = self.chunk(state, batches, counter(jax.random.PRNGKey(self.config.seed)),
+                                counter(np.int32(start)), counter(np.int32(count)))
         if compiling:
             jax.block_until_ready(result[1]["loss"])
             self.compiled.add(count)
@@ -319,9 +321,7 @@ class AgentLearner(Learner):
                     for name, values in metrics.items():
                         writer.add_scalar(f"train/{name}", float(values[index]), loop.env_step)
                 if outputs and (not self.guard.active or metrics[SKIPPED][index] == 0.0):
-                    row = outputs[0] if len(wheres) == 1 else jax.tree_util.tree_map(
-                        lambda x, i=index: x[i], outputs[0])
-                    placed.append((wheres[index], row))  # DreamerV3: the trained rows' posteriors go back to replay
+                    placed.append((wheres[index], index, len(wheres) > 1, outputs[0]))
             self.metrics = {name: values[count - 1] for name, values in metrics.items()}
 
         def planned():  # read ahead on the prefetch thread; none after a stop request
@@ -344,8 +344,14 @@ class AgentLearner(Learner):
         loop.updates_owed -= ran
         if self.guard.skipped != skipped:
             writer.add_scalar("train/skipped_updates", self.guard.skipped, loop.env_step)
-        for where, posteriors in placed:
-            collector.write_back(where, jax.tree_util.tree_map(share.local_rows, posteriors))
+        fetched = {}  # each dispatch's posteriors come to the host once
+        for where, index, stacked, posteriors in placed:  # DreamerV3: the trained rows' posteriors go back to replay
+            if id(posteriors) not in fetched:
+                fetched[id(posteriors)] = jax.tree_util.tree_map(
+                    lambda x, axis=int(stacked): share.local_rows(x, axis), posteriors)
+            rows = fetched[id(posteriors)]
+            collector.write_back(where, rows if not stacked else jax.tree_util.tree_map(
+                lambda x, i=index: x[i], rows))
         self.agent.load_params(share.local(self.update.params(self.state)))
         return ran
 

@@ -221,12 +221,20 @@ class ProcessShare:
                                                             (self.batch_size, *np.shape(value)[1:]))
                 for key, value in local.items()}
 
-    def local_rows(self, value) -> np.ndarray:
-        """This process's rows of a batch-sharded output, in the order it sampled them."""
+    def local_rows(self, value, axis: int = 0) -> np.ndarray:
+        """This process's rows of an output sharded on its batch axis ``axis``, in the order it sampled them."""
         if self.place is None:
             return np.asarray(value)
-        shards = sorted(value.addressable_shards, key=lambda shard: shard.index[0].start or 0)
-        return np.concatenate([np.asarray(shard.data) for shard in shards])
+        shards = sorted(value.addressable_shards, key=lambda shard: shard.index[axis].start or 0)
+        return np.concatenate([np.asarray(shard.data) for shard in shards], axis)
+
+    def chunk(self, local: dict) -> dict:
+        """This process's ``[K, local_batch, ...]`` windows as its share of ``K`` global batches (sharded on B)."""
+        return local if self.place is None else self.place.chunk_local(local, self.batch_size)
+
+    def counter(self, value):
+        """A key or step counter as a program over every process takes it (replicated)."""
+        return value if self.place is None else self.place.replicate(value)
 
     def jit(self, step):
         """``step(state, batch, key) -> (state, metrics, *outputs)`` jitted; across processes with the state and

@@ -12,19 +12,49 @@ are the step's results beyond its metrics (DreamerV3's posteriors). With
 ``nonfinite`` ``"skip"`` or ``"stop"`` each update is guarded
 (:mod:`worldloom.training.guard`; give the unguarded update), ``"stop"`` also
 skipping the slots after a non-finite one. The train state is donated.
+
+With a ``mesh`` (a run of several processes, each sampling its share of the
+batch) the batches ``[K, B, ...]`` and the further outputs are sharded on
+``B``, the state, key and counters replicated; give every input as a global
+array (:meth:`worldloom.training.parallel.ProcessShare.chunk`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import jax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
 from worldloom.models.base import UpdateFunctions
-from worldloom.training._step import StepProgram
+from worldloom.training._step import StepProgram, _multi_update
 
 
-def update_program(update: UpdateFunctions, steps: int, nonfinite: str = "ignore") -> Callable:
-    """The jitted ``K = steps`` update program of ``update`` on one device (see the module docstring)."""
-    return StepProgram(update, steps_per_dispatch=int(steps), nonfinite=nonfinite).runner()
+def update_program(update: UpdateFunctions, steps: int, nonfinite: str = "ignore", mesh: Mesh | None = None
+                   ) -> Callable:
+    """The jitted ``K = steps`` update program of ``update``, on one device or over ``mesh`` (see the module
+    docstring)."""
+    if mesh is None:
+        return StepProgram(update, steps_per_dispatch=int(steps), nonfinite=nonfinite).runner()
+    axis = mesh.axis_names[0]
+    replicated, chunks = NamedSharding(mesh, P()), NamedSharding(mesh, P(None, axis))
+
+    def run(state, batches, base_key, start, count):
+        return _multi_update(update, int(steps), state, batches, lambda index, batch: batch, base_key, start, count,
+                             nonfinite)
+
+    jitted = []
+
+    def call(state, batches, base_key, start, count):
+        if not jitted:  # the outputs' structure is known once the shapes are
+            _, _, *outputs = jax.eval_shape(run, state, batches, base_key, start, count)
+            rows = jax.tree_util.tree_map(lambda _: chunks, outputs)
+            jitted.append(jax.jit(run, donate_argnums=0, in_shardings=(replicated, chunks, *(replicated,) * 3),
+                                  out_shardings=(replicated, replicated, *rows)))
+        return jitted[0](state, batches, base_key, start, count)
+
+    return call
 
 
 __all__ = ["update_program"]
