@@ -220,7 +220,7 @@ def test_worldloom_plot_draws_two_runs_into_a_png(runs, tmp_path, capsys):
     from PIL import Image
 
     with Image.open(out) as image:
-        assert image.size == (700, 420)  # one panel: both runs are on environment steps
+        assert image.size == (800, 420)  # one panel: both runs are on environment steps
     assert main(["plot", str(tmp_path), "--out", str(tmp_path / "none.png")]) == 1  # not a run: one line, status 1
     assert "Expected a run directory of `worldloom agent`" in capsys.readouterr().err
 

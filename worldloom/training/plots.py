@@ -10,8 +10,8 @@ Each curve is drawn on the axis its reference publishes on:
 - a Gymnasium id: environment steps.
 
 Where :mod:`worldloom.training.published` holds DreamerV3's published
-returns for the task (DMC vision or proprio, Atari 100k), they are drawn
-beside a DreamerV3 curve. A run's evaluations are read from its
+returns for the task (DMC vision or proprio, Atari 100k), those within the
+runs' range (or else the first) are drawn beside a DreamerV3 curve. A run's evaluations are read from its
 ``summary.json`` (a finished run) or else its ``metrics.jsonl`` (a run still
 going, or interrupted).
 
@@ -137,6 +137,7 @@ def plot_runs(run_dirs, path: str | os.PathLike, title: str | None = None) -> Pa
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     runs = [read_run(run_dir) for run_dir in run_dirs]
     if not runs:
@@ -147,7 +148,7 @@ def plot_runs(run_dirs, path: str | os.PathLike, title: str | None = None) -> Pa
     axes_of: dict[str, list] = {}
     for (env, algo), group in groups.items():
         axes_of.setdefault(x_axis(group[0])[1], []).append((env, algo, group))
-    figure, axes = plt.subplots(1, len(axes_of), figsize=(7 * len(axes_of), 4.2), squeeze=False)
+    figure, axes = plt.subplots(1, len(axes_of), figsize=(8 * len(axes_of), 4.2), squeeze=False)
     for axis, (label, curves) in zip(axes[0], axes_of.items()):
         for index, (env, algo, group) in enumerate(curves):
             color = f"C{index % 10}"
@@ -161,13 +162,16 @@ def plot_runs(run_dirs, path: str | os.PathLike, title: str | None = None) -> Pa
             published = published_points(env, algo)
             if published is not None:
                 points, name = published
+                shown = [point for point in points if point[0] <= xs[-1] * 1.05] or points[:1]  # the runs' range
+                points = shown
                 axis.plot([x for x, _ in points], [y for _, y in points], "s--", color=color, alpha=0.7,
                           label=f"{name}: {env}")
         axis.set_xlabel(label)
+        axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value / 1000:g}k" if value else "0"))
         axis.set_ylabel("evaluation return")
         axis.grid(alpha=0.3)
         axis.legend(loc="best", fontsize=8)
-    figure.suptitle(title or "Evaluation returns (shaded: lowest to highest seed)")
+    figure.suptitle(title or "Evaluation returns (shaded: lowest to highest seed)", fontsize=10)
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
