@@ -1,4 +1,7 @@
-"""metrics.jsonl beside TensorBoard in every run, W&B offline, and sinks that fail on their own."""
+"""metrics.jsonl beside TensorBoard in every run, W&B offline, and sinks that fail on their own.
+
+The online run's metrics.jsonl is checked in test_videos_plots.py, on the short runs its videos and plots share.
+"""
 
 import glob
 import json
@@ -6,7 +9,6 @@ import os
 import struct
 
 import pytest
-from _agents import DREAMER_TINY
 
 from worldloom.core.errors import ConfigError
 from worldloom.training.logs import JsonlWriter, LogSink, LogSinks, run_sinks
@@ -108,26 +110,6 @@ def test_a_wandb_offline_run_leaves_its_run_directory(tmp_path, monkeypatch):
     runs = glob.glob(str(tmp_path / "wandb" / "offline-run-*"))
     assert len(runs) == 1 and glob.glob(os.path.join(runs[0], "run-*.wandb"))
     assert (tmp_path / "metrics.jsonl").is_file() and read_events(tmp_path / "logs")  # the other sinks too
-
-
-@pytest.mark.slow(reason="a short DreamerV3 run (40 steps, its update compiles)")
-def test_an_agent_run_writes_metrics_jsonl_with_the_tensorboard_tags(tmp_path):
-    from worldloom.agents import AgentRunConfig, run_agent
-
-    config = AgentRunConfig(env="CartPole-v1", algo="dreamerv3", total_steps=40, seed_steps=30, train_ratio=8,
-                            batch_size=2, sequence_length=8, eval_every=40, eval_episodes=1, checkpoint_every=0,
-                            log_every=1, eval_video=False, out_dir=str(tmp_path / "run"), seed=3)
-    run_agent(config, progress=False, **DREAMER_TINY)
-    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
-    events = read_events(tmp_path / "run" / "logs")
-    values = jsonl_values(rows)
-    assert set(values) == set(events)
-    assert {"train/loss", "episode/return", "eval/return"} <= set(values)
-    for tag, logged in events.items():  # every value at its step, in both
-        assert [step for step, _ in values[tag]] == [step for step, _ in logged], tag
-        assert [v for _, v in values[tag]] == pytest.approx([v for _, v in logged], rel=1e-6), tag
-    steps = [row["step"] for row in rows]
-    assert steps == sorted(steps)
 
 
 @pytest.mark.slow(reason="a short `worldloom train` run (8 updates of the tiny model)")

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 from _agents import DREAMER_TINY
-from test_metrics_logs import read_events, read_jsonl
+from test_metrics_logs import jsonl_values, read_events, read_jsonl
 
 from worldloom.core.errors import CheckpointError, ConfigError, DataError
 from worldloom.training.videos import (
@@ -190,9 +190,24 @@ def runs(tmp_path_factory):
     for seed in (0, 1):
         config = AgentRunConfig(env="CartPole-v1", algo="dreamerv3", total_steps=40, seed_steps=30, train_ratio=8,
                                 batch_size=2, sequence_length=8, eval_every=20, eval_episodes=1,
-                                checkpoint_every=0, out_dir=str(root / f"seed{seed}"), seed=seed)
+                                checkpoint_every=0, log_every=1, out_dir=str(root / f"seed{seed}"), seed=seed)
         run_agent(config, progress=False, **DREAMER_TINY)
     return [root / "seed0", root / "seed1"]
+
+
+@pytest.mark.slow(reason="two short DreamerV3 runs (40 steps each, the shared tiny program)")
+def test_an_agent_run_writes_metrics_jsonl_with_the_tensorboard_tags(runs):
+    rows = read_jsonl(runs[0] / "metrics.jsonl")
+    events = read_events(runs[0] / "logs")
+    values = jsonl_values(rows)
+    assert set(values) == set(events)
+    assert {"train/loss", "episode/return", "eval/return", "eval/video"} <= set(values)
+    for tag, logged in events.items():  # every value at its step, in both (a video: its file in metrics.jsonl)
+        assert [step for step, _ in values[tag]] == [step for step, _ in logged], tag
+        if tag != "eval/video":
+            assert [v for _, v in values[tag]] == pytest.approx([v for _, v in logged], rel=1e-6), tag
+    steps = [row["step"] for row in rows]
+    assert steps == sorted(steps)
 
 
 @pytest.mark.slow(reason="two short DreamerV3 runs (40 steps each, the shared tiny program)")
