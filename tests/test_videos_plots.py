@@ -93,12 +93,15 @@ def test_an_environment_that_cannot_render_costs_the_videos_not_the_run(tmp_path
     assert not (tmp_path / "videos").exists()
 
 
-def test_frame_recorder_keeps_every_nth_frame_up_to_its_limit():
-    recorder = FrameRecorder(max_width=16, every=3, max_frames=2)
-    for value in range(10):
+def test_frame_recorder_keeps_a_long_episode_whole_at_a_lower_rate():
+    recorder = FrameRecorder(max_width=16, every=2, max_frames=3)
+    for value in range(12):
         recorder(np.full((8, 32, 3), value, np.uint8))
-    assert [int(frame[0, 0, 0]) for frame in recorder.frames] == [0, 3]
-    assert recorder.array().shape == (2, 4, 16, 3)
+    # Every 2nd frame until a 4th would be kept (frame 6): then every 4th, from the start.
+    assert recorder.every == 4 and [int(frame[0, 0, 0]) for frame in recorder.frames] == [0, 4, 8]
+    recorder(np.full((8, 32, 3), 12, np.uint8))  # a 4th again: every 8th
+    assert recorder.every == 8 and [int(frame[0, 0, 0]) for frame in recorder.frames] == [0, 8]
+    assert recorder.array().shape == (2, 4, 16, 3)  # 32 wide shrunk to 16
 
 
 def test_the_open_loop_frames_stack_real_model_and_difference():
