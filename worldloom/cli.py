@@ -51,18 +51,27 @@ TRAIN_FILE_KEYS = ("env", "model", "episodes", "test_episodes", "steps", "batch_
 
 
 def _apply_train_file(args) -> None:
-    """Fill ``args`` from its ``train`` run file (``args.config``): the file's values, then flags typed (which win),
-    its ``world_model`` before the typed ``--set`` items, and its ``training`` section (TrainingConfig fields)."""
-    from worldloom.core.config import read_settings_file
+    """Resolve ``worldloom train``'s settings as ``worldloom agent``'s are (``run_file.resolve_settings``): its run
+    file (``args.config``, or none), then flags typed (which win), then ``--set``; ``world_model`` and
+    ``--set`` model fields become ``args.overrides``, the ``training`` section and TrainingConfig fields
+    ``args.training``."""
+    from worldloom.agents.run_file import resolve_settings
+    from worldloom.training import TrainingConfig
 
-    data = read_settings_file(args.config, known=(*TRAIN_FILE_KEYS, "world_model", "training"),
-                              sections=("world_model", "training"))
+    training_fields = set(TrainingConfig.field_names())
+
+    def place(values: dict, parts: dict, key: str, value) -> None:
+        section, _, name = key.partition(".") if key.startswith(("world_model.", "training.")) else ("", "", key)
+        parts["training" if section == "training" or name in training_fields else "world_model"][name] = value
+
     typed = _typed("train", args.argv_tail, TRAIN_FILE_KEYS)
-    for key, value in data.items():
-        if key in TRAIN_FILE_KEYS and key not in typed and value is not None:
+    values, parts = resolve_settings(args.config, (*TRAIN_FILE_KEYS, "world_model", "training"),
+                                     ("world_model", "training"), typed, args.overrides, place)
+    for key, value in values.items():
+        if key in TRAIN_FILE_KEYS and value is not None:
             setattr(args, key, value)
-    args.overrides = [*(data.get("world_model") or {}).items(), *args.overrides]
-    args.training = dict(data.get("training") or {})
+    args.overrides = list(parts["world_model"].items())
+    args.training = parts["training"]
 
 
 def _one_line(err: BaseException) -> str:
@@ -335,10 +344,8 @@ def cmd_train(args) -> dict:
 
     # Settings are checked before any episode is collected and before the run directory is made.
     primary = _join(args)
-    training_fields = set(TrainingConfig.field_names())
-    training = dict(args.training)  # a run file's TrainingConfig fields, then --set ones
-    training.update({key: value for key, value in args.overrides if key in training_fields})
-    model_sets = [(key, value) for key, value in args.overrides if key not in training_fields]
+    training = dict(args.training)  # a run file's TrainingConfig fields, then --set ones (_apply_train_file)
+    model_sets = list(args.overrides)
     config = TrainingConfig(**{**{field: getattr(args, dest) for dest, field in TRAIN_FLAGS.items()}, **training})
     resolve_device(args.device)
     for flag, value in (("--episodes", args.episodes), ("--test-episodes", args.test_episodes)):
@@ -659,7 +666,7 @@ def main(argv=None) -> int:
         saved = Path(args.out if args.resume is True else args.resume) / "config.yaml"
         if saved.is_file():  # a resumed run keeps its own settings; flags typed now override them
             args.config = str(saved)
-    if args.command == "train" and args.config:
+    if args.command == "train":
         try:
             _apply_train_file(args)
         except ConfigError as err:

@@ -1,4 +1,5 @@
-"""Run files: one YAML file that holds a whole agent run (run settings and world-model overrides).
+"""Run files: one YAML file that holds a whole run (run settings and world-model overrides), and the one
+resolver of both commands' settings (:func:`resolve_settings`: defaults < run file < flags < ``--set``).
 
 A run file has the fields of :class:`AgentRunConfig` at the top level and the
 world-model config overrides under ``world_model``::
@@ -16,6 +17,9 @@ RUN/config.yaml`` runs it again. Files are read by
 close matches before any value is read) and ``--set KEY=VALUE`` by
 :func:`~worldloom.core.config.parse_setting`, the parser ``worldloom train``
 uses too; values are checked against ``AgentRunConfig``'s field types.
+``worldloom train`` resolves its run file (flags' names at the top level,
+``world_model`` and ``training`` sections) through the same
+:func:`resolve_settings`.
 """
 
 from __future__ import annotations
@@ -58,6 +62,36 @@ def _apply_sets(values: dict, model: dict, sets) -> None:
             model[key] = value
 
 
+def resolve_settings(config_file, known, sections, flags: dict | None, sets, place) -> tuple[dict, dict]:
+    """A command's settings from defaults < ``config_file`` < ``flags`` < ``sets``: ``(values, {section: values})``.
+
+    Args:
+        config_file: A run file (YAML), or None; read by :func:`~worldloom.core.config.read_settings_file`.
+        known: The top-level keys a run file may hold; ``sections``: those of them that hold mappings.
+        flags: Top-level values given on the command line (they win over the file's).
+        sets: ``KEY=VALUE`` items (text, parsed by :func:`~worldloom.core.config.parse_setting`, or pairs).
+        place: ``place(values, parts, key, value)`` puts one setting where it belongs; the file's section
+            entries come to it first, as ``SECTION.KEY`` items, then ``sets``.
+
+    Raises:
+        ConfigError: an unreadable file, an unknown key, or a setting ``place`` refuses.
+    """
+    values = {}
+    if config_file is not None:
+        values = read_settings_file(config_file, known=known, sections=sections)
+    parts = {name: {} for name in sections}
+    filed = [(f"{name}.{key}", value) for name in sections for key, value in (values.pop(name, None) or {}).items()]
+    values.update(flags or {})
+    for item in [*filed, *sets]:
+        key, value = parse_setting(item) if isinstance(item, str) else item
+        place(values, parts, key, value)
+    return values, parts
+
+
+def _place_agent(values: dict, parts: dict, key: str, value) -> None:
+    _apply_sets(values, parts[MODEL_KEY], [(key, value)])
+
+
 def resolve_run(config_file=None, flags: dict | None = None, sets=()) -> tuple:
     """``(AgentRunConfig, world-model overrides)`` from defaults < presets < ``config_file`` < ``flags`` < ``sets``.
 
@@ -73,13 +107,9 @@ def resolve_run(config_file=None, flags: dict | None = None, sets=()) -> tuple:
     Raises:
         ConfigError: an unreadable file, an unknown key or a value of the wrong type.
     """
-    values = {}
-    if config_file is not None:
-        values = read_settings_file(config_file, known=(*AgentRunConfig.field_names(), MODEL_KEY),
-                                    sections=(MODEL_KEY,))
-    model = dict(values.pop(MODEL_KEY, None) or {})
-    values.update(flags or {})
-    _apply_sets(values, model, sets)
+    values, parts = resolve_settings(config_file, (*AgentRunConfig.field_names(), MODEL_KEY), (MODEL_KEY,), flags,
+                                     sets, _place_agent)
+    model = parts[MODEL_KEY]
     config = AgentRunConfig(**values)
     return config, {**config.preset_world_model(), **model}  # the presets' world-model fields under the given
 
