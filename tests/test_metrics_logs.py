@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import struct
+import sys
 
 import pytest
 
@@ -92,9 +93,16 @@ def test_a_failing_sink_warns_once_and_the_others_go_on(tmp_path):
     assert [row["step"] for row in read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1, 2]
 
 
-def test_an_unknown_logger_is_refused(tmp_path):
+def test_an_unknown_logger_or_a_missing_wandb_is_refused(tmp_path, monkeypatch):
+    from worldloom.training.callbacks import LoggingCallback
+
     with pytest.raises(ConfigError, match="logger: expected one of 'tensorboard', 'wandb', got 'mlflow'"):
         run_sinks(tmp_path, logger="mlflow")
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if the extra were not installed
+    with pytest.raises(ConfigError, match=r"needs the wandb package: pip install 'worldloom\[wandb\]'"):
+        run_sinks(tmp_path, logger="wandb")
+    with pytest.raises(ConfigError, match="needs the wandb package"):
+        LoggingCallback(log_dir=tmp_path / "logs", logger="wandb")
     assert not (tmp_path / "logs").exists()
 
 
