@@ -299,8 +299,8 @@ def test_a_run_prints_its_replay_choice_and_resumes_with_the_storage_it_saved(tm
 
     agent = SimpleNamespace(world_model=SimpleNamespace(config=SimpleNamespace(deter=512, stoch_size=128,
                                                                                action_dim=6)))
-    config = AgentRunConfig(env="CartPole-v1", algo="dreamerv3", total_steps=9000, buffer_capacity=50_000,
-                            out_dir=str(tmp_path))
+    config = AgentRunConfig(env="CartPole-v1", algo="dreamerv3", configs=["defaults"], total_steps=9000,
+                            buffer_capacity=50_000, out_dir=str(tmp_path))  # the reference's replay, not quick's
     assert row_bytes(config, agent, (64, 64, 3)) == 64 * 64 * 3 + 24 + 4 + 3 + 2048 + 128
     options = replay_options(config, agent, (64, 64, 3), tmp_path, 0, None)
     assert options == {"capacity": 10_000, "online": True}

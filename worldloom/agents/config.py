@@ -25,7 +25,7 @@ RUN_FIELDS = ("model", "batch_size", "sequence_length", "learning_rate", "grad_c
 DEFAULTS = {algo: {name: values[name] for name in RUN_FIELDS} for algo, values in REFERENCE.items()}
 """Algorithm -> the reference defaults of the run fields left ``None`` (a view of the one reference table)."""
 STEP_DEFAULTS = dict(total_steps=50_000, num_envs=1, train_ratio=32.0, updates_per_step=1.0, eval_every=5_000,
-                     eval_episodes=5, buffer_capacity=1_000_000)
+                     eval_episodes=5, buffer_capacity=1_000_000, replay_online=True)
 """The fields no preset sets: their values (train ratio 32 and one update per step are the references')."""
 
 
@@ -97,10 +97,10 @@ class AgentRunConfig(ConfigBase):
     """Where replay rows live: ``"ram"``, ``"disk"`` (memory-mapped files in ``out_dir/replay``, for replays
     larger than memory) or ``"auto"`` (disk when the replay's full size is over half of the available memory).
     The choice is printed at start; a resumed run keeps the storage it was saved with."""
-    replay_online: bool = True
-    """DreamerV3's online queue (the reference's ``replay.online: True``): each newly completed window is
-    trained once, in order, before uniform samples fill the batch. TD-MPC2's reference samples only uniformly
-    over episodes; it ignores this setting."""
+    replay_online: bool | None = None
+    """DreamerV3's online queue (the reference's ``replay.online: True``; default: the presets', else on): each
+    newly completed window is trained once, in order, before uniform samples fill the batch. TD-MPC2's
+    reference samples only uniformly over episodes; it ignores this setting."""
     out_dir: str = "runs/agent"
     device: str = "auto"
     """Where the agent computes: ``"cpu"``, ``"cuda"``, ``"tpu"`` or ``"auto"`` (the fastest present)."""
