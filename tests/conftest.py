@@ -30,8 +30,10 @@ SLOW_SECONDS = 20.0
 # workers take files in collection order: the long files start first instead of last, where one of them
 # would run on alone while the other worker sits idle.
 LONGEST_FIRST = ["test_distributed.py", "test_suites.py", "test_cli.py", "test_dreamerv3.py", "test_docs.py",
-                 "test_original_docs.py", "test_nonfinite_guard.py", "test_agent_fidelity.py", "test_scale.py",
-                 "test_tdmpc2.py", "test_agent_loop.py"]
+                 "test_nonfinite_guard.py", "test_original_docs.py", "test_scale.py", "test_spec_docs.py",
+                 "test_agent_loop.py", "test_tdmpc2.py", "test_torch_compat.py", "test_agent_fidelity.py",
+                 "test_run_loop.py", "test_crash_resume.py", "test_nn.py", "test_protocol.py", "test_gpu_anchor.py",
+                 "test_worldloom_source.py"]
 
 
 def pytest_configure(config):

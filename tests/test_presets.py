@@ -5,6 +5,7 @@ danijar/dreamerv3 ``dreamerv3/configs.yaml`` (commit e3f0224) and
 nicklashansen/tdmpc2 ``tdmpc2/config.yaml`` (commit e9f5932).
 """
 
+import jax
 import pytest
 import yaml
 
@@ -145,3 +146,13 @@ def test_quick_preset_on_gymnasium_ids(started):
     assert config.configs == ("quick",) and config.total_steps == 3000
     assert all(getattr(config, field) == value for field, value in quick.items() if field != "total_steps")
     assert quick["stop_return"] == 475.0 and quick["model"] == "dreamerv3:size1m"
+
+
+def test_run_agent_from_python_applies_the_presets_world_model_fields_under_its_keywords(tmp_path):
+    from worldloom.agents.loop import plan_run
+    from worldloom.training.parallel import ProcessShare
+
+    config = AgentRunConfig(configs=["debug"], env="CartPole-v1", out_dir=str(tmp_path / "run"), device="cpu")
+    share = ProcessShare(jax.devices("cpu")[0], config.resolved("batch_size"))
+    assert plan_run(config, False, {}, share).overrides == DEBUG_MODEL
+    assert plan_run(config, False, {"deter": 16}, share).overrides == {**DEBUG_MODEL, "deter": 16}

@@ -208,7 +208,7 @@ def plan_run(config: AgentRunConfig, resume: bool, model_overrides: dict, share:
         episode_length = probe.spec.max_episode_steps if probe.spec is not None else None
     finally:
         probe.close()
-    overrides = dict(model_overrides)
+    overrides = {**config.preset_world_model(), **model_overrides}  # world-model keywords win over presets
     kind = "discrete" if spaces[2] else "continuous"
     get_config(config.resolved("model"), obs_shape=spaces[0], action_dim=spaces[1], action_type=kind,
                **{key: value for key, value in overrides.items() if key != "episodic"})
