@@ -254,8 +254,8 @@ AGENT_CHILD = """
 def agent_settings(out_dir, total_steps: int) -> dict:
     # The reference's defaults (configs=["defaults"]): the online queue on, which CartPole's quick preset turns off.
     return dict(env="CartPole-v1", algo="dreamerv3", configs=["defaults"], total_steps=total_steps, train_ratio=4,
-                batch_size=2, sequence_length=8, eval_every=10**6, eval_episodes=0, checkpoint_every=30, buffer_capacity=5000,
-                replay_storage="disk", out_dir=str(out_dir), seed=0)
+                batch_size=2, sequence_length=8, eval_every=10**6, eval_episodes=0, checkpoint_every=30,
+                buffer_capacity=5000, replay_storage="disk", out_dir=str(out_dir), seed=0)
 
 
 @pytest.mark.slow(reason="a DreamerV3 run in a child process killed with SIGKILL after its second checkpoint, then "
