@@ -3,18 +3,7 @@
 The tables live in :mod:`worldloom.training.published` (``worldloom plot`` draws them too) and are
 re-exported here.
 
-- ``ATARI``: game -> (random, human, DreamerV3 at Atari 100k). Random and
-  human scores are the standard ones (the DQN and Agent57 papers' "human
-  gamer" figures, as DreamerV3's ``baselines.yaml`` lists them). The DreamerV3
-  score is the mean over its 5 seeds of the episodes of the last 10,000
-  frames before 400,000 frames (100k agent steps), from the official
-  repository's ``scores/atari100k-dreamerv3.json.gz``.
-- ``DMC_VISION``, ``DMC_PROPRIO``: task -> {frames: DreamerV3's return}, the
-  mean over seeds of each seed's mean episode return within 10,000 frames
-  either side of that frame count, from ``scores/dmc_vision-dreamerv3.json.gz``
-  (10 seeds, to 1M frames) and ``scores/dmc_proprio-dreamerv3.json.gz``
-  (5 seeds, logged every 10,000 frames, to 490,000: its 500k values are the
-  490k point).
+What each table holds is in that module's docstring; how the values were computed follows.
 
 The DMC keys count frames (physics steps), not agent steps. danijar/dreamerv3
 logs ``step * repeat`` (``embodied/core/logger.py``: ``int(self.step) *

@@ -7,11 +7,11 @@ so in one pytest session they reuse its compiled program.
 import glob
 import json
 import os
-import struct
 import types
 
 import numpy as np
 import pytest
+from test_metrics_logs import read_events
 
 from worldloom import create_world_model
 from worldloom.core.errors import CheckpointError, ConfigError
@@ -45,22 +45,6 @@ def buffer():
     return create_random_buffer(2000, (4,), 2, num_episodes=30, episode_length=12, seed=0)
 
 
-def read_scalars(log_dir) -> dict:
-    """``{tag: [(step, value), ...]}`` from the TensorBoard event files in ``log_dir``."""
-    from tensorboardX.proto import event_pb2
-
-    scalars: dict = {}
-    for path in glob.glob(os.path.join(log_dir, "events.out.tfevents.*")):
-        data, pos = open(path, "rb").read(), 0
-        while pos < len(data):
-            (length,) = struct.unpack("<Q", data[pos:pos + 8])
-            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
-            pos += 12 + length + 4
-            for value in event.summary.value:
-                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
-    return scalars
-
-
 @pytest.mark.slow
 def test_logging_checkpoints_and_progress_in_one_run(buffer, tmp_path, capsys):
     logs, ckpt = tmp_path / "logs", tmp_path / "ckpt"
@@ -72,13 +56,13 @@ def test_logging_checkpoints_and_progress_in_one_run(buffer, tmp_path, capsys):
     trainer.add_callback(checkpoint)
     trainer.train(buffer)
 
-    scalars = read_scalars(logs)
+    scalars = read_events(logs)
     assert [step for step, _ in scalars["train/loss"]] == [2, 4, 6, 8]
     assert [step for step, _ in scalars["eval/loss"]] == [4, 8]
     assert {"train/loss/rec", "train/lr", "train/updates_per_sec", "eval/loss/rew"} <= set(scalars)
     assert all(np.isfinite(v) for _, v in scalars["train/loss"])
     assert [v for _, v in scalars["train/lr"]] == pytest.approx([0.75e-4, 3e-4, 3e-4, 3e-4])  # means of steps
-    assert [step for step, _ in read_scalars(tmp_path / "config_interval")["train/loss"]] == [8]  # log_interval
+    assert [step for step, _ in read_events(tmp_path / "config_interval")["train/loss"]] == [8]  # log_interval
     out, err = capsys.readouterr()
     assert "[train] step 2 | " in out and "[eval] step 8 | " in out
     assert "loss=" in err and "upd/s=" in err and "8/8" in err  # the tqdm bar
