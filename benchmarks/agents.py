@@ -6,6 +6,7 @@
     python -m benchmarks.agents --task cartpole-tdmpc2 --seeds 0   # TD-MPC2, episodic
     python -m benchmarks.agents --task cartpole --steps 5000 --quick   # a short look
     python -m benchmarks.agents --throughput --against HEAD --steps 1000 --rounds 3
+    python -m benchmarks.agents --throughput --burst --against HEAD --steps 120 --rounds 2
 
 ``--throughput`` times the online loop instead: DreamerV3 ``size1m`` at train
 ratio 64 on CartPole-v1 (one update every 16 environment steps), updates per
@@ -14,6 +15,8 @@ programs compiled by an earlier run in the same process through JAX's
 persistent cache). ``--against REV`` runs the same measurement on a git
 revision's ``worldloom/`` (exported with ``git archive``) in alternating
 rounds and prints the ratio of the medians (above 1: the working tree is faster).
+``--burst`` times the loop where K-update programs apply: a tiny DreamerV3
+(B2 T8) at ratio 320, 20 updates owed per environment step.
 
 Targets: DreamerV3 ``size1m`` reaches a mean evaluation return of at least 475
 on CartPole-v1 within 50,000 environment steps; TD-MPC2 reaches at least -200
@@ -59,33 +62,38 @@ def first_step_reaching(history, target: float):
 
 THROUGHPUT = dict(env="CartPole-v1", algo="dreamerv3", configs=["defaults"], model="dreamerv3:size1m", train_ratio=64.0,
                   eval_episodes=0, checkpoint_every=0, device="cpu", seed=0)
+# Where K-update programs apply: a tiny DreamerV3 (B2 T8) at ratio 320 owes 20 updates per environment step.
+THROUGHPUT_BURST = dict(THROUGHPUT, batch_size=2, sequence_length=8, train_ratio=320.0, seed_steps=16,
+                        replay_online=False, world_model=dict(deter=64, hidden=32, units=32, classes=4, stoch=4))
 # One measurement in a fresh interpreter: a warm-up run compiles, the timed run reuses the cached programs.
 _MEASURE = """
 import json, sys, tempfile
 from worldloom.agents import AgentRunConfig, run_agent
 settings, steps = json.loads(sys.argv[1]), int(sys.argv[2])
+model = settings.pop("world_model", {})
 settings = {k: v for k, v in settings.items() if k in AgentRunConfig.field_names()}  # a tree before presets
 root = tempfile.mkdtemp()
-run_agent(AgentRunConfig(**settings, total_steps=min(steps, 200), out_dir=root + "/warm"), progress=False)
-result = run_agent(AgentRunConfig(**settings, total_steps=steps, out_dir=root + "/timed"), progress=False)
+run_agent(AgentRunConfig(**settings, total_steps=min(steps, 200), out_dir=root + "/warm"), progress=False, **model)
+result = run_agent(AgentRunConfig(**settings, total_steps=steps, out_dir=root + "/timed"), progress=False, **model)
 print(json.dumps({"updates": result["updates"], "wall_time": result["wall_time"]}))
 """
 
 
-def _measure(tree: str, steps: int, cache: str) -> float:
+def _measure(tree: str, steps: int, cache: str, settings: dict) -> float:
     """Updates per second of one timed run, with ``tree`` first on the path."""
     env = dict(os.environ, PYTHONPATH=tree, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache,
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    out = subprocess.run([sys.executable, "-c", _MEASURE, json.dumps(THROUGHPUT), str(steps)], env=env, check=True,
+    out = subprocess.run([sys.executable, "-c", _MEASURE, json.dumps(settings), str(steps)], env=env, check=True,
                          capture_output=True, text=True, cwd=tempfile.gettempdir()).stdout
     row = json.loads(out.strip().splitlines()[-1])
     return row["updates"] / row["wall_time"]
 
 
-def throughput(against: str | None, steps: int, rounds: int) -> dict:
+def throughput(against: str | None, steps: int, rounds: int, burst: bool = False) -> dict:
     """Online update throughput of the working tree (and of ``against``) over ``rounds`` alternating rounds."""
     root = Path(__file__).resolve().parents[1]
     trees = {"working tree": str(root)}
+    settings = THROUGHPUT_BURST if burst else THROUGHPUT
     with tempfile.TemporaryDirectory() as scratch:
         if against:
             export = Path(scratch) / "against"
@@ -99,17 +107,19 @@ def throughput(against: str | None, steps: int, rounds: int) -> dict:
         for number in range(rounds):
             order = list(trees) if number % 2 == 0 else list(trees)[::-1]
             for label in order:
-                rates[label].append(_measure(trees[label], steps, caches[label]))
+                rates[label].append(_measure(trees[label], steps, caches[label], settings))
                 print(f"round {number + 1}: {label}: {rates[label][-1]:.3f} updates/s", flush=True)
     summary = {label: statistics.median(values) for label, values in rates.items()}
     if against:
         summary["ratio"] = summary["working tree"] / summary[against]
-    return {"median_updates_per_sec": summary, "rounds": rates, "steps": steps, **THROUGHPUT}
+    return {"median_updates_per_sec": summary, "rounds": rates, "steps": steps, **settings}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--throughput", action="store_true", help="time the online loop instead (see above)")
+    parser.add_argument("--burst", action="store_true",
+                        help="with --throughput: a tiny model owing 20 updates per environment step")
     parser.add_argument("--against", help="with --throughput: a git revision to time beside the working tree")
     parser.add_argument("--rounds", type=int, default=3, help="with --throughput: alternating rounds")
     parser.add_argument("--task", choices=sorted(TASKS))
@@ -125,7 +135,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="do not append to the results file")
     args = parser.parse_args(argv)
     if args.throughput:
-        print(json.dumps(throughput(args.against, args.steps or 1000, args.rounds), indent=2))
+        print(json.dumps(throughput(args.against, args.steps or 1000, args.rounds, args.burst), indent=2))
         return 0
     if args.task is None:
         parser.error("--task is required (or --throughput)")
