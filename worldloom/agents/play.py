@@ -5,20 +5,20 @@
 ``run_agent`` and ``worldloom agent`` write), plays ``episodes`` episodes one
 after another (episode ``i`` from ``reset(seed=seed + i)``) and returns their
 returns. With ``video``, the first episode is rendered (``rgb_array``) and
-written: a ``.gif`` with Pillow, an ``.mp4`` through Gymnasium's
-``RecordVideo`` (which needs ``moviepy``).
+written by :func:`worldloom.training.videos.write_video`: a ``.gif`` with
+Pillow, an ``.mp4`` with imageio or moviepy.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from worldloom.agents.collect import env_action
 from worldloom.core.errors import CheckpointError, ConfigError
+from worldloom.training.videos import VIDEO_SUFFIXES, write_video
 
 
 def load_run_agent(run_dir, device=None):
@@ -61,7 +61,7 @@ def play(run_dir, episodes: int = 5, seed: int = 0, video=None, fps: int = 30, d
     if episodes < 1:
         raise ConfigError(f"episodes: expected at least 1, got {episodes}.")
     video = None if video is None else Path(video)
-    if video is not None and video.suffix.lower() not in (".gif", ".mp4"):
+    if video is not None and video.suffix.lower() not in VIDEO_SUFFIXES:
         raise ConfigError(f"video: expected a .gif or .mp4 path, got {str(video)!r}.")
     agent, env_id, env_options = load_run_agent(run_dir, device=device)
     if video is not None and not os.environ.get("DISPLAY"):  # render off-screen; no window system to talk to
@@ -74,17 +74,13 @@ def play(run_dir, episodes: int = 5, seed: int = 0, video=None, fps: int = 30, d
         env = make_env(env_id, agent=agent.algo, **options)
         frames = []
         try:
-            if record and video.suffix.lower() == ".mp4":
-                env = _mp4_recorder(env, video, fps)
             total, length = _episode(agent, env, seed + episode, frames if record else None)
         finally:
             env.close()
         returns.append(total)
         lengths.append(length)
-        if record and video.suffix.lower() == ".gif":
-            _write_gif(frames, video, fps)
-        elif record:
-            os.replace(video.parent / f"{video.stem}-episode-0.mp4", video)
+        if record:
+            write_video(np.stack(frames), video, fps)
     return {"returns": returns, "lengths": lengths, "video": None if video is None else str(video)}
 
 
@@ -105,32 +101,3 @@ def _episode(agent, env, seed: int, frames: list | None) -> tuple[float, int]:
         if frames is not None:
             frames.append(env.render())
     return total, length
-
-
-def _write_gif(frames: list, path: Path, fps: int) -> None:
-    """An animated GIF of ``frames`` (``[H, W, 3]`` uint8), written to a temporary name and renamed."""
-    from PIL import Image
-
-    images = [Image.fromarray(np.asarray(frame, np.uint8)) for frame in frames]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".gif", dir=path.parent)
-    os.close(handle)
-    try:
-        images[0].save(tmp, save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)), loop=0)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _mp4_recorder(env, path: Path, fps: int):
-    try:
-        import moviepy  # noqa: F401
-    except ImportError as err:
-        raise ConfigError("An .mp4 video needs moviepy (pip install moviepy), which Gymnasium's RecordVideo "
-                          "writes with; a .gif needs nothing more.") from err
-    from gymnasium.wrappers import RecordVideo
-
-    env.metadata["render_fps"] = fps
-    return RecordVideo(env, str(path.parent), name_prefix=path.stem, episode_trigger=lambda index: index == 0,
-                       disable_logger=True)
