@@ -143,18 +143,49 @@ def _silence_abandoned_reads():
     return previous
 
 
+class _FailedReads(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" records of reads in a directory whose restore failed.
+
+    orbax gathers one read task per array and raises the first failure; when
+    several arrays are damaged, the other tasks' errors are never retrieved,
+    and asyncio logs each with its traceback when the task is collected,
+    possibly long after the restore raised its CheckpointError. Records about
+    other files or other errors pass.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.directories: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None or not record.getMessage().startswith("Task exception was never retrieved"):
+            return True
+        return not any(f'"{directory}/"' in str(exc) for directory in self.directories)
+
+
+_FAILED_READS = _FailedReads()
+
+
 def restore_pytree(directory: Path, like: Any) -> Any:
     """Restore an orbax pytree shaped like ``like`` (arrays or ShapeDtypeStructs).
 
-    The abandoned-read reports of a failed restore are dropped; the filter
-    stays installed after a failure, since they arrive late.
+    The abandoned-read reports of a failed restore are dropped; the filters
+    stay installed after a failure, since those reports arrive late.
     """
     abstract = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), like
     )
     ckptr = _checkpointer()
+    directory = Path(directory).absolute()
     previous = _silence_abandoned_reads()
-    restored = ckptr.restore(Path(directory).absolute(), abstract)
+    try:
+        restored = ckptr.restore(directory, abstract)
+    except Exception:
+        _FAILED_READS.directories.update({str(directory), str(directory.resolve())})
+        if _FAILED_READS not in logging.getLogger("asyncio").filters:
+            logging.getLogger("asyncio").addFilter(_FAILED_READS)
+        raise
     if previous is not None and getattr(sys.unraisablehook, "_drops_abandoned_reads", False):
         sys.unraisablehook = previous  # nothing failed: nothing to drop
     return restored
