@@ -2,6 +2,7 @@
 
     python -m benchmarks.replay --allow-sparse                      # 4 x RAM of 64x64x3 frames, 2 GiB filled
     python -m benchmarks.replay --capacity-gib 100 --fill-gib 4 --rounds 5 --allow-sparse
+    python -m benchmarks.replay --allow-sparse --beyond-ram-gib 32     # then fill the disk replay past RAM
 
 Creates a DreamerV3 :class:`~worldloom.agents.replay.StreamReplay` of
 64x64x3 uint8 frames on disk (memory-mapped files) with a capacity of
@@ -22,6 +23,13 @@ sparse: the capacity costs no disk until rows are written, so only the filled
 part uses disk. ``--allow-sparse`` skips the check of the full capacity
 against the free disk (which a run does at start); the files are removed at
 the end unless ``--keep``.
+
+``--beyond-ram-gib`` then drops the RAM replay and goes on filling the disk
+replay alone until it holds that much, more than this host's memory. It
+prints the process's anonymous (non-file) resident memory, which the rows
+do not grow: they live in the files, whose pages the kernel writes back and
+evicts as it needs. It ends with the windows per second sampled, cold, from
+all the rows written, and their ratio to the RAM replay's.
 """
 
 from __future__ import annotations
@@ -54,7 +62,7 @@ def make_replay(capacity: int, directory: Path | None) -> StreamReplay:
     return StreamReplay(capacity, 1, FRAME, np.uint8, ACTIONS, DETER, STOCH, seed=0, directory=directory)
 
 
-def fill(replays: list[StreamReplay], rows: int, seed: int = 0) -> float:
+def fill(replays: list[StreamReplay], rows: int, seed: int = 0, quiet: bool = False) -> float:
     """Add ``rows`` rows (episodes of 500 steps, random frames from a pool of 256) to every replay; seconds taken."""
     rng = np.random.default_rng(seed)
     frames = rng.integers(0, 256, (256, 1, *FRAME), dtype=np.uint8)
@@ -66,10 +74,18 @@ def fill(replays: list[StreamReplay], rows: int, seed: int = 0) -> float:
         row = {**step, "obs": frames[t % 256], "is_first": np.array([t % 500 == 0])}
         for replay in replays:
             replay.add(row)
-        if (t + 1) * 10 // rows > reported:
+        if not quiet and (t + 1) * 10 // rows > reported:
             reported = (t + 1) * 10 // rows
             print(f"  filled {t + 1:,} of {rows:,} rows ({time.perf_counter() - began:.0f} s)", flush=True)
     return time.perf_counter() - began
+
+
+def anonymous_memory() -> int:
+    """This process's resident anonymous memory in bytes (``RssAnon``): its own arrays, not mapped files' pages."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def drop_cache(replay: StreamReplay) -> None:
@@ -94,6 +110,27 @@ def windows_per_second(replay: StreamReplay, batch: int, length: int, seconds: f
     return count * batch / (time.perf_counter() - began)
 
 
+def fill_beyond_ram(disk: StreamReplay, rows: int, args, files: Path, memory: int) -> dict:
+    """Fill ``disk`` alone with ``rows`` more rows; anonymous memory, disk use and cold sampling from every row."""
+    before = anonymous_memory()
+    print(f"  beyond RAM: filling the disk replay alone with {rows:,} more rows ({size_text(rows * row_bytes())}); "
+          f"anonymous memory before: {size_text(before)}", flush=True)
+    peak, began, step = before, time.perf_counter(), max(rows // 20, 1)
+    for start in range(0, rows, step):
+        fill([disk], min(step, rows - start), seed=start + 1, quiet=True)
+        peak, written = max(peak, anonymous_memory()), int(np.sum(disk.written))
+        print(f"  {written:,} rows in the disk replay ({size_text(written * row_bytes())}, "
+              f"{written * row_bytes() / memory:.2f} x memory), anonymous memory {size_text(anonymous_memory())}, "
+              f"{time.perf_counter() - began:.0f} s", flush=True)
+    disk.disk.flush()
+    rate = windows_per_second(disk, args.batch, args.length, args.seconds, lambda: drop_cache(disk))
+    written = int(np.sum(disk.written))
+    return {"filled_rows": written, "filled_bytes": written * row_bytes(),
+            "filled_over_memory": written * row_bytes() / memory, "files_on_disk": allocated_bytes(files),
+            "anonymous_memory_before": before, "anonymous_memory_peak": peak, "seconds": time.perf_counter() - began,
+            "windows_per_second_cold": rate}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--capacity-gib", type=float, default=None,
@@ -108,6 +145,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--allow-sparse", action="store_true",
                         help="skip the check of the full capacity against the free disk")
     parser.add_argument("--keep", action="store_true", help="keep the disk replay's files")
+    parser.add_argument("--beyond-ram-gib", type=float, default=None,
+                        help="then fill the disk replay alone to this size (more than RAM) and sample from all of it")
     args = parser.parse_args(argv)
 
     per_row, memory = row_bytes(), memory_limit()
@@ -140,15 +179,25 @@ def main(argv=None) -> dict:
                 rates[name].append(windows_per_second(replay, args.batch, args.length, args.seconds, before))
             print(f"  round {round_index + 1}: " + ", ".join(f"{name} {values[-1]:,.0f}"
                                                             for name, values in rates.items()), flush=True)
+        median = {name: statistics.median(values) for name, values in rates.items()}
+        beyond = None
+        if args.beyond_ram_gib:
+            cases.clear()
+            del ram  # its arrays go: from here only the disk replay's files hold rows
+            beyond = fill_beyond_ram(disk, int(args.beyond_ram_gib * 2**30) // per_row - rows, args,
+                                     directory / "replay", memory)
+            beyond["ratio_to_ram"] = beyond["windows_per_second_cold"] / median["ram"]
+            print(f"  sampled cold from all {beyond['filled_rows']:,} rows: {beyond['windows_per_second_cold']:,.0f} "
+                  f"windows/s, {beyond['ratio_to_ram']:.2f} x the RAM replay's", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(directory)
-    median = {name: statistics.median(values) for name, values in rates.items()}
     result = {"capacity_rows": capacity, "capacity_bytes": capacity * per_row, "memory_bytes": memory,
               "filled_rows": rows, "filled_disk_bytes": used, "batch": args.batch, "length": args.length,
               "windows_per_second": median,
               "ratio_to_ram": {name: median[name] / median["ram"] for name in median},
-              "load_average": os.getloadavg(), "machine": platform.machine(), "cpus": os.cpu_count()}
+              "beyond_ram": beyond, "load_average": os.getloadavg(), "machine": platform.machine(),
+              "cpus": os.cpu_count()}
     print(f"\n| replay | windows/s (B={args.batch}, L={args.length}) | ratio to RAM |\n|---|---|---|")
     for name, value in median.items():
         print(f"| {name} | {value:,.0f} | {value / median['ram']:.2f} |")
