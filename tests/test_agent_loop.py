@@ -18,9 +18,21 @@ def _dreamer_config(tmp_path, total_steps):
                           checkpoint_every=100, out_dir=str(tmp_path / "run"), seed=3)
 
 
-@pytest.mark.slow(reason="three DreamerV3 runs (100 steps, resumed twice): the agent's update compiles for a fresh "
-                         "and for a restored train state")
-def test_dreamer_loop_resume_and_reload(tmp_path, capsys):
+@pytest.fixture
+def every_program_cached():
+    """The session's compilation cache keeps every program, however fast it compiled."""
+    import jax
+
+    minimum = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    yield
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", minimum)
+
+
+@pytest.mark.slow(reason="three DreamerV3 runs (100 steps, resumed twice)")
+def test_dreamer_loop_resume_and_reload(tmp_path, capsys, caplog, every_program_cached):
+    import logging
+
     from worldloom.cli import main
 
     sets = [arg for key, value in DREAMER_TINY.items() for arg in ("--set", f"{key}={value}")]
@@ -38,7 +50,11 @@ def test_dreamer_loop_resume_and_reload(tmp_path, capsys):
         assert (run / name).exists(), name
     assert any(p.name.startswith("events.out.tfevents") for p in (run / "logs").iterdir())
 
-    resumed = run_agent(_dreamer_config(tmp_path, 200), progress=False, resume=True, **DREAMER_TINY)
+    # The resumed run's restored train state is placed as a fresh one: it runs the update program the fresh run
+    # compiled (found in the compilation cache), not a second one.
+    with caplog.at_level(logging.DEBUG, logger="jax._src.compiler"):
+        resumed = run_agent(_dreamer_config(tmp_path, 200), progress=False, resume=True, **DREAMER_TINY)
+    assert "Persistent compilation cache hit for 'jit_guarded'" in caplog.text
     assert resumed["updates"] == int((200 - 60) * 8 / 16)
     assert [step for step, _ in resumed["eval"]] == [100, 200]
     assert json.loads((run / "summary.json").read_text())["updates"] == resumed["updates"]

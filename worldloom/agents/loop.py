@@ -261,7 +261,11 @@ class AgentLearner(Learner):
         self._hooks = None
 
     def restore(self, saved) -> None:
-        self.state = self.share.replicate(distributed.broadcast_arrays(saved, self.state))
+        restored = distributed.broadcast_arrays(saved, self.state)
+        if self.share.place is None:  # where the fresh state lives: a resumed run then runs the program a fresh one
+            restored = jax.tree_util.tree_map(lambda new, old: jax.device_put(new, old.sharding), restored,
+                                              self.state)  # compiled (the compilation cache's entry included)
+        self.state = self.share.replicate(restored)
         self.agent.load_params(self.share.local(self.update.params(self.state)))
 
     def _sample(self, collector, start: int, count: int):
