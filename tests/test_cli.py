@@ -203,10 +203,12 @@ def test_a_run_file_reproduces_a_run_and_set_reaches_every_field(tmp_path, capsy
     again, overrides = resolve_run(saved)
     first, _ = resolve_run(run_file)
     assert again == first.resolve() and overrides["deter"] == 64  # the saved file holds the resolved settings
-    assert main(["agent", "--config", str(saved), "--seed", "9", "--set", "batch_size=3", "--set", "stoch=2",
-                 "--no-progress"]) == 0
+    # 8 steps: fewer rows than a window (T + 1 = 9), so this run compiles no update for its new batch and model.
+    assert main(["agent", "--config", str(saved), "--seed", "9", "--steps", "8", "--set", "batch_size=3", "--set",
+                 "stoch=2", "--no-progress"]) == 0
     rerun = yaml.safe_load((tmp_path / "run-2" / "config.yaml").read_text())
-    assert (rerun["seed"], rerun["batch_size"], rerun["total_steps"]) == (9, 3, 30)  # typed flag > file
+    assert (rerun["seed"], rerun["total_steps"], rerun["batch_size"]) == (9, 8, 3)  # typed flags and --set > file
+    assert (rerun["train_ratio"], rerun["sequence_length"]) == (8, 8)  # the rest from the file (quick has 64, 32)
     assert rerun["world_model"]["stoch"] == 2 and rerun["world_model"]["deter"] == 64
     for bad, message in ((["--set", "batch_size=many"], "batch_size: expected an int or None, got str 'many'"),
                          (["--set", "total_step=5"], "Did you mean"),):
