@@ -287,7 +287,7 @@ def test_image_remat_keeps_the_losses_and_gradients_and_bf16_stays_close(rng, mo
 
     monkeypatch.setattr(losses, "REMAT_FRAMES", 6)  # chunks of 3 sequences x 2 steps: two chunks
     images = rng.integers(0, 255, size=(3, 4, 8, 8, 3), dtype=np.uint8)
-    small = dict(TINY, cnn_mults=(2, 4), obs_shape=(8, 8, 3), action_dim=2)
+    small = dict(TINY, cnn_mults=(4,), obs_shape=(8, 8, 3), action_dim=2)
     batch = dict(obs=images, actions=rng.uniform(-1, 1, (3, 4, 2)), rewards=rng.normal(size=(3, 4)),
                  continues=np.ones((3, 4)))
     key = jax.random.PRNGKey(0)
