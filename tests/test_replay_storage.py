@@ -95,6 +95,30 @@ def test_a_disk_replay_samples_what_a_ram_replay_samples_and_implements_the_prot
     np.testing.assert_array_equal(np.asarray(disk.data["deter"]), ram.data["deter"])
 
 
+def test_sampling_a_disk_replay_reads_every_window_ahead_first(tmp_path, monkeypatch):
+    """Before the gather, each window's observation bytes are announced to the kernel (WILLNEED), a window that
+    wraps around the ring's end as its two ranges; the hints cover exactly the rows the batch holds."""
+    pytest.importorskip("fcntl")  # a POSIX system
+    disk = stream_replay(directory=tmp_path / "replay")
+    for t in range(30):  # 20-row streams: row t lives in slot t % 20
+        disk.add(step(t))
+    hints = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, size, advice: hints.append((offset, size, advice)))
+    batch, where = disk.sample(6, 5)
+    obs = disk.data["obs"]
+    row, stream_bytes = obs.strides[1], obs.strides[0]
+    covered = set()
+    for offset, size, advice in hints:
+        assert advice == os.POSIX_FADV_WILLNEED and size % row == 0
+        first = (offset - obs.offset) // row
+        covered |= set(range(first, first + size // row))
+    expected = {int(stream) * stream_bytes // row + int(slot) for stream, slots in zip(where.streams, where.slots)
+                for slot in slots}
+    assert covered == expected and len(hints) >= len(where.streams)
+    assert any(slots[0] > slots[-1] for slots in where.slots)  # this draw holds a window that wraps
+    np.testing.assert_array_equal(batch["obs"], np.asarray(obs)[where.streams[:, None], where.slots])
+
+
 def test_resume_reopens_the_files_keeps_later_rows_and_checks_every_chunk(tmp_path):
     replay = stream_replay(capacity=4000, directory=tmp_path / "replay")  # 2 chunks of 1024 rows per stream
     for t in range(1500):
