@@ -112,7 +112,7 @@ PRESETS: dict[str, Preset] = {
                             unmapped={**_TDMPC_UNMAPPED, "obs: rgb": "the :pixels environment id (the pixel "
                                       "encoder; 3 stacked 64x64 frames, worldloom.envs.DMC_REFERENCE)"}),
     # Not the reference's: tuned on a 2-core CPU to learn CartPole-v1 in minutes (docs/agents.md, Presets).
-    "quick": Preset("dreamerv3", dict(model="dreamerv3:size1m", sequence_length=32, train_ratio=64.0,
+    "quick": Preset("dreamerv3", dict(model="dreamerv3:size1m", sequence_length=32, train_ratio=128.0,
                                       learning_rate=2e-4, warmup_steps=100, total_steps=40_000,
                                       eval_every=1_000, eval_episodes=5, stop_return=475.0, replay_online=False),
                     suite=True, source="worldloom's CPU preset for Gymnasium ids (not the reference's)"),
