@@ -29,8 +29,9 @@ replay alone until it holds that much, more than this host's memory. It
 prints the process's anonymous (non-file) resident memory, which the rows
 do not grow: they live in the files, whose pages the kernel writes back and
 evicts as it needs. It ends with the windows per second sampled, cold, from
-all the rows written, and their ratio to the RAM replay's, in rounds with the
-replay's read-ahead hints and without them (the gather's page faults alone).
+all the rows written, and their ratio to the RAM replay's, in rounds reading
+each window's frames with one read (the replay's way) and gathering them
+through the memory map (page faults).
 """
 
 from __future__ import annotations
@@ -132,23 +133,22 @@ def fill_beyond_ram(disk: StreamReplay, rows: int, args, files: Path, memory: in
               f"{time.perf_counter() - began:.0f} s", flush=True)
     disk.disk.flush()
     seconds = time.perf_counter() - began
-    # Cold, from every row: with the replay's read-ahead hints, and with the page faults of the gather alone.
-    rates = {"read-ahead": [], "page faults only": []}
+    # Cold, from every row: frames read a window at a time (the replay's way), and gathered through the map.
+    rates = {"reads": [], "page faults": []}
     for round_index in range(args.rounds):
         for name, values in rates.items():
-            if name == "page faults only":
-                disk.disk.will_need = lambda *unused: None
+            disk.disk.preads = name == "reads"
             values.append(windows_per_second(disk, args.batch, args.length, args.seconds, lambda: drop_cache(disk)))
-            vars(disk.disk).pop("will_need", None)
         print(f"  cold, every row, round {round_index + 1}: "
               + ", ".join(f"{name} {values[-1]:,.0f}" for name, values in rates.items()), flush=True)
+    disk.disk.preads = True
     median = {name: statistics.median(values) for name, values in rates.items()}
     written = int(np.sum(disk.written))
     return {"filled_rows": written, "filled_bytes": written * row_bytes(),
             "filled_over_memory": written * row_bytes() / memory, "files_on_disk": allocated_bytes(files),
             "anonymous_memory_before": before, "anonymous_memory_peak": peak, "seconds": seconds,
-            "windows_per_second_cold": median["read-ahead"], "windows_per_second_cold_page_faults_only":
-            median["page faults only"], "read_ahead_speedup": median["read-ahead"] / median["page faults only"]}
+            "windows_per_second_cold": median["reads"], "windows_per_second_cold_page_faults": median["page faults"],
+            "reads_speedup": median["reads"] / median["page faults"]}
 
 
 def main(argv=None) -> dict:
@@ -208,8 +208,8 @@ def main(argv=None) -> dict:
                                      directory / "replay", memory)
             beyond["ratio_to_ram"] = beyond["windows_per_second_cold"] / median["ram"]
             print(f"  sampled cold from all {beyond['filled_rows']:,} rows: {beyond['windows_per_second_cold']:,.0f} "
-                  f"windows/s, {beyond['ratio_to_ram']:.3f} x the RAM replay's; read-ahead "
-                  f"{beyond['read_ahead_speedup']:.2f} x the page faults alone", flush=True)
+                  f"windows/s, {beyond['ratio_to_ram']:.3f} x the RAM replay's; reading windows "
+                  f"{beyond['reads_speedup']:.2f} x gathering them through the map", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(directory)

@@ -186,9 +186,10 @@ class StreamReplay:
             stream, start = self._windows(batch_size, length)
         slots = (start[:, None] + np.arange(length)) % self.rows
         rows = stream[:, None], slots
-        if self.disk is not None:  # every window's reads in flight at once, not one page fault after another
-            self.disk.will_need(("obs",), stream, start, length)
-        batch = {key: self.data[key][rows] for key in ("obs", "actions", "rewards", *FLAGS)}
+        direct = self.disk is not None and self.disk.preads  # a disk replay reads each window's frames at once
+        batch = {key: self.data[key][rows] for key in ("actions", "rewards", *FLAGS, *(() if direct else ("obs",)))}
+        if direct:
+            batch["obs"] = self.disk.read_windows("obs", stream, start, length)
         batch["deter"] = self.data["deter"][stream, slots[:, 0]]
         batch["stoch"] = self.data["stoch"][stream, slots[:, 0]].astype(np.float32)
         return SampledBatch(batch, WindowLocations(stream, slots))
