@@ -127,9 +127,10 @@ def fill_beyond_ram(disk: StreamReplay, rows: int, args, files: Path, memory: in
     peak, began, step = before, time.perf_counter(), max(rows // 20, 1)
     for start in range(0, rows, step):
         fill([disk], min(step, rows - start), seed=start + 1, quiet=True)
-        peak, written = max(peak, anonymous_memory()), int(np.sum(disk.written))
+        now, written = anonymous_memory(), int(np.sum(disk.written))
+        peak = max(peak, now)
         print(f"  {written:,} rows in the disk replay ({size_text(written * row_bytes())}, "
-              f"{written * row_bytes() / memory:.2f} x memory), anonymous memory {size_text(anonymous_memory())}, "
+              f"{written * row_bytes() / memory:.2f} x memory), anonymous memory {size_text(now)}, "
               f"{time.perf_counter() - began:.0f} s", flush=True)
     disk.disk.flush()
     seconds = time.perf_counter() - began

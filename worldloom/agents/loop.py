@@ -262,9 +262,10 @@ class AgentLearner(Learner):
 
     def restore(self, saved) -> None:
         restored = distributed.broadcast_arrays(saved, self.state)
-        if self.share.place is None:  # where the fresh state lives: a resumed run then runs the program a fresh one
-            restored = jax.tree_util.tree_map(lambda new, old: jax.device_put(new, old.sharding), restored,
-                                              self.state)  # compiled (the compilation cache's entry included)
+        if self.share.place is None:
+            # Placed where the fresh state lives, so the resumed run calls the update program a fresh run compiled
+            # (and finds its compilation-cache entry) instead of compiling one for uncommitted arrays.
+            restored = jax.tree_util.tree_map(lambda new, old: jax.device_put(new, old.sharding), restored, self.state)
         self.state = self.share.replicate(restored)
         self.agent.load_params(self.share.local(self.update.params(self.state)))
 

@@ -186,10 +186,11 @@ class StreamReplay:
             stream, start = self._windows(batch_size, length)
         slots = (start[:, None] + np.arange(length)) % self.rows
         rows = stream[:, None], slots
-        direct = self.disk is not None and self.disk.preads  # a disk replay reads each window's frames at once
-        batch = {key: self.data[key][rows] for key in ("actions", "rewards", *FLAGS, *(() if direct else ("obs",)))}
-        if direct:
+        batch = {key: self.data[key][rows] for key in ("actions", "rewards", *FLAGS)}
+        if self.disk is not None and self.disk.preads:  # a disk replay reads each window's frames at once
             batch["obs"] = self.disk.read_windows("obs", stream, start, length)
+        else:
+            batch["obs"] = self.data["obs"][rows]
         batch["deter"] = self.data["deter"][stream, slots[:, 0]]
         batch["stoch"] = self.data["stoch"][stream, slots[:, 0]].astype(np.float32)
         return SampledBatch(batch, WindowLocations(stream, slots))

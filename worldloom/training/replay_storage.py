@@ -330,10 +330,10 @@ class DiskArrays:
             streams, starts: ``[B]`` each window's stream and first slot.
             length: Rows per window.
         """
-        array = self.arrays[name]
+        array, path = self.arrays[name], self.directory / f"{name}.npy"
         fd = self._read_fds.get(name)
         if fd is None:
-            fd = self._read_fds[name] = os.open(self.directory / f"{name}.npy", os.O_RDONLY)
+            fd = self._read_fds[name] = os.open(path, os.O_RDONLY)
         starts = np.asarray(starts) % self.rows
         out = np.empty((len(starts), length, *array.shape[2:]), array.dtype)
         row, stream_bytes = array.strides[1], array.strides[0]
@@ -349,8 +349,8 @@ class DiskArrays:
                 while done < view.nbytes:  # a read may return less than asked
                     got = os.preadv(fd, [view[done:]], offset + done)
                     if got <= 0:
-                        raise CheckpointError(f"{self.directory / (name + '.npy')}: a read of rows of stream "
-                                              f"{stream} ended early (the file is shorter than its header says).")
+                        raise CheckpointError(f"{path}: a read of rows of stream {stream} ended early (the file "
+                                              "is shorter than its header says).")
                     done += got
         return out
 
