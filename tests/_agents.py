@@ -16,6 +16,7 @@ from worldloom import create_world_model
 from worldloom.agents import DreamerAgent
 from worldloom.agents.loop import DEFAULTS
 from worldloom.models.base import OptimizerSettings
+from worldloom.training.reference import PRESETS, suite_preset
 
 DREAMER_TINY = dict(deter=64, hidden=32, units=32, classes=4, stoch=4)
 TDMPC_TINY = dict(enc_dim=32, mlp_dim=32, latent_dim=16, num_q=2, num_samples=32, num_elites=8, num_pi_trajs=4,
@@ -43,8 +44,14 @@ def pendulum_tdmpc(**changes):
 
 
 def run_settings(algo, **changes):
-    """The optimiser settings ``run_agent`` trains ``algo`` with (AgentRunConfig's defaults)."""
-    values = {name: DEFAULTS[algo][name] for name in ("learning_rate", "grad_clip", "warmup_steps")}
+    """The optimiser settings ``run_agent`` trains ``algo`` with on a Gymnasium id (CartPole, Pendulum).
+
+    DreamerV3 runs there stack the ``quick`` preset over AgentRunConfig's
+    defaults (its learning rate and warm-up); TD-MPC2 runs take the defaults.
+    """
+    name = suite_preset("CartPole-v1", algo)  # the same for every Gymnasium id
+    preset = PRESETS[name].run if name else {}
+    values = {name: preset.get(name, DEFAULTS[algo][name]) for name in ("learning_rate", "grad_clip", "warmup_steps")}
     return OptimizerSettings(**{**values, **changes})
 
 

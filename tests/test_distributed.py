@@ -4,7 +4,8 @@ Each launch starts ``tests/distributed_worker.py`` once per process; every
 process joins the run once and then does the launch's jobs one after the
 other. Four launches carry the tests: two of 2 processes (each ending with a
 job in which one process dies, the only way a launch may end early), one of
-1 and one of 4. Each test asserts on its own jobs' results, so it fails on
+1, and one of 2 processes with 2 devices each (4 devices, as on hosts of
+several accelerators). Each test asserts on its own jobs' results, so it fails on
 its own, with its jobs' errors and the logs. Later jobs of a launch reuse the
 programs its earlier jobs compiled (a process other than process 0 gets
 nothing from the session's JAX compilation cache, whose entries only
@@ -38,22 +39,26 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _worker_env() -> dict:
-    """The session's environment (its compilation cache and level-0 XLA flag), with one CPU device per process."""
+def _worker_env(devices: int = 1) -> dict:
+    """The session's environment (its compilation cache and level-0 XLA flag), with ``devices`` CPU devices per
+    process."""
     flags = [flag for flag in os.environ.get("XLA_FLAGS", "").split()
              if not flag.startswith("--xla_force_host_platform_device_count")]
     if not any(flag.startswith("--xla_backend_optimization_level") for flag in flags):
         flags.append("--xla_backend_optimization_level=0")
+    if devices > 1:
+        flags.append(f"--xla_force_host_platform_device_count={devices}")
     return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", XLA_FLAGS=" ".join(flags))
 
 
-def launch(processes: int, out: Path, jobs: list[dict], timeout: float = 400) -> dict:
-    """Run ``jobs`` in sequence in each of ``processes`` worker processes; their exit codes, logs and results.
+def launch(processes: int, out: Path, jobs: list[dict], timeout: float = 400, devices: int = 1) -> dict:
+    """Run ``jobs`` in sequence in each of ``processes`` worker processes of ``devices`` CPU devices each; their
+    exit codes, logs and results.
 
     ``result["jobs"][name]`` holds job ``name``'s ``json`` and ``params`` (one
     per process, None where the process wrote none) and ``errors`` ({process: message}).
     """
-    env = _worker_env()
+    env = _worker_env(devices)
     port = _free_port()
     started = time.monotonic()
     workers = []
@@ -182,8 +187,8 @@ def agents(root, one):
 
 @pytest.fixture(scope="module")
 def four(root):
-    """Four processes: train."""
-    return launch(4, root / "four", timeout=600, jobs=[dict(name="train", **TRAIN)])
+    """Four devices, two in each of two processes: train."""
+    return launch(2, root / "four", timeout=600, jobs=[dict(name="train", **TRAIN)], devices=2)
 
 
 @pytest.mark.slow(reason="launches 2 training processes (shared)")
@@ -277,17 +282,17 @@ def test_each_process_can_hold_only_its_own_episodes(agents, one):
     assert_params_close(own["params"][0], reference["params"][0])
 
 
-@pytest.mark.slow(reason="launches 2, 1 and 4 training processes (shared)")
+@pytest.mark.slow(reason="launches 2, 1 and 2 (of 2 devices each) training processes (shared)")
 def test_processes_train_one_model_as_one_process_does(one, two, four):
     alone = done(one, "train")
     assert alone["json"][0]["devices"] == 1 and alone["json"][0]["local_batch"] == [[4, 8, 8, 4]]
-    for run, count in ((two, 2), (four, 4)):
+    for run, processes, count in ((two, 2, 2), (four, 2, 4)):  # 4: two devices in each process
         trained = done(run, "train")
         reports = trained["json"]
-        assert [r["process_count"] for r in reports] == [count] * count
+        assert [r["process_count"] for r in reports] == [processes] * processes
         assert all(r["devices"] == count for r in reports)
-        # Each process places only its own share of every global batch: [K, B / count, T, obs].
-        assert all(r["local_batch"] == [[4, 8 // count, 8, 4]] for r in reports)
+        # Each process places only its own devices' shares of every global batch, [K, B / count, T, obs] each.
+        assert all(r["local_batch"] == [[4, 8 // count, 8, 4]] * (count // processes) for r in reports)
         for report in reports:
             np.testing.assert_allclose(report["losses"], alone["json"][0]["losses"], rtol=1e-4)
             assert report["evals"] == alone["json"][0]["evals"] == [8, 16]
@@ -303,7 +308,7 @@ def test_checkpoints_restore_on_another_process_count(request, one, resume):
     _assert_resumed_as_one(run, f"resume-{resume.replace('->', '-')}", done(one, "train"))
 
 
-@pytest.mark.slow(reason="launches 1 and 4 training processes (shared)")
+@pytest.mark.slow(reason="launches 1 and 2 (of 2 devices each) training processes (shared)")
 def test_processes_that_end_their_jobs_exit_cleanly(one, four):
     # (The 2-process launches end with a lost process; the command line's test checks that two exit cleanly.)
     for run in (one, four):

@@ -218,11 +218,12 @@ def test_host_guard_counts_runs_across_dispatches():
 # ------------------------------------------------------------ agents
 
 
-@pytest.mark.slow(reason="compiles the agent's update (the run_agent test's program below, shared through the cache)")
+@pytest.mark.slow(reason="compiles the agent's update (run_agent's on CartPole and Pendulum, shared through the cache)")
 @pytest.mark.parametrize("algo", ["dreamerv3", "tdmpc2"])
 def test_agent_update_skips_a_non_finite_update(algo, rng, stream_batch):
-    # Each agent's update as the run_agent test below compiles it: its settings, its windows' shapes, donated.
-    settings = run_settings(algo, learning_rate=INF)
+    # Each agent's update as a run on CartPole or Pendulum compiles it (its settings, its windows' shapes, donated),
+    # on windows holding one NaN observation.
+    settings = run_settings(algo)
     if algo == "dreamerv3":
         agent = dreamer_agent()
         batch = stream_batch(agent, rng, DREAMER_BATCH, DREAMER_LENGTH)
@@ -231,7 +232,9 @@ def test_agent_update_skips_a_non_finite_update(algo, rng, stream_batch):
         buffer = ReplayBuffer(100, (3,), 1, seed=0)
         buffer.add_episode(obs=rng.normal(size=(20, 3)).astype("f"), actions=rng.uniform(-1, 1, (20, 1)).astype("f"),
                            rewards=np.ones(20, "f"), dones=np.eye(20, dtype=bool)[-1])
-        batch = buffer.sample_episodes(TDMPC_BATCH, TDMPC_LENGTH)
+        batch = dict(buffer.sample_episodes(TDMPC_BATCH, TDMPC_LENGTH))
+    batch["obs"] = np.array(batch["obs"])
+    batch["obs"][0, 1] = np.nan
     update = agent.make_update(settings)
     state = update.init(agent.params)
     initial = leaves(state)
@@ -250,7 +253,7 @@ def _dreamer_run(tmp_path, **changes):
     return AgentRunConfig(**values)
 
 
-@pytest.mark.slow(reason="compiles a DreamerV3 agent, its policy step and update (shared with the test above)")
+@pytest.mark.slow(reason="compiles a DreamerV3 agent, its policy step and its update at an infinite learning rate")
 def test_run_agent_stops_before_the_checkpoint(tmp_path):
     # From environment step 40 on, half an update is owed per step: the first runs at step 41.
     with pytest.raises(TrainingError) as caught:
@@ -263,7 +266,7 @@ def test_run_agent_stops_before_the_checkpoint(tmp_path):
     assert not (tmp_path / "run" / "agent").exists()
 
 
-@pytest.mark.slow(reason="compiles a TD-MPC2 agent's update (shared with the agent update test)")
+@pytest.mark.slow(reason="compiles a TD-MPC2 agent's K-update program at an infinite learning rate")
 def test_run_agent_skips_and_counts(tmp_path):
     # The pretraining burst of 200 updates once the first (200-step) episode is stored; every one dropped.
     config = AgentRunConfig(env="Pendulum-v1", algo="tdmpc2", total_steps=200, seed_steps=200, batch_size=8,
