@@ -216,17 +216,20 @@ def test_a_run_file_reproduces_a_run_and_set_reaches_every_field(tmp_path, capsy
         assert out.returncode == 2 and message in out.stderr, out.stderr
 
 
-@pytest.mark.slow(reason="a training run from run_dir's run file")
+@pytest.mark.slow(reason="a training run from run_dir's run file (its programs, from the compilation cache)")
 def test_train_run_file_reproduces_and_set_reaches_training_fields(run_dir, tmp_path, capsys):
     import yaml
 
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["steps"] == 8 and saved["world_model"]["deter"] == 64 and "grad_clip" in saved["training"]
     out = tmp_path / "again"
+    # A field that leaves the update program as it was: the rerun finds run_dir's in the compilation cache.
     assert main(["train", "--config", str(run_dir / "config.yaml"), "--steps", "4", "--out", str(out),
-                 "--set", "grad_clip=1.5", "--no-progress"]) == 0
+                 "--set", "keep_checkpoints=5", "--set", "log_interval=2", "--no-progress"]) == 0
     again = yaml.safe_load((out / "config.yaml").read_text())
-    assert (again["steps"], again["episodes"], again["training"]["grad_clip"]) == (4, 8, 1.5)
+    assert (again["steps"], again["episodes"], again["training"]["keep_checkpoints"]) == (4, 8, 5)
+    assert again["log_interval"] == 2 and "log_interval" not in again["training"]  # a flag's field, as if typed
+    assert again["training"]["grad_clip"] == saved["training"]["grad_clip"]
     assert again["world_model"] == saved["world_model"]
     assert json.loads((out / "summary.json").read_text())["steps"] == 4
     (tmp_path / "bad.yaml").write_text("episode: 3\n")

@@ -62,6 +62,9 @@ def _apply_train_file(args) -> None:
 
     def place(values: dict, parts: dict, key: str, value) -> None:
         section, _, name = key.partition(".") if key.startswith(("world_model.", "training.")) else ("", "", key)
+        if not section and name in TRAIN_FILE_KEYS:  # a setting with a flag of its own: as if the flag was typed
+            values[name] = value
+            return
         parts["training" if section == "training" or name in training_fields else "world_model"][name] = value
 
     typed = _typed("train", args.argv_tail, TRAIN_FILE_KEYS)
