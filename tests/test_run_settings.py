@@ -40,9 +40,9 @@ def test_train_reads_its_run_file_and_sets_as_the_agent_does(tmp_path):
     assert (args.steps, args.batch_size) == (40, 8)  # the file's value, and the flag typed over the file's
     assert dict(args.overrides) == {"deter": 64, "units": 16}  # world-model fields
     assert args.training == {"eval_fraction": 0.2, "max_in_flight": 3}  # TrainingConfig fields
-    # Without a run file the same path: --set splits into model and training fields.
-    args = _train_args(["--set", "units=16", "--set", "seed=3"])
-    assert dict(args.overrides) == {"units": 16} and args.training == {"seed": 3}
+    # Without a run file the same path: --set splits into model and training fields; one with a flag sets the flag.
+    args = _train_args(["--set", "units=16", "--set", "seed=3", "--set", "grad_clip=2.0"])
+    assert dict(args.overrides) == {"units": 16} and args.training == {"grad_clip": 2.0} and args.seed == 3
 
 
 def test_the_agent_resolves_through_the_same_path(tmp_path):
