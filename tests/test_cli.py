@@ -142,12 +142,15 @@ AGENT_SETS = ["--set", "deter=64", "--set", "hidden=32", "--set", "units=32", "-
 
 @pytest.fixture(scope="module")
 def agent_runs(tmp_path_factory):
-    """Two tiny DreamerV3 agent runs with the same ``--out``: the second goes to ``run-2``."""
+    """Two tiny DreamerV3 agent runs with the same ``--out``: the second goes to ``run-2``.
+
+    The second takes 8 steps, fewer than a window (T + 1 = 9 rows): it saves an agent that never updated.
+    """
     root = tmp_path_factory.mktemp("agent")
     args = ["agent", "--steps", "30", "--train-ratio", "8", "--batch-size", "2", "--seq-len", "8", "--eval-every",
             "30", "--eval-episodes", "1", "--checkpoint-every", "0", "--out", str(root / "run"), "--no-progress",
             *AGENT_SETS]
-    assert main(args) == 0 and main(args) == 0
+    assert main(args) == 0 and main([*args, "--steps", "8"]) == 0
     return root
 
 
