@@ -277,14 +277,15 @@ AGENT_CHILD = """
 
 
 def agent_settings(out_dir, total_steps: int) -> dict:
-    # The reference's defaults (configs=["defaults"]): the online queue on, which CartPole's quick preset turns off.
-    return dict(env="CartPole-v1", algo="dreamerv3", configs=["defaults"], total_steps=total_steps, train_ratio=4,
+    # CartPole's quick preset (the update program of the other CartPole runs) with the online queue on, as the
+    # reference's defaults have it.
+    return dict(env="CartPole-v1", algo="dreamerv3", replay_online=True, total_steps=total_steps, train_ratio=4,
                 batch_size=2, sequence_length=8, eval_every=10**6, eval_episodes=0, checkpoint_every=30,
                 buffer_capacity=5000, replay_storage="disk", out_dir=str(out_dir), seed=0)
 
 
 @pytest.mark.slow(reason="a DreamerV3 run in a child process killed with SIGKILL after its second checkpoint, then "
-                         "resumed here: the update compiles (about 30 s on 2 cores)")
+                         "resumed here (the CartPole runs' update program)")
 def test_an_online_run_killed_with_sigkill_resumes_its_disk_replay_with_every_row(tmp_path, capsys):
     from _agents import DREAMER_TINY
 
