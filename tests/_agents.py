@@ -13,10 +13,9 @@ it as ``run_agent`` does (:func:`run_settings`, :func:`jit_update`), on batches 
 import jax
 
 from worldloom import create_world_model
-from worldloom.agents import DreamerAgent
+from worldloom.agents import AgentRunConfig, DreamerAgent
 from worldloom.agents.loop import DEFAULTS
 from worldloom.models.base import OptimizerSettings
-from worldloom.training.reference import PRESETS, suite_preset
 
 DREAMER_TINY = dict(deter=64, hidden=32, units=32, classes=4, stoch=4)
 TDMPC_TINY = dict(enc_dim=32, mlp_dim=32, latent_dim=16, num_q=2, num_samples=32, num_elites=8, num_pi_trajs=4,
@@ -44,14 +43,13 @@ def pendulum_tdmpc(**changes):
 
 
 def run_settings(algo, **changes):
-    """The optimiser settings ``run_agent`` trains ``algo`` with on a Gymnasium id (CartPole, Pendulum).
+    """The optimiser settings ``run_agent`` trains ``algo`` with on CartPole (DreamerV3) or Pendulum (TD-MPC2).
 
-    DreamerV3 runs there stack the ``quick`` preset over AgentRunConfig's
-    defaults (its learning rate and warm-up); TD-MPC2 runs take the defaults.
+    As the run resolves them: DreamerV3 stacks the ``quick`` preset over
+    AgentRunConfig's defaults there (its learning rate and warm-up).
     """
-    name = suite_preset("CartPole-v1", algo)  # the same for every Gymnasium id
-    preset = PRESETS[name].run if name else {}
-    values = {name: preset.get(name, DEFAULTS[algo][name]) for name in ("learning_rate", "grad_clip", "warmup_steps")}
+    config = AgentRunConfig(env="CartPole-v1" if algo == "dreamerv3" else "Pendulum-v1", algo=algo)
+    values = {name: config.resolved(name) for name in ("learning_rate", "grad_clip", "warmup_steps")}
     return OptimizerSettings(**{**values, **changes})
 
 
