@@ -1,3 +1,4 @@
+import gc
 import os
 import shutil
 import tempfile
@@ -50,6 +51,16 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(session, config, items):
     rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
+
+
+def pytest_collection_finish(session):
+    # Tracing and lowering make millions of short-lived Python objects, and each full collection walks every
+    # object the imports (JAX, Flax, torch) left behind. Frozen after collection, those are never walked again,
+    # and young objects are collected 70 times less often: 2-4% less time on the model test files (measured
+    # interleaved on tests/test_tdmpc2.py and tests/test_protocol.py: 83 -> 81 s and 86 -> 82 s).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 50)
 
 
 def pytest_sessionfinish(session, exitstatus):
