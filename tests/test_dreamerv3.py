@@ -1,4 +1,7 @@
-"""DreamerV3: reference sizes, the scanned posterior, learning and imagination."""
+"""DreamerV3: reference sizes, the scanned posterior, losses and imagination.
+
+Its learning check (a phase pattern learned, its rewards imagined) is benchmarks/learning_checks.py.
+"""
 
 import functools
 
@@ -8,7 +11,6 @@ import numpy as np
 import pytest
 
 from worldloom import ConfigError, ShapeError, create_world_model, get_model_info
-from worldloom.models.base import OptimizerSettings
 from worldloom.models.dreamerv3 import losses
 from worldloom.models.dreamerv3.config import PRESETS, DreamerV3Config
 from worldloom.models.dreamerv3.losses import DreamerV3Functions
@@ -96,54 +98,6 @@ def test_loss_gradients_equal_those_of_the_plain_posterior_scan(monkeypatch, rng
     assert np.abs(plain["rssm"]["dyn_gru"]["kernel"]).max() > 0
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=10 * tolerance, atol=tolerance * np.abs(b).max()),
                  hoisted, plain)
-
-
-def _pattern_episodes(rng, episodes, length=8):
-    """obs = one-hot phase (t % 4); reward = action on phase 3 else 0; terminal at the end."""
-    t = np.arange(length)
-    obs = np.broadcast_to(np.eye(4, dtype=np.float32)[t % 4], (episodes, length, 4)).copy()
-    actions = rng.uniform(-1, 1, size=(episodes, length, 1)).astype(np.float32)
-    rewards = np.where(t % 4 == 3, actions[..., 0], 0.0).astype(np.float32)
-    continues = np.ones((episodes, length), np.float32)
-    continues[:, -1] = 0.0
-    is_first = np.zeros((episodes, length), bool)
-    is_first[:, 0] = True
-    return dict(obs=obs, actions=actions, rewards=rewards, continues=continues, is_first=is_first)
-
-
-@pytest.mark.slow(reason="300 updates")
-def test_learns_pattern_and_imagines_its_rewards(rng):
-    model = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=1, seed=0, **TINY)
-    update = model.make_update(OptimizerSettings(learning_rate=3e-3))
-    batches = [_pattern_episodes(rng, 16) for _ in range(300)]
-    batches = {name: np.stack([b[name] for b in batches]) for name in batches[0]}  # [300, B, T, ...]
-    keys = jax.random.split(jax.random.PRNGKey(0), 300)
-
-    @jax.jit
-    def train(state):  # the 300 updates as one program
-        def body(state, inputs):
-            batch, key = inputs
-            state, metrics = update.step(state, batch, key)
-            return state, metrics["loss"]
-
-        return jax.lax.scan(body, state, (batches, keys))
-
-    state, losses = train(update.init(model.params))
-    losses = np.asarray(losses)
-    assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:5]), (losses[:5], losses[-20:])
-
-    model.load_params(update.params(state)).eval()
-    data = _pattern_episodes(np.random.default_rng(7), 32)
-    post = model.observe_sequence(data["obs"][:, :2], data["actions"][:, :2], is_first=data["is_first"][:, :2])
-    actions = jnp.swapaxes(jnp.asarray(data["actions"][:, 1:]), 0, 1)  # [7, B, 1]
-    traj = model.imagine(post[:, 1], actions)
-    true_rewards = data["rewards"][:, 1:].T
-    error = float(jnp.mean(jnp.abs(traj.rewards - true_rewards)))
-    baseline = float(np.mean(np.abs(true_rewards)))
-    assert error < 0.35 * baseline, (error, baseline)
-    # The terminal transition (the episode's last action) is predicted as the end.
-    assert float(jnp.mean(traj.continues[-1])) < 0.3
-    assert float(jnp.mean(traj.continues[:-1])) > 0.8
 
 
 @pytest.mark.slow
