@@ -469,6 +469,8 @@ def test_act_plans_with_warm_start_and_policy(model):
     model.act(obs)  # warm-started from the kept plan
     assert not np.array_equal(model.plan_mean, plan)
     assert model.programs.act._cache_size() == compiled, "a warm-started plan must reuse the compiled program"
+    model.act(obs, eval_mode=True)  # an evaluation's plan (no exploration noise) runs the same program
+    assert model.programs.act._cache_size() == compiled, "evaluation must plan with the acting program"
     model.reset_plan()
     assert model.plan_mean is None
     policy_action = model.act(obs, eval_mode=True, use_policy=True)
@@ -478,6 +480,9 @@ def test_act_plans_with_warm_start_and_policy(model):
     key = jax.random.PRNGKey(7)
     seeded = [np.asarray(model.act(obs, t0=True, key=key)) for _ in range(2)]
     np.testing.assert_array_equal(seeded[0], seeded[1])
+    greedy = [np.asarray(model.act(obs, t0=True, key=key, eval_mode=True)) for _ in range(2)]
+    np.testing.assert_array_equal(greedy[0], greedy[1])
+    assert not np.array_equal(greedy[0], seeded[0])  # the same plan and elite, without the noise
 
 
 # ---------------------------------------------------------------- variants

@@ -49,7 +49,8 @@ class _Programs:
         self.decode = jax.jit(self._decode)
         self.loss = jax.jit(lambda params, batch, key, train: loss_metrics(fns, scale, params, batch, key, train),
                             static_argnames="train")
-        self.act = jax.jit(self._act, static_argnames=("eval_mode", "use_policy"))
+        # eval_mode is traced: acting and evaluating run one program (two compiles otherwise).
+        self.act = jax.jit(self._act, static_argnames="use_policy")
         self.init = jit_init(fns.init)
 
     def _imagine(self, params, z, actions, task):
@@ -78,7 +79,7 @@ class _Programs:
             key, aug_key = jax.random.split(key)
         z = fns.encode(params, obs, task, aug_key)
         if use_policy:
-            action = fns.pi_mean(params, z, task) if eval_mode else fns.pi(params, z, key, task)[0]
+            action = jnp.where(eval_mode, fns.pi_mean(params, z, task), fns.pi(params, z, key, task)[0])
             return action, prev_mean
         keys = jax.random.split(key, obs.shape[0])
         tasks = task if task is not None else jnp.zeros((obs.shape[0],), jnp.int32)
@@ -335,7 +336,7 @@ class TDMPC2WorldModel(WorldModel):
             task_ids = jnp.broadcast_to(task_ids, (batch,))
         key = self.next_key() if key is None else jax.device_put(key, self.device)
         action, mean = self.programs.act(self.params, obs, prev, first, key, task_ids,
-                                         eval_mode=bool(eval_mode), use_policy=bool(use_policy))
+                                         eval_mode=np.bool_(eval_mode), use_policy=bool(use_policy))
         if not use_policy:
             self._plan_mean = mean
         return action[0] if single else action

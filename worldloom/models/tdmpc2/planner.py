@@ -95,17 +95,19 @@ def mppi_iteration(state: MPPIState, key: jax.Array, value_fn, pi_actions: jax.A
     return MPPIState(mean, std, elite_actions, score)
 
 
-def mppi_select(state: MPPIState, key: jax.Array, eval_mode: bool) -> jax.Array:
-    """First action of an elite drawn by score, plus ``std[0]`` noise unless ``eval_mode``; in [-1, 1]."""
+def mppi_select(state: MPPIState, key: jax.Array, eval_mode) -> jax.Array:
+    """First action of an elite drawn by score, plus ``std[0]`` noise unless ``eval_mode``; in [-1, 1].
+
+    ``eval_mode`` is a bool or a traced bool scalar: one compiled program serves acting and evaluation.
+    """
     choice_key, noise_key = jax.random.split(key)
     action = state.elite_actions[0, jax.random.categorical(choice_key, jnp.log(state.score))]
-    if not eval_mode:
-        action = action + state.std[0] * jax.random.normal(noise_key, action.shape)
-    return jnp.clip(action, -1.0, 1.0)
+    noisy = action + state.std[0] * jax.random.normal(noise_key, action.shape)
+    return jnp.clip(jnp.where(eval_mode, action, noisy), -1.0, 1.0)
 
 
 def mppi(value_fn: Callable[[jax.Array, jax.Array], jax.Array], key: jax.Array, prev_mean: jax.Array, t0,
-         pi_actions: jax.Array | None, settings: MPPISettings, eval_mode: bool = False):
+         pi_actions: jax.Array | None, settings: MPPISettings, eval_mode=False):
     """Model predictive path integral optimisation of one action sequence.
 
     Each iteration samples ``num_samples - num_pi_trajs`` sequences from
@@ -122,7 +124,7 @@ def mppi(value_fn: Callable[[jax.Array, jax.Array], jax.Array], key: jax.Array, 
         t0: True at the first step of an episode (bool or bool scalar array).
         pi_actions: ``[H, num_pi_trajs, A]`` sequences from the policy prior, or None.
         settings: :class:`MPPISettings`.
-        eval_mode: No exploration noise on the returned action.
+        eval_mode: No exploration noise on the returned action (bool or bool scalar array).
 
     Returns:
         ``(action [A] in [-1, 1], mean [H, A])``; ``mean`` warm-starts the next call.
@@ -184,7 +186,7 @@ def policy_actions(fns: TDMPC2Functions, params, z: jax.Array, key: jax.Array, c
 
 
 def plan(fns: TDMPC2Functions, params, z: jax.Array, prev_mean: jax.Array, t0, key: jax.Array,
-         eval_mode: bool = False, task=None):
+         eval_mode=False, task=None):
     """Plan from one latent ``z`` ``[L]``: returns ``(action [A], mean [H, A])``.
 
     Policy trajectories (``num_pi_trajs``) join the Gaussian samples, as the reference.
