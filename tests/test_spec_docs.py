@@ -7,6 +7,9 @@ Adjustments made before running (nothing else is changed):
   path, a third of the CPU time per update) or ``tdmpc2:1m``: each walkthrough runs
   for both model families; every file path is relative to a temporary directory,
   where ``data.npz`` and ``trajectories.npz`` are written first;
+- in the training API page, whose models only train, ``create_world_model`` makes
+  the preset's tiny variant (``TINY``: the torch face's spec test trains the same
+  DreamerV3 model);
 - blocks that use torch are skipped (the torch facade runs them);
 - the "Adding Data" block's ``np.array([...])`` placeholders get arrays of
   the shapes its comments give.
@@ -39,13 +42,17 @@ SHORTEN = [
     (re.compile(r"\"cuda\""), '"cpu"'),
 ]
 PRESETS = ["dreamerv3:size1m", "tdmpc2:1m"]
+TINY = {"dreamerv3:size1m": "deter=64, hidden=32, units=32, classes=4, stoch=4",
+        "tdmpc2:1m": "enc_dim=32, mlp_dim=32, latent_dim=16, num_q=2"}
+MODEL = re.compile(r'create_world_model\(\s*"dreamerv3:size12m",')
 PLACEHOLDER = re.compile(r"(\w+)=np\.array\(\[\.\.\.\]\)")
 
 pytestmark = pytest.mark.skipif(SPEC is None, reason="spec documents not found (set WORLDLOOM_SPEC_DIR)")
 
 
-def prepared_blocks(name: str, preset: str = PRESETS[0]) -> list[tuple[int, str | None]]:
-    """``(index, code)`` per python block; ``code`` None for a skipped (torch) block."""
+def prepared_blocks(name: str, preset: str = PRESETS[0], tiny: bool = False) -> list[tuple[int, str | None]]:
+    """``(index, code)`` per python block; ``code`` None for a skipped (torch) block. ``tiny``: the models
+    ``create_world_model`` makes are the preset's ``TINY`` variant."""
     out = []
     for index, block in enumerate(BLOCK.findall((SPEC / name).read_text())):
         if re.search(r"\btorch\b", block):
@@ -53,6 +60,8 @@ def prepared_blocks(name: str, preset: str = PRESETS[0]) -> list[tuple[int, str 
             continue
         for pattern, replacement in SHORTEN:
             block = pattern.sub(replacement, block)
+        if tiny:
+            block = MODEL.sub(f'create_world_model("{preset}", {TINY[preset]},', block)
         block = block.replace("dreamerv3:size12m", preset)
         if PLACEHOLDER.search(block):
             block = "import numpy as np\n" + PLACEHOLDER.sub(r'\1=_EXAMPLE["\1"]', block)
@@ -60,10 +69,11 @@ def prepared_blocks(name: str, preset: str = PRESETS[0]) -> list[tuple[int, str 
     return out
 
 
-def run_blocks(name: str, namespace: dict, preset: str) -> list[str]:
-    """Run the blocks of ``name`` with ``preset``; returns each block's printed output."""
+def run_blocks(name: str, namespace: dict, preset: str, tiny: bool = False) -> list[str]:
+    """Run the blocks of ``name`` with ``preset`` (``tiny``: see :func:`prepared_blocks`); returns each block's
+    printed output."""
     outputs = []
-    for index, code in prepared_blocks(name, preset):
+    for index, code in prepared_blocks(name, preset, tiny):
         if code is None:
             outputs.append("")
             continue
@@ -91,7 +101,7 @@ def params_finite(model: WorldModel) -> bool:
     return all(np.all(np.isfinite(np.asarray(p))) for p in model.parameters())
 
 
-@pytest.mark.slow(reason="compiles a model's training program and trains it five times (2 steps, B=16, T=50)")
+@pytest.mark.slow(reason="compiles a tiny model's training program and trains it five times (2 steps, B=16, T=50)")
 @pytest.mark.parametrize("preset", PRESETS)
 def test_training_api(workdir, preset):
     length = 60
@@ -102,11 +112,13 @@ def test_training_api(workdir, preset):
         "rewards": rng.standard_normal(length).astype(np.float32),
         "dones": np.arange(length) == length - 1,
     }}
-    outputs = run_blocks("training-api.md", namespace, preset)
+    outputs = run_blocks("training-api.md", namespace, preset, tiny=True)
     assert len(outputs) == 17  # no block of this page uses torch
     trained, model = namespace["trained_model"], namespace["model"]
     assert isinstance(trained, WorldModel) and trained is model and params_finite(trained)
     assert model.family == preset.split(":")[0]
+    tiny = dict(item.split("=") for item in TINY[preset].split(", "))
+    assert {name: str(getattr(model.config, name)) for name in tiny} == tiny  # the tiny variant trained
     buffer = namespace["buffer"]
     assert isinstance(buffer, ReplayBuffer) and len(buffer) == 2400  # trajectories.npz of the complete example
     assert ReplayBuffer.load("buffer.npz").num_transitions == length  # the "Adding Data" episode, saved
