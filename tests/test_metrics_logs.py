@@ -64,6 +64,19 @@ def test_every_value_goes_to_both_files_one_line_per_step(tmp_path):
     assert [step for step, _ in events["train/loss"]] == [10, 10]
 
 
+def test_the_files_are_flushed_every_flush_secs_while_a_run_goes_on(tmp_path):
+    """A run's logs can be read as it trains (TensorBoard, ``tail -f``): flushed every ``flush_secs``, unclosed."""
+    from worldloom.training.logs import TensorBoardWriter
+
+    board, lines = TensorBoardWriter(tmp_path / "logs", flush_secs=0.0), JsonlWriter(tmp_path / "m.jsonl", 0.0)
+    for step in (1, 2, 3):
+        board.add_scalar("train/loss", float(step), step)
+        lines.add_scalar("train/loss", float(step), step)
+    assert [step for step, _ in read_events(tmp_path / "logs")["train/loss"]] == [1, 2, 3]
+    assert [row["step"] for row in read_jsonl(tmp_path / "m.jsonl")] == [1, 2]  # step 3's line is still open
+    board.close(), lines.close()
+
+
 def test_a_resumed_run_appends(tmp_path):
     for step in (1, 2):
         writer = JsonlWriter(tmp_path / "metrics.jsonl")

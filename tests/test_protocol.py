@@ -56,6 +56,12 @@ def test_sequence_posterior_from_a_state_continues_the_unbroken_sequence(model):
     kwargs = {"prev_action": actions[:, 2]} if model.family == "dreamerv3" else {}
     rest = model.observe_sequence(obs[:, 3:], actions[:, 3:], state=whole[:, 2], **kwargs)
     assert_states_close(rest, whole[:, 3:])
+    # A sequence whose episode starts over at step 3 goes on from there as a new sequence does.
+    is_first = np.zeros(obs.shape[:2], bool)
+    is_first[:, 3] = True
+    restarted = model.observe_sequence(obs, actions, is_first=is_first)
+    assert_states_close(restarted[:, 3:], model.observe_sequence(obs[:, 3:], actions[:, 3:]))
+    assert_states_close(restarted[:, :3], whole[:, :3])  # and the steps before it are the unbroken sequence's
 
 
 @pytest.mark.slow(reason="compiles the prior step and a two-step imagination")

@@ -227,6 +227,19 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_true_continues(buffer, reference_r
         Trainer(make_model(), make_config()).train(buffer, resume=True)
 
 
+def test_the_program_cache_keeps_the_most_recently_used_programs():
+    """Trainers of one model config share its update programs; the cache holds the latest few, least recent out."""
+    from worldloom.training._step import _CACHE_SIZE, step_program
+
+    model = make_model()
+    settings = [OptimizerSettings(learning_rate=1e-3 * (index + 1)) for index in range(_CACHE_SIZE + 1)]
+    programs = [step_program(model, one, 1) for one in settings[:_CACHE_SIZE]]  # built, none compiled
+    assert step_program(make_model(seed=1), settings[0], 1) is programs[0]  # the same config: the same program
+    step_program(model, settings[_CACHE_SIZE], 1)  # one too many: the least recently used (settings[1]) goes
+    assert step_program(model, settings[0], 1) is programs[0]
+    assert step_program(model, settings[1], 1) is not programs[1]
+
+
 def test_warmup_is_honoured(buffer):
     model = make_model()
     initial = leaves(model)
