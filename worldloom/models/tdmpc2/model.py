@@ -79,8 +79,8 @@ class _Programs:
             key, aug_key = jax.random.split(key)
         z = fns.encode(params, obs, task, aug_key)
         if use_policy:
-            action = jnp.where(eval_mode, fns.pi_mean(params, z, task), fns.pi(params, z, key, task)[0])
-            return action, prev_mean
+            sample, info = fns.pi(params, z, key, task)
+            return jnp.where(eval_mode, info["mean"], sample), prev_mean  # info["mean"]: pi_mean's tanh(mean)
         keys = jax.random.split(key, obs.shape[0])
         tasks = task if task is not None else jnp.zeros((obs.shape[0],), jnp.int32)
 
