@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _agents import DREAMER_TINY, TDMPC_TINY
 
 from worldloom.models.base import WorldModel
 from worldloom.training import ReplayBuffer
@@ -42,10 +43,16 @@ SHORTEN = [
     (re.compile(r"\"cuda\""), '"cpu"'),
 ]
 PRESETS = ["dreamerv3:size1m", "tdmpc2:1m"]
-TINY = {"dreamerv3:size1m": "deter=64, hidden=32, units=32, classes=4, stoch=4",
-        "tdmpc2:1m": "enc_dim=32, mlp_dim=32, latent_dim=16, num_q=2"}
+TINY = {"dreamerv3:size1m": DREAMER_TINY,
+        "tdmpc2:1m": {name: TDMPC_TINY[name] for name in ("enc_dim", "mlp_dim", "latent_dim", "num_q")}}
 MODEL = re.compile(r'create_world_model\(\s*"dreamerv3:size12m",')
 PLACEHOLDER = re.compile(r"(\w+)=np\.array\(\[\.\.\.\]\)")
+
+
+def keywords(values: dict) -> str:
+    """``values`` as a call's keyword arguments: ``"deter=64, hidden=32"``."""
+    return ", ".join(f"{name}={value!r}" for name, value in values.items())
+
 
 pytestmark = pytest.mark.skipif(SPEC is None, reason="spec documents not found (set WORLDLOOM_SPEC_DIR)")
 
@@ -61,7 +68,7 @@ def prepared_blocks(name: str, preset: str = PRESETS[0], tiny: bool = False) -> 
         for pattern, replacement in SHORTEN:
             block = pattern.sub(replacement, block)
         if tiny:
-            block = MODEL.sub(f'create_world_model("{preset}", {TINY[preset]},', block)
+            block = MODEL.sub(f'create_world_model("{preset}", {keywords(TINY[preset])},', block)
         block = block.replace("dreamerv3:size12m", preset)
         if PLACEHOLDER.search(block):
             block = "import numpy as np\n" + PLACEHOLDER.sub(r'\1=_EXAMPLE["\1"]', block)
@@ -117,8 +124,7 @@ def test_training_api(workdir, preset):
     trained, model = namespace["trained_model"], namespace["model"]
     assert isinstance(trained, WorldModel) and trained is model and params_finite(trained)
     assert model.family == preset.split(":")[0]
-    tiny = dict(item.split("=") for item in TINY[preset].split(", "))
-    assert {name: str(getattr(model.config, name)) for name in tiny} == tiny  # the tiny variant trained
+    assert {name: getattr(model.config, name) for name in TINY[preset]} == TINY[preset]  # the tiny variant trained
     buffer = namespace["buffer"]
     assert isinstance(buffer, ReplayBuffer) and len(buffer) == 2400  # trajectories.npz of the complete example
     assert ReplayBuffer.load("buffer.npz").num_transitions == length  # the "Adding Data" episode, saved
@@ -140,8 +146,7 @@ def test_train_your_first_model(workdir, preset):
     assert buffer.num_episodes == 100 and len(buffer) == 10_000  # Option B replaced it
     count = re.search(r"Parameters: ([\d,]+)", "".join(outputs))
     assert count and int(count.group(1).replace(",", "")) == namespace["model"].num_parameters() > 0
-    tiny = dict(item.split("=") for item in TINY[preset].split(", "))
-    assert {name: str(getattr(namespace["model"].config, name)) for name in tiny} == tiny  # the tiny variant
+    assert {name: getattr(namespace["model"].config, name) for name in TINY[preset]} == TINY[preset]  # tiny
     trained, loaded = namespace["trained_model"], namespace["loaded_model"]
     assert params_finite(trained) and trained.family == preset.split(":")[0]
     for a, b in zip(namespace["model"].parameters(), loaded.parameters()):

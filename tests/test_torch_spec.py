@@ -28,12 +28,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from test_spec_docs import TINY as TINY_MODELS  # noqa: E402
+from test_spec_docs import keywords  # noqa: E402
+
 from worldloom.models.base import flatten_params  # noqa: E402
 
 _CANDIDATES = [os.environ.get("WORLDLOOM_SPEC_DIR"), Path(__file__).resolve().parents[2] / "shared" / "spec"]
 SPEC_DIR = next((Path(p) for p in _CANDIDATES if p and Path(p).is_dir()), Path("spec-not-found"))
 BLOCK = re.compile(r"```python\n(.*?)```", re.S)
-TINY = "deter=64, hidden=32, units=32, classes=4, stoch=4"
+TINY = keywords(TINY_MODELS["dreamerv3:size1m"])  # the JAX face's spec test trains the same model
 BIAS = "continue.Dense_0.Dense_0.bias"
 
 REWRITES = [
