@@ -1,3 +1,4 @@
+import ctypes.util
 import gc
 import os
 import shutil
@@ -22,6 +23,21 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 TEST_OPT_LEVEL = "--xla_backend_optimization_level=0"
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_OPT_LEVEL}".strip()
+# One thread per process for XLA's Eigen, numpy's BLAS and torch's OpenMP. The suite runs one pytest worker per
+# core, and the processes some tests start come on top: more threads than cores only contend for them. Measured
+# interleaved on four model test files with 2 workers: 115 -> 110 s and 118 -> 112 s, and 5% less CPU time.
+if "xla_cpu_multi_thread_eigen" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " --xla_cpu_multi_thread_eigen=false"
+for _threads in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_threads, "1")
+# XLA's compiler allocates and frees millions of small objects, and glibc's malloc takes a tenth of its time.
+# Where tcmalloc is installed (Debian and Ubuntu: libtcmalloc-minimal4; .ci/run installs it), the processes this
+# session starts (its xdist workers and their subprocesses) load it: a DreamerV3 agent update compiles about 20%
+# faster (6.1 s -> 4.9 s, three rounds interleaved). LD_PRELOAD set beforehand, even empty, is left as it is.
+_TCMALLOC = ctypes.util.find_library("tcmalloc_minimal")
+if _TCMALLOC and "LD_PRELOAD" not in os.environ:
+    os.environ["LD_PRELOAD"] = _TCMALLOC
+    os.environ.setdefault("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", str(1 << 40))  # no notes on stderr
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

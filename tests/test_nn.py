@@ -1,6 +1,7 @@
 """The numbers DESIGN.md pins, and the layers' defining properties."""
 
 import functools
+import os
 
 import flax.linen
 import jax
@@ -165,16 +166,22 @@ def test_dreamer_init_scale():
                               obs_shape=(8, 8, 3))),
     ("tdmpc2:1m", dict(enc_dim=32, mlp_dim=32, latent_dim=16, num_q=2, obs_shape=(4,))),
 ])
-def test_fast_compiled_initialisers_give_the_same_params(preset, sizes):
+def test_fast_compiled_initialisers_give_the_same_params(preset, sizes, monkeypatch):
     """``jit_init`` (LLVM level 1 on the CPU) draws exactly the params the default compilation draws.
 
-    The default is XLA's level 3, named here: the tests compile at level 0 otherwise (tests/conftest.py).
+    The default is XLA's level 3, named here. A level named in ``XLA_FLAGS``
+    is kept: the tests compile at level 0 (tests/conftest.py).
     """
     from worldloom import create_world_model
 
     model = create_world_model(preset, action_dim=2, device="cpu", **sizes)
     key = jax.random.PRNGKey(3)
-    fast = wnn.jit_init(model.functions.init)(key)
+    assert "--xla_backend_optimization_level=0" in os.environ["XLA_FLAGS"]
+    assert hasattr(wnn.jit_init(model.functions.init), "lower")  # the flags' level: a plain jax.jit
+    monkeypatch.setenv("XLA_FLAGS", "")  # as in a user's process: no level named
+    fast = wnn.jit_init(model.functions.init)
+    assert not hasattr(fast, "lower")  # level 1 for top-level calls, tracing inside others
+    fast = fast(key)
     default = jax.jit(model.functions.init).lower(key).compile(
         compiler_options={"xla_backend_optimization_level": 3})(key)
     for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(default), strict=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -29,10 +30,12 @@ def jit_init(fn: Callable) -> Callable:
     compile time of level 1 (a small DreamerV3 image model: 16 s against 5 s
     on this project's 2-core CPU). The params are the same bit for bit
     (``tests/test_nn.py``), and runs at either level take the same time.
-    Other backends compile at their defaults. Called under a trace
-    (``jax.eval_shape``, an enclosing ``jit``), it traces ``fn`` there.
+    A level named in ``XLA_FLAGS`` (``--xla_backend_optimization_level``) is
+    kept, as for every other program; other backends compile at their
+    defaults. Called under a trace (``jax.eval_shape``, an enclosing ``jit``),
+    it traces ``fn`` there.
     """
-    if jax.default_backend() != "cpu":
+    if jax.default_backend() != "cpu" or "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", ""):
         return jax.jit(fn)
     fast = jax.jit(fn, compiler_options={"xla_backend_optimization_level": 1})
 
