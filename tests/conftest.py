@@ -46,14 +46,17 @@ import pytest  # noqa: E402
 SLOW_SECONDS = 20.0
 
 
-# The files that take longest, longest first. With ``--dist loadfile`` each file runs on one worker, and the
-# workers take files in collection order: the long files start first instead of last, where one of them
-# would run on alone while the other worker sits idle.
-LONGEST_FIRST = ["test_distributed.py", "test_suites.py", "test_cli.py", "test_dreamerv3.py", "test_docs.py",
-                 "test_nonfinite_guard.py", "test_original_docs.py", "test_scale.py", "test_spec_docs.py",
-                 "test_agent_loop.py", "test_tdmpc2.py", "test_torch_compat.py", "test_agent_fidelity.py",
-                 "test_run_loop.py", "test_crash_resume.py", "test_nn.py", "test_protocol.py", "test_gpu_anchor.py",
-                 "test_worldloom_source.py"]
+# The files that take longest, longest first (worker-seconds in a full run). With ``--dist loadfile`` each file runs on
+# one worker, and the workers take files in this order (a worker takes its next file when two tests of its current
+# one are left): the long files start first instead of last, and the files left at the end, unlisted here, take a few
+# seconds each, so neither worker waits long for the other to finish.
+LONGEST_FIRST = ["test_distributed.py", "test_suites.py", "test_dreamerv3.py", "test_nonfinite_guard.py", "test_cli.py",
+                 "test_docs.py", "test_original_docs.py", "test_agent_loop.py", "test_tdmpc2.py", "test_scale.py",
+                 "test_torch_compat.py", "test_protocol.py", "test_nn.py", "test_run_loop.py",
+                 "test_worldloom_source.py", "test_crash_resume.py", "test_spec_docs.py", "test_agent_fidelity.py",
+                 "test_gpu_anchor.py", "test_trainer.py", "test_replay_storage.py", "test_checkpoint_safety.py",
+                 "test_videos_plots.py", "test_validation.py", "test_torch_spec.py", "test_persistence.py",
+                 "test_dreamer_agent.py", "test_factory.py", "test_config_errors.py"]
 
 
 def pytest_configure(config):
