@@ -181,7 +181,10 @@ def test_fast_compiled_initialisers_give_the_same_params(preset, sizes, monkeypa
     monkeypatch.setenv("XLA_FLAGS", "")  # as in a user's process: no level named
     fast = wnn.jit_init(model.functions.init)
     assert not hasattr(fast, "lower")  # level 1 for top-level calls, tracing inside others
+    shapes = jax.eval_shape(fast, key)
     fast = fast(key)
+    assert jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), shapes) == \
+        jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), fast)
     default = jax.jit(model.functions.init).lower(key).compile(
         compiler_options={"xla_backend_optimization_level": 3})(key)
     for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(default), strict=True):
