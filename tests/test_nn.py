@@ -179,10 +179,10 @@ def test_fast_compiled_initialisers_give_the_same_params(preset, sizes, monkeypa
     assert "--xla_backend_optimization_level=0" in os.environ["XLA_FLAGS"]
     assert hasattr(wnn.jit_init(model.functions.init), "lower")  # the flags' level: a plain jax.jit
     monkeypatch.setenv("XLA_FLAGS", "")  # as in a user's process: no level named
-    fast = wnn.jit_init(model.functions.init)
-    assert not hasattr(fast, "lower")  # level 1 for top-level calls, tracing inside others
-    shapes = jax.eval_shape(fast, key)
-    fast = fast(key)
+    init = wnn.jit_init(model.functions.init)
+    assert not hasattr(init, "lower")  # level 1 for top-level calls, tracing inside others
+    shapes = jax.eval_shape(init, key)
+    fast = init(key)
     assert jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), shapes) == \
         jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), fast)
     default = jax.jit(model.functions.init).lower(key).compile(
