@@ -2,11 +2,12 @@
 
 Each launch starts ``tests/distributed_worker.py`` once per process; every
 process joins the run once and then does the launch's jobs one after the
-other. Four launches carry the tests: two of 2 processes (each ending with a
-job in which one process dies, the only way a launch may end early), one of
-1, and one of 2 processes with 2 devices each (4 devices, as on hosts of
-several accelerators). Each test asserts on its own jobs' results, so it fails on
-its own, with its jobs' errors and the logs. Later jobs of a launch reuse the
+other. Three launches carry the tests: one of 2 processes with 2 devices each
+(4 devices, as on hosts of several accelerators), one of 1 process, and one
+of 2 processes with 1 device each. Each of the two multi-process launches
+ends with a job in which one process dies, the only way a launch may end
+early. Each test asserts on its own jobs' results, so it fails on its own,
+with its jobs' errors and the logs. Later jobs of a launch reuse the
 programs its earlier jobs compiled (a process other than process 0 gets
 nothing from the session's JAX compilation cache, whose entries only
 process 0 writes and whose keys differ between processes). The command line
@@ -154,9 +155,9 @@ def lost(root: Path, dies: int) -> dict:
 
 @pytest.fixture(scope="module")
 def two(root):
-    """Two processes: train with checkpoints, resume from their own step 8, refuse to train on different
-    buffers, and last lose process 1."""
-    return launch(2, root / "two", timeout=400, jobs=[
+    """Two processes of 2 devices each (4 devices): train with checkpoints, resume from their own step 8, refuse
+    to train on different buffers, and last lose process 1."""
+    return launch(2, root / "two", timeout=400, devices=2, jobs=[
         dict(name="train", checkpoint_dir=str(root / "ckpt-two"), save_every=8, **TRAIN),
         dict(name="resume-2-2", resume_from=str(root / "ckpt-two" / "step_00000008"), **TRAIN),
         dict(name="different-buffers", steps=4, extra_length=1, may_fail=True),
@@ -167,7 +168,7 @@ def two(root):
 @pytest.fixture(scope="module")
 def one(root, two):
     """One process, after the two: train with checkpoints, the one-device reference of the agents launch's
-    own-episodes job, and resume from the two processes' step 8."""
+    own-episodes job, and resume from the two processes' (4 devices') step 8."""
     return launch(1, root / "one", timeout=400, jobs=[
         dict(name="train", checkpoint_dir=str(root / "ckpt-one"), save_every=8, **TRAIN),
         dict(name="own-episodes-reference", reference_shards=2, steps=8, replay="process"),
@@ -177,8 +178,8 @@ def one(root, two):
 
 @pytest.fixture(scope="module")
 def agents(root, one):
-    """Two processes, after the one: train on each process's own episodes, resume from the one process's step 8,
-    run both online agents, and last lose process 0."""
+    """Two processes of 1 device each, after the one: train on each process's own episodes, resume from the one
+    process's step 8, run both online agents, and last lose process 0."""
     return launch(2, root / "agents", timeout=800, jobs=[
         dict(name="own-episodes", steps=8, replay="process"),
         dict(name="resume-1-2", resume_from=str(root / "ckpt-one" / "step_00000008"), **TRAIN),
@@ -186,12 +187,6 @@ def agents(root, one):
           for algo, (config, model) in sorted(ONLINE.items())),
         lost(root, 0),
     ])
-
-
-@pytest.fixture(scope="module")
-def four(root):
-    """Four devices, two in each of two processes: train."""
-    return launch(2, root / "four", timeout=600, jobs=[dict(name="train", **TRAIN)], devices=2)
 
 
 @pytest.mark.slow(reason="launches 2 training processes (shared)")
@@ -285,23 +280,24 @@ def test_each_process_can_hold_only_its_own_episodes(agents, one):
     assert_params_close(own["params"][0], reference["params"][0])
 
 
-@pytest.mark.slow(reason="launches 2, 1 and 2 (of 2 devices each) training processes (shared)")
-def test_processes_train_one_model_as_one_process_does(one, two, four):
+@pytest.mark.slow(reason="launches 2 (of 2 devices each) training processes and 1 (shared)")
+def test_processes_train_one_model_as_one_process_does(one, two):
+    # Two processes of one device each train as one process does in test_each_process_can_hold_only_its_own_episodes
+    # and in the 1 -> 2 resume of test_checkpoints_restore_on_another_process_count.
     alone = done(one, "train")
     assert alone["json"][0]["devices"] == 1 and alone["json"][0]["local_batch"] == [[4, 8, 8, 4]]
-    for run, processes, count in ((two, 2, 2), (four, 2, 4)):  # 4: two devices in each process
-        trained = done(run, "train")
-        reports = trained["json"]
-        assert [r["process_count"] for r in reports] == [processes] * processes
-        assert all(r["devices"] == count for r in reports)
-        # Each process places only its own devices' shares of every global batch, [K, B / count, T, obs] each.
-        assert all(r["local_batch"] == [[4, 8 // count, 8, 4]] * (count // processes) for r in reports)
-        for report in reports:
-            np.testing.assert_allclose(report["losses"], alone["json"][0]["losses"], rtol=1e-4)
-            assert report["evals"] == alone["json"][0]["evals"] == [8, 16]
-        for params in trained["params"][1:]:  # every process ends with the same params, bit for bit
-            assert_params_close(params, trained["params"][0], rtol=0, atol=0)
-        assert_params_close(trained["params"][0], alone["params"][0])
+    trained = done(two, "train")
+    reports = trained["json"]
+    assert [r["process_count"] for r in reports] == [2, 2]
+    assert all(r["devices"] == 4 for r in reports)
+    # Each process places only its own 2 devices' shares of every global batch, [K, B / 4, T, obs] each.
+    assert all(r["local_batch"] == [[4, 2, 8, 4]] * 2 for r in reports)
+    for report in reports:
+        np.testing.assert_allclose(report["losses"], alone["json"][0]["losses"], rtol=1e-4)
+        assert report["evals"] == alone["json"][0]["evals"] == [8, 16]
+    for params in trained["params"][1:]:  # every process ends with the same params, bit for bit
+        assert_params_close(params, trained["params"][0], rtol=0, atol=0)
+    assert_params_close(trained["params"][0], alone["params"][0])
 
 
 @pytest.mark.slow(reason="launches 2 training processes and 1 (shared)")
@@ -311,11 +307,10 @@ def test_checkpoints_restore_on_another_process_count(request, one, resume):
     _assert_resumed_as_one(run, f"resume-{resume.replace('->', '-')}", done(one, "train"))
 
 
-@pytest.mark.slow(reason="launches 1 and 2 (of 2 devices each) training processes (shared)")
-def test_processes_that_end_their_jobs_exit_cleanly(one, four):
+@pytest.mark.slow(reason="launches 1 training process (shared)")
+def test_processes_that_end_their_jobs_exit_cleanly(one):
     # (The 2-process launches end with a lost process; the command line's test checks that two exit cleanly.)
-    for run in (one, four):
-        assert run["codes"] == [0] * run["processes"], logs(run)
+    assert one["codes"] == [0], logs(one)
 
 
 @pytest.mark.slow(reason="runs worldloom train as 2 processes")
