@@ -43,6 +43,7 @@ def main(spec: dict) -> None:
         # sooner anyway, by the next collective, whose connection to it is reset.
         dist.initialize(f"127.0.0.1:{spec['port']}", spec["processes"], spec["process_id"],
                         initialization_timeout=120)
+        share_compiled_programs()
     failed = []
     for job in spec["jobs"]:
         job = dict(job, out=f"{spec['out']}.{job['name']}")
@@ -64,6 +65,27 @@ def main(spec: dict) -> None:
     print(f"--- all jobs ended at {time.perf_counter() - STARTED:.1f} s", flush=True)
     if failed:
         sys.exit(f"failed jobs: {failed}")
+
+
+def share_compiled_programs() -> None:
+    """Process 0 compiles each program that spans the processes and hands it to the others.
+
+    JAX's ``jax_share_binary_between_hosts``: the other processes wait for
+    process 0's executable instead of compiling their own, which on a machine
+    of 2 cores takes CPU from the rest of the test session. It matches
+    programs by their compilation-cache key, and on the CPU that key holds a
+    fingerprint of the device topology that differs between processes; keyed
+    by the devices' kinds instead (the device assignment stays in the key),
+    every process computes the same key. A JAX without that hook shares nothing.
+    """
+    import jax
+    from jax._src import cache_key
+
+    if callable(getattr(cache_key, "_hash_accelerator_config", None)) and callable(
+            getattr(cache_key, "_hash_devices", None)):
+        cache_key._hash_accelerator_config = cache_key._hash_devices
+        jax.config.update("jax_share_binary_between_hosts", True)
+        jax.config.update("jax_share_binary_between_hosts_timeout_ms", 300_000)
 
 
 def cpu() -> str:

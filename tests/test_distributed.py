@@ -8,10 +8,11 @@ of 2 processes with 1 device each. Each of the two multi-process launches
 ends with a job in which one process dies, the only way a launch may end
 early. Each test asserts on its own jobs' results, so it fails on its own,
 with its jobs' errors and the logs. Later jobs of a launch reuse the
-programs its earlier jobs compiled (a process other than process 0 gets
-nothing from the session's JAX compilation cache, whose entries only
-process 0 writes and whose keys differ between processes). The command line
-runs in a launch of its own.
+programs its earlier jobs compiled. A program that spans the processes is
+compiled by process 0 alone, which hands it to the others
+(``share_compiled_programs`` in the worker); a program of one process's own
+devices compiles in each. The command line runs in a launch of its own, in
+which every process compiles its own programs, as users' runs do.
 """
 
 import json
