@@ -7,7 +7,7 @@ import pytest
 from _agents import DREAMER_BATCH, DREAMER_LENGTH, dreamer_agent, jit_update, run_settings
 
 from worldloom.agents import DreamerAgent
-from worldloom.agents.dreamer_losses import imagine_with_policy, replay_returns
+from worldloom.agents.dreamer_losses import DreamerAgentConfig, imagine_with_policy, replay_returns
 from worldloom.agents.dreamer_networks import Actor, Critic, policy_entropy, policy_log_prob, policy_sample
 from worldloom.agents.normalizers import ema_update, percentile_normalizer
 
@@ -127,3 +127,16 @@ def test_update_runs_and_checkpoint_acts_identically(agent, tmp_path, rng, strea
         key = jax.random.PRNGKey(100 + t)
         first = np.full(4, t == 0)
         np.testing.assert_array_equal(agent.act(obs[:, t], first, key=key), loaded.act(obs[:, t], first, key=key))
+
+
+def test_agents_of_equal_configs_share_their_update_functions(agent):
+    """So that a second run of a configuration in a process traces and compiles no update: jax.jit reuses the
+    programs of the function it wraps."""
+    settings = run_settings("dreamerv3")
+    update = agent.make_update(settings)
+    assert dreamer_agent(seed=1).make_update(settings) is update  # other params, the same configs
+    assert agent.make_update(run_settings("dreamerv3", learning_rate=1e-3)) is not update
+    assert agent.make_update(settings, skip_nonfinite=False) is not update
+    other = DreamerAgent(agent.world_model, DreamerAgentConfig(actor_layers=1))
+    assert other.make_update(settings) is not update and other.actor_net is not agent.actor_net
+

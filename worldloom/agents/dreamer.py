@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import jax
@@ -17,6 +18,8 @@ from worldloom.core.errors import CheckpointError, ConfigError, ShapeError
 from worldloom.core.validation import check_environment_observations
 from worldloom.models.base import OptimizerSettings, UpdateFunctions, owned_state
 from worldloom.models.checkpoint import restore_pytree, save_pytree
+from worldloom.models.dreamerv3.config import DreamerV3Config
+from worldloom.models.dreamerv3.losses import DreamerV3Functions
 from worldloom.models.dreamerv3.model import DreamerV3WorldModel
 from worldloom.nn.layers import jit_init
 from worldloom.nn.optim import laprop_agc
@@ -51,10 +54,9 @@ class DreamerAgent:
         self.world_model = world_model
         self.config = config or DreamerAgentConfig()
         wm_cfg = world_model.config
-        self.discrete = wm_cfg.action_type == "discrete"
-        self.actor_net = Actor(wm_cfg.action_dim, self.discrete, wm_cfg.units, self.config.actor_layers,
-                               self.config.actor_outscale)
-        self.critic_net = Critic(wm_cfg.units, self.config.critic_bins, self.config.critic_layers)
+        self._learner = _learner(wm_cfg, self.config)
+        self.discrete = self._learner.discrete
+        self.actor_net, self.critic_net = self._learner.nets
         if behaviour_params is None:
             behaviour_params = jit_init(self.init_behaviour)(jax.random.PRNGKey(seed + 7))
         self.behaviour_params = jax.device_put(behaviour_params, world_model.device)
@@ -100,19 +102,7 @@ class DreamerAgent:
             The posterior ``[B, T, ...]`` of the trained rows is returned too,
             to be written back to the replay.
         """
-        wm_fns = self.world_model.functions
-        wm_key, behaviour_key = jax.random.split(key)
-        rows = {name: batch[name][:, 1:] for name in ("obs", "rewards", "is_first", "is_last", "is_terminal")}
-        rows["prev_actions"] = batch["actions"][:, :-1]
-        start = wm_fns.state(batch["deter"], batch["stoch"])
-        wm_loss, wm_metrics, post = wm_fns.stream_loss(params["wm"], rows, start, wm_key)
-        behaviour, metrics, retnorm = behaviour_loss(
-            self.config, wm_fns, (self.actor_net, self.critic_net), params, slow_critic, retnorm,
-            post, rows, behaviour_key, self.discrete)
-        metrics.update({k if k != "loss" else "loss/world_model": v for k, v in wm_metrics.items()})
-        total = wm_loss + behaviour
-        metrics["loss"] = total
-        return total, (metrics, retnorm, post.core())
+        return self._learner.loss(params, slow_critic, retnorm, batch, key)
 
     def make_update(self, settings: OptimizerSettings, skip_nonfinite: bool = True) -> UpdateFunctions:
         """One optimiser (LaProp + AGC) over world model, actor and critic, as the reference.
@@ -128,30 +118,12 @@ class DreamerAgent:
         state and metrics, each update returns the fresh posteriors of the
         trained rows, ``{"deter": [B, T, D], "stoch": [B, T, S]}``, for the
         replay's write-back (:meth:`StreamReplay.write_latents`).
+
+        Agents of equal configs get the same functions for equal settings, and
+        with them ``jax.jit``'s traced and compiled programs: a second run of
+        the same configuration in a process compiles no update.
         """
-        tx = laprop_agc(settings.schedule(), weight_decay=settings.weight_decay, grad_clip=settings.grad_clip)
-        normalizer = percentile_normalizer(self.config.retnorm_rate, limit=self.config.retnorm_limit)
-        rate = self.config.slow_critic_rate
-
-        def init(params):
-            state = {"params": params, "opt_state": tx.init(params), "slow_critic": params["critic"],
-                     "retnorm": normalizer.init()}
-            return owned_state(state, params)
-
-        def step(state, batch, key):
-            grad_fn = jax.value_and_grad(self.loss, has_aux=True)
-            (_, (metrics, retnorm, post)), grads = grad_fn(state["params"], state["slow_critic"], state["retnorm"],
-                                                     batch, key)
-            updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-            params = optax.apply_updates(state["params"], updates)
-            slow = ema_update(state["slow_critic"], params["critic"], rate)
-            metrics = dict(metrics, grad_norm=optax.global_norm(grads))
-            posteriors = {"deter": sg(post.deterministic), "stoch": sg(post.stochastic)}
-            return ({"params": params, "opt_state": opt_state, "slow_critic": slow, "retnorm": retnorm}, metrics,
-                    posteriors)
-
-        update = UpdateFunctions(init=init, step=step, params=lambda state: state["params"])
-        return guard_update(update) if skip_nonfinite else update
+        return _update_functions(self.world_model.config, self.config, settings, bool(skip_nonfinite))
 
     # ------------------------------------------------------------ acting
 
@@ -255,3 +227,65 @@ class DreamerAgent:
             raise CheckpointError(f"Could not read the behaviour weights at {path / 'behaviour'}: {err}") from err
         agent.behaviour_params = jax.device_put(behaviour, world_model.device)
         return agent
+
+
+class _Learner:
+    """What the agent's loss and update compute with: pure functions of the two configs, no params."""
+
+    def __init__(self, wm_config: DreamerV3Config, config: DreamerAgentConfig):
+        self.config = config
+        self.wm_fns = DreamerV3Functions(wm_config)
+        self.discrete = wm_config.action_type == "discrete"
+        self.nets = (Actor(wm_config.action_dim, self.discrete, wm_config.units, config.actor_layers,
+                           config.actor_outscale),
+                     Critic(wm_config.units, config.critic_bins, config.critic_layers))
+
+    def loss(self, params, slow_critic, retnorm, batch, key):
+        """:meth:`DreamerAgent.loss`."""
+        wm_fns = self.wm_fns
+        wm_key, behaviour_key = jax.random.split(key)
+        rows = {name: batch[name][:, 1:] for name in ("obs", "rewards", "is_first", "is_last", "is_terminal")}
+        rows["prev_actions"] = batch["actions"][:, :-1]
+        start = wm_fns.state(batch["deter"], batch["stoch"])
+        wm_loss, wm_metrics, post = wm_fns.stream_loss(params["wm"], rows, start, wm_key)
+        behaviour, metrics, retnorm = behaviour_loss(self.config, wm_fns, self.nets, params, slow_critic, retnorm,
+                                                     post, rows, behaviour_key, self.discrete)
+        metrics.update({k if k != "loss" else "loss/world_model": v for k, v in wm_metrics.items()})
+        total = wm_loss + behaviour
+        metrics["loss"] = total
+        return total, (metrics, retnorm, post.core())
+
+
+@functools.lru_cache(maxsize=16)
+def _learner(wm_config: DreamerV3Config, config: DreamerAgentConfig) -> _Learner:
+    return _Learner(wm_config, config)
+
+
+@functools.lru_cache(maxsize=16)
+def _update_functions(wm_config: DreamerV3Config, config: DreamerAgentConfig, settings: OptimizerSettings,
+                      skip_nonfinite: bool) -> UpdateFunctions:
+    """:meth:`DreamerAgent.make_update`'s functions, one per configuration (they hold no params)."""
+    learner = _learner(wm_config, config)
+    tx = laprop_agc(settings.schedule(), weight_decay=settings.weight_decay, grad_clip=settings.grad_clip)
+    normalizer = percentile_normalizer(config.retnorm_rate, limit=config.retnorm_limit)
+    rate = config.slow_critic_rate
+
+    def init(params):
+        state = {"params": params, "opt_state": tx.init(params), "slow_critic": params["critic"],
+                 "retnorm": normalizer.init()}
+        return owned_state(state, params)
+
+    def step(state, batch, key):
+        grad_fn = jax.value_and_grad(learner.loss, has_aux=True)
+        (_, (metrics, retnorm, post)), grads = grad_fn(state["params"], state["slow_critic"], state["retnorm"],
+                                                 batch, key)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        slow = ema_update(state["slow_critic"], params["critic"], rate)
+        metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+        posteriors = {"deter": sg(post.deterministic), "stoch": sg(post.stochastic)}
+        return ({"params": params, "opt_state": opt_state, "slow_critic": slow, "retnorm": retnorm}, metrics,
+                posteriors)
+
+    update = UpdateFunctions(init=init, step=step, params=lambda state: state["params"])
+    return guard_update(update) if skip_nonfinite else update
