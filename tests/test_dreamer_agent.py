@@ -129,11 +129,19 @@ def test_update_runs_and_checkpoint_acts_identically(agent, tmp_path, rng, strea
         np.testing.assert_array_equal(agent.act(obs[:, t], first, key=key), loaded.act(obs[:, t], first, key=key))
 
 
-def test_agents_of_equal_configs_share_their_update_functions(agent):
+def test_agents_of_equal_configs_share_their_update_functions(agent, rng, stream_batch):
     """So that a second run of a configuration in a process traces and compiles no update: jax.jit reuses the
     programs of the function it wraps."""
     settings = run_settings("dreamerv3")
     update = agent.make_update(settings)
+    # The agent's loss is the one its update differentiates (traced, not compiled): the total and every term.
+    state = update.init(agent.params)
+    batch = stream_batch(agent, rng, DREAMER_BATCH, DREAMER_LENGTH)
+    args = state["params"], state["slow_critic"], state["retnorm"], batch, jax.random.PRNGKey(0)
+    total, (metrics, _, posterior) = jax.eval_shape(agent.loss, *args)
+    _, step_metrics, _ = jax.eval_shape(update.step, state, batch, jax.random.PRNGKey(0))
+    assert total.shape == () and set(metrics) | {"grad_norm", "skipped"} == set(step_metrics)
+    assert posterior.deterministic.shape == (DREAMER_BATCH, DREAMER_LENGTH, agent.world_model.config.deter)
     assert dreamer_agent(seed=1).make_update(settings) is update  # other params, the same configs
     assert agent.make_update(run_settings("dreamerv3", learning_rate=1e-3)) is not update
     assert agent.make_update(settings, skip_nonfinite=False) is not update

@@ -282,11 +282,13 @@ def test_device_summary_reads_what_the_host_summary_reads():
     floats[2, 1], floats[4, 0] = np.nan, np.inf
     one_hot = np.eye(3, dtype=np.float32)[[0, 2, 1, 1, 0]]
     one_hot[3] = [5, -2, 0]
-    for array, rows in ((floats, False), (one_hot, True), (rng.integers(-4, 9, (6,)), False)):
+    flags = np.array([[False, True], [False, False]])  # is_first, is_last: read as 0 and 1
+    for array, rows in ((floats, False), (one_hot, True), (rng.integers(-4, 9, (6,)), False), (flags, False)):
         host, device = validation.host_summary(array, rows), validation.device_summary(jnp.asarray(array), rows)
         assert (host.size, host.nonfinite, host.bad_rows) == (device.size, device.nonfinite, device.bad_rows)
         np.testing.assert_allclose([host.low, host.high], [device.low, device.high], rtol=1e-6)
     assert validation.host_summary(one_hot, True).first_bad_row == [5, -2, 0]
+    assert (validation.host_summary(flags).low, validation.host_summary(flags).high) == (0, 1)
 
 
 def test_device_inputs_are_checked_unless_the_handle_opts_out(monkeypatch):
