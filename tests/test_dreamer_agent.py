@@ -147,4 +147,3 @@ def test_agents_of_equal_configs_share_their_update_functions(agent, rng, stream
     assert agent.make_update(settings, skip_nonfinite=False) is not update
     other = DreamerAgent(agent.world_model, DreamerAgentConfig(actor_layers=1))
     assert other.make_update(settings) is not update and other.actor_net is not agent.actor_net
-

@@ -288,7 +288,8 @@ def test_device_summary_reads_what_the_host_summary_reads():
         assert (host.size, host.nonfinite, host.bad_rows) == (device.size, device.nonfinite, device.bad_rows)
         np.testing.assert_allclose([host.low, host.high], [device.low, device.high], rtol=1e-6)
     assert validation.host_summary(one_hot, True).first_bad_row == [5, -2, 0]
-    assert (validation.host_summary(flags).low, validation.host_summary(flags).high) == (0, 1)
+    flags_summary = validation.host_summary(flags)
+    assert (flags_summary.low, flags_summary.high) == (0, 1)
 
 
 def test_device_inputs_are_checked_unless_the_handle_opts_out(monkeypatch):
