@@ -74,16 +74,23 @@ def test_policy_distribution(discrete):
 
 @pytest.mark.slow(reason="compiles a DreamerV3 world model's initialiser and policy step (about 5 s)")
 def test_acting_compiles_the_policy_step_once(agent):
-    """reset, act and record_actions keep the carry where the step's outputs live: one program, not three."""
-    agent = DreamerAgent(agent.world_model, behaviour_params=agent.behaviour_params)  # a policy step of its own
-    agent.reset(2)
+    """reset, act and record_actions keep the carry where the step's outputs live: one program, not three.
+
+    Agents of equal configs share the program, so the count is of the executables it gains, for a number of
+    environments no other test acts in.
+    """
+    other = DreamerAgent(agent.world_model, behaviour_params=agent.behaviour_params)
+    assert other._policy_step is agent._policy_step
+    envs = 7
+    before = agent._policy_step._cache_size()
+    agent.reset(envs)
     for t in range(4):
-        agent.act(np.zeros((2, 4), np.float32), np.full(2, t == 0))
+        agent.act(np.zeros((envs, 4), np.float32), np.full(envs, t == 0))
         if t == 1:
-            agent.record_actions(agent.random_actions(np.random.default_rng(0), 2))
-    agent.reset(2)
-    agent.act(np.zeros((2, 4), np.float32), np.ones(2, bool))
-    assert agent._policy_step._cache_size() == 1
+            agent.record_actions(agent.random_actions(np.random.default_rng(0), envs))
+    other.reset(envs)
+    other.act(np.zeros((envs, 4), np.float32), np.ones(envs, bool))
+    assert agent._policy_step._cache_size() == before + 1
 
 
 @pytest.mark.slow(reason="needs the module's DreamerV3 agent: its world model's initialiser compiles first (about 5 s)")

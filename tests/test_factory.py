@@ -204,3 +204,32 @@ def test_import_worldloom_does_not_import_torch():
     code = "import sys, worldloom; worldloom.list_models(); assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert worldloom.__version__
+
+
+@pytest.mark.slow(reason="initialises a tiny DreamerV3 and a tiny TD-MPC2 model (compiles their initialisers)")
+def test_models_of_equal_configs_share_their_programs():
+    """A second model of a config (another seed, a reload, a sweep in a notebook) traces and compiles nothing
+    the first one did: the handles share one set of jitted programs and one update per optimiser settings."""
+    from _agents import TDMPC_TINY, dreamer_model, pendulum_tdmpc, run_settings
+
+    from worldloom.agents import TDMPC2Agent
+    from worldloom.training.programs import update_program
+
+    for algo, make in (("dreamerv3", dreamer_model), ("tdmpc2", pendulum_tdmpc)):
+        first, second = make(), make(seed=3)
+        pairs = zip(jax.tree_util.tree_leaves(first.params), jax.tree_util.tree_leaves(second.params))
+        assert not all(np.array_equal(a, b) for a, b in pairs)  # other params, the same programs
+        assert second.programs is first.programs and second.functions is first.functions
+        settings = run_settings(algo)
+        update = first.make_update(settings)
+        assert second.make_update(settings) is update
+        assert first.make_update(run_settings(algo, learning_rate=1e-3)) is not update
+        changed = {"dreamerv3": dict(units=48), "tdmpc2": dict(mlp_dim=TDMPC_TINY["mlp_dim"] + 16)}[algo]
+        other = make(**changed)
+        assert other.programs is not first.programs and other.make_update(settings) is not update
+        assert update_program(update, 4, "skip") is update_program(second.make_update(settings), 4, "skip")
+        assert update_program(update, 4, "skip") is not update_program(update, 2, "skip")
+    agents = [TDMPC2Agent(pendulum_tdmpc(seed=seed)) for seed in (0, 1)]
+    settings = run_settings("tdmpc2")
+    assert agents[0].make_update(settings) is agents[1].make_update(settings)
+    assert agents[0].make_update(settings) is not agents[0].make_update(settings, skip_nonfinite=False)

@@ -58,20 +58,18 @@ class DreamerAgent:
         self.discrete = self._learner.discrete
         self.actor_net, self.critic_net = self._learner.nets
         if behaviour_params is None:
-            behaviour_params = jit_init(self.init_behaviour)(jax.random.PRNGKey(seed + 7))
+            behaviour_params = self._learner.init_behaviour_program(jax.random.PRNGKey(seed + 7))
         self.behaviour_params = jax.device_put(behaviour_params, world_model.device)
         self.seed = seed
         self._key = jax.random.PRNGKey(seed + 11)
-        self._policy_step = jax.jit(self.policy_step, static_argnames="greedy")
+        self._policy_step = self._learner.policy_step_program
         self._carry = None
 
     # ------------------------------------------------------------ params
 
     def init_behaviour(self, key):
-        features = jnp.zeros((1, self.world_model.config.feature_size))
-        actor_key, critic_key = jax.random.split(key)
-        return {"actor": self.actor_net.init(actor_key, features)["params"],
-                "critic": self.critic_net.init(critic_key, features)["params"]}
+        """Fresh ``{"actor", "critic"}`` params."""
+        return self._learner.init_behaviour(key)
 
     @property
     def params(self) -> dict:
@@ -136,21 +134,10 @@ class DreamerAgent:
 
         Returns:
             ``(carry, action [N, A])``; discrete actions are one-hot.
+
+        Agents of equal configs act with one jitted program.
         """
-        fns = self.world_model.functions
-        wm = params["wm"]
-        latent, prev_action = carry
-        obs_key, act_key = jax.random.split(key)
-        token = fns.encode(wm, obs)
-        first = fns.first_deter(wm, prev_action.shape[-1])
-        prev_action = jnp.where(is_first[:, None], 0.0, prev_action)
-        inputs = (token, prev_action, is_first, obs_key)
-        _, (deter, stoch, _, _) = fns.obs_step(
-            wm, (latent.deterministic, latent.stochastic), inputs, first)
-        state = fns.state(deter, stoch)
-        raw = self.actor_net.apply({"params": params["actor"]}, state.features)
-        action = policy_sample(raw, act_key, self.discrete, greedy)
-        return (state, action), action
+        return self._learner.policy_step(params, carry, obs, is_first, key, greedy)
 
     def reset(self, num_envs: int) -> None:
         """Start fresh recurrent states for ``num_envs`` environments."""
@@ -230,7 +217,8 @@ class DreamerAgent:
 
 
 class _Learner:
-    """What the agent's loss and update compute with: pure functions of the two configs, no params."""
+    """What the agent acts, learns and initialises with: pure functions of the two configs, no params, and
+    their jitted programs."""
 
     def __init__(self, wm_config: DreamerV3Config, config: DreamerAgentConfig):
         self.config = config
@@ -239,6 +227,32 @@ class _Learner:
         self.nets = (Actor(wm_config.action_dim, self.discrete, wm_config.units, config.actor_layers,
                            config.actor_outscale),
                      Critic(wm_config.units, config.critic_bins, config.critic_layers))
+        self.policy_step_program = jax.jit(self.policy_step, static_argnames="greedy")
+        self.init_behaviour_program = jit_init(self.init_behaviour)
+
+    def init_behaviour(self, key):
+        """:meth:`DreamerAgent.init_behaviour`."""
+        actor, critic = self.nets
+        features = jnp.zeros((1, self.wm_fns.config.feature_size))
+        actor_key, critic_key = jax.random.split(key)
+        return {"actor": actor.init(actor_key, features)["params"],
+                "critic": critic.init(critic_key, features)["params"]}
+
+    def policy_step(self, params, carry, obs, is_first, key, greedy=False):
+        """:meth:`DreamerAgent.policy_step`."""
+        fns = self.wm_fns
+        wm = params["wm"]
+        latent, prev_action = carry
+        obs_key, act_key = jax.random.split(key)
+        token = fns.encode(wm, obs)
+        first = fns.first_deter(wm, prev_action.shape[-1])
+        prev_action = jnp.where(is_first[:, None], 0.0, prev_action)
+        inputs = (token, prev_action, is_first, obs_key)
+        _, (deter, stoch, _, _) = fns.obs_step(wm, (latent.deterministic, latent.stochastic), inputs, first)
+        state = fns.state(deter, stoch)
+        raw = self.nets[0].apply({"params": params["actor"]}, state.features)
+        action = policy_sample(raw, act_key, self.discrete, greedy)
+        return (state, action), action
 
     def loss(self, params, slow_critic, retnorm, batch, key):
         """:meth:`DreamerAgent.loss`."""

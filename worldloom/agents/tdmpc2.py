@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -53,9 +54,12 @@ class TDMPC2Agent:
             skip_nonfinite: Guard each update: one whose losses, gradients or
                 new state hold NaN/inf leaves the state unchanged, and
                 ``metrics["skipped"]`` is 1.0 there (0.0 otherwise).
+
+        Agents of equal configs get the same functions for equal settings, as
+        their world models do (:meth:`TDMPC2WorldModel.make_update`).
         """
         update = self.world_model.make_update(settings)
-        return guard_update(update) if skip_nonfinite else update
+        return _guarded(update) if skip_nonfinite else update
 
     def reset(self, num_envs: int) -> None:
         self.world_model.reset_plan()
@@ -99,3 +103,6 @@ class TDMPC2Agent:
         meta = read_agent_meta(path, cls.algo)
         model = load_model(path / "world_model", device=device)
         return cls(model, use_policy=meta["use_policy"], seed_steps=meta["seed_steps"], seed=meta.get("seed", 0))
+
+
+_guarded = functools.lru_cache(maxsize=16)(guard_update)  # one guarded update per update: one trace, one compile

@@ -21,6 +21,7 @@ array (:meth:`worldloom.training.parallel.ProcessShare.chunk`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -34,7 +35,20 @@ from worldloom.training._step import StepProgram, _multi_update
 def update_program(update: UpdateFunctions, steps: int, nonfinite: str = "ignore", mesh: Mesh | None = None
                    ) -> Callable:
     """The jitted ``K = steps`` update program of ``update``, on one device or over ``mesh`` (see the module
-    docstring)."""
+    docstring).
+
+    The same arguments give the same program (an LRU of 16), so a second run
+    of an agent whose ``make_update`` returns the same functions traces and
+    compiles none.
+    """
+    try:
+        hash((update, mesh))
+    except TypeError:  # unhashable functions: a program of its own
+        return _program(update, int(steps), nonfinite, mesh)
+    return _cached_program(update, int(steps), nonfinite, mesh)
+
+
+def _program(update: UpdateFunctions, steps: int, nonfinite: str, mesh: Mesh | None) -> Callable:
     if mesh is None:
         return StepProgram(update, steps_per_dispatch=int(steps), nonfinite=nonfinite).runner()
     axis = mesh.axis_names[0]
@@ -56,5 +70,7 @@ def update_program(update: UpdateFunctions, steps: int, nonfinite: str = "ignore
 
     return call
 
+
+_cached_program = functools.lru_cache(maxsize=16)(_program)
 
 __all__ = ["update_program"]

@@ -56,19 +56,13 @@ class DreamerV3WorldModel(WorldModel):
 
     def __init__(self, config: DreamerV3Config, params=None, **kwargs):
         super().__init__(config, params, **kwargs)
-        self.functions = DreamerV3Functions(config)
-        fns = self.functions
-        self._observe = jax.jit(self._observe_sequence_fn, static_argnames="stochastic")
-        self._step = jax.jit(self._observe_step_fn, static_argnames="stochastic")
-        self._img_step = jax.jit(fns.img_step, static_argnames="stochastic")
-        self._imagine = jax.jit(self._imagine_fn, static_argnames="stochastic")
-        self._decode = jax.jit(self._decode_fn)
-        self._loss = jax.jit(fns.loss, static_argnames="stochastic")
+        self.programs = _programs(config)
+        self.functions = self.programs.functions
 
     @staticmethod
     def init_params(config: DreamerV3Config, key):
         """Fresh params for ``config`` (one jitted program per config)."""
-        return _init_program(config)(key)
+        return _programs(config).init(key)
 
     # ------------------------------------------------------------ inputs
 
@@ -127,8 +121,9 @@ class DreamerV3WorldModel(WorldModel):
         """
         obs = self._obs(obs, 1)
         batch = obs.shape[0]
-        return self._step(self.params, self.initial_state(batch), jnp.zeros((batch, self.config.action_dim)),
-                          obs, self.next_key(), stochastic=self._stochastic)
+        start, action = self.initial_state(batch), jnp.zeros((batch, self.config.action_dim))
+        return self.programs.observe_step(self.params, start, action, obs, self.next_key(),
+                                          stochastic=self._stochastic)
 
     def observe(self, state: LatentState, action, obs) -> LatentState:
         """One posterior step: the state after ``action`` and observing ``obs``.
@@ -147,11 +142,8 @@ class DreamerV3WorldModel(WorldModel):
         batch = state.deterministic.shape[0]
         self._same_batch("action", action.shape[0], batch)
         self._same_batch("obs", obs.shape[0], batch)
-        return self._step(self.params, state, action, obs, self.next_key(), stochastic=self._stochastic)
-
-    def _observe_step_fn(self, params, state, action, obs, key, stochastic=True):
-        tokens = self.functions.encode(params, obs)
-        return self.functions.observe_step(params, state, action, tokens, key, stochastic)
+        return self.programs.observe_step(self.params, state, action, obs, self.next_key(),
+                                          stochastic=self._stochastic)
 
     def observe_sequence(self, obs, actions, is_first=None, state=None, prev_action=None) -> LatentState:
         """Posterior states of a sequence, one ``lax.scan`` over time.
@@ -189,27 +181,15 @@ class DreamerV3WorldModel(WorldModel):
         prev = jnp.zeros((batch, self.config.action_dim)) if prev_action is None \
             else self._actions(prev_action, 1, "prev_action")
         self._same_batch("prev_action", prev.shape[0], batch, "obs")
-        return self._observe(self.params, obs, actions, first, state, prev, self.next_key(),
+        return self.programs.observe_sequence(self.params, obs, actions, first, state, prev, self.next_key(),
                              stochastic=self._stochastic)
-
-    def _observe_sequence_fn(self, params, obs, actions, first, state, prev, key, stochastic=True):
-        fns = self.functions
-        prev_actions = jnp.concatenate([prev[:, None], actions[:, :-1]], 1)
-        post, _ = fns.observe_scan(params, fns.encode(params, obs), prev_actions, first, state, key, stochastic)
-        return post.replace(prior_logits=fns.prior(params, post.deterministic))
 
     def predict(self, state: LatentState, action) -> LatentState:
         """One prior step: ``state [B, ...]``, ``action [B, A]`` -> next state (``prior_logits`` set)."""
         state = self._core_state(state)
         action = self._actions(action, 1, "action")
         self._same_batch("action", action.shape[0], state.deterministic.shape[0])
-        return self._img_step(self.params, state, action, self.next_key(), stochastic=self._stochastic)
-
-    def _imagine_fn(self, params, state, actions, key, stochastic=True):
-        fns = self.functions
-        states = fns.imagine(params, state, actions, key, stochastic)
-        features = states.features
-        return Trajectory(states, actions, fns.reward(params, features), fns.continue_prob(params, features))
+        return self.programs.img_step(self.params, state, action, self.next_key(), stochastic=self._stochastic)
 
     def imagine(self, initial_state: LatentState, actions) -> Trajectory:
         """Roll the prior forward under ``actions`` ``[H, B, A]``.
@@ -222,16 +202,7 @@ class DreamerV3WorldModel(WorldModel):
         state = self._core_state(initial_state, "initial_state")
         actions = self._actions(actions, 2, dims="H, B")
         self._same_batch("actions", actions.shape[1], state.deterministic.shape[0], "initial_state")
-        return self._imagine(self.params, state, actions, self.next_key(), stochastic=self._stochastic)
-
-    def _decode_fn(self, params, state):
-        fns = self.functions
-        features = state.features
-        return {
-            "obs": fns.decode_obs(params, state.deterministic, state.stochastic),
-            "reward": fns.reward(params, features)[..., None],
-            "continue": fns.continue_prob(params, features)[..., None],
-        }
+        return self.programs.imagine(self.params, state, actions, self.next_key(), stochastic=self._stochastic)
 
     def decode(self, state: LatentState) -> dict:
         """Heads of a state ``[*lead, ...]`` (any leading axes): ``obs`` ``[*lead, *obs_shape]``
@@ -244,7 +215,7 @@ class DreamerV3WorldModel(WorldModel):
             raise ShapeError(f"state: expected a DreamerV3 state with deterministic [..., {cfg.deter}] and "
                              f"stochastic [..., {cfg.stoch_size}], got {list(np.shape(state.deterministic))} and "
                              f"{None if state.stochastic is None else list(np.shape(state.stochastic))}.")
-        return self._decode(self.params, state.core())
+        return self.programs.decode(self.params, state.core())
 
     def compute_loss(self, batch, key=None) -> dict:
         """Loss terms on a ``[B, T, ...]`` batch (``obs, actions, rewards, continues``
@@ -258,7 +229,7 @@ class DreamerV3WorldModel(WorldModel):
         """
         prepared = self.prepare_batch(batch)
         key = self.next_key() if key is None else key
-        _, metrics = self._loss(self.params, prepared, key, stochastic=self._stochastic)
+        _, metrics = self.programs.loss(self.params, prepared, key, stochastic=self._stochastic)
         cfg = self.config
         return {**metrics,
                 "kl_loss": cfg.loss_scale_dyn * metrics["loss/dyn"] + cfg.loss_scale_rep * metrics["loss/rep"],
@@ -291,15 +262,66 @@ class DreamerV3WorldModel(WorldModel):
     # ------------------------------------------------------------ training
 
     def make_update(self, settings: OptimizerSettings) -> UpdateFunctions:
-        """LaProp + AGC(0.3) updates of the whole world model."""
-        tx = laprop_agc(settings.schedule(), weight_decay=settings.weight_decay,
-                        grad_clip=settings.grad_clip)
+        """LaProp + AGC(0.3) updates of the whole world model.
+
+        Models of equal configs get the same functions for equal settings, and
+        with them ``jax.jit``'s traced and compiled programs.
+        """
+        return _update(self.config, settings)
+
+
+class _Programs:
+    """The jitted programs of one config, shared by every handle with that config."""
+
+    def __init__(self, config: DreamerV3Config):
+        fns = self.functions = DreamerV3Functions(config)
+        self.observe_step = jax.jit(self._observe_step, static_argnames="stochastic")
+        self.observe_sequence = jax.jit(self._observe_sequence, static_argnames="stochastic")
+        self.img_step = jax.jit(fns.img_step, static_argnames="stochastic")
+        self.imagine = jax.jit(self._imagine, static_argnames="stochastic")
+        self.decode = jax.jit(self._decode)
+        self.loss = jax.jit(fns.loss, static_argnames="stochastic")
+        self.init = jit_init(fns.init)
+
+    def _observe_step(self, params, state, action, obs, key, stochastic=True):
+        tokens = self.functions.encode(params, obs)
+        return self.functions.observe_step(params, state, action, tokens, key, stochastic)
+
+    def _observe_sequence(self, params, obs, actions, first, state, prev, key, stochastic=True):
+        fns = self.functions
+        prev_actions = jnp.concatenate([prev[:, None], actions[:, :-1]], 1)
+        post, _ = fns.observe_scan(params, fns.encode(params, obs), prev_actions, first, state, key, stochastic)
+        return post.replace(prior_logits=fns.prior(params, post.deterministic))
+
+    def _imagine(self, params, state, actions, key, stochastic=True):
+        fns = self.functions
+        states = fns.imagine(params, state, actions, key, stochastic)
+        features = states.features
+        return Trajectory(states, actions, fns.reward(params, features), fns.continue_prob(params, features))
+
+    def _decode(self, params, state):
+        fns = self.functions
+        features = state.features
+        return {
+            "obs": fns.decode_obs(params, state.deterministic, state.stochastic),
+            "reward": fns.reward(params, features)[..., None],
+            "continue": fns.continue_prob(params, features)[..., None],
+        }
+
+    def update(self, settings: OptimizerSettings) -> UpdateFunctions:
+        """:meth:`DreamerV3WorldModel.make_update`'s functions for ``settings``."""
+        tx = laprop_agc(settings.schedule(), weight_decay=settings.weight_decay, grad_clip=settings.grad_clip)
         return make_simple_update(self.functions.loss, tx)
 
 
 @functools.lru_cache(maxsize=16)
-def _init_program(config: DreamerV3Config):
-    return jit_init(DreamerV3Functions(config).init)
+def _programs(config: DreamerV3Config) -> _Programs:
+    return _Programs(config)
+
+
+@functools.lru_cache(maxsize=16)
+def _update(config: DreamerV3Config, settings: OptimizerSettings) -> UpdateFunctions:
+    return _programs(config).update(settings)
 
 
 def make_simple_update(loss_fn, tx: optax.GradientTransformation) -> UpdateFunctions:

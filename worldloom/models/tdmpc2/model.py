@@ -95,6 +95,11 @@ def _programs(config: TDMPC2Config) -> _Programs:
     return _Programs(config)
 
 
+@functools.lru_cache(maxsize=16)
+def _update(config: TDMPC2Config, settings: OptimizerSettings) -> UpdateFunctions:
+    return make_update(_programs(config).functions, settings)
+
+
 class TDMPC2WorldModel(WorldModel):
     """TD-MPC2's implicit world model, its policy prior and MPPI planner.
 
@@ -413,8 +418,12 @@ class TDMPC2WorldModel(WorldModel):
 
     def make_update(self, settings: OptimizerSettings) -> UpdateFunctions:
         """TD-MPC2's update: model Adam (encoder lr x ``enc_lr_scale``), policy Adam,
-        target-Q Polyak averaging and the running Q scale, in one pure ``step``."""
-        return make_update(self.functions, settings)
+        target-Q Polyak averaging and the running Q scale, in one pure ``step``.
+
+        Models of equal configs get the same functions for equal settings, and
+        with them ``jax.jit``'s traced and compiled programs.
+        """
+        return _update(self.config, settings)
 
     def to(self, device) -> TDMPC2WorldModel:
         super().to(device)
