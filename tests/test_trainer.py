@@ -227,17 +227,48 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_true_continues(buffer, reference_r
         Trainer(make_model(), make_config()).train(buffer, resume=True)
 
 
-def test_the_program_cache_keeps_the_most_recently_used_programs():
-    """Trainers of one model config share its update programs; the cache holds the latest few, least recent out."""
-    from worldloom.training._step import _CACHE_SIZE, step_program
+def test_programs_are_shared_while_used_and_the_latest_two_besides():
+    """Trainers of one model config share its update programs. A program stays while something uses it and
+    while it is one of the two asked for last; the others go with their executables, so that a process that
+    builds many configurations does not keep every compiled program (on the CPU each holds thousands of
+    memory mappings, and a process has 65,530)."""
+    import gc
+    import weakref
+
+    from worldloom.training._step import step_program
 
     model = make_model()
-    settings = [OptimizerSettings(learning_rate=1e-3 * (index + 1)) for index in range(_CACHE_SIZE + 1)]
-    programs = [step_program(model, one, 1) for one in settings[:_CACHE_SIZE]]  # built, none compiled
-    assert step_program(make_model(seed=1), settings[0], 1) is programs[0]  # the same config: the same program
-    step_program(model, settings[_CACHE_SIZE], 1)  # one too many: the least recently used (settings[1]) goes
-    assert step_program(model, settings[0], 1) is programs[0]
-    assert step_program(model, settings[1], 1) is not programs[1]
+    settings = [OptimizerSettings(learning_rate=1e-3 * (index + 1)) for index in range(4)]
+    held = step_program(model, settings[0], 1)  # built, not compiled
+    assert step_program(make_model(seed=1), settings[0], 1) is held  # the same config: the same program
+    assert step_program(model, settings[0], 2) is not held  # another K
+    unused = weakref.ref(step_program(model, settings[1], 1))
+    latest = [weakref.ref(step_program(model, one, 1)) for one in settings[2:]]
+    gc.collect()
+    assert unused() is None  # neither used nor among the latest two
+    assert all(ref() is not None for ref in latest)
+    assert step_program(model, settings[0], 1) is held  # used, so kept however many came after it
+    assert step_program(model, settings[3], 1) is latest[1]()
+
+
+def test_shared_builds_once_per_key_and_anew_for_what_cannot_be_hashed():
+    from worldloom.core.sharing import shared
+
+    built = []
+
+    @shared(keep=1, key=lambda name, extra=None: name)
+    def build(name, extra=None):
+        built.append(name)
+        return (name,) if extra == "tuple" else [name]  # a tuple cannot be weakly referenced: kept while latest
+
+    first = build("a")
+    assert build("a", "ignored by the key") is first and built == ["a"]
+    assert build(["unhashable"]) is not build(["unhashable"])
+    kept = build("b", "tuple")
+    assert build("b") is kept
+    build("c")
+    assert build("b") is not kept  # no longer the latest one, and not tracked while used
+    assert build.cache_info()[1] == 1
 
 
 def test_warmup_is_honoured(buffer):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import jax
@@ -15,6 +14,7 @@ from worldloom.agents.dreamer_losses import DreamerAgentConfig, behaviour_loss
 from worldloom.agents.dreamer_networks import Actor, Critic, policy_sample
 from worldloom.agents.normalizers import ema_update, percentile_normalizer
 from worldloom.core.errors import CheckpointError, ConfigError, ShapeError
+from worldloom.core.sharing import shared
 from worldloom.core.validation import check_environment_observations
 from worldloom.models.base import OptimizerSettings, UpdateFunctions, owned_state
 from worldloom.models.checkpoint import restore_pytree, save_pytree
@@ -270,12 +270,12 @@ class _Learner:
         return total, (metrics, retnorm, post.core())
 
 
-@functools.lru_cache(maxsize=16)
+@shared()
 def _learner(wm_config: DreamerV3Config, config: DreamerAgentConfig) -> _Learner:
     return _Learner(wm_config, config)
 
 
-@functools.lru_cache(maxsize=16)
+@shared()
 def _update_functions(wm_config: DreamerV3Config, config: DreamerAgentConfig, settings: OptimizerSettings,
                       skip_nonfinite: bool) -> UpdateFunctions:
     """:meth:`DreamerAgent.make_update`'s functions, one per configuration (they hold no params)."""

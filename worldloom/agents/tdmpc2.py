@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import numpy as np
 
 from worldloom.agents._run_io import read_agent_meta, write_agent
 from worldloom.core.errors import ConfigError, ShapeError
+from worldloom.core.sharing import shared
 from worldloom.core.validation import check_environment_observations
 from worldloom.models.base import OptimizerSettings, UpdateFunctions
 from worldloom.training.guard import guard_update
@@ -105,4 +105,4 @@ class TDMPC2Agent:
         return cls(model, use_policy=meta["use_policy"], seed_steps=meta["seed_steps"], seed=meta.get("seed", 0))
 
 
-_guarded = functools.lru_cache(maxsize=16)(guard_update)  # one guarded update per update: one trace, one compile
+_guarded = shared()(guard_update)  # one guarded update per update: one trace, one compile

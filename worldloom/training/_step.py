@@ -35,7 +35,6 @@ batch) run as one program that XLA partitions.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 from collections.abc import Callable
 
@@ -44,12 +43,10 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from worldloom.core.sharing import shared
 from worldloom.models.base import OptimizerSettings, UpdateFunctions, WorldModel, step_from_gradients
 from worldloom.training._device_replay import sample_windows
 from worldloom.training.guard import SKIPPED, guarded_step
-
-_CACHE_SIZE = 8
-_CACHE: collections.OrderedDict = collections.OrderedDict()
 
 
 @dataclasses.dataclass
@@ -210,22 +207,13 @@ def _build(program: StepProgram, mesh: Mesh | None, window: tuple[int, int] | No
                    out_shardings=(replicated, replicated))
 
 
+@shared(key=lambda model, settings, steps_per_dispatch, nonfinite="ignore": (
+    type(model), model.config, settings, int(steps_per_dispatch), nonfinite))
 def step_program(model: WorldModel, settings: OptimizerSettings, steps_per_dispatch: int,
                  nonfinite: str = "ignore") -> StepProgram:
-    """The (cached) K-update program of ``model`` under ``settings``, guarded as ``nonfinite`` says."""
-    try:
-        key = (type(model), model.config, settings, int(steps_per_dispatch), nonfinite)
-        hash(key)
-    except TypeError:  # an unhashable config: no caching
-        key = None
-    if key is not None and key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
+    """The K-update program of ``model`` under ``settings``, guarded as ``nonfinite`` says; the same one for
+    models of the same class and config (:func:`worldloom.core.sharing.shared`)."""
     program = StepProgram(model.make_update(settings), steps_per_dispatch=int(steps_per_dispatch),
                           nonfinite=nonfinite)
     program.run = program.runner()
-    if key is not None:
-        _CACHE[key] = program
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
     return program

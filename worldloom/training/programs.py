@@ -21,13 +21,13 @@ array (:meth:`worldloom.training.parallel.ProcessShare.chunk`).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import jax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from worldloom.core.sharing import shared
 from worldloom.models.base import UpdateFunctions
 from worldloom.training._step import StepProgram, _multi_update
 
@@ -37,17 +37,14 @@ def update_program(update: UpdateFunctions, steps: int, nonfinite: str = "ignore
     """The jitted ``K = steps`` update program of ``update``, on one device or over ``mesh`` (see the module
     docstring).
 
-    The same arguments give the same program (an LRU of 16), so a second run
-    of an agent whose ``make_update`` returns the same functions traces and
-    compiles none.
+    The same arguments give the same program while it is used and for a while
+    after (:func:`worldloom.core.sharing.shared`), so a second run of an agent
+    whose ``make_update`` returns the same functions traces and compiles none.
     """
-    try:
-        hash((update, mesh))
-    except TypeError:  # unhashable functions: a program of its own
-        return _program(update, int(steps), nonfinite, mesh)
-    return _cached_program(update, int(steps), nonfinite, mesh)
+    return _program(update, int(steps), nonfinite, mesh)
 
 
+@shared()
 def _program(update: UpdateFunctions, steps: int, nonfinite: str, mesh: Mesh | None) -> Callable:
     if mesh is None:
         return StepProgram(update, steps_per_dispatch=int(steps), nonfinite=nonfinite).runner()
@@ -70,7 +67,5 @@ def _program(update: UpdateFunctions, steps: int, nonfinite: str, mesh: Mesh | N
 
     return call
 
-
-_cached_program = functools.lru_cache(maxsize=16)(_program)
 
 __all__ = ["update_program"]

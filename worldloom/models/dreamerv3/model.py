@@ -12,6 +12,7 @@ import optax
 from worldloom.core import validation
 from worldloom.core.arrays import check_trailing_shape
 from worldloom.core.errors import ShapeError
+from worldloom.core.sharing import shared
 from worldloom.core.types import LatentState, Trajectory
 from worldloom.models.base import (
     OptimizerSettings,
@@ -314,12 +315,12 @@ class _Programs:
         return make_simple_update(self.functions.loss, tx)
 
 
-@functools.lru_cache(maxsize=16)
+@shared()
 def _programs(config: DreamerV3Config) -> _Programs:
     return _Programs(config)
 
 
-@functools.lru_cache(maxsize=16)
+@shared()
 def _update(config: DreamerV3Config, settings: OptimizerSettings) -> UpdateFunctions:
     return _programs(config).update(settings)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +9,7 @@ import numpy as np
 from worldloom.core import validation
 from worldloom.core.arrays import check_trailing_shape
 from worldloom.core.errors import ShapeError
+from worldloom.core.sharing import shared
 from worldloom.core.types import LatentState, Trajectory
 from worldloom.models.base import (
     OptimizerSettings,
@@ -90,12 +89,12 @@ class _Programs:
         return jax.vmap(one)(z, prev_mean, t0, keys, tasks)
 
 
-@functools.lru_cache(maxsize=16)
+@shared()
 def _programs(config: TDMPC2Config) -> _Programs:
     return _Programs(config)
 
 
-@functools.lru_cache(maxsize=16)
+@shared()
 def _update(config: TDMPC2Config, settings: OptimizerSettings) -> UpdateFunctions:
     return make_update(_programs(config).functions, settings)
 

@@ -1,0 +1,81 @@
+"""Objects shared by equal arguments, whose compiled programs live no longer than they are used.
+
+A model's jitted programs, its update functions and the K-update programs
+built from them depend on its config and optimiser settings alone. Built
+once per configuration, a second model, agent or run of that configuration in
+a process (another seed, a reload, a resumed run) reuses what ``jax.jit``
+traced and compiled for the first. But every compiled program holds host
+memory and, on the CPU, thousands of memory mappings (one per compiled
+kernel; Linux allows 65,530 per process by default, and LLVM aborts the
+process when it cannot map more), so a cache must not keep every
+configuration a process ever built.
+
+:func:`shared` keeps an entry while anything uses it (a model holds its
+programs, a run its update) and the ``keep`` most recently asked-for ones
+besides; the rest are dropped with their executables.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import threading
+import weakref
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def shared(keep: int = 2, key: Callable[..., object] | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Decorate ``build(*args)`` so that equal (hashable) arguments give the same object.
+
+    An entry stays while anything else holds a reference to it, and the
+    ``keep`` most recently asked-for entries stay regardless. ``key(*args)``,
+    if given, is what is compared instead of the arguments. Arguments (or keys)
+    that cannot be hashed build a new object each call. ``build.cache_clear()``
+    drops every entry; ``build.cache_info()`` gives ``(entries, kept)`` counts.
+    """
+
+    def decorate(build: Callable[..., T]) -> Callable[..., T]:
+        live: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        strong: dict = {}  # the values that cannot be weakly referenced
+        recent: collections.OrderedDict = collections.OrderedDict()
+        lock = threading.RLock()
+
+        @functools.wraps(build)
+        def get(*args):
+            entry = args if key is None else key(*args)
+            try:
+                hash(entry)
+            except TypeError:
+                return build(*args)
+            with lock:
+                value = live.get(entry, strong.get(entry))
+                if value is None:
+                    value = build(*args)
+                    try:
+                        live[entry] = value
+                    except TypeError:
+                        strong[entry] = value
+                recent[entry] = value
+                recent.move_to_end(entry)
+                while len(recent) > keep:
+                    old, _ = recent.popitem(last=False)
+                    strong.pop(old, None)
+                return value
+
+        def cache_clear() -> None:
+            with lock:
+                live.clear()
+                strong.clear()
+                recent.clear()
+
+        get.cache_clear = cache_clear
+        get.cache_info = lambda: (len(live) + len(strong), len(recent))
+        return get
+
+    return decorate
+
+
+__all__ = ["shared"]
