@@ -241,6 +241,7 @@ def test_programs_are_shared_while_used_and_the_latest_two_besides():
     settings = [OptimizerSettings(learning_rate=1e-3 * (index + 1)) for index in range(4)]
     held = step_program(model, settings[0], 1)  # built, not compiled
     assert step_program(make_model(seed=1), settings[0], 1) is held  # the same config: the same program
+    assert step_program(model, settings[0], steps_per_dispatch=1, nonfinite="ignore") is held  # named arguments
     assert step_program(model, settings[0], 2) is not held  # another K
     unused = weakref.ref(step_program(model, settings[1], 1))
     latest = [weakref.ref(step_program(model, one, 1)) for one in settings[2:]]

@@ -28,10 +28,10 @@ T = TypeVar("T")
 
 
 def shared(keep: int = 2, key: Callable[..., object] | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
-    """Decorate ``build(*args)`` so that equal (hashable) arguments give the same object.
+    """Decorate ``build(*args, **kwargs)`` so that equal (hashable) arguments give the same object.
 
     An entry stays while anything else holds a reference to it, and the
-    ``keep`` most recently asked-for entries stay regardless. ``key(*args)``,
+    ``keep`` most recently asked-for entries stay regardless. ``key(*args, **kwargs)``,
     if given, is what is compared instead of the arguments. Arguments (or keys)
     that cannot be hashed build a new object each call. ``build.cache_clear()``
     drops every entry; ``build.cache_info()`` gives ``(entries, kept)`` counts.
@@ -44,16 +44,16 @@ def shared(keep: int = 2, key: Callable[..., object] | None = None) -> Callable[
         lock = threading.RLock()
 
         @functools.wraps(build)
-        def get(*args):
-            entry = args if key is None else key(*args)
+        def get(*args, **kwargs):
+            entry = (args, tuple(sorted(kwargs.items()))) if key is None else key(*args, **kwargs)
             try:
                 hash(entry)
             except TypeError:
-                return build(*args)
+                return build(*args, **kwargs)
             with lock:
                 value = live.get(entry, strong.get(entry))
                 if value is None:
-                    value = build(*args)
+                    value = build(*args, **kwargs)
                     try:
                         live[entry] = value
                     except TypeError:

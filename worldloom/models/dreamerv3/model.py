@@ -183,7 +183,7 @@ class DreamerV3WorldModel(WorldModel):
             else self._actions(prev_action, 1, "prev_action")
         self._same_batch("prev_action", prev.shape[0], batch, "obs")
         return self.programs.observe_sequence(self.params, obs, actions, first, state, prev, self.next_key(),
-                             stochastic=self._stochastic)
+                                              stochastic=self._stochastic)
 
     def predict(self, state: LatentState, action) -> LatentState:
         """One prior step: ``state [B, ...]``, ``action [B, A]`` -> next state (``prior_logits`` set)."""
