@@ -39,8 +39,7 @@ def shared(keep: int = 2, key: Callable[..., object] | None = None) -> Callable[
 
     def decorate(build: Callable[..., T]) -> Callable[..., T]:
         live: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-        strong: dict = {}  # the values that cannot be weakly referenced
-        recent: collections.OrderedDict = collections.OrderedDict()
+        recent: collections.OrderedDict = collections.OrderedDict()  # strong references to the latest ``keep``
         lock = threading.RLock()
 
         @functools.wraps(build)
@@ -51,28 +50,26 @@ def shared(keep: int = 2, key: Callable[..., object] | None = None) -> Callable[
             except TypeError:
                 return build(*args, **kwargs)
             with lock:
-                value = live.get(entry, strong.get(entry))
+                value = live.get(entry, recent.get(entry))
                 if value is None:
                     value = build(*args, **kwargs)
                     try:
                         live[entry] = value
-                    except TypeError:
-                        strong[entry] = value
+                    except TypeError:  # it cannot be weakly referenced: shared while among the latest
+                        pass
                 recent[entry] = value
                 recent.move_to_end(entry)
                 while len(recent) > keep:
-                    old, _ = recent.popitem(last=False)
-                    strong.pop(old, None)
+                    recent.popitem(last=False)
                 return value
 
         def cache_clear() -> None:
             with lock:
                 live.clear()
-                strong.clear()
                 recent.clear()
 
         get.cache_clear = cache_clear
-        get.cache_info = lambda: (len(live) + len(strong), len(recent))
+        get.cache_info = lambda: (len(set(live.keys()) | set(recent)), len(recent))
         return get
 
     return decorate

@@ -309,11 +309,6 @@ class _Programs:
             "continue": fns.continue_prob(params, features)[..., None],
         }
 
-    def update(self, settings: OptimizerSettings) -> UpdateFunctions:
-        """:meth:`DreamerV3WorldModel.make_update`'s functions for ``settings``."""
-        tx = laprop_agc(settings.schedule(), weight_decay=settings.weight_decay, grad_clip=settings.grad_clip)
-        return make_simple_update(self.functions.loss, tx)
-
 
 @shared()
 def _programs(config: DreamerV3Config) -> _Programs:
@@ -322,7 +317,8 @@ def _programs(config: DreamerV3Config) -> _Programs:
 
 @shared()
 def _update(config: DreamerV3Config, settings: OptimizerSettings) -> UpdateFunctions:
-    return _programs(config).update(settings)
+    tx = laprop_agc(settings.schedule(), weight_decay=settings.weight_decay, grad_clip=settings.grad_clip)
+    return make_simple_update(_programs(config).functions.loss, tx)
 
 
 def make_simple_update(loss_fn, tx: optax.GradientTransformation) -> UpdateFunctions:
