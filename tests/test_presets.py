@@ -33,7 +33,7 @@ RUN_VALUES = {
     **{size: dict(model=f"dreamerv3:{size}") for size in SIZES},
     **{name: dict(model="tdmpc2:5m", batch_size=256, learning_rate=3e-4, grad_clip=20.0, total_steps=10_000_000,
                   eval_every=50_000, eval_episodes=10, buffer_capacity=1_000_000, updates_per_step=1.0)
-       for name in ("tdmpc2", "tdmpc2_pixels")},
+       for name in ("tdmpc2", "tdmpc2_pixels", "tdmpc2_gymnasium")},
 }
 # debug's agent block: .*\.bins 5, .*\.layers 1, .*\.units 8, .*\.stoch 2, .*\.classes 4, .*\.deter 8,
 # .*\.hidden 3, .*\.blocks 4, .*\.depth 2 (on the world model's fields).
@@ -67,9 +67,27 @@ def test_debug_preset_shrinks_the_world_model_as_the_reference_does():
 @pytest.mark.parametrize("env, algo, expected", [
     ("dmc:walker-walk", "dreamerv3", "dmc_proprio"), ("dmc:walker-walk:pixels", "dreamerv3", "dmc_vision"),
     ("atari:pong", "dreamerv3", "atari100k"), ("CartPole-v1", "dreamerv3", "quick"),
-    ("dmc:walker-walk", "tdmpc2", "tdmpc2"), ("dmc:cartpole-balance:pixels", "tdmpc2", "tdmpc2_pixels")])
+    ("dmc:walker-walk", "tdmpc2", "tdmpc2"), ("dmc:cartpole-balance:pixels", "tdmpc2", "tdmpc2_pixels"),
+    ("Walker2d-v5", "tdmpc2", "tdmpc2_gymnasium"), ("HalfCheetah-v4", "tdmpc2", "tdmpc2_gymnasium"),
+    ("BipedalWalker-v3", "tdmpc2", "tdmpc2_gymnasium"), ("LunarLanderContinuous-v3", "tdmpc2", "tdmpc2_gymnasium"),
+    ("Walker2d-v5", "dreamerv3", "quick")])
 def test_a_suite_id_selects_its_paper_preset(env, algo, expected):
     assert AgentRunConfig(env=env, algo=algo).configs == (expected,)
+
+
+def test_tdmpc2_on_other_gymnasium_ids_selects_no_preset():
+    assert AgentRunConfig(env="Pendulum-v1", algo="tdmpc2").configs == ()
+    assert AgentRunConfig(env="Walker2dBulletEnv-v0", algo="tdmpc2").configs == ()
+
+
+def test_tdmpc2_gymnasium_tasks_get_the_references_rho_and_discount_cap():
+    # tdmpc2/envs/mujoco.py: cfg.discount_max = 0.99, cfg.rho = 0.7 for its Gymnasium tasks
+    config = AgentRunConfig(env="Walker2d-v5", algo="tdmpc2")
+    assert config.preset_world_model() == {"rho": 0.7, "discount_max": 0.99}
+    model = get_config(config.resolved("model"), obs_shape=(17,), action_dim=6, episode_length=1000,
+                       **config.preset_world_model())
+    assert model.rho == 0.7 and model.gamma == pytest.approx(0.99)  # 0.995 from L=1000, capped
+    assert get_config("tdmpc2:5m", obs_shape=(17,), action_dim=6, episode_length=1000).gamma == pytest.approx(0.995)
 
 
 def test_presets_stack_in_order_and_fields_given_win():
@@ -156,3 +174,17 @@ def test_run_agent_from_python_applies_the_presets_world_model_fields_under_its_
     share = ProcessShare(jax.devices("cpu")[0], config.resolved("batch_size"))
     assert plan_run(config, False, {}, share).overrides == DEBUG_MODEL
     assert plan_run(config, False, {"deter": 16}, share).overrides == {**DEBUG_MODEL, "deter": 16}
+
+
+def test_tdmpc2_windows_hold_the_models_horizon_plus_one_rows(tmp_path):
+    from worldloom.agents.loop import plan_run
+    from worldloom.training.parallel import ProcessShare
+
+    config = AgentRunConfig(algo="tdmpc2", env="Pendulum-v1", out_dir=str(tmp_path / "run"), device="cpu",
+                            episodic=False)
+    share = ProcessShare(jax.devices("cpu")[0], config.resolved("batch_size"))
+    assert plan_run(config, False, {}, share).config.sequence_length == 4  # the reference's horizon 3
+    assert plan_run(config, False, {"horizon": 5}, share).config.sequence_length == 6
+    assert plan_run(config.replace(sequence_length=9), False, {"horizon": 5}, share).config.sequence_length == 9
+    with pytest.raises(ConfigError, match=r"expected at least horizon \+ 1 = 6 rows .*got 4"):
+        plan_run(config.replace(sequence_length=4), False, {"horizon": 5}, share)

@@ -187,8 +187,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="DreamerV3 actor-critic or TD-MPC2 planning")
     agent.add_argument("--configs", nargs="+", metavar="NAME",
                        help="presets stacked in order, later ones winning: dmc_proprio, dmc_vision, atari100k, "
-                            "size1m ... size400m, debug, tdmpc2, tdmpc2_pixels, quick, defaults (default: the one "
-                            "--env selects; flags you type win over presets)")
+                            "size1m ... size400m, debug, tdmpc2, tdmpc2_pixels, tdmpc2_gymnasium, quick, defaults "
+                            "(default: the one --env selects; flags you type win over presets)")
     agent.add_argument("--model", help="world-model preset (default: the presets', else dreamerv3:size1m / "
                                        "tdmpc2:5m)")
     agent.add_argument("--steps", type=int, help="environment steps (default: the presets', else 50000)")
@@ -197,7 +197,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="DreamerV3 replayed steps per env step (default: the presets', else 32)")
     agent.add_argument("--updates-per-step", type=float, help="TD-MPC2 updates per env step (default: 1)")
     agent.add_argument("--batch-size", type=int, help="windows per update (default: DreamerV3 16, TD-MPC2 256)")
-    agent.add_argument("--seq-len", type=int, help="steps per window (default: DreamerV3 64, TD-MPC2 4)")
+    agent.add_argument("--seq-len", type=int,
+                       help="steps per window (default: DreamerV3 64, TD-MPC2 the model's horizon + 1, 4)")
     agent.add_argument("--lr", type=float, help="learning rate (default: DreamerV3 4e-5, TD-MPC2 3e-4)")
     agent.add_argument("--warmup", type=int,
                        help="linear learning-rate warm-up, in updates (default: DreamerV3 1000, TD-MPC2 0)")

@@ -63,6 +63,8 @@ class AgentRunConfig(ConfigBase):
     """Updates per environment step (TD-MPC2's update-to-data ratio; default 1)."""
     batch_size: int | None = None
     sequence_length: int | None = None
+    """Rows per replayed window (DreamerV3: 64; TD-MPC2: the world model's ``horizon + 1``, and no fewer, as
+    the reference samples them)."""
     learning_rate: float | None = None
     grad_clip: float | None = None
     warmup_steps: int | None = None

@@ -210,8 +210,16 @@ def plan_run(config: AgentRunConfig, resume: bool, model_overrides: dict, share:
         probe.close()
     overrides = {**config.preset_world_model(), **model_overrides}  # world-model keywords win over presets
     kind = "discrete" if spaces[2] else "continuous"
-    get_config(config.resolved("model"), obs_shape=spaces[0], action_dim=spaces[1], action_type=kind,
-               **{key: value for key, value in overrides.items() if key != "episodic"})
+    model = get_config(config.resolved("model"), obs_shape=spaces[0], action_dim=spaces[1], action_type=kind,
+                       **{key: value for key, value in overrides.items() if key != "episodic"})
+    if config.algo == "tdmpc2":  # windows of horizon + 1 rows, as the reference samples them
+        least = model.horizon + 1
+        if config.sequence_length is None:
+            config = config.replace(sequence_length=least)
+        elif config.sequence_length < least:
+            raise ConfigError(f"sequence_length={config.sequence_length}: a TD-MPC2 window trains the model's "
+                              f"horizon of {model.horizon} steps, so expected at least horizon + 1 = {least} rows "
+                              f"(unset, it is {least}), got {config.sequence_length}.")
     config = config.resolve(episode_length)
     rows = config.capacity() // config.num_envs
     window = config.sequence_length + (1 if config.algo == "dreamerv3" else 0)

@@ -20,8 +20,11 @@ class TDMPC2Agent:
     Args:
         world_model: A TD-MPC2 world model (``create_world_model("tdmpc2:...")``).
         use_policy: Act with the policy prior instead of MPPI planning.
-        seed_steps: Random-action steps before the first update (the reference
-            uses ``max(1000, 5 * episode_length)``).
+        seed_steps: The random-action steps of the run that trains it, kept with
+            the agent and in its saves. The run loop takes them from
+            :attr:`AgentRunConfig.seed_steps <worldloom.agents.AgentRunConfig.seed_steps>`
+            (the reference's ``max(1000, 5 * episode_length)``) and sets them
+            here; acting never reads them.
     """
 
     algo = "tdmpc2"

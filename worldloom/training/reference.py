@@ -16,8 +16,9 @@ before learning (the seed-step count here is the floor).
 
 :data:`PRESETS` holds the reference's named config blocks beside them (the
 ``dmc_proprio``, ``dmc_vision``, ``atari100k``, ``debug`` and size blocks of
-DreamerV3's ``configs.yaml``; TD-MPC2's ``config.yaml`` for state and pixels)
-and ``quick``, this package's CPU preset for Gymnasium ids. An online run
+DreamerV3's ``configs.yaml``; TD-MPC2's ``config.yaml`` for state and pixels,
+and with ``tdmpc2/envs/mujoco.py``'s ``rho`` and ``discount_max`` for its
+Gymnasium tasks) and ``quick``, this package's CPU preset for Gymnasium ids. An online run
 stacks them over :data:`REFERENCE` (see :class:`worldloom.agents.AgentRunConfig`).
 """
 
@@ -60,6 +61,10 @@ class Preset:
         for name in ("run", "world_model", "unmapped"):
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
 
+
+TDMPC2_GYMNASIUM_TASKS = ("Walker2d", "HalfCheetah", "BipedalWalker", "LunarLander", "LunarLanderContinuous")
+"""The Gymnasium tasks of TD-MPC2's reference (``tdmpc2/envs/mujoco.py``), which sets ``rho=0.7`` and
+``discount_max=0.99`` for them."""
 
 _DREAMER = "danijar/dreamerv3 dreamerv3/configs.yaml"
 _TDMPC = "nicklashansen/tdmpc2 tdmpc2/config.yaml"
@@ -111,6 +116,11 @@ PRESETS: dict[str, Preset] = {
     "tdmpc2_pixels": Preset("tdmpc2", _TDMPC_RUN, suite=True, source=f"{_TDMPC} with obs=rgb",
                             unmapped={**_TDMPC_UNMAPPED, "obs: rgb": "the :pixels environment id (the pixel "
                                       "encoder; 3 stacked 64x64 frames, worldloom.envs.DMC_REFERENCE)"}),
+    "tdmpc2_gymnasium": Preset("tdmpc2", _TDMPC_RUN, world_model=dict(rho=0.7, discount_max=0.99), suite=True,
+                               source=f"{_TDMPC} with tdmpc2/envs/mujoco.py's rho and discount_max",
+                               unmapped={**_TDMPC_UNMAPPED, "Timeout of lunarlander-continuous: 500 steps":
+                                         "Gymnasium's own time limit (1000) stands; "
+                                         "--set env_options={max_episode_steps: 500} sets the reference's"}),
     # Not the reference's: tuned on a 2-core CPU to learn CartPole-v1 in minutes (docs/agents.md, Presets).
     "quick": Preset("dreamerv3", dict(model="dreamerv3:size1m", sequence_length=32, train_ratio=128.0,
                                       learning_rate=2e-4, warmup_steps=100, total_steps=40_000,
@@ -125,11 +135,15 @@ def suite_preset(env: str, algo: str) -> str | None:
 
     DreamerV3: ``dmc:...`` -> ``dmc_proprio``, ``dmc:...:pixels`` -> ``dmc_vision``,
     ``atari:...`` -> ``atari100k``, a Gymnasium id -> ``quick``. TD-MPC2:
-    ``dmc:...`` -> ``tdmpc2``, ``dmc:...:pixels`` -> ``tdmpc2_pixels``, others none.
+    ``dmc:...`` -> ``tdmpc2``, ``dmc:...:pixels`` -> ``tdmpc2_pixels``, the
+    reference's Gymnasium tasks (:data:`TDMPC2_GYMNASIUM_TASKS`, any version)
+    -> ``tdmpc2_gymnasium``, others none.
     """
     suite, _, rest = str(env).partition(":")
     pixels = rest.endswith(":pixels")
     if algo == "tdmpc2":
+        if not rest and str(env).rsplit("-v", 1)[0] in TDMPC2_GYMNASIUM_TASKS:
+            return "tdmpc2_gymnasium"
         return ("tdmpc2_pixels" if pixels else "tdmpc2") if suite == "dmc" and rest else None
     if suite == "dmc" and rest:
         return "dmc_vision" if pixels else "dmc_proprio"
@@ -186,5 +200,5 @@ def reference_settings(family: str, fields=None) -> dict[str, Any]:
     return values if fields is None else {name: values[name] for name in fields}
 
 
-__all__ = ["OPTIMIZER_FIELDS", "PRESETS", "REFERENCE", "Preset", "reference_settings", "stack_presets",
-           "suite_preset"]
+__all__ = ["OPTIMIZER_FIELDS", "PRESETS", "REFERENCE", "TDMPC2_GYMNASIUM_TASKS", "Preset", "reference_settings",
+           "stack_presets", "suite_preset"]
