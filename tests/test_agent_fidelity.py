@@ -168,6 +168,28 @@ def test_random_actions_feed_the_acting_latent(dreamer):
     assert AgentRunConfig(algo="dreamerv3").resolved("seed_steps") == 0
 
 
+@pytest.mark.slow(reason="needs the module's DreamerV3 agent (its world model and policy step compile first)")
+def test_replay_stores_the_acting_latents_one_hot(dreamer):
+    """The straight-through sample's ones are not all exactly 1 in f32 (0.99999994): stored, they stay ones."""
+    agent, rng = dreamer, np.random.default_rng(0)
+    replay = StreamReplay(40, 1, (4,), np.float32, 2, deter=agent.world_model.config.deter,
+                          stoch=agent.world_model.config.stoch_size)
+    agent.reset(1)
+    latents = []
+    for t in range(12):
+        agent.act(rng.normal(size=(1, 4)).astype(np.float32), np.array([t == 0]))
+        deter, stoch = agent.latent()
+        latents.append(stoch[0])
+        replay.add({"obs": np.zeros((1, 4), np.float32), "actions": np.zeros((1, 2)), "rewards": np.zeros(1),
+                    "is_first": np.array([t == 0]), "is_last": np.zeros(1, bool), "is_terminal": np.zeros(1, bool),
+                    "deter": deter, "stoch": stoch})
+    latents = np.stack(latents)
+    assert np.any((latents > 0.5) & (latents != 1.0)), "no inexact one in 12 steps: the test shows nothing"
+    stored = replay.data["stoch"][0, :12].reshape(12, agent.world_model.config.stoch, -1)
+    np.testing.assert_array_equal(stored.sum(-1), 1)  # one class per latent, none lost
+    np.testing.assert_array_equal(replay.data["stoch"][0, :12], latents.round())
+
+
 def test_stream_replay_write_back_and_files(tmp_path):
     replay = StreamReplay(40, 2, (3,), np.float32, 2, deter=5, stoch=4, seed=1)
     for t in range(12):

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _agents import DREAMER_BATCH, DREAMER_LENGTH, dreamer_agent, jit_update, run_settings
+from _agents import DREAMER_BATCH, DREAMER_LENGTH, dreamer_agent, dreamer_model, jit_update, run_settings
 
 from worldloom.agents import DreamerAgent
 from worldloom.agents.dreamer_losses import DreamerAgentConfig, imagine_with_policy, replay_returns
@@ -154,3 +154,15 @@ def test_agents_of_equal_configs_share_their_update_functions(agent, rng, stream
     assert agent.make_update(settings, skip_nonfinite=False) is not update
     other = DreamerAgent(agent.world_model, DreamerAgentConfig(actor_layers=1))
     assert other.make_update(settings) is not update and other.actor_net is not agent.actor_net
+
+
+@pytest.mark.parametrize("reward_bins, critic_bins", [(5, 255), (255, 7)])
+def test_the_critic_reads_its_values_over_its_own_bins(rng, stream_batch, reward_bins, critic_bins):
+    """The reward head and the critic each have their bins (the reference's ``bins`` of each head); the debug
+    preset's world model has 5 reward bins beside the critic's 255."""
+    agent = DreamerAgent(dreamer_model(reward_bins=reward_bins), DreamerAgentConfig(critic_bins=critic_bins))
+    update = agent.make_update(run_settings("dreamerv3"))
+    state = jax.eval_shape(update.init, agent.params)
+    batch = stream_batch(agent, rng, DREAMER_BATCH, DREAMER_LENGTH)
+    _, metrics, _ = jax.eval_shape(update.step, state, batch, jax.random.PRNGKey(0))  # traced: shapes must agree
+    assert metrics["loss/value"].shape == () and metrics["loss/rew"].shape == ()

@@ -21,7 +21,7 @@ from worldloom.agents.dreamer_networks import policy_entropy, policy_log_prob, p
 from worldloom.agents.normalizers import PercentileState, percentile_normalizer
 from worldloom.core.config import ConfigBase, require
 from worldloom.core.types import LatentState
-from worldloom.nn.functional import lambda_return, twohot_loss, twohot_mean
+from worldloom.nn.functional import dreamer_bins, lambda_return, twohot_loss, twohot_mean
 
 sg = jax.lax.stop_gradient
 
@@ -128,7 +128,7 @@ def behaviour_loss(cfg: DreamerAgentConfig, wm_fns, nets, params, slow_critic, r
         ``(loss, metrics, new_retnorm)``.
     """
     actor_net, critic_net = nets
-    bins = wm_fns.bins
+    bins = dreamer_bins(critic_net.bins)  # the critic's own, as the reference's value head has
     batch_size, length = post.batch_shape
     wm_params = sg(params["wm"])
     start = jax.tree_util.tree_map(lambda x: sg(x.reshape(batch_size * length, *x.shape[2:])), post)

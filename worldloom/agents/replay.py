@@ -49,6 +49,11 @@ DISK_VERSION = 2  # a disk replay's file: counters and checksums, not rows
 __all__ = ["StreamReplay"]
 
 
+def _stoch_bytes(stoch) -> np.ndarray:
+    """One-hot latents as stored (uint8). Rounded: a straight-through sample's ones can be 0.99999994 in f32."""
+    return np.asarray(stoch).round().astype(np.uint8)
+
+
 class StreamReplay:
     """Ring buffers of ``capacity // num_streams`` rows per environment stream.
 
@@ -119,6 +124,7 @@ class StreamReplay:
                 raise ShapeError(f"StreamReplay.add: {key} expected shape "
                                  f"{[self.num_streams, *store.shape[2:]]}, got {list(value.shape)}.")
             values[key] = value
+        values["stoch"] = _stoch_bytes(values["stoch"])
         for key, store in self.data.items():
             store[streams, slot] = values[key]
             if self.disk is not None:
@@ -205,7 +211,7 @@ class StreamReplay:
         stream, slots = where
         rows = stream[:, None], slots[:, 1:]
         self.data["deter"][rows] = deter
-        self.data["stoch"][rows] = np.asarray(stoch).round().astype(np.uint8)
+        self.data["stoch"][rows] = _stoch_bytes(stoch)
         if self.disk is not None:
             for key in LATENTS:
                 self.disk.mark(key, *rows)
