@@ -10,7 +10,7 @@ from _agents import DREAMER_TINY, TDMPC_TINY, dreamer_agent, pendulum_tdmpc
 
 from worldloom import create_world_model
 from worldloom.agents import AgentRunConfig, DreamerAgentConfig, TDMPC2Agent, evaluate, run_agent
-from worldloom.agents.collect import StreamCollector
+from worldloom.agents.collect import StreamCollector, env_action
 from worldloom.agents.dreamer_losses import behaviour_loss, replay_returns
 from worldloom.agents.dreamer_networks import policy_entropy, policy_log_prob
 from worldloom.agents.loop import terminates
@@ -152,6 +152,10 @@ def test_stream_collector_rows_follow_the_reference_layout(dreamer):
     assert term[ends].all()  # CartPole falls: true terminals
     assert np.all(data["rewards"][0, :rows][first] == 0.0) and np.all(data["rewards"][0, ends] == 1.0)
     assert rows == steps + 2  # every step is a row, plus one reset row per episode
+    # Learning starts at B x T windows of T + 1 rows: the reference's len(replay) >= batch_size * batch_length.
+    windows = rows - 8
+    assert collector.replay.window_count(9) == windows and windows >= 8
+    assert collector.ready(windows // 8, 8) and not collector.ready(windows // 8 + 1, 8)
     # The stored latent is the agent's posterior at that step.
     deter, _ = agent.latent()
     np.testing.assert_allclose(data["deter"][0, rows - 1], deter[0], rtol=1e-6)
@@ -188,6 +192,15 @@ def test_replay_stores_the_acting_latents_one_hot(dreamer):
     stored = replay.data["stoch"][0, :12].reshape(12, agent.world_model.config.stoch, -1)
     np.testing.assert_array_equal(stored.sum(-1), 1)  # one class per latent, none lost
     np.testing.assert_array_equal(replay.data["stoch"][0, :12], latents.round())
+
+
+def test_agent_actions_map_to_the_box_bounds_and_unbounded_dimensions_keep_theirs():
+    space = gym.spaces.Box(np.array([-2.0, -np.inf, 0.0], np.float32), np.array([2.0, np.inf, 10.0], np.float32))
+    with np.errstate(all="raise"):  # no inf - inf on the way
+        np.testing.assert_allclose(env_action(np.array([0.5, 0.3, -1.0]), space, False), [1.0, 0.3, 0.0])
+        np.testing.assert_allclose(env_action(np.array([-3.0, 5.0, 1.0]), space, False), [-2.0, 1.0, 10.0])
+    assert env_action(np.zeros(3), space, False).dtype == np.float32
+    assert env_action(np.array([0.1, 0.7, 0.2]), gym.spaces.Discrete(3), True) == 1
 
 
 def test_stream_replay_write_back_and_files(tmp_path):

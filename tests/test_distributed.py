@@ -133,9 +133,8 @@ ONLINE = {
     "dreamerv3": (dict(env="CartPole-v1", algo="dreamerv3", total_steps=160, batch_size=4, sequence_length=8,
                        train_ratio=4.0, eval_every=80, eval_episodes=1, checkpoint_every=80),
                   dict(deter=64, hidden=32, units=32, classes=4, stoch=4, enc_layers=1, dec_layers=1, img_layers=1)),
-    "tdmpc2": (dict(env="CartPole-v1", algo="tdmpc2", model="tdmpc2:1m", total_steps=92, batch_size=4,
-                    sequence_length=3, seed_steps=90, updates_per_step=0.25, eval_every=46, eval_episodes=1,
-                    checkpoint_every=46, episodic=True),
+    "tdmpc2": (dict(env="CartPole-v1", algo="tdmpc2", model="tdmpc2:1m", total_steps=92, batch_size=4, seed_steps=90,
+                    updates_per_step=0.25, eval_every=46, eval_episodes=1, checkpoint_every=46, episodic=True),
                dict(enc_dim=32, mlp_dim=32, latent_dim=16, num_q=2, num_samples=32, num_elites=8, num_pi_trajs=4,
                     iterations=2)),
 }

@@ -209,6 +209,16 @@ def test_laprop_first_step_is_lr_times_sign():
     np.testing.assert_allclose(updates["w"], [-1e-2, 1e-2, -1e-2], rtol=1e-5)
 
 
+def test_laprop_weight_decay_decays_the_kernels_alone():
+    """The reference's ``wdregex: /kernel$``: biases and norm scales keep their values."""
+    tx = laprop_agc(1.0, weight_decay=0.1)
+    params = {"dense": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones(3)}, "norm": {"scale": jnp.ones(3)}}
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    np.testing.assert_allclose(updates["dense"]["kernel"], -0.1)
+    assert not np.any(updates["dense"]["bias"]) and not np.any(updates["norm"]["scale"])
+
+
 def test_per_example_keys_draw_an_examples_sample_wherever_it_sits():
     """A batch shard with its offset draws exactly what the whole batch draws for those examples."""
     from worldloom.nn.functional import example_keys, split_key, straight_through_sample

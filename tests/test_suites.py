@@ -162,10 +162,10 @@ def test_each_agent_trains_on_each_suite_its_reference_runs(tmp_path, name):
     env_id, algo, model, env_options = RUNS[name]
     if "pixels" in env_id:
         _render_or_skip(env_id, algo)
-    # DreamerV3 trains from its first full window (5 rows) on, one update a step. TD-MPC2 replays whole episodes, as
-    # its reference does: its updates start when the first (500 steps) ends, with a burst of 8 (seed_steps) updates,
-    # fewer than a K-update program takes: the run compiles one update program.
-    steps, seed_steps, length = (12, 4, 4) if algo == "dreamerv3" else (504, 8, 3)
+    # DreamerV3 trains once replay holds B x T = 8 windows of 5 rows (12 rows: step 11), one update a step. TD-MPC2
+    # replays whole episodes, as its reference does: its updates start when the first (500 steps) ends, with a burst
+    # of 8 (seed_steps) updates, fewer than a K-update program takes: the run compiles one update program.
+    steps, seed_steps, length = (12, 4, 4) if algo == "dreamerv3" else (504, 8, None)
     config = AgentRunConfig(env=env_id, env_options=env_options, algo=algo, total_steps=steps, seed_steps=seed_steps,
                             train_ratio=8, updates_per_step=0.5, batch_size=2, sequence_length=length,
                             eval_every=steps, eval_episodes=0, checkpoint_every=10_000, out_dir=str(tmp_path / "run"),

@@ -28,12 +28,16 @@ def env_action(action: np.ndarray, env, discrete: bool):
     """The Gymnasium action of one agent action (one-hot -> index; [-1, 1] -> the Box bounds).
 
     ``env`` is an environment, or an action space (a vector env's ``single_action_space``).
+    A dimension without finite bounds gets the agent's value in [-1, 1], as the
+    reference's ``NormalizeAction`` leaves it.
     """
     space = getattr(env, "action_space", env)
     if discrete:
         return int(np.argmax(action))
-    low, high = space.low, space.high
-    scaled = low + (np.clip(action, -1, 1) + 1.0) * 0.5 * (high - low)
+    low, high = (np.asarray(bound, np.float64).reshape(-1) for bound in (space.low, space.high))
+    finite = np.isfinite(low) & np.isfinite(high)
+    low, high = np.where(finite, low, -1.0), np.where(finite, high, 1.0)
+    scaled = low + (np.clip(np.asarray(action, np.float64).reshape(-1), -1, 1) + 1.0) * 0.5 * (high - low)
     return scaled.reshape(space.shape).astype(space.dtype)
 
 
@@ -163,8 +167,11 @@ class StreamCollector:
     def num_transitions(self) -> int:
         return len(self.replay)
 
-    def ready(self, seq_len: int) -> bool:
-        return self.replay.ready(seq_len + 1)
+    def ready(self, batch_size: int, seq_len: int) -> bool:
+        """Whether learning may start: replay holds ``batch_size * seq_len`` windows of ``seq_len + 1`` rows, as
+        the reference waits for ``len(replay) >= batch_size * batch_length`` (1,088 steps of one environment at
+        16 x 64)."""
+        return self.replay.window_count(seq_len + 1) >= batch_size * seq_len
 
     def sample(self, batch_size: int, seq_len: int):
         """Windows of ``seq_len + 1`` rows (one row of context) and where they lie."""
@@ -249,7 +256,8 @@ class EpisodeCollector:
     def num_transitions(self) -> int:
         return len(self.replay)
 
-    def ready(self, seq_len: int) -> bool:
+    def ready(self, batch_size: int, seq_len: int) -> bool:
+        """Whether learning may start: replay holds a window (the seed steps come first, as the reference's)."""
         return self.replay.ready(seq_len)
 
     def sample(self, batch_size: int, seq_len: int):

@@ -507,7 +507,7 @@ def _drive(config, agent, collector, learner, evaluator, cp, loop, share, writer
         compiles = not random_phase and not acted
         acted = acted or not random_phase
         stepped = collector.step(agent, agent.random_actions(rng, collector.envs.num_envs) if random_phase else None)
-        stepped, ready = share.agree(stepped, collector.ready(config.sequence_length))  # summed over processes
+        stepped, ready = share.agree(stepped, collector.ready(share.local_batch, config.sequence_length))
         loop.env_step += stepped
         bar.update(stepped)
         ran = 0

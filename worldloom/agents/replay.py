@@ -169,6 +169,10 @@ class StreamReplay:
     def ready(self, length: int) -> bool:
         return bool((np.minimum(self.written, self.rows) >= length).any())
 
+    def window_count(self, length: int) -> int:
+        """Windows of ``length`` rows held (their starts, summed over streams): the reference's ``len(replay)``."""
+        return int(np.maximum(np.minimum(self.written, self.rows) - length + 1, 0).sum())
+
     def sample(self, batch_size: int, length: int) -> SampledBatch:
         """``batch_size`` windows of ``length`` rows and where they came from.
 

@@ -52,6 +52,12 @@ def scale_by_momentum(beta: float = 0.9) -> optax.GradientTransformation:
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def kernels(params):
+    """A mask of ``params``: True at the dense and convolution kernels (leaves named ``kernel``), False at biases
+    and norm scales. DreamerV3 decays these alone (``wdregex: /kernel$`` in ``dreamerv3/agent.py``)."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+
+
 def laprop_agc(
     learning_rate,
     *,
@@ -66,7 +72,7 @@ def laprop_agc(
     """DreamerV3's optimiser: AGC -> RMS scaling -> momentum (LaProp) -> lr.
 
     ``grad_clip`` adds a global-norm clip first and ``weight_decay`` a decoupled
-    decay, for users who set them in ``TrainingConfig``.
+    decay of the kernels (:func:`kernels`), for users who set them in ``TrainingConfig``.
     """
     chain = []
     if grad_clip:
@@ -77,6 +83,6 @@ def laprop_agc(
         scale_by_momentum(beta1),
     ]
     if weight_decay:
-        chain.append(optax.add_decayed_weights(weight_decay))
+        chain.append(optax.add_decayed_weights(weight_decay, mask=kernels))
     chain.append(optax.scale_by_learning_rate(learning_rate))
     return optax.chain(*chain)

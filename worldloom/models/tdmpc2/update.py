@@ -24,6 +24,7 @@ from worldloom.models.base import OptimizerSettings, UpdateFunctions, owned_stat
 from worldloom.models.tdmpc2.functions import TDMPC2Functions
 from worldloom.models.tdmpc2.losses import make_chunks, policy_loss, world_model_loss
 from worldloom.models.tdmpc2.scale import running_scale
+from worldloom.nn.optim import kernels
 
 POLICY = "pi"
 
@@ -39,7 +40,7 @@ def _adam(settings: OptimizerSettings, eps: float, post=()) -> optax.GradientTra
         chain.append(optax.clip_by_global_norm(settings.grad_clip))
     chain.append(optax.scale_by_adam(eps=eps))
     if settings.weight_decay:
-        chain.append(optax.add_decayed_weights(settings.weight_decay))
+        chain.append(optax.add_decayed_weights(settings.weight_decay, mask=kernels))
     chain.append(optax.scale_by_learning_rate(settings.schedule()))
     chain.extend(post)
     return optax.chain(*chain)
