@@ -50,7 +50,7 @@ def test_logging_checkpoints_and_progress_in_one_run(buffer, tmp_path, capsys):
     logs, ckpt = tmp_path / "logs", tmp_path / "ckpt"
     checkpoint = CheckpointCallback(save_dir=ckpt, save_every=2, keep_last=2)
     trainer = Trainer(make_model(), make_config(eval_interval=4, eval_fraction=0.1, eval_batches=1, log_interval=8))
-    trainer.add_callback(ProgressCallback(refresh_every=2))
+    trainer.add_callback(ProgressCallback(refresh_every=2, desc="fit"))
     trainer.add_callback(LoggingCallback(log_dir=logs, log_to_console=True, log_interval=2))
     trainer.add_callback(LoggingCallback(log_dir=tmp_path / "config_interval"))
     trainer.add_callback(checkpoint)
@@ -65,7 +65,7 @@ def test_logging_checkpoints_and_progress_in_one_run(buffer, tmp_path, capsys):
     assert [step for step, _ in read_events(tmp_path / "config_interval")["train/loss"]] == [8]  # log_interval
     out, err = capsys.readouterr()
     assert "[train] step 2 | " in out and "[eval] step 8 | " in out
-    assert "loss=" in err and "upd/s=" in err and "8/8" in err  # the tqdm bar
+    assert "loss=" in err and "upd/s=" in err and "8/8" in err and "fit" in err  # the tqdm bar, labelled
 
     # Exactly the newest two of the checkpoints at 2, 4, 6 and 8, and nothing half-written.
     assert sorted(os.listdir(ckpt)) == ["best", "step_00000006", "step_00000008"]
@@ -193,3 +193,20 @@ def test_a_log_directory_on_a_full_disk_warns_once_and_training_goes_on(buffer, 
         trainer.train(buffer)
     assert trainer.step == 8 and not trainer.interrupted
     assert len([w for w in caught if "Logging to" in str(w.message)]) == 1
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: EarlyStoppingCallback(patience=2.5), r"patience: expected an integer >= 1, got 2.5"),
+    (lambda d: EarlyStoppingCallback(patience="7"), r"patience: expected an integer >= 1, got '7'"),
+    (lambda d: EarlyStoppingCallback(min_delta=float("inf")), r"min_delta: expected a finite number >= 0"),
+    (lambda d: EarlyStoppingCallback(monitor=""), r"monitor must be a metric name"),
+    (lambda d: CheckpointCallback(save_dir=d, save_every=True), r"save_every: expected an integer >= 1, got True"),
+    (lambda d: CheckpointCallback(save_dir=d, save_best="no"), r"save_best: expected True or False, got str 'no'"),
+    (lambda d: CheckpointCallback(save_dir=None), r"save_dir: expected a path, got NoneType None"),
+    (lambda d: LoggingCallback(log_interval=2.5), r"log_interval: expected an integer >= 1, got 2.5"),
+    (lambda d: LoggingCallback(log_dir=d, log_to_console="no"), r"log_to_console: expected True or False"),
+    (lambda d: ProgressCallback(refresh_every=0), r"refresh_every: expected an integer >= 1, got 0"),
+])
+def test_callback_arguments_are_checked_not_coerced(tmp_path, make, message):
+    with pytest.raises(ConfigError, match=message):
+        make(tmp_path / "out")

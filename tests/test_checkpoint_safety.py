@@ -127,6 +127,8 @@ def test_save_refuses_what_is_not_a_saved_model(tmp_path):
                                               r"directory that is not a saved worldloom model \(it holds notes.txt\)"
                                               r".*overwrite=True"):
         model.save_pretrained(user_dir)
+    with pytest.raises(ConfigError, match=r"overwrite: expected True or False, got str 'no'"):
+        model.save_pretrained(user_dir, overwrite="no")  # not taken for a yes
     assert (user_dir / "notes.txt").read_text() == "keep me"
 
     saved = tmp_path / "some_model"

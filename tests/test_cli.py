@@ -129,11 +129,22 @@ def test_version_and_help_show_defaults(capsys, monkeypatch):
     (("train", "--steps", "0"), "total_steps must be >= 1, got 0"),
     (("train", "--device", "cuda"), "Device 'cuda' is not available"),
     (("agent", "--device", "cuda"), "Device 'cuda' is not available"),
+    (("train", "--context", "0"), "--context: expected at least 1 step, got 0"),
 ])
 def test_bad_settings_fail_before_collecting(tmp_path, capsys, args, message):
     out = _run(capsys, *args, "--out", str(tmp_path / "run"))
     assert out.returncode == 2 and message in out.stderr
     assert "Collecting" not in out.stdout and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--seq-len", "400"), "fewer than --seq-len 400"),
+    (("--seq-len", "4", "--context", "500"), "--context 500: the open-loop plot observes that many steps"),
+])
+def test_settings_the_held_out_episodes_cannot_meet_fail_before_training(tmp_path, capsys, args, message):
+    out = _run(capsys, "train", "--episodes", "1", "--test-episodes", "1", *args, "--out", str(tmp_path / "run"))
+    assert out.returncode == 2 and message in out.stderr
+    assert "Model" not in out.stdout and not (tmp_path / "run").exists()  # nothing trained, nothing left
 
 
 AGENT_SETS = ["--set", "deter=64", "--set", "hidden=32", "--set", "units=32", "--set", "classes=4", "--set",

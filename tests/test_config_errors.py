@@ -35,6 +35,22 @@ def test_values_are_not_silently_coerced(overrides, message):
         create_world_model("dreamerv3:size1m", **args)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (dict(seed=-1), r"seed must be >= 0, got -1"),
+    (dict(learning_rate=float("inf")), r"learning_rate must be finite and > 0, got inf"),
+    (dict(weight_decay=float("inf")), r"weight_decay must be finite and >= 0, got inf"),
+    (dict(grad_clip=float("nan")), r"grad_clip must be finite and >= 0 \(0 or None: no clip\), got nan"),
+    (dict(checkpoint_dir=5), r"checkpoint_dir: expected a string or None, got int 5"),
+    (dict(checkpoint_dir=""), r"checkpoint_dir must be a directory path or None, got str ''"),
+    (dict(device="cpu:-1"), r"device must be one of .*an index >= 0\), got 'cpu:-1'"),
+])
+def test_training_config_refuses_values_it_cannot_train_with(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainingConfig(**overrides)
+    with pytest.raises(ConfigError, match="TrainingConfig.load: expected a file path, got NoneType None"):
+        TrainingConfig.load(None)
+
+
 @pytest.mark.slow
 def test_numpy_scalars_and_lists_are_accepted_as_their_python_types():
     import numpy as np

@@ -233,3 +233,30 @@ def test_models_of_equal_configs_share_their_programs():
     settings = run_settings("tdmpc2")
     assert agents[0].make_update(settings) is agents[1].make_update(settings)
     assert agents[0].make_update(settings) is not agents[0].make_update(settings, skip_nonfinite=False)
+
+
+@pytest.mark.slow(reason="compiles a tiny DreamerV3 model's initialiser, encoder and imagination")
+def test_a_model_loaded_first_in_a_process_runs_every_method(tmp_path):
+    """Loading builds the programs inside ``jax.eval_shape``; built there first (as in a fresh process), they hold
+    no tracer of that trace."""
+    import gc
+
+    from worldloom.models.dreamerv3 import model as dreamer_model
+
+    saved = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, deter=48, hidden=16, units=16,
+                               classes=4, stoch=4, seed=3)
+    saved.save_pretrained(tmp_path / "m")
+    del saved
+    gc.collect()
+    dreamer_model._programs.cache_clear()  # as in a new process: nothing of this config is built
+    model = create_world_model(str(tmp_path / "m"))
+    state = model.encode(np.zeros((2, 4), np.float32))
+    assert model.imagine(state, np.zeros((3, 2, 2), np.float32)).rewards.shape == (3, 2)
+    assert model.decode(state)["reward"].shape == (2, 1)
+    # The saved seed, unless one is given: it seeds the RNG, and the params are the saved ones.
+    reseeded = create_world_model(str(tmp_path / "m"), seed=5)
+    assert model.seed == 3 and reseeded.seed == 5
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(model.params),
+                                                     jax.tree_util.tree_leaves(reseeded.params)))
+    with pytest.raises(ConfigError, match="seed must be an int, got str 'abc'"):
+        create_world_model(str(tmp_path / "m"), seed="abc")

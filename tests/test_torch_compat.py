@@ -194,6 +194,18 @@ def test_user_errors_raise_worldloom_types(model):
     assert isinstance(model.jax_model.params["reward"]["Dense_0"]["Dense_0"]["bias"], jax.Array)
 
 
+
+def test_inputs_that_require_grad_are_checked_as_the_others(model):
+    """They reach the model as tracers of jax.vjp, whose values are read all the same."""
+    model.eval()
+    with pytest.raises(DataError, match="obs contains 8 NaN or inf values"):
+        model.encode(torch.full((2, 4), float("nan"), requires_grad=True))
+    batch = {"obs": torch.zeros(2, 3, 4), "actions": torch.zeros(2, 3, 2), "rewards": torch.zeros(2, 3),
+             "continues": torch.full((2, 3), 5.0, requires_grad=True)}
+    with pytest.raises(DataError, match=r"continues: expected values in \[0, 1\].*got values from 5 to 5"):
+        model.compute_loss(batch)
+
+
 @pytest.mark.slow
 def test_image_observations_are_channels_first():
     model = create_world_model("dreamerv3:size1m", obs_shape=(3, 16, 16), action_dim=2, device="cpu",

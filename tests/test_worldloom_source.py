@@ -444,6 +444,9 @@ def test_callback_source_arguments(tmp_path):
         CheckpointCallback(save_dir=tmp_path, output_dir=tmp_path)
     assert ProgressCallback(desc="Training").desc == "Training"
     assert LoggingCallback(log_interval=10).log_interval == 10
+    # The source's defaults: console on, TensorBoard off unless a log directory is given.
+    assert (LoggingCallback().log_to_console, LoggingCallback().log_to_tensorboard) == (True, False)
+    assert LoggingCallback(log_dir=tmp_path / "logs").log_to_tensorboard
     assert EarlyStoppingCallback(patience=1000, min_delta=1e-4).patience == 1000
 
 

@@ -355,6 +355,9 @@ def cmd_train(args) -> dict:
     for flag, value in (("--episodes", args.episodes), ("--test-episodes", args.test_episodes)):
         if value < 1:
             raise ConfigError(f"{flag}: expected at least 1 episode, got {value}.")
+    for flag, value in (("--context", args.context), ("--horizon", args.horizon)):
+        if value < 1:
+            raise ConfigError(f"{flag}: expected at least 1 step, got {value}.")
     env = make_env(args.env)  # made, not stepped: its spaces check the model settings
     try:
         obs_shape, action_dim, discrete = _env_spaces(env)
@@ -426,14 +429,6 @@ def _train(args, config, env, block: tuple[int, int], overrides: dict, model_set
     run_config["training"] = {k: v for k, v in config.to_dict().items()
                               if k not in TRAIN_FLAGS.values() and k != "checkpoint_dir"}
     run_config = json.loads(json.dumps(run_config, default=str))
-    if primary:
-        import yaml
-
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(run_config, sort_keys=False))
-        print("Run settings (saved as " + str(out / "config.yaml") + "):\n  "
-              + ", ".join(f"{key}={value}" for key, value in run_config.items() if not isinstance(value, dict))
-              + "".join(f"\n  {section}: " + ", ".join(f"{k}={v}" for k, v in run_config[section].items())
-                        for section in ("world_model", "training")))
     began = time.perf_counter()
     share = "" if (first, last) == (0, args.episodes) else f" (this process: training episodes {first} to {last - 1})"
     print(f"Collecting {args.episodes} + {args.test_episodes} random-policy episodes of {args.env}{share} ...")
@@ -444,14 +439,28 @@ def _train(args, config, env, block: tuple[int, int], overrides: dict, model_set
         env.close()
     print(f"  train: {buffer.num_transitions} transitions in {buffer.num_episodes} episodes; "
           f"held out: {test.num_transitions} in {test.num_episodes}")
-
-    model = create_world_model(args.model, obs_shape=buffer.obs_shape, action_dim=buffer.action_dim,
-                               device=args.device, seed=args.seed, **overrides)
-    print(f"Model {model!r}")
+    # What the held-out episodes must hold, checked before anything is written or trained.
     seq_len = args.seq_len
     if test.num_transitions < seq_len:
         raise ConfigError(f"The held-out episodes hold {test.num_transitions} transitions, fewer than --seq-len "
                           f"{seq_len}: raise --test-episodes (now {args.test_episodes}) or lower --seq-len.")
+    longest = max(len(test.episode(i)["rewards"]) for i in range(test.num_episodes))
+    if longest <= args.context:
+        raise ConfigError(f"--context {args.context}: the open-loop plot observes that many steps of a held-out "
+                          f"episode and imagines the rest; expected fewer than the longest held-out episode "
+                          f"({longest} steps): lower --context or raise --test-episodes.")
+    if primary:
+        import yaml
+
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(run_config, sort_keys=False))
+        print("Run settings (saved as " + str(out / "config.yaml") + "):\n  "
+              + ", ".join(f"{key}={value}" for key, value in run_config.items() if not isinstance(value, dict))
+              + "".join(f"\n  {section}: " + ", ".join(f"{k}={v}" for k, v in run_config[section].items())
+                        for section in ("world_model", "training")))
+
+    model = create_world_model(args.model, obs_shape=buffer.obs_shape, action_dim=buffer.action_dim,
+                               device=args.device, seed=args.seed, **overrides)
+    print(f"Model {model!r}")
     before = evaluate_loss(model, test, args.batch_size, seq_len, num_batches=4, seed=args.seed)
 
     trainer = Trainer(model, config)
@@ -490,7 +499,7 @@ def _train(args, config, env, block: tuple[int, int], overrides: dict, model_set
         "eval_history": trainer.eval_history,
         "open_loop": {k: v for k, v in result.items() if isinstance(v, (int, float))},
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     print(f"\nTrained {trainer.step} updates in {summary['seconds']:.0f} s"
           + (" (interrupted)" if trainer.interrupted else ""))
     print(f"  final train losses: {_losses_text(trainer.last_losses)}")

@@ -446,7 +446,7 @@ def create_world_model(
     action_dim: int | None = None,
     *,
     device: str | torch.device = "auto",
-    seed: int = 0,
+    seed: int | None = None,
     **overrides: Any,
 ) -> WorldModel:
     """Create a world model as a ``torch.nn.Module``; arguments as :func:`worldloom.create_world_model`.
@@ -458,7 +458,8 @@ def create_world_model(
             without one gets the original's ``(3, 64, 64)``.
         action_dim: Action size (number of actions when discrete); by default the original's 6.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device`` or ``"auto"``.
-        seed: Seeds the initial params and the model's RNG.
+        seed: Seeds the initial params and the model's RNG (``None``: 0); for a saved
+            directory the RNG alone (``None``: the saved seed).
         **overrides: Config fields in any of the configs' names, e.g. ``deter=256``,
             ``deter_dim=256``, ``stoch_discrete=8``, ``action_type="discrete"``.
 

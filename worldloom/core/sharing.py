@@ -12,7 +12,10 @@ configuration a process ever built.
 
 :func:`shared` keeps an entry while anything uses it (a model holds its
 programs, a run its update) and the ``keep`` most recently asked-for ones
-besides; the rest are dropped with their executables.
+besides; the rest are dropped with their executables. An entry is built
+outside any trace (``jax.ensure_compile_time_eval``): the first one asked for
+inside ``jax.eval_shape`` or a jit, as loading a checkpoint does, holds
+concrete constants, not that trace's tracers.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import threading
 import weakref
 from collections.abc import Callable
 from typing import TypeVar
+
+import jax
 
 T = TypeVar("T")
 
@@ -52,7 +57,8 @@ def shared(keep: int = 2, key: Callable[..., object] | None = None) -> Callable[
             with lock:
                 value = live.get(entry, recent.get(entry))
                 if value is None:
-                    value = build(*args, **kwargs)
+                    with jax.ensure_compile_time_eval():
+                        value = build(*args, **kwargs)
                     try:
                         live[entry] = value
                     except TypeError:  # it cannot be weakly referenced: shared while among the latest

@@ -23,8 +23,9 @@ tensor, a JAX array on the CPU) is checked with NumPy before it is copied to
 the device, a few passes over memory already at hand. An array already on an
 accelerator is checked by one small jitted reduction whose few numbers are then
 read (one host sync), unless the model's ``check_device_inputs`` is False.
-Traced values (inside ``jax.jit``, or torch inputs that require grad, which
-the torch face passes through ``jax.vjp``) cannot be read and are not checked.
+Values traced by an eager ``jax.vjp`` over concrete inputs (torch inputs that
+require grad, which the torch face passes through it) are read through the
+tracer; values traced inside ``jax.jit`` cannot be read and are not checked.
 
 Every refusal is a :class:`~worldloom.core.errors.DataError` whose message says
 what was expected and what was got.
@@ -74,6 +75,17 @@ class Summary:
 def is_traced(x) -> bool:
     """Whether ``x`` is a JAX tracer (its values cannot be read)."""
     return isinstance(x, jax.core.Tracer)
+
+
+def readable(x):
+    """``x``, or the concrete value a tracer holds (an eager ``jax.vjp`` over concrete inputs); None where the
+    values cannot be read (inside ``jax.jit``)."""
+    if not is_traced(x):
+        return x
+    try:
+        return x.to_concrete_value()
+    except Exception:  # noqa: BLE001 - a tracer without one: nothing to read
+        return None
 
 
 def on_accelerator(x) -> bool:
@@ -157,7 +169,8 @@ def summary(x, *, one_hot_rows: bool = False, device_checks: bool = True) -> Sum
     device (one host sync), or not at all when ``device_checks`` is False;
     traced values never.
     """
-    if is_traced(x):
+    x = readable(x)
+    if x is None:
         return None
     if on_accelerator(x):
         return device_summary(x, one_hot_rows) if device_checks else None
@@ -288,7 +301,8 @@ def check_environment_observations(obs, *, image: bool, device_checks: bool = Tr
     try:
         return check_observations("obs", obs, image=image, device_checks=device_checks)
     except DataError as err:
-        if is_traced(obs) or (on_accelerator(obs) and not device_checks) or not _is_float(obs.dtype):
+        obs = readable(obs)
+        if obs is None or (on_accelerator(obs) and not device_checks) or not _is_float(obs.dtype):
             raise
         rows = np.asarray(obs).reshape(len(obs), -1)
         bad = np.flatnonzero(~np.isfinite(rows).all(-1)) if rows.size else np.zeros(0, int)

@@ -9,6 +9,7 @@ Training goes through :meth:`WorldModel.make_update`, which returns pure
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -43,10 +44,10 @@ class OptimizerSettings(ConfigBase):
     """Linear learning-rate warm-up from 0 over this many updates."""
 
     def validate(self) -> None:
-        require(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}.")
-        require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}.")
-        require(self.grad_clip is None or self.grad_clip >= 0,
-                f"grad_clip must be >= 0 or None, got {self.grad_clip}.")
+        require(0 < self.learning_rate < math.inf, f"learning_rate must be finite and > 0, got {self.learning_rate}.")
+        require(0 <= self.weight_decay < math.inf, f"weight_decay must be finite and >= 0, got {self.weight_decay}.")
+        require(self.grad_clip is None or 0 <= self.grad_clip < math.inf,
+                f"grad_clip must be finite and >= 0 (0 or None: no clip), got {self.grad_clip}.")
         require(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}.")
 
     def schedule(self):

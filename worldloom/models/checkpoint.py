@@ -257,6 +257,8 @@ def is_saved_model(path) -> bool:
 
 def _check_target(path: Path, overwrite: bool) -> None:
     """Refuse to replace anything but a saved model or an empty directory, unless ``overwrite``."""
+    if not isinstance(overwrite, (bool, np.bool_)):
+        raise ConfigError(f"overwrite: expected True or False, got {type(overwrite).__name__} {overwrite!r}.")
     if overwrite or not os.path.lexists(path):
         return
     if path.is_dir() and not path.is_symlink():

@@ -86,7 +86,7 @@ def create_world_model(
     action_dim: int | None = None,
     *,
     device: str = "auto",
-    seed: int = 0,
+    seed: int | None = None,
     **overrides: Any,
 ) -> WorldModel:
     """Create a world model from a preset, an alias or a saved directory.
@@ -101,7 +101,8 @@ def create_world_model(
         action_dim: Action size (number of actions when discrete); required for
             a new model.
         device: ``"cpu"``, ``"cuda"``/``"gpu"``, ``"tpu"`` or ``"auto"``.
-        seed: Seeds the initial params and the model's RNG.
+        seed: Seeds the initial params and the model's RNG (``None``: 0). For a
+            saved directory it seeds the RNG alone (``None``: the saved seed).
         **overrides: Any config field, e.g. ``action_type="discrete"``, ``deter=256``.
 
     Raises:
@@ -115,6 +116,8 @@ def create_world_model(
         obs_shape = (int(obs_shape),)
     elif isinstance(obs_shape, list):
         obs_shape = tuple(obs_shape)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise ConfigError(f"create_world_model: seed must be an int, got {type(seed).__name__} {seed!r}.")
     if names_saved_model(model):
         name = os.path.expanduser(name)
         extra = dict(overrides)
@@ -122,17 +125,15 @@ def create_world_model(
             extra["obs_shape"] = obs_shape
         if action_dim is not None:
             extra["action_dim"] = action_dim
-        return load_model(name, device=device, seed=None, **extra)
+        return load_model(name, device=device, seed=None if seed is None else int(seed), **extra)
     family, preset = _resolve_preset(name)
     if obs_shape is None or action_dim is None:
         raise ConfigError(
             f"create_world_model({name!r}) needs obs_shape= and action_dim= for a new model, "
             f"got obs_shape={obs_shape!r}, action_dim={action_dim!r}."
         )
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ConfigError(f"create_world_model: seed must be an int, got {type(seed).__name__} {seed!r}.")
     config = family.config_cls.from_size(preset, obs_shape=obs_shape, action_dim=action_dim, **overrides)
-    return family.build(config, seed=int(seed), device=device, preset=preset)
+    return family.build(config, seed=0 if seed is None else int(seed), device=device, preset=preset)
 
 
 def list_models(verbose: bool = False) -> list[str] | dict[str, dict]:

@@ -50,7 +50,7 @@ class TrainingConfig(ConfigBase):
     learning_rate: float = 3e-4
     """Peak learning rate of the model's optimiser."""
     weight_decay: float = 0.0
-    """Decoupled weight decay (L2 regularisation); 0 disables it."""
+    """Decoupled weight decay (L2 regularisation) of the kernels, not biases or norm scales; 0 disables it."""
     grad_clip: float = 100.0
     """Global gradient-norm clip; 0 disables it."""
     warmup_steps: int = 0
@@ -95,8 +95,8 @@ class TrainingConfig(ConfigBase):
             value = getattr(self, name)
             if isinstance(value, float) and value.is_integer():
                 object.__setattr__(self, name, int(value))
-        if self.checkpoint_dir is not None:
-            object.__setattr__(self, "checkpoint_dir", str(self.checkpoint_dir))
+        if isinstance(self.checkpoint_dir, os.PathLike):
+            object.__setattr__(self, "checkpoint_dir", os.fspath(self.checkpoint_dir))
         super().__post_init__()
 
     def validate(self) -> None:
@@ -104,6 +104,10 @@ class TrainingConfig(ConfigBase):
             value = getattr(self, name)
             require(isinstance(value, int) and not isinstance(value, bool),
                     f"{name} must be an integer, got {value!r}.")
+        require(self.seed >= 0, f"seed must be >= 0, got {self.seed}.")
+        require(self.checkpoint_dir is None or (isinstance(self.checkpoint_dir, str) and self.checkpoint_dir.strip()),
+                f"checkpoint_dir must be a directory path or None, got {type(self.checkpoint_dir).__name__} "
+                f"{self.checkpoint_dir!r}.")
         for name in ("total_steps", "batch_size", "sequence_length", "steps_per_dispatch", "eval_batches",
                      "prefetch", "keep_checkpoints"):
             require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}.")
@@ -127,8 +131,10 @@ class TrainingConfig(ConfigBase):
                 "device_replay=True copies one buffer to every device; with replay_sharding='process' each "
                 "process holds its own episodes, so sample on the host (device_replay=False).")
         require(0.0 <= self.eval_fraction < 1.0, f"eval_fraction must be in [0, 1), got {self.eval_fraction}.")
-        require(isinstance(self.device, str) and self.device.split(":")[0].strip().lower() in _DEVICE_KINDS,
-                f"device must be one of {', '.join(_DEVICE_KINDS)} (optionally ':index'), got {self.device!r}.")
+        kind, _, index = self.device.partition(":") if isinstance(self.device, str) else (None, "", "")
+        require(kind is not None and kind.strip().lower() in _DEVICE_KINDS and (not _ or index.strip().isdigit()),
+                f"device must be one of {', '.join(_DEVICE_KINDS)} (optionally ':index', an index >= 0), got "
+                f"{self.device!r}.")
         # The optimiser fields are checked where they are used.
         self.optimizer_settings()
 
@@ -156,6 +162,8 @@ class TrainingConfig(ConfigBase):
 
         from worldloom.core.files import atomic_write_text
 
+        require(isinstance(path, (str, os.PathLike)), f"TrainingConfig.save: expected a file path, got "
+                f"{type(path).__name__} {path!r}.")
         atomic_write_text(Path(path), self.to_json())
 
     @classmethod
@@ -167,6 +175,8 @@ class TrainingConfig(ConfigBase):
         """
         from worldloom.core.errors import CheckpointError
 
+        require(isinstance(path, (str, os.PathLike)), f"TrainingConfig.load: expected a file path, got "
+                f"{type(path).__name__} {path!r}.")
         try:
             with open(path) as file:
                 data = json.load(file)

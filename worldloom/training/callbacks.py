@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import numbers
 import os
 import sys
 import time
@@ -29,6 +30,7 @@ from worldloom.core.errors import ConfigError
 from worldloom.core.files import WriterLock
 from worldloom.distributed import is_primary
 from worldloom.training._checkpoint import BEST_DIR, list_checkpoints, open_directory, run_id_of
+from worldloom.training._episode import integer
 
 
 class Callback:
@@ -72,13 +74,18 @@ class ProgressCallback(Callback):
         keys: Loss names shown besides ``loss`` (those present).
         file: Where to write (default ``sys.stderr``).
         interval: Seconds between lines when ``file`` is not a terminal.
+        desc: The bar's label.
     """
 
     def __init__(self, refresh_every: int = 10, keys: tuple = ("loss/rec", "loss/rew", "loss/consistency"),
-                 file=None, interval: float = 30.0):
-        self.refresh_every = max(1, int(refresh_every))
+                 file=None, interval: float = 30.0, desc: str = "train"):
+        self.refresh_every = integer("refresh_every", refresh_every)
+        require(not isinstance(keys, str) and all(isinstance(key, str) for key in keys),
+                f"keys: expected loss names, got {keys!r}.")
         self.keys = tuple(keys)
-        self.file, self.interval = file, interval
+        self.file, self.interval = file, _amount("interval", interval)
+        require(isinstance(desc, str), f"desc: expected a label, got {type(desc).__name__} {desc!r}.")
+        self.desc = desc
         self.bar = None
         self._eval = None
 
@@ -90,7 +97,7 @@ class ProgressCallback(Callback):
             self.bar = None
             return
         total = trainer.config.total_steps
-        self.bar = progress(total, initial=min(trainer.step, total), desc="train", file=self.file or sys.stderr,
+        self.bar = progress(total, initial=min(trainer.step, total), desc=self.desc, file=self.file or sys.stderr,
                             interval=self.interval)
         self._mark = (time.perf_counter(), trainer.step)
         self._compiled = False
@@ -155,22 +162,21 @@ class LoggingCallback(Callback):
     def __init__(self, log_dir: str | os.PathLike | None = None, log_to_console: bool = False,
                  log_interval: int | None = None, log_to_tensorboard: bool | None = None,
                  metrics_file: str | os.PathLike | None = None, logger: str = "tensorboard"):
-        require(log_interval is None or int(log_interval) >= 1,
-                f"log_interval must be >= 1 or None, got {log_interval!r}.")
-        self.log_to_console = bool(log_to_console)
+        log_interval = _every("log_interval", log_interval)
+        self.log_to_console = _flag("log_to_console", log_to_console)
         if log_to_tensorboard is None:
             log_to_tensorboard = log_dir is not None or not self.log_to_console
-        self.log_to_tensorboard = bool(log_to_tensorboard)
+        self.log_to_tensorboard = _flag("log_to_tensorboard", log_to_tensorboard)
         require(self.log_to_tensorboard or self.log_to_console or metrics_file is not None or logger == "wandb",
                 "LoggingCallback logs nothing with log_to_console=False and log_to_tensorboard=False: expected "
                 "at least one of them True (or a metrics_file, or logger='wandb').")
-        self.log_dir = Path("./logs" if log_dir is None else log_dir)
+        self.log_dir = Path("./logs" if log_dir is None else _path("log_dir", log_dir))
         if self.log_to_tensorboard:
             _check_directory(self.log_dir, "log_dir")
-        self.log_interval = None if log_interval is None else int(log_interval)
+        self.log_interval = log_interval
         from worldloom.training.logs import check_logger
 
-        self.metrics_file = None if metrics_file is None else Path(metrics_file)
+        self.metrics_file = None if metrics_file is None else Path(_path("metrics_file", metrics_file))
         self.logger = check_logger(logger)
         self.writer = None
 
@@ -276,14 +282,12 @@ class CheckpointCallback(Callback):
 
     def __init__(self, save_dir: str | os.PathLike = "./checkpoints", save_every: int | None = 10_000,
                  keep_last: int | None = 3, save_best: bool = True, monitor: str = "loss", mode: str = "min"):
-        require(save_every is None or int(save_every) >= 1, f"save_every must be >= 1 or None, got {save_every!r}.")
-        require(keep_last is None or int(keep_last) >= 1, f"keep_last must be >= 1 or None, got {keep_last!r}.")
         require(mode in ("min", "max"), f"mode must be 'min' or 'max', got {mode!r}.")
         require(isinstance(monitor, str) and monitor, f"monitor must be a metric name, got {monitor!r}.")
-        self.save_dir = _check_directory(Path(save_dir), "save_dir")
-        self.save_every = None if save_every is None else int(save_every)
-        self.keep_last = None if keep_last is None else int(keep_last)
-        self.save_best, self.monitor, self.mode = bool(save_best), monitor, mode
+        self.save_dir = _check_directory(save_dir, "save_dir")
+        self.save_every = _every("save_every", save_every)
+        self.keep_last = _every("keep_last", keep_last)
+        self.save_best, self.monitor, self.mode = _flag("save_best", save_best), monitor, mode
         self.saved: list[Path] = []
         self.best: dict | None = None
         self._lock = None
@@ -385,9 +389,35 @@ def _best_info(best: Path) -> dict:
     return info if isinstance(info, dict) and isinstance(info.get("value"), (int, float)) else {}
 
 
+def _path(name: str, value):
+    """``value`` if it is a path (a string or ``os.PathLike``); ConfigError otherwise."""
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise ConfigError(f"{name}: expected a path, got {type(value).__name__} {value!r}.")
+    return value
+
+
+def _flag(name: str, value) -> bool:
+    """``value`` if it is True or False; ConfigError otherwise (``"no"`` is not taken for a yes)."""
+    if not isinstance(value, bool) and type(value).__name__ != "bool_":
+        raise ConfigError(f"{name}: expected True or False, got {type(value).__name__} {value!r}.")
+    return bool(value)
+
+
+def _amount(name: str, value, minimum: float = 0.0) -> float:
+    """``value`` as a float if it is a finite real number >= ``minimum``; ConfigError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < minimum:
+        raise ConfigError(f"{name}: expected a finite number >= {minimum:g}, got {type(value).__name__} {value!r}.")
+    return float(value)
+
+
+def _every(name: str, value) -> int | None:
+    """An interval in steps: an integer >= 1, or None."""
+    return None if value is None else integer(name, value)
+
+
 def _check_directory(path: Path, name: str) -> Path:
     """``path`` when it is, or can be created as, a directory; ConfigError naming what is in the way."""
-    path = Path(path)
+    path = Path(_path(name, path))
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{name}={str(path)!r}: expected a directory (or a path to create one), got an existing "
                           "file.")
@@ -429,10 +459,10 @@ class EarlyStoppingCallback(Callback):
     """
 
     def __init__(self, monitor: str = "loss", patience: int = 5000, min_delta: float = 1e-4, mode: str = "min"):
-        require(int(patience) >= 1, f"patience must be >= 1, got {patience!r}.")
-        require(min_delta >= 0, f"min_delta must be >= 0, got {min_delta!r}.")
+        require(isinstance(monitor, str) and monitor, f"monitor must be a metric name, got {monitor!r}.")
         require(mode in ("min", "max"), f"mode must be 'min' or 'max', got {mode!r}.")
-        self.monitor, self.patience, self.min_delta, self.mode = monitor, int(patience), float(min_delta), mode
+        self.monitor, self.mode = monitor, mode
+        self.patience, self.min_delta = integer("patience", patience), _amount("min_delta", min_delta)
         self.best: float | None = None
         self.best_step = 0
         self.stopped_step: int | None = None

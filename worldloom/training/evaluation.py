@@ -22,6 +22,7 @@ import numpy as np
 
 from worldloom.core.errors import DataError
 from worldloom.training._buffer import ReplayBuffer
+from worldloom.training._episode import integer
 
 
 def evaluate_loss(model, buffer: ReplayBuffer, batch_size: int = 16, seq_len: int = 50, num_batches: int = 8,
@@ -33,12 +34,13 @@ def evaluate_loss(model, buffer: ReplayBuffer, batch_size: int = 16, seq_len: in
     """
     rng = np.random.default_rng(seed)
     totals: dict[str, float] = {}
-    for index in range(int(num_batches)):
+    num_batches = integer("num_batches", num_batches)
+    for index in range(num_batches):
         batch = buffer.gather(buffer.window_rows(rng, batch_size, seq_len))
         metrics = jax.device_get(model.compute_loss(batch, key=jax.random.PRNGKey(seed + index)))
         for name, value in metrics.items():
             totals[name] = totals.get(name, 0.0) + float(value)
-    return {name: total / int(num_batches) for name, total in totals.items()}
+    return {name: total / num_batches for name, total in totals.items()}
 
 
 def _episodes(buffer: ReplayBuffer, context: int, horizon: int, max_episodes: int) -> tuple[list[dict], int]:
@@ -76,8 +78,8 @@ def open_loop_prediction(model, buffer: ReplayBuffer, context: int = 5, horizon:
         the chosen episodes themselves), and ``rewards_constant`` (every
         target reward is the same, so a constant predictor can be exact).
     """
-    context = max(1, int(context))
-    episodes, horizon = _episodes(buffer, context, int(horizon), int(max_episodes))
+    context, horizon = integer("context", context), integer("horizon", horizon)
+    episodes, horizon = _episodes(buffer, context, horizon, integer("max_episodes", max_episodes))
     length = context + horizon
     obs = np.stack([e["obs"][:length] for e in episodes])
     actions = np.stack([e["actions"][:length] for e in episodes])

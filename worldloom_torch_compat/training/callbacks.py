@@ -6,7 +6,8 @@ that JAX trainer, whose ``model`` is the JAX handle (``module.jax_model``).
 
 ``CheckpointCallback`` also takes the source's ``output_dir``, ``save_interval``
 and ``max_checkpoints`` (the documented ``save_dir``, ``save_every`` and
-``keep_last``) and ``ProgressCallback`` its ``desc``.
+``keep_last``), and ``LoggingCallback`` prints to the console by default, as
+the source documents.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from worldloom.core.errors import ConfigError
 from worldloom.training import callbacks as _jax
-from worldloom.training.callbacks import Callback, EarlyStoppingCallback, LoggingCallback
+from worldloom.training.callbacks import Callback, EarlyStoppingCallback, ProgressCallback
 
 _CHECKPOINT_NAMES = {"output_dir": "save_dir", "save_interval": "save_every", "max_checkpoints": "keep_last"}
 
@@ -53,13 +54,19 @@ class CheckpointCallback(_jax.CheckpointCallback):
         return self.keep_last
 
 
-class ProgressCallback(_jax.ProgressCallback):
-    """:class:`worldloom.training.callbacks.ProgressCallback`; ``desc`` is the source's label of the bar
-    (kept as an attribute; the bar reads ``train``)."""
+class LoggingCallback(_jax.LoggingCallback):
+    """:class:`worldloom.training.callbacks.LoggingCallback` with the source's default ``log_to_console=True``.
 
-    def __init__(self, *args: Any, desc: str = "train", **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.desc = str(desc)
+    TensorBoard events are written when a ``log_dir`` is given (or ``log_to_tensorboard=True``).
+
+    Example:
+        >>> callback = LoggingCallback()
+        >>> callback.log_to_console, callback.log_to_tensorboard
+        (True, False)
+    """
+
+    def __init__(self, log_dir=None, log_to_console: bool = True, *args: Any, **kwargs: Any):
+        super().__init__(log_dir, log_to_console, *args, **kwargs)
 
 
 __all__ = ["Callback", "CheckpointCallback", "EarlyStoppingCallback", "LoggingCallback", "ProgressCallback"]
