@@ -317,6 +317,16 @@ def test_a_fresh_run_refuses_a_directory_holding_another_run(buffer, reference, 
     assert sorted(os.listdir(directory)) == ["step_00000010"]
 
 
+def test_a_user_folder_named_best_is_named_as_what_it_is_and_kept(buffer, tmp_path):
+    (tmp_path / "ckpt" / "best").mkdir(parents=True)
+    (tmp_path / "ckpt" / "best" / "user.txt").write_text("mine")
+    trainer = Trainer(make_model(), make_config(total_steps=4), [CheckpointCallback(tmp_path / "ckpt", save_every=2)])
+    with pytest.raises(CheckpointError, match=r"best' holds files that are not a saved worldloom model.*"
+                                              r"move those files, or pass save_best=False"):
+        trainer.train(buffer)
+    assert (tmp_path / "ckpt" / "best" / "user.txt").read_text() == "mine" and trainer.step == 0
+
+
 def test_keep_last_deletes_only_this_runs_checkpoints(tmp_path):
     tree = {"x": np.arange(4.0)}
     for step in (1, 2, 3):

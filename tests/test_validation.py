@@ -185,7 +185,59 @@ def test_a_sequence_of_no_steps_is_a_shape_error(model):
         model.observe_sequence(np.zeros((B, 0, OBS), np.float32), np.zeros((B, 0), int))
 
 
+def test_an_empty_batch_is_a_shape_error(model):
+    with pytest.raises(ShapeError, match=r"obs: expected shape \[B, 4\] with a batch of at least one, got \[0, 4\]"):
+        model.encode(np.zeros((0, OBS), np.float32))
+
+
+def test_states_that_hold_nan_are_refused(model):
+    from worldloom import LatentState
+
+    state = first_state(model)
+    bad = LatentState(np.full(np.shape(state.deterministic), np.nan, np.float32), state.stochastic)
+    with pytest.raises(DataError, match=r"state.deterministic contains \d+ NaN or inf values"):
+        model.predict(bad, np.zeros(B, int))
+    with pytest.raises(DataError, match=r"initial_state.deterministic contains"):
+        model.imagine(bad, np.zeros((2, B), int))
+
+
+def test_episode_flags_are_booleans_or_0_and_1(model):
+    with pytest.raises(DataError, match=r"is_first: expected booleans \(or 0 and 1\), got 3 other values, the "
+                                        r"first nan at index \[0, 1\]"):
+        model.compute_loss(sequences(model, is_first=np.array([[0, np.nan, 0, 0, 0]] * B, np.float32)))
+    model.compute_loss(sequences(model, is_first=np.eye(B, T)), key=jax.random.PRNGKey(0))  # 0/1 numbers pass
+    with pytest.raises(ConfigError, match=r"key: expected a PRNG key .*got str 'abc'"):
+        model.compute_loss(sequences(model), key="abc")
+
+
+def test_tdmpc2_acting_inputs_are_checked():
+    model = tiny("tdmpc2")
+    obs = np.zeros((B, OBS), np.float32)
+    model.act(obs, t0=True)
+    with pytest.raises(ShapeError, match=r"t0: expected a bool or \[3\] bools .*got shape \[2\]"):
+        model.act(obs, t0=np.array([True, False]))
+    with pytest.raises(DataError, match=r"t0: expected booleans \(or 0 and 1\).*the first 0.5"):
+        model.act(obs, t0=np.array([0.5, 1.0, 0.0]))
+    plan = np.zeros((B, model.config.horizon, ACT), np.float32)
+    with pytest.raises(DataError, match=r"prev_plan contains \d+ NaN"):
+        model.act(obs, prev_plan=plan + np.nan)
+    with pytest.raises(DataError, match=r"prev_plan: expected actions in the action bounds \[-1, 1\]"):
+        model.act(obs, prev_plan=plan + 1e6)
+    with pytest.raises(ConfigError, match=r"reduce must be 'mean', 'min' or 'all', got 'max'"):
+        model.predict_q(first_state(model), np.zeros(B, int), reduce="max")
+
+
 # ---------------------------------------------------------------- the replay buffer
+
+
+def test_buffer_episode_index_must_be_an_int():
+    buffer = ReplayBuffer(100, (OBS,), ACT)
+    buffer.add_episode(np.zeros((5, OBS), np.float32), np.zeros((5, ACT), np.float32), np.zeros(5, np.float32),
+                       dones=np.arange(5) == 4)
+    for index in ("0", 0.5, True):
+        with pytest.raises(DataError, match="episode index: expected an int"):
+            buffer.episode(index)
+    assert buffer.episode(np.int64(-1))["obs"].shape == (5, OBS)
 
 
 def test_buffer_refuses_float_images_in_0_255_and_integers_beyond():
@@ -337,6 +389,12 @@ def torch_faces():
 
 def test_torch_face_applies_the_same_rules(torch_faces):
     import torch
+
+    for model in torch_faces.values():
+        with pytest.raises(ConfigError, match="batch_size: expected a positive int, got 2.7"):
+            model.initial_state(2.7)
+        with pytest.raises(DeviceError, match=r"\.to: expected a device .*got 'banana'"):
+            model.to("banana")
 
     for model in torch_faces.values():
         with torch.no_grad():

@@ -32,6 +32,7 @@ import worldloom
 from worldloom.core.config import ConfigBase
 from worldloom.core.devices import resolve_device
 from worldloom.core.errors import ConfigError, DeviceError, ShapeError
+from worldloom.models.base import positive_batch_size
 from worldloom_torch_compat import _params
 from worldloom_torch_compat._autograd import call_jax
 from worldloom_torch_compat._convert import jax_device, torch_device
@@ -168,6 +169,15 @@ class WorldModel(nn.Module):
         self.jax_model.train(mode)
         return self
 
+    def to(self, *args, **kwargs):
+        """``nn.Module.to``; a device torch does not know is a DeviceError naming it."""
+        try:
+            torch._C._nn._parse_to(*args, **kwargs)
+        except (RuntimeError, TypeError) as err:
+            raise DeviceError(f"{type(self).__name__}.to: expected a device (cpu, cuda, cuda:1, ...) or a dtype, "
+                              f"got {', '.join(map(repr, [*args, *kwargs.values()]))} ({err}).") from err
+        return super().to(*args, **kwargs)
+
     def _apply(self, fn, recurse: bool = True):
         # .to(), .cuda(), .cpu() and friends move the Parameters; the JAX handle follows.
         # A dtype change (.half(), .double(), .to(torch.float64)) is refused: the JAX
@@ -281,7 +291,7 @@ class WorldModel(nn.Module):
 
     def initial_state(self, batch_size: int) -> LatentState:
         """The model's start state ``[batch_size, ...]``."""
-        return self._call("initial_state", int(batch_size))
+        return self._call("initial_state", positive_batch_size(batch_size))
 
     def encode(self, obs, **kwargs) -> LatentState:
         """Posterior state of a first observation ``[B, *obs_shape]`` -> ``[B, ...]``.

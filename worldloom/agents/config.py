@@ -18,6 +18,7 @@ from typing import Any
 
 from worldloom.core.config import ConfigBase, require
 from worldloom.core.errors import ConfigError
+from worldloom.models.base import OptimizerSettings
 from worldloom.training.guard import NONFINITE_MODES
 from worldloom.training.reference import PRESETS, REFERENCE, stack_presets
 
@@ -146,9 +147,8 @@ class AgentRunConfig(ConfigBase):
         for name in ("warmup_steps", "seed_steps"):
             value = getattr(self, name)
             require(value is None or value >= 0, f"{name} must be >= 0, got {value}.")
-        for name in ("learning_rate", "grad_clip"):  # inf is allowed: it makes an update non-finite on purpose
-            value = getattr(self, name)
-            require(value is None or value >= 0, f"{name} must be >= 0, got {value}.")
+        # The optimiser fields follow OptimizerSettings' rules, as TrainingConfig's do.
+        OptimizerSettings(**{name: self.resolved(name) for name in ("learning_rate", "grad_clip", "warmup_steps")})
         require(self.on_nonfinite in NONFINITE_MODES,
                 f"on_nonfinite must be one of {', '.join(map(repr, NONFINITE_MODES))}, got {self.on_nonfinite!r}.")
         require(self.env_options is None or (isinstance(self.env_options, dict)

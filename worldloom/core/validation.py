@@ -17,6 +17,8 @@ torch face check what they are given with these functions:
   single 1). TD-MPC2's actions lie in its action bounds [-1, 1] (its planner
   and policy keep them there; outside them the dynamics were never trained).
 - **Rewards** are finite; **continues** (and TD-MPC2's ``terminals``) lie in [0, 1].
+- **States** (a ``LatentState`` passed back in) are finite.
+- **Episode flags** (``is_first``, ``is_final``) are booleans or 0/1 values.
 
 Where the values are read: a host array (NumPy, a Python list, a torch CPU
 tensor, a JAX array on the CPU) is checked with NumPy before it is copied to
@@ -210,6 +212,21 @@ def check_unit_interval(name: str, x, *, device_checks: bool = True) -> None:
     if values.low < 0 or values.high > 1:
         raise DataError(f"{name}: expected values in [0, 1] (1: the episode goes on, 0: it ended), "
                         f"got {_range_text(values)}.")
+
+
+def check_flags(name: str, x, *, device_checks: bool = True) -> None:
+    """DataError unless ``x`` holds booleans or the numbers 0 and 1 (episode flags such as ``is_first``)."""
+    if np.dtype(x.dtype).kind == "b":
+        return
+    x = readable(x)
+    if x is None or (on_accelerator(x) and not device_checks):
+        return
+    values = np.asarray(jax.device_get(x))
+    bad = ~((values == 0) | (values == 1))
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise DataError(f"{name}: expected booleans (or 0 and 1), got {int(bad.sum())} other value"
+                        f"{'s' if bad.sum() != 1 else ''}, the first {values[first].item()!r} at index {list(first)}.")
 
 
 def check_observations(name: str, obs, *, image: bool, device_checks: bool = True):

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from worldloom.core import validation
-from worldloom.core.arrays import as_array
+from worldloom.core.arrays import as_array, check_trailing_shape
 from worldloom.core.config import ConfigBase, require
 from worldloom.core.devices import device_name, resolve_device
 from worldloom.core.errors import ConfigError, DataError, ShapeError
@@ -224,6 +224,21 @@ class WorldModel:
 
     # ------------------------------------------------------------ common
 
+    def _given_key(self, key) -> jax.Array:
+        """A PRNG key given to a method on the model's device, or the handle's next one for ``None``."""
+        if key is None:
+            return self.next_key()
+        if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+            valid = key.shape == ()
+        else:
+            dtype = getattr(key, "dtype", None)
+            valid = (dtype is not None and np.shape(key) == (2,) and np.dtype(dtype) == np.uint32)
+        if not valid:
+            got = (f"{np.dtype(key.dtype).name} of shape {list(np.shape(key))}" if hasattr(key, "dtype")
+                   else f"{type(key).__name__} {key!r}")
+            raise ConfigError(f"key: expected a PRNG key (jax.random.PRNGKey(seed): 2 uint32), got {got}.")
+        return jax.device_put(key, self.device)
+
     def next_key(self) -> jax.Array:
         """A fresh key; advances the handle's RNG."""
         self._key, key = jax.random.split(self._key)
@@ -252,6 +267,20 @@ class WorldModel:
             with np.errstate(over="ignore"):
                 array = array.astype(np.float32)
         return array
+
+    def _obs(self, obs, lead: int):
+        """Observations ``[*lead, *obs_shape]`` (exactly ``lead`` leading axes, B >= 1), their values checked
+        (:func:`~worldloom.core.validation.check_observations`: integer images read as uint8)."""
+        obs = self._array(obs, name="obs")
+        check_trailing_shape("obs", obs, self.config.obs_shape, min_lead=lead)
+        dims = ", ".join(["B", "T"][:lead] + [str(d) for d in self.config.obs_shape])
+        if obs.ndim != len(self.config.obs_shape) + lead:
+            raise ShapeError(f"obs: expected shape [{dims}], got {list(obs.shape)}.")
+        if obs.shape[0] == 0:
+            raise ShapeError(f"obs: expected shape [{dims}] with a batch of at least one, got {list(obs.shape)}.")
+        obs = validation.check_observations("obs", obs, image=self.config.is_image,
+                                            device_checks=self.check_device_inputs)
+        return self._put(obs, None if obs.dtype == np.uint8 else jnp.float32, "obs")
 
     def _put(self, x, dtype=None, name: str = "input") -> jax.Array:
         """``x`` as a JAX array on the model's device; ShapeError for a state, None or a non-array."""
@@ -282,15 +311,19 @@ class WorldModel:
             validation.check_action_vectors(name, actions, one_hot=one_hot, bound=bound, device_checks=checks)
         return actions, False
 
-    @staticmethod
-    def _state(state, name: str = "state") -> LatentState:
-        """``state`` checked to be a :class:`LatentState` (what encode/observe/predict return)."""
+    def _state(self, state, name: str = "state") -> LatentState:
+        """``state`` checked to be a batched :class:`LatentState` (what encode/observe/predict return) of finite
+        values."""
         if not isinstance(state, LatentState):
             raise ShapeError(f"{name}: expected a LatentState (from encode, observe, predict or "
                              f"initial_state), got {type(state).__name__}.")
         if np.ndim(state.deterministic) < 2:
             shape = list(np.shape(state.deterministic))
             raise ShapeError(f"{name}: expected a batched state [B, ...], got deterministic of shape {shape}.")
+        for part in ("deterministic", "stochastic"):
+            value = getattr(state, part)
+            if value is not None and hasattr(value, "dtype"):
+                validation.check_finite(f"{name}.{part}", value, device_checks=self.check_device_inputs)
         return state
 
     @staticmethod
@@ -376,8 +409,10 @@ def check_sequence_length(shape) -> None:
 
 def check_batch_values(name: str, value, device_checks: bool = True) -> None:
     """The value rules of a batch's per-step arrays: ``rewards`` finite; ``continues`` and ``terminals``
-    in [0, 1] (:mod:`worldloom.core.validation`)."""
-    if name in ("continues", "terminals"):
+    in [0, 1]; ``is_first`` and ``is_final`` booleans or 0/1 (:mod:`worldloom.core.validation`)."""
+    if name in ("is_first", "is_final"):
+        validation.check_flags(name, value, device_checks=device_checks)
+    elif name in ("continues", "terminals"):
         validation.check_unit_interval(name, value, device_checks=device_checks)
     elif name == "rewards":
         validation.check_finite(name, value, device_checks=device_checks)

@@ -215,6 +215,8 @@ class ReplayBuffer:
             ``dones [T]``, ``terminals [T]`` and ``final_obs`` (or None).
         """
         count = len(self._episodes)
+        if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+            raise DataError(f"episode index: expected an int, got {type(index).__name__} {index!r}.")
         if not -count <= index < count:
             raise DataError(f"episode index {index} out of range for a buffer holding {count} episodes.")
         start, length = self._episodes[index]

@@ -50,7 +50,7 @@ from worldloom.core.persist import (
     save_directory,
     writing,
 )
-from worldloom.models.checkpoint import check_files, params_sha256, restore_pytree, save_pytree
+from worldloom.models.checkpoint import check_files, is_saved_model, params_sha256, restore_pytree, save_pytree
 
 FORMAT = "worldloom-train-state"
 VERSION = 2
@@ -107,11 +107,12 @@ def list_checkpoints(directory, run_id: Any = _ANY_RUN) -> list[tuple[int, Path]
 
 
 def foreign_checkpoints(directory, run_id: str | None) -> list[str]:
-    """Names of the checkpoints (and ``best``) in ``directory`` written by a run other than ``run_id``."""
+    """Names of the checkpoints (and ``best``) in ``directory`` written by a run other than ``run_id``. A
+    ``best`` that is not a saved model is none of them: it is not this package's."""
     directory = Path(directory)
     names = [path.name for _, path in list_checkpoints(directory) if run_id_of(path) != run_id]
     best = directory / BEST_DIR
-    if best.exists() and run_id_of(best) != run_id:
+    if is_saved_model(best) and run_id_of(best) != run_id:
         names.append(BEST_DIR)
     return names
 

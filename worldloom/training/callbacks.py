@@ -26,9 +26,10 @@ import warnings
 from pathlib import Path
 
 from worldloom.core.config import require
-from worldloom.core.errors import ConfigError
+from worldloom.core.errors import CheckpointError, ConfigError
 from worldloom.core.files import WriterLock
 from worldloom.distributed import is_primary
+from worldloom.models.checkpoint import is_saved_model
 from worldloom.training._checkpoint import BEST_DIR, list_checkpoints, open_directory, run_id_of
 from worldloom.training._episode import integer
 
@@ -319,6 +320,11 @@ class CheckpointCallback(Callback):
         self._sum, self._count, self._checked = 0.0, 0, False
         self.best, self._on_eval = None, self.monitor.startswith("eval/")
         best = self.save_dir / BEST_DIR
+        if self.save_best and os.path.lexists(best) and not is_saved_model(best) and (
+                not best.is_dir() or any(best.iterdir())):
+            raise CheckpointError(f"{str(best)!r} holds files that are not a saved worldloom model: "
+                                  "CheckpointCallback(save_best=True) writes the best model there. Expected no "
+                                  f"{BEST_DIR}/ or one it wrote; move those files, or pass save_best=False.")
         if self.save_best and run_id_of(best) == trainer.run_id and trainer.run_id is not None:
             info = _best_info(best)
             if info.get("mode") == self.mode and info.get("monitor") == self.monitor:

@@ -10,7 +10,6 @@ import numpy as np
 import optax
 
 from worldloom.core import validation
-from worldloom.core.arrays import check_trailing_shape
 from worldloom.core.errors import ShapeError
 from worldloom.core.sharing import shared
 from worldloom.core.types import LatentState, Trajectory
@@ -66,18 +65,6 @@ class DreamerV3WorldModel(WorldModel):
         return _programs(config).init(key)
 
     # ------------------------------------------------------------ inputs
-
-    def _obs(self, obs, lead: int):
-        """Observations ``[*lead, *obs_shape]`` (exactly ``lead`` leading axes), their values checked
-        (:func:`~worldloom.core.validation.check_observations`: integer images read as uint8)."""
-        obs = self._array(obs, name="obs")
-        check_trailing_shape("obs", obs, self.config.obs_shape, min_lead=lead)
-        if obs.ndim != len(self.config.obs_shape) + lead:
-            dims = ", ".join(["B", "T"][:lead] + [str(d) for d in self.config.obs_shape])
-            raise ShapeError(f"obs: expected shape [{dims}], got {list(obs.shape)}.")
-        obs = validation.check_observations("obs", obs, image=self.config.is_image,
-                                            device_checks=self.check_device_inputs)
-        return self._put(obs, None if obs.dtype == np.uint8 else jnp.float32, "obs")
 
     def _actions(self, actions, lead: int, name: str = "actions", dims: str | None = None):
         """Actions ``[*lead, A]`` as f32; discrete indices ``[*lead]`` become one-hot.
@@ -170,10 +157,11 @@ class DreamerV3WorldModel(WorldModel):
         if is_first is None:
             first = jnp.zeros((batch, length), bool)
         else:
-            first = self._put(is_first, name="is_first")
+            first = self._array(is_first, name="is_first")
             if first.shape != (batch, length):
                 raise ShapeError(f"is_first: expected shape [{batch}, {length}], got {list(first.shape)}.")
-            first = first.astype(bool)
+            validation.check_flags("is_first", first, device_checks=self.check_device_inputs)
+            first = self._put(first, bool, "is_first")
         if state is None:
             state = self.initial_state(batch)
         else:
@@ -229,7 +217,7 @@ class DreamerV3WorldModel(WorldModel):
         scales), each as it enters ``"loss"``, so they sum to it.
         """
         prepared = self.prepare_batch(batch)
-        key = self.next_key() if key is None else key
+        key = self._given_key(key)
         _, metrics = self.programs.loss(self.params, prepared, key, stochastic=self._stochastic)
         cfg = self.config
         return {**metrics,

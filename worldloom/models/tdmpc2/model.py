@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from worldloom.core import validation
-from worldloom.core.arrays import check_trailing_shape
-from worldloom.core.errors import ShapeError
+from worldloom.core.errors import ConfigError, ShapeError
 from worldloom.core.sharing import shared
 from worldloom.core.types import LatentState, Trajectory
 from worldloom.models.base import (
@@ -138,17 +137,6 @@ class TDMPC2WorldModel(WorldModel):
         return _programs(config).init(key)
 
     # ------------------------------------------------------------ inputs
-
-    def _obs(self, obs, lead: int):
-        """Observations ``[*lead, *obs_shape]``, their values checked (integer images read as uint8)."""
-        obs = self._array(obs, name="obs")
-        check_trailing_shape("obs", obs, self.config.obs_shape, min_lead=lead)
-        if obs.ndim != len(self.config.obs_shape) + lead:
-            dims = ", ".join(["B", "T"][:lead] + [str(d) for d in self.config.obs_shape])
-            raise ShapeError(f"obs: expected shape [{dims}], got {list(obs.shape)}.")
-        obs = validation.check_observations("obs", obs, image=self.config.is_image,
-                                            device_checks=self.check_device_inputs)
-        return self._put(obs, None if obs.dtype == np.uint8 else jnp.float32, "obs")
 
     def _actions(self, actions, lead_shape: tuple, names: str, name: str = "actions"):
         """Actions ``[*lead_shape, A]`` as f32; discrete integer indices ``[*lead_shape]`` become one-hot.
@@ -285,7 +273,7 @@ class TDMPC2WorldModel(WorldModel):
         """Q of ``action`` ``[B, A]`` in ``state`` ``[B, L]``: ``reduce`` ``"mean"``/``"min"`` over
         the ensemble give ``[B]``, ``"all"`` gives ``[B, num_q]``."""
         if reduce not in ("mean", "min", "all"):
-            raise ValueError(f"reduce must be 'mean', 'min' or 'all', got {reduce!r}.")
+            raise ConfigError(f"reduce must be 'mean', 'min' or 'all', got {reduce!r}.")
         z = self._z(state)
         action = self._actions(action, z.shape[:-1], "B")
         return self.programs.heads(self.params, z, action, self._task(task, z.shape[:-1]), reduce=reduce)["q"]
@@ -325,11 +313,19 @@ class TDMPC2WorldModel(WorldModel):
         obs = self._obs(obs[None] if single else obs, 1)
         batch = obs.shape[0]
         plan_shape = (batch, cfg.horizon, cfg.action_dim)
+        t0 = self._array(t0, name="t0")
+        if t0.shape not in ((), (batch,)):
+            raise ShapeError(f"t0: expected a bool or [{batch}] bools (one per environment), got shape "
+                             f"{list(t0.shape)}.")
+        validation.check_flags("t0", t0, device_checks=self.check_device_inputs)
         if prev_plan is not None:
-            prev = self._put(prev_plan, jnp.float32)
+            prev = self._array(prev_plan, name="prev_plan")
             prev = prev[None] if single and prev.ndim == 2 else prev
             if tuple(prev.shape) != plan_shape:
                 raise ShapeError(f"prev_plan: expected shape {list(plan_shape)}, got {list(prev.shape)}.")
+            validation.check_action_vectors("prev_plan", prev, bound=validation.ACTION_BOUND,
+                                            device_checks=self.check_device_inputs)
+            prev = self._put(prev, jnp.float32, "prev_plan")
         elif self._plan_mean is not None and tuple(self._plan_mean.shape) == plan_shape:
             prev = self._plan_mean
         else:
@@ -338,7 +334,7 @@ class TDMPC2WorldModel(WorldModel):
         task_ids = self._task(task, (batch,))
         if task_ids is not None:
             task_ids = jnp.broadcast_to(task_ids, (batch,))
-        key = self.next_key() if key is None else jax.device_put(key, self.device)
+        key = self._given_key(key)
         action, mean = self.programs.act(self.params, obs, prev, first, key, task_ids,
                                          eval_mode=np.bool_(eval_mode), use_policy=bool(use_policy))
         if not use_policy:
@@ -374,7 +370,7 @@ class TDMPC2WorldModel(WorldModel):
         :meth:`train`/:meth:`eval`.
         """
         prepared = self.prepare_batch(batch)
-        key = self.next_key() if key is None else key
+        key = self._given_key(key)
         metrics = self.programs.loss(self.params, prepared, key, train=self.training)
         cfg = self.config
         extra = {"reward_loss": cfg.reward_coef * metrics["loss/reward"]}
