@@ -269,14 +269,14 @@ class WorldModel:
         return array
 
     def _obs(self, obs, lead: int):
-        """Observations ``[*lead, *obs_shape]`` (exactly ``lead`` leading axes, B >= 1), their values checked
+        """Observations ``[*lead, *obs_shape]`` (exactly ``lead`` leading axes), their values checked
         (:func:`~worldloom.core.validation.check_observations`: integer images read as uint8)."""
         obs = self._array(obs, name="obs")
         check_trailing_shape("obs", obs, self.config.obs_shape, min_lead=lead)
         dims = ", ".join(["B", "T"][:lead] + [str(d) for d in self.config.obs_shape])
         if obs.ndim != len(self.config.obs_shape) + lead:
             raise ShapeError(f"obs: expected shape [{dims}], got {list(obs.shape)}.")
-        if obs.shape[0] == 0:
+        if lead == 1 and obs.shape[0] == 0:  # sequences: check_sequence_length or check_batch_lead
             raise ShapeError(f"obs: expected shape [{dims}] with a batch of at least one, got {list(obs.shape)}.")
         obs = validation.check_observations("obs", obs, image=self.config.is_image,
                                             device_checks=self.check_device_inputs)
@@ -402,9 +402,12 @@ def check_batch_lead(shape) -> None:
 
 
 def check_sequence_length(shape) -> None:
-    """ShapeError for a sequence of no steps (``obs`` ``[B, 0, ...]``)."""
+    """ShapeError for a sequence of no steps (``obs`` ``[B, 0, ...]``) or a batch of none (``[0, T, ...]``)."""
     if shape[1] < 1:
         raise ShapeError(f"obs: expected a sequence of at least one step [B, T >= 1, ...], got shape {list(shape)}.")
+    if shape[0] < 1:
+        raise ShapeError(f"obs: expected a batch of at least one sequence [B >= 1, T, ...], got shape "
+                         f"{list(shape)}.")
 
 
 def check_batch_values(name: str, value, device_checks: bool = True) -> None:
