@@ -133,7 +133,7 @@ class StreamReplay:
 
     def _windows(self, count: int, length: int):
         """``(stream [count], absolute start [count])`` of windows of ``length`` rows, uniform over all starts."""
-        valid = np.maximum(np.minimum(self.written, self.rows) - length + 1, 0)
+        valid = self._window_starts(length)
         total = int(valid.sum())
         if total <= 0:
             raise DataError(f"StreamReplay: no stream holds a window of {length} rows yet "
@@ -166,12 +166,13 @@ class StreamReplay:
         np.add.at(self.online_next, streams, length)
         return streams, starts
 
-    def ready(self, length: int) -> bool:
-        return bool((np.minimum(self.written, self.rows) >= length).any())
+    def _window_starts(self, length: int) -> np.ndarray:
+        """``[num_streams]``: how many windows of ``length`` rows each stream holds."""
+        return np.maximum(np.minimum(self.written, self.rows) - length + 1, 0)
 
     def window_count(self, length: int) -> int:
         """Windows of ``length`` rows held (their starts, summed over streams): the reference's ``len(replay)``."""
-        return int(np.maximum(np.minimum(self.written, self.rows) - length + 1, 0).sum())
+        return int(self._window_starts(length).sum())
 
     def sample(self, batch_size: int, length: int) -> SampledBatch:
         """``batch_size`` windows of ``length`` rows and where they came from.
