@@ -444,7 +444,7 @@ def _train(args, config, env, block: tuple[int, int], overrides: dict, model_set
     if test.num_transitions < seq_len:
         raise ConfigError(f"The held-out episodes hold {test.num_transitions} transitions, fewer than --seq-len "
                           f"{seq_len}: raise --test-episodes (now {args.test_episodes}) or lower --seq-len.")
-    longest = max(len(test.episode(i)["rewards"]) for i in range(test.num_episodes))
+    longest = int(np.diff(test.episode_bounds(), axis=1).max())
     if longest <= args.context:
         raise ConfigError(f"--context {args.context}: the open-loop plot observes that many steps of a held-out "
                           f"episode and imagines the rest; expected fewer than the longest held-out episode "

@@ -16,6 +16,8 @@ import numbers
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
+import numpy as np
+
 from worldloom.core.errors import ConfigError
 
 C = TypeVar("C", bound="ConfigBase")
@@ -169,6 +171,13 @@ def require(condition: bool, message: str) -> None:
     """Raise ConfigError(message) unless ``condition``."""
     if not condition:
         raise ConfigError(message)
+
+
+def flag(name: str, value) -> bool:
+    """``value`` if it is True or False (Python or NumPy); ConfigError otherwise: ``"no"`` is not taken for a yes."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"{name}: expected True or False, got {type(value).__name__} {value!r}.")
+    return bool(value)
 
 
 # ---------------------------------------------------------------- field types

@@ -38,6 +38,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from worldloom.core.config import flag
 from worldloom.core.errors import CheckpointError, ConfigError
 from worldloom.core.files import atomic_directory, atomic_write_text, recover
 from worldloom.core.persist import (
@@ -257,9 +258,7 @@ def is_saved_model(path) -> bool:
 
 def _check_target(path: Path, overwrite: bool) -> None:
     """Refuse to replace anything but a saved model or an empty directory, unless ``overwrite``."""
-    if not isinstance(overwrite, (bool, np.bool_)):
-        raise ConfigError(f"overwrite: expected True or False, got {type(overwrite).__name__} {overwrite!r}.")
-    if overwrite or not os.path.lexists(path):
+    if flag("overwrite", overwrite) or not os.path.lexists(path):
         return
     if path.is_dir() and not path.is_symlink():
         entries = sorted(os.listdir(path))

@@ -131,8 +131,8 @@ class TrainingConfig(ConfigBase):
                 "device_replay=True copies one buffer to every device; with replay_sharding='process' each "
                 "process holds its own episodes, so sample on the host (device_replay=False).")
         require(0.0 <= self.eval_fraction < 1.0, f"eval_fraction must be in [0, 1), got {self.eval_fraction}.")
-        kind, _, index = self.device.partition(":") if isinstance(self.device, str) else (None, "", "")
-        require(kind is not None and kind.strip().lower() in _DEVICE_KINDS and (not _ or index.strip().isdigit()),
+        kind, colon, index = self.device.partition(":") if isinstance(self.device, str) else (None, "", "")
+        require(kind is not None and kind.strip().lower() in _DEVICE_KINDS and (not colon or index.strip().isdigit()),
                 f"device must be one of {', '.join(_DEVICE_KINDS)} (optionally ':index', an index >= 0), got "
                 f"{self.device!r}.")
         # The optimiser fields are checked where they are used.

@@ -25,7 +25,7 @@ import time
 import warnings
 from pathlib import Path
 
-from worldloom.core.config import require
+from worldloom.core.config import flag, require
 from worldloom.core.errors import CheckpointError, ConfigError
 from worldloom.core.files import WriterLock
 from worldloom.distributed import is_primary
@@ -164,10 +164,10 @@ class LoggingCallback(Callback):
                  log_interval: int | None = None, log_to_tensorboard: bool | None = None,
                  metrics_file: str | os.PathLike | None = None, logger: str = "tensorboard"):
         log_interval = _every("log_interval", log_interval)
-        self.log_to_console = _flag("log_to_console", log_to_console)
+        self.log_to_console = flag("log_to_console", log_to_console)
         if log_to_tensorboard is None:
             log_to_tensorboard = log_dir is not None or not self.log_to_console
-        self.log_to_tensorboard = _flag("log_to_tensorboard", log_to_tensorboard)
+        self.log_to_tensorboard = flag("log_to_tensorboard", log_to_tensorboard)
         require(self.log_to_tensorboard or self.log_to_console or metrics_file is not None or logger == "wandb",
                 "LoggingCallback logs nothing with log_to_console=False and log_to_tensorboard=False: expected "
                 "at least one of them True (or a metrics_file, or logger='wandb').")
@@ -288,7 +288,7 @@ class CheckpointCallback(Callback):
         self.save_dir = _check_directory(save_dir, "save_dir")
         self.save_every = _every("save_every", save_every)
         self.keep_last = _every("keep_last", keep_last)
-        self.save_best, self.monitor, self.mode = _flag("save_best", save_best), monitor, mode
+        self.save_best, self.monitor, self.mode = flag("save_best", save_best), monitor, mode
         self.saved: list[Path] = []
         self.best: dict | None = None
         self._lock = None
@@ -400,13 +400,6 @@ def _path(name: str, value):
     if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
         raise ConfigError(f"{name}: expected a path, got {type(value).__name__} {value!r}.")
     return value
-
-
-def _flag(name: str, value) -> bool:
-    """``value`` if it is True or False; ConfigError otherwise (``"no"`` is not taken for a yes)."""
-    if not isinstance(value, bool) and type(value).__name__ != "bool_":
-        raise ConfigError(f"{name}: expected True or False, got {type(value).__name__} {value!r}.")
-    return bool(value)
 
 
 def _amount(name: str, value, minimum: float = 0.0) -> float:
