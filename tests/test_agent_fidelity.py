@@ -15,6 +15,7 @@ from worldloom.agents.dreamer_losses import behaviour_loss, replay_returns
 from worldloom.agents.dreamer_networks import policy_entropy, policy_log_prob
 from worldloom.agents.loop import terminates
 from worldloom.agents.replay import StreamReplay
+from worldloom.core.errors import ConfigError
 from worldloom.models.tdmpc2.losses import make_chunks
 from worldloom.models.tdmpc2.planner import estimate_value
 from worldloom.nn.layers import BlockLinear
@@ -311,6 +312,12 @@ def test_episodic_mode_follows_the_environment(tmp_path):
                             eval_every=60, eval_episodes=0, checkpoint_every=0, out_dir=str(tmp_path / "run"))
     assert run_agent(config, progress=False, **TDMPC_TINY)["updates"] == 0
     assert TDMPC2Agent.load(tmp_path / "run" / "agent").world_model.config.episodic
+    # Told it is not episodic, a run on a task that terminates stops at the first termination, as the reference's
+    # trainer does, instead of training a model without a termination head on it.
+    forced = config.replace(episodic=False, total_steps=60, out_dir=str(tmp_path / "forced"))
+    with pytest.raises(ConfigError, match=r"ended an episode of \d+ steps with a termination, but the TD-MPC2 model "
+                                          r"is not episodic \(episodic=False\).*Expected episodic=True"):
+        run_agent(forced, progress=False, **TDMPC_TINY)
 
 
 @pytest.mark.slow(reason="compiles two TD-MPC2 plans and evaluates a 200-step episode")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from worldloom.agents.replay import StreamReplay
-from worldloom.core.errors import DataError
+from worldloom.core.errors import ConfigError, DataError
 
 EpisodeHook = Callable[[float, int], None]
 
@@ -207,6 +207,7 @@ class EpisodeCollector:
         envs = self.envs = as_vector_env(envs, self.AUTORESET)
         self.discrete, self.on_episode = discrete, on_episode
         self.capacity = int(capacity)
+        self.episodic = bool(cfg.episodic)
         self.replay = EpisodeReplay(capacity, cfg.obs_shape, obs_dtype(envs.single_observation_space), cfg.action_dim,
                                     seed=seed, **replay)
         self.records = [self._record() for _ in range(envs.num_envs)]
@@ -236,6 +237,12 @@ class EpisodeCollector:
                                ("terminated", terminated), ("truncated", truncated)):
                 record[key].append(value)
             self.first[i] = False
+            if terminated and not self.episodic:
+                raise ConfigError(
+                    f"Environment {i} ended an episode of {len(record['rewards'])} steps with a termination, but the "
+                    "TD-MPC2 model is not episodic (episodic=False): it has no termination head, and its planning "
+                    "counts reward past the end. Expected episodic=True (--episodic) on a task that terminates (unset, "
+                    "a run decides by a 2,000-step random probe of the task).")
             if terminated or truncated:
                 self.replay.add(dict(obs=np.stack(record["obs"]), actions=np.stack(record["actions"]),
                                      rewards=np.asarray(record["rewards"], np.float32),
