@@ -77,6 +77,25 @@ def test_the_files_are_flushed_every_flush_secs_while_a_run_goes_on(tmp_path):
     board.close(), lines.close()
 
 
+def test_tensorboard_logs_load_no_torch_in_a_jax_process(tmp_path):
+    """tensorboardX would import torch (installed with the ``torch`` extra) for nothing: a JAX run's logs do not."""
+    import subprocess
+
+    script = (
+        "import sys\n"
+        "from worldloom.training.logs import TensorBoardWriter\n"
+        f"board = TensorBoardWriter({str(tmp_path / 'logs')!r}, flush_secs=0.0)\n"
+        "board.add_scalar('train/loss', 0.5, 3)\n"
+        "board.close()\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "import torch\n"  # still importable afterwards, where it is installed
+        "print(torch.ones(2).sum().item())\n")
+    pytest.importorskip("torch")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "2.0", done.stderr
+    assert read_events(tmp_path / "logs")["train/loss"] == [(3, 0.5)]
+
+
 def test_a_resumed_run_appends(tmp_path):
     for step in (1, 2):
         writer = JsonlWriter(tmp_path / "metrics.jsonl")
