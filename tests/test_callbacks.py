@@ -73,6 +73,10 @@ def test_logging_checkpoints_and_progress_in_one_run(buffer, tmp_path, capsys):
     meta = json.loads((ckpt / "step_00000008" / "meta.json").read_text())
     assert meta["step"] == 8 and meta["family"] == "dreamerv3" and meta["sampler"]["next_step"] == 8
     assert meta["data"]["eval_segments"] is not None
+    # A step's checkpoint is a train state, not a saved model: loading it by path says where the model is
+    with pytest.raises(CheckpointError, match=r"is a training checkpoint .*resume_from=path.*save_dir/best"):
+        create_world_model(str(ckpt / "step_00000008"))
+    assert create_world_model(str(ckpt / "best")).num_parameters() > 0
 
 
 @pytest.mark.slow

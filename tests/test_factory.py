@@ -71,6 +71,10 @@ def test_devices():
             create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, device="tpu", **TINY)
     with pytest.raises(DeviceError, match="Unknown device"):
         create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, device="quantum", **TINY)
+    # The documented order, (model, obs_shape, action_dim, device): device may come by position, on both faces
+    assert create_world_model("dreamerv3:size1m", (4,), 2, "cpu", **TINY).device.platform == "cpu"
+    torch_face = pytest.importorskip("worldloom_torch_compat")
+    assert str(torch_face.create_world_model("dreamerv3:size1m", (4,), 2, "cpu", **TINY).device) == "cpu"
 
 
 def test_seed_controls_init():

@@ -374,5 +374,6 @@ def test_auto_names_on_the_torch_face_give_torch_modules_and_channels_first_conf
     assert isinstance(model, face.DreamerV3WorldModel) and isinstance(model, torch.nn.Module)
     model.save_pretrained(tmp_path / "m")
     assert face.AutoConfig.from_pretrained(tmp_path / "m") == config
+    assert face.get_config(str(tmp_path / "m")) == config  # docs/pytorch.md: how to read a saved model's config
     loaded = face.AutoWorldModel.from_pretrained(os.fspath(tmp_path / "m"), device="cpu")
     assert isinstance(loaded, face.DreamerV3WorldModel) and loaded.obs_shape == (3, 16, 16)

@@ -116,6 +116,23 @@ def test_source_config_names_set_the_documented_fields():
     assert (tdmpc.num_q_networks, tdmpc.gamma, tdmpc.hidden_dim) == (3, 0.95, 64)
 
 
+def test_every_name_a_config_takes_reads_back_and_writes_the_same_config():
+    from worldloom.models.dreamerv3.config import ORIGINAL_NAMES as DREAMER_NAMES
+    from worldloom.models.tdmpc2.config import ORIGINAL_NAMES as TDMPC2_NAMES
+    from worldloom_torch_compat._source_names import DREAMER_SOURCE_NAMES, TDMPC2_SOURCE_NAMES
+
+    for config, names in ((DreamerV3Config(obs_shape=(4,), mlp_layers=3), DREAMER_NAMES + DREAMER_SOURCE_NAMES),
+                          (TDMPC2Config(obs_shape=(39,), discount=0.95), TDMPC2_NAMES + TDMPC2_SOURCE_NAMES)):
+        for entry in names:
+            value = getattr(config, entry.name)  # config.mlp_layers, config.kl_balance, ...
+            kept = {key: v for key, v in config.to_dict().items() if key not in entry.fields}
+            again = type(config)(**kept, **{entry.name: value}).to_dict()
+            for key, expected in config.to_dict().items():
+                assert again[key] == (pytest.approx(expected) if isinstance(expected, float) else expected), \
+                    (entry.name, value, key)
+    assert DreamerV3Config(num_layers=4).mlp_layers == 4 and TDMPC2Config().num_layers == 2
+
+
 @pytest.mark.parametrize("fields", [dict(gamma=0.0), dict(gamma=1.5), dict(num_q_networks=1)])
 def test_source_tdmpc2_values_are_checked_like_ours(fields):
     with pytest.raises(ConfigError):

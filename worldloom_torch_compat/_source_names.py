@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from worldloom.core.config import OriginalName, renamed
 from worldloom.core.errors import ConfigError
+from worldloom.models.tdmpc2.config import MLP_LAYERS
 from worldloom_torch_compat._names import source_size
 
 
@@ -60,6 +61,8 @@ DREAMER_READS: dict[str, Callable[[Any], Any]] = {
     "stoch_dim": lambda c: c.stoch * c.classes,
     "hidden_dim": lambda c: c.hidden,
     "cnn_depth": lambda c: c.depth,
+    "mlp_layers": lambda c: c.enc_layers,  # written to enc_layers and dec_layers; hidden_dim reads hidden alike
+    "num_layers": lambda c: c.enc_layers,
     "kl_free": lambda c: c.free_nats,
     "kl_balance": lambda c: c.loss_scale_dyn / (c.loss_scale_dyn + c.loss_scale_rep),
     "encoder_type": _image_or_vector,
@@ -69,6 +72,8 @@ DREAMER_READS: dict[str, Callable[[Any], Any]] = {
 TDMPC2_READS: dict[str, Callable[[Any], Any]] = {
     "hidden_dim": lambda c: c.mlp_dim,
     "num_q_networks": lambda c: c.num_q,
+    "mlp_layers": lambda c: MLP_LAYERS,  # the only value the config takes
+    "num_layers": lambda c: MLP_LAYERS,
 }
 
 

@@ -330,6 +330,11 @@ def read_meta(path) -> dict:
         raise CheckpointError(f"No saved model at {str(path)!r}: expected a directory written by save_pretrained().")
     config_file = path / CONFIG_FILE
     if not config_file.is_file():
+        if (path / "meta.json").is_file() and (path / "state").is_dir():  # worldloom.training._checkpoint's layout
+            raise CheckpointError(
+                f"{str(path)!r} is a training checkpoint (a Trainer's train state), not a saved model: resume "
+                "training from it with Trainer(model, config, resume_from=path). A loadable model is what "
+                "save_pretrained() writes; CheckpointCallback(save_best=True) keeps one in its save_dir/best.")
         raise CheckpointError(f"{str(path)!r} has no {CONFIG_FILE}; expected a directory written by save_pretrained().")
     try:
         meta = json.loads(config_file.read_text())

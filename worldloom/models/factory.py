@@ -84,8 +84,8 @@ def create_world_model(
     model: str | os.PathLike,
     obs_shape: Sequence[int] | None = None,
     action_dim: int | None = None,
-    *,
     device: str = "auto",
+    *,
     seed: int | None = None,
     **overrides: Any,
 ) -> WorldModel:

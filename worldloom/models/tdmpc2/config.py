@@ -32,18 +32,18 @@ ALIASES = {
     "tdmpc-large": "tdmpc2:317m",
 }
 
-_MLP_LAYERS = 2  # hidden layers of the dynamics, reward, policy and Q networks (the reference's ``mlp``)
+MLP_LAYERS = 2  # hidden layers of the dynamics, reward, policy and Q networks (the reference's ``mlp``)
 
 
 def _mlp_layers(name: str) -> OriginalName:
     def convert(value, _):
-        if value != _MLP_LAYERS or isinstance(value, bool):
+        if value != MLP_LAYERS or isinstance(value, bool):
             raise ConfigError(f"TDMPC2Config: {name}={value!r} has no faithful meaning: TD-MPC2's dynamics, reward, "
-                              f"policy and Q networks have {_MLP_LAYERS} hidden layers, as in the reference. Change "
+                              f"policy and Q networks have {MLP_LAYERS} hidden layers, as in the reference. Change "
                               "their width with mlp_dim (hidden_dim), the encoder's depth with num_enc_layers.")
         return {}
 
-    return OriginalName(name, (), f"must be {_MLP_LAYERS} (the reference's depth); width is `mlp_dim`", convert)
+    return OriginalName(name, (), f"must be {MLP_LAYERS} (the reference's depth); width is `mlp_dim`", convert)
 
 
 ORIGINAL_NAMES = (
