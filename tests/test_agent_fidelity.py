@@ -315,8 +315,8 @@ def test_episodic_mode_follows_the_environment(tmp_path):
     # Told it is not episodic, a run on a task that terminates stops at the first termination, as the reference's
     # trainer does, instead of training a model without a termination head on it.
     forced = config.replace(episodic=False, total_steps=60, out_dir=str(tmp_path / "forced"))
-    with pytest.raises(ConfigError, match=r"ended an episode of \d+ steps with a termination, but the TD-MPC2 model "
-                                          r"is not episodic \(episodic=False\).*Expected episodic=True"):
+    with pytest.raises(ConfigError, match=r"ended an episode of \d+ step\(s\) with a termination, but the TD-MPC2 "
+                                          r"model is not episodic \(episodic=False\).*Expected episodic=True"):
         run_agent(forced, progress=False, **TDMPC_TINY)
 
 
@@ -332,7 +332,8 @@ def test_evaluation_keeps_the_kept_plan():
 @pytest.mark.slow(reason="compiles a TD-MPC2 model and its MPPI plan (about 5 s)")
 def test_discrete_tdmpc2_replays_the_vectors_it_plans_with():
     """Replay holds the relaxed vectors MPPI chose (not one-hots), and the environment ran their argmax."""
-    model = create_world_model("tdmpc2:1m", obs_shape=(4,), action_dim=2, action_type="discrete", **TDMPC_TINY)
+    model = create_world_model("tdmpc2:1m", obs_shape=(4,), action_dim=2, action_type="discrete", episodic=True,
+                               **TDMPC_TINY)  # CartPole terminates
     agent = TDMPC2Agent(model)
     env = gym.make("CartPole-v1")
     ran = []

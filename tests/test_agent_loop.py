@@ -137,7 +137,7 @@ def test_environments_in_subprocesses_collect_what_stepping_them_in_turn_collect
 
     wm = create_world_model("dreamerv3:size1m", obs_shape=(4,), action_dim=2, action_type="discrete", **DREAMER_TINY)
     tdmpc = TDMPC2Agent(create_world_model("tdmpc2:1m", obs_shape=(4,), action_dim=2, action_type="discrete",
-                                           **TDMPC_TINY))
+                                           episodic=True, **TDMPC_TINY))  # CartPole terminates
     for kind, agent in ((StreamCollector, DreamerAgent(wm, seed=0)), (EpisodeCollector, tdmpc)):
         collected = []
         for envs in (make_vector_env("CartPole-v1", agent.algo, 2, kind.AUTORESET),

@@ -239,11 +239,11 @@ def test_config_and_weights_are_checked_against_each_other(tmp_path):
                                           r"\[[\d, ]+\] float32"):
         create_world_model(str(path), deter=128)
     meta = json.loads((path / "config.json").read_text())
-    meta["config"]["hidden"] = 48
+    meta["hidden"] = 48
     (path / "config.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=r"saved model .* is damaged: config.json holds \d+ bytes, expected "):
         create_world_model(str(path))  # the manifest names the edited file
-    persist.write_manifest(path, "worldloom-model", 2)  # edited and listed so: the shapes still disagree
+    persist.write_manifest(path, "worldloom-model", 3)  # edited and listed so: the shapes still disagree
     with pytest.raises(CheckpointError, match=r"config.json does not match the weights .*\(was the config edited\?\)"
                                               r".*: the config expects \[[\d, ]*48[\d, ]*\] float32, the weights "
                                               r"hold \[[\d, ]*32[\d, ]*\] float32"):
@@ -263,9 +263,11 @@ def test_damaged_weights_name_the_file_and_print_no_tracebacks(tmp_path):
             handle.truncate(os.path.getsize(largest) // 2)
         for drop_manifest in (False, True):
             if drop_manifest:  # as an earlier version wrote it, with no file list: orbax itself meets the damage
-                meta = json.load(open("model/config.json"))
-                meta["version"] = 1
+                fields = json.load(open("model/config.json"))
+                del fields["model_type"]
+                meta = dict(json.load(open("model/worldloom.json")), version=1, config=fields)
                 json.dump(meta, open("model/config.json", "w"))
+                os.remove("model/worldloom.json")
                 os.remove("model/manifest.json")
             try:
                 create_world_model("model")
@@ -454,7 +456,7 @@ def test_save_best_keeps_the_best_model_apart_from_keep_last(buffer, reference, 
     # The training loss averaged over the updates since the previous checkpoint, at each checkpoint.
     means = {step: np.mean([r["loss"] for r in reference["losses"][step - 2:step]]) for step in (2, 4, 6, 8)}
     best_step = min(means, key=means.get)
-    info = json.loads((directory / "best" / "config.json").read_text())["info"]
+    info = json.loads((directory / "best" / "worldloom.json").read_text())["info"]
     assert (info["step"], info["metric"], info["mode"]) == (best_step, "loss", "min")
     assert info["value"] == pytest.approx(means[best_step]) and info["run_id"] == trainer.run_id
     best = create_world_model(str(directory / "best"))
@@ -465,7 +467,7 @@ def test_save_best_keeps_the_best_model_apart_from_keep_last(buffer, reference, 
     trainer = Trainer(make_model(), make_config(eval_interval=4, eval_fraction=0.1, eval_batches=1),
                       [CheckpointCallback(evaluated, save_every=2, keep_last=2, mode="max")])
     trainer.train(buffer)
-    info = json.loads((evaluated / "best" / "config.json").read_text())["info"]
+    info = json.loads((evaluated / "best" / "worldloom.json").read_text())["info"]
     history = dict((step, metrics["eval/loss"]) for step, metrics in trainer.eval_history)
     assert info["metric"] == "eval/loss" and info["step"] == max(history, key=history.get)
 

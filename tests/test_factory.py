@@ -140,9 +140,9 @@ def test_missing_and_corrupt_directories(saved, tmp_path):
     config.write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         create_world_model(str(path))
-    meta = json.loads(good)
-    meta["weights_sha256"] = "0" * 64
-    config.write_text(json.dumps(meta))
+    config.write_text(good)
+    record = path / "worldloom.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "weights_sha256": "0" * 64}))
     with pytest.raises(CheckpointError, match="checksum"):
         create_world_model(str(path))
 
@@ -194,8 +194,10 @@ def test_truncated_weights_are_an_error(saved):
     with pytest.raises(CheckpointError, match="is damaged"):  # the manifest names the cut files
         create_world_model(str(path))
     # As version 1 wrote it, with no manifest: orbax itself meets the damage, and its error is ours.
-    meta = json.loads((path / "config.json").read_text())
-    (path / "config.json").write_text(json.dumps(dict(meta, version=1)))
+    fields, record = json.loads((path / "config.json").read_text()), path / "worldloom.json"
+    del fields["model_type"]
+    (path / "config.json").write_text(json.dumps({**json.loads(record.read_text()), "version": 1, "config": fields}))
+    record.unlink()
     (path / "manifest.json").unlink()
     with pytest.raises(CheckpointError, match="Could not read the weights at"):
         create_world_model(str(path))

@@ -347,6 +347,9 @@ def test_auto_names_dispatch_over_the_registry(tmp_path):
     assert isinstance(model, worldloom.DreamerV3WorldModel)
     model.save_pretrained(tmp_path / "m")
     assert worldloom.AutoConfig.from_pretrained(tmp_path / "m") == config
+    # The saved config.json is the config as the original documents it: model_type and fields, read by the class
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert saved["model_type"] == "dreamerv3" and worldloom.DreamerV3Config(**saved) == config
     loaded = worldloom.AutoWorldModel.from_pretrained(os.fspath(tmp_path / "m"))
     for a, b in zip(model.parameters(), loaded.parameters()):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -366,7 +369,9 @@ def test_auto_names_on_the_torch_face_give_torch_modules_and_channels_first_conf
     pytest.importorskip("torch")
     import torch
 
+    import worldloom
     import worldloom_torch_compat as face
+    from worldloom.core.errors import ConfigError
 
     config = face.AutoConfig.from_pretrained("dreamerv3:size1m", obs_shape=(3, 16, 16), action_dim=2)
     assert isinstance(config, face.DreamerV3Config) and tuple(config.obs_shape) == (3, 16, 16)
@@ -375,5 +380,9 @@ def test_auto_names_on_the_torch_face_give_torch_modules_and_channels_first_conf
     model.save_pretrained(tmp_path / "m")
     assert face.AutoConfig.from_pretrained(tmp_path / "m") == config
     assert face.get_config(str(tmp_path / "m")) == config  # docs/pytorch.md: how to read a saved model's config
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())  # one file for both faces: channels last
+    assert saved["obs_shape"] == [16, 16, 3] and worldloom.DreamerV3Config(**saved) == config.to_jax()
+    with pytest.raises(ConfigError, match=r"expected an image shape channels first \(C, H, W\)"):
+        face.DreamerV3Config(**saved)
     loaded = face.AutoWorldModel.from_pretrained(os.fspath(tmp_path / "m"), device="cpu")
     assert isinstance(loaded, face.DreamerV3WorldModel) and loaded.obs_shape == (3, 16, 16)

@@ -250,19 +250,27 @@ def test_a_td_mpc2_agent_json_without_a_setting_is_a_checkpoint_error(tmp_path):
 
 def test_hand_edits_to_a_models_config_are_detected(saved, tmp_path):
     path = copy(saved, "model", tmp_path)
-    original = json.loads((path / "config.json").read_text())
+    text = (path / "config.json").read_text()
+    original = json.loads(text)
+    assert original["model_type"] == "dreamerv3" and original["free_nats"] == 1.0  # the config alone, flat
     for field, change in (("free_nats", None), ("action_type", "continuous")):
         meta = json.loads(json.dumps(original))
         if change is None:
-            del meta["config"][field]
+            del meta[field]
         else:
-            meta["config"][field] = change
-        (path / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+            meta[field] = change
+        (path / "config.json").write_text(json.dumps(meta, indent=2))
         with pytest.raises(CheckpointError, match=r"saved model .* is damaged: config.json (holds \d+ bytes|has "
                                                   r"different content)"):
             create_world_model(str(path))
+    (path / "config.json").write_text(text)
+    record = json.loads((path / "worldloom.json").read_text())
+    (path / "worldloom.json").write_text(json.dumps({**record, "seed": 5}))
+    with pytest.raises(CheckpointError, match=r"saved model .* is damaged: worldloom.json"):
+        create_world_model(str(path))
+    (path / "worldloom.json").write_text(json.dumps(record, indent=2, sort_keys=True))
     # A config without a field, though its manifest agrees (so written): the field is not filled with a default.
-    del meta["config"]["free_nats"]
+    del meta["free_nats"]
     (path / "config.json").write_text(json.dumps(meta))
     persist.write_manifest(path, model_checkpoint.FORMAT, model_checkpoint.VERSION)
     with pytest.raises(CheckpointError, match=r"config.json: the saved DreamerV3Config lacks \['free_nats'\]"):
@@ -275,19 +283,30 @@ def test_hand_edits_to_a_models_config_are_detected(saved, tmp_path):
 def test_versions_are_checked_and_version_1_models_and_checkpoints_still_load(saved, tmp_path):
     model = copy(saved, "model", tmp_path)
     manifest = json.loads((model / "manifest.json").read_text())
-    (model / "manifest.json").write_text(json.dumps({**manifest, "version": 3}))
-    with pytest.raises(CheckpointError, match=r"saved model of format version 3 \(a newer worldloom wrote it"):
+    (model / "manifest.json").write_text(json.dumps({**manifest, "version": 4}))
+    with pytest.raises(CheckpointError, match=r"saved model of format version 4 \(a newer worldloom wrote it"):
         create_world_model(str(model))
-    # Version 1, as the previous worldloom wrote it: no manifest, the weights' files listed in config.json.
-    (model / "manifest.json").unlink()
-    meta = json.loads((model / "config.json").read_text())
-    (model / "config.json").write_text(json.dumps({**meta, "version": 1,
-                                                   "weights_files": file_manifest(model / "weights")}))
-    loaded = create_world_model(str(model))
     expected = saved["agent_object"].world_model.params
-    assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(loaded.params),
-                                                    jax.tree_util.tree_leaves(expected)))
-    (model / "config.json").write_text(json.dumps({**meta, "version": 2}))  # version 2 without its manifest
+
+    def same_params(loaded):
+        return all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(loaded.params),
+                                                        jax.tree_util.tree_leaves(expected)))
+
+    # Versions 1 and 2 kept the record and the config in one config.json: {"format", "version", "config", ...}
+    config = json.loads((model / "config.json").read_text())
+    record = json.loads((model / "worldloom.json").read_text())
+    (model / "worldloom.json").unlink()
+    config.pop("model_type")
+    (model / "config.json").write_text(json.dumps({**record, "version": 2, "config": config}))
+    persist.write_manifest(model, model_checkpoint.FORMAT, 2)
+    assert same_params(create_world_model(str(model)))
+    assert json.loads((model / "manifest.json").read_text())["version"] == 2
+    # Version 1, as an earlier worldloom wrote it: no manifest, the weights' files listed in config.json.
+    (model / "manifest.json").unlink()
+    (model / "config.json").write_text(json.dumps({**record, "version": 1, "config": config,
+                                                   "weights_files": file_manifest(model / "weights")}))
+    assert same_params(create_world_model(str(model)))
+    (model / "config.json").write_text(json.dumps({**record, "version": 2, "config": config}))  # without its manifest
     with pytest.raises(CheckpointError, match="has no manifest.json: expected it beside a version 2 config.json"):
         create_world_model(str(model))
 

@@ -207,7 +207,7 @@ class EpisodeCollector:
         envs = self.envs = as_vector_env(envs, self.AUTORESET)
         self.discrete, self.on_episode = discrete, on_episode
         self.capacity = int(capacity)
-        self.episodic = bool(cfg.episodic)
+        self.episodic = bool(getattr(cfg, "episodic", True))  # a model without the notion: no check
         self.replay = EpisodeReplay(capacity, cfg.obs_shape, obs_dtype(envs.single_observation_space), cfg.action_dim,
                                     seed=seed, **replay)
         self.records = [self._record() for _ in range(envs.num_envs)]
@@ -239,7 +239,7 @@ class EpisodeCollector:
             self.first[i] = False
             if terminated and not self.episodic:
                 raise ConfigError(
-                    f"Environment {i} ended an episode of {len(record['rewards'])} steps with a termination, but the "
+                    f"Environment {i} ended an episode of {len(record['rewards'])} step(s) with a termination, but the "
                     "TD-MPC2 model is not episodic (episodic=False): it has no termination head, and its planning "
                     "counts reward past the end. Expected episodic=True (--episodic) on a task that terminates (unset, "
                     "a run decides by a 2,000-step random probe of the task).")

@@ -1,11 +1,16 @@
 """Saving and loading models: ``config.json`` plus orbax weights, one saved directory of :mod:`worldloom.core.persist`.
 
-Layout of a saved directory (format ``worldloom-model``, version 2)::
+Layout of a saved directory (format ``worldloom-model``, version 3)::
 
-    config.json     {"format": "worldloom-model", "version": 2, "family", "preset",
-                     "config", "seed", "num_parameters", "weights_sha256", ["info"]}
+    config.json     {"model_type": family, <every config field>}: the config alone, as
+                    the original library documents it (``DreamerV3Config(**json.load(f))``)
+    worldloom.json  {"format": "worldloom-model", "version": 3, "family", "preset",
+                     "seed", "num_parameters", "weights_sha256", ["info"]}
     weights/        orbax StandardCheckpointer directory of the params pytree
-    manifest.json   the size and CRC-32 of every other file, config.json included
+    manifest.json   the size and CRC-32 of every other file, both JSON files included
+
+Version 2 kept the record and the config in one ``config.json``
+(``{"format", "version", "family", "preset", "config", ...}``); it still loads.
 
 The directory is assembled under a temporary name beside the target and
 moved into place in one step (see :mod:`worldloom.core.files`), so a crash
@@ -53,12 +58,14 @@ from worldloom.core.persist import (
 from worldloom.models.base import flatten_params
 
 __all__ = ["atomic_directory", "atomic_write_text", "is_saved_model", "load_model", "params_sha256", "read_meta",
+           "record_info",
            "restore_pytree", "save_model", "save_pytree", "stored_arrays"]
 
 FORMAT = "worldloom-model"
-VERSION = 2
-READS = (1, 2)
+VERSION = 3
+READS = (1, 2, 3)
 CONFIG_FILE = "config.json"
+RECORD_FILE = "worldloom.json"
 WEIGHTS_DIR = "weights"
 _SHOWN = 6
 
@@ -246,14 +253,29 @@ def _summary(problems: list[str]) -> str:
     return "; ".join(problems[:_SHOWN]) + more
 
 
+def _record_file(path: Path) -> Path:
+    """The file holding a saved model's record: ``worldloom.json`` (version 3), else ``config.json`` (1 and 2)."""
+    record = path / RECORD_FILE
+    return record if os.path.lexists(record) else path / CONFIG_FILE
+
+
 def is_saved_model(path) -> bool:
-    """Whether ``path`` is a directory whose ``config.json`` is a worldloom model's."""
-    config_file = Path(path) / CONFIG_FILE
+    """Whether ``path`` is a directory holding a worldloom model's record (``worldloom.json``, or an older
+    ``config.json``)."""
     try:
-        meta = json.loads(config_file.read_text())
+        meta = json.loads(_record_file(Path(path)).read_text())
     except (OSError, ValueError):
         return False
     return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
+def record_info(path) -> Any:
+    """``info`` of the saved model at ``path`` as stored (None when absent or unreadable); unchecked."""
+    try:
+        meta = json.loads(_record_file(Path(path)).read_text())
+    except (OSError, ValueError):
+        return None
+    return meta.get("info") if isinstance(meta, dict) else None
 
 
 def _check_target(path: Path, overwrite: bool) -> None:
@@ -285,7 +307,7 @@ def save_model(model, path, *, overwrite: bool = False, params: Any = None, info
         overwrite: Also replace anything else at ``path`` (a file, a directory
             of other files).
         params: Params to save instead of ``model.params`` (same structure).
-        info: Extra JSON facts stored as ``config.json["info"]``.
+        info: Extra JSON facts stored as ``worldloom.json["info"]``.
 
     Raises:
         CheckpointError: ``path`` holds something else and ``overwrite`` is
@@ -296,34 +318,35 @@ def save_model(model, path, *, overwrite: bool = False, params: Any = None, info
     recover(path)
     _check_target(path, overwrite)
     params = jax.device_get(model.params if params is None else params)
-    meta = {
+    record = {
         "format": FORMAT,
         "version": VERSION,
         "family": model.family,
         "preset": model.preset,
-        "config": model.config.to_dict(),
         "seed": model.seed,
         "num_parameters": int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params))),
         "weights_sha256": params_sha256(params),
     }
     if info is not None:
-        meta["info"] = info
+        record["info"] = info
+    config = {"model_type": model.family, **model.config.to_dict()}
 
     def fill(tmp: Path) -> None:
         save_pytree(params, tmp / WEIGHTS_DIR)
-        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
 
     save_directory(path, fill, format=FORMAT, version=VERSION, what="model")
 
 
 def read_meta(path) -> dict:
-    """Read and check ``config.json`` of a saved model directory.
+    """The record of a saved model directory, its config under ``"config"`` (as version 2 stored them).
 
-    In a version 2 directory, ``config.json`` is first checked against the
-    manifest (so a hand edit is named, not read).
+    The JSON files are first checked against the manifest (so a hand edit is
+    named, not read).
 
     Raises:
-        CheckpointError: no saved model there, or a missing, damaged or edited ``config.json``.
+        CheckpointError: no saved model there, or a missing, damaged or edited ``worldloom.json``/``config.json``.
     """
     path = Path(path)
     if not path.is_dir():
@@ -336,30 +359,47 @@ def read_meta(path) -> dict:
                 "training from it with Trainer(model, config, resume_from=path). A loadable model is what "
                 "save_pretrained() writes; CheckpointCallback(save_best=True) keeps one in its save_dir/best.")
         raise CheckpointError(f"{str(path)!r} has no {CONFIG_FILE}; expected a directory written by save_pretrained().")
-    try:
-        meta = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{config_file} is not valid JSON ({err}); the saved model is corrupt.") from err
-    except OSError as err:
-        raise CheckpointError(f"Cannot read {str(config_file)!r}: expected a saved model's config, got {err}.") from err
+    record_file = _record_file(path)
+    meta = _read_json(record_file, "a saved model's record")
+    config = _read_json(config_file, "a saved model's config") if record_file != config_file else None
     manifest = _manifest(path)
     if manifest is not None:
-        check_saved_files(path, manifest, "saved model", names=(CONFIG_FILE,))
+        names = (CONFIG_FILE,) if record_file == config_file else (CONFIG_FILE, RECORD_FILE)
+        check_saved_files(path, manifest, "saved model", names=names)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{config_file} is not a worldloom model config (format {FORMAT!r} expected).")
+        raise CheckpointError(f"{record_file} is not a worldloom model's record (format {FORMAT!r} expected).")
     version = meta.get("version")
-    if version not in READS:
+    if version not in READS or (version >= 3) != (record_file != config_file):
         newer = " (a newer worldloom wrote it: upgrade to read it)" if isinstance(version, int) and version > VERSION \
             else ""
-        raise CheckpointError(f"{config_file}: a saved model of format version {version!r}{newer}: this worldloom "
-                              f"reads versions {', '.join(map(str, READS))}.")
+        raise CheckpointError(f"{record_file}: a saved model of format version {version!r}{newer}: this worldloom "
+                              f"reads versions {', '.join(map(str, READS))} (3 in {RECORD_FILE}, 1 and 2 in "
+                              f"{CONFIG_FILE}).")
     if version >= 2 and manifest is None:
         raise CheckpointError(f"{str(path)!r} has no {MANIFEST_FILE}: expected it beside a version {version} "
-                              f"{CONFIG_FILE}, listing the checksum of every file; the saved model is incomplete.")
+                              f"{record_file.name}, listing the checksum of every file; the saved model is incomplete.")
+    if version >= 3:
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{config_file}: expected the saved config as a mapping of fields, got "
+                                  f"{type(config).__name__}.")
+        config = dict(config)
+        if config.pop("model_type", meta.get("family")) != meta.get("family"):
+            raise CheckpointError(f"{config_file} is a config of another family than the model's "
+                                  f"{meta.get('family')!r} ({RECORD_FILE}); the saved model is inconsistent.")
+        meta["config"] = config
     for key in ("family", "config", "weights_sha256"):
         if key not in meta:
-            raise CheckpointError(f"{config_file} lacks {key!r}; the saved model is corrupt.")
+            raise CheckpointError(f"{record_file} lacks {key!r}; the saved model is corrupt.")
     return meta
+
+
+def _read_json(file: Path, what: str) -> Any:
+    try:
+        return json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{file} is not valid JSON ({err}); the saved model is corrupt.") from err
+    except OSError as err:
+        raise CheckpointError(f"Cannot read {str(file)!r}: expected {what}, got {err}.") from err
 
 
 def _manifest(path: Path) -> dict | None:

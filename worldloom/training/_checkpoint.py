@@ -11,7 +11,7 @@ Layout::
         state/          orbax directory of {"train_state": ..., "key": ...}
         manifest.json   the size and CRC-32 of every other file, meta.json included
       best/         a saved model (``CheckpointCallback(save_best=True)``), whose
-                    ``config.json["info"]`` holds its step, metric and run_id
+                    ``worldloom.json["info"]`` holds its step, metric and run_id
 
 Each step directory is a saved directory of :mod:`worldloom.core.persist`
 (format ``worldloom-train-state``, version 2): assembled under a temporary name
@@ -50,7 +50,14 @@ from worldloom.core.persist import (
     save_directory,
     writing,
 )
-from worldloom.models.checkpoint import check_files, is_saved_model, params_sha256, restore_pytree, save_pytree
+from worldloom.models.checkpoint import (
+    check_files,
+    is_saved_model,
+    params_sha256,
+    record_info,
+    restore_pytree,
+    save_pytree,
+)
 
 FORMAT = "worldloom-train-state"
 VERSION = 2
@@ -77,15 +84,12 @@ def _complete(path: Path) -> bool:
 def run_id_of(path) -> str | None:
     """The ``run_id`` a checkpoint (or a ``best`` saved model) was written by; None when unknown."""
     path = Path(path)
-    for name, keys in ((META_FILE, ("run_id",)), ("config.json", ("info", "run_id"))):
-        try:
-            value = json.loads((path / name).read_text())
-        except (OSError, ValueError):
-            continue
-        for key in keys:
-            value = value.get(key) if isinstance(value, dict) else None
-        return value
-    return None
+    try:
+        value = json.loads((path / META_FILE).read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        info = record_info(path)  # a saved model's: its info holds the run_id
+        value = info.get("run_id") if isinstance(info, dict) else None
+    return value
 
 
 def list_checkpoints(directory, run_id: Any = _ANY_RUN) -> list[tuple[int, Path]]:

@@ -16,7 +16,6 @@ state at exact steps (a checkpoint) returns that period from
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import numbers
 import os
@@ -29,7 +28,7 @@ from worldloom.core.config import flag, require
 from worldloom.core.errors import CheckpointError, ConfigError
 from worldloom.core.files import WriterLock
 from worldloom.distributed import is_primary
-from worldloom.models.checkpoint import is_saved_model
+from worldloom.models.checkpoint import is_saved_model, record_info
 from worldloom.training._checkpoint import BEST_DIR, list_checkpoints, open_directory, run_id_of
 from worldloom.training._episode import integer
 
@@ -261,7 +260,7 @@ class CheckpointCallback(Callback):
 
     With ``save_best``, ``save_dir/best/`` is a saved model
     (``create_world_model(save_dir + "/best")``) of the state with the best
-    ``monitor`` value so far; its ``config.json["info"]`` holds the step,
+    ``monitor`` value so far; its ``worldloom.json["info"]`` holds the step,
     metric and value. The metric is the held-out ``eval/<monitor>`` at each
     evaluation when the run evaluates, else the training ``monitor``
     averaged over the updates since the previous checkpoint, at each
@@ -388,10 +387,7 @@ class CheckpointCallback(Callback):
 
 
 def _best_info(best: Path) -> dict:
-    try:
-        info = json.loads((best / "config.json").read_text()).get("info")
-    except (OSError, ValueError, AttributeError):
-        return {}
+    info = record_info(best)
     return info if isinstance(info, dict) and isinstance(info.get("value"), (int, float)) else {}
 
 

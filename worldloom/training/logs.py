@@ -42,23 +42,42 @@ LOGGERS = ("tensorboard", "wandb")
 METRICS_FILE = "metrics.jsonl"
 
 
+class _NoTorchForTensorboardX:
+    """A ``sys.meta_path`` finder that refuses ``torch`` to imports made from tensorboardX's own modules.
+
+    Other imports, on any thread, find torch as usual: only a stack that runs
+    tensorboardX's module code is refused.
+    """
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name.partition(".")[0] != "torch":
+            return None
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_globals.get("__name__", "").partition(".")[0] == "tensorboardX":
+                raise ImportError("torch is not imported for tensorboardX's event files")
+            frame = frame.f_back
+        return None
+
+
 def _import_tensorboardx() -> None:
     """Imports tensorboardX without importing torch, unless torch is loaded already.
 
-    tensorboardX imports torch when it is installed, for the type checks of its
-    ``SummaryWriter`` (``import torch`` in a ``try``); the event file writer and
-    protos used here never touch it. In a JAX run that import is most of
-    tensorboardX's (1.7 s -> 0.3 s on a 2-core CPU, with torch 2.13 installed).
-    ``torch`` is hidden from the import system only while tensorboardX loads.
+    tensorboardX imports torch at import time where it is installed (``try:
+    import torch`` in its ``writer`` module, for a type alias of its
+    ``SummaryWriter``); the event file writer and protos used here never use
+    it. In a JAX process that import is most of tensorboardX's (1.7 s -> 0.3 s
+    on a 2-core CPU, with torch 2.13 installed).
     """
     if "tensorboardX" in sys.modules or "torch" in sys.modules:
         return
-    sys.modules["torch"] = None  # `import torch` raises ImportError
+    finder = _NoTorchForTensorboardX()
+    sys.meta_path.insert(0, finder)
     try:
         import tensorboardX  # noqa: F401
     finally:
-        if sys.modules.get("torch", False) is None:
-            del sys.modules["torch"]
+        sys.meta_path.remove(finder)
 
 
 class TensorBoardWriter:
