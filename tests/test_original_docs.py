@@ -353,6 +353,9 @@ def test_auto_names_dispatch_over_the_registry(tmp_path):
     loaded = worldloom.AutoWorldModel.from_pretrained(os.fspath(tmp_path / "m"))
     for a, b in zip(model.parameters(), loaded.parameters()):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert isinstance(worldloom.DreamerV3WorldModel.from_pretrained(tmp_path / "m"), worldloom.DreamerV3WorldModel)
+    with pytest.raises(worldloom.ConfigError, match="expected a model of this class, got a DreamerV3WorldModel"):
+        worldloom.TDMPC2WorldModel.from_pretrained(tmp_path / "m")
     assert worldloom.MODEL_CATALOG["tdmpc2:5m"]["num_parameters"] == 4_960_618
 
 
@@ -386,3 +389,9 @@ def test_auto_names_on_the_torch_face_give_torch_modules_and_channels_first_conf
         face.DreamerV3Config(**saved)
     loaded = face.AutoWorldModel.from_pretrained(os.fspath(tmp_path / "m"), device="cpu")
     assert isinstance(loaded, face.DreamerV3WorldModel) and loaded.obs_shape == (3, 16, 16)
+    # The original's protocol: the family classes load too (WorldLoom's DreamerV3WorldModel.from_pretrained)
+    again = face.DreamerV3WorldModel.from_pretrained(str(tmp_path / "m"))
+    assert isinstance(again, face.DreamerV3WorldModel) and isinstance(again, torch.nn.Module)
+    with pytest.raises(ConfigError, match=r"TDMPC2WorldModel.from_pretrained\(.*expected a model of this class, "
+                                          r"got a DreamerV3WorldModel"):
+        face.TDMPC2WorldModel.from_pretrained(str(tmp_path / "m"))

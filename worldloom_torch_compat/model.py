@@ -32,7 +32,7 @@ import worldloom
 from worldloom.core.config import ConfigBase
 from worldloom.core.devices import resolve_device
 from worldloom.core.errors import ConfigError, DeviceError, ShapeError
-from worldloom.models.base import positive_batch_size
+from worldloom.models.base import of_class, positive_batch_size
 from worldloom_torch_compat import _params
 from worldloom_torch_compat._autograd import call_jax
 from worldloom_torch_compat._convert import jax_device, torch_device
@@ -368,6 +368,15 @@ class WorldModel(nn.Module):
             if name in losses:
                 losses.setdefault(source_name, losses[name])
         return losses
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> WorldModel:
+        """A model of this class from a preset, an alias or a saved directory: :func:`create_world_model`.
+
+        Raises:
+            ConfigError: ``name_or_path`` names a model of another family.
+        """
+        return of_class(cls, create_world_model(name_or_path, **kwargs), name_or_path)
 
     def save_pretrained(self, path: str | os.PathLike, overwrite: bool = False) -> None:
         """Write the model (current Parameters) to directory ``path``; load with :func:`create_world_model`.

@@ -364,6 +364,17 @@ class WorldModel:
         self.params = jax.device_put(params, self.device)
         return self
 
+    @classmethod
+    def from_pretrained(cls, name_or_path, **kwargs) -> WorldModel:
+        """A model of this class from a preset, an alias or a saved directory: :func:`create_world_model`.
+
+        Raises:
+            ConfigError: ``name_or_path`` names a model of another family.
+        """
+        from worldloom.models.factory import create_world_model
+
+        return of_class(cls, create_world_model(name_or_path, **kwargs), name_or_path)
+
     def save_pretrained(self, path, overwrite: bool = False) -> None:
         """Write ``config.json`` and the weights (orbax) to directory ``path``, atomically.
 
@@ -378,6 +389,14 @@ class WorldModel:
         name = f"{self.family}:{self.preset}" if self.preset else self.family
         return (f"{type(self).__name__}({name}, params={self.num_parameters():,}, "
                 f"device={device_name(self.device)}, training={self.training})")
+
+
+def of_class(cls: type, model, name) -> Any:
+    """``model`` if it is a ``cls``; ConfigError naming what ``name`` holds otherwise (``cls.from_pretrained``)."""
+    if not isinstance(model, cls):
+        raise ConfigError(f"{cls.__name__}.from_pretrained({str(name)!r}): expected a model of this class, got a "
+                          f"{type(model).__name__}; load it with create_world_model() or that class.")
+    return model
 
 
 def positive_batch_size(batch_size) -> int:
