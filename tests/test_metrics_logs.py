@@ -77,6 +77,7 @@ def test_the_files_are_flushed_every_flush_secs_while_a_run_goes_on(tmp_path):
     board.close(), lines.close()
 
 
+@pytest.mark.slow(reason="a fresh interpreter imports worldloom, then torch (about 3.5 s)")
 def test_tensorboard_logs_load_no_torch_in_a_jax_process(tmp_path):
     """tensorboardX would import torch (installed with the ``torch`` extra) for nothing: a JAX run's logs do not."""
     import subprocess
