@@ -156,6 +156,7 @@ def test_agents_of_equal_configs_share_their_update_functions(agent, rng, stream
     assert other.make_update(settings) is not update and other.actor_net is not agent.actor_net
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reward_bins, critic_bins", [(5, 255), (255, 7)])
 def test_the_critic_reads_its_values_over_its_own_bins(rng, stream_batch, reward_bins, critic_bins):
     """The reward head and the critic each have their bins (the reference's ``bins`` of each head); the debug
