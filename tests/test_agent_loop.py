@@ -121,6 +121,28 @@ def test_tdmpc2_seed_steps_follow_the_episode_length():
     assert seed_steps_for(AgentRunConfig(algo="dreamerv3"), 1000) == 0  # acts with its policy from step 0
 
 
+def test_environments_of_other_spaces_are_config_errors(tmp_path):
+    """A MultiDiscrete action space or a Dict observation space is refused by name, before anything runs."""
+    import gymnasium as gym
+
+    class Odd(gym.Env):
+        def __init__(self, action_space, observation_space):
+            self.action_space, self.observation_space = action_space, observation_space
+
+    box, discrete = gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2)
+    cases = {"MultiDiscrete-v0": (gym.spaces.MultiDiscrete([2, 3]), box, "a Discrete or Box action space"),
+             "DictObs-v0": (discrete, gym.spaces.Dict({"x": box}), "a Box observation space")}
+    for name, (action_space, observation_space, expected) in cases.items():
+        env_id = f"worldloom-tests/{name}"
+        if env_id not in gym.registry:
+            gym.register(env_id, entry_point=Odd, kwargs=dict(action_space=action_space,
+                                                              observation_space=observation_space))
+        config = AgentRunConfig(env=env_id, total_steps=10, out_dir=str(tmp_path / name))
+        with pytest.raises(ConfigError, match=rf"run_agent \({env_id}\): expected {expected}"):
+            run_agent(config, progress=False)
+        assert not (tmp_path / name).exists()
+
+
 def test_bad_run_config():
     with pytest.raises(ConfigError, match="algo must be one of"):
         AgentRunConfig(algo="ppo")

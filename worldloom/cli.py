@@ -345,6 +345,7 @@ def cmd_train(args) -> dict:
     from worldloom.models.factory import get_config, names_saved_model
     from worldloom.training import TrainingConfig
     from worldloom.training.checkpoints import list_checkpoints
+    from worldloom.training.data import env_spaces
 
     # Settings are checked before any episode is collected and before the run directory is made.
     primary = _join(args)
@@ -360,7 +361,7 @@ def cmd_train(args) -> dict:
             raise ConfigError(f"{flag}: expected at least 1 step, got {value}.")
     env = make_env(args.env)  # made, not stepped: its spaces check the model settings
     try:
-        obs_shape, action_dim, discrete = _env_spaces(env)
+        obs_shape, action_dim, discrete = env_spaces(env, "worldloom train")
         overrides = dict(model_sets)
         if not names_saved_model(args.model):
             family, _ = registry.resolve(args.model)
@@ -394,16 +395,6 @@ def cmd_train(args) -> dict:
     with _claimed(out) if primary else contextlib.nullcontext():
         return _train(args, config.replace(checkpoint_dir=str(out / "checkpoints")), env, (first, last),
                       overrides, model_sets, out, primary)
-
-
-def _env_spaces(env) -> tuple[tuple, int, bool]:
-    """``(obs_shape, action_dim, discrete)`` of a Gymnasium env, as :func:`collect_episodes` stores it."""
-    import gymnasium as gym
-    import numpy as np
-
-    discrete = isinstance(env.action_space, gym.spaces.Discrete)
-    action_dim = int(env.action_space.n) if discrete else int(np.prod(env.action_space.shape or (1,)))
-    return tuple(env.observation_space.shape or ()), action_dim, discrete
 
 
 def _train(args, config, env, block: tuple[int, int], overrides: dict, model_sets: list, out: Path,

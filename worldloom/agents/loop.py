@@ -37,6 +37,7 @@ from worldloom.core.errors import ConfigError, TrainingError
 from worldloom.models.base import OptimizerSettings
 from worldloom.models.checkpoint import params_sha256
 from worldloom.models.factory import create_world_model, get_config
+from worldloom.training.data import env_spaces
 from worldloom.training.guard import SKIPPED, NonFiniteGuard
 from worldloom.training.interrupts import Interrupted, signal_name, stop_requests
 from worldloom.training.logs import NullWriter, run_sinks
@@ -51,18 +52,6 @@ __all__ = ["DEFAULTS", "AgentRunConfig", "evaluate", "make_agent", "reached", "r
 _PROCESS_SEEDS = 7919  # seed offset of each process's environments, replay and random actions
 _BURST = 50  # updates owed at one environment step from which they get a progress display of their own
 _CHUNK = 10  # updates per scanned program where an environment step owes that many or more
-
-
-def _spaces(env):
-    import gymnasium as gym
-
-    obs_shape = tuple(env.observation_space.shape)
-    space = env.action_space
-    if isinstance(space, gym.spaces.Discrete):
-        return obs_shape, int(space.n), True
-    if isinstance(space, gym.spaces.Box):
-        return obs_shape, int(np.prod(space.shape)), False
-    raise ValueError(f"Unsupported action space {space}; expected Discrete or Box.")
 
 
 def reached(eval_returns, stop_return: float | None) -> bool:
@@ -106,7 +95,7 @@ def evaluate(agent, env_id: str, episodes: int, seed: int, env_options: dict | N
         return []
     envs = [make_env(env_id, agent=agent.algo, **{**(env_options or {}), **(
         {"render_mode": "rgb_array"} if record is not None and i == 0 else {})}) for i in range(episodes)]
-    _, _, discrete = _spaces(envs[0])
+    _, _, discrete = env_spaces(envs[0], "evaluate")
     greedy = agent.algo == "tdmpc2"
     obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
     if record is not None:
@@ -204,7 +193,7 @@ def plan_run(config: AgentRunConfig, resume: bool, model_overrides: dict, share:
                               f"of at least {done} to go on, got {config.total_steps}.")
     probe = config.make_env()  # a bad id or setting fails here, with its message
     try:
-        spaces = _spaces(probe)
+        spaces = env_spaces(probe, "run_agent")
         episode_length = probe.spec.max_episode_steps if probe.spec is not None else None
     finally:
         probe.close()

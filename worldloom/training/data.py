@@ -73,19 +73,25 @@ def create_random_buffer(capacity: int, obs_shape, action_dim: int, num_episodes
     return buffer
 
 
-def _spaces(env) -> tuple[tuple, int, bool]:
-    """``(obs_shape, action_dim, discrete)`` of a Gymnasium env."""
+def env_spaces(env, user: str = "collect_episodes") -> tuple[tuple, int, bool]:
+    """``(obs_shape, action_dim, discrete)`` of a Gymnasium env, as worldloom's models and agents take it.
+
+    Raises:
+        ConfigError: an observation space that is not a Box (vectors or images), or an action
+            space neither Discrete nor Box, naming ``user`` and the environment.
+    """
     from gymnasium import spaces
 
+    name = getattr(getattr(env, "spec", None), "id", None) or type(env).__name__
     if not isinstance(env.observation_space, spaces.Box):
-        raise ConfigError(f"collect_episodes supports Box observation spaces (vectors or images), got "
+        raise ConfigError(f"{user} ({name}): expected a Box observation space (vectors or images), got "
                           f"{env.observation_space}.")
     action_space = env.action_space
     if isinstance(action_space, spaces.Discrete):
         return tuple(env.observation_space.shape), int(action_space.n), True
     if isinstance(action_space, spaces.Box):
         return tuple(env.observation_space.shape), int(np.prod(action_space.shape)), False
-    raise ConfigError(f"collect_episodes supports Discrete and Box action spaces, got {action_space}.")
+    raise ConfigError(f"{user} ({name}): expected a Discrete or Box action space, got {action_space}.")
 
 
 def collect_episodes(env, num_episodes: int, policy: Callable[[np.ndarray], Any] | None = None, seed: int = 0,
@@ -121,7 +127,7 @@ def collect_episodes(env, num_episodes: int, policy: Callable[[np.ndarray], Any]
     owned = isinstance(env, str)
     env = make_env(env, **(env_kwargs or {})) if owned else env
     try:
-        obs_shape, action_dim, discrete = _spaces(env)
+        obs_shape, action_dim, discrete = env_spaces(env)
         if buffer is None:
             obs_dtype = np.uint8 if env.observation_space.dtype == np.uint8 else None
             buffer = ReplayBuffer(capacity, obs_shape, action_dim, obs_dtype=obs_dtype, seed=seed)
