@@ -268,6 +268,9 @@ def test_hand_edits_to_a_models_config_are_detected(saved, tmp_path):
     (path / "worldloom.json").write_text(json.dumps({**record, "seed": 5}))
     with pytest.raises(CheckpointError, match=r"saved model .* is damaged: worldloom.json"):
         create_world_model(str(path))
+    (path / "worldloom.json").unlink()
+    with pytest.raises(CheckpointError, match=r"has no worldloom.json: expected it beside config.json"):
+        create_world_model(str(path))
     (path / "worldloom.json").write_text(json.dumps(record, indent=2, sort_keys=True))
     # A config without a field, though its manifest agrees (so written): the field is not filled with a default.
     del meta["free_nats"]

@@ -366,6 +366,9 @@ def read_meta(path) -> dict:
     if manifest is not None:
         names = (CONFIG_FILE,) if record_file == config_file else (CONFIG_FILE, RECORD_FILE)
         check_saved_files(path, manifest, "saved model", names=names)
+    if record_file == config_file and isinstance(meta, dict) and "format" not in meta and "model_type" in meta:
+        raise CheckpointError(f"{str(path)!r} has no {RECORD_FILE}: expected it beside {CONFIG_FILE} (the model's "
+                              "format, seed and checksums); the saved model is incomplete.")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{record_file} is not a worldloom model's record (format {FORMAT!r} expected).")
     version = meta.get("version")
