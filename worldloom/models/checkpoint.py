@@ -259,23 +259,26 @@ def _record_file(path: Path) -> Path:
     return record if os.path.lexists(record) else path / CONFIG_FILE
 
 
-def is_saved_model(path) -> bool:
-    """Whether ``path`` is a directory holding a worldloom model's record (``worldloom.json``, or an older
-    ``config.json``)."""
-    try:
-        meta = json.loads(_record_file(Path(path)).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and meta.get("format") == FORMAT
-
-
-def record_info(path) -> Any:
-    """``info`` of the saved model at ``path`` as stored (None when absent or unreadable); unchecked."""
+def _stored_record(path) -> dict | None:
+    """The record at ``path`` as stored, unchecked; None when there is none that reads as a mapping."""
     try:
         meta = json.loads(_record_file(Path(path)).read_text())
     except (OSError, ValueError):
         return None
-    return meta.get("info") if isinstance(meta, dict) else None
+    return meta if isinstance(meta, dict) else None
+
+
+def is_saved_model(path) -> bool:
+    """Whether ``path`` is a directory holding a worldloom model's record (``worldloom.json``, or an older
+    ``config.json``)."""
+    meta = _stored_record(path)
+    return meta is not None and meta.get("format") == FORMAT
+
+
+def record_info(path) -> Any:
+    """``info`` of the saved model at ``path`` as stored (None when absent or unreadable); unchecked."""
+    meta = _stored_record(path)
+    return None if meta is None else meta.get("info")
 
 
 def _check_target(path: Path, overwrite: bool) -> None:
@@ -360,19 +363,19 @@ def read_meta(path) -> dict:
                 "save_pretrained() writes; CheckpointCallback(save_best=True) keeps one in its save_dir/best.")
         raise CheckpointError(f"{str(path)!r} has no {CONFIG_FILE}; expected a directory written by save_pretrained().")
     record_file = _record_file(path)
+    legacy = record_file == config_file  # versions 1 and 2: the record and the config in config.json
     meta = _read_json(record_file, "a saved model's record")
-    config = _read_json(config_file, "a saved model's config") if record_file != config_file else None
+    config = None if legacy else _read_json(config_file, "a saved model's config")
     manifest = _manifest(path)
     if manifest is not None:
-        names = (CONFIG_FILE,) if record_file == config_file else (CONFIG_FILE, RECORD_FILE)
-        check_saved_files(path, manifest, "saved model", names=names)
-    if record_file == config_file and isinstance(meta, dict) and "format" not in meta and "model_type" in meta:
+        check_saved_files(path, manifest, "saved model", names=(CONFIG_FILE,) if legacy else (CONFIG_FILE, RECORD_FILE))
+    if legacy and isinstance(meta, dict) and "format" not in meta and "model_type" in meta:
         raise CheckpointError(f"{str(path)!r} has no {RECORD_FILE}: expected it beside {CONFIG_FILE} (the model's "
                               "format, seed and checksums); the saved model is incomplete.")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{record_file} is not a worldloom model's record (format {FORMAT!r} expected).")
     version = meta.get("version")
-    if version not in READS or (version >= 3) != (record_file != config_file):
+    if version not in READS or (version >= 3) == legacy:
         newer = " (a newer worldloom wrote it: upgrade to read it)" if isinstance(version, int) and version > VERSION \
             else ""
         raise CheckpointError(f"{record_file}: a saved model of format version {version!r}{newer}: this worldloom "
