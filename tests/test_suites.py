@@ -31,6 +31,37 @@ def test_ids_name_a_task_and_bad_ones_say_what_was_expected():
         make_env("atari:pongg")
 
 
+@pytest.mark.parametrize("env_id", ["Walker2d-v5", "HalfCheetah-v5", "BipedalWalker-v3", "LunarLanderContinuous-v3"])
+def test_the_tdmpc2_references_gymnasium_tasks_run_with_the_suites_extra(env_id, tmp_path, monkeypatch):
+    """The tasks the ``tdmpc2_gymnasium`` preset is for (MuJoCo and Box2D) come with ``pip install -e ".[suites]"``."""
+    from worldloom.training.data import env_spaces
+
+    pytest.importorskip("Box2D" if env_id.startswith(("Bipedal", "LunarLander")) else "mujoco")
+    monkeypatch.chdir(tmp_path)  # MuJoCo writes its warnings (HalfCheetah's model has one) to ./MUJOCO_LOG.TXT
+    env = make_env(env_id)
+    obs_shape, action_dim, discrete = env_spaces(env, "test")
+    assert len(obs_shape) == 1 and action_dim == env.action_space.shape[0] and not discrete
+    obs, _ = env.reset(seed=0)
+    obs, reward, *_ = env.step(env.action_space.sample())
+    assert obs.shape == obs_shape and np.isfinite(reward)
+
+
+def test_a_task_whose_simulator_is_missing_says_what_to_install(monkeypatch):
+    import gymnasium as gym
+
+    def missing(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'imageio'", name="imageio")
+
+    monkeypatch.setattr(gym, "make", missing)
+    with pytest.raises(ConfigError, match=r"'HalfCheetah-v5': it needs the module 'imageio', which is not installed "
+                                          r".*pip install -e \"\.\[suites\]\"") as caught:
+        make_env("HalfCheetah-v5")
+    assert "Did you mean" not in str(caught.value)  # the id is right: no other id to offer
+    monkeypatch.setattr(gym, "make", lambda *a, **k: (_ for _ in ()).throw(gym.error.DependencyNotInstalled("Box2D")))
+    with pytest.raises(ConfigError, match=r"'LunarLander-v3': it needs a package, which is not installed \(Box2D\)"):
+        make_env("LunarLander-v3")
+
+
 def test_each_reference_runs_dmc_with_its_action_repeat_and_episode_length():
     assert (DMC_REFERENCE["dreamerv3"].repeat, DMC_REFERENCE["tdmpc2"].repeat) == (1, 2)
     for agent, steps in (("dreamerv3", 1000), ("tdmpc2", 500)):

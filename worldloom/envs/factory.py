@@ -33,6 +33,18 @@ def make_env(env_id: str, agent: str | None = None, **kwargs: Any):
         return make_suite_env(env_id, agent or "dreamerv3", **kwargs)
     try:
         return gym.make(env_id, **kwargs)
-    except (gym.error.Error, ModuleNotFoundError, ImportError, TypeError) as err:  # TypeError: a bad keyword
+    except (ImportError, gym.error.DependencyNotInstalled) as err:
+        if env_id not in gym.registry:  # an id of a module that is not there (or not importable)
+            raise ConfigError(f"Cannot make the Gymnasium environment {env_id!r}: {err}."
+                              f"{close_matches(env_id, gym.registry.keys())}") from err
+        # a registered task whose simulator is not installed
+        needs = f"the module {err.name!r}" if getattr(err, "name", None) else "a package"
+        raise ConfigError(f"Cannot make the Gymnasium environment {env_id!r}: it needs {needs}, which is not "
+                          f"installed ({err}). {_INSTALL_HINT}") from err
+    except (gym.error.Error, TypeError) as err:  # TypeError: a bad keyword
         hint = close_matches(env_id, gym.registry.keys())
         raise ConfigError(f"Cannot make the Gymnasium environment {env_id!r}: {err}.{hint}") from err
+
+
+_INSTALL_HINT = ('pip install -e ".[suites]" brings what Gymnasium\'s MuJoCo and Box2D tasks need '
+                 '(gymnasium[mujoco,box2d]), dm_control and ale-py.')
