@@ -14,7 +14,7 @@ import pytest
 from test_metrics_logs import read_events
 
 from worldloom import create_world_model
-from worldloom.core.errors import CheckpointError, ConfigError
+from worldloom.core.errors import CheckpointError, ConfigError, UnknownModelError
 from worldloom.training import Trainer, TrainingConfig
 from worldloom.training.callbacks import (
     Callback,
@@ -46,7 +46,7 @@ def buffer():
 
 
 @pytest.mark.slow
-def test_logging_checkpoints_and_progress_in_one_run(buffer, tmp_path, capsys):
+def test_logging_checkpoints_and_progress_in_one_run(buffer, tmp_path, capsys, monkeypatch):
     logs, ckpt = tmp_path / "logs", tmp_path / "ckpt"
     checkpoint = CheckpointCallback(save_dir=ckpt, save_every=2, keep_last=2)
     trainer = Trainer(make_model(), make_config(eval_interval=4, eval_fraction=0.1, eval_batches=1, log_interval=8))
@@ -66,6 +66,8 @@ def test_logging_checkpoints_and_progress_in_one_run(buffer, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "[train] step 2 | " in out and "[eval] step 8 | " in out
     assert "loss=" in err and "upd/s=" in err and "8/8" in err and "fit" in err  # the tqdm bar, labelled
+    final = [line for line in err.replace("\r", "\n").splitlines() if "8/8" in line][-1]
+    assert f"eval={trainer.eval_history[-1][1]['eval/loss']:.4f}" in final  # the last evaluation's, not the one before
 
     # Exactly the newest two of the checkpoints at 2, 4, 6 and 8, and nothing half-written.
     assert sorted(os.listdir(ckpt)) == ["best", "step_00000006", "step_00000008"]
@@ -76,7 +78,25 @@ def test_logging_checkpoints_and_progress_in_one_run(buffer, tmp_path, capsys):
     # A step's checkpoint is a train state, not a saved model: loading it by path says where the model is
     with pytest.raises(CheckpointError, match=r"is a training checkpoint .*resume_from=path.*save_dir/best"):
         create_world_model(str(ckpt / "step_00000008"))
+    with monkeypatch.context() as patch:  # named relative to the working directory, where a name is a preset's
+        patch.chdir(ckpt)
+        with pytest.raises(UnknownModelError, match=r"'step_00000008' here is a training checkpoint .*resume_from"):
+            create_world_model("step_00000008")
     assert create_world_model(str(ckpt / "best")).num_parameters() > 0
+
+
+def test_updates_per_sec_is_the_rate_of_the_dispatch_when_logged_inside_one(buffer, tmp_path):
+    # K=4 updates per dispatch reach the callbacks together; a rate over the instants they are handed over
+    # would be the dispatch's time for its first update and next to nothing for the other three.
+    metrics = tmp_path / "metrics.jsonl"
+    trainer = Trainer(make_model(), make_config(total_steps=12),
+                      [LoggingCallback(metrics_file=metrics, log_interval=1, log_to_tensorboard=False)])
+    trainer.train(buffer)
+    rates = [json.loads(line)["train/updates_per_sec"] for line in metrics.read_text().splitlines()]
+    assert len(rates) == 12 and all(rate > 0 for rate in rates)
+    for dispatch in (rates[0:4], rates[4:8], rates[8:12]):
+        assert dispatch == [dispatch[0]] * 4, rates
+    assert trainer.step_seconds == pytest.approx(1 / rates[-1])
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ DreamerV3 shapes; each test damages a copy.
 
 import errno
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -111,6 +112,18 @@ def loader(kind, saved):
         "buffer": ReplayBuffer.load,
         "stream": lambda path: stream_replay(fill=False).load_state(path),
     }[kind]
+
+
+def test_saving_and_loading_under_info_logging_shows_no_orbax_chatter(saved, tmp_path, caplog):
+    # A program that logs at INFO (logging.basicConfig(level=logging.INFO)) sees worldloom's saves and loads
+    # without orbax's per-call info records; orbax's warnings still pass.
+    with caplog.at_level(logging.INFO):
+        saved["agent_object"].world_model.save_pretrained(tmp_path / "model")
+        create_world_model(str(tmp_path / "model"))
+        logging.getLogger("absl").warning("a warning passes")  # from outside orbax; orbax's own pass alike
+    chatter = [record for record in caplog.records if "orbax" in record.pathname]
+    assert not chatter, [record.getMessage() for record in chatter[:3]]
+    assert [record.getMessage() for record in caplog.records if record.name == "absl"] == ["a warning passes"]
 
 
 def copy(saved, kind, tmp_path):

@@ -80,6 +80,17 @@ def params_sha256(params: Any) -> str:
     return digest.hexdigest()
 
 
+class _OrbaxChatter(logging.Filter):
+    """Holds back orbax's info and debug records (a handler's settings, its version, barrier functions: a
+    dozen lines per save or load wherever a program logs at INFO); its warnings and errors pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+_ORBAX_CHATTER = _OrbaxChatter()
+
+
 def _checkpointer():
     """An orbax checkpointer for host arrays written by this process alone.
 
@@ -87,6 +98,9 @@ def _checkpointer():
     the one process that reads or writes a directory does so without waiting for the others.
     """
     import orbax.checkpoint as ocp
+
+    if _ORBAX_CHATTER not in logging.getLogger("absl").filters:
+        logging.getLogger("absl").addFilter(_ORBAX_CHATTER)
 
     if jax.process_count() == 1:
         return ocp.StandardCheckpointer()
@@ -342,6 +356,17 @@ def save_model(model, path, *, overwrite: bool = False, params: Any = None, info
     save_directory(path, fill, format=FORMAT, version=VERSION, what="model")
 
 
+TRAINING_CHECKPOINT = (
+    "is a training checkpoint (a Trainer's train state), not a saved model: resume training from it with "
+    "Trainer(model, config, resume_from=path). A loadable model is what save_pretrained() writes; "
+    "CheckpointCallback(save_best=True) keeps one in its save_dir/best.")
+
+
+def is_training_checkpoint(path) -> bool:
+    """Whether ``path`` holds a Trainer checkpoint (``worldloom.training._checkpoint``'s layout)."""
+    return (Path(path) / "meta.json").is_file() and (Path(path) / "state").is_dir()
+
+
 def read_meta(path) -> dict:
     """The record of a saved model directory, its config under ``"config"`` (as version 2 stored them).
 
@@ -356,11 +381,8 @@ def read_meta(path) -> dict:
         raise CheckpointError(f"No saved model at {str(path)!r}: expected a directory written by save_pretrained().")
     config_file = path / CONFIG_FILE
     if not config_file.is_file():
-        if (path / "meta.json").is_file() and (path / "state").is_dir():  # worldloom.training._checkpoint's layout
-            raise CheckpointError(
-                f"{str(path)!r} is a training checkpoint (a Trainer's train state), not a saved model: resume "
-                "training from it with Trainer(model, config, resume_from=path). A loadable model is what "
-                "save_pretrained() writes; CheckpointCallback(save_best=True) keeps one in its save_dir/best.")
+        if is_training_checkpoint(path):
+            raise CheckpointError(f"{str(path)!r} {TRAINING_CHECKPOINT}")
         raise CheckpointError(f"{str(path)!r} has no {CONFIG_FILE}; expected a directory written by save_pretrained().")
     record_file = _record_file(path)
     legacy = record_file == config_file  # versions 1 and 2: the record and the config in config.json

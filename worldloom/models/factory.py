@@ -19,7 +19,7 @@ import numpy as np
 from worldloom.core import registry
 from worldloom.core.errors import CheckpointError, ConfigError, UnknownModelError
 from worldloom.models.base import WorldModel
-from worldloom.models.checkpoint import load_model, read_meta
+from worldloom.models.checkpoint import TRAINING_CHECKPOINT, is_training_checkpoint, load_model, read_meta
 
 # Observation/action spaces at which presets are sized in the references.
 REFERENCE_SPACES = {
@@ -62,6 +62,8 @@ def _resolve_preset(name: str):
     try:
         return registry.resolve(name)
     except UnknownModelError as err:
+        if is_training_checkpoint(name):
+            raise UnknownModelError(f"{err} ({name!r} here {TRAINING_CHECKPOINT})") from err
         if Path(name).exists():
             raise UnknownModelError(f"{err} ({name!r} exists here but holds no config.json, so it is not read as "
                                     "a saved model.)") from err
