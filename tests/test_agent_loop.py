@@ -30,11 +30,14 @@ def every_program_cached():
 
 
 @pytest.mark.slow(reason="three DreamerV3 runs (100 steps, resumed twice)")
-def test_dreamer_loop_resume_and_reload(tmp_path, capsys, caplog, every_program_cached):
+def test_dreamer_loop_resume_and_reload(tmp_path, capsys, caplog, every_program_cached, monkeypatch):
     import logging
 
+    from worldloom.agents import loop as online
     from worldloom.cli import main
 
+    saves, save = [], online.save_checkpoint
+    monkeypatch.setattr(online, "save_checkpoint", lambda *args: saves.append(args[3].env_step) or save(*args))
     sets = [arg for key, value in DREAMER_TINY.items() for arg in ("--set", f"{key}={value}")]
     status = main(["agent", "--env", "CartPole-v1", "--algo", "dreamerv3", "--steps", "100", "--seed-steps", "60",
                    "--train-ratio", "8", "--batch-size", "2", "--seq-len", "8", "--eval-every", "100",
@@ -42,6 +45,7 @@ def test_dreamer_loop_resume_and_reload(tmp_path, capsys, caplog, every_program_
                    "--seed", "3", "--no-progress", *sets])
     out = capsys.readouterr().out
     assert status == 0 and "final evaluation return" in out and "after 100 steps and 20 updates" in out
+    assert saves == [100]  # checkpoint_every=100 and the end coincide: one checkpoint, written once
     first = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert first["updates"] == int((100 - 60) * 8 / 16)
     assert [step for step, _ in first["eval"]] == [100]
@@ -67,6 +71,8 @@ def test_dreamer_loop_resume_and_reload(tmp_path, capsys, caplog, every_program_
     # says so.
     assert main(["agent", "--resume", str(run), "--steps", "500", "--stop-return", "-1000", "--no-progress"]) == 0
     assert "after 300 of 500 steps (stopped at the target return -1000)" in capsys.readouterr().out
+    assert main(["agent", "--resume", str(run), "--steps", "300", "--no-progress"]) == 0
+    assert f"{run} has done its 300 environment steps: nothing to run" in capsys.readouterr().out
 
     agent = DreamerAgent.load(run / "agent")
     again = DreamerAgent.load(run / "agent")

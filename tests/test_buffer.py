@@ -157,8 +157,17 @@ def test_save_load_round_trip(tmp_path):
         np.testing.assert_array_equal(loaded.state_dict()[key], value, err_msg=key)
     np.testing.assert_array_equal(loaded.episode(-1)["final_obs"], np.full(4, 7.0))
     np.testing.assert_array_equal(loaded.sample(4, 6)["obs"], ReplayBuffer.load(path).sample(4, 6)["obs"])
+    # The loaded buffer samples what the saved one samples next (a resumed run draws on); a seed starts afresh.
+    buffer.sample(4, 6)
     buffer.save(path)  # overwriting is atomic too
     assert os.listdir(tmp_path) == ["buffer.npz"]
+    np.testing.assert_array_equal(ReplayBuffer.load(path).sample(4, 6)["obs"], buffer.sample(4, 6)["obs"])
+    fresh = ReplayBuffer.load(path, seed=buffer.seed)
+    assert fresh._rng.bit_generator.state == np.random.default_rng(buffer.seed).bit_generator.state
+    state = buffer.state_dict()
+    np.savez(path, **dict(state, rng=np.array('{"bit_generator": "MT19937"}')))
+    with pytest.raises(CheckpointError, match="rng: expected the state of the buffer's PCG64 generator"):
+        ReplayBuffer.load(path)
 
 
 def test_load_errors(tmp_path):
@@ -247,13 +256,21 @@ def test_collect_images_and_box_actions():
         collect_episodes(TinyImageEnv(), 1, buffer=ReplayBuffer(10, (4,), 2))
 
 
-def test_held_out_split_takes_newest_whole_episodes():
+def test_held_out_split_takes_newest_whole_episodes_or_the_newest_share():
     buffer = filled(1000, [10] * 20)
     train, held = split_segments(buffer, eval_fraction=0.1, seq_len=8)
     np.testing.assert_array_equal(train, [[0, 180]])
     np.testing.assert_array_equal(held, [[180, 200]])
     assert split_segments(buffer, 0.0, 8)[1] is None
-    assert split_segments(filled(1000, [10]), 0.1, 8)[1] is None  # one episode: nothing to hold out
+    assert split_segments(filled(1000, [10]), 0.1, 8)[1] is None  # one short episode: nothing to hold out
+    # A few long episodes: the newest whole one would hold out half the data; the newest 10% are held out instead
+    long_train, long_held = split_segments(filled(2000, [1000, 1000]), eval_fraction=0.1, seq_len=8)
+    np.testing.assert_array_equal(long_train, [[0, 1800]])
+    np.testing.assert_array_equal(long_held, [[1800, 2000]])
+    one = split_segments(filled(2000, [1000]), eval_fraction=0.05, seq_len=64)  # one long episode
+    np.testing.assert_array_equal(one[1], [[936, 1000]])  # a window: more than 5% of 1000
+    within = split_segments(filled(2000, [900, 150]), eval_fraction=0.1, seq_len=8)  # within twice: whole
+    np.testing.assert_array_equal(within[1], [[900, 1050]])
     sampler = WindowSampler(buffer, 32, 8, seed=0, segments=train, layout={"obs": np.float32}, slots=1,
                             device=None)
     rows = sampler.rows(range(50))

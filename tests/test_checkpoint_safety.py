@@ -395,7 +395,7 @@ def test_resume_checks_the_buffer_and_total_steps(buffer, reference):
     newest = reference["dir"] / "step_00000008"
     bigger = create_random_buffer(2000, (4,), 2, num_episodes=40, episode_length=12, seed=0)
     with pytest.warns(RuntimeWarning, match=r"on another buffer than the checkpoint was trained on "
-                                            r"\(num_transitions: checkpoint 360, this buffer 480"):
+                                            r"\(num_transitions: checkpoint 360, this run 480"):
         Trainer(make_model(), make_config(total_steps=9), resume_from=newest).train(bigger)
     other = create_random_buffer(2000, (4,), 2, num_episodes=30, episode_length=12, seed=7)  # same size, other data
     assert other.num_transitions == buffer.num_transitions
@@ -443,6 +443,13 @@ def test_a_monitor_that_never_appears_warns_once_with_close_matches():
         fine = EarlyStoppingCallback(monitor="eval/loss", mode="max")
         fine.on_train_begin(fake_trainer(eval_interval=5))
         fine.on_step_end(1, losses)
+    # Evaluations asked for, but the trainer holds nothing out (eval_fraction=0 or too small a buffer)
+    nothing_held = fake_trainer(eval_interval=5)
+    nothing_held.evaluates = False
+    callback = CheckpointCallback(monitor="eval/loss", save_every=None)
+    callback.on_train_begin(nothing_held)
+    with pytest.warns(RuntimeWarning, match=r"does not evaluate \(eval_fraction=0.05 holds no transitions out"):
+        callback.on_step_end(1, losses)
     with pytest.raises(ConfigError, match="mode must be 'min' or 'max', got 'best'"):
         EarlyStoppingCallback(mode="best")
 
@@ -465,11 +472,20 @@ def test_save_best_keeps_the_best_model_apart_from_keep_last(buffer, reference, 
 
     evaluated = tmp_path / "evaluated"
     trainer = Trainer(make_model(), make_config(eval_interval=4, eval_fraction=0.1, eval_batches=1),
-                      [CheckpointCallback(evaluated, save_every=2, keep_last=2, mode="max")])
+                      [CheckpointCallback(evaluated, save_every=2, keep_last=3, mode="max")])
     trainer.train(buffer)
     info = json.loads((evaluated / "best" / "worldloom.json").read_text())["info"]
     history = dict((step, metrics["eval/loss"]) for step, metrics in trainer.eval_history)
     assert info["metric"] == "eval/loss" and info["step"] == max(history, key=history.get)
+    # A run resumed from step 6 keeps the evaluation before it (at 4) and adds its own (at 8, the end); one
+    # resumed from step 4, whose checkpoint was written before that step's evaluation, runs it first.
+    for start in ("step_00000006", "step_00000004"):
+        resumed = Trainer(make_model(), make_config(eval_interval=4, eval_fraction=0.1, eval_batches=1),
+                          resume_from=evaluated / start)
+        resumed.train(buffer)
+        assert [step for step, _ in resumed.eval_history] == [4, 8], start
+        assert resumed.eval_history[0] == trainer.eval_history[0]
+        assert resumed.eval_history[1][1]["eval/loss"] == pytest.approx(trainer.eval_history[1][1]["eval/loss"])
 
 
 def test_logging_callback_tensorboard_switch(tmp_path, capsys, monkeypatch):

@@ -24,7 +24,7 @@ from worldloom.core.errors import ConfigError
 from worldloom.models.base import OptimizerSettings
 from worldloom.training import ReplayBuffer, Trainer, TrainingConfig
 from worldloom.training._checkpoint import list_checkpoints
-from worldloom.training.callbacks import Callback
+from worldloom.training.callbacks import Callback, EarlyStoppingCallback, LoggingCallback
 from worldloom.training.data import create_random_buffer
 from worldloom.training.guard import NonFiniteGuard
 
@@ -177,14 +177,22 @@ def test_stop_mid_dispatch_reports_only_the_updates_before(extreme_buffer):
 
 
 @pytest.mark.slow(reason="compiles a TD-MPC2 Trainer update (1 per dispatch, skipping)")
-def test_skip_leaves_the_state_unchanged_and_counts(extreme_buffer):
+def test_skip_leaves_the_state_unchanged_and_counts(extreme_buffer, tmp_path):
     record = Record()
+    logged = LoggingCallback(metrics_file=tmp_path / "metrics.jsonl", log_interval=4, log_to_tensorboard=False)
+    stopper = EarlyStoppingCallback(monitor="loss", patience=100)
     trainer = Trainer(tdmpc(), config(total_steps=12, batch_size=2, sequence_length=4, warmup_steps=0,
-                                      steps_per_dispatch=1, on_nonfinite="skip"), [record])
+                                      steps_per_dispatch=1, on_nonfinite="skip"), [record, logged, stopper])
     model = trainer.train(extreme_buffer)
     skipped = [step for step, losses in record.losses.items() if losses["skipped"]]
     assert skipped == [7] and trainer.skipped_updates == 1
     assert not np.isfinite(record.losses[7]["loss"])  # reported as computed
+    # The callbacks leave it out: the interval of steps 5..8 logs the mean loss of its 3 applied updates
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    interval = next(row for row in rows if row["step"] == 8)
+    assert interval["train/loss"] == pytest.approx(np.mean([record.losses[s]["loss"] for s in (5, 6, 8)]))
+    assert interval["train/skipped"] == 0.25
+    assert np.isfinite(stopper.best) and stopper.best == min(record.losses[s]["loss"] for s in record.losses if s != 7)
     assert same(record.params[7], record.params[6])  # the skipped update left the params as they were
     assert not same(record.params[8], record.params[7]) and not same(record.params[6], record.params[5])
     assert finite(model.params) and same(leaves(model.params), record.params[12])

@@ -300,6 +300,16 @@ def test_evaluation_on_held_out_episodes_does_not_touch_training(buffer, referen
     assert same(leaves(model), leaves(other))
 
 
+def test_a_run_that_cannot_evaluate_says_why(buffer):
+    trainer = Trainer(make_model(), make_config(eval_interval=4, eval_fraction=0.0))
+    with pytest.warns(RuntimeWarning, match="eval_interval=4 asks for evaluations, but eval_fraction=0 holds no"):
+        assert trainer._split(buffer)[1] is None
+    tiny = create_random_buffer(capacity=100, obs_shape=(4,), action_dim=2, num_episodes=1, episode_length=12, seed=0)
+    with pytest.warns(RuntimeWarning, match=r"\(12 transitions in 1 episodes\) is too small to hold out "
+                                            "sequence_length=8 transitions and keep as many"):
+        assert Trainer(make_model(), make_config(eval_interval=4, eval_fraction=0.1))._split(tiny)[1] is None
+
+
 def test_train_one_liner(buffer):
     model = make_model()
     before = leaves(model)

@@ -8,7 +8,8 @@ A saved agent (format ``worldloom-agent``, version 2)::
 
     agent.json      {"format": "worldloom-agent", "version": 2, "algo", ...the agent's settings}
     world_model/    a saved model (create_world_model reads it alone)
-    behaviour/      DreamerV3: orbax directory of the actor, critic, slow critic and normalisers
+    behaviour/      DreamerV3: orbax directory of the actor and critic (what playing and evaluating use; the
+                    slow critic and the return normaliser are in the checkpoint's train state, which resumes)
     manifest.json
 
 An agent checkpoint (format ``worldloom-agent-checkpoint``, version 1)::
@@ -265,7 +266,8 @@ def plot_curves(loop: LoopState, path: Path, title: str) -> Path:
     if loop.eval_returns:
         steps, mean, std = np.asarray(loop.eval_returns, float).T
         ax.plot(steps, mean, "-o", color="tab:orange", label="evaluation (mean)")
-        ax.fill_between(steps, mean - std, mean + std, color="tab:orange", alpha=0.2)
+        ax.fill_between(steps, mean - std, mean + std, color="tab:orange", alpha=0.2,
+                        label="evaluation (mean ± std over its episodes)")
     ax.set_xlabel("environment steps")
     ax.set_ylabel("episode return")
     ax.set_title(title)

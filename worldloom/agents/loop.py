@@ -432,6 +432,9 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
             overrides = {k: v for k, v in plan.overrides.items() if k != "episodic"}  # episodic: a run field
             write_run(out / "config.yaml", config, overrides)
             print(settings_text(config, overrides, out / "config.yaml"), flush=True)
+            if plan.resuming and loop.env_step >= config.total_steps:
+                print(f"{out} has done its {config.total_steps} environment steps: nothing to run; raise "
+                      "total_steps (--steps) to go on.", flush=True)
         writer = run_sinks(out, config.logger, config.to_dict()) if share.primary else NullWriter()
 
         def on_episode(episode_return: float, length: int) -> None:
@@ -520,7 +523,8 @@ def _drive(config, agent, collector, learner, evaluator, cp, loop, share, writer
             break
         if next_ckpt is not None and loop.env_step >= next_ckpt:
             next_ckpt += config.checkpoint_every
-            cp.save(loop.env_step)
+            if loop.env_step < config.total_steps:  # at the end, the final checkpoint follows at once
+                cp.save(loop.env_step)
         last = loop.eval_returns[-1][1] if loop.eval_returns else float("nan")
         recent = [r for _, r in loop.train_returns[-10:]]
         bar.set_postfix(ret=f"{np.mean(recent):.1f}" if recent else "-", eval=f"{last:.1f}", upd=loop.updates,

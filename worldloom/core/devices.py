@@ -61,3 +61,11 @@ def device_name(device: jax.Device | None) -> str:
     if device is None:
         return "cpu"
     return {"gpu": "cuda"}.get(device.platform, device.platform)
+
+
+def device_spec(device: jax.Device) -> str:
+    """The name :func:`resolve_device` turns back into ``device``: ``"cpu"``, ``"cuda:1"``, ..."""
+    name = device_name(device)
+    local = jax.local_devices(backend=device.platform)
+    index = local.index(device) if device in local else 0
+    return name if index == 0 else f"{name}:{index}"

@@ -14,13 +14,14 @@ never reads a dropped row or crosses the write head.
 from __future__ import annotations
 
 import collections
+import json
 import math
 import os
 from typing import Any
 
 import numpy as np
 
-from worldloom.core.errors import ConfigError, DataError, ShapeError
+from worldloom.core.errors import CheckpointError, ConfigError, DataError, ShapeError
 from worldloom.core.validation import check_observations
 from worldloom.training import _buffer_io
 from worldloom.training._episode import (
@@ -411,6 +412,7 @@ class ReplayBuffer:
             "obs_shape": np.array(self.obs_shape, np.int64),
             "action_dim": np.array(self.action_dim, np.int64),
             "seed": np.array(self.seed, np.int64),
+            "rng": np.array(json.dumps(self._rng.bit_generator.state)),
         }
 
     def save(self, path: str | os.PathLike) -> None:
@@ -418,7 +420,8 @@ class ReplayBuffer:
 
         Keys: ``obs, actions, rewards, dones`` ``[N, ...]`` (held rows, oldest
         first), ``terminals``, ``episode_lengths``, ``final_obs``,
-        ``final_obs_episode``, ``capacity``, ``obs_shape``, ``action_dim``, ``seed``.
+        ``final_obs_episode``, ``capacity``, ``obs_shape``, ``action_dim``, ``seed``
+        and ``rng`` (the sampling generator's state, JSON).
         """
         _buffer_io.write_npz(path, self.state_dict())
 
@@ -432,7 +435,8 @@ class ReplayBuffer:
             capacity: Capacity of the new buffer (default: the saved one, at
                 least the number of saved transitions).
             obs_shape, action_dim: If given, the file must match them.
-            seed: Seed of the new buffer's generator (default: the saved one).
+            seed: Seed of the new buffer's generator (default: the saved generator as it
+                was, so the loaded buffer samples what the saved one would have sampled next).
 
         Raises:
             ConfigError: ``path`` not a file name; ``capacity``/``seed`` not
@@ -456,7 +460,7 @@ class ReplayBuffer:
                               f"{path} holds, got fewer; loading would drop the oldest episodes. Pass "
                               f"capacity >= {held} (or none: the saved capacity, {saved_capacity}).")
         capacity = max(saved_capacity, held, 1) if capacity is None else capacity
-        seed = int(data.get("seed", 0)) if seed is None else seed
+        given_seed, seed = seed, int(data.get("seed", 0)) if seed is None else seed
         buffer = cls(capacity, data["obs"].shape[1:], data["actions"].shape[1], obs_dtype=data["obs"].dtype,
                      seed=seed)
         final = dict(zip(data["final_obs_episode"].tolist(), data["final_obs"]))
@@ -467,4 +471,16 @@ class ReplayBuffer:
                                    final_obs=final.get(index))
             except (DataError, ShapeError) as err:
                 raise DataError(f"{path}: episode {index} (rows {start} to {end - 1}): {err}") from err
+        if given_seed is None and "rng" in data:
+            buffer._restore_generator(path, data["rng"])
         return buffer
+
+    def _restore_generator(self, path, saved: np.ndarray) -> None:
+        try:
+            state = json.loads(str(saved))
+            if state.get("bit_generator") != type(self._rng.bit_generator).__name__:
+                raise ValueError(f"a {state.get('bit_generator')!r} generator")
+            self._rng.bit_generator.state = state
+        except (ValueError, TypeError, AttributeError, KeyError) as err:
+            raise CheckpointError(f"{path}: rng: expected the state of the buffer's "
+                                  f"{type(self._rng.bit_generator).__name__} generator, got {err}.") from err

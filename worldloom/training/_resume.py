@@ -165,6 +165,17 @@ def buffer_data(run: dict) -> dict:
     return {name: run.get(name) for name in DATA_FIELDS}
 
 
+def eval_history(meta: dict) -> list:
+    """The ``[[step, metrics]]`` evaluations a checkpoint records up to its step (none for one written before
+    checkpoints kept them, or a malformed list)."""
+    history, step = meta.get("eval_history"), int(meta["step"])
+    if not isinstance(history, list):
+        return []
+    return [[int(entry[0]), dict(entry[1])] for entry in history
+            if isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], int)
+            and not isinstance(entry[0], bool) and entry[0] <= step and isinstance(entry[1], dict)]
+
+
 def _short(value) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -188,9 +199,14 @@ class LineageCallback(Callback):
         if self.lineage.source is None:
             return
         saved, now = self.lineage.data or {}, buffer_data(trainer._run)
-        changed = [f"{name}: checkpoint {_short(saved[name])}, this buffer {_short(now[name])}"
-                   for name in DATA_FIELDS if name in saved and saved[name] != now[name]]
-        if changed:
+        names = [name for name in DATA_FIELDS if name in saved and saved[name] != now[name]]
+        changed = [f"{name}: checkpoint {_short(saved[name])}, this run {_short(now[name])}" for name in names]
+        if changed and set(names) <= {"train_segments", "eval_segments"}:  # the same data, split otherwise
+            warnings.warn(f"Resuming from {self.lineage.source} on the same buffer, held out otherwise "
+                          f"({'; '.join(changed)}): the TrainingConfig's evaluation settings, or the rule that "
+                          "splits off the held-out episodes, differ from the run that wrote the checkpoint. "
+                          "Training goes on, but it will not match that run.", RuntimeWarning, stacklevel=2)
+        elif changed:
             warnings.warn(f"Resuming from {self.lineage.source} on another buffer than the checkpoint was trained "
                           f"on ({'; '.join(changed)}): training goes on, but it will not match the run that wrote "
                           "the checkpoint.", RuntimeWarning, stacklevel=2)

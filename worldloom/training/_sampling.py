@@ -15,11 +15,13 @@ from worldloom.training.parallel import Placement
 
 
 def split_segments(buffer: ReplayBuffer, eval_fraction: float, seq_len: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Hold out the newest whole episodes for evaluation.
+    """Hold out the newest transitions for evaluation: whole episodes where they fit the share.
 
-    The held-out block is the smallest run of newest episodes that holds at
-    least ``max(eval_fraction * num_transitions, seq_len)`` transitions; the
-    rest trains. Windows never cross from one block into the other.
+    ``want = max(eval_fraction * num_transitions, seq_len)`` transitions are
+    held out: the smallest run of newest whole episodes that holds them, or,
+    where those episodes would hold more than twice ``want`` (a buffer of a
+    few long episodes, or one), the newest ``want`` rows, cut inside an
+    episode. The rest trains. Windows never cross from one block into the other.
 
     Returns:
         ``(train_segments [1, 2], eval_segments [1, 2] | None)``, absolute rows;
@@ -28,15 +30,15 @@ def split_segments(buffer: ReplayBuffer, eval_fraction: float, seq_len: int) -> 
     """
     whole = buffer.segments()
     bounds = buffer.episode_bounds()
-    if eval_fraction <= 0 or len(bounds) < 2:
+    if eval_fraction <= 0 or not len(bounds):
         return whole, None
+    oldest, written = int(whole[0, 0]), int(whole[0, 1])
     want = max(math.ceil(eval_fraction * buffer.num_transitions), seq_len)
     lengths_newest_first = (bounds[:, 1] - bounds[:, 0])[::-1]
     held = int(np.searchsorted(np.cumsum(lengths_newest_first), want)) + 1
-    if held >= len(bounds):
-        return whole, None
-    cut = int(bounds[len(bounds) - held, 0])
-    oldest, written = int(whole[0, 0]), int(whole[0, 1])
+    cut = int(bounds[len(bounds) - held, 0]) if held < len(bounds) else oldest
+    if written - cut > 2 * want:
+        cut = written - want
     if cut - oldest < seq_len:
         return whole, None
     return np.array([[oldest, cut]], np.int64), np.array([[cut, written]], np.int64)

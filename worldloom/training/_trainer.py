@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from worldloom import distributed
-from worldloom.core.devices import device_name, resolve_device
+from worldloom.core.devices import device_name, device_spec, resolve_device
 from worldloom.core.errors import (
     CheckpointError,
     ConfigError,
@@ -117,8 +118,14 @@ class Trainer:
         stop_training: Set by a callback to stop after the current dispatch.
         interrupted: Whether the last run was stopped by Ctrl-C or SIGTERM.
         interrupt_signal: Which (``signal.SIGINT``/``signal.SIGTERM``), or ``None``.
-        last_losses: Losses of the last update; ``eval_history``: ``[(step, metrics)]``.
+        last_losses: Losses of the last update; ``eval_history``: ``[(step, metrics)]`` of the run,
+            a resumed run's evaluations before its checkpoint first.
         skipped_updates: Updates of the last run dropped as non-finite (``on_nonfinite="skip"``).
+        step_seconds: Wall-clock seconds of the update just reported to the callbacks: the time
+            between the arrivals of its dispatch's metrics and the one before (evaluations left
+            out), over the dispatch's updates. ``updates_per_sec`` and the progress bar's rate use it.
+        evaluates: Whether the current (or last) run evaluates: ``eval_interval > 0`` and held-out
+            transitions to evaluate on (known once :meth:`train` has split the buffer).
     """
 
     def __init__(self, model: WorldModel, config: TrainingConfig | None = None, callbacks=(), *,
@@ -140,6 +147,10 @@ class Trainer:
         self.interrupt_signal = None
         self.last_losses: dict[str, float] = {}
         self.eval_history: list[tuple[int, dict[str, float]]] = []
+        self.evaluates = config.eval_interval > 0
+        self.step_seconds: float | None = None
+        self.reports = 0  # dispatches reported to the callbacks in this run
+        self._reported_at = time.perf_counter()
         self.device = None
         self.program: StepProgram | None = None
         self.placement: Placement | None = None
@@ -232,12 +243,14 @@ class Trainer:
         if distributed.is_primary():
             meta, tree = _resume.restore(lineage, source, like, self._check_checkpoint, self.config.total_steps)
             found = {"step": int(meta["step"]), "seed": int(meta.get("sampler", {}).get("seed", self.config.seed)),
-                     "run_id": meta.get("run_id"), "source": str(lineage.source), "data": lineage.data}
+                     "run_id": meta.get("run_id"), "source": str(lineage.source), "data": lineage.data,
+                     "evals": _resume.eval_history(meta)}
         else:
             tree = found = None
         if distributed.process_count() > 1:
             tree, found = distributed.broadcast_arrays(tree, like), distributed.broadcast(found)
             lineage.run_id, lineage.source, lineage.data = found["run_id"], Path(found["source"]), found["data"]
+        self._restored_evals = [(int(step), dict(metrics)) for step, metrics in found["evals"]]
         return tree["train_state"], tree["key"], found["step"], found["seed"]
 
     def _device_table(self, buffer: ReplayBuffer, segments, layout) -> dict | None:
@@ -260,6 +273,7 @@ class Trainer:
             "training_config": self.config.to_dict(),
             "sampler": {"kind": run["sampler"], "seed": run["seed"], "next_step": self.step},
             "data": _resume.buffer_data(run),
+            "eval_history": [[step, metrics] for step, metrics in self.eval_history],
         }
         tree = {"train_state": self.state, "key": run["key"]}
         if distributed.process_count() == 1:
@@ -339,11 +353,19 @@ class Trainer:
             eval_sampler = WindowSampler(buffer, config.batch_size, config.sequence_length, seed, eval_segments,
                                          layout, slots, place, shard)
             eval_chunks = eval_sampler.fixed_chunks(config.eval_batches, _EVAL_STREAM)
+        self.evaluates = bool(eval_chunks)
         intervals = [c.sync_interval() for c in callbacks] + [config.eval_interval if eval_chunks else 0]
         self._begin(callbacks, place)
         sample = self._dispatcher(program, place, sampler, table, train_key, seed)
         evaluator = Evaluator(config.eval_interval if eval_chunks else 0,
                               lambda step: self._evaluate(eval_chunks, eval_key, callbacks), self.step)
+        if eval_chunks and self.step > 0:
+            if any(step == self.step for step, _ in self.eval_history):
+                evaluator.last = self.step  # restored with its checkpoint: not repeated at the end
+            elif self.step % config.eval_interval == 0 and self.step < config.total_steps:
+                # A periodic checkpoint is written before its step's evaluation runs: run it now, on the same
+                # state and held-out batches, as the interrupted run did.
+                evaluator(self.step, final=True)
         try:
             with distributed.collective(lambda: f"training after step {self.step}"):
                 self._loop(chunk_plan(self.step, config.total_steps, slots, intervals), sample, evaluator,
@@ -367,10 +389,14 @@ class Trainer:
         eval_on = config.eval_interval > 0
         train_segments, eval_segments = split_segments(buffer, config.eval_fraction if eval_on else 0.0,
                                                        config.sequence_length)
-        if eval_on and eval_segments is None and config.eval_fraction > 0:
+        if eval_on and config.eval_fraction == 0:
+            warnings.warn(f"Evaluation is off: eval_interval={config.eval_interval} asks for evaluations, but "
+                          "eval_fraction=0 holds no transitions out for them.", RuntimeWarning, stacklevel=3)
+        elif eval_on and eval_segments is None:
             warnings.warn(f"Evaluation is off: the buffer ({buffer.num_transitions} transitions in "
-                          f"{buffer.num_episodes} episodes) is too small to hold out whole episodes and keep "
-                          f"sequence_length={config.sequence_length} for training.", RuntimeWarning, stacklevel=3)
+                          f"{buffer.num_episodes} episodes) is too small to hold out "
+                          f"sequence_length={config.sequence_length} transitions and keep as many for training.",
+                          RuntimeWarning, stacklevel=3)
         shard = None
         if config.replay_sharding == "process" and distributed.process_count() > 1:
             shard = (distributed.process_index(), distributed.process_count())
@@ -390,6 +416,7 @@ class Trainer:
         """The train state (fresh, or restored from a checkpoint) placed on the devices; returns
         ``(train_key, eval_key, sampling seed)`` and keeps the run's key as ``self._key``."""
         key, seed = jax.random.PRNGKey(self.config.seed), self.config.seed
+        self._restored_evals = []
         source = self._resume_source(resume, callbacks)
         if source is not None:
             shapes = jax.eval_shape(program.update.init, model.params)
@@ -406,13 +433,14 @@ class Trainer:
         config = self.config
         self.stop_training = self.interrupted = False
         self.interrupt_signal = None
-        self.eval_history = []
+        self.eval_history = list(getattr(self, "_restored_evals", []))  # a resumed run's earlier evaluations first
         learner = self.learner
         learner.guard = NonFiniteGuard(config.on_nonfinite, config.max_consecutive_skips,
                                        "TrainingConfig.on_nonfinite")
         learner.fetch, learner.max_in_flight = place.fetch, config.max_in_flight
         for callback in callbacks:
             callback.on_train_begin(self)
+        self.step_seconds, self._reported_at, self.reports = None, time.perf_counter(), 0
 
     def _dispatcher(self, program: StepProgram, place: Placement, sampler: WindowSampler, table, train_key,
                     seed: int):
@@ -482,6 +510,9 @@ class Trainer:
         """Hand each update's losses (Python floats, plus ``lr``) to the callbacks."""
         lr = np.broadcast_to(np.asarray(schedule(np.arange(start, start + count)), np.float64), (count,))
         columns = {name: np.asarray(values, np.float64)[:count].tolist() for name, values in metrics.items()}
+        now = time.perf_counter()
+        self.step_seconds, self._reported_at = (now - self._reported_at) / max(count, 1), now
+        self.reports += 1
         for index in range(count):
             losses = {name: values[index] for name, values in columns.items()}
             losses["lr"] = float(lr[index])
@@ -505,6 +536,7 @@ class Trainer:
         self.eval_history.append((self.step, result))
         for callback in callbacks:
             callback.on_eval_end(self.step, result)
+        self._reported_at = time.perf_counter()  # the next updates' time leaves the evaluation out
 
     @property
     def compile_count(self) -> int:
@@ -513,24 +545,28 @@ class Trainer:
 
 
 def train(model: WorldModel, buffer: ReplayBuffer, total_steps: int = 50_000, batch_size: int = 16,
-          sequence_length: int = 50, learning_rate: float = 3e-4, *, callbacks=(), progress: bool = False,
+          sequence_length: int = 50, learning_rate: float = 3e-4, *, callbacks=(), progress: bool = True,
           **more: Any) -> WorldModel:
-    """Train ``model`` on ``buffer`` in one call.
+    """Train ``model`` on ``buffer`` in one call, on the model's device unless ``device`` is given.
 
     Args:
         model: A ``WorldModel`` from ``create_world_model``.
         buffer: The :class:`ReplayBuffer` to sample windows from.
         total_steps, batch_size, sequence_length, learning_rate: As in :class:`TrainingConfig`.
         callbacks: Callbacks to add.
-        progress: Show a progress bar.
-        **more: Any other :class:`TrainingConfig` field (``device``, ``seed``, ...).
+        progress: Show a progress bar (a line every 30 seconds where stderr is not a terminal), unless
+            ``callbacks`` holds a ``ProgressCallback`` of its own.
+        **more: Any other :class:`TrainingConfig` field (``device``, ``seed``, ...). ``device``
+            defaults to the model's (``TrainingConfig``'s own default is ``"cuda"``).
 
     Returns:
         The same model, holding the trained params.
     """
+    if "device" not in more and isinstance(model, WorldModel):
+        more["device"] = device_spec(model.device)
     config = TrainingConfig().replace(total_steps=total_steps, batch_size=batch_size,
                                       sequence_length=sequence_length, learning_rate=learning_rate, **more)
     trainer = Trainer(model, config, callbacks)
-    if progress:
+    if progress and not any(isinstance(callback, ProgressCallback) for callback in trainer.callbacks):
         trainer.add_callback(ProgressCallback())
     return trainer.train(buffer)

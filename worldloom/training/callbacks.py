@@ -31,6 +31,7 @@ from worldloom.distributed import is_primary
 from worldloom.models.checkpoint import is_saved_model, record_info
 from worldloom.training._checkpoint import BEST_DIR, list_checkpoints, open_directory, run_id_of
 from worldloom.training._episode import integer
+from worldloom.training.guard import SKIPPED
 
 
 class Callback:
@@ -97,33 +98,45 @@ class ProgressCallback(Callback):
             self.bar = None
             return
         total = trainer.config.total_steps
+        # No rate or ETA until the first dispatch, which carries the compilation, is done
         self.bar = progress(total, initial=min(trainer.step, total), desc=self.desc, file=self.file or sys.stderr,
-                            interval=self.interval)
-        self._mark = (time.perf_counter(), trainer.step)
+                            interval=self.interval, measured=False)
+        self._rate = UpdateRate(trainer)
         self._compiled = False
+        self._shown: dict[str, str] = {}
+        if getattr(trainer, "compile_count", None) == 0:
+            self.bar.note("compiling the update program; the first dispatch waits for it")
 
     def on_step_end(self, step: int, losses: dict[str, float]) -> None:
         if self.bar is None:
             return
         self.bar.update(1)
+        reports = getattr(self.trainer, "reports", None)
         if not self._compiled:  # the first step's dispatch carried the compilation
-            self._compiled = True
+            self._compiled, self._first_report = True, reports
             self.bar.restart_clock()
-            self._mark = (time.perf_counter(), step)
+            self._rate.reset()
+        elif reports is not None and reports == self._first_report:
+            self._rate.reset()  # the rest of that dispatch: its time is the compilation's too
+        else:
+            self._rate.add()
         if step % self.refresh_every == 0:
-            now = time.perf_counter()
-            then, then_step = self._mark
-            rate = (step - then_step) / max(now - then, 1e-9)
-            self._mark = (now, step)
+            rate = self._rate.reset()
             shown = {"loss": f"{losses['loss']:.4f}"}
             shown.update({key.split("/")[-1]: f"{losses[key]:.3f}" for key in self.keys if key in losses})
             if self._eval is not None:
                 shown["eval"] = f"{self._eval:.4f}"
             shown["upd/s"] = f"{rate:.1f}"
+            self._shown = shown
             self.bar.set_postfix(shown, refresh=False)
 
     def on_eval_end(self, step: int, metrics: dict[str, float]) -> None:
         self._eval = metrics.get("eval/loss")
+        if self.bar is not None and self._eval is not None:
+            losses = getattr(self.trainer, "last_losses", None) or {}
+            shown = self._shown or ({"loss": f"{losses['loss']:.4f}"} if "loss" in losses else {})
+            self._shown = {**shown, "eval": f"{self._eval:.4f}"}
+            self.bar.set_postfix(self._shown, refresh=False)  # shown with the next line (the final one too)
 
     def on_train_end(self, trainer) -> None:
         if self.bar is not None:
@@ -196,32 +209,33 @@ class LoggingCallback(Callback):
                 sinks.append(LogSink(lambda: WandbWriter(where, trainer.config.to_dict()), "W&B"))
             self.writer = LogSinks(sinks)
         self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
         self._count = 0
-        self._mark = (time.perf_counter(), trainer.step)
+        self._rate = UpdateRate(trainer)
 
     def on_step_end(self, step: int, losses: dict[str, float]) -> None:
         if not self._active:
             return
-        for name, value in losses.items():
+        for name, value in (losses.items() if applied(losses) else [(SKIPPED, losses[SKIPPED])]):
             self._sums[name] = self._sums.get(name, 0.0) + value
+            self._counts[name] = self._counts.get(name, 0) + 1
         self._count += 1
+        self._rate.add()
         if step % self._interval == 0:
             self._flush(step)
 
     def _flush(self, step: int) -> None:
         if not getattr(self, "_count", 0):
             return
-        now = time.perf_counter()
-        then, then_step = self._mark
-        means = {name: total / self._count for name, total in self._sums.items()}
-        means["updates_per_sec"] = (step - then_step) / max(now - then, 1e-9)
+        means = {name: total / self._counts[name] for name, total in self._sums.items()}
+        means["updates_per_sec"] = self._rate.reset()
         if self.writer is not None:
             for name, value in means.items():
                 self.writer.add_scalar(f"train/{name}", value, step)
             self.writer.flush()
         if self.log_to_console:
             self._print(step, "train", means)
-        self._sums, self._count, self._mark = {}, 0, (now, step)
+        self._sums, self._counts, self._count = {}, {}, 0
 
     def on_eval_end(self, step: int, metrics: dict[str, float]) -> None:
         if not self._active:
@@ -335,7 +349,7 @@ class CheckpointCallback(Callback):
             if not self._checked:
                 self._checked = True
                 warn_if_missing(self, self.monitor, losses, self.trainer)
-            if self.monitor in losses:
+            if self.monitor in losses and applied(losses):
                 self._sum, self._count = self._sum + losses[self.monitor], self._count + 1
         if self.save_every and step % self.save_every == 0 and step == self.trainer.step:
             self._save()
@@ -427,16 +441,58 @@ def _check_directory(path: Path, name: str) -> Path:
     return path
 
 
+class UpdateRate:
+    """Updates per second over the updates counted since the last :meth:`reset`.
+
+    Each update counts the trainer's ``step_seconds``: its dispatch's time
+    shared among the dispatch's updates, so a rate taken inside a dispatch
+    (an interval shorter than ``steps_per_dispatch``) is that of the
+    dispatch, not of the instant the metrics were handed over. Without
+    ``step_seconds`` (a trainer of another kind), the wall time since the last reset.
+    """
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.count, self.seconds, self.started = 0, 0.0, time.perf_counter()
+
+    def add(self) -> None:
+        seconds = getattr(self.trainer, "step_seconds", None)
+        self.count += 1
+        self.seconds = None if seconds is None or self.seconds is None else self.seconds + seconds
+
+    def reset(self) -> float:
+        """The rate since the last reset (0.0 before any update), and start counting anew."""
+        now = time.perf_counter()
+        seconds = now - self.started if self.seconds is None else self.seconds
+        rate = self.count / max(seconds, 1e-9) if self.count else 0.0
+        self.count, self.seconds, self.started = 0, 0.0, now
+        return rate
+
+
+def applied(losses: dict[str, float]) -> bool:
+    """Whether the update of ``losses`` was applied: not one ``on_nonfinite="skip"`` dropped (its non-finite
+    losses are reported, flagged ``skipped``, and left out of the callbacks' means and comparisons)."""
+    return not losses.get(SKIPPED, 0.0)
+
+
 def warn_if_missing(owner: Callback, monitor: str, losses: dict[str, float], trainer) -> None:
     """Warn (at the first step) when ``monitor`` will never be reported, naming close matches."""
     name = monitor.removeprefix("eval/")
-    evaluates = getattr(getattr(trainer, "config", None), "eval_interval", 0) > 0
+    config = getattr(trainer, "config", None)
+    interval = getattr(config, "eval_interval", 0)
+    evaluates = getattr(trainer, "evaluates", interval > 0)
     if name in losses and (name == monitor or evaluates):
         return
     known = sorted(losses) + [f"eval/{key}" for key in sorted(losses) if evaluates]
     close = difflib.get_close_matches(monitor, known, n=3, cutoff=0.6)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else f" Reported: {known}."
-    why = "the run does not evaluate (eval_interval=0)" if name in losses else "no update reports it"
+    if name not in losses:
+        why = "no update reports it"
+    elif interval <= 0:
+        why = "the run does not evaluate (eval_interval=0)"
+    else:
+        why = (f"the run does not evaluate (eval_fraction={getattr(config, 'eval_fraction', None)!r} holds no "
+               "transitions out of this buffer)")
     warnings.warn(f"{type(owner).__name__}(monitor={monitor!r}) will never see its metric: {why}.{hint}",
                   RuntimeWarning, stacklevel=2)
 
@@ -481,7 +537,8 @@ class EarlyStoppingCallback(Callback):
         if not getattr(self, "_checked", True):
             self._checked = True
             warn_if_missing(self, self.monitor, losses, self.trainer)
-        self._observe(step, losses)
+        if applied(losses):
+            self._observe(step, losses)
 
     def on_eval_end(self, step: int, metrics: dict[str, float]) -> None:
         self._observe(step, metrics)

@@ -139,7 +139,7 @@ class TrainingState:
 
 
 def train(model: Any, buffer: Any, total_steps: int = 50_000, batch_size: int = 16, sequence_length: int = 50,
-          learning_rate: float = 3e-4, *, callbacks=(), progress: bool = False, **more: Any) -> WorldModel:
+          learning_rate: float = 3e-4, *, callbacks=(), progress: bool = True, **more: Any) -> WorldModel:
     """Train ``model`` on ``buffer`` in one call (arguments as :func:`worldloom.training.train`).
 
     Returns:
