@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -62,9 +63,22 @@ def test_evaluate_and_imagine_a_saved_model(run_dir, tmp_path, capsys):
     assert main(["evaluate", *common, "--batch-size", "4", "--seq-len", "8", "--batches", "2"]) == 0
     out = capsys.readouterr().out
     assert "loss/rec:" in out and "loss:" in out
+    scaled = next(line for line in out.splitlines() if "as they enter loss (scaled): " in line)  # each term once
+    assert "reconstruction_loss:" not in out and "kl_loss " in scaled and "reconstruction_loss " in scaled
+    # The run directory in place of --model and --buffer (its model/ and test_buffer.npz), or as --model
+    sizes = ["--batch-size", "4", "--seq-len", "8", "--batches", "2", "--device", "cpu"]
+    assert main(["evaluate", str(run_dir), *sizes]) == 0
+    assert main(["evaluate", "--model", str(run_dir), "--buffer", str(run_dir / "test_buffer.npz"), *sizes]) == 0
+    assert capsys.readouterr().out.count(f"on {run_dir / 'test_buffer.npz'}") == 2
     plot = tmp_path / "plot.png"
     assert main(["imagine", *common, "--context", "3", "--horizon", "5", "--out", str(plot)]) == 0
     assert plot.read_bytes()[:4] == b"\x89PNG" and "obs MSE" in capsys.readouterr().out
+    # A video of vector observations is refused before anything is written; RUN's plot goes into RUN
+    assert main(["imagine", str(run_dir), "--context", "3", "--horizon", "5", "--video", str(tmp_path / "v.gif")]) == 2
+    assert "--video: an open-loop video shows image observations" in capsys.readouterr().err
+    assert not (run_dir / "imagine.png").exists() and not (tmp_path / "v.gif").exists()
+    assert main(["imagine", str(run_dir), "--context", "3", "--horizon", "5", "--device", "cpu"]) == 0
+    assert (run_dir / "imagine.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_collect_and_errors(tmp_path, capsys):
@@ -90,6 +104,32 @@ def test_list_models_verbose(capsys):
     assert main(["list-models", "--verbose"]) == 0
     out = capsys.readouterr().out
     assert "dreamerv3:size12m" in out and "8,852,675 params" in out
+
+
+def test_the_compilation_cache_follows_jax_then_worldloom_then_xdg(tmp_path):
+    from worldloom.cli import compilation_cache_dir
+
+    assert compilation_cache_dir({"XDG_CACHE_HOME": str(tmp_path)}, None) == tmp_path / "worldloom" / "xla"
+    assert compilation_cache_dir({"XDG_CACHE_HOME": str(tmp_path)}, "/jax/own") is None  # JAX's setting stands
+    assert compilation_cache_dir({"WORLDLOOM_COMPILATION_CACHE": str(tmp_path / "x")}, None) == tmp_path / "x"
+    for off in ("0", "off", ""):
+        assert compilation_cache_dir({"WORLDLOOM_COMPILATION_CACHE": off, "XDG_CACHE_HOME": "/c"}, None) is None
+    assert compilation_cache_dir({}, None) == Path("~/.cache").expanduser() / "worldloom" / "xla"
+
+
+@pytest.mark.slow(reason="two fresh interpreters evaluate a saved model")
+def test_a_command_keeps_its_compiled_programs_for_the_next_run(run_dir, tmp_path):
+    env = {key: value for key, value in os.environ.items() if key != "JAX_COMPILATION_CACHE_DIR"}
+    env.update(JAX_PLATFORMS="cpu", XDG_CACHE_HOME=str(tmp_path), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    command = [sys.executable, "-m", "worldloom", "evaluate", str(run_dir), "--batch-size", "4", "--seq-len", "8",
+               "--batches", "1", "--device", "cpu"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert any((tmp_path / "worldloom" / "xla").glob("*-cache")), "no compiled program was kept"
+    off = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                         env=dict(env, XDG_CACHE_HOME=str(tmp_path / "off"), WORLDLOOM_COMPILATION_CACHE="0"))
+    assert off.returncode == 0, off.stderr
+    assert not (tmp_path / "off").exists()
 
 
 def _worldloom(*args, timeout=120):
@@ -274,4 +314,9 @@ def test_sigterm_saves_a_train_run_says_how_to_resume_and_the_resume_finishes_it
     resumed = _run(capsys, "train", "--resume", str(out))  # the run's own config.yaml supplies its settings
     assert resumed.returncode == 0, resumed.stderr
     assert f"Resuming {out} from step 4" in resumed.stdout
-    assert json.loads((out / "summary.json").read_text())["steps"] == 8
+    summary = (out / "summary.json").read_text()
+    assert json.loads(summary)["steps"] == 8
+    assert [step for step, _ in json.loads(summary)["eval_history"]] == [4, 8]  # the one before step 4 kept
+    again = _run(capsys, "train", "--resume", str(out))  # finished: nothing to train, nothing rewritten
+    assert again.returncode == 0 and f"{out} has done its 8 updates; nothing to train" in again.stdout
+    assert (out / "summary.json").read_text() == summary

@@ -163,12 +163,12 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = command("evaluate", "loss of a saved model on a buffer")
     imagine = command("imagine", "plot imagined versus real episodes of a buffer")
-    imagine.add_argument("run", nargs="?", metavar="RUN",
+    for sub in (evaluate, imagine):
+        sub.add_argument("run", nargs="?", metavar="RUN",
                          help="a `worldloom train` run directory: its model/ and test_buffer.npz, in place of "
                               "--model and --buffer")
-    for sub in (evaluate, imagine):
-        sub.add_argument("--model", required=sub is evaluate, help="a directory written by save_pretrained")
-        sub.add_argument("--buffer", required=sub is evaluate, help="a .npz replay buffer")
+        sub.add_argument("--model", help="a directory written by save_pretrained")
+        sub.add_argument("--buffer", help="a .npz replay buffer")
         sub.add_argument("--device", default="auto", help="cpu, cuda, tpu or auto")
         sub.add_argument("--seed", type=int, default=0, help="seeds window sampling")
     evaluate.add_argument("--batch-size", type=int, default=16, help="windows per batch")
@@ -176,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batches", type=int, default=8, help="batches averaged")
     imagine.add_argument("--context", type=int, default=5, help="observed steps before imagining")
     imagine.add_argument("--horizon", type=int, default=15, help="imagined steps")
-    imagine.add_argument("--out", default="imagination.png", help="PNG to write")
+    imagine.add_argument("--out", help="PNG to write (default: RUN/imagine.png, else ./imagination.png)")
     imagine.add_argument("--video", metavar="PATH",
                          help="also write the open-loop video of image observations (real frames, frames imagined "
                               "from --context observed steps, their difference) to this .gif (or .mp4)")
@@ -198,10 +198,13 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--updates-per-step", type=float, help="TD-MPC2 updates per env step (default: 1)")
     agent.add_argument("--batch-size", type=int, help="windows per update (default: DreamerV3 16, TD-MPC2 256)")
     agent.add_argument("--seq-len", type=int,
-                       help="steps per window (default: DreamerV3 64, TD-MPC2 the model's horizon + 1, 4)")
-    agent.add_argument("--lr", type=float, help="learning rate (default: DreamerV3 4e-5, TD-MPC2 3e-4)")
+                       help="steps per window (default: the presets', else DreamerV3 64, TD-MPC2 the model's "
+                            "horizon + 1, 4)")
+    agent.add_argument("--lr", type=float, help="learning rate (default: the presets', else DreamerV3 4e-5, "
+                                                      "TD-MPC2 3e-4)")
     agent.add_argument("--warmup", type=int,
-                       help="linear learning-rate warm-up, in updates (default: DreamerV3 1000, TD-MPC2 0)")
+                       help="linear learning-rate warm-up, in updates (default: the presets', else DreamerV3 1000, "
+                            "TD-MPC2 0)")
     agent.add_argument("--seed-steps", type=int,
                        help="random-action steps before learning (default: DreamerV3 0, TD-MPC2 max(1000, 5 L))")
     agent.add_argument("--episodic", action=argparse.BooleanOptionalAction, default=None,
@@ -378,6 +381,13 @@ def cmd_train(args) -> dict:
             env.close()
             raise ConfigError(f"--resume: {resume_dir} has done {saved[-1][0]} updates; expected --steps of at least "
                               f"{saved[-1][0]} to go on, got {config.total_steps}.")
+        # A finished run (process 0's files decide, for every process) is left as it is.
+        finished = dist.broadcast(_finished_summary(resume_dir, saved, config.total_steps) if primary else None)
+        if finished is not None:
+            env.close()
+            print(f"{resume_dir} has done its {config.total_steps} updates; nothing to train (its results are in "
+                  f"{resume_dir / 'summary.json'}). Pass --steps above {config.total_steps} to train on.")
+            return finished
     # With replay_sharding="process" each process collects and holds only its block of the training episodes.
     first, last = 0, args.episodes
     if config.replay_sharding == "process" and dist.process_count() > 1:
@@ -395,6 +405,19 @@ def cmd_train(args) -> dict:
     with _claimed(out) if primary else contextlib.nullcontext():
         return _train(args, config.replace(checkpoint_dir=str(out / "checkpoints")), env, (first, last),
                       overrides, model_sets, out, primary)
+
+
+def _finished_summary(run_dir: Path, saved: list, total_steps: int) -> dict | None:
+    """The summary of a run that finished ``total_steps`` updates (its newest checkpoint and its summary.json
+    agree, and the run was not interrupted), else None."""
+    if not saved or saved[-1][0] != total_steps or not (run_dir / "summary.json").is_file():
+        return None
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    done = isinstance(summary, dict) and summary.get("steps") == total_steps and not summary.get("interrupted")
+    return summary if done else None
 
 
 def _train(args, config, env, block: tuple[int, int], overrides: dict, model_sets: list, out: Path,
@@ -447,7 +470,7 @@ def _train(args, config, env, block: tuple[int, int], overrides: dict, model_set
         print("Run settings (saved as " + str(out / "config.yaml") + "):\n  "
               + ", ".join(f"{key}={value}" for key, value in run_config.items() if not isinstance(value, dict))
               + "".join(f"\n  {section}: " + ", ".join(f"{k}={v}" for k, v in run_config[section].items())
-                        for section in ("world_model", "training")))
+                        for section in ("world_model", "training") if run_config[section]))
 
     model = create_world_model(args.model, obs_shape=buffer.obs_shape, action_dim=buffer.action_dim,
                                device=args.device, seed=args.seed, **overrides)
@@ -467,6 +490,7 @@ def _train(args, config, env, block: tuple[int, int], overrides: dict, model_set
         print(f"Process {dist.process_index()}: trained {trainer.step} updates; process 0 writes {out}")
         return {"steps": trainer.step, "out": str(out)}
 
+    print(f"Saving the model and buffers to {out}, then evaluating on the held-out episodes ...", flush=True)
     model.save_pretrained(out / "model")
     buffer.save(out / "buffer.npz")
     test.save(out / "test_buffer.npz")
@@ -517,10 +541,22 @@ def cmd_collect(args) -> None:
           f"to {args.out}")
 
 
+def _model_and_buffer(args, command: str) -> None:
+    """``args.model`` and ``args.buffer`` from a run directory (RUN) where they are not named."""
+    if args.run is not None:  # a train run directory: its model and held-out episodes, unless named
+        args.model = args.model or str(Path(args.run) / "model")
+        args.buffer = args.buffer or str(Path(args.run) / "test_buffer.npz")
+    if args.model is None or args.buffer is None:
+        raise ConfigError(f"worldloom {command}: expected a run directory (RUN) or both --model and --buffer, got "
+                          f"{'--model alone' if args.model else '--buffer alone' if args.buffer else 'neither'}.")
+
+
 def _load(args):
     from worldloom import create_world_model
     from worldloom.training import ReplayBuffer
 
+    if (Path(args.model) / "model" / "config.json").is_file() and not (Path(args.model) / "config.json").exists():
+        args.model = str(Path(args.model) / "model")  # a `worldloom train` run directory: its saved model
     if not Path(args.model).is_dir():
         raise ConfigError(f"--model must be a directory written by save_pretrained, got {args.model!r}.")
     model = create_world_model(Path(args.model), device=args.device)  # a path, even one named like a preset
@@ -531,26 +567,38 @@ def _load(args):
 def cmd_evaluate(args) -> dict:
     from worldloom.training.evaluation import evaluate_loss
 
+    _model_and_buffer(args, "evaluate")
     model, buffer = _load(args)
     losses = evaluate_loss(model, buffer, args.batch_size, args.seq_len, args.batches, seed=args.seed)
     print(f"Loss of {args.model} on {args.buffer} ({args.batches} batches of {args.batch_size}x{args.seq_len}):")
+    scaled = {name: value for name, value in losses.items() if name in SCALED_LOSS_NAMES}
     for name, value in losses.items():
-        print(f"  {name}: {value:.4f}")
+        if name not in scaled:
+            print(f"  {name}: {value:.4f}")
+    if scaled:  # compute_loss's terms under the original library's names, as they enter `loss`
+        print("  as they enter loss (scaled): " + ", ".join(f"{name} {value:.4f}" for name, value in scaled.items()))
     return losses
+
+
+# compute_loss's keys in the original library's names: the loss terms times their scales (kl_loss: dyn and rep).
+SCALED_LOSS_NAMES = ("kl_loss", "reconstruction_loss", "reward_loss", "continue_loss")
 
 
 def cmd_imagine(args) -> dict:
     from worldloom.training.evaluation import open_loop_prediction, plot_open_loop
 
-    if args.run is not None:  # a train run directory: its model and held-out episodes, unless named
-        args.model = args.model or str(Path(args.run) / "model")
-        args.buffer = args.buffer or str(Path(args.run) / "test_buffer.npz")
-    if args.model is None or args.buffer is None:
-        raise ConfigError("worldloom imagine: expected a run directory (RUN) or both --model and --buffer, got "
-                          f"{'--model' if args.model else '--buffer' if args.buffer else 'neither'}.")
+    _model_and_buffer(args, "imagine")
+    if args.out is None:
+        args.out = str(Path(args.run) / "imagine.png") if args.run is not None else "imagination.png"
     if args.video and Path(args.video).suffix.lower() not in (".gif", ".mp4"):
         raise ConfigError(f"--video: expected a .gif or .mp4 path, got {args.video!r}.")
     model, buffer = _load(args)
+    if args.video and len(model.config.obs_shape) != 3:  # said before anything is written
+        raise ConfigError(f"--video: an open-loop video shows image observations; {args.model} takes observations "
+                          f"of shape {tuple(model.config.obs_shape)}. Leave out --video for the plot alone.")
+    if args.video and model.family == "tdmpc2":
+        raise ConfigError(f"--video: an open-loop video shows decoded observations; {args.model} is a TD-MPC2 "
+                          "model, which decodes none. Leave out --video for the plot alone.")
     result = open_loop_prediction(model, buffer, context=args.context, horizon=args.horizon)
     plot_open_loop(result, args.out)
     print("\n".join(_report_open_loop(result)))
@@ -660,6 +708,40 @@ def cmd_list_models(args) -> None:
         print(f"  {info['name']:20s} {info['num_parameters']:>13,} params{aliases}")
 
 
+COMPILING_COMMANDS = ("train", "evaluate", "imagine", "agent", "play")
+COMPILATION_CACHE_BYTES = 4 * 2**30  # the oldest programs are dropped beyond this
+
+
+def compilation_cache_dir(environ: dict, configured: str | None) -> Path | None:
+    """Where the command keeps the programs it compiles, for the next run of the same settings.
+
+    ``configured`` (JAX's own setting, e.g. ``JAX_COMPILATION_CACHE_DIR``) wins
+    and is left as it is (None returned); ``WORLDLOOM_COMPILATION_CACHE`` set to
+    ``0``/``off``/empty turns the cache off (None), a path moves it; by default
+    ``$XDG_CACHE_HOME/worldloom/xla`` (``~/.cache/worldloom/xla``).
+    """
+    if configured:
+        return None
+    setting = environ.get("WORLDLOOM_COMPILATION_CACHE")
+    if setting is not None:
+        if setting.strip().lower() in ("", "0", "off", "false", "no", "none"):
+            return None
+        return Path(setting).expanduser()
+    return Path(environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "worldloom" / "xla"
+
+
+def use_compilation_cache() -> Path | None:
+    """Turn on JAX's persistent compilation cache at :func:`compilation_cache_dir` (a resumed or repeated run
+    then loads its update programs instead of compiling them again); returns the directory, or None."""
+    import jax
+
+    path = compilation_cache_dir(os.environ, jax.config.jax_compilation_cache_dir)
+    if path is not None:
+        jax.config.update("jax_compilation_cache_dir", str(path))
+        jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_BYTES)
+    return path
+
+
 def main(argv=None) -> int:
     """Entry point of the ``worldloom`` command; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -679,6 +761,8 @@ def main(argv=None) -> int:
     handlers = {"train": cmd_train, "collect": cmd_collect, "evaluate": cmd_evaluate, "imagine": cmd_imagine,
                 "agent": cmd_agent, "play": cmd_play, "plot": cmd_plot,
                 "list-models": cmd_list_models}
+    if args.command in COMPILING_COMMANDS:
+        use_compilation_cache()
     from worldloom.training.interrupts import Interrupted
 
     try:

@@ -129,7 +129,10 @@ def plot_open_loop(result: dict[str, Any], path: str | os.PathLike, episode: int
 
     Vector observations get one panel per dimension plus one for the reward;
     images get a strip of real and imagined frames plus the reward panel.
-    The shaded region is the observed prefix.
+    The shaded region is the observed prefix. A reward is drawn at the step
+    it arrives with (the reward of the action at step ``t`` at ``t + 1``, as
+    the model predicts it from the state it reaches), so imagined rewards and
+    observations both start at the first imagined step.
     """
     import matplotlib
 
@@ -153,16 +156,19 @@ def plot_open_loop(result: dict[str, Any], path: str | os.PathLike, episode: int
         ax.axvspan(-0.5, context - 0.5, color="0.9")
         ax.set_ylabel(f"obs[{dim}]")
     reward_ax = axes[dims]
-    reward_steps = steps[:-1] if len(steps) > 1 else steps
-    reward_ax.plot(reward_steps, result["real_rewards"][episode][:len(reward_steps)], "k-", label="real")
-    reward_ax.plot(steps[context - 1:context - 1 + horizon], result["pred_rewards"][episode], "C1--",
-                   label="imagined")
+    real_rewards = result["real_rewards"][episode][:len(steps) - 1]
+    reward_ax.plot(steps[1:], real_rewards, "k-", label="real")
+    reward_ax.plot(future, result["pred_rewards"][episode], "C1--", label="imagined")
     reward_ax.axvspan(-0.5, context - 0.5, color="0.9")
-    shown = np.concatenate([result["real_rewards"][episode], result["pred_rewards"][episode]])
+    shown = np.concatenate([real_rewards, result["pred_rewards"][episode]])
     middle, half = (shown.max() + shown.min()) / 2, max((shown.max() - shown.min()) / 2 * 1.1, 0.5)
     reward_ax.set_ylim(middle - half, middle + half)  # a constant reward is not blown up to noise
     reward_ax.set_ylabel("reward")
-    reward_ax.legend(loc="upper right", fontsize="small")
+    if len(real_rewards) and np.all(real_rewards == real_rewards[0]):
+        reward_ax.set_title(f"every real reward of this episode is {float(real_rewards[0]):g}", fontsize="small")
+    for ax in axes[:dims + 1]:  # the line panels share the step axis
+        ax.set_xlim(-0.5, len(steps) - 0.5)
+    axes[0].legend(loc="best", fontsize="small")
     if is_image and pred_obs is not None:
         picks = np.linspace(0, horizon - 1, min(horizon, 8)).astype(int)
         real_strip = np.concatenate([real_obs[context + p] for p in picks], 1)

@@ -186,9 +186,10 @@ def open_loop_frames(result: dict, max_episodes: int = 6) -> np.ndarray:
     """
     real, pred = np.asarray(result["real_obs"]), result.get("pred_obs")
     if real.ndim != 5 or pred is None:
+        got = (f"observations of shape {real.shape[1:]} per episode (vectors)" if real.ndim != 5
+               else "no decoded observations (a model without an observation decoder)")
         raise DataError(f"An open-loop video needs image observations [N, T, H, W, C] and a model that decodes "
-                        f"them; got observations of shape {real.shape[1:]} and "
-                        f"{'no decoded frames' if pred is None else 'decoded frames'}.")
+                        f"them; got {got}.")
     context, count = int(result["context"]), min(int(max_episodes), real.shape[0])
     real = real[:count].astype(np.float32)
     recon = result.get("recon_obs")
