@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -311,9 +312,13 @@ def test_sigterm_saves_a_train_run_says_how_to_resume_and_the_resume_finishes_it
                                                        f"resume with: worldloom train --resume {out}")
     assert (out / "model" / "config.json").is_file() and (out / "checkpoints" / "step_00000004").is_dir()
     monkeypatch.undo()
-    resumed = _run(capsys, "train", "--resume", str(out))  # the run's own config.yaml supplies its settings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = _run(capsys, "train", "--resume", str(out))  # the run's own config.yaml supplies its settings
     assert resumed.returncode == 0, resumed.stderr
     assert f"Resuming {out} from step 4" in resumed.stdout
+    assert f"Reading the run's episodes from {out / 'buffer.npz'}" in resumed.stdout  # not collected again
+    assert not [w for w in caught if "another buffer" in str(w.message)]  # the episodes it was trained on
     summary = (out / "summary.json").read_text()
     assert json.loads(summary)["steps"] == 8
     assert [step for step, _ in json.loads(summary)["eval_history"]] == [4, 8]  # the one before step 4 kept

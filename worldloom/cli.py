@@ -407,6 +407,18 @@ def cmd_train(args) -> dict:
                       overrides, model_sets, out, primary)
 
 
+def _saved_episodes(run_dir: Path, episodes: int, test_episodes: int):
+    """``(buffer, test)`` a run saved (an interrupted or finished run), when they hold the episodes its
+    settings ask for; None otherwise (they are collected again, from the same seeds)."""
+    from worldloom.training import ReplayBuffer
+
+    paths = run_dir / "buffer.npz", run_dir / "test_buffer.npz"
+    if not all(path.is_file() for path in paths):
+        return None
+    buffer, test = (ReplayBuffer.load(path) for path in paths)
+    return (buffer, test) if (buffer.num_episodes, test.num_episodes) == (episodes, test_episodes) else None
+
+
 def _finished_summary(run_dir: Path, saved: list, total_steps: int) -> dict | None:
     """The summary of a run that finished ``total_steps`` updates (its newest checkpoint and its summary.json
     agree, and the run was not interrupted), else None."""
@@ -445,12 +457,18 @@ def _train(args, config, env, block: tuple[int, int], overrides: dict, model_set
     run_config = json.loads(json.dumps(run_config, default=str))
     began = time.perf_counter()
     share = "" if (first, last) == (0, args.episodes) else f" (this process: training episodes {first} to {last - 1})"
-    print(f"Collecting {args.episodes} + {args.test_episodes} random-policy episodes of {args.env}{share} ...")
-    try:
-        buffer = collect_episodes(env, last - first, seed=args.seed + first)  # episode e resets with seed + e
-        test = collect_episodes(env, args.test_episodes, seed=args.seed + 100_000)
-    finally:
+    saved = _saved_episodes(out, last - first, args.test_episodes) if args.resume and not share else None
+    if saved is not None:  # a resumed run trains on the episodes it collected
         env.close()
+        buffer, test = saved
+        print(f"Reading the run's episodes from {out / 'buffer.npz'} and {out / 'test_buffer.npz'}")
+    else:
+        print(f"Collecting {args.episodes} + {args.test_episodes} random-policy episodes of {args.env}{share} ...")
+        try:
+            buffer = collect_episodes(env, last - first, seed=args.seed + first)  # episode e resets with seed + e
+            test = collect_episodes(env, args.test_episodes, seed=args.seed + 100_000)
+        finally:
+            env.close()
     print(f"  train: {buffer.num_transitions} transitions in {buffer.num_episodes} episodes; "
           f"held out: {test.num_transitions} in {test.num_episodes}")
     # What the held-out episodes must hold, checked before anything is written or trained.
