@@ -483,6 +483,23 @@ def test_trainer_source_api(dreamer, tmp_path):
     assert isinstance(metrics["loss"], float) and math.isfinite(metrics["loss"]) and dreamer.training
     assert train(dreamer, buffer, total_steps=2, batch_size=2, sequence_length=4, device="cpu", steps_per_dispatch=2,
                  output_dir=str(tmp_path / "fn"), callbacks=[]) is dreamer
+    # The source's order, train(data, num_steps): the second argument is the number of updates
+    again = Trainer(dreamer, config)
+    again.train(buffer, 2)
+    assert again.state.global_step == 2
+    # Called again, it starts from step 0 (the source went on from its step count): said, not silent
+    with pytest.warns(RuntimeWarning, match=r"runs from step 0 again, .*\(2 updates ran before\)"):
+        again.train(buffer, 2)
+    # Frozen parameters would be trained anyway: refused, naming them
+    next(dreamer.parameters()).requires_grad_(False)
+    try:
+        with pytest.raises(ConfigError, match=r"trains every parameter of the model; expected all of them "
+                                              r"trainable, got \d+ with requires_grad=False"):
+            again.train(buffer, 2)
+        with pytest.raises(ConfigError, match=r"^train trains every parameter"):
+            train(dreamer, buffer, total_steps=2, device="cpu")
+    finally:
+        dreamer.requires_grad_(True)
 
 
 def test_state_error_is_a_shape_error():

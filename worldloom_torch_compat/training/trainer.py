@@ -5,6 +5,7 @@ At the original library's path ``worldloom.training.trainer``.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -25,6 +26,17 @@ def _as_module(model: Any) -> WorldModel:
     if isinstance(model, worldloom.WorldModel):
         return wrap(model)  # as its family class
     raise ConfigError(f"model must be a WorldModel from create_world_model, got {type(model).__name__}.")
+
+
+def _check_trainable(module: WorldModel, who: str) -> None:
+    """ConfigError when a Parameter is frozen: worldloom's trainer updates every one of them."""
+    frozen = [name for name, parameter in module.named_parameters() if not parameter.requires_grad]
+    if frozen:
+        shown = ", ".join(frozen[:3]) + (f" and {len(frozen) - 3} more" if len(frozen) > 3 else "")
+        raise ConfigError(f"{who} trains every parameter of the model; expected all of them trainable, got "
+                          f"{len(frozen)} with requires_grad=False ({shown}). To keep some fixed, train with a "
+                          "torch optimizer over the trainable ones (model.compute_loss(batch)['loss'].backward()), "
+                          "or call model.requires_grad_(True) first.")
 
 
 def _after_training(module: WorldModel) -> WorldModel:
@@ -61,20 +73,37 @@ class Trainer:
         """Add a callback (an instance of :class:`~worldloom.training.callbacks.Callback`)."""
         self.jax_trainer.add_callback(callback)
 
-    def train(self, buffer: Any, resume: bool = False, num_steps: int | None = None) -> WorldModel:
+    def train(self, buffer: Any, num_steps: int | None = None, resume_from=None, *,
+              resume: bool = False) -> WorldModel:
         """Run ``config.total_steps`` updates on ``buffer`` and return the model, trained in place.
 
         The torch Parameters' current values are the starting point; the
-        trained values are copied back into them.
+        trained values are copied back into them when training ends (during
+        it, the module keeps the values it started from: callbacks see
+        worldloom's trainer, whose ``state`` holds the current ones). Every
+        call starts at step 0 with a fresh optimiser state unless it resumes
+        from a checkpoint; a second call says so with a warning.
 
         Args:
             buffer: The replay buffer (torch face or worldloom's).
-            resume: Resume from the configured checkpoint directory.
             num_steps: The source's argument: run this many updates instead of
                 ``config.total_steps`` (the config itself is unchanged).
+            resume_from: The source's argument: a checkpoint (directory) to resume from.
+            resume: Resume from the configured checkpoint directory.
+
+        Raises:
+            ConfigError: a Parameter with ``requires_grad=False`` (every one is trained).
         """
-        self.model.sync_to_jax(copy=True)
+        _check_trainable(self.model, "Trainer.train")
         trainer = self.jax_trainer
+        if resume_from is not None:
+            trainer.resume_from = resume_from
+        elif not resume and trainer.resume_from is None and trainer.state is not None:
+            warnings.warn(f"Trainer.train runs from step 0 again, from the model's current weights with a fresh "
+                          f"optimiser state ({trainer.step} updates ran before); WorldLoom's Trainer went on from "
+                          "its step count. Pass num_steps= for the updates this call should run.", RuntimeWarning,
+                          stacklevel=2)
+        self.model.sync_to_jax(copy=True)
         config = trainer.config
         if num_steps is not None:
             trainer.config = config.replace(total_steps=int(num_steps))
@@ -146,6 +175,7 @@ def train(model: Any, buffer: Any, total_steps: int = 50_000, batch_size: int = 
         The same module (a ``torch.nn.Module``), holding the trained weights.
     """
     module = _as_module(model)
+    _check_trainable(module, "train")
     module.sync_to_jax(copy=True)
     jax_train(module.jax_model, unwrap_buffer(buffer), total_steps, batch_size, sequence_length, learning_rate,
               callbacks=callbacks, progress=progress, **more)
