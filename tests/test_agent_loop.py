@@ -71,8 +71,13 @@ def test_dreamer_loop_resume_and_reload(tmp_path, capsys, caplog, every_program_
     # says so.
     assert main(["agent", "--resume", str(run), "--steps", "500", "--stop-return", "-1000", "--no-progress"]) == 0
     assert "after 300 of 500 steps (stopped at the target return -1000)" in capsys.readouterr().out
+    summary = (run / "summary.json").read_text()
+    saves.clear()
     assert main(["agent", "--resume", str(run), "--steps", "300", "--no-progress"]) == 0
-    assert f"{run} has done its 300 environment steps: nothing to run" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{run} has done its 300 environment steps: nothing to run" in out
+    assert "final evaluation return" in out and "after 300 steps" in out  # its saved result
+    assert saves == [] and (run / "summary.json").read_text() == summary  # a finished run's files stay
 
     agent = DreamerAgent.load(run / "agent")
     again = DreamerAgent.load(run / "agent")

@@ -427,14 +427,16 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
     try:
         if plan.resuming:
             _restore(plan, learner, collector, loop, share, config)
+            finished = _finished_result(out, loop, config, share)
+            if finished is not None:  # its files stay as they are
+                print(f"{out} has done its {config.total_steps} environment steps: nothing to run; raise "
+                      "total_steps (--steps) to go on.", flush=True)
+                return finished
         if share.primary:
             out.mkdir(parents=True, exist_ok=True)
             overrides = {k: v for k, v in plan.overrides.items() if k != "episodic"}  # episodic: a run field
             write_run(out / "config.yaml", config, overrides)
             print(settings_text(config, overrides, out / "config.yaml"), flush=True)
-            if plan.resuming and loop.env_step >= config.total_steps:
-                print(f"{out} has done its {config.total_steps} environment steps: nothing to run; raise "
-                      "total_steps (--steps) to go on.", flush=True)
         writer = run_sinks(out, config.logger, config.to_dict()) if share.primary else NullWriter()
 
         def on_episode(episode_return: float, length: int) -> None:
@@ -466,6 +468,19 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
     finally:
         collector.envs.close()
     return _finish(config, agent, learner, loop, share, out)
+
+
+def _finished_result(out: Path, loop: LoopState, config: AgentRunConfig, share) -> dict | None:
+    """The saved result of a run resumed at (or past) its ``total_steps``, from its ``summary.json``; None to
+    run on (more steps to go, no summary, or several processes, which all take the same path)."""
+    summary = out / "summary.json"
+    if share.count > 1 or loop.env_step < config.total_steps or not summary.is_file():
+        return None
+    try:
+        result = json.loads(summary.read_text())
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) and result.get("env_steps") == loop.env_step else None
 
 
 def _restore(plan: RunPlan, learner: AgentLearner, collector, loop: LoopState, share, config: AgentRunConfig) -> None:
