@@ -422,13 +422,10 @@ def _saved_episodes(run_dir: Path, episodes: int, test_episodes: int):
 def _finished_summary(run_dir: Path, saved: list, total_steps: int) -> dict | None:
     """The summary of a run that finished ``total_steps`` updates (its newest checkpoint and its summary.json
     agree, and the run was not interrupted), else None."""
-    if not saved or saved[-1][0] != total_steps or not (run_dir / "summary.json").is_file():
-        return None
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-    done = isinstance(summary, dict) and summary.get("steps") == total_steps and not summary.get("interrupted")
+    from worldloom.core.files import read_json_object
+
+    summary = read_json_object(run_dir / "summary.json") if saved and saved[-1][0] == total_steps else None
+    done = summary is not None and summary.get("steps") == total_steps and not summary.get("interrupted")
     return summary if done else None
 
 

@@ -34,6 +34,7 @@ from worldloom.agents.replay_choice import replay_options
 from worldloom.agents.run_file import settings_text, write_run
 from worldloom.agents.tdmpc2 import TDMPC2Agent
 from worldloom.core.errors import ConfigError, TrainingError
+from worldloom.core.files import read_json_object
 from worldloom.models.base import OptimizerSettings
 from worldloom.models.checkpoint import params_sha256
 from worldloom.models.factory import create_world_model, get_config
@@ -473,14 +474,10 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
 def _finished_result(out: Path, loop: LoopState, config: AgentRunConfig, share) -> dict | None:
     """The saved result of a run resumed at (or past) its ``total_steps``, from its ``summary.json``; None to
     run on (more steps to go, no summary, or several processes, which all take the same path)."""
-    summary = out / "summary.json"
-    if share.count > 1 or loop.env_step < config.total_steps or not summary.is_file():
+    if share.count > 1 or loop.env_step < config.total_steps:
         return None
-    try:
-        result = json.loads(summary.read_text())
-    except (OSError, ValueError):
-        return None
-    return result if isinstance(result, dict) and result.get("env_steps") == loop.env_step else None
+    result = read_json_object(out / "summary.json")
+    return result if result is not None and result.get("env_steps") == loop.env_step else None
 
 
 def _restore(plan: RunPlan, learner: AgentLearner, collector, loop: LoopState, share, config: AgentRunConfig) -> None:

@@ -263,6 +263,16 @@ def _fsync_directory(directory: Path) -> None:
             os.close(fd)
 
 
+def read_json_object(path) -> dict | None:
+    """The JSON object (a mapping) in the file ``path``; None when it is missing, unreadable, not JSON or not
+    an object. For files that may not be there or may be half-written, read without complaint."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` under a temporary name, then rename it into place.
 
@@ -356,11 +366,7 @@ class WriterLock:
         self.held = False
 
     def _holder(self) -> dict:
-        try:
-            holder = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return holder if isinstance(holder, dict) else {}
+        return read_json_object(self.path) or {}
 
     def _live(self, holder: dict) -> bool:
         if not holder:  # being written this instant, or torn by a kill: stale once a few seconds old

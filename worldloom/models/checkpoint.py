@@ -45,7 +45,7 @@ import numpy as np
 
 from worldloom.core.config import flag
 from worldloom.core.errors import CheckpointError, ConfigError
-from worldloom.core.files import atomic_directory, atomic_write_text, recover
+from worldloom.core.files import atomic_directory, atomic_write_text, read_json_object, recover
 from worldloom.core.persist import (
     MANIFEST_FILE,
     check_saved_files,
@@ -275,11 +275,7 @@ def _record_file(path: Path) -> Path:
 
 def _stored_record(path) -> dict | None:
     """The record at ``path`` as stored, unchecked; None when there is none that reads as a mapping."""
-    try:
-        meta = json.loads(_record_file(Path(path)).read_text())
-    except (OSError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) else None
+    return read_json_object(_record_file(Path(path)))
 
 
 def is_saved_model(path) -> bool:

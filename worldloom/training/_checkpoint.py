@@ -41,7 +41,7 @@ from typing import Any
 import jax
 
 from worldloom.core.errors import CheckpointError
-from worldloom.core.files import WriterLock, discard, remove_leftovers
+from worldloom.core.files import WriterLock, discard, read_json_object, remove_leftovers
 from worldloom.core.persist import (
     MANIFEST_FILE,
     check_saved_files,
@@ -84,12 +84,11 @@ def _complete(path: Path) -> bool:
 def run_id_of(path) -> str | None:
     """The ``run_id`` a checkpoint (or a ``best`` saved model) was written by; None when unknown."""
     path = Path(path)
-    try:
-        value = json.loads((path / META_FILE).read_text()).get("run_id")
-    except (OSError, ValueError, AttributeError):
-        info = record_info(path)  # a saved model's: its info holds the run_id
-        value = info.get("run_id") if isinstance(info, dict) else None
-    return value
+    meta = read_json_object(path / META_FILE)
+    if meta is not None:
+        return meta.get("run_id")
+    info = record_info(path)  # a saved model's: its info holds the run_id
+    return info.get("run_id") if isinstance(info, dict) else None
 
 
 def list_checkpoints(directory, run_id: Any = _ANY_RUN) -> list[tuple[int, Path]]:
