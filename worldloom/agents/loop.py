@@ -34,7 +34,7 @@ from worldloom.agents.replay_choice import replay_options
 from worldloom.agents.run_file import settings_text, write_run
 from worldloom.agents.tdmpc2 import TDMPC2Agent
 from worldloom.core.errors import ConfigError, TrainingError
-from worldloom.core.files import read_json_object
+from worldloom.core.files import atomic_write_text, read_json_object
 from worldloom.models.base import OptimizerSettings
 from worldloom.models.checkpoint import params_sha256
 from worldloom.models.factory import create_world_model, get_config
@@ -572,5 +572,5 @@ def _finish(config, agent, learner, loop, share, out) -> dict:
         "curves": str(curves),
     }
     if share.primary:
-        (out / "summary.json").write_text(json.dumps(result, indent=2))
+        atomic_write_text(out / "summary.json", json.dumps(result, indent=2))
     return result
