@@ -171,7 +171,7 @@ def eval_history(meta: dict) -> list:
     history, step = meta.get("eval_history"), int(meta["step"])
     if not isinstance(history, list):
         return []
-    return [[int(entry[0]), dict(entry[1])] for entry in history
+    return [entry for entry in history
             if isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], int)
             and not isinstance(entry[0], bool) and entry[0] <= step and isinstance(entry[1], dict)]
 

@@ -150,7 +150,6 @@ class Trainer:
         self.evaluates = config.eval_interval > 0
         self.step_seconds: float | None = None
         self.reports = 0  # dispatches reported to the callbacks in this run
-        self._reported_at = time.perf_counter()
         self.device = None
         self.program: StepProgram | None = None
         self.placement: Placement | None = None
@@ -433,7 +432,7 @@ class Trainer:
         config = self.config
         self.stop_training = self.interrupted = False
         self.interrupt_signal = None
-        self.eval_history = list(getattr(self, "_restored_evals", []))  # a resumed run's earlier evaluations first
+        self.eval_history = list(self._restored_evals)  # a resumed run's earlier evaluations first (_start)
         learner = self.learner
         learner.guard = NonFiniteGuard(config.on_nonfinite, config.max_consecutive_skips,
                                        "TrainingConfig.on_nonfinite")
