@@ -181,11 +181,17 @@ def test_skip_leaves_the_state_unchanged_and_counts(extreme_buffer, tmp_path):
     record = Record()
     logged = LoggingCallback(metrics_file=tmp_path / "metrics.jsonl", log_interval=4, log_to_tensorboard=False)
     stopper = EarlyStoppingCallback(monitor="loss", patience=100)
-    trainer = Trainer(tdmpc(), config(total_steps=12, batch_size=2, sequence_length=4, warmup_steps=0,
-                                      steps_per_dispatch=1, on_nonfinite="skip"), [record, logged, stopper])
+    settings = config(total_steps=12, batch_size=2, sequence_length=4, warmup_steps=20, steps_per_dispatch=1,
+                      on_nonfinite="skip")
+    trainer = Trainer(tdmpc(), settings, [record, logged, stopper])
     model = trainer.train(extreme_buffer)
     skipped = [step for step, losses in record.losses.items() if losses["skipped"]]
     assert skipped == [7] and trainer.skipped_updates == 1
+    # The logged lr is the one each update ran with: the warm-up at the optimiser's count, which the skipped
+    # update did not advance (step 8 runs as the 7th applied update, as step 7 tried to).
+    rate = settings.learning_rate / 20
+    assert [record.losses[s]["lr"] for s in range(1, 13)] == pytest.approx(
+        [rate * count for count in (0, 1, 2, 3, 4, 5, 6, 6, 7, 8, 9, 10)])
     assert not np.isfinite(record.losses[7]["loss"])  # reported as computed
     # The callbacks leave it out: the interval of steps 5..8 logs the mean loss of its 3 applied updates
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -196,6 +202,11 @@ def test_skip_leaves_the_state_unchanged_and_counts(extreme_buffer, tmp_path):
     assert same(record.params[7], record.params[6])  # the skipped update left the params as they were
     assert not same(record.params[8], record.params[7]) and not same(record.params[6], record.params[5])
     assert finite(model.params) and same(leaves(model.params), record.params[12])
+    # A resumed run counts the skipped update too: its first update is the 12th applied.
+    saved = trainer.save_checkpoint(tmp_path / "ckpt")
+    resumed = Trainer(tdmpc(), settings.replace(total_steps=13), resume_from=saved)
+    resumed.train(extreme_buffer)
+    assert resumed.step == 13 and resumed.last_losses["lr"] == pytest.approx(rate * 11)
 
 
 @pytest.mark.slow(reason="compiles a TD-MPC2 Trainer update (the skip test's program, when run alone)")
@@ -204,7 +215,7 @@ def test_skip_stops_after_too_many_in_a_row(overflowing_buffer):
     record = Record()
     model = tdmpc()
     initial = leaves(model.params)
-    trainer = Trainer(model, config(total_steps=20, batch_size=2, sequence_length=4, warmup_steps=0,
+    trainer = Trainer(model, config(total_steps=20, batch_size=2, sequence_length=4, warmup_steps=20,
                                     steps_per_dispatch=1, on_nonfinite="skip", max_consecutive_skips=5), [record])
     with pytest.raises(TrainingError, match=r"6 consecutive updates were not finite and were skipped \(step 1 to "
                                             r"step 6\), more than max_consecutive_skips=5"):

@@ -176,6 +176,12 @@ def eval_history(meta: dict) -> list:
             and not isinstance(entry[0], bool) and entry[0] <= step and isinstance(entry[1], dict)]
 
 
+def skipped_updates(meta: dict) -> int:
+    """Updates up to a checkpoint's step that ``on_nonfinite="skip"`` did not apply (0 when not recorded)."""
+    value = meta.get("skipped_updates", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= int(meta["step"]) else 0
+
+
 def _short(value) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

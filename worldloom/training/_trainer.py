@@ -147,6 +147,7 @@ class Trainer:
         self.interrupt_signal = None
         self.last_losses: dict[str, float] = {}
         self.eval_history: list[tuple[int, dict[str, float]]] = []
+        self._restored_evals, self._restored_skipped, self._skipped_total = [], 0, 0
         self.evaluates = config.eval_interval > 0
         self.step_seconds: float | None = None
         self.reports = 0  # dispatches reported to the callbacks in this run
@@ -243,13 +244,14 @@ class Trainer:
             meta, tree = _resume.restore(lineage, source, like, self._check_checkpoint, self.config.total_steps)
             found = {"step": int(meta["step"]), "seed": int(meta.get("sampler", {}).get("seed", self.config.seed)),
                      "run_id": meta.get("run_id"), "source": str(lineage.source), "data": lineage.data,
-                     "evals": _resume.eval_history(meta)}
+                     "evals": _resume.eval_history(meta), "skipped": _resume.skipped_updates(meta)}
         else:
             tree = found = None
         if distributed.process_count() > 1:
             tree, found = distributed.broadcast_arrays(tree, like), distributed.broadcast(found)
             lineage.run_id, lineage.source, lineage.data = found["run_id"], Path(found["source"]), found["data"]
         self._restored_evals = [(int(step), dict(metrics)) for step, metrics in found["evals"]]
+        self._restored_skipped = found["skipped"]
         return tree["train_state"], tree["key"], found["step"], found["seed"]
 
     def _device_table(self, buffer: ReplayBuffer, segments, layout) -> dict | None:
@@ -273,6 +275,7 @@ class Trainer:
             "sampler": {"kind": run["sampler"], "seed": run["seed"], "next_step": self.step},
             "data": _resume.buffer_data(run),
             "eval_history": [[step, metrics] for step, metrics in self.eval_history],
+            "skipped_updates": self._skipped_total,
         }
         tree = {"train_state": self.state, "key": run["key"]}
         if distributed.process_count() == 1:
@@ -415,7 +418,7 @@ class Trainer:
         """The train state (fresh, or restored from a checkpoint) placed on the devices; returns
         ``(train_key, eval_key, sampling seed)`` and keeps the run's key as ``self._key``."""
         key, seed = jax.random.PRNGKey(self.config.seed), self.config.seed
-        self._restored_evals = []
+        self._restored_evals, self._restored_skipped = [], 0
         source = self._resume_source(resume, callbacks)
         if source is not None:
             shapes = jax.eval_shape(program.update.init, model.params)
@@ -433,6 +436,7 @@ class Trainer:
         self.stop_training = self.interrupted = False
         self.interrupt_signal = None
         self.eval_history = list(self._restored_evals)  # a resumed run's earlier evaluations first (_start)
+        self._skipped_total = self._restored_skipped  # updates not applied before the next one reported
         learner = self.learner
         learner.guard = NonFiniteGuard(config.on_nonfinite, config.max_consecutive_skips,
                                        "TrainingConfig.on_nonfinite")
@@ -506,9 +510,16 @@ class Trainer:
                 self.interrupt_signal = signal.SIGINT
 
     def _report(self, start: int, count: int, metrics: dict, schedule, callbacks: list[Callback]) -> None:
-        """Hand each update's losses (Python floats, plus ``lr``) to the callbacks."""
-        lr = np.broadcast_to(np.asarray(schedule(np.arange(start, start + count)), np.float64), (count,))
+        """Hand each update's losses (Python floats, plus ``lr``) to the callbacks.
+
+        ``lr`` is the rate the update ran with: the schedule at the optimiser's count, which a skipped
+        update (``on_nonfinite="skip"``) does not advance.
+        """
         columns = {name: np.asarray(values, np.float64)[:count].tolist() for name, values in metrics.items()}
+        skipped = np.asarray(columns.get(SKIPPED, [0.0] * count)) > 0
+        applied_before = start - self._skipped_total + np.arange(count) - (np.cumsum(skipped) - skipped)
+        self._skipped_total += int(skipped.sum())
+        lr = np.broadcast_to(np.asarray(schedule(applied_before), np.float64), (count,))
         now = time.perf_counter()
         self.step_seconds, self._reported_at = (now - self._reported_at) / max(count, 1), now
         self.reports += 1
