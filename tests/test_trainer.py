@@ -218,7 +218,8 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_true_continues(buffer, reference_r
     trainer.train(buffer)  # returns instead of raising
     assert trainer.interrupted and trainer.step == 3  # stops at the end of the dispatch (cut at save_interval)
     assert sorted(os.listdir(tmp_path / "ckpt")) == ["best", "step_00000003"]
-    resumed = Trainer(make_model(), config)
+    # resume=True takes the newest checkpoint of any checkpoint directory, here not the first one's (empty).
+    resumed = Trainer(make_model(), config, [CheckpointCallback(tmp_path / "more", save_every=100)])
     model = resumed.train(buffer, resume=True)
     assert resumed.step == 10 and not resumed.interrupted
     assert same(leaves(model), reference_run["params"])

@@ -70,8 +70,10 @@ def open_run(resume_from, resume: bool, callbacks: list[Callback]) -> Lineage:
             if not writers:
                 raise ConfigError("train(resume=True) needs a checkpoint directory: set TrainingConfig.checkpoint_dir, "
                                   "add a CheckpointCallback or pass Trainer(resume_from=...).")
-            found = _checkpoint.list_checkpoints(writers[0].save_dir)
-            lineage.candidates = [path for _, path in reversed(found)]
+            # The newest step any writer saved first (a later writer's copy of the same step next).
+            found = [(step, -order, path) for order, writer in enumerate(writers)
+                     for step, path in _checkpoint.list_checkpoints(writer.save_dir)]
+            lineage.candidates = [path for *_, path in sorted(found, key=lambda entry: entry[:2], reverse=True)]
         if not lineage.candidates:
             for writer in writers:
                 _checkpoint.check_one_run(writer.save_dir, lineage.run_id)
