@@ -4,6 +4,7 @@
     python -m benchmarks.agents --task cartpole-quick --seeds 0 1   # the quick preset
     python -m benchmarks.agents --task pendulum --seeds 0
     python -m benchmarks.agents --task cartpole-tdmpc2 --seeds 0   # TD-MPC2, episodic
+    python -m benchmarks.agents --task cartpole-balance-tdmpc2 --seeds 0   # TD-MPC2 on dmc:cartpole-balance
     python -m benchmarks.agents --task cartpole --steps 5000 --quick   # a short look
     python -m benchmarks.agents --throughput --against HEAD --steps 1000 --rounds 3
     python -m benchmarks.agents --throughput --burst --against HEAD --steps 120 --rounds 2
@@ -53,6 +54,9 @@ TASKS = {
     # A terminating task: TD-MPC2 in episodic mode (termination head, planning stops at predicted ends).
     "cartpole-tdmpc2": dict(config=dict(env="CartPole-v1", algo="tdmpc2", model="tdmpc2:1m", total_steps=10_000,
                                         eval_every=1_000, eval_episodes=5, episodic=True), target=475.0),
+    # TD-MPC2 on its own benchmark: DeepMind Control from the state vector, at its reference's action repeat 2.
+    "cartpole-balance-tdmpc2": dict(config=dict(env="dmc:cartpole-balance", algo="tdmpc2", model="tdmpc2:1m",
+                                                total_steps=20_000, eval_every=2_500, eval_episodes=3), target=900.0),
 }
 
 

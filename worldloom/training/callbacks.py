@@ -210,8 +210,7 @@ class LoggingCallback(Callback):
             self.writer = LogSinks(sinks)
         self._sums: dict[str, float] = {}
         self._counts: dict[str, int] = {}
-        self._count = 0
-        self._rate = UpdateRate(trainer)
+        self._rate = UpdateRate(trainer)  # also counts the interval's updates
 
     def on_step_end(self, step: int, losses: dict[str, float]) -> None:
         if not self._active:
@@ -219,23 +218,23 @@ class LoggingCallback(Callback):
         for name, value in (losses.items() if applied(losses) else [(SKIPPED, losses[SKIPPED])]):
             self._sums[name] = self._sums.get(name, 0.0) + value
             self._counts[name] = self._counts.get(name, 0) + 1
-        self._count += 1
         self._rate.add()
         if step % self._interval == 0:
             self._flush(step)
 
     def _flush(self, step: int) -> None:
-        if not getattr(self, "_count", 0):
+        rate = getattr(self, "_rate", None)
+        if rate is None or not rate.count:
             return
         means = {name: total / self._counts[name] for name, total in self._sums.items()}
-        means["updates_per_sec"] = self._rate.reset()
+        means["updates_per_sec"] = rate.reset()
         if self.writer is not None:
             for name, value in means.items():
                 self.writer.add_scalar(f"train/{name}", value, step)
             self.writer.flush()
         if self.log_to_console:
             self._print(step, "train", means)
-        self._sums, self._counts, self._count = {}, {}, 0
+        self._sums, self._counts = {}, {}
 
     def on_eval_end(self, step: int, metrics: dict[str, float]) -> None:
         if not self._active:
