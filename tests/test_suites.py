@@ -29,6 +29,8 @@ def test_ids_name_a_task_and_bad_ones_say_what_was_expected():
         make_env("dmc:cartpole-balanse")
     with pytest.raises(ConfigError, match="Unknown Atari game 'pongg'"):
         make_env("atari:pongg")
+    with pytest.raises(ConfigError, match="dmc:lqr-lqr_2_1 has no time limit"):
+        make_env("dmc:lqr-lqr_2_1")
 
 
 @pytest.mark.parametrize("env_id", ["Walker2d-v5", "HalfCheetah-v5", "BipedalWalker-v3", "LunarLanderContinuous-v3"])
@@ -84,6 +86,9 @@ def test_each_reference_runs_dmc_with_its_action_repeat_and_episode_length():
         expected = sum(raw.step(action).reward for _ in range(2))
         assert reward == pytest.approx(expected, abs=1e-6)
         assert not terminated and truncated == (index == 499)  # the time limit truncates; DMC never terminates
+    # Unseeded, each environment starts where it likes (a seed makes it repeat).
+    starts = [make_env("dmc:cartpole-balance").reset()[0] for _ in range(2)]
+    assert not np.array_equal(*starts)
 
 
 def _render_or_skip(env_id, agent):

@@ -63,7 +63,7 @@ class DMCEnv(gym.Env):
         if settings.repeat < 1 or settings.frames < 1 or settings.size < 1:
             raise ConfigError(f"repeat, frames and size must be >= 1, got {settings}.")
         self.settings, self.domain, self.task, self.render_mode = settings, domain, task, render_mode
-        self._random = np.random.RandomState(0)  # the task keeps this generator; reset(seed=...) reseeds it
+        self._random = np.random.RandomState()  # the task keeps this generator; reset(seed=...) reseeds it
         self._env = suite.load(domain, task, task_kwargs={"random": self._random})
         self.camera = settings.camera if settings.camera >= 0 else (
             _QUADRUPED_CAMERA if domain == "quadruped" else 0)
@@ -81,6 +81,10 @@ class DMCEnv(gym.Env):
             size = sum(int(np.prod(value.shape)) for value in self._env.observation_spec().values())
             self.observation_space = gym.spaces.Box(-np.inf, np.inf, (size,), np.float32)
         limit = getattr(self._env, "_step_limit", DMC_EPISODE_STEPS)
+        if not math.isfinite(limit):
+            raise ConfigError(f"dmc:{domain}-{task} has no time limit (dm_control's is infinite), so its episodes "
+                              "need not end: expected a task with a finite time limit, as every task the "
+                              "references run has (1,000 control steps).")
         self.max_episode_steps = math.ceil(limit / settings.repeat)
         self.spec = gym.envs.registration.EnvSpec(id=env_id or f"dmc:{domain}-{task}", entry_point=None,
                                                   max_episode_steps=self.max_episode_steps)
