@@ -133,9 +133,10 @@ def table(runs: list[dict]) -> str:
                              f"{_fmt(ours, 3)} | {paper} | {human_normalized(game, paper):.3f} |")
             else:
                 lines.append(f"| {game} | {algo} | {len(group)} | {last:,} | {_fmt(score)} | - | - | - | - | - |")
-        lines += ["", "DreamerV3's published Atari 100k runs played with sticky actions (0.25), the full action set "
-                  "and no no-op starts; `atari:<game>` plays without sticky actions, with the minimal set and up to 30 "
-                  "no-ops unless `env_options` say otherwise (docs/agents.md, Benchmark suites)."]
+        lines += ["", "DreamerV3's published Atari 100k runs most likely played gray frames with sticky actions (0.25), "
+                  "the full action set and no no-op starts; `atari:<game>` plays RGB frames without sticky actions, "
+                  "with the minimal set and up to 30 no-ops unless `env_options` say otherwise (docs/agents.md, "
+                  "Benchmark suites)."]
     return "\n".join(lines)
 
 

@@ -3,9 +3,11 @@
 - ``ATARI``: game -> (random, human, DreamerV3 at Atari 100k). Random and
   human scores are the standard ones (the DQN and Agent57 papers' "human
   gamer" figures, as DreamerV3's ``baselines.yaml`` lists them). The DreamerV3
-  score is the mean over its 5 seeds of the episodes of the last 10,000
-  frames before 400,000 frames (100k agent steps), from the official
-  repository's ``scores/atari100k-dreamerv3.json.gz``.
+  score is the mean over its 5 seeds of each seed's mean return over the
+  episodes logged within the last 10,000 frames of its run (its last episode,
+  which ends just before 400,000 frames = 100k agent steps, and those logged
+  up to 10,000 frames before it), from the official repository's
+  ``scores/atari100k-dreamerv3.json.gz``.
 - ``DMC_VISION``, ``DMC_PROPRIO``: task -> {frames: DreamerV3's return}, the
   mean over seeds of each seed's mean episode return within 10,000 frames
   either side of that frame count, from ``scores/dmc_vision-dreamerv3.json.gz``
