@@ -12,6 +12,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from worldloom.cli import main
@@ -73,13 +74,18 @@ def test_evaluate_and_imagine_a_saved_model(run_dir, tmp_path, capsys):
     assert capsys.readouterr().out.count(f"on {run_dir / 'test_buffer.npz'}") == 2
     plot = tmp_path / "plot.png"
     assert main(["imagine", *common, "--context", "3", "--horizon", "5", "--out", str(plot)]) == 0
-    assert plot.read_bytes()[:4] == b"\x89PNG" and "obs MSE" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert plot.read_bytes()[:4] == b"\x89PNG" and "obs MSE" in out
+    assert "baseline: predict the mean reward of these episodes" in out  # no training buffer named: in-sample
     # A video of vector observations is refused before anything is written; RUN's plot goes into RUN
     assert main(["imagine", str(run_dir), "--context", "3", "--horizon", "5", "--video", str(tmp_path / "v.gif")]) == 2
     assert "--video: an open-loop video shows image observations" in capsys.readouterr().err
     assert not (run_dir / "imagine.png").exists() and not (tmp_path / "v.gif").exists()
     assert main(["imagine", str(run_dir), "--context", "3", "--horizon", "5", "--device", "cpu"]) == 0
     assert (run_dir / "imagine.png").read_bytes()[:4] == b"\x89PNG"
+    trained = ReplayBuffer.load(run_dir / "buffer.npz")  # RUN's training episodes give the baseline
+    mean = np.concatenate([trained.episode(i)["rewards"] for i in range(trained.num_episodes)]).mean()
+    assert f"baseline: predict the training mean reward {mean:.3g}," in capsys.readouterr().out
 
 
 def test_collect_and_errors(tmp_path, capsys):
@@ -325,3 +331,15 @@ def test_sigterm_saves_a_train_run_says_how_to_resume_and_the_resume_finishes_it
     again = _run(capsys, "train", "--resume", str(out))  # finished: nothing to train, nothing rewritten
     assert again.returncode == 0 and f"{out} has done its 8 updates; nothing to train" in again.stdout
     assert (out / "summary.json").read_text() == summary
+
+
+def test_the_open_loop_report_names_its_baseline_and_the_constant_reward():
+    from worldloom.cli import _report_open_loop
+
+    result = {"num_episodes": 1, "context": 2, "horizon": 3, "reward_mae": 0.5, "reward_baseline": 1.5,
+              "reward_mae_baseline": 0.5, "reward_baseline_in_sample": True, "rewards_constant": True,
+              "constant_reward": 1.0, "real_rewards": np.array([[5.0, 1.0, 1.0, 1.0, 1.0]])}
+    line = _report_open_loop(result)[-1]
+    # The first reward (5) is observed, not predicted: the predicted steps' reward is 1.
+    assert "predict the mean reward of these episodes 1.5" in line and "real reward is 1," in line
+    assert "the training mean reward" in _report_open_loop(dict(result, reward_baseline_in_sample=False))[-1]

@@ -116,6 +116,10 @@ def test_the_open_loop_frames_stack_real_model_and_difference():
     assert (frames[2, :3] == 200).all() and (frames[2, 3:6] == 150).all() and (frames[2, 6:] == 102).all()
     assert (frames[0, :3] == 0).all() and (frames[0, 3:6] == 10).all() and (frames[0, 6:] == 132).all()
     assert open_loop_frames({"real_obs": real, "recon_obs": recon, "pred_obs": pred, "context": 2}).shape[2] == 10
+    # Float frames are read in [0, 1]: shown on the same 0..255 scale as uint8 ones.
+    same = open_loop_frames({"real_obs": real / 255.0, "recon_obs": recon / 255.0, "pred_obs": pred / 255.0,
+                             "context": 2}, max_episodes=1)
+    assert np.array_equal(same, frames)
     with pytest.raises(DataError, match="needs image observations"):
         open_loop_frames({"real_obs": np.zeros((1, 4, 3)), "pred_obs": np.zeros((1, 2, 3)), "context": 2})
 

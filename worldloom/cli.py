@@ -309,12 +309,13 @@ def _report_open_loop(result: dict) -> list[str]:
     if "obs_mse" in result:
         lines.append(f"    obs MSE     {result['obs_mse']:.4f}  (repeat-last-obs baseline "
                      f"{result['obs_mse_baseline']:.4f})")
-    line = (f"    reward MAE  {result['reward_mae']:.4f}  (baseline: predict the training mean reward "
+    mean = "the mean reward of these episodes" if result.get("reward_baseline_in_sample") else \
+        "the training mean reward"
+    line = (f"    reward MAE  {result['reward_mae']:.4f}  (baseline: predict {mean} "
             f"{result['reward_baseline']:.3g}, MAE {result['reward_mae_baseline']:.4f})")
     if result.get("rewards_constant"):
-        first = float(result["real_rewards"].flat[0])
-        line += (f"; every held-out reward is {first:g}, so a constant predictor can be exact and this baseline "
-                 "is trivial: read the MAE as how close the model gets to it")
+        line += (f"; every predicted step's real reward is {result['constant_reward']:g}, so a constant predictor "
+                 "can be exact and this baseline is trivial: read the MAE as how close the model gets to it")
     lines.append(line)
     return lines
 
@@ -514,9 +515,8 @@ def _train(args, config, env, block: tuple[int, int], overrides: dict, model_set
                                                     f"{trainer.step} of {config.total_steps}; resume with: worldloom "
                                                     f"train --resume {out}")
     after = evaluate_loss(model, test, args.batch_size, seq_len, num_batches=4, seed=args.seed)
-    train_reward = float(np.concatenate([buffer.episode(i)["rewards"] for i in range(buffer.num_episodes)]).mean())
     result = open_loop_prediction(model, test, context=args.context, horizon=args.horizon,
-                                  baseline_reward=train_reward)
+                                  baseline_reward=_mean_reward(buffer))
     plot = plot_open_loop(result, out / "imagination.png",
                           title=f"{args.env}: {model.family} after {trainer.step} updates (held-out episode)")
     from worldloom.training.videos import write_open_loop_video
@@ -599,7 +599,15 @@ def cmd_evaluate(args) -> dict:
 SCALED_LOSS_NAMES = ("kl_loss", "reconstruction_loss", "reward_loss", "continue_loss")
 
 
+def _mean_reward(buffer) -> float:
+    """The mean reward per step over every episode of ``buffer`` (a reward baseline out of the held-out sample)."""
+    import numpy as np
+
+    return float(np.concatenate([buffer.episode(i)["rewards"] for i in range(buffer.num_episodes)]).mean())
+
+
 def cmd_imagine(args) -> dict:
+    from worldloom.training import ReplayBuffer
     from worldloom.training.evaluation import open_loop_prediction, plot_open_loop
 
     _model_and_buffer(args, "imagine")
@@ -614,7 +622,11 @@ def cmd_imagine(args) -> dict:
     if args.video and model.family == "tdmpc2":
         raise ConfigError(f"--video: an open-loop video shows decoded observations; {args.model} is a TD-MPC2 "
                           "model, which decodes none. Leave out --video for the plot alone.")
-    result = open_loop_prediction(model, buffer, context=args.context, horizon=args.horizon)
+    trained_on = Path(args.run) / "buffer.npz" if args.run is not None else None
+    baseline = (_mean_reward(ReplayBuffer.load(trained_on, obs_shape=model.config.obs_shape))
+                if trained_on is not None and trained_on.is_file() else None)  # else these episodes' own mean
+    result = open_loop_prediction(model, buffer, context=args.context, horizon=args.horizon,
+                                  baseline_reward=baseline)
     plot_open_loop(result, args.out)
     print("\n".join(_report_open_loop(result)))
     print(f"Plot written to {args.out}")

@@ -75,8 +75,9 @@ def open_loop_prediction(model, buffer: ReplayBuffer, context: int = 5, horizon:
         observation), ``reward_mae`` against ``reward_mae_baseline`` (predict
         ``baseline_reward`` at every step: pass the training data's mean
         reward for an out-of-sample baseline; by default the mean reward of
-        the chosen episodes themselves), and ``rewards_constant`` (every
-        target reward is the same, so a constant predictor can be exact).
+        the chosen episodes themselves, and ``reward_baseline_in_sample`` is
+        True), and ``rewards_constant`` (every target reward is
+        ``constant_reward``, so a constant predictor can be exact).
     """
     context, horizon = integer("context", context), integer("horizon", horizon)
     episodes, horizon = _episodes(buffer, context, horizon, integer("max_episodes", max_episodes))
@@ -108,8 +109,9 @@ def open_loop_prediction(model, buffer: ReplayBuffer, context: int = 5, horizon:
         "real_obs": obs, "real_rewards": rewards, "pred_rewards": pred_rewards,
         "reward_mae": float(np.mean(np.abs(pred_rewards - target_rewards))),
         "reward_mae_baseline": float(np.mean(np.abs(mean_reward - target_rewards))),
-        "reward_baseline": mean_reward,
+        "reward_baseline": mean_reward, "reward_baseline_in_sample": baseline_reward is None,
         "rewards_constant": bool(np.all(target_rewards == target_rewards.flat[0])),
+        "constant_reward": float(target_rewards.flat[0]),
         "pred_obs": None, "recon_obs": None,
     }
     if pred_obs is not None:
@@ -171,8 +173,9 @@ def plot_open_loop(result: dict[str, Any], path: str | os.PathLike, episode: int
     axes[0].legend(loc="best", fontsize="small")
     if is_image and pred_obs is not None:
         picks = np.linspace(0, horizon - 1, min(horizon, 8)).astype(int)
-        real_strip = np.concatenate([real_obs[context + p] for p in picks], 1)
-        pred_strip = np.concatenate([np.clip(pred_obs[episode][p], 0, 255) for p in picks], 1)
+        scale = 1.0 if real_obs.dtype == np.uint8 else 255.0  # float frames are read in [0, 1]
+        real_strip = np.clip(np.concatenate([real_obs[context + p] for p in picks], 1) * scale, 0, 255)
+        pred_strip = np.clip(np.concatenate([pred_obs[episode][p] for p in picks], 1) * scale, 0, 255)
         for ax, strip, name in ((axes[-2], real_strip, "real"), (axes[-1], pred_strip, "imagined")):
             ax.imshow(strip.astype(np.uint8) if strip.shape[-1] == 3 else strip[..., 0], cmap="gray")
             ax.set_ylabel(name)
