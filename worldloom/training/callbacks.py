@@ -111,22 +111,18 @@ class ProgressCallback(Callback):
         if self.bar is None:
             return
         self.bar.update(1)
-        reports = getattr(self.trainer, "reports", None)
         if not self._compiled:  # the first step's dispatch carried the compilation
-            self._compiled, self._first_report = True, reports
+            self._compiled = True
             self.bar.restart_clock()
-            self._rate.reset()
-        elif reports is not None and reports == self._first_report:
-            self._rate.reset()  # the rest of that dispatch: its time is the compilation's too
-        else:
-            self._rate.add()
+        self._rate.add()  # not counted for the first dispatch
         if step % self.refresh_every == 0:
             rate = self._rate.reset()
             shown = {"loss": f"{losses['loss']:.4f}"}
             shown.update({key.split("/")[-1]: f"{losses[key]:.3f}" for key in self.keys if key in losses})
             if self._eval is not None:
                 shown["eval"] = f"{self._eval:.4f}"
-            shown["upd/s"] = f"{rate:.1f}"
+            if rate is not None:  # none while only the first dispatch (the compilation's) is done
+                shown["upd/s"] = f"{rate:.1f}"
             self._shown = shown
             self.bar.set_postfix(shown, refresh=False)
 
@@ -210,7 +206,7 @@ class LoggingCallback(Callback):
             self.writer = LogSinks(sinks)
         self._sums: dict[str, float] = {}
         self._counts: dict[str, int] = {}
-        self._rate = UpdateRate(trainer)  # also counts the interval's updates
+        self._rate = UpdateRate(trainer)
 
     def on_step_end(self, step: int, losses: dict[str, float]) -> None:
         if not self._active:
@@ -223,11 +219,12 @@ class LoggingCallback(Callback):
             self._flush(step)
 
     def _flush(self, step: int) -> None:
-        rate = getattr(self, "_rate", None)
-        if rate is None or not rate.count:
+        if not getattr(self, "_counts", None):  # no update since the last flush
             return
         means = {name: total / self._counts[name] for name, total in self._sums.items()}
-        means["updates_per_sec"] = rate.reset()
+        rate = self._rate.reset()
+        if rate is not None:  # none for updates of the first dispatch alone (its time is the compilation's)
+            means["updates_per_sec"] = rate
         if self.writer is not None:
             for name, value in means.items():
                 self.writer.add_scalar(f"train/{name}", value, step)
@@ -448,6 +445,8 @@ class UpdateRate:
     (an interval shorter than ``steps_per_dispatch``) is that of the
     dispatch, not of the instant the metrics were handed over. Without
     ``step_seconds`` (a trainer of another kind), the wall time since the last reset.
+    The updates of a run's first dispatch are not counted: it carries the
+    compilation of the update program.
     """
 
     def __init__(self, trainer):
@@ -455,15 +454,18 @@ class UpdateRate:
         self.count, self.seconds, self.started = 0, 0.0, time.perf_counter()
 
     def add(self) -> None:
+        if getattr(self.trainer, "reports", None) == 1:  # the first dispatch: the clock starts after it
+            self.started = time.perf_counter()
+            return
         seconds = getattr(self.trainer, "step_seconds", None)
         self.count += 1
         self.seconds = None if seconds is None or self.seconds is None else self.seconds + seconds
 
-    def reset(self) -> float:
-        """The rate since the last reset (0.0 before any update), and start counting anew."""
+    def reset(self) -> float | None:
+        """The rate since the last reset (None when no update was counted), and start counting anew."""
         now = time.perf_counter()
         seconds = now - self.started if self.seconds is None else self.seconds
-        rate = self.count / max(seconds, 1e-9) if self.count else 0.0
+        rate = self.count / max(seconds, 1e-9) if self.count else None
         self.count, self.seconds, self.started = 0, 0.0, now
         return rate
 
