@@ -96,6 +96,10 @@ def test_tdmpc2_loop_on_pendulum(tmp_path):
     result = run_agent(config, progress=False, **TDMPC_TINY)
     assert result["updates"] == 200 + 10  # pretraining burst of seed_steps, then one per step
     assert result["final_eval_return"] is not None and np.isfinite(result["final_eval_return"])
+    # The first 200-step episode is logged at the step that ended it, 200, as its length says.
+    assert [step for step, _ in result["train_returns"]] == [200]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(row["step"], row["episode/length"]) for row in rows if "episode/length" in row] == [(200, 200)]
     agent = TDMPC2Agent.load(tmp_path / "run" / "agent")
     # The discount heuristic sees Pendulum's 200-step time limit, as the reference's does.
     assert agent.world_model.config.episode_length == 200

@@ -440,10 +440,17 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
             print(settings_text(config, overrides, out / "config.yaml"), flush=True)
         writer = run_sinks(out, config.logger, config.to_dict()) if share.primary else NullWriter()
 
+        ended: list[tuple[float, int]] = []
+
         def on_episode(episode_return: float, length: int) -> None:
-            loop.train_returns.append((loop.env_step, episode_return))
-            writer.add_scalar("episode/return", episode_return, loop.env_step)
-            writer.add_scalar("episode/length", length, loop.env_step)
+            ended.append((episode_return, length))  # logged once the step that ended it is counted
+
+        def log_episodes() -> None:
+            for episode_return, length in ended:
+                loop.train_returns.append((loop.env_step, episode_return))
+                writer.add_scalar("episode/return", episode_return, loop.env_step)
+                writer.add_scalar("episode/length", length, loop.env_step)
+            ended.clear()
 
         started = time.time()
         first_seed = rng_seed + loop.env_step
@@ -456,7 +463,7 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
         try:
             with stop_requests("saving a checkpoint and stopping") as request:
                 _drive(config, agent, collector, learner, evaluator, cp, loop, share, writer, bar, note, request,
-                       np.random.default_rng(first_seed))
+                       np.random.default_rng(first_seed), log_episodes)
         finally:
             bar.close()
             writer.close()
@@ -494,7 +501,8 @@ def _restore(plan: RunPlan, learner: AgentLearner, collector, loop: LoopState, s
     print(f"Resuming {config.out_dir} from environment step {loop.env_step} ({loop.updates} updates done)")
 
 
-def _drive(config, agent, collector, learner, evaluator, cp, loop, share, writer, bar, note, request, rng):
+def _drive(config, agent, collector, learner, evaluator, cp, loop, share, writer, bar, note, request, rng,
+           log_episodes):
     """Step the environments into replay until ``total_steps``, a reached target return or a stop request.
 
     The rate (and ETA) is measured from the end of the first environment step
@@ -513,6 +521,7 @@ def _drive(config, agent, collector, learner, evaluator, cp, loop, share, writer
         stepped = collector.step(agent, agent.random_actions(rng, collector.envs.num_envs) if random_phase else None)
         stepped, ready = share.agree(stepped, collector.ready(share.local_batch, config.sequence_length))
         loop.env_step += stepped
+        log_episodes()
         bar.update(stepped)
         ran = 0
         if random_phase and loop.env_step >= seed_steps:
