@@ -35,8 +35,10 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.reference_scores import ATARI, DMC_PROPRIO, DMC_VISION, human_normalized
+from benchmarks.reference_scores import ATARI, human_normalized
 from worldloom.core.config import parse_setting
+from worldloom.envs.suites import parse_suite_id
+from worldloom.training.plots import published_points
 
 BEGIN, END = "<!-- suites:begin -->", "<!-- suites:end -->"
 
@@ -106,8 +108,8 @@ def table(runs: list[dict]) -> str:
         lines += ["| task | agent | seeds | agent steps | frames | return | DreamerV3 (published, same frames) |",
                   "|---|---|---|---|---|---|---|"]
         for (task, algo), group in dmc:
-            name = task.split(":")[1]
-            published = (DMC_VISION if task.endswith(":pixels") else DMC_PROPRIO).get(name, {})
+            points = published_points(task, "dreamerv3")  # the id parsed: aliases such as cup-catch name it too
+            published = dict(points[0]) if points else {}
             # Each run's curve by frames, the published curves' axis.
             curves = [[(at * frames_per_step(run), ret) for at, ret in run["eval"]] for run in group]
             repeats = {frames_per_step(run) for run in group}
@@ -123,7 +125,7 @@ def table(runs: list[dict]) -> str:
         lines += ["| game | agent | seeds | agent steps | score | random | human | human-normalised | "
                   "DreamerV3 at 100k (published) | its human-normalised |", "|---|---|---|---|---|---|---|---|---|---|"]
         for (task, algo), group in atari:
-            game = task.split(":")[1]
+            game = parse_suite_id(task)[1]["game"]
             score = _mean([run["eval"][-1][1] if run["eval"] else None for run in group])
             last = max((run["eval"][-1][0] for run in group if run["eval"]), default=0)
             if game in ATARI:
@@ -133,10 +135,10 @@ def table(runs: list[dict]) -> str:
                              f"{_fmt(ours, 3)} | {paper} | {human_normalized(game, paper):.3f} |")
             else:
                 lines.append(f"| {game} | {algo} | {len(group)} | {last:,} | {_fmt(score)} | - | - | - | - | - |")
-        lines += ["", "DreamerV3's published Atari 100k runs most likely played gray frames with sticky actions (0.25), "
-                  "the full action set and no no-op starts; `atari:<game>` plays RGB frames without sticky actions, "
-                  "with the minimal set and up to 30 no-ops unless `env_options` say otherwise (docs/agents.md, "
-                  "Benchmark suites)."]
+        lines += ["", "DreamerV3's published Atari 100k runs most likely played gray frames with sticky actions "
+                  "(0.25), the full action set and no no-op starts; `atari:<game>` plays RGB frames without sticky "
+                  "actions, with the minimal set and up to 30 no-ops unless `env_options` say otherwise "
+                  "(docs/agents.md, Benchmark suites)."]
     return "\n".join(lines)
 
 

@@ -219,7 +219,9 @@ def test_the_suite_table_scores_in_the_papers_format(tmp_path):
     runs = [{"task": "dmc:cartpole-balance:pixels", "algo": "dreamerv3", "seed": seed,
              "eval": [(50_000, 300.0 + seed), (100_000, 700.0 + 10 * seed), (120_000, 800.0)]} for seed in (0, 1)]
     runs.append({"task": "atari:pong", "algo": "dreamerv3", "seed": 0, "eval": [(100_000, -3.0)]})
+    runs.append({"task": "dmc:cup-catch:pixels", "algo": "dreamerv3", "seed": 0, "eval": [(100_000, 500.0)]})
     text = table(runs)
+    assert "| dmc:cup-catch:pixels | dreamerv3 | 1 | 100,000 | 100,000 | 500.0 | 876.6 |" in text  # ball_in_cup
     # DreamerV3's DMC runs repeat each action once (its reference's setting): agent steps are frames.
     assert "| dmc:cartpole-balance:pixels | dreamerv3 | 2 | 100,000 | 100,000 | 705.0 | 947.8 |" in text
     assert "| dmc:cartpole-balance:pixels | dreamerv3 | 2 | 120,000 | 120,000 | 800.0 | - |" in text
