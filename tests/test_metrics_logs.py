@@ -170,3 +170,14 @@ def test_a_train_run_writes_metrics_jsonl_with_the_tensorboard_tags(tmp_path):
     assert set(jsonl_values(rows)) == set(events)
     assert {"train/loss", "train/updates_per_sec", "eval/loss"} <= set(events)
     assert [row["step"] for row in rows] == [4, 8]  # one line per logged step: the losses and the evaluation
+
+
+def test_two_tensorboard_writers_of_one_directory_keep_both_files(tmp_path):
+    # A callback's own writer beside the run's, opened in the same second: neither truncates the other's file.
+    first, second = run_sinks(tmp_path, jsonl=False), run_sinks(tmp_path, jsonl=False)
+    first.add_scalar("train/loss", 1.0, 1)
+    second.add_scalar("custom/metric", 2.0, 1)
+    first.close()
+    second.close()
+    assert len(glob.glob(str(tmp_path / "logs" / "events.out.tfevents.*"))) == 2
+    assert {"train/loss", "custom/metric"} <= set(read_events(tmp_path / "logs"))

@@ -27,6 +27,7 @@ Writers:
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -80,6 +81,9 @@ def _import_tensorboardx() -> None:
         sys.meta_path.remove(finder)
 
 
+_WRITERS = itertools.count()
+
+
 class TensorBoardWriter:
     """TensorBoard scalars and videos in ``log_dir/events.out.tfevents.*``, written as they come.
 
@@ -94,7 +98,9 @@ class TensorBoardWriter:
 
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._events = EventsWriter(str(self.log_dir / "events"))
+        # tensorboardX names the file by the second and the host: the process and a count keep two writers of
+        # one directory (a callback's own beside the run's) from truncating each other's file.
+        self._events = EventsWriter(str(self.log_dir / "events"), f".{os.getpid()}.{next(_WRITERS)}")
         self.flush_secs, self._flushed = float(flush_secs), time.monotonic()
 
     def _write(self, summary, step: int) -> None:
