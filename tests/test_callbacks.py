@@ -133,7 +133,7 @@ def fake_trainer(step=0, total=100):
     return types.SimpleNamespace(step=step, stop_training=False, config=TrainingConfig(total_steps=total))
 
 
-def test_early_stopping_semantics():
+def test_early_stopping_semantics(capsys):
     trainer = fake_trainer()
     stopper = EarlyStoppingCallback(monitor="loss", patience=3, min_delta=0.1)
     stopper.on_train_begin(trainer)
@@ -150,6 +150,9 @@ def test_early_stopping_semantics():
     assert not trainer.stop_training
     maximise.on_eval_end(35, {"eval/reward": 1.9})  # 15 steps since the best
     assert trainer.stop_training and maximise.stopped_step == 35
+    assert (maximise.best, maximise.best_step) == (2.0, 20)  # the metric's own value, in either mode
+    assert ("Early stopping at step 35: eval/reward has not improved by more than 0.0001 in 15 steps (patience 15); "
+            "best 2 at step 20.") in capsys.readouterr().err
     for bad in (dict(patience=0), dict(min_delta=-1.0), dict(mode="best")):
         with pytest.raises(ConfigError):
             EarlyStoppingCallback(**bad)

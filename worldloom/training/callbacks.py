@@ -508,6 +508,11 @@ class EarlyStoppingCallback(Callback):
             after which training stops (at the end of the current dispatch).
         min_delta: Smallest decrease that counts as an improvement.
         mode: ``"min"`` (lower is better) or ``"max"``.
+
+    Attributes:
+        best, best_step: The best value of ``monitor`` seen, and its step.
+        stopped_step: The step at which it stopped training (None while it has not);
+            it says so on stderr, with the best value.
     """
 
     def __init__(self, monitor: str = "loss", patience: int = 5000, min_delta: float = 1e-4, mode: str = "min"):
@@ -527,12 +532,16 @@ class EarlyStoppingCallback(Callback):
     def _observe(self, step: int, values: dict[str, float]) -> None:
         if self.monitor not in values:
             return
-        value = values[self.monitor] * (1.0 if self.mode == "min" else -1.0)
-        if self.best is None or value < self.best - self.min_delta:
+        value, sign = values[self.monitor], (1.0 if self.mode == "min" else -1.0)
+        if self.best is None or sign * value < sign * self.best - self.min_delta:
             self.best, self.best_step = value, step
         elif step - self.best_step >= self.patience and self.stopped_step is None:
             self.stopped_step = step
             self.trainer.stop_training = True
+            if is_primary():
+                print(f"Early stopping at step {step}: {self.monitor} has not improved by more than {self.min_delta:g} "
+                      f"in {step - self.best_step} steps (patience {self.patience}); best {self.best:.6g} at step "
+                      f"{self.best_step}.", file=sys.stderr)
 
     def on_step_end(self, step: int, losses: dict[str, float]) -> None:
         if not getattr(self, "_checked", True):
