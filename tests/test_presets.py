@@ -164,6 +164,9 @@ def test_quick_preset_on_gymnasium_ids(started):
     assert config.configs == ("quick",) and config.total_steps == 3000
     assert all(getattr(config, field) == value for field, value in quick.items() if field != "total_steps")
     assert quick["stop_return"] == 475.0 and quick["model"] == "dreamerv3:size1m"
+    # inf turns the preset's target off: the run goes on for all its steps.
+    _, (config, _, _) = started("--env", "CartPole-v1", "--steps", "3000", "--stop-return", "inf")
+    assert config.stop_return == float("inf") and config.replay_online is False
 
 
 def test_run_agent_from_python_applies_the_presets_world_model_fields_under_its_keywords(tmp_path):

@@ -90,7 +90,7 @@ class AgentRunConfig(ConfigBase):
     (W&B as well; the ``wandb`` extra; ``WANDB_MODE=offline`` keeps it in ``out_dir/wandb``)."""
     stop_return: float | None = None
     """Stop once a mean evaluation return reaches this (``None``: the presets' (``quick``: 475), else run all
-    ``total_steps``)."""
+    ``total_steps``; ``math.inf``, ``.inf`` in YAML: run all ``total_steps`` whatever the presets say)."""
     checkpoint_every: int = 10_000
     """Environment steps between checkpoints (0: only at the end)."""
     buffer_capacity: int | None = None
@@ -139,8 +139,8 @@ class AgentRunConfig(ConfigBase):
         require(self.checkpoint_every >= 0,
                 f"checkpoint_every must be >= 0 (0: only at the end), got {self.checkpoint_every}.")
         require(self.buffer_capacity >= 1, f"buffer_capacity must be >= 1, got {self.buffer_capacity}.")
-        require(self.stop_return is None or math.isfinite(self.stop_return),
-                f"stop_return must be a finite return (or None: run all steps), got {self.stop_return}.")
+        require(self.stop_return is None or not math.isnan(self.stop_return) and self.stop_return != -math.inf,
+                f"stop_return must be a return, or inf to run all steps, got {self.stop_return}.")
         for name in ("batch_size", "sequence_length"):
             value = getattr(self, name)
             require(value is None or value >= 1, f"{name} must be >= 1, got {value}.")
