@@ -1,6 +1,8 @@
 """Evaluation videos and the open-loop report in the run, and `worldloom plot` against the published curves."""
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -208,7 +210,12 @@ def test_an_agent_run_writes_metrics_jsonl_with_the_tensorboard_tags(runs):
     events = read_events(runs[0] / "logs")
     values = jsonl_values(rows)
     assert set(values) == set(events)
-    assert {"train/loss", "episode/return", "eval/return", "eval/video"} <= set(values)
+    assert {"train/loss", "episode/return", "eval/return", "eval/return_std", "eval/video"} <= set(values)
+    # docs/agents.md names every train/* metric a DreamerV3 run logs, and no other
+    docs = (Path(__file__).parents[1] / "docs" / "agents.md").read_text()
+    documented = {f"train/{name}" for agent, names in re.findall(r"^\| (both|DreamerV3) \| (.+?) \|", docs, re.M)
+                  for name in re.findall(r"`([^`]+)`", names)}
+    assert documented == {tag for tag in values if tag.startswith("train/")}
     for tag, logged in events.items():  # every value at its step, in both (a video: its file in metrics.jsonl)
         assert [step for step, _ in values[tag]] == [step for step, _ in logged], tag
         if tag != "eval/video":

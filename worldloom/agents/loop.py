@@ -383,6 +383,7 @@ def _evaluate(agent, config: AgentRunConfig, loop: LoopState, writer, note) -> N
     mean, std = float(np.mean(returns)), float(np.std(returns))
     loop.eval_returns.append((loop.env_step, mean, std))
     writer.add_scalar("eval/return", mean, loop.env_step)
+    writer.add_scalar("eval/return_std", std, loop.env_step)
     note(f"evaluation at step {loop.env_step}: return {mean:.1f} +- {std:.1f} ({time.perf_counter() - began:.0f} s)")
 
 
