@@ -62,6 +62,10 @@ def test_a_task_whose_simulator_is_missing_says_what_to_install(monkeypatch):
     monkeypatch.setattr(gym, "make", lambda *a, **k: (_ for _ in ()).throw(gym.error.DependencyNotInstalled("Box2D")))
     with pytest.raises(ConfigError, match=r"'LunarLander-v3': it needs a package, which is not installed \(Box2D\)"):
         make_env("LunarLander-v3")
+    # A registered environment whose constructor fails: its own error, no other id offered.
+    monkeypatch.setattr(gym, "make", lambda *a, **k: (_ for _ in ()).throw(TypeError("Drift() takes no arguments")))
+    with pytest.raises(ConfigError, match=r"'Pendulum-v1': Drift\(\) takes no arguments\.$"):
+        make_env("Pendulum-v1")
 
 
 def test_each_reference_runs_dmc_with_its_action_repeat_and_episode_length():
