@@ -302,7 +302,7 @@ def test_every_phase_of_a_run_shows_progress(tmp_path, capsys):
     captured = capsys.readouterr()
     err = captured.err
     phases = ["200 seed steps of random actions before learning", "seed steps done; learning starts",
-              "updates at step 200: 200 updates before the next environment step",
+              "tdmpc2 Pendulum-v1: updates at step 200: 200 updates before the next environment step",
               "compiling the update program (10 x batch 8 x 4)", "update program compiled in",
               "evaluating 1 episode at step 206", "evaluation at step 206: return"]
     positions = [err.find(phase) for phase in phases]
@@ -312,6 +312,7 @@ def test_every_phase_of_a_run_shows_progress(tmp_path, capsys):
     assert "compiling the update program (1 x batch 8 x 4)" in err[positions[4]:]
     final = [line for line in err.splitlines() if line.startswith("tdmpc2 Pendulum-v1: 206/206")]
     assert final, err
+    assert "eval=nan" not in err  # no evaluation yet: shown as "-"
     assert "Run settings (saved as" in captured.out and "seed_steps=200" in captured.out
 
 

@@ -312,8 +312,8 @@ class AgentLearner(Learner):
             from worldloom.core.progress import progress
 
             owed = int(loop.updates_owed)
-            inner = progress(owed, desc=f"updates at step {loop.env_step}", unit="update", measured=False,
-                             disable=not note.enabled)
+            inner = progress(owed, desc=f"{config.algo} {config.env}: updates at step {loop.env_step}", unit="update",
+                             measured=False, disable=not note.enabled)
             inner.note(f"{owed} updates before the next environment step")
         self._hooks = (note, inner)
         placed, skipped = [], self.guard.skipped
@@ -547,9 +547,9 @@ def _drive(config, agent, collector, learner, evaluator, cp, loop, share, writer
             next_ckpt += config.checkpoint_every
             if loop.env_step < config.total_steps:  # at the end, the final checkpoint follows at once
                 cp.save(loop.env_step)
-        last = loop.eval_returns[-1][1] if loop.eval_returns else float("nan")
+        last = f"{loop.eval_returns[-1][1]:.1f}" if loop.eval_returns else "-"
         recent = [r for _, r in loop.train_returns[-10:]]
-        bar.set_postfix(ret=f"{np.mean(recent):.1f}" if recent else "-", eval=f"{last:.1f}", upd=loop.updates,
+        bar.set_postfix(ret=f"{np.mean(recent):.1f}" if recent else "-", eval=last, upd=loop.updates,
                         loss=f"{float(learner.metrics['loss']):.3f}" if learner.metrics else "-")
 
 
