@@ -314,6 +314,7 @@ def test_every_phase_of_a_run_shows_progress(tmp_path, capsys):
     assert final, err
     assert "eval=nan" not in err  # no evaluation yet: shown as "-"
     assert "Run settings (saved as" in captured.out and "seed_steps=200" in captured.out
+    assert "train_ratio=" not in captured.out and "replay_online=" not in captured.out  # DreamerV3's settings
 
 
 @pytest.mark.slow(reason="compiles the tiny DreamerV3 agent's update alone and as a program of 4 updates")

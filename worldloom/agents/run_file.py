@@ -139,8 +139,11 @@ def write_run(path, config: AgentRunConfig, model_overrides: dict) -> Path:
 
 
 def settings_text(config: AgentRunConfig, model_overrides: dict, path=None, width: int = 110) -> str:
-    """The run's settings as a few lines (``key=value, ...``), for the start of a run."""
-    items = [f"{key}={value}" for key, value in run_data(config, {}).items() if key != MODEL_KEY]
+    """The run's settings as a few lines (``key=value, ...``), for the start of a run; the fields of the other
+    algorithm are left out (``config.yaml`` keeps every field)."""
+    other = {"dreamerv3": ("updates_per_step", "episodic"), "tdmpc2": ("train_ratio", "replay_online")}
+    items = [f"{key}={value}" for key, value in run_data(config, {}).items()
+             if key != MODEL_KEY and key not in other.get(config.algo, ())]
     items += [f"{MODEL_KEY}.{key}={value}" for key, value in model_overrides.items()]
     lines, line = [], ""
     for item in items:
