@@ -94,7 +94,7 @@ def test_stream_replay_resize_keeps_rows_in_order_and_refuses_to_drop():
 @pytest.mark.parametrize("changes, message", [
     (dict(buffer_capacity=0), "buffer_capacity must be >= 1"),
     (dict(checkpoint_every=-5), "checkpoint_every must be >= 0"),
-    (dict(stop_return=float("nan")), "stop_return must be a return, or inf to run all steps"),
+    (dict(stop_return=float("nan")), "stop_return must be a return, or inf"),
     (dict(train_ratio=float("inf")), "train_ratio must be a finite number"),
 ])
 def test_run_settings_that_break_a_run_are_refused(changes, message):
@@ -125,7 +125,7 @@ def no_stepping(monkeypatch):
 @pytest.mark.parametrize("args, message", [
     (("agent", "--checkpoint-every", "-5"), "checkpoint_every must be >= 0 (0: only at the end), got -5"),
     (("agent", "--set", "buffer_capacity=0"), "buffer_capacity must be >= 1"),
-    (("agent", "--stop-return", "nan"), "stop_return must be a return, or inf to run all steps"),
+    (("agent", "--stop-return", "nan"), "stop_return must be a return, or inf"),
     (("agent", "--algo", "tdmpc2", "--env", "Pendulum-v1", "--set", "latent_dim=abc"),
      "latent_dim: expected an int"),
     (("agent", "--algo", "tdmpc2", "--env", "Pendulum-v1", "--set", "no_such_field=3"),

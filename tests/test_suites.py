@@ -64,8 +64,9 @@ def test_a_task_whose_simulator_is_missing_says_what_to_install(monkeypatch):
         make_env("LunarLander-v3")
     # A registered environment whose constructor fails: its own error, no other id offered.
     monkeypatch.setattr(gym, "make", lambda *a, **k: (_ for _ in ()).throw(TypeError("Drift() takes no arguments")))
-    with pytest.raises(ConfigError, match=r"'Pendulum-v1': Drift\(\) takes no arguments\.$"):
-        make_env("Pendulum-v1")
+    for env_id in ("Pendulum-v1", "gymnasium:Pendulum-v1"):  # the module:Id form too
+        with pytest.raises(ConfigError, match=r"Pendulum-v1': Drift\(\) takes no arguments\.$"):
+            make_env(env_id)
 
 
 def test_each_reference_runs_dmc_with_its_action_repeat_and_episode_length():

@@ -607,7 +607,7 @@ def _mean_reward(buffer) -> float:
 
 
 def cmd_imagine(args) -> dict:
-    from worldloom.training import ReplayBuffer
+    from worldloom.training._buffer_io import read_rewards
     from worldloom.training.evaluation import open_loop_prediction, plot_open_loop
 
     _model_and_buffer(args, "imagine")
@@ -622,9 +622,12 @@ def cmd_imagine(args) -> dict:
     if args.video and model.family == "tdmpc2":
         raise ConfigError(f"--video: an open-loop video shows decoded observations; {args.model} is a TD-MPC2 "
                           "model, which decodes none. Leave out --video for the plot alone.")
-    trained_on = Path(args.run) / "buffer.npz" if args.run is not None else None
-    baseline = (_mean_reward(ReplayBuffer.load(trained_on, obs_shape=model.config.obs_shape))
-                if trained_on is not None and trained_on.is_file() else None)  # else these episodes' own mean
+    baseline, trained_on = None, Path(args.run) / "buffer.npz" if args.run is not None else None
+    if trained_on is not None and trained_on.is_file():  # else these episodes' own mean
+        try:
+            baseline = float(read_rewards(trained_on).mean())
+        except WorldloomError as err:
+            print(f"The reward baseline is these episodes' own mean: {trained_on} could not be read ({err})")
     result = open_loop_prediction(model, buffer, context=args.context, horizon=args.horizon,
                                   baseline_reward=baseline)
     plot_open_loop(result, args.out)

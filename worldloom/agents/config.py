@@ -140,7 +140,8 @@ class AgentRunConfig(ConfigBase):
                 f"checkpoint_every must be >= 0 (0: only at the end), got {self.checkpoint_every}.")
         require(self.buffer_capacity >= 1, f"buffer_capacity must be >= 1, got {self.buffer_capacity}.")
         require(self.stop_return is None or not math.isnan(self.stop_return) and self.stop_return != -math.inf,
-                f"stop_return must be a return, or inf to run all steps, got {self.stop_return}.")
+                f"stop_return must be a return, or inf (.inf in YAML and --set) to run all steps, got "
+                f"{self.stop_return}.")
         for name in ("batch_size", "sequence_length"):
             value = getattr(self, name)
             require(value is None or value >= 1, f"{name} must be >= 1, got {value}.")

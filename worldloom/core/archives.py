@@ -287,14 +287,15 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) ->
 
 
 def read_npz(path, *, format: str, versions: tuple[int, ...], what: str, writer: str,  # noqa: A002
-             signed: bool = False) -> dict[str, np.ndarray]:
-    """Every array of a ``.npz`` file, checked (see the module doc).
+             signed: bool = False, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """Every array of a ``.npz`` file (or those of ``names``), checked (see the module doc).
 
     Args:
         path: The file.
         format, versions: The signature's format and the versions read.
         what, writer: Its name in messages and what writes it (``"ReplayBuffer.save()"``).
         signed: Refuse a file without a signature.
+        names: Read only these arrays (those present); the others are not decompressed.
 
     Raises:
         CheckpointError: a missing, unreadable, truncated, damaged or other file.
@@ -313,7 +314,9 @@ def read_npz(path, *, format: str, versions: tuple[int, ...], what: str, writer:
                 if not info.filename.endswith(".npy"):
                     raise CheckpointError(f"{str(path)!r}: expected only .npy arrays in the archive, found "
                                           f"{info.filename!r}; it is not a {what} file.")
-                data[info.filename[: -len(".npy")]] = _read_member(archive, info, path)
+                name = info.filename[: -len(".npy")]
+                if names is None or name in names:
+                    data[name] = _read_member(archive, info, path)
     except CheckpointError:
         raise
     except _READ_ERRORS as err:

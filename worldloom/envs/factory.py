@@ -42,7 +42,8 @@ def make_env(env_id: str, agent: str | None = None, **kwargs: Any):
         raise ConfigError(f"Cannot make the Gymnasium environment {env_id!r}: it needs {needs}, which is not "
                           f"installed ({err}). {_INSTALL_HINT}") from err
     except (gym.error.Error, TypeError) as err:  # TypeError: a bad keyword
-        hint = "" if env_id in gym.registry else close_matches(env_id, gym.registry.keys())  # a known id: no names
+        known = env_id.rpartition(":")[2] in gym.registry  # a registered id (or module:Id): no other names
+        hint = "" if known else close_matches(env_id, gym.registry.keys())
         raise ConfigError(f"Cannot make the Gymnasium environment {env_id!r}: {err}.{hint}") from err
 
 

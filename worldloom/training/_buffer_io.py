@@ -181,6 +181,20 @@ def _check(path: Path, data: dict, obs_shape, action_dim) -> dict:
     return data
 
 
+def read_rewards(path) -> np.ndarray:
+    """The rewards of every transition of a saved buffer, its other arrays left unread.
+
+    Raises:
+        CheckpointError: a missing, unreadable or damaged file.
+        DataError: a file without rewards.
+    """
+    data = read_archive(path, format=FORMAT, versions=(VERSION,), what="replay buffer", writer="ReplayBuffer.save()",
+                        names=("rewards",))
+    if "rewards" not in data:
+        raise DataError(f"{path}: expected a saved replay buffer with a 'rewards' array, got none.")
+    return np.asarray(data["rewards"], np.float64)
+
+
 def episode_ranges(data: dict) -> list[tuple[int, int]]:
     """``[(start, end), ...]`` row ranges of the episodes in a checked file.
 

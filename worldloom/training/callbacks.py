@@ -539,9 +539,11 @@ class EarlyStoppingCallback(Callback):
             self.stopped_step = step
             self.trainer.stop_training = True
             if is_primary():
-                print(f"Early stopping at step {step}: {self.monitor} has not improved by more than {self.min_delta:g} "
-                      f"in {step - self.best_step} steps (patience {self.patience}); best {self.best:.6g} at step "
-                      f"{self.best_step}.", file=sys.stderr)
+                from tqdm.auto import tqdm
+
+                tqdm.write(f"Early stopping at step {step}: {self.monitor} has not improved by more than "
+                           f"{self.min_delta:g} in {step - self.best_step} steps (patience {self.patience}); best "
+                           f"{self.best:.6g} at step {self.best_step}.", file=sys.stderr)
 
     def on_step_end(self, step: int, losses: dict[str, float]) -> None:
         if not getattr(self, "_checked", True):
