@@ -1,4 +1,4 @@
-"""Agents learning real tasks: DreamerV3 on CartPole-v1, TD-MPC2 on Pendulum-v1.
+"""Agents learning real tasks: DreamerV3 on CartPole-v1, TD-MPC2 on Pendulum-v1 and dmc:cartpole-balance.
 
     python -m benchmarks.agents --task cartpole --seeds 0 1 2
     python -m benchmarks.agents --task cartpole-quick --seeds 0 1   # the quick preset
@@ -21,8 +21,9 @@ rounds and prints the ratio of the medians (above 1: the working tree is faster)
 
 Targets: DreamerV3 ``size1m`` reaches a mean evaluation return of at least 475
 on CartPole-v1 within 50,000 environment steps; TD-MPC2 reaches at least -200
-on Pendulum-v1 within 20,000 steps, and in episodic mode at least 475 on
-CartPole-v1 within 10,000 steps. Each run writes its learning curve, logs and
+on Pendulum-v1 within 20,000 steps, in episodic mode at least 475 on
+CartPole-v1 within 10,000 steps, and at least 900 on ``dmc:cartpole-balance``
+within 20,000 steps. Each run writes its learning curve, logs and
 agent under ``runs/benchmarks/<task>-seed<N>/``; the summary (seed, target
 reached at which step, best and final evaluation return, wall time, curve path)
 is appended to ``docs/results.md`` and printed.
