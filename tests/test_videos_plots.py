@@ -216,6 +216,8 @@ def test_an_agent_run_writes_metrics_jsonl_with_the_tensorboard_tags(runs):
     documented = {f"train/{name}" for agent, names in re.findall(r"^\| (both|DreamerV3) \| (.+?) \|", docs, re.M)
                   for name in re.findall(r"`([^`]+)`", names)}
     assert documented == {tag for tag in values if tag.startswith("train/")}
+    summary = json.loads((runs[0] / "summary.json").read_text())
+    assert [count for _, count in values["train/updates"]] == list(range(1, summary["updates"] + 1))  # log_every=1
     for tag, logged in events.items():  # every value at its step, in both (a video: its file in metrics.jsonl)
         assert [step for step, _ in values[tag]] == [step for step, _ in logged], tag
         if tag != "eval/video":

@@ -323,6 +323,7 @@ class AgentLearner(Learner):
                 if (start + index + 1) % config.log_every == 0:
                     for name, values in metrics.items():
                         writer.add_scalar(f"train/{name}", float(values[index]), loop.env_step)
+                    writer.add_scalar("train/updates", start + index + 1, loop.env_step)  # for curves by update
                 if outputs and (not self.guard.active or metrics[SKIPPED][index] == 0.0):
                     placed.append((wheres[index], index, len(wheres) > 1, outputs[0]))
             self.metrics = {name: values[count - 1] for name, values in metrics.items()}
