@@ -222,6 +222,14 @@ def test_malformed_counters_are_checkpoint_errors(content, message):
         _run_io.LoopState.from_json(content, "loop.json")
 
 
+def test_counters_of_an_earlier_checkpoint_load_without_the_later_fields():
+    earlier = ('{"env_step": 14, "updates": 3, "updates_owed": 0.5, "pretrained": true, "wall_time": 1.5, '
+               '"train_returns": [], "eval_returns": [], "processes": 1}')
+    loop = _run_io.LoopState.from_json(earlier, "loop.json")
+    assert (loop.env_step, loop.skipped_updates) == (14, 0)
+    assert _run_io.LoopState.from_json(loop.to_json(), "loop.json") == loop
+
+
 def test_a_malformed_agent_json_is_a_checkpoint_error(saved, tmp_path):
     path = copy(saved, "agent", tmp_path)
     meta = json.loads((path / "agent.json").read_text())

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from _agents import DREAMER_TINY
 from test_metrics_logs import jsonl_values, read_events, read_jsonl
 
@@ -218,6 +219,11 @@ def test_an_agent_run_writes_metrics_jsonl_with_the_tensorboard_tags(runs):
     assert documented == {tag for tag in values if tag.startswith("train/")}
     summary = json.loads((runs[0] / "summary.json").read_text())
     assert [count for _, count in values["train/updates"]] == list(range(1, summary["updates"] + 1))  # log_every=1
+    settings = yaml.safe_load((runs[0] / "config.yaml").read_text())
+    warmup, peak = settings["warmup_steps"], settings["learning_rate"]
+    assert warmup > summary["updates"]  # inside the warm-up: update n runs at peak * (n - 1) / warmup
+    assert [lr for _, lr in values["train/lr"]] == pytest.approx(
+        [peak * (n - 1) / warmup for n in range(1, summary["updates"] + 1)], rel=1e-5)
     for tag, logged in events.items():  # every value at its step, in both (a video: its file in metrics.jsonl)
         assert [step for step, _ in values[tag]] == [step for step, _ in logged], tag
         if tag != "eval/video":

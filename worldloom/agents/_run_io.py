@@ -51,6 +51,10 @@ LOOP_FILE = "loop.json"
 AGENT_KEYS = {"dreamerv3": ("config", "seed"), "tdmpc2": ("use_policy", "seed_steps", "seed")}
 
 
+LATER_FIELDS = {"skipped_updates": 0}
+"""Counters added after the first format, with the value a checkpoint without them stands for."""
+
+
 @dataclasses.dataclass
 class LoopState:
     """Counters and histories of an online run (saved as JSON in checkpoints)."""
@@ -63,6 +67,8 @@ class LoopState:
     train_returns: list = dataclasses.field(default_factory=list)
     eval_returns: list = dataclasses.field(default_factory=list)
     processes: int = 1
+    skipped_updates: int = 0
+    """Updates ``on_nonfinite="skip"`` dropped (not in the counters of checkpoints written before it was kept)."""
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -83,6 +89,7 @@ class LoopState:
         if not isinstance(values, dict):
             raise CheckpointError(f"{source}: expected the counters of an online run as a JSON object with "
                                   f"{sorted(fields)}, got {type(values).__name__}.")
+        values = {**LATER_FIELDS, **values}  # a checkpoint written before these were kept
         missing, unknown = sorted(set(fields) - set(values)), sorted(set(values) - set(fields))
         if missing or unknown:
             raise CheckpointError(f"{source}: expected the counters {sorted(fields)}, got "

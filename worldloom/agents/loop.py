@@ -250,6 +250,7 @@ class AgentLearner(Learner):
         settings = OptimizerSettings(learning_rate=config.learning_rate, grad_clip=config.grad_clip,
                                      warmup_steps=config.warmup_steps)
         self.update = agent.make_update(settings, skip_nonfinite=guard.active)
+        self.schedule = settings.schedule()
         self.step_fn = share.jit(self.update.step)
         self.chunk = update_program(agent.make_update(settings, skip_nonfinite=False), _CHUNK, config.on_nonfinite,
                                     None if share.place is None else share.place.mesh)
@@ -316,15 +317,21 @@ class AgentLearner(Learner):
                              measured=False, disable=not note.enabled)
             inner.note(f"{owed} updates before the next environment step")
         self._hooks = (note, inner)
-        placed, skipped = [], self.guard.skipped
+        placed, skipped = [], loop.skipped_updates
 
         def report(start, count, metrics, outputs, wheres):
             for index in range(count):
+                dropped = self.guard.active and metrics[SKIPPED][index] != 0.0
                 if (start + index + 1) % config.log_every == 0:
                     for name, values in metrics.items():
                         writer.add_scalar(f"train/{name}", float(values[index]), loop.env_step)
                     writer.add_scalar("train/updates", start + index + 1, loop.env_step)  # for curves by update
-                if outputs and (not self.guard.active or metrics[SKIPPED][index] == 0.0):
+                    # The rate it ran with: the schedule at the optimiser's count, which a dropped update does not
+                    # advance.
+                    writer.add_scalar("train/lr", float(self.schedule(start + index - loop.skipped_updates)),
+                                      loop.env_step)
+                loop.skipped_updates += int(dropped)
+                if outputs and not dropped:
                     placed.append((wheres[index], index, len(wheres) > 1, outputs[0]))
             self.metrics = {name: values[count - 1] for name, values in metrics.items()}
 
@@ -346,8 +353,8 @@ class AgentLearner(Learner):
                 inner.close()
         loop.updates += ran
         loop.updates_owed -= ran
-        if self.guard.skipped != skipped:
-            writer.add_scalar("train/skipped_updates", self.guard.skipped, loop.env_step)
+        if loop.skipped_updates != skipped:
+            writer.add_scalar("train/skipped_updates", loop.skipped_updates, loop.env_step)
         fetched = {}  # each dispatch's posteriors come to the host once
         for where, index, stacked, posteriors in placed:  # DreamerV3: the trained rows' posteriors go back to replay
             if id(posteriors) not in fetched:
@@ -577,7 +584,7 @@ def _finish(config, agent, learner, loop, share, out) -> dict:
         "updates": loop.updates,
         "env_steps": loop.env_step,
         "params_sha256": params_sha256(jax.device_get(agent.params)),
-        "skipped_updates": learner.guard.skipped,
+        "skipped_updates": loop.skipped_updates,
         "wall_time": loop.wall_time,
         "out_dir": str(out),
         "curves": str(curves),
