@@ -446,3 +446,16 @@ def test_torch_face_meta_tensors_and_missing_cuda_get_worldloom_errors(torch_fac
         with pytest.raises(DeviceError, match="could not move the Parameters"):
             model.to("cuda")
         assert model.device.type == "cpu" and model.encode(torch.zeros(B, OBS)).deterministic.shape[0] == B
+
+
+def test_a_vector_env_that_resets_another_way_is_refused():
+    import gymnasium as gym
+
+    from worldloom.agents.collect import EpisodeCollector, StreamCollector, as_vector_env
+
+    for kind, other in ((StreamCollector, "SameStep"), (EpisodeCollector, "NextStep")):
+        envs = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")], autoreset_mode=other)
+        with pytest.raises(ConfigError, match=f"autoreset_mode='{kind.AUTORESET}'.*got '{other}'"):
+            as_vector_env(envs, kind.AUTORESET)
+        assert as_vector_env(gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")],
+                                                      autoreset_mode=kind.AUTORESET), kind.AUTORESET).num_envs == 1

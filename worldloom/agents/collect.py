@@ -86,10 +86,18 @@ def make_vector_env(env_id: str, agent: str, count: int, autoreset: str, options
 
 
 def as_vector_env(envs, autoreset: str):
-    """``envs`` as a Gymnasium vector env: a vector env unchanged, a list of environments stepped in turn."""
+    """``envs`` as a Gymnasium vector env: a vector env unchanged, a list of environments stepped in turn.
+
+    Raises:
+        ConfigError: a vector env that resets its environments another way than ``autoreset``.
+    """
     import gymnasium as gym
 
     if isinstance(envs, gym.vector.VectorEnv):
+        mode = envs.metadata.get("autoreset_mode")
+        if mode is not None and getattr(mode, "value", mode) != autoreset:
+            raise ConfigError(f"Expected a vector env made with autoreset_mode={autoreset!r} (where the collector "
+                              f"reads an episode's end and next start), got {getattr(mode, 'value', mode)!r}.")
         return envs
     return gym.vector.SyncVectorEnv([lambda env=env: env for env in envs], autoreset_mode=autoreset)
 
