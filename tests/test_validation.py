@@ -457,5 +457,6 @@ def test_a_vector_env_that_resets_another_way_is_refused():
         envs = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")], autoreset_mode=other)
         with pytest.raises(ConfigError, match=f"autoreset_mode='{kind.AUTORESET}'.*got '{other}'"):
             as_vector_env(envs, kind.AUTORESET)
-        assert as_vector_env(gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")],
-                                                      autoreset_mode=kind.AUTORESET), kind.AUTORESET).num_envs == 1
+        right = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")], autoreset_mode=kind.AUTORESET)
+        gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")], autoreset_mode=other)  # made after, the other way
+        assert as_vector_env(right, kind.AUTORESET) is right

@@ -94,7 +94,8 @@ def as_vector_env(envs, autoreset: str):
     import gymnasium as gym
 
     if isinstance(envs, gym.vector.VectorEnv):
-        mode = envs.metadata.get("autoreset_mode")
+        # The vector env's own attribute: its metadata dict is the environment class's, shared, before gymnasium 1.4.
+        mode = getattr(envs.unwrapped, "autoreset_mode", None)
         if mode is not None and getattr(mode, "value", mode) != autoreset:
             raise ConfigError(f"Expected a vector env made with autoreset_mode={autoreset!r} (where the collector "
                               f"reads an episode's end and next start), got {getattr(mode, 'value', mode)!r}.")
