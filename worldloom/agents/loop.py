@@ -39,7 +39,7 @@ from worldloom.models.base import OptimizerSettings
 from worldloom.models.checkpoint import params_sha256
 from worldloom.models.factory import create_world_model, get_config
 from worldloom.training.data import env_spaces
-from worldloom.training.guard import SKIPPED, NonFiniteGuard
+from worldloom.training.guard import SKIPPED, NonFiniteGuard, applied_before
 from worldloom.training.interrupts import Interrupted, signal_name, stop_requests
 from worldloom.training.logs import NullWriter, run_sinks
 from worldloom.training.parallel import ProcessShare
@@ -320,18 +320,19 @@ class AgentLearner(Learner):
         placed, skipped = [], loop.skipped_updates
 
         def report(start, count, metrics, outputs, wheres):
+            dropped = (np.asarray(metrics[SKIPPED])[:count] != 0.0) if self.guard.active else np.zeros(count, bool)
+            logged = [index for index in range(count) if (start + index + 1) % config.log_every == 0]
+            # The rate each ran with: the schedule at the optimiser's count, which a dropped update does not advance.
+            counts = applied_before(start, dropped, loop.skipped_updates)[logged]
+            rates = np.broadcast_to(np.asarray(self.schedule(counts), np.float64), counts.shape) if logged else []
+            for index, rate in zip(logged, rates):
+                for name, values in metrics.items():
+                    writer.add_scalar(f"train/{name}", float(values[index]), loop.env_step)
+                writer.add_scalar("train/updates", start + index + 1, loop.env_step)  # for curves by update
+                writer.add_scalar("train/lr", float(rate), loop.env_step)
+            loop.skipped_updates += int(dropped.sum())
             for index in range(count):
-                dropped = self.guard.active and metrics[SKIPPED][index] != 0.0
-                if (start + index + 1) % config.log_every == 0:
-                    for name, values in metrics.items():
-                        writer.add_scalar(f"train/{name}", float(values[index]), loop.env_step)
-                    writer.add_scalar("train/updates", start + index + 1, loop.env_step)  # for curves by update
-                    # The rate it ran with: the schedule at the optimiser's count, which a dropped update does not
-                    # advance.
-                    writer.add_scalar("train/lr", float(self.schedule(start + index - loop.skipped_updates)),
-                                      loop.env_step)
-                loop.skipped_updates += int(dropped)
-                if outputs and not dropped:
+                if outputs and not dropped[index]:
                     placed.append((wheres[index], index, len(wheres) > 1, outputs[0]))
             self.metrics = {name: values[count - 1] for name, values in metrics.items()}
 

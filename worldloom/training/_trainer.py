@@ -33,7 +33,7 @@ from worldloom.training._device_replay import build_table, table_nbytes, use_dev
 from worldloom.training._sampling import WindowSampler, chunk_plan, split_segments
 from worldloom.training._step import StepProgram, step_program
 from worldloom.training.callbacks import Callback, CheckpointCallback, ProgressCallback
-from worldloom.training.guard import SKIPPED, NonFiniteGuard
+from worldloom.training.guard import SKIPPED, NonFiniteGuard, applied_before
 from worldloom.training.interrupts import stop_requests
 from worldloom.training.parallel import Placement, data_parallel_mesh
 from worldloom.training.runloop import Evaluator, Learner
@@ -517,9 +517,9 @@ class Trainer:
         """
         columns = {name: np.asarray(values, np.float64)[:count].tolist() for name, values in metrics.items()}
         skipped = np.asarray(columns.get(SKIPPED, [0.0] * count)) > 0
-        applied_before = start - self._skipped_total + np.arange(count) - (np.cumsum(skipped) - skipped)
+        lr = np.broadcast_to(np.asarray(schedule(applied_before(start, skipped, self._skipped_total)), np.float64),
+                             (count,))
         self._skipped_total += int(skipped.sum())
-        lr = np.broadcast_to(np.asarray(schedule(applied_before), np.float64), (count,))
         now = time.perf_counter()
         self.step_seconds, self._reported_at = (now - self._reported_at) / max(count, 1), now
         self.reports += 1

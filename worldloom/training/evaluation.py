@@ -126,6 +126,13 @@ def open_loop_prediction(model, buffer: ReplayBuffer, context: int = 5, horizon:
     return result
 
 
+def display_pixels(frames, stored) -> np.ndarray:
+    """``frames`` as float32 pixels in 0..255 for a picture: observations stored as ``uint8`` (``stored``, their
+    dtype) are pixels already; float ones are read in [0, 1], so they are scaled by 255. Clipped to 0..255."""
+    scale = 1.0 if np.dtype(stored) == np.uint8 else 255.0
+    return np.clip(np.asarray(frames, np.float32) * scale, 0, 255)
+
+
 def plot_open_loop(result: dict[str, Any], path: str | os.PathLike, episode: int = 0, title: str | None = None):
     """Write a PNG of imagined versus real observations and rewards for one episode.
 
@@ -173,9 +180,8 @@ def plot_open_loop(result: dict[str, Any], path: str | os.PathLike, episode: int
     axes[0].legend(loc="best", fontsize="small")
     if is_image and pred_obs is not None:
         picks = np.linspace(0, horizon - 1, min(horizon, 8)).astype(int)
-        scale = 1.0 if real_obs.dtype == np.uint8 else 255.0  # float frames are read in [0, 1]
-        real_strip = np.clip(np.concatenate([real_obs[context + p] for p in picks], 1) * scale, 0, 255)
-        pred_strip = np.clip(np.concatenate([pred_obs[episode][p] for p in picks], 1) * scale, 0, 255)
+        real_strip = display_pixels(np.concatenate([real_obs[context + p] for p in picks], 1), real_obs.dtype)
+        pred_strip = display_pixels(np.concatenate([pred_obs[episode][p] for p in picks], 1), real_obs.dtype)
         for ax, strip, name in ((axes[-2], real_strip, "real"), (axes[-1], pred_strip, "imagined")):
             ax.imshow(strip.astype(np.uint8) if strip.shape[-1] == 3 else strip[..., 0], cmap="gray")
             ax.set_ylabel(name)
@@ -192,4 +198,4 @@ def plot_open_loop(result: dict[str, Any], path: str | os.PathLike, episode: int
     return path
 
 
-__all__ = ["evaluate_loss", "open_loop_prediction", "plot_open_loop"]
+__all__ = ["display_pixels", "evaluate_loss", "open_loop_prediction", "plot_open_loop"]

@@ -58,6 +58,14 @@ def guarded_step(step: Callable) -> Callable:
     return guarded
 
 
+def applied_before(start: int, skipped, skipped_before: int) -> np.ndarray:
+    """The optimiser's count before each update ``start + 1 .. start + len(skipped)`` of a dispatch: the updates
+    before it less those not applied (``skipped_before`` earlier ones, then the dispatch's ``skipped`` flags), the
+    count a learning-rate schedule reads."""
+    skipped = np.asarray(skipped, bool).reshape(-1)
+    return start - skipped_before + np.arange(len(skipped)) - (np.cumsum(skipped) - skipped)
+
+
 def guard_update(update: UpdateFunctions) -> UpdateFunctions:
     """``update`` with its ``step`` wrapped by :func:`guarded_step`."""
     return dataclasses.replace(update, step=guarded_step(update.step))

@@ -190,12 +190,13 @@ def open_loop_frames(result: dict, max_episodes: int = 6) -> np.ndarray:
                else "no decoded observations (a model without an observation decoder)")
         raise DataError(f"An open-loop video needs image observations [N, T, H, W, C] and a model that decodes "
                         f"them; got {got}.")
-    context, count = int(result["context"]), min(int(max_episodes), real.shape[0])
-    scale = 1.0 if real.dtype == np.uint8 else 255.0  # float frames are read in [0, 1]
-    real = np.clip(real[:count].astype(np.float32) * scale, 0, 255)
+    from worldloom.training.evaluation import display_pixels
+
+    context, count, stored = int(result["context"]), min(int(max_episodes), real.shape[0]), real.dtype
+    real = display_pixels(real[:count], stored)
     recon = result.get("recon_obs")
-    observed = real[:, :context] if recon is None else np.asarray(recon[:count], np.float32) * scale
-    model = np.clip(np.concatenate([observed, np.asarray(pred[:count], np.float32) * scale], axis=1), 0, 255)
+    observed = real[:, :context] if recon is None else display_pixels(recon[:count], stored)
+    model = np.concatenate([observed, display_pixels(pred[:count], stored)], axis=1)
     difference = (model - real) / 2 + 127.5
     rows = np.concatenate([real, model, difference], axis=2)  # [n, T, 3h, w, c]
     grid = np.concatenate(list(rows), axis=2)  # [T, 3h, n w, c]
