@@ -502,5 +502,88 @@ def test_trainer_source_api(dreamer, tmp_path):
         dreamer.requires_grad_(True)
 
 
+@pytest.mark.slow(reason="runs training steps (with test_trainer_source_api's shapes, so its compiled program)")
+def test_callbacks_written_as_the_sources_get_the_torch_trainer(dreamer, tmp_path):
+    from worldloom_torch_compat.training import Callback, Trainer, TrainingConfig, train
+    from worldloom_torch_compat.training.data import create_random_buffer
+    from worldloom_torch_compat.training.trainer import source_style
+
+    class SourceStyle(Callback):  # as WorldLoom's own callbacks are written
+        def __init__(self, stop_at=None):
+            self.stop_at, self.steps, self.seen = stop_at, [], []
+
+        def sync_interval(self):
+            return 2
+
+        def on_train_begin(self, trainer):
+            super().on_train_begin(trainer)
+            self.begin = (trainer, trainer.model, trainer.state.global_step, trainer.config.total_steps)
+            self.start = [p.detach().clone() for p in trainer.model.parameters()]
+
+        def on_step_end(self, trainer):
+            state = trainer.state
+            self.steps.append(state.global_step)
+            self.seen.append((dict(state.metrics), [p.detach().clone() for p in self.begin[1].parameters()]))
+            if state.global_step == self.stop_at:
+                state.should_stop = True
+
+        def on_train_end(self, trainer):
+            self.end = (trainer.state.global_step, trainer.state.should_stop)
+
+    class Documented(Callback):
+        def on_step_end(self, step, losses):
+            self.last = (step, losses["loss"])
+
+    assert source_style(SourceStyle()) and not source_style(Documented()) and not source_style(Callback())
+    buffer = create_random_buffer(1000, (4,), 2, num_episodes=10, episode_length=30, seed=0)
+    config = TrainingConfig(total_steps=6, batch_size=2, sequence_length=4, device="cpu", steps_per_dispatch=2,
+                            output_dir=str(tmp_path / "run"))
+    source, documented = SourceStyle(stop_at=2), Documented()
+    trainer = Trainer(dreamer, config, callbacks=[source])
+    trainer.add_callback(documented)
+    trainer.train(buffer)
+    assert source.begin[:4] == (trainer, dreamer, 0, 6) and source.trainer is trainer
+    assert source.steps == [1, 2] and source.end == (2, True) and documented.last[0] == 2
+    metrics, weights = source.seen[-1]
+    assert metrics["loss"] == documented.last[1] and metrics["kl"] == metrics["kl_loss"] and "lr" in metrics
+    # At a multiple of its sync_interval the module holds that step's weights: here those the run ended with
+    assert all(torch.equal(seen, now) for seen, now in zip(weights, dreamer.parameters()))
+    assert not all(torch.equal(seen, start) for seen, start in zip(weights, source.start))
+    assert trainer.state.num_batches == 2 and trainer.state.total_loss == pytest.approx(
+        sum(seen["loss"] for seen, _ in source.seen))
+    # train(): the same, around a Trainer of its own
+    source = SourceStyle()
+    train(dreamer, buffer, total_steps=2, batch_size=2, sequence_length=4, device="cpu", steps_per_dispatch=2,
+          output_dir=str(tmp_path / "fn"), callbacks=[source], progress=False)
+    assert isinstance(source.begin[0], Trainer) and source.begin[1] is dreamer and source.steps == [1, 2]
+
+
+@pytest.mark.slow(reason="runs training steps (with test_trainer_source_api's shapes, so its compiled program)")
+def test_load_checkpoint_loads_at_once_and_training_resumes_from_it(dreamer, tdmpc, tmp_path):
+    from worldloom.core.errors import CheckpointError
+    from worldloom_torch_compat.training import Trainer, TrainingConfig
+    from worldloom_torch_compat.training.data import create_random_buffer
+
+    buffer = create_random_buffer(1000, (4,), 2, num_episodes=10, episode_length=30, seed=0)
+    config = TrainingConfig(total_steps=4, batch_size=2, sequence_length=4, device="cpu", steps_per_dispatch=2,
+                            output_dir=str(tmp_path / "run"))
+    trainer = Trainer(dreamer, config)
+    trainer.train(buffer, num_steps=2)
+    trainer.save_checkpoint(tmp_path / "checkpoint.pt")
+    fresh = face.create_world_model("dreamer:size1m", obs_shape=(4,), action_dim=2, device="cpu",
+                                    encoder_type="mlp", decoder_type="mlp", seed=1, **TINY)
+    assert not all(torch.equal(a, b) for a, b in zip(fresh.parameters(), dreamer.parameters()))
+    again = Trainer(fresh, config)
+    again.load_checkpoint(tmp_path / "checkpoint.pt")  # as the source: weights and step at once
+    assert again.state.global_step == 2
+    assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), dreamer.parameters()))
+    again.train(buffer)  # resumes there: two more updates to total_steps
+    assert again.state.global_step == 4
+    with pytest.raises(CheckpointError, match="written for a dreamerv3 model"):
+        Trainer(tdmpc, config).load_checkpoint(tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="No training checkpoint"):
+        again.load_checkpoint(tmp_path)
+
+
 def test_state_error_is_a_shape_error():
     assert issubclass(face.core.StateError, ShapeError)

@@ -156,9 +156,9 @@ class WorldModel(nn.Module):
         self.jax_model.params = _params.push(self, self._paths, self._treedef, copy=copy)
         return self.jax_model
 
-    def sync_from_jax(self) -> WorldModel:
-        """Copy the JAX handle's params into the Parameters (after JAX-side training)."""
-        _params.pull(self, self._paths, self.jax_model.params)
+    def sync_from_jax(self, params=None) -> WorldModel:
+        """Copy the JAX handle's params (or the params pytree ``params``) into the Parameters."""
+        _params.pull(self, self._paths, self.jax_model.params if params is None else params)
         return self
 
     # ------------------------------------------------------------ torch module
@@ -363,7 +363,13 @@ class WorldModel(nn.Module):
             batch["continues"] = torch.ones_like(torch.as_tensor(batch["rewards"]), dtype=torch.float32)
         if "obs" in batch:
             batch["obs"] = self._obs_in(batch["obs"], 2)
-        losses = self._call("compute_loss", batch, key=key)
+        return self.with_source_names(self._call("compute_loss", batch, key=key))
+
+    def with_source_names(self, losses: dict) -> dict:
+        """``losses`` (worldloom's names) with the original library's names of the same terms added: those it
+        documents (``"kl_loss"``, ...: :meth:`worldloom.WorldModel.with_original_names`) and its source's
+        (:attr:`source_losses`)."""
+        losses = self.jax_model.with_original_names(losses)
         for source_name, name in self.source_losses.items():
             if name in losses:
                 losses.setdefault(source_name, losses[name])

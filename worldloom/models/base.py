@@ -205,6 +205,11 @@ class WorldModel:
     def compute_loss(self, batch, key=None):
         raise NotImplementedError
 
+    def with_original_names(self, losses: dict) -> dict:
+        """``losses`` (an update's or :meth:`compute_loss`'s terms, arrays or floats) with the original
+        library's names of the terms added, each as it enters ``"loss"``."""
+        return dict(losses)
+
     def prepare_batch(self, batch) -> dict:
         """Check a ``[B, T, ...]`` batch and move it to the device (jit-ready dtypes)."""
         raise NotImplementedError

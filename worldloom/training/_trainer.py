@@ -176,6 +176,18 @@ class Trainer:
     def skipped_updates(self) -> int:
         return self.learner.guard.skipped
 
+    def current_params(self):
+        """The model's params at the newest train state (``step``), copied to this host's devices.
+
+        During a run a dispatch may be queued behind the updates being reported to the callbacks,
+        so this can be ahead of the step they are given; at the multiples of a callback's
+        :meth:`~worldloom.training.callbacks.Callback.sync_interval` it is that step's.
+        """
+        if self.state is None or self.program is None:
+            raise TrainingError("current_params: expected a train state, got none (train has not run, or a "
+                                "stopped run left none).")
+        return _copy(self.placement.local(self.program.update.params(self.state)))
+
     def add_callback(self, callback: Callback) -> None:
         """Add a callback (an instance of :class:`~worldloom.training.callbacks.Callback`)."""
         if not isinstance(callback, Callback):
@@ -295,6 +307,22 @@ class Trainer:
         lineage = getattr(self, "_lineage", None)
         return None if lineage is None else lineage.run_id
 
+    def checkpoint_params(self, path) -> tuple[int, Any]:
+        """The step and the model's params of the checkpoint ``path`` names (a directory's newest, or one
+        ``step_<N>``), as NumPy arrays; nothing of this trainer changes.
+
+        Raises:
+            CheckpointError: no loadable checkpoint there, or one of another model.
+        """
+        source = _checkpoint.find_checkpoint(path)
+        meta = _checkpoint.read_meta(source)
+        self._check_checkpoint(source, meta)
+        update = self.model.make_update(self.config.optimizer_settings())
+        like = {"train_state": jax.eval_shape(update.init, self.model.params),
+                "key": jax.eval_shape(jax.random.PRNGKey, 0)}
+        tree = _checkpoint.load_state(source, like, meta)
+        return int(meta["step"]), update.params(tree["train_state"])
+
     def _check_checkpoint(self, source: Path, meta: dict) -> None:
         """CheckpointError for a checkpoint of another model; a warning for other run settings."""
         model = self.model
@@ -379,7 +407,7 @@ class Trainer:
             print(f"\nTraining interrupted at step {self.step}.", file=sys.stderr)
         elif eval_chunks and self.step > 0:
             evaluator(self.step, final=True)
-        model.load_params(_copy(place.local(program.update.params(self.state))))
+        model.load_params(self.current_params())
         for callback in callbacks:
             callback.on_train_end(self)
         return model
@@ -474,7 +502,7 @@ class Trainer:
         if isinstance(err, DistributedError):
             self.state = None  # its arrays span the lost process
         if self.state is not None:  # the last finite state
-            model.load_params(_copy(place.local(program.update.params(self.state))))
+            model.load_params(self.current_params())
         for callback in callbacks:  # logs flushed, progress closed; no checkpoint is written
             if not isinstance(callback, CheckpointCallback):
                 callback.on_train_end(self)

@@ -3,6 +3,9 @@
 Callbacks run inside worldloom's JAX trainer: ``on_step_end(step, losses)``
 gets Python floats, and ``callback.trainer`` (set in ``on_train_begin``) is
 that JAX trainer, whose ``model`` is the JAX handle (``module.jax_model``).
+A callback written as the source's, ``on_step_end(self, trainer)``, gets the
+torch ``Trainer`` instead
+(:func:`worldloom_torch_compat.training.trainer.source_style`).
 
 ``CheckpointCallback`` also takes the source's ``output_dir``, ``save_interval``
 and ``max_checkpoints`` (the documented ``save_dir``, ``save_every`` and

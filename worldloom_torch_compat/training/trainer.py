@@ -5,6 +5,7 @@ At the original library's path ``worldloom.training.trainer``.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import Any
 
@@ -14,6 +15,7 @@ import worldloom
 from worldloom.core.errors import ConfigError, DeviceError
 from worldloom.training import Trainer as JaxTrainer
 from worldloom.training import train as jax_train
+from worldloom.training.callbacks import Callback
 from worldloom_torch_compat._convert import jax_device, torch_device
 from worldloom_torch_compat.model import WorldModel, wrap
 from worldloom_torch_compat.training._buffer import ReplayBuffer, unwrap_buffer
@@ -67,11 +69,27 @@ class Trainer:
 
     def __init__(self, model: Any, config: TrainingConfig | None = None, callbacks=(), *, resume_from=None):
         self.model = _as_module(model)
-        self.jax_trainer = JaxTrainer(self.model.jax_model, config, callbacks, resume_from=resume_from)
+        self._source_state = TrainingState(self)
+        self.jax_trainer = JaxTrainer(self.model.jax_model, config, (), resume_from=resume_from)
+        for callback in callbacks:
+            self.add_callback(callback)
+
+    @classmethod
+    def _around(cls, module: WorldModel) -> Trainer:
+        """The torch Trainer that source-style callbacks of :func:`train` get: its JAX trainer comes
+        with their ``on_train_begin``."""
+        trainer = cls.__new__(cls)
+        trainer.model, trainer.jax_trainer = module, None
+        trainer._source_state = TrainingState(trainer)
+        return trainer
 
     def add_callback(self, callback) -> None:
-        """Add a callback (an instance of :class:`~worldloom.training.callbacks.Callback`)."""
-        self.jax_trainer.add_callback(callback)
+        """Add a callback (an instance of :class:`~worldloom.training.callbacks.Callback`).
+
+        A callback written as the original source's, ``on_step_end(self, trainer)``, gets this
+        Trainer in its hooks (see :func:`source_style`).
+        """
+        self.jax_trainer.add_callback(_adapted(callback, self))
 
     def train(self, buffer: Any, num_steps: int | None = None, resume_from=None, *,
               resume: bool = False) -> WorldModel:
@@ -96,6 +114,7 @@ class Trainer:
         """
         _check_trainable(self.model, "Trainer.train")
         trainer = self.jax_trainer
+        self._source_state._begin()
         if resume_from is not None:
             trainer.resume_from = resume_from
         elif not resume and trainer.resume_from is None and trainer.state is not None:
@@ -114,14 +133,49 @@ class Trainer:
         return _after_training(self.model)
 
     def load_checkpoint(self, path) -> None:
-        """Resume from the checkpoint directory ``path`` (written by :meth:`save_checkpoint` or a
-        ``CheckpointCallback``) when :meth:`train` next runs; the step and optimiser state are restored then."""
+        """Load the checkpoint ``path`` names (a directory written by :meth:`save_checkpoint` or a
+        ``CheckpointCallback``: its newest; or one ``step_<N>``), as the source does.
+
+        The module takes its weights and ``state.global_step`` its step at once; :meth:`train` next resumes
+        from it, with its optimiser state.
+
+        Raises:
+            CheckpointError: no loadable checkpoint there, or one of another model.
+        """
+        step, params = self.jax_trainer.checkpoint_params(path)
+        self.model.sync_from_jax(params)
+        self.model.sync_to_jax(copy=True)
         self.jax_trainer.resume_from = path
+        self._source_state._step = step
 
     @property
     def state(self) -> TrainingState | None:
-        """The run's state: ``global_step`` and the JAX train state's fields (None before training)."""
-        return None if self.jax_trainer.state is None else TrainingState(self.jax_trainer)
+        """The run's state: the source's ``global_step``, ``metrics``, ``should_stop``, ... and the JAX train
+        state's fields (None before training)."""
+        trainer, state = self.jax_trainer, self._source_state
+        return state if trainer is not None and (trainer.state is not None or state._step is not None) else None
+
+    # ------------------------------------------------------------ source-style callbacks
+
+    def _begin(self, jax_trainer: JaxTrainer) -> None:
+        self.jax_trainer = jax_trainer
+        self._source_state._begin()
+        self._pull_weights()
+
+    def _reached(self, step: int, losses: dict[str, float]) -> None:
+        self._source_state._reached(step, self.model.with_source_names(losses))
+        self._pull_weights()
+
+    def _end(self) -> None:
+        self._source_state._step = None
+        self._pull_weights()
+
+    def _pull_weights(self) -> None:
+        """The module's Parameters take the newest train state's weights (once per dispatch)."""
+        trainer = self.jax_trainer
+        if trainer.state is not None and self._source_state._pulled != trainer.step:
+            self.model.sync_from_jax(trainer.current_params())
+            self._source_state._pulled = trainer.step
 
     def evaluate(self, buffer: Any, num_batches: int = 10) -> dict[str, float]:
         """Mean losses of the model on ``num_batches`` batches drawn from ``buffer``, as floats.
@@ -151,20 +205,106 @@ class Trainer:
 
 
 class TrainingState:
-    """The source's view of a run: ``global_step`` (updates done); other attributes are the JAX
-    train state's (``trainer.jax_trainer.state``)."""
+    """The source's view of a run; other attributes are the JAX train state's (``trainer.jax_trainer.state``).
 
-    def __init__(self, trainer: JaxTrainer):
+    Attributes:
+        global_step: Updates done: inside ``on_step_end``, those up to the update being reported.
+        metrics: That update's losses (Python floats, worldloom's names and the source's).
+        should_stop: Set to True to stop the run, after the dispatch running (``steps_per_dispatch`` updates).
+        best_loss: Free for callbacks to keep (the source's ``CheckpointCallback`` sets it); ``inf`` at first.
+        total_loss, num_batches: The sum of the reported ``loss`` values and their count.
+        epoch: 0 (the source counts no epochs).
+    """
+
+    def __init__(self, trainer: Trainer):
         self._trainer = trainer
+        self._step: int | None = None
+        self._pulled: int | None = None
+        self.metrics: dict[str, float] = {}
+        self.best_loss = float("inf")
+        self.total_loss, self.num_batches, self.epoch = 0.0, 0, 0
 
     @property
     def global_step(self) -> int:
-        return int(self._trainer.step)
+        return int(self._trainer.jax_trainer.step) if self._step is None else self._step
+
+    @property
+    def should_stop(self) -> bool:
+        return bool(self._trainer.jax_trainer.stop_training)
+
+    @should_stop.setter
+    def should_stop(self, value: bool) -> None:
+        self._trainer.jax_trainer.stop_training = bool(value)
+
+    def _begin(self) -> None:
+        self._step, self._pulled = None, None
+
+    def _reached(self, step: int, metrics: dict[str, float]) -> None:
+        if step != self._step:  # once per update, however many callbacks are told
+            self._step, self.metrics = step, metrics
+            self.total_loss += metrics.get("loss", 0.0)
+            self.num_batches += 1
 
     def __getattr__(self, name: str) -> Any:
-        if name == "_trainer":
+        if name.startswith("_"):
             raise AttributeError(name)
-        return getattr(self._trainer.state, name)
+        return getattr(self._trainer.jax_trainer.state, name)
+
+
+def source_style(callback: Any) -> bool:
+    """Whether ``callback`` is written as the original source's: ``on_step_end(self, trainer)``.
+
+    Such a callback gets the torch :class:`Trainer` in ``on_train_begin``,
+    ``on_step_end`` and ``on_train_end``, as in WorldLoom: ``trainer.state``
+    has ``global_step``, ``metrics`` and a settable ``should_stop``, and
+    ``trainer.model`` is the module, holding the newest weights at each hook
+    (copied once per dispatch, so up to ``steps_per_dispatch`` x
+    (``max_in_flight`` + 1) - 1 updates past ``global_step``; exactly those of
+    ``global_step`` at the multiples of the callback's ``sync_interval()``).
+    Callbacks written as worldloom documents, ``on_step_end(self, step, losses)``,
+    get worldloom's trainer.
+    """
+    try:
+        parameters = inspect.signature(callback.on_step_end).parameters.values()
+    except (AttributeError, TypeError, ValueError):
+        return False
+    kinds = [parameter.kind for parameter in parameters]
+    positional = sum(kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+                     for kind in kinds)
+    return positional == 1 and inspect.Parameter.VAR_POSITIONAL not in kinds
+
+
+class _SourceCallback(Callback):
+    """A source-style callback (:func:`source_style`) run by worldloom's trainer, given the torch Trainer."""
+
+    def __init__(self, callback: Callback, trainer: Trainer):
+        self.callback, self.torch_trainer = callback, trainer
+
+    def sync_interval(self) -> int | None:
+        return self.callback.sync_interval()
+
+    def on_train_begin(self, trainer: JaxTrainer) -> None:
+        super().on_train_begin(trainer)
+        self.torch_trainer._begin(trainer)
+        self.callback.on_train_begin(self.torch_trainer)
+
+    def on_step_end(self, step: int, losses: dict[str, float]) -> None:
+        self.torch_trainer._reached(step, losses)
+        self.callback.on_step_end(self.torch_trainer)
+
+    def on_eval_end(self, step: int, metrics: dict[str, float]) -> None:
+        self.callback.on_eval_end(step, metrics)
+
+    def on_train_end(self, trainer: JaxTrainer) -> None:
+        self.torch_trainer._end()
+        self.callback.on_train_end(self.torch_trainer)
+
+
+def _adapted(callback: Any, trainer: Trainer) -> Any:
+    """``callback`` as worldloom's trainer runs it: source-style ones adapted, others as they are."""
+    if isinstance(callback, Callback) and source_style(callback):
+        return _SourceCallback(callback, trainer)
+    return callback
 
 
 def train(model: Any, buffer: Any, total_steps: int = 50_000, batch_size: int = 16, sequence_length: int = 50,
@@ -177,6 +317,7 @@ def train(model: Any, buffer: Any, total_steps: int = 50_000, batch_size: int = 
     module = _as_module(model)
     _check_trainable(module, "train")
     module.sync_to_jax(copy=True)
+    torch_trainer = Trainer._around(module)
     jax_train(module.jax_model, unwrap_buffer(buffer), total_steps, batch_size, sequence_length, learning_rate,
-              callbacks=callbacks, progress=progress, **more)
+              callbacks=[_adapted(callback, torch_trainer) for callback in callbacks], progress=progress, **more)
     return _after_training(module)

@@ -219,12 +219,17 @@ class DreamerV3WorldModel(WorldModel):
         prepared = self.prepare_batch(batch)
         key = self._given_key(key)
         _, metrics = self.programs.loss(self.params, prepared, key, stochastic=self._stochastic)
+        return self.with_original_names(metrics)
+
+    def with_original_names(self, losses: dict) -> dict:
+        """``losses`` with ``"kl_loss"``, ``"reconstruction_loss"``, ``"reward_loss"`` and ``"continue_loss"``
+        added, each as it enters ``"loss"``."""
         cfg = self.config
-        return {**metrics,
-                "kl_loss": cfg.loss_scale_dyn * metrics["loss/dyn"] + cfg.loss_scale_rep * metrics["loss/rep"],
-                "reconstruction_loss": cfg.loss_scale_rec * metrics["loss/rec"],
-                "reward_loss": cfg.loss_scale_rew * metrics["loss/rew"],
-                "continue_loss": cfg.loss_scale_con * metrics["loss/con"]}
+        return {**losses,
+                "kl_loss": cfg.loss_scale_dyn * losses["loss/dyn"] + cfg.loss_scale_rep * losses["loss/rep"],
+                "reconstruction_loss": cfg.loss_scale_rec * losses["loss/rec"],
+                "reward_loss": cfg.loss_scale_rew * losses["loss/rew"],
+                "continue_loss": cfg.loss_scale_con * losses["loss/con"]}
 
     def prepare_batch(self, batch) -> dict:
         """Check and move a batch to the device; integer discrete actions become one-hot."""

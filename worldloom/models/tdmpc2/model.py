@@ -371,12 +371,16 @@ class TDMPC2WorldModel(WorldModel):
         """
         prepared = self.prepare_batch(batch)
         key = self._given_key(key)
-        metrics = self.programs.loss(self.params, prepared, key, train=self.training)
+        return self.with_original_names(self.programs.loss(self.params, prepared, key, train=self.training))
+
+    def with_original_names(self, losses: dict) -> dict:
+        """``losses`` with ``"reward_loss"`` and, for episodic models, ``"continue_loss"`` added, each as it
+        enters ``"loss"``."""
         cfg = self.config
-        extra = {"reward_loss": cfg.reward_coef * metrics["loss/reward"]}
-        if "loss/termination" in metrics:
-            extra["continue_loss"] = cfg.termination_coef * metrics["loss/termination"]
-        return {**metrics, **extra}
+        named = {**losses, "reward_loss": cfg.reward_coef * losses["loss/reward"]}
+        if "loss/termination" in losses:
+            named["continue_loss"] = cfg.termination_coef * losses["loss/termination"]
+        return named
 
     def prepare_batch(self, batch) -> dict:
         """Check a ``[B, T, ...]`` batch and move it to the device.
