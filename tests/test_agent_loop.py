@@ -9,7 +9,7 @@ from _agents import DREAMER_TINY, TDMPC_TINY
 from worldloom import create_world_model
 from worldloom.agents import AgentRunConfig, DreamerAgent, TDMPC2Agent, evaluate, run_agent
 from worldloom.agents.loop import seed_steps_for
-from worldloom.core.errors import ConfigError
+from worldloom.core.errors import CheckpointError, ConfigError
 
 
 def _dreamer_config(tmp_path, total_steps):
@@ -67,6 +67,11 @@ def test_dreamer_loop_resume_and_reload(tmp_path, capsys, caplog, every_program_
     assert resumed["updates"] == int((200 - 60) * 8 / 16)
     assert [step for step, _ in resumed["eval"]] == [100, 200]
     assert json.loads((run / "summary.json").read_text())["updates"] == resumed["updates"]
+    # A fresh run into it is refused before anything is written: it would replace this run's files.
+    summary = (run / "summary.json").read_text()
+    with pytest.raises(ConfigError, match=r"already holds agent, checkpoints, config.yaml, .*resume=True"):
+        run_agent(_dreamer_config(tmp_path, 200), progress=False, **DREAMER_TINY)
+    assert (run / "summary.json").read_text() == summary
     # Resumed from the command line with a target return that its next evaluation reaches: it stops there, and
     # says so.
     assert main(["agent", "--resume", str(run), "--steps", "500", "--stop-return", "-1000", "--no-progress"]) == 0
@@ -89,11 +94,35 @@ def test_dreamer_loop_resume_and_reload(tmp_path, capsys, caplog, every_program_
         np.testing.assert_array_equal(agent.act(obs[t], first, key=key), again.act(obs[t], first, key=key))
 
 
+def test_a_new_run_refuses_a_directory_holding_what_it_writes(tmp_path):
+    """The user's files under the names a run writes (checkpoints/, agent/, config.yaml, ...) are refused, not
+    replaced, before any environment is made."""
+    out = tmp_path / "mine"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "thesis.tex").write_text("my thesis")
+    (out / "config.yaml").write_text("mine")
+    config = AgentRunConfig(env="CartPole-v1", algo="dreamerv3", total_steps=40, out_dir=str(out))
+    with pytest.raises(ConfigError, match=r"'.*mine' already holds checkpoints, config.yaml, which a new "
+                                          r"run writes; expected a new or empty directory"):
+        run_agent(config, progress=False)
+    with pytest.raises(CheckpointError, match=r"checkpoints' has no manifest.json: expected an agent checkpoint"):
+        run_agent(config, progress=False, resume=True)  # not a checkpoint to go on from
+    (out / "checkpoints" / "thesis.tex").rename(out / "thesis.tex")
+    (out / "checkpoints").rmdir()
+    with pytest.raises(ConfigError, match=r"already holds config.yaml, .*, or one holding a checkpoint to resume"):
+        run_agent(config, progress=False, resume=True)  # no checkpoint there to go on from
+    assert (out / "thesis.tex").read_text() == "my thesis" and (out / "config.yaml").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "thesis.tex"]  # nothing written, nothing gone
+
+
 @pytest.mark.slow(reason="a TD-MPC2 run on Pendulum: its update and two MPPI plans compile")
 def test_tdmpc2_loop_on_pendulum(tmp_path):
     config = AgentRunConfig(env="Pendulum-v1", algo="tdmpc2", total_steps=210, seed_steps=200, batch_size=8,
                             eval_every=210, eval_episodes=1, checkpoint_every=0, out_dir=str(tmp_path / "run"))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.md").write_text("mine")  # a file of the user's beside the run's: kept
     result = run_agent(config, progress=False, **TDMPC_TINY)
+    assert (tmp_path / "run" / "notes.md").read_text() == "mine"
     assert result["updates"] == 200 + 10  # pretraining burst of seed_steps, then one per step
     assert result["final_eval_return"] is not None and np.isfinite(result["final_eval_return"])
     # The first 200-step episode is logged at the step that ended it, 200, as its length says.

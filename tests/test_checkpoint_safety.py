@@ -327,6 +327,7 @@ def test_a_user_folder_named_best_is_named_as_what_it_is_and_kept(buffer, tmp_pa
                                               r"move those files, or pass save_best=False"):
         trainer.train(buffer)
     assert (tmp_path / "ckpt" / "best" / "user.txt").read_text() == "mine" and trainer.step == 0
+    assert not (tmp_path / "ckpt" / ".worldloom-writer.lock").exists()  # the failed run holds the directory no more
 
 
 def test_keep_last_deletes_only_this_runs_checkpoints(tmp_path):
@@ -340,6 +341,33 @@ def test_keep_last_deletes_only_this_runs_checkpoints(tmp_path):
         _checkpoint.save_checkpoint(tmp_path / "a", 4, tree, {"run_id": "run-a"}, keep_last=1)
     assert [s for s, _ in _checkpoint.list_checkpoints(tmp_path / "a")] == [2, 3, 9]
     assert [s for s, _ in _checkpoint.list_checkpoints(tmp_path / "a", "run-a")] == [2, 3]
+
+
+def test_a_checkpoint_is_not_written_over_what_this_run_did_not_write(tmp_path):
+    tree = {"x": np.arange(4.0)}
+    (tmp_path / "a" / "step_00000002").mkdir(parents=True)
+    (tmp_path / "a" / "step_00000002" / "mine.txt").write_text("mine")
+    (tmp_path / "a" / "step_00000003").write_text("a file")
+    for step in (2, 3):
+        with pytest.raises(CheckpointError, match=rf"Cannot write the checkpoint .*step_0000000{step}': expected "
+                                                  r"nothing there or a checkpoint of this run, got a"):
+            _checkpoint.save_checkpoint(tmp_path / "a", step, tree, {"run_id": "run-a"})
+    assert (tmp_path / "a" / "step_00000002" / "mine.txt").read_text() == "mine"
+    assert (tmp_path / "a" / "step_00000003").read_text() == "a file"
+    _checkpoint.save_checkpoint(tmp_path / "a", 4, tree, {"run_id": "run-a"})
+    _checkpoint.save_checkpoint(tmp_path / "a", 4, {"x": np.ones(4)}, {"run_id": "run-a"})  # its own: replaced
+    assert _checkpoint.list_checkpoints(tmp_path / "a", "run-a")[0][0] == 4
+
+
+def test_a_damaged_meta_file_is_skipped_on_resume_and_written_again(buffer, reference, tmp_path):
+    directory = copy_run(reference, tmp_path, keep=("step_00000002", "step_00000004", "step_00000006"))
+    (directory / "step_00000006" / "meta.json").write_text('{"format": "worldloom-train-st')  # cut short
+    trainer = Trainer(make_model(), make_config(), [CheckpointCallback(directory, save_every=2, keep_last=None,
+                                                                       save_best=False)])
+    with pytest.warns(RuntimeWarning, match=r"Resuming from .*step_00000004, the newest checkpoint that loads"):
+        model = trainer.train(buffer, resume=True)  # not "checkpoints of another run"
+    assert same(leaves(model.params), reference["params"])
+    assert _checkpoint.read_meta(directory / "step_00000006")["run_id"] == reference["run_id"]  # written again
 
 
 def test_an_interrupted_deletion_is_no_checkpoint_and_is_removed(buffer, reference, tmp_path, dead_pid):

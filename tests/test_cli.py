@@ -227,7 +227,25 @@ def test_each_run_gets_its_own_directory_and_resume_names_one(agent_runs, capsys
     assert f"Resuming {first} from environment step 30" in resumed.stdout
     assert not (agent_runs / "run-3").exists()
     missing = _worldloom("agent", "--resume", str(agent_runs / "nothing"))  # the exit status of a real process
-    assert missing.returncode == 2 and "expected a run directory holding checkpoints/" in missing.stderr
+    assert missing.returncode == 2 and "expected a run directory that worldloom wrote (config.yaml and " \
+        "checkpoints/)" in missing.stderr
+    # A run of the other command is named as such, not read as a run file of this one.
+    other = _run(capsys, "train", "--resume", str(first))
+    assert other.returncode == 2 and f"expected a run of `worldloom train`, got '{first}', a run of `worldloom " \
+        f"agent` (its config.yaml): resume it with `worldloom agent --resume {first}`" in other.stderr
+
+
+def test_resume_refuses_a_directory_worldloom_did_not_write(tmp_path, capsys):
+    """A directory of the user's that happens to hold checkpoints/ is not resumed (nor its files written over)."""
+    mine = tmp_path / "mine"
+    (mine / "checkpoints").mkdir(parents=True)
+    (mine / "checkpoints" / "thesis.tex").write_text("my thesis")
+    (mine / "buffer.npz").write_text("my data")
+    for command in ("train", "agent"):
+        result = _run(capsys, command, "--resume", str(mine), "--steps", "4")
+        assert result.returncode == 2 and f"got '{mine}', which has no config.yaml" in result.stderr, result.stderr
+    assert sorted(p.name for p in mine.iterdir()) == ["buffer.npz", "checkpoints"]
+    assert (mine / "buffer.npz").read_text() == "my data"
 
 
 @pytest.mark.slow

@@ -249,6 +249,29 @@ def _parser() -> argparse.ArgumentParser:
 RUN_LOCK = ".worldloom-run.lock"  # held in a run directory while a command writes it
 
 
+def _resumed_run_file(command: str, run_dir: Path) -> Path | None:
+    """The run file (``config.yaml``) of the run ``--resume`` names, None where there is none.
+
+    Raises:
+        ConfigError: it is a run of the other command (``train`` or ``agent``).
+    """
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return None
+    import yaml
+
+    try:
+        keys = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return path  # the run file's reader says what is wrong with it
+    kind = "agent" if isinstance(keys, dict) and "algo" in keys else "train" if isinstance(keys, dict) else None
+    if kind not in (None, command):
+        raise ConfigError(f"--resume: expected a run of `worldloom {command}`, got {str(run_dir)!r}, a run of "
+                          f"`worldloom {kind}` (its config.yaml): resume it with `worldloom {kind} --resume "
+                          f"{run_dir}`.")
+    return path
+
+
 def _run_dir(out: str, resume, checkpoints: str = "checkpoints") -> Path:
     """The directory a run writes to: a new one per run, or the one ``--resume`` names.
 
@@ -263,8 +286,10 @@ def _run_dir(out: str, resume, checkpoints: str = "checkpoints") -> Path:
 
     if resume:
         path = Path(out if resume is True else resume)
-        if not (path / checkpoints).is_dir():
-            raise ConfigError(f"--resume: expected a run directory holding {checkpoints}/, got {str(path)!r}.")
+        missing = [name for name in ("config.yaml", f"{checkpoints}/") if not (path / name).exists()]
+        if missing:
+            raise ConfigError(f"--resume: expected a run directory that worldloom wrote (config.yaml and "
+                              f"{checkpoints}/), got {str(path)!r}, which has no {' and no '.join(missing)}.")
         return path
     path = Path(out)
     if path.exists() and not path.is_dir():
@@ -691,8 +716,8 @@ def cmd_agent(args) -> dict:
     flags = _given_flags(args)
     run_file = args.config
     if run_file is None and args.resume:  # a resumed run keeps its own settings; flags typed now override them
-        saved = Path(flags.get("out_dir", args.out) if args.resume is True else args.resume) / "config.yaml"
-        run_file = saved if saved.is_file() else None
+        run_file = _resumed_run_file("agent", Path(flags.get("out_dir", args.out) if args.resume is True
+                                                   else args.resume))
     if run_file is None:  # no run file: the flags' defaults are the run's
         flags = {field: getattr(args, dest) for dest, field in AGENT_FLAGS.items()}
     config, model_overrides = resolve_run(run_file, flags, args.set)
@@ -778,12 +803,11 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     args.argv_tail = argv[argv.index(args.command) + 1:]
     args.training = {}
-    if args.command == "train" and args.resume and not args.config:
-        saved = Path(args.out if args.resume is True else args.resume) / "config.yaml"
-        if saved.is_file():  # a resumed run keeps its own settings; flags typed now override them
-            args.config = str(saved)
     if args.command == "train":
         try:
+            if args.resume and not args.config:  # a resumed run keeps its own settings; flags typed now override
+                saved = _resumed_run_file("train", Path(args.out if args.resume is True else args.resume))
+                args.config = None if saved is None else str(saved)
             _apply_train_file(args)
         except ConfigError as err:
             print(f"worldloom train: error: {err}", file=sys.stderr)

@@ -41,7 +41,7 @@ from worldloom.models.factory import create_world_model, get_config
 from worldloom.training.data import env_spaces
 from worldloom.training.guard import SKIPPED, NonFiniteGuard, applied_before
 from worldloom.training.interrupts import Interrupted, signal_name, stop_requests
-from worldloom.training.logs import NullWriter, run_sinks
+from worldloom.training.logs import METRICS_FILE, NullWriter, run_sinks
 from worldloom.training.parallel import ProcessShare
 from worldloom.training.programs import update_program
 from worldloom.training.runloop import Checkpointer, Evaluator, Learner, owed_plan
@@ -178,6 +178,19 @@ def steps_done(checkpoint_dir: Path) -> int:
     return read_loop_state(checkpoint_dir).env_step  # loop.json, checked against the checkpoint's manifest
 
 
+RUN_FILES = ("config.yaml", "summary.json", METRICS_FILE, "logs", "agent", "learning_curve.png", "videos",
+             "checkpoints", "replay")
+"""What a run writes in ``out_dir`` (and ``checkpoints.process<N>``, ``replay.process<N>`` of other processes)."""
+
+
+def run_files_in(out: Path) -> list[str]:
+    """The names in ``out`` that a run writes (:data:`RUN_FILES`), sorted; [] for a new or empty directory."""
+    if not out.is_dir():
+        return []
+    return sorted(entry.name for entry in out.iterdir()
+                  if entry.name in RUN_FILES or entry.name.split(".process")[0] in ("checkpoints", "replay"))
+
+
 def plan_run(config: AgentRunConfig, resume: bool, model_overrides: dict, share: ProcessShare) -> RunPlan:
     """Check every setting of ``config`` before any environment is stepped; see :class:`RunPlan`.
 
@@ -192,6 +205,14 @@ def plan_run(config: AgentRunConfig, resume: bool, model_overrides: dict, share:
         if done > config.total_steps:
             raise ConfigError(f"--resume: {out} has taken {done} environment steps; expected total_steps (--steps) "
                               f"of at least {done} to go on, got {config.total_steps}.")
+    if done is None:  # a fresh run writes these names: none of them may be there already (another run's, a user's)
+        taken = run_files_in(out) if share.primary else []
+        if not share.everyone(not taken):
+            held = ", ".join(taken) if share.primary else "files (process 0 found them)"
+            raise ConfigError(f"out_dir {str(out)!r} already holds {held}, which a new run writes; expected a new "
+                              "or empty directory"
+                              + (", or one holding a checkpoint to resume from." if resume else
+                                 ", or resume=True (worldloom agent --resume) to go on with the run there."))
     probe = config.make_env()  # a bad id or setting fails here, with its message
     try:
         spaces = env_spaces(probe, "run_agent")

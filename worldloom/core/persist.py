@@ -188,7 +188,8 @@ def read_manifest(directory, format: str, versions: tuple[int, ...], what: str) 
     """
     directory = Path(directory)
     file = directory / MANIFEST_FILE
-    expected = f"a {what} written by worldloom (format {format!r}, version {max(versions)})"
+    article = "an" if what[:1] in "aeiou" else "a"
+    expected = f"{article} {what} written by worldloom (format {format!r}, version {max(versions)})"
     try:
         text = file.read_bytes()
     except FileNotFoundError:

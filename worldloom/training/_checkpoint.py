@@ -81,6 +81,21 @@ def _complete(path: Path) -> bool:
     return (path / META_FILE).is_file() and (path / STATE_DIR).is_dir()
 
 
+def _damaged(path: Path) -> bool:
+    """Whether checkpoint ``path`` has a ``meta.json`` that cannot be read (a write cut short, a damaged disk)."""
+    return _complete(path) and read_json_object(path / META_FILE) is None
+
+
+def _check_target(target: Path, run_id: str | None) -> None:
+    """CheckpointError when ``target`` holds something a checkpoint must not be written over: anything but a
+    checkpoint of this run, or a damaged checkpoint (:func:`_damaged`)."""
+    if not os.path.lexists(target) or (_complete(target) and (_damaged(target) or run_id_of(target) == run_id)):
+        return
+    raise CheckpointError(f"Cannot write the checkpoint {str(target)!r}: expected nothing there or a checkpoint "
+                          f"of this run, got {'a directory' if target.is_dir() else 'a file'} worldloom did not "
+                          "write for it; it is left as it is. Move it away, or choose another checkpoint directory.")
+
+
 def run_id_of(path) -> str | None:
     """The ``run_id`` a checkpoint (or a ``best`` saved model) was written by; None when unknown."""
     path = Path(path)
@@ -113,7 +128,8 @@ def foreign_checkpoints(directory, run_id: str | None) -> list[str]:
     """Names of the checkpoints (and ``best``) in ``directory`` written by a run other than ``run_id``. A
     ``best`` that is not a saved model is none of them: it is not this package's."""
     directory = Path(directory)
-    names = [path.name for _, path in list_checkpoints(directory) if run_id_of(path) != run_id]
+    names = [path.name for _, path in list_checkpoints(directory)
+             if run_id_of(path) != run_id and not _damaged(path)]  # a damaged one is no run's: resume skips it
     best = directory / BEST_DIR
     if is_saved_model(best) and run_id_of(best) != run_id:
         names.append(BEST_DIR)
@@ -200,6 +216,7 @@ def save_checkpoint(directory, step: int, tree: Any, meta: dict, keep_last: int 
     with writing(target, "training checkpoint"), WriterLock(directory):
         open_directory(directory)
         check_one_run(directory, run_id)
+        _check_target(target, run_id)
         save_directory(target, fill, format=FORMAT, version=VERSION, what="training checkpoint")
         if keep_last:
             for _, old in list_checkpoints(directory, run_id)[:-int(keep_last)]:

@@ -368,7 +368,21 @@ class Trainer:
         program = self.program = step_program(model, config.optimizer_settings(), config.steps_per_dispatch,
                                               config.on_nonfinite)
         train_segments, eval_segments, layout, shard = self._split(buffer)
-        train_key, eval_key, seed = self._start(model, program, place, resume, callbacks)
+        self._lineage = None
+        try:
+            train_key, eval_key, seed = self._start(model, program, place, resume, callbacks)
+            return self._train(buffer, model, program, place, callbacks, train_segments, eval_segments, layout,
+                               shard, train_key, eval_key, seed)
+        except BaseException:
+            if self._lineage is not None:  # whatever stopped the run, its checkpoint directories are free again
+                self._lineage.close()
+            raise
+
+    def _train(self, buffer: ReplayBuffer, model: WorldModel, program: StepProgram, place: Placement,
+               callbacks: list[Callback], train_segments, eval_segments, layout, shard, train_key, eval_key,
+               seed) -> WorldModel:
+        """:meth:`train` once the train state is placed and the checkpoint directories are held."""
+        config = self.config
         table = None if shard is not None else self._device_table(buffer, train_segments, layout)
         self._run = {"key": self._key, "seed": seed, "num_transitions": buffer.num_transitions,
                      "train_segments": train_segments.tolist(),
