@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import ClassVar
 
 from worldloom.core.config import ConfigBase, OriginalName, check_sizes, renamed, require
@@ -33,6 +34,8 @@ ALIASES = {
 def _stoch_dim(value, values) -> dict:
     """The original's flat stochastic size: 32 latents x classes there, ``stoch`` latents x ``classes`` here."""
     classes = values["classes"]
+    if isinstance(classes, bool) or not isinstance(classes, numbers.Integral) or classes < 2:
+        raise ConfigError(f"DreamerV3Config: classes (num_categories) must be an int >= 2, got {classes!r}.")
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % classes:
         raise ConfigError(f"DreamerV3Config: stoch_dim={value!r} must be a positive multiple of the classes per "
                           f"latent ({classes}; set them with num_categories=); it sets stoch = stoch_dim / classes.")
@@ -44,7 +47,10 @@ def _kl_balance(value, values) -> dict:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
         raise ConfigError(f"DreamerV3Config: kl_balance must be in (0, 1], got {value!r}; the reference's "
                           f"loss_scale_dyn=1, loss_scale_rep=0.1 is kl_balance={1 / 1.1:.4f}.")
-    return {"loss_scale_rep": float(values["loss_scale_dyn"]) * (1.0 - value) / value}
+    dyn = values["loss_scale_dyn"]
+    if isinstance(dyn, bool) or not isinstance(dyn, numbers.Real):
+        raise ConfigError(f"DreamerV3Config.loss_scale_dyn: expected a number, got {type(dyn).__name__} {dyn!r}.")
+    return {"loss_scale_rep": float(dyn) * (1.0 - value) / value}
 
 
 def _mlp_layers(name: str) -> OriginalName:
@@ -65,6 +71,23 @@ ORIGINAL_NAMES = (
     renamed("kl_free", "free_nats", "`free_nats` (free bits after summing over latents)"),
     OriginalName("kl_balance", ("loss_scale_rep",), "`loss_scale_rep` = `loss_scale_dyn` x (1 - kl_balance) / "
                  "kl_balance", _kl_balance),
+)
+
+
+# (fields, check, what is expected) of DreamerV3Config.validate; NaN fails every check.
+VALUE_CHECKS = (
+    (("action_dim", "deter", "hidden", "stoch", "blocks", "depth", "units", "decoder_blocks"),
+     lambda v: v >= 1, ">= 1"),
+    (("classes",), lambda v: v >= 2, ">= 2 (a categorical of one class holds no information)"),
+    (("enc_layers", "dec_layers", "head_layers", "img_layers", "obs_layers"),
+     lambda v: v >= 0, ">= 0 (0: no hidden layer)"),
+    (("kernel",), lambda v: v >= 1 and v % 2, "odd and >= 1 (a same-padded conv's centred kernel)"),
+    (("reward_bins",), lambda v: v >= 3 and v % 2, "odd and >= 3 (symexp bins around an exact zero)"),
+    (("unimix",), lambda v: 0.0 <= v < 1.0, "in [0, 1) (the uniform share of the latents' categoricals)"),
+    (("free_nats", "loss_scale_rec", "loss_scale_rew", "loss_scale_con", "loss_scale_dyn", "loss_scale_rep"),
+     lambda v: 0.0 <= v < math.inf, "finite and >= 0"),
+    (("contdisc_horizon",), lambda v: 1.0 <= v < math.inf,
+     "finite and >= 1 (the continue target and discount are 1 - 1/contdisc_horizon)"),
 )
 
 
@@ -161,7 +184,11 @@ class DreamerV3Config(ConfigBase):
 
     def validate(self) -> None:
         check_sizes(type(self).__name__, "obs_shape", self.obs_shape)
-        require(self.action_dim > 0, f"action_dim must be positive, got {self.action_dim}.")
+        check_sizes(type(self).__name__, "cnn_mults", self.cnn_mults)
+        for names, ok, expected in VALUE_CHECKS:  # ranges first: the checks below divide by them
+            for name in names:
+                value = getattr(self, name)
+                require(ok(value), f"{name} must be {expected}, got {value}.")
         require(self.action_type in ("continuous", "discrete"),
                 f"action_type must be 'continuous' or 'discrete', got {self.action_type!r}.")
         require(self.deter % self.blocks == 0,
@@ -169,9 +196,6 @@ class DreamerV3Config(ConfigBase):
         require(self.compute_dtype in ("float32", "bfloat16"),
                 f"compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}.")
         require(self.remat in ("none", "cnn"), f"remat must be 'none' or 'cnn', got {self.remat!r}.")
-        require(self.reward_bins % 2 == 1, f"reward_bins must be odd, got {self.reward_bins}.")
-        for name in ("hidden", "stoch", "classes", "units", "depth"):
-            require(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}.")
         if self.is_image:
             factor = 2 ** len(self.cnn_mults)
             height, width, _ = self.obs_shape
