@@ -370,6 +370,20 @@ def test_a_damaged_meta_file_is_skipped_on_resume_and_written_again(buffer, refe
     assert _checkpoint.read_meta(directory / "step_00000006")["run_id"] == reference["run_id"]  # written again
 
 
+@pytest.mark.parametrize("field, value", [("step", "abc"), ("step", -1), ("sampler", "abc"),
+                                          ("sampler", {"seed": "x"}), ("run_id", 5), ("eval_history", {})])
+def test_an_edited_meta_file_is_named_not_a_traceback(tmp_path, field, value):
+    """A meta.json edited by hand (and its manifest made to match) is a CheckpointError naming the field."""
+    path = _checkpoint.save_checkpoint(tmp_path / "a", 2, {"x": np.arange(4.0)},
+                                       {"run_id": "run-a", "sampler": {"seed": 0}, "eval_history": []})
+    meta = json.loads((path / "meta.json").read_text())
+    (path / "meta.json").write_text(json.dumps(dict(meta, **{field: value})))
+    persist.write_manifest(path, _checkpoint.FORMAT, _checkpoint.VERSION)
+    with pytest.raises(CheckpointError, match=rf"meta.json: expected {field}\S* to be .*, got .*; the checkpoint "
+                                              r"is damaged or was edited"):
+        _checkpoint.read_meta(path)
+
+
 def test_an_interrupted_deletion_is_no_checkpoint_and_is_removed(buffer, reference, tmp_path, dead_pid):
     directory = copy_run(reference, tmp_path, keep=("step_00000004", "step_00000006"))
     shutil.rmtree(directory / "step_00000006" / "state")  # meta.json left, state/ gone

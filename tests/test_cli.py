@@ -235,6 +235,17 @@ def test_each_run_gets_its_own_directory_and_resume_names_one(agent_runs, capsys
         f"agent` (its config.yaml): resume it with `worldloom agent --resume {first}`" in other.stderr
 
 
+def test_a_missing_wandb_is_said_before_anything_runs(tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed")
+    for command in ("train", "agent"):
+        result = _run(capsys, command, "--logger", "wandb", "--out", str(tmp_path / command))
+        assert result.returncode == 2 and "logger='wandb' needs the wandb package" in result.stderr, result.stderr
+        assert "Collecting" not in result.stdout and not (tmp_path / command).exists()  # no run directory left
+
+
 def test_resume_refuses_a_directory_worldloom_did_not_write(tmp_path, capsys):
     """A directory of the user's that happens to hold checkpoints/ is not resumed (nor its files written over)."""
     mine = tmp_path / "mine"

@@ -375,6 +375,7 @@ def cmd_train(args) -> dict:
     from worldloom.training import TrainingConfig
     from worldloom.training.checkpoints import list_checkpoints
     from worldloom.training.data import env_spaces
+    from worldloom.training.logs import check_logger
 
     # Settings are checked before any episode is collected and before the run directory is made.
     primary = _join(args)
@@ -382,6 +383,7 @@ def cmd_train(args) -> dict:
     model_sets = list(args.overrides)
     config = TrainingConfig(**{**{field: getattr(args, dest) for dest, field in TRAIN_FLAGS.items()}, **training})
     resolve_device(args.device)
+    check_logger(args.logger)  # wandb without its package: said before any episode is collected
     for flag, value in (("--episodes", args.episodes), ("--test-episodes", args.test_episodes)):
         if value < 1:
             raise ConfigError(f"{flag}: expected at least 1 episode, got {value}.")

@@ -41,7 +41,7 @@ from worldloom.models.factory import create_world_model, get_config
 from worldloom.training.data import env_spaces
 from worldloom.training.guard import SKIPPED, NonFiniteGuard, applied_before
 from worldloom.training.interrupts import Interrupted, signal_name, stop_requests
-from worldloom.training.logs import METRICS_FILE, NullWriter, run_sinks
+from worldloom.training.logs import METRICS_FILE, NullWriter, check_logger, run_sinks
 from worldloom.training.parallel import ProcessShare
 from worldloom.training.programs import update_program
 from worldloom.training.runloop import Checkpointer, Evaluator, Learner, owed_plan
@@ -213,6 +213,7 @@ def plan_run(config: AgentRunConfig, resume: bool, model_overrides: dict, share:
                               "or empty directory"
                               + (", or one holding a checkpoint to resume from." if resume else
                                  ", or resume=True (worldloom agent --resume) to go on with the run there."))
+    check_logger(config.logger)  # wandb without its package: said before anything runs
     probe = config.make_env()  # a bad id or setting fails here, with its message
     try:
         spaces = env_spaces(probe, "run_agent")

@@ -257,7 +257,24 @@ def read_meta(path) -> dict:
     if version >= 2 and manifest is None:
         raise CheckpointError(f"{str(path)!r} has no {MANIFEST_FILE}: expected it beside a version {version} "
                               f"{META_FILE}; the checkpoint is incomplete.")
+    for name, kinds, expected in _META_FIELDS:
+        value = meta.get(name)
+        if (name in meta or name == "step") and (isinstance(value, bool) or not isinstance(value, kinds)
+                                                 or (name == "step" and value < 0)):
+            raise CheckpointError(f"{meta_file}: expected {name} to be {expected}, got {value!r}; the "
+                                  "checkpoint is damaged or was edited.")
+    seed = meta.get("sampler", {}).get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise CheckpointError(f"{meta_file}: expected sampler.seed to be an int, got {seed!r}; the checkpoint is "
+                              "damaged or was edited.")
     return meta
+
+
+# The fields of meta.json the trainer reads, with their types: (name, types, in words).
+_META_FIELDS = (("step", int, "a step count (an int >= 0)"), ("run_id", (str, type(None)), "a run id (a string)"),
+                ("sampler", dict, "a mapping"), ("data", (dict, type(None)), "a mapping"),
+                ("eval_history", list, "a list"), ("training_config", dict, "a mapping"),
+                ("model_config", dict, "a mapping"))
 
 
 def load_state(path, like: Any, meta: dict) -> Any:
