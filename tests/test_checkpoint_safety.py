@@ -433,6 +433,18 @@ def test_a_second_writer_gets_a_checkpoint_error(buffer, tmp_path):
     assert sorted(os.listdir(directory)) == ["best", "step_00000002"]  # and released at the end
 
 
+def test_a_directory_that_cannot_be_written_is_named(tmp_path, monkeypatch):
+    import errno
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(files.os, "open", read_only)
+    with pytest.raises(CheckpointError, match=r"Cannot write in '.*ro': expected a directory this process can write, "
+                                              r"got \[Errno 30\] Read-only file system"):
+        files.WriterLock(tmp_path / "ro").acquire()
+
+
 def test_resume_checks_the_buffer_and_total_steps(buffer, reference):
     newest = reference["dir"] / "step_00000008"
     bigger = create_random_buffer(2000, (4,), 2, num_episodes=40, episode_length=12, seed=0)

@@ -351,6 +351,9 @@ class WriterLock:
                         f"delete {str(self.path)!r} only if that process is gone.") from None
                 self._break(holder)
                 continue
+            except OSError as err:  # a read-only or full disk, no permission
+                raise CheckpointError(f"Cannot write in {str(self.directory)!r}: expected a directory this process "
+                                      f"can write, got {err}.") from err
             with os.fdopen(fd, "w") as handle:
                 handle.write(record)
             self.held = True
