@@ -157,6 +157,12 @@ class AgentRunConfig(ConfigBase):
                                               and "agent" not in self.env_options),
                 f"env_options must be a mapping of keyword names to values (the agent's suite settings come "
                 f"from algo, not an 'agent' key), got {self.env_options!r}.")
+        render_mode = (self.env_options or {}).get("render_mode")
+        require(render_mode is None or isinstance(render_mode, str),
+                f"env_options['render_mode']: expected a string such as 'rgb_array' (or null), got {render_mode!r} "
+                f"({type(render_mode).__name__}).")
+        require(self.seed >= 0, f"seed must be a non-negative integer (it seeds the environments, the model and "
+                                f"sampling), got {self.seed}.")
         require(self.logger in ("tensorboard", "wandb"),
                 f"logger must be 'tensorboard' or 'wandb', got {self.logger!r}.")
         require(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}.")

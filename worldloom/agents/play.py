@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from worldloom.agents.collect import env_action
-from worldloom.core.errors import CheckpointError, ConfigError
-from worldloom.training.videos import VIDEO_SUFFIXES, write_video
+from worldloom.core.errors import CheckpointError
+from worldloom.training._episode import integer
+from worldloom.training.videos import check_fps, check_video_path, write_video
 
 
 def load_run_agent(run_dir, device=None):
@@ -54,15 +55,17 @@ def play(run_dir, episodes: int = 5, seed: int = 0, video=None, fps: int = 30, d
 
     Raises:
         CheckpointError: ``run_dir`` holds no saved agent or config.
-        ConfigError: ``episodes < 1`` or a video suffix other than .gif/.mp4.
+        ConfigError: ``episodes`` not an integer >= 1, ``seed`` not an integer >= 0, a video suffix other than
+            .gif/.mp4, an .mp4 without a writer installed, or ``fps`` not a number > 0 (all said before
+            anything is loaded or played).
     """
     from worldloom.envs import make_env
 
-    if episodes < 1:
-        raise ConfigError(f"episodes: expected at least 1, got {episodes}.")
-    video = None if video is None else Path(video)
-    if video is not None and video.suffix.lower() not in VIDEO_SUFFIXES:
-        raise ConfigError(f"video: expected a .gif or .mp4 path, got {str(video)!r}.")
+    episodes = integer("episodes", episodes)
+    seed = integer("seed", seed, minimum=0)
+    if video is not None:
+        video = check_video_path(video)
+        fps = check_fps(fps)
     agent, env_id, env_options = load_run_agent(run_dir, device=device)
     if video is not None and not os.environ.get("DISPLAY"):  # render off-screen; no window system to talk to
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")

@@ -18,7 +18,9 @@ exclusive ``flock`` on it while it writes, then ``os.replace``-s it into
 place. A write killed half-way leaves that temp file behind; the next write or
 read in the same directory removes such leftovers: regular files with exactly
 that name pattern whose content is (the start of) a zip archive, or empty for
-an ``.npz`` target, and that no live writer holds locked.
+an ``.npz`` target, and that no live writer holds locked. A write replaces
+only a file worldloom wrote (a signed archive) unless told to overwrite: a
+user's file of the same name is refused, not replaced.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ try:
 except ImportError:  # Windows: a file another process holds open cannot be removed there
     fcntl = None
 
-__all__ = ["as_path", "read_npz", "remove_temp_files", "write_npz"]
+__all__ = ["as_path", "is_worldloom_archive", "read_npz", "remove_temp_files", "write_npz"]
 
 TEMP_NAME = re.compile(r"\.(?P<target>.+)\.tmp-[0-9a-f]{8}")
 SIGNATURE = re.compile(rb"worldloom (?P<format>[a-z0-9-]+) v(?P<version>\d+) crc32 (?P<crc>[0-9a-f]{8})")
@@ -179,20 +181,74 @@ def _sign(handle, path: Path, format: str, version: int) -> None:  # noqa: A002 
     handle.write(head + f"{crc:08x}".encode())
 
 
+def is_worldloom_archive(path, earlier: tuple[str, ...] = ()) -> bool:
+    """Whether ``path`` is a file worldloom wrote with :func:`write_npz`: a zip whose comment is a signature
+    (of any format; its CRC is not checked, so a damaged archive of worldloom's still counts).
+
+    Args:
+        earlier: The arrays a file of an earlier worldloom holds (written without a signature, by
+            ``np.savez``): an unsigned zip of ``.npy`` arrays only, among them all of these, counts too.
+    """
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(len(ZIP_MAGIC)) != ZIP_MAGIC:
+                return False
+            size = handle.seek(0, os.SEEK_END)
+            tail_size = min(size, _END_SIZE + 0xFFFF)
+            handle.seek(size - tail_size)
+            tail = handle.read(tail_size)
+    except OSError:
+        return False
+    at = tail.rfind(_END_RECORD)
+    if at < 0:
+        return False
+    comment = tail[at + _END_SIZE:]
+    if SIGNATURE.fullmatch(comment) is not None:
+        return True
+    if comment or not earlier:
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except _READ_ERRORS:
+        return False
+    return all(name.endswith(".npy") for name in names) and {f"{name}.npy" for name in earlier} <= set(names)
+
+
+def _check_target(path: Path, what: str, overwrite: bool, earlier: tuple[str, ...]) -> None:
+    """Refuse a directory, and anything but a worldloom archive unless ``overwrite`` (see :func:`write_npz`)."""
+    if path.is_dir():
+        raise CheckpointError(f"{str(path)!r} is a directory: expected a file name such as 'buffer.npz'.")
+    if overwrite or not os.path.lexists(path) or is_worldloom_archive(path, earlier):
+        return
+    try:
+        found = f"a file of {path.stat().st_size} bytes" if path.is_file() else "something other than a file"
+    except OSError as err:
+        found = f"an entry that cannot be read ({err})"
+    if path.is_symlink():
+        found = f"a symbolic link to {found}"
+    raise CheckpointError(f"Cannot write the {what} to {str(path)!r}: expected a new file name or a file worldloom "
+                          f"wrote, got {found} without worldloom's signature: not a file worldloom wrote. "
+                          "Nothing was written; choose another name, or pass overwrite=True to replace it.")
+
+
 def write_npz(path, arrays: dict[str, np.ndarray], *, format: str, version: int,  # noqa: A002
-              what: str = "array file") -> None:
+              what: str = "array file", overwrite: bool = False, earlier: tuple[str, ...] = ()) -> None:
     """Write ``arrays`` to ``path`` as a signed ``.npz`` under a locked temp name, then ``os.replace`` it into place.
 
     Leftover temp files of killed writes in the directory are removed first.
+    What is at ``path`` is replaced only if worldloom wrote it (a signed
+    archive, or an unsigned one of an earlier worldloom holding the arrays
+    ``earlier``; see :func:`is_worldloom_archive`), or with ``overwrite=True``.
 
     Raises:
         ConfigError: ``path`` is not a file name.
-        CheckpointError: it is a directory, or the write failed (naming the
-            path and the cause, e.g. ``No space left on device``; the original chained).
+        CheckpointError: it is a directory, a file worldloom did not write (and
+            ``overwrite`` is False), or the write failed (naming the path and
+            the cause, e.g. ``No space left on device``; the original chained).
     """
     path = as_path(path)
-    if path.is_dir():
-        raise CheckpointError(f"{str(path)!r} is a directory: expected a file name such as 'buffer.npz'.")
+    _check_target(path, what, overwrite, tuple(earlier))
     tmp = None
     try:
         with writing(path, what):

@@ -21,7 +21,7 @@ def make_env(env_id: str, agent: str | None = None, **kwargs: Any):
             and ``render_mode``.
 
     Raises:
-        ConfigError: naming the id, the reason and close registered ids.
+        ConfigError: naming the id, the reason and close registered ids; a ``render_mode`` that is not a string.
     """
     import gymnasium as gym
 
@@ -29,6 +29,10 @@ def make_env(env_id: str, agent: str | None = None, **kwargs: Any):
 
     if not isinstance(env_id, str):
         raise ConfigError(f"env: expected a Gymnasium env id such as 'CartPole-v1', got {type(env_id).__name__}.")
+    render_mode = kwargs.get("render_mode")
+    if render_mode is not None and not isinstance(render_mode, str):
+        raise ConfigError(f"render_mode: expected a string such as 'rgb_array' (or None), got {render_mode!r} "
+                          f"({type(render_mode).__name__}).")
     if is_suite_id(env_id):
         return make_suite_env(env_id, agent or "dreamerv3", **kwargs)
     try:

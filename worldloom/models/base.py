@@ -167,6 +167,12 @@ class WorldModel:
         if not isinstance(config, self.config_cls):
             raise ConfigError(f"{type(self).__name__} needs a {self.config_cls.__name__}, "
                               f"got {type(config).__name__}.")
+        if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+            raise ConfigError(f"{type(self).__name__}: seed: expected an integer, got {seed!r} "
+                              f"({type(seed).__name__}).")
+        if preset is not None and not isinstance(preset, str):
+            raise ConfigError(f"{type(self).__name__}: preset: expected a preset name (a string) or None, got "
+                              f"{preset!r} ({type(preset).__name__}).")
         if params is None:
             params = self.init_params(config, jax.random.PRNGKey(int(seed)))
         self.config = config

@@ -35,6 +35,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -267,6 +268,16 @@ def _summary(problems: list[str]) -> str:
     return "; ".join(problems[:_SHOWN]) + more
 
 
+def model_path(path) -> Path:
+    """``path`` as a ``Path``: ConfigError for anything but a non-empty ``str``/``os.PathLike`` directory name."""
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if not isinstance(path, str) or not path or "\x00" in path:
+        raise ConfigError(f"path: expected a non-empty str or os.PathLike directory name for the saved model, "
+                          f"got {path!r} ({type(path).__name__}).")
+    return Path(path)
+
+
 def _record_file(path: Path) -> Path:
     """The file holding a saved model's record: ``worldloom.json`` (version 3), else ``config.json`` (1 and 2)."""
     record = path / RECORD_FILE
@@ -326,8 +337,9 @@ def save_model(model, path, *, overwrite: bool = False, params: Any = None, info
         CheckpointError: ``path`` holds something else and ``overwrite`` is
             False, or the write failed (naming ``path`` and the cause, such as
             ``No space left on device``; the model saved there before stays).
+        ConfigError: ``path`` is not a directory name (``None``, a number, ``""``).
     """
-    path = Path(path)
+    path = model_path(path)
     recover(path)
     _check_target(path, overwrite)
     params = jax.device_get(model.params if params is None else params)
@@ -370,9 +382,11 @@ def read_meta(path) -> dict:
     named, not read).
 
     Raises:
-        CheckpointError: no saved model there, or a missing, damaged or edited ``worldloom.json``/``config.json``.
+        CheckpointError: no saved model there, or a missing, damaged or edited ``worldloom.json``/``config.json``,
+            or a record field of the wrong type (named, with what was expected and what was found).
+        ConfigError: ``path`` is not a directory name.
     """
-    path = Path(path)
+    path = model_path(path)
     if not path.is_dir():
         raise CheckpointError(f"No saved model at {str(path)!r}: expected a directory written by save_pretrained().")
     config_file = path / CONFIG_FILE
@@ -393,6 +407,9 @@ def read_meta(path) -> dict:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{record_file} is not a worldloom model's record (format {FORMAT!r} expected).")
     version = meta.get("version")
+    if not _is_int(version):
+        raise CheckpointError(f"{record_file}: version: expected an integer format version "
+                              f"({', '.join(map(str, READS))}), got {_shown(version)}.")
     if version not in READS or (version >= 3) == legacy:
         newer = " (a newer worldloom wrote it: upgrade to read it)" if isinstance(version, int) and version > VERSION \
             else ""
@@ -402,6 +419,7 @@ def read_meta(path) -> dict:
     if version >= 2 and manifest is None:
         raise CheckpointError(f"{str(path)!r} has no {MANIFEST_FILE}: expected it beside a version {version} "
                               f"{record_file.name}, listing the checksum of every file; the saved model is incomplete.")
+    _check_record_fields(meta, record_file)
     if version >= 3:
         if not isinstance(config, dict):
             raise CheckpointError(f"{config_file}: expected the saved config as a mapping of fields, got "
@@ -415,6 +433,38 @@ def read_meta(path) -> dict:
         if key not in meta:
             raise CheckpointError(f"{record_file} lacks {key!r}; the saved model is corrupt.")
     return meta
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# The record's fields read on load, when present (a missing required one is reported by read_meta), and what each
+# must be.
+_RECORD_FIELDS = {
+    "family": (lambda v: isinstance(v, str) and bool(v), "a model family name (a non-empty string such as "
+                                                         "'dreamerv3')"),
+    "preset": (lambda v: v is None or isinstance(v, str), "a preset name (a string such as 'size12m') or null"),
+    "seed": (_is_int, "an integer"),
+    "num_parameters": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "weights_sha256": (lambda v: isinstance(v, str) and _SHA256.fullmatch(v) is not None,
+                       "a SHA-256 (64 lowercase hex digits)"),
+}
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return f"{text if len(text) <= 80 else text[:77] + '...'} ({type(value).__name__})"
+
+
+def _check_record_fields(meta: dict, record_file: Path) -> None:
+    """CheckpointError naming the file, the field, what it must be and what it holds, for the first field of the
+    wrong type."""
+    for name, (valid, expected) in _RECORD_FIELDS.items():
+        if name in meta and not valid(meta[name]):
+            raise CheckpointError(f"{record_file}: {name}: expected {expected}, got {_shown(meta[name])}; the saved "
+                                  "model's record is corrupt.")
 
 
 def _read_json(file: Path, what: str) -> Any:
@@ -453,9 +503,9 @@ def load_model(path, *, device=None, seed=None, **overrides):
             weights, a config field missing, a format version this worldloom
             does not read, or a ``config.json`` whose shapes do not match the weights.
         ConfigError: ``overrides`` that change the parameter shapes (named,
-            with the expected and stored shapes).
+            with the expected and stored shapes); ``path`` not a directory name.
     """
-    return load_consistent(Path(path), lambda where: _load_model(where, device, seed, overrides))
+    return load_consistent(model_path(path), lambda where: _load_model(where, device, seed, overrides))
 
 
 def _load_model(path: Path, device, seed, overrides: dict):

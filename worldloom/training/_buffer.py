@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from worldloom.core.archives import write_npz as write_archive
+from worldloom.core.config import flag
 from worldloom.core.errors import CheckpointError, ConfigError, DataError, ShapeError
 from worldloom.core.validation import check_observations
 from worldloom.training import _buffer_io
@@ -415,15 +417,26 @@ class ReplayBuffer:
             "rng": np.array(json.dumps(self._rng.bit_generator.state)),
         }
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
         """Write the buffer to ``path`` (``.npz``) atomically (temp name + ``os.replace``).
 
         Keys: ``obs, actions, rewards, dones`` ``[N, ...]`` (held rows, oldest
         first), ``terminals``, ``episode_lengths``, ``final_obs``,
         ``final_obs_episode``, ``capacity``, ``obs_shape``, ``action_dim``, ``seed``
         and ``rng`` (the sampling generator's state, JSON).
+
+        Args:
+            path: The file: a new name, or a file worldloom wrote (an earlier save, also one without a
+                signature), which is replaced.
+            overwrite: Also replace a file that is not worldloom's (refused otherwise).
+
+        Raises:
+            ConfigError: ``path`` is not a file name. CheckpointError: ``path`` is a
+                directory or a file worldloom did not write (and ``overwrite`` is False),
+                or the write failed; nothing is changed at ``path`` then.
         """
-        _buffer_io.write_npz(path, self.state_dict())
+        write_archive(path, self.state_dict(), format=_buffer_io.FORMAT, version=_buffer_io.VERSION,
+                      what="replay buffer", overwrite=flag("overwrite", overwrite), earlier=_buffer_io.REQUIRED)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, capacity: int | None = None, obs_shape=None,
@@ -481,6 +494,7 @@ class ReplayBuffer:
             if state.get("bit_generator") != type(self._rng.bit_generator).__name__:
                 raise ValueError(f"a {state.get('bit_generator')!r} generator")
             self._rng.bit_generator.state = state
-        except (ValueError, TypeError, AttributeError, KeyError) as err:
+        except (ValueError, TypeError, AttributeError, KeyError, OverflowError) as err:  # Overflow: out of range
             raise CheckpointError(f"{path}: rng: expected the state of the buffer's "
-                                  f"{type(self._rng.bit_generator).__name__} generator, got {err}.") from err
+                                  f"{type(self._rng.bit_generator).__name__} generator, got an invalid one "
+                                  f"({type(err).__name__}: {err}).") from err

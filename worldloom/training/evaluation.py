@@ -23,6 +23,7 @@ import numpy as np
 from worldloom.core.errors import DataError
 from worldloom.training._buffer import ReplayBuffer
 from worldloom.training._episode import integer
+from worldloom.training.plots import check_figure_path, save_figure
 
 
 def evaluate_loss(model, buffer: ReplayBuffer, batch_size: int = 16, seq_len: int = 50, num_batches: int = 8,
@@ -31,10 +32,14 @@ def evaluate_loss(model, buffer: ReplayBuffer, batch_size: int = 16, seq_len: in
 
     Returns:
         ``{"loss": ..., "loss/<term>": ..., ...}`` as Python floats.
+
+    Raises:
+        ConfigError: ``seed`` not an integer >= 0, ``num_batches`` not an integer >= 1.
     """
+    seed = integer("seed", seed, minimum=0)
+    num_batches = integer("num_batches", num_batches)
     rng = np.random.default_rng(seed)
     totals: dict[str, float] = {}
-    num_batches = integer("num_batches", num_batches)
     for index in range(num_batches):
         batch = buffer.gather(buffer.window_rows(rng, batch_size, seq_len))
         metrics = jax.device_get(model.compute_loss(batch, key=jax.random.PRNGKey(seed + index)))
@@ -134,7 +139,11 @@ def display_pixels(frames, stored) -> np.ndarray:
 
 
 def plot_open_loop(result: dict[str, Any], path: str | os.PathLike, episode: int = 0, title: str | None = None):
-    """Write a PNG of imagined versus real observations and rewards for one episode.
+    """Write a plot of imagined versus real observations and rewards for one episode; returns ``path`` (a str).
+
+    The image is written in the format ``path``'s suffix names (``.png``,
+    ``.pdf``, ``.svg``, ...; PNG without a suffix), under a unique temporary
+    name in its directory, then renamed into place (removed if the write fails).
 
     Vector observations get one panel per dimension plus one for the reward;
     images get a strip of real and imagined frames plus the reward panel.
@@ -142,12 +151,18 @@ def plot_open_loop(result: dict[str, Any], path: str | os.PathLike, episode: int
     it arrives with (the reward of the action at step ``t`` at ``t + 1``, as
     the model predicts it from the state it reaches), so imagined rewards and
     observations both start at the first imagined step.
+
+    Raises:
+        ConfigError: ``path`` is a directory, its directory does not exist, or
+            its suffix names a format matplotlib does not write (said before drawing).
+        CheckpointError: the write failed (naming ``path`` and the cause).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    path = check_figure_path(path)
     context, horizon = result["context"], result["horizon"]
     real_obs, pred_obs = result["real_obs"][episode], result["pred_obs"]
     steps = np.arange(context + horizon)
@@ -190,12 +205,11 @@ def plot_open_loop(result: dict[str, Any], path: str | os.PathLike, episode: int
     axes[-1].set_xlabel("step (shaded: observed; then imagined with the real actions)")
     fig.suptitle(title or f"Open-loop imagination: {context} observed steps, {horizon} imagined")
     fig.tight_layout()
-    path = os.fspath(path)
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        save_figure(fig, path, "imagination plot")
+    finally:
+        plt.close(fig)
+    return os.fspath(path)
 
 
 __all__ = ["display_pixels", "evaluate_loss", "open_loop_prediction", "plot_open_loop"]

@@ -25,8 +25,78 @@ import json
 import os
 from pathlib import Path
 
-from worldloom.core.errors import CheckpointError, DataError
+from worldloom.core.errors import CheckpointError, ConfigError, DataError
+from worldloom.core.files import remove_path, temp_path
+from worldloom.core.persist import writing
 from worldloom.training.published import ATARI, ATARI_100K_FRAMES, DMC_PROPRIO, DMC_VISION
+
+# Formats matplotlib lists but a plot is not written in: PGF needs LaTeX, AVIF a Pillow built with it, and raw/rgba
+# are headerless pixels.
+_NOT_WRITTEN = ("avif", "pgf", "raw", "rgba")
+
+
+def figure_formats() -> list[str]:
+    """The suffixes (without the dot) a plot may be written as: matplotlib's formats but those of ``_NOT_WRITTEN``."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return sorted(set(FigureCanvasBase.get_supported_filetypes()) - set(_NOT_WRITTEN))
+
+
+def check_figure_path(path, name: str = "out", *, make_parent: bool = False) -> Path:
+    """``path`` as a ``Path`` if a plot can be written there, checked before the plot is drawn.
+
+    A plot is written in the format its suffix names (``.png``, ``.pdf``,
+    ``.svg``, ...; PNG without a suffix). Its directory must exist, unless
+    ``make_parent`` (then :func:`save_figure` makes it; only a file in the way
+    is refused).
+
+    Raises:
+        ConfigError: not a path, a suffix matplotlib does not write, a
+            directory, or a missing parent directory (or a file in its place).
+    """
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if not isinstance(path, str) or not path or "\x00" in path:
+        raise ConfigError(f"{name}: expected the path of an image file such as 'plot.png', got {path!r}.")
+    path = Path(path)
+    suffix = path.suffix.lower().lstrip(".")
+    formats = figure_formats()
+    if suffix and suffix not in formats:
+        raise ConfigError(f"{name}: {str(path)!r}: expected a suffix matplotlib writes "
+                          f"({', '.join('.' + f for f in formats)}; none for PNG), got {path.suffix!r}.")
+    if path.is_dir():
+        raise ConfigError(f"{name}: {str(path)!r} is a directory: expected the name of an image file, such as "
+                          f"{str(path / 'plot.png')!r}.")
+    parent = path.parent
+    while make_parent and not os.path.lexists(parent) and parent != parent.parent:
+        parent = parent.parent  # the nearest existing ancestor must be a directory
+    if not parent.is_dir():
+        got = "a file" if os.path.lexists(parent) else "no such directory"
+        raise ConfigError(f"{name}: cannot write {str(path)!r}: expected an existing directory to write it in, got "
+                          f"{got} at {str(parent)!r}.")
+    return path
+
+
+def save_figure(figure, path: Path, what: str = "plot") -> Path:
+    """Write ``figure`` to ``path`` (checked by :func:`check_figure_path`) in the format its suffix names.
+
+    It is written under a unique temporary name beside ``path``
+    (:func:`worldloom.core.files.temp_path`), then renamed into place; a
+    failed write removes it, and what was at ``path`` stays as it was.
+
+    Raises:
+        CheckpointError: the write failed (naming ``path`` and the cause).
+    """
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        with writing(path, what):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            figure.savefig(tmp, format=path.suffix.lower().lstrip(".") or "png", dpi=100)
+            os.replace(tmp, path)
+    finally:
+        remove_path(tmp)
+    return path
 
 
 def read_run(run_dir: str | os.PathLike) -> dict:
@@ -121,16 +191,20 @@ def seed_curve(curves: list[list[tuple[float, float]]]) -> tuple[list[float], li
 
 
 def plot_runs(run_dirs, path: str | os.PathLike, title: str | None = None) -> Path:
-    """Draw the return curves of ``run_dirs`` (mean and range over seeds) beside the published ones; a PNG.
+    """Draw the return curves of ``run_dirs`` (mean and range over seeds) beside the published ones.
 
-    One panel per x-axis kind (frames, environment steps). The PNG is written
-    under a temporary name and renamed.
+    One panel per x-axis kind (frames, environment steps). The image is
+    written in the format ``path``'s suffix names (PNG, PDF, SVG, ...; see
+    :func:`check_figure_path`), under a temporary name and renamed; its
+    directory is made when missing.
 
     Returns:
         ``path``.
 
     Raises:
-        CheckpointError: a directory that is not a run with evaluations.
+        CheckpointError: a directory that is not a run with evaluations, or a failed write.
+        ConfigError: ``path`` is a directory, has a suffix matplotlib does not write, or a file is in the way
+            of its directory (said before any run is read).
         DataError: no run directories given.
     """
     import matplotlib
@@ -139,6 +213,7 @@ def plot_runs(run_dirs, path: str | os.PathLike, title: str | None = None) -> Pa
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
+    path = check_figure_path(path, make_parent=True)
     runs = [read_run(run_dir) for run_dir in run_dirs]
     if not runs:
         raise DataError("worldloom plot: expected at least one run directory, got none.")
@@ -173,17 +248,11 @@ def plot_runs(run_dirs, path: str | os.PathLike, title: str | None = None) -> Pa
         axis.legend(loc="best", fontsize=8)
     figure.suptitle(title or "Evaluation returns (shaded: lowest to highest seed)", fontsize=10)
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
     try:
-        figure.savefig(temporary, dpi=100)
-        os.replace(temporary, path)
+        return save_figure(figure, path, "plot")
     finally:
         plt.close(figure)
-        if temporary.exists():
-            temporary.unlink()
-    return path
 
 
-__all__ = ["plot_runs", "published_points", "read_run", "seed_curve", "x_axis"]
+__all__ = ["check_figure_path", "figure_formats", "plot_runs", "published_points", "read_run", "save_figure",
+           "seed_curve", "x_axis"]

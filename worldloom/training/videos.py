@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import numbers
 import os
 import tempfile
 import warnings
@@ -89,29 +91,70 @@ class FrameRecorder:
         return _as_frames(np.stack(self.frames))
 
 
+def check_fps(fps, name: str = "fps") -> float:
+    """``fps`` as a float if it is a finite number > 0 (not a bool); ConfigError otherwise."""
+    if isinstance(fps, (bool, np.bool_)) or not isinstance(fps, numbers.Real) or not math.isfinite(fps) or fps <= 0:
+        raise ConfigError(f"{name}: expected a finite number > 0 of frames per second, got {fps!r} "
+                          f"({type(fps).__name__}).")
+    return float(fps)
+
+
 def encode_gif(frames, fps: float) -> bytes:
-    """An animated GIF of ``frames`` (``[T, H, W, 3]`` or ``[T, H, W, 1]``) that loops, as bytes."""
+    """An animated GIF of ``frames`` (``[T, H, W, 3]`` or ``[T, H, W, 1]``) that loops, as bytes.
+
+    Raises:
+        ConfigError: ``fps`` not a finite number > 0. DataError: frames not shaped ``[T, H, W, 3 or 1]``.
+    """
     from PIL import Image
 
+    fps = check_fps(fps)
     array = _as_frames(frames)
     images = [Image.fromarray(frame) for frame in array]
     buffer = io.BytesIO()
-    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:],
-                   duration=max(20, round(1000 / max(float(fps), 1e-3))), loop=0)
+    # A GIF frame's delay is at most 65,535 hundredths of a second, and Pillow shows a run of identical frames as
+    # one frame of their summed delay: the delay is capped so that the longest such run fits (only rates below
+    # about 1/655 fps, or a still held longer than 655 s, are shortened).
+    same = np.all(array[1:] == array[:-1], axis=(1, 2, 3)) if len(array) > 1 else np.zeros(0, bool)
+    run, longest = 1, 1
+    for repeated in same:
+        run = run + 1 if repeated else 1
+        longest = max(longest, run)
+    duration = min(max(20, round(1000 / fps)), 655_350 // longest)
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0)
     return buffer.getvalue()
 
 
-def _mp4_writer():
-    """A function ``(frames, path, fps)`` writing an MP4, or None when neither imageio nor moviepy is installed."""
+_MP4_PACKAGES = ("An .mp4 video needs ffmpeg through imageio (pip install 'imageio[ffmpeg]') or moviepy "
+                 "(pip install 'worldloom[video]'); a .gif needs nothing more.")
+
+
+def _imageio_ffmpeg() -> str | None:
+    """None when imageio can write MP4s here (imageio with its ffmpeg plugin and binary); else what is missing."""
     try:
+        import imageio.v2  # noqa: F401 - only whether it is there
+    except ImportError:
+        return "imageio is not installed"
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        return "imageio is installed without its ffmpeg plugin (the imageio-ffmpeg package)"
+    try:
+        imageio_ffmpeg.get_ffmpeg_exe()
+    except (RuntimeError, OSError) as err:
+        return f"imageio-ffmpeg finds no ffmpeg program ({err})"
+    return None
+
+
+def _mp4_writer():
+    """A function ``(frames, path, fps)`` writing an MP4, or None when neither imageio (with its ffmpeg plugin)
+    nor moviepy is installed (see :func:`mp4_writer_problem`)."""
+    if _imageio_ffmpeg() is None:
         import imageio.v2 as imageio
 
         def write(frames, path, fps):
             imageio.mimwrite(path, list(frames), fps=fps, format="FFMPEG", macro_block_size=1)
 
         return write
-    except ImportError:
-        pass
     try:
         try:
             from moviepy import ImageSequenceClip
@@ -126,6 +169,37 @@ def _mp4_writer():
         return None
 
 
+def mp4_writer_problem() -> str | None:
+    """None when an .mp4 can be written here; else the message saying what is missing and what to install."""
+    if _mp4_writer() is not None:
+        return None
+    return f"{_MP4_PACKAGES} Found: {_imageio_ffmpeg()}, and moviepy is not installed."
+
+
+def check_video_path(path, name: str = "video") -> Path:
+    """``path`` as a ``Path`` if :func:`write_video` can write it here: a ``.gif``, or an ``.mp4`` with a writer
+    installed, and not a directory. Call it before the work whose frames go there.
+
+    Raises:
+        ConfigError: another type or suffix, a directory, or an ``.mp4`` without a usable writer
+            (naming the packages to install).
+    """
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"{name}: expected the path of a .gif or .mp4 file, got {path!r}.")
+    path = Path(path)
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise ConfigError(f"{name}: expected a .gif or .mp4 file, got {str(path)!r}.")
+    if path.is_dir():
+        raise ConfigError(f"{name}: {str(path)!r} is a directory: expected the name of a .gif or .mp4 file.")
+    if path.suffix.lower() == ".mp4":
+        problem = mp4_writer_problem()
+        if problem is not None:
+            raise ConfigError(f"{name}: {str(path)!r}: {problem}")
+    return path
+
+
 def write_video(frames, path: str | os.PathLike, fps: float = 25.0) -> Path:
     """Write ``frames`` ``[T, H, W, 3]`` (uint8) to ``path``: ``.gif`` (Pillow) or ``.mp4`` (imageio or moviepy).
 
@@ -133,18 +207,15 @@ def write_video(frames, path: str | os.PathLike, fps: float = 25.0) -> Path:
     renamed, so ``path`` is either whole or absent.
 
     Raises:
-        ConfigError: another suffix, or ``.mp4`` without imageio or moviepy.
+        ConfigError: another suffix, a directory, ``.mp4`` without a usable writer (imageio with its ffmpeg
+            plugin, or moviepy; see :func:`check_video_path`), or ``fps`` not a finite number > 0.
         DataError: frames not shaped ``[T, H, W, 3]``.
     """
-    path = Path(path)
+    path = check_video_path(path, "Video path")
     suffix = path.suffix.lower()
-    if suffix not in VIDEO_SUFFIXES:
-        raise ConfigError(f"Video path: expected a .gif or .mp4 file, got {str(path)!r}.")
+    fps = check_fps(fps)
     array = _as_frames(frames)
     writer = _mp4_writer() if suffix == ".mp4" else None
-    if suffix == ".mp4" and writer is None:
-        raise ConfigError("An .mp4 video needs imageio[ffmpeg] or moviepy (pip install 'worldloom[video]'); "
-                          "a .gif needs nothing more.")
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
     os.close(handle)
@@ -365,6 +436,6 @@ def log_evaluation_video(writer, recorder: EpisodeRecorder, run_dir: str | os.Pa
     return written
 
 
-__all__ = ["OPEN_LOOP_CONTEXT", "VIDEO_SUFFIXES", "EpisodeRecorder", "FrameRecorder", "downscale", "encode_gif",
-           "evaluation_recorder",
-           "log_evaluation_video", "open_loop_frames", "open_loop_report", "write_open_loop_video", "write_video"]
+__all__ = ["OPEN_LOOP_CONTEXT", "VIDEO_SUFFIXES", "EpisodeRecorder", "FrameRecorder", "check_fps", "check_video_path",
+           "downscale", "encode_gif", "evaluation_recorder", "log_evaluation_video", "mp4_writer_problem",
+           "open_loop_frames", "open_loop_report", "write_open_loop_video", "write_video"]
