@@ -235,6 +235,18 @@ def test_each_run_gets_its_own_directory_and_resume_names_one(agent_runs, capsys
         f"agent` (its config.yaml): resume it with `worldloom agent --resume {first}`" in other.stderr
 
 
+def test_output_paths_are_checked_before_the_work(tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    result = _run(capsys, "collect", "--episodes", "1", "--out", str(notes))
+    assert result.returncode == 1 and "expected a new file name or a file worldloom wrote" in result.stderr
+    assert "Wrote" not in result.stdout and notes.read_text() == "my notes"
+    for flags, message in ((["--out", str(tmp_path)], "is a directory"),
+                           (["--video", str(tmp_path / "v.avi")], "--video: expected a .gif or .mp4 file")):
+        result = _run(capsys, "imagine", "--model", str(tmp_path / "none"), "--buffer", str(notes), *flags)
+        assert result.returncode == 2 and message in result.stderr, result.stderr  # before the model is read
+
+
 def test_a_missing_wandb_is_said_before_anything_runs(tmp_path, capsys):
     import importlib.util
 

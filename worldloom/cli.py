@@ -575,8 +575,11 @@ def _train(args, config, env, block: tuple[int, int], overrides: dict, model_set
 
 
 def cmd_collect(args) -> None:
+    from worldloom.core.archives import check_target
+    from worldloom.training import _buffer_io
     from worldloom.training.data import collect_episodes
 
+    check_target(args.out, "replay buffer", earlier=_buffer_io.REQUIRED)  # before collecting: a user's file stays
     buffer = collect_episodes(args.env, args.episodes, seed=args.seed, capacity=args.capacity)
     buffer.save(args.out)
     print(f"Wrote {buffer.num_transitions} transitions in {buffer.num_episodes} episodes of {args.env} "
@@ -640,8 +643,12 @@ def cmd_imagine(args) -> dict:
     _model_and_buffer(args, "imagine")
     if args.out is None:
         args.out = str(Path(args.run) / "imagine.png") if args.run is not None else "imagination.png"
-    if args.video and Path(args.video).suffix.lower() not in (".gif", ".mp4"):
-        raise ConfigError(f"--video: expected a .gif or .mp4 path, got {args.video!r}.")
+    from worldloom.training.plots import check_figure_path
+    from worldloom.training.videos import check_video_path
+
+    check_figure_path(args.out, "--out")  # both written after the work: checked before it
+    if args.video:
+        check_video_path(args.video, "--video")
     model, buffer = _load(args)
     if args.video and len(model.config.obs_shape) != 3:  # said before anything is written
         raise ConfigError(f"--video: an open-loop video shows image observations; {args.model} takes observations "

@@ -43,7 +43,7 @@ try:
 except ImportError:  # Windows: a file another process holds open cannot be removed there
     fcntl = None
 
-__all__ = ["as_path", "is_worldloom_archive", "read_npz", "remove_temp_files", "write_npz"]
+__all__ = ["as_path", "check_target", "is_worldloom_archive", "read_npz", "remove_temp_files", "write_npz"]
 
 TEMP_NAME = re.compile(r"\.(?P<target>.+)\.tmp-[0-9a-f]{8}")
 SIGNATURE = re.compile(rb"worldloom (?P<format>[a-z0-9-]+) v(?P<version>\d+) crc32 (?P<crc>[0-9a-f]{8})")
@@ -215,8 +215,10 @@ def is_worldloom_archive(path, earlier: tuple[str, ...] = ()) -> bool:
     return all(name.endswith(".npy") for name in names) and {f"{name}.npy" for name in earlier} <= set(names)
 
 
-def _check_target(path: Path, what: str, overwrite: bool, earlier: tuple[str, ...]) -> None:
-    """Refuse a directory, and anything but a worldloom archive unless ``overwrite`` (see :func:`write_npz`)."""
+def check_target(path, what: str, overwrite: bool = False, earlier: tuple[str, ...] = ()) -> None:
+    """Refuse a directory, and anything but a worldloom archive unless ``overwrite`` (see :func:`write_npz`):
+    what :func:`write_npz` checks, for a caller to check before the work whose arrays go there."""
+    path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{str(path)!r} is a directory: expected a file name such as 'buffer.npz'.")
     if overwrite or not os.path.lexists(path) or is_worldloom_archive(path, earlier):
@@ -248,7 +250,7 @@ def write_npz(path, arrays: dict[str, np.ndarray], *, format: str, version: int,
             the cause, e.g. ``No space left on device``; the original chained).
     """
     path = as_path(path)
-    _check_target(path, what, overwrite, tuple(earlier))
+    check_target(path, what, overwrite, tuple(earlier))
     tmp = None
     try:
         with writing(path, what):
