@@ -260,6 +260,13 @@ def test_worldloom_plot_draws_two_runs_into_a_png(runs, tmp_path, capsys):
         assert image.size == (800, 420)  # one panel: both runs are on environment steps
     assert main(["plot", str(tmp_path), "--out", str(tmp_path / "none.png")]) == 1  # not a run: one line, status 1
     assert "Expected a run directory of `worldloom agent`" in capsys.readouterr().err
+    train_run = tmp_path / "train-run"  # a `worldloom train` run is named as one, by plot and by play
+    train_run.mkdir()
+    (train_run / "config.yaml").write_text("env: CartPole-v1\nmodel: dreamerv3:size12m\ntraining: {}\n")
+    for command in (["plot", str(train_run), "--out", str(tmp_path / "none.png")], ["play", str(train_run)]):
+        assert main(command) == 1
+        err = capsys.readouterr().err
+        assert "whose config.yaml has no algo (a run of `worldloom train`" in err and "Traceback" not in err, err
 
 
 def test_the_x_axis_and_the_published_curve_are_the_references():

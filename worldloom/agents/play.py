@@ -17,26 +17,19 @@ from pathlib import Path
 import numpy as np
 
 from worldloom.agents.collect import env_action
-from worldloom.core.errors import CheckpointError
 from worldloom.training._episode import integer
 from worldloom.training.videos import check_fps, check_video_path, write_video
 
 
 def load_run_agent(run_dir, device=None):
     """``(agent, env_id, env_options)`` of a run directory written by :func:`run_agent`."""
-    import yaml
-
     from worldloom.agents._run_io import read_agent_meta
     from worldloom.agents.dreamer import DreamerAgent
+    from worldloom.agents.run_file import read_agent_run
     from worldloom.agents.tdmpc2 import TDMPC2Agent
 
     run_dir = Path(run_dir)
-    try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
-        config["env"], config["algo"]
-    except (OSError, yaml.YAMLError, TypeError, KeyError) as err:
-        raise CheckpointError(f"Expected a run directory of `worldloom agent` with config.yaml, got "
-                              f"{str(run_dir)!r}: {err}") from err
+    config = read_agent_run(run_dir)
     algo = read_agent_meta(run_dir / "agent", config.get("algo", "")).get("algo")
     agent_type = {"dreamerv3": DreamerAgent, "tdmpc2": TDMPC2Agent}[algo]
     return agent_type.load(run_dir / "agent", device=device), config["env"], config.get("env_options") or {}

@@ -105,16 +105,16 @@ def read_run(run_dir: str | os.PathLike) -> dict:
     Raises:
         CheckpointError: no readable ``config.yaml``, or no evaluations in ``summary.json`` or ``metrics.jsonl``.
     """
-    import yaml
+    from worldloom.agents.run_file import read_agent_run
 
     run_dir = Path(run_dir)
+    config = read_agent_run(run_dir)
     try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
         run = {"env": str(config["env"]), "algo": str(config["algo"]), "seed": config.get("seed"),
                "env_options": dict(config.get("env_options") or {}), "dir": str(run_dir)}
-    except (OSError, yaml.YAMLError, TypeError, KeyError) as err:
-        raise CheckpointError(f"Expected a run directory of `worldloom agent` with config.yaml, got "
-                              f"{str(run_dir)!r}: {type(err).__name__}: {err}") from err
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{run_dir / 'config.yaml'}: expected env_options to be a mapping, got "
+                              f"{config.get('env_options')!r}.") from err
     run["eval"] = _evaluations(run_dir)
     if not run["eval"]:
         raise CheckpointError(f"{run_dir}: expected evaluation returns in summary.json or metrics.jsonl "
