@@ -315,6 +315,10 @@ def test_a_buffer_save_refuses_to_replace_a_file_that_is_not_a_worldloom_archive
     assert ReplayBuffer.load(earlier).num_episodes == 2
     buffer.save(notes, overwrite=True)
     assert ReplayBuffer.load(notes).num_episodes == 2
+    empty = tmp_path / "empty.npz"  # an empty file (tempfile.mkstemp's): nothing to lose, replaced
+    empty.touch()
+    buffer.save(empty)
+    assert ReplayBuffer.load(empty).num_episodes == 2
     assert zipfile.is_zipfile(notes) and leftovers(tmp_path) == []
 
 

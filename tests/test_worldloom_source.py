@@ -211,6 +211,22 @@ def test_latent_state_source_api():
         face.LatentState()
 
 
+def test_latent_state_and_trajectory_reprs_show_shapes_not_values():
+    state = face.LatentState(deterministic=torch.randn(32, 512), stochastic=torch.randn(32, 32, 32),
+                             latent_type="categorical")
+    # The source's repr (its state.py), with the dtype added
+    assert repr(state) == ("LatentState(type='categorical', deter=[32, 512], stoch=[32, 32, 32], dtype=float32, "
+                           "device=cpu)")
+    codes = face.LatentState(codebook_indices=torch.zeros(2, 4, dtype=torch.long))
+    assert repr(codes) == "LatentState(type='deterministic', codebook=[2, 4], dtype=int64, device=cpu)"
+    mixed = face.LatentState(deterministic=torch.zeros(2, 8), prior_logits=torch.zeros(2, 3, 4, dtype=torch.bfloat16))
+    assert "prior_logits=[2, 3, 4] bfloat16, dtype=float32" in repr(mixed)
+    trajectory = face.Trajectory(state, torch.zeros(15, 32, 2, dtype=torch.float64), torch.zeros(15, 32),
+                                 torch.ones(15, 32))
+    assert repr(trajectory) == (f"Trajectory(states={state!r}, actions=[15, 32, 2] float64, rewards=[15, 32], "
+                                "continues=[15, 32])")
+
+
 def test_model_states_carry_the_families_latent_type(dreamer, tdmpc):
     with torch.no_grad():
         assert dreamer.encode(torch.zeros(2, 4)).latent_type == "categorical"
@@ -450,6 +466,68 @@ def test_from_trajectories_and_trajectory_dataset():
         dataset[7]
 
 
+def _save_as_the_source(path, obs, action_dim=2):
+    """What WorldLoom's ReplayBuffer.save writes (its data.py): np.savez_compressed, obs as stored, float dones."""
+    count = len(obs)
+    dones = np.zeros(count, np.float32)
+    dones[[count // 2 - 1, count - 1]] = 1.0  # two episodes
+    np.savez_compressed(path, obs=obs, actions=np.arange(count * action_dim, dtype=np.float32).reshape(count, -1),
+                        rewards=np.arange(count, dtype=np.float32), dones=dones, obs_shape=np.array(obs.shape[1:]),
+                        action_dim=np.array(action_dim), capacity=np.array(100))
+
+
+def test_buffer_files_of_the_source_load_channels_first(tmp_path):
+    from worldloom_torch_compat.training import ReplayBuffer
+
+    obs = np.random.default_rng(0).random((20, 3, 16, 8)).astype(np.float32)  # [N, C, H, W], as the source holds
+    _save_as_the_source(tmp_path / "images.npz", obs)
+    loads = ReplayBuffer.load(tmp_path / "images.npz"), ReplayBuffer.load(tmp_path / "images", obs_shape=(3, 16, 8))
+    for buffer in loads:
+        assert (buffer.obs_shape, buffer.jax_buffer.obs_shape) == ((3, 16, 8), (16, 8, 3))
+        assert (len(buffer), buffer.num_episodes, buffer.capacity, buffer.action_dim) == (20, 2, 100, 2)
+        batch = buffer.sample(4, 10)
+        assert batch["obs"].shape == (4, 10, 3, 16, 8)
+        first = batch["rewards"][:, 0].long()  # the row each window starts at
+        for window, start in zip(batch["obs"], first.tolist()):
+            assert np.array_equal(window.numpy(), obs[start:start + 10])
+    buffer.save(tmp_path / "again.npz")  # worldloom's own format: read back as it was
+    assert ReplayBuffer.load(tmp_path / "again.npz").sample(1, 10)["obs"].shape == (1, 10, 3, 16, 8)
+    vectors = np.random.default_rng(1).random((20, 5)).astype(np.float32)
+    _save_as_the_source(tmp_path / "vectors.npz", vectors)
+    buffer = ReplayBuffer.load(tmp_path / "vectors.npz")
+    assert (buffer.obs_shape, buffer.num_episodes) == ((5,), 2)
+    batch = buffer.sample(3, 10)
+    for window, start in zip(batch["obs"], batch["rewards"][:, 0].long().tolist()):
+        assert np.array_equal(window.numpy(), vectors[start:start + 10])
+
+
+@pytest.mark.slow(reason="starts two DataLoader workers that import worldloom")
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # 2 workers on a small machine
+def test_trajectory_dataset_workers_draw_their_own_windows():
+    """Each DataLoader worker draws its own windows (the source's np.random is reseeded per worker);
+    in the main process the dataset samples as the buffer does."""
+    from worldloom_torch_compat.training import ReplayBuffer, TrajectoryDataset
+
+    def buffer():  # one long episode whose observation is its row: a window is named by its first row
+        out = ReplayBuffer(capacity=100_000, obs_shape=(1,), action_dim=1, seed=3)
+        out.add_episode(np.arange(100_000, dtype=np.float32)[:, None], np.zeros((100_000, 1)), np.zeros(100_000))
+        return out
+
+    dataset = TrajectoryDataset(buffer(), seq_len=4, samples_per_epoch=16)
+    torch.manual_seed(0)
+    # Spawned, not forked: a fork of a process running JAX's threads may hang (the reseeding is the same).
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=2, multiprocessing_context="spawn",
+                                         persistent_workers=True)
+    batches = [b["obs"][:, 0, 0] for b in loader]
+    first = set(torch.cat(batches[0::2]).tolist())  # batches alternate between the workers
+    assert len(first) == 8 and first.isdisjoint(torch.cat(batches[1::2]).tolist())
+    next_epoch = [b["obs"][:, 0, 0] for b in loader]
+    assert not torch.equal(torch.cat(batches), torch.cat(next_epoch))  # the workers draw on: new windows
+    same = buffer()  # num_workers=0: the buffer's own generator, as before
+    windows = torch.cat([b["obs"] for b in torch.utils.data.DataLoader(dataset, batch_size=4)])
+    assert torch.equal(windows, torch.cat([same.sample(1, 4)["obs"] for _ in range(16)]))
+
+
 def test_callback_source_arguments(tmp_path):
     from worldloom_torch_compat.training import CheckpointCallback, LoggingCallback
     from worldloom_torch_compat.training.callbacks import EarlyStoppingCallback, ProgressCallback
@@ -476,7 +554,9 @@ def test_trainer_source_api(dreamer, tmp_path):
     # batch and window as in test_compute_loss_has_the_sources_loss_names: evaluate reuses that program
     config = TrainingConfig(total_steps=4, batch_size=2, sequence_length=4, device="cpu", steps_per_dispatch=2)
     trainer = Trainer(dreamer, config.with_updates(output_dir=str(tmp_path / "run")))
-    assert trainer.state is None
+    assert (trainer.state.global_step, trainer.state.metrics, trainer.state.should_stop) == (0, {}, False)
+    with pytest.raises(AttributeError, match=r"'opt_state'.*train\(\) has not run yet"):
+        getattr(trainer.state, "opt_state")  # noqa: B009 - the JAX train state's fields come with training
     assert trainer.train(buffer, num_steps=2) is dreamer
     assert trainer.state.global_step == 2 and trainer.config.total_steps == 4
     metrics = trainer.evaluate(buffer, num_batches=2)
@@ -534,14 +614,29 @@ def test_callbacks_written_as_the_sources_get_the_torch_trainer(dreamer, tmp_pat
         def on_step_end(self, step, losses):
             self.last = (step, losses["loss"])
 
+    class BeginEnd(Callback):  # the source's hooks at the ends only: a wandb init/finish, a save at the end
+        def on_train_begin(self, trainer):
+            self.begin = (trainer.state.global_step, trainer.model)
+
+        def on_train_end(self, trainer):
+            self.end = trainer.state.global_step
+            trainer.model.save_pretrained(tmp_path / "saved")
+
+    class Packaged(BeginEnd):  # a class of worldloom's own: run as worldloom documents
+        __module__ = "worldloom.training.example"
+
     assert source_style(SourceStyle()) and not source_style(Documented()) and not source_style(Callback())
+    assert source_style(BeginEnd()) and not source_style(Packaged())
     buffer = create_random_buffer(1000, (4,), 2, num_episodes=10, episode_length=30, seed=0)
     config = TrainingConfig(total_steps=6, batch_size=2, sequence_length=4, device="cpu", steps_per_dispatch=2,
                             output_dir=str(tmp_path / "run"))
-    source, documented = SourceStyle(stop_at=2), Documented()
-    trainer = Trainer(dreamer, config, callbacks=[source])
+    source, documented, ends = SourceStyle(stop_at=2), Documented(), BeginEnd()
+    trainer = Trainer(dreamer, config, callbacks=[source, ends])
     trainer.add_callback(documented)
     trainer.train(buffer)
+    assert ends.begin == (0, dreamer) and ends.end == 2
+    saved = face.create_world_model(str(tmp_path / "saved"))  # the weights the run ended with
+    assert all(torch.equal(a, b) for a, b in zip(saved.parameters(), dreamer.parameters()))
     assert source.begin[:4] == (trainer, dreamer, 0, 6) and source.trainer is trainer
     assert source.steps == [1, 2] and source.end == (2, True) and documented.last[0] == 2
     metrics, weights = source.seen[-1]
@@ -556,6 +651,35 @@ def test_callbacks_written_as_the_sources_get_the_torch_trainer(dreamer, tmp_pat
     train(dreamer, buffer, total_steps=2, batch_size=2, sequence_length=4, device="cpu", steps_per_dispatch=2,
           output_dir=str(tmp_path / "fn"), callbacks=[source], progress=False)
     assert isinstance(source.begin[0], Trainer) and source.begin[1] is dreamer and source.steps == [1, 2]
+    ends = BeginEnd()
+    train(dreamer, buffer, total_steps=2, batch_size=2, sequence_length=4, device="cpu", steps_per_dispatch=2,
+          callbacks=[ends], progress=False)
+    assert ends.begin == (0, dreamer) and ends.end == 2
+
+
+@pytest.mark.slow(reason="runs training steps (with test_trainer_source_api's shapes, so its compiled program)")
+def test_a_second_train_call_goes_on_from_the_checkpoint_the_first_ended_with(dreamer, tmp_path):
+    import warnings
+
+    from worldloom.training.checkpoints import list_checkpoints
+    from worldloom_torch_compat.training import Trainer, TrainingConfig
+    from worldloom_torch_compat.training.data import create_random_buffer
+
+    buffer = create_random_buffer(1000, (4,), 2, num_episodes=10, episode_length=30, seed=0)
+    config = TrainingConfig(total_steps=2, batch_size=2, sequence_length=4, device="cpu", steps_per_dispatch=2,
+                            output_dir=str(tmp_path / "run"))
+    trainer = Trainer(dreamer, config)
+    trainer.train(buffer)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # As the source's Trainer: on from step 2 to num_steps, here on a buffer with more episodes
+        trainer.train(create_random_buffer(1000, (4,), 2, num_episodes=12, episode_length=30, seed=1), num_steps=4)
+    assert not [w for w in caught if "step 0" in str(w.message) or "buffer" in str(w.message)], caught
+    assert trainer.state.global_step == 4
+    assert [step for step, _ in list_checkpoints(tmp_path / "run", trainer.run_id)] == [2, 4]  # one run, both kept
+    with pytest.warns(RuntimeWarning, match="already at total_steps=4: nothing is left to train"):
+        trainer.train(buffer, num_steps=4)
+    assert trainer.state.global_step == 4
 
 
 @pytest.mark.slow(reason="runs training steps (with test_trainer_source_api's shapes, so its compiled program)")

@@ -25,6 +25,18 @@ def _map(fn, value):
 
 
 _TENSOR_FIELDS = ("deterministic", "stochastic", "posterior_logits", "prior_logits", "codebook_indices")
+# Each field's name in a repr (the source's ``deter``, ``stoch`` and ``codebook``).
+_REPR_NAMES = dict(zip(_TENSOR_FIELDS, ("deter", "stoch", "posterior_logits", "prior_logits", "codebook")))
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _shape_text(tensor: torch.Tensor, dtype: torch.dtype) -> str:
+    """``[32, 512]``, with the tensor's dtype after it when it is not ``dtype``."""
+    shape = str(list(tensor.shape))
+    return shape if tensor.dtype == dtype else f"{shape} {_dtype_name(tensor.dtype)}"
 
 
 @dataclasses.dataclass
@@ -115,6 +127,18 @@ class LatentState:
         """Size of :attr:`features`' last axis."""
         return int(self.features.shape[-1])
 
+    def __repr__(self) -> str:
+        """Shapes, dtype and device, not values (as the source's):
+        ``LatentState(type='categorical', deter=[32, 512], stoch=[32, 1024], dtype=float32, device=cpu)``
+        (a field's dtype after its shape when it is not the first field's)."""
+        fields = {name: getattr(self, name) for name in _TENSOR_FIELDS if getattr(self, name) is not None}
+        parts = [f"type={self.latent_type!r}"]
+        if fields:
+            first = next(iter(fields.values()))
+            parts += [f"{_REPR_NAMES[name]}={_shape_text(value, first.dtype)}" for name, value in fields.items()]
+            parts += [f"dtype={_dtype_name(first.dtype)}", f"device={first.device}"]
+        return f"LatentState({', '.join(parts)})"
+
     def map(self, fn) -> LatentState:
         """Apply ``fn`` to every tensor field (``None`` fields stay ``None``)."""
         return LatentState(*(_map(fn, getattr(self, name)) for name in _TENSOR_FIELDS),
@@ -170,6 +194,14 @@ class Trajectory:
     rewards: torch.Tensor
     continues: torch.Tensor
     values: torch.Tensor | None = None
+
+    def __repr__(self) -> str:
+        """Shapes, not values: ``Trajectory(states=LatentState(...), actions=[15, 8, 2], rewards=[15, 8], ...)``
+        (a dtype after a shape when it is not the rewards')."""
+        parts = [f"states={self.states!r}"] + [
+            f"{name}={_shape_text(getattr(self, name), self.rewards.dtype)}"
+            for name in ("actions", "rewards", "continues", "values") if getattr(self, name) is not None]
+        return f"Trajectory({', '.join(parts)})"
 
     def __len__(self) -> int:
         """Number of states, ``H + 1`` (the original's ``len(trajectory)``)."""

@@ -221,7 +221,8 @@ def check_target(path, what: str, overwrite: bool = False, earlier: tuple[str, .
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{str(path)!r} is a directory: expected a file name such as 'buffer.npz'.")
-    if overwrite or not os.path.lexists(path) or is_worldloom_archive(path, earlier):
+    if overwrite or not os.path.lexists(path) or is_worldloom_archive(path, earlier) or (
+            path.is_file() and not path.is_symlink() and path.stat().st_size == 0):  # an empty file (mkstemp's)
         return
     try:
         found = f"a file of {path.stat().st_size} bytes" if path.is_file() else "something other than a file"

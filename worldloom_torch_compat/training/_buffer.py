@@ -9,6 +9,8 @@ returns torch tensors, and image observations are channels first
 from __future__ import annotations
 
 import os
+import zipfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -158,7 +160,10 @@ class ReplayBuffer:
             DeviceError: a device torch cannot use.
         """
         target = torch_target(device)
-        batch = self.jax_buffer.sample(batch_size, seq_len)
+        return self._to_torch(self.jax_buffer.sample(batch_size, seq_len), target)
+
+    def _to_torch(self, batch: dict[str, np.ndarray], target: torch.device | None = None) -> dict[str, torch.Tensor]:
+        """A worldloom batch (NumPy, images channels last) as :meth:`sample` returns it, on ``target``."""
         if self.is_image:
             batch["obs"] = np.ascontiguousarray(np.moveaxis(batch["obs"], -1, -3))
         out = {key: torch.from_numpy(value) for key, value in batch.items()}
@@ -196,22 +201,63 @@ class ReplayBuffer:
 
     # ------------------------------------------------------------ files
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the buffer to ``path`` (``.npz``), in worldloom's format."""
-        self.jax_buffer.save(path)
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
+        """Write the buffer to ``path`` (``.npz``), in worldloom's format; as worldloom's ``ReplayBuffer.save``,
+        a file there that is not a buffer file (nor empty) is replaced only with ``overwrite=True``."""
+        self.jax_buffer.save(path, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, capacity: int | None = None, obs_shape=None,
              action_dim: int | None = None, seed: int | None = None) -> ReplayBuffer:
-        """Read a buffer written by :meth:`save` (``obs_shape`` channels first for images).
+        """Read a buffer written by :meth:`save`, or by WorldLoom's ``ReplayBuffer.save`` (``obs_shape``
+        channels first for images).
+
+        A file of worldloom's format (signed, see :mod:`worldloom.core.archives`)
+        holds images channels last, as the JAX buffer does. A file of WorldLoom's
+        format (unsigned, with none of the arrays worldloom adds, see
+        :func:`source_format`) holds them ``[N, C, H, W]``; they are turned
+        channels last as they are read.
 
         Raises:
             CheckpointError: a missing, unreadable or corrupt file.
             DataError: arrays of inconsistent lengths, or shapes other than requested.
         """
-        obs_shape = None if obs_shape is None else channels_last(shape_tuple("obs_shape", obs_shape))
-        return cls.wrap(JaxReplayBuffer.load(path, capacity=capacity, obs_shape=obs_shape,
-                                             action_dim=action_dim, seed=seed))
+        shape = None if obs_shape is None else shape_tuple("obs_shape", obs_shape)
+        if not source_format(path):
+            return cls.wrap(JaxReplayBuffer.load(path, capacity=capacity, obs_shape=channels_last(shape),
+                                                 action_dim=action_dim, seed=seed))
+        loaded = JaxReplayBuffer.load(path, capacity=capacity, obs_shape=shape, action_dim=action_dim, seed=seed)
+        if len(loaded.obs_shape) != 3:
+            return cls.wrap(loaded)
+        images = JaxReplayBuffer(loaded.capacity, loaded.obs_shape[1:] + loaded.obs_shape[:1], loaded.action_dim,
+                                 obs_dtype=loaded.obs_dtype, seed=loaded.seed)
+        for index in range(loaded.num_episodes):
+            episode = loaded.episode(index)
+            final = episode["final_obs"]
+            images.add_episode(np.moveaxis(episode["obs"], 1, -1), episode["actions"], episode["rewards"],
+                               dones=episode["dones"], terminated=episode["terminals"],
+                               final_obs=None if final is None else np.moveaxis(final, 0, -1))
+        return cls.wrap(images)
+
+
+#: The arrays WorldLoom's ``ReplayBuffer.save`` writes (worldloom's files add ``terminals``, ``seed``, ...).
+SOURCE_KEYS = frozenset({"obs", "actions", "rewards", "dones", "obs_shape", "action_dim", "capacity"})
+
+
+def source_format(path: str | os.PathLike) -> bool:
+    """Whether ``path`` (or ``path.npz``) is a buffer file in WorldLoom's format: an ``.npz`` without
+    worldloom's signature whose arrays are among :data:`SOURCE_KEYS`. False for anything unreadable
+    (the load then says what is wrong)."""
+    try:
+        path = Path(os.fspath(path))
+        if not path.is_file() and path.with_name(path.name + ".npz").is_file():
+            path = path.with_name(path.name + ".npz")
+        with zipfile.ZipFile(path) as archive:
+            names = {name.removesuffix(".npy") for name in archive.namelist()}
+            signed = archive.comment.startswith(b"worldloom ")
+    except (TypeError, OSError, zipfile.BadZipFile, ValueError):
+        return False
+    return not signed and names <= SOURCE_KEYS
 
 
 def unwrap_buffer(buffer: Any) -> Any:

@@ -3,8 +3,8 @@
 Callbacks run inside worldloom's JAX trainer: ``on_step_end(step, losses)``
 gets Python floats, and ``callback.trainer`` (set in ``on_train_begin``) is
 that JAX trainer, whose ``model`` is the JAX handle (``module.jax_model``).
-A callback written as the source's, ``on_step_end(self, trainer)``, gets the
-torch ``Trainer`` instead
+A callback written as the source's, ``on_step_end(self, trainer)`` or only
+``on_train_begin``/``on_train_end``, gets the torch ``Trainer`` instead
 (:func:`worldloom_torch_compat.training.trainer.source_style`).
 
 ``CheckpointCallback`` also takes the source's ``output_dir``, ``save_interval``

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from worldloom.training import data as jax_data
@@ -39,14 +40,20 @@ class TrajectoryDataset(torch.utils.data.Dataset):
     ``rewards [T]``, ``continues [T]``, ... as torch tensors; a ``DataLoader``
     batches them to ``[B, T, ...]``. ``len`` is ``samples_per_epoch``.
 
+    In the main process the windows come from the buffer's own generator. In a
+    ``DataLoader`` worker they come from a generator seeded with the worker's
+    ``get_worker_info().seed``, so workers draw different windows (and new ones
+    each epoch), as the source's ``np.random``, which torch reseeds per worker.
+
     Example:
         >>> dataset = TrajectoryDataset(buffer, seq_len=10, samples_per_epoch=100)
-        >>> loader = torch.utils.data.DataLoader(dataset, batch_size=16)
+        >>> loader = torch.utils.data.DataLoader(dataset, batch_size=16, num_workers=2)
     """
 
     def __init__(self, buffer: ReplayBuffer, seq_len: int = 50, samples_per_epoch: int = 10_000):
         self.buffer = buffer if isinstance(buffer, ReplayBuffer) else ReplayBuffer.wrap(buffer)
         self.seq_len, self.samples_per_epoch = int(seq_len), int(samples_per_epoch)
+        self._worker: tuple[int, np.random.Generator] | None = None  # (worker seed, its generator)
 
     def __len__(self) -> int:
         return self.samples_per_epoch
@@ -54,7 +61,15 @@ class TrajectoryDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not -self.samples_per_epoch <= index < self.samples_per_epoch:
             raise IndexError(f"TrajectoryDataset index {index} out of range [0, {self.samples_per_epoch}).")
-        return {key: value[0] for key, value in self.buffer.sample(1, self.seq_len).items()}
+        worker = torch.utils.data.get_worker_info()
+        if worker is None:
+            batch = self.buffer.sample(1, self.seq_len)
+        else:
+            if self._worker is None or self._worker[0] != worker.seed:
+                self._worker = (worker.seed, np.random.default_rng(worker.seed))
+            jax_buffer = self.buffer.jax_buffer
+            batch = self.buffer._to_torch(jax_buffer.gather(jax_buffer.window_rows(self._worker[1], 1, self.seq_len)))
+        return {key: value[0] for key, value in batch.items()}
 
 
 __all__ = ["ReplayBuffer", "TrajectoryDataset", "collect_episodes", "create_random_buffer"]

@@ -16,6 +16,8 @@ from worldloom.core.errors import ConfigError, DeviceError
 from worldloom.training import Trainer as JaxTrainer
 from worldloom.training import train as jax_train
 from worldloom.training.callbacks import Callback
+from worldloom.training.callbacks import CheckpointCallback as JaxCheckpointCallback
+from worldloom.training.checkpoints import list_checkpoints
 from worldloom_torch_compat._convert import jax_device, torch_device
 from worldloom_torch_compat.model import WorldModel, wrap
 from worldloom_torch_compat.training._buffer import ReplayBuffer, unwrap_buffer
@@ -86,8 +88,8 @@ class Trainer:
     def add_callback(self, callback) -> None:
         """Add a callback (an instance of :class:`~worldloom.training.callbacks.Callback`).
 
-        A callback written as the original source's, ``on_step_end(self, trainer)``, gets this
-        Trainer in its hooks (see :func:`source_style`).
+        A callback written as the original source's, ``on_step_end(self, trainer)`` or only
+        ``on_train_begin``/``on_train_end``, gets this Trainer in its hooks (see :func:`source_style`).
         """
         self.jax_trainer.add_callback(_adapted(callback, self))
 
@@ -97,10 +99,13 @@ class Trainer:
 
         The torch Parameters' current values are the starting point; the
         trained values are copied back into them when training ends (during
-        it, the module keeps the values it started from: callbacks see
-        worldloom's trainer, whose ``state`` holds the current ones). Every
+        it, only for callbacks written as the source's: :func:`source_style`). Every
         call starts at step 0 with a fresh optimiser state unless it resumes
-        from a checkpoint; a second call says so with a warning.
+        from a checkpoint; a second call says so with a warning. A second call
+        whose checkpoint directory holds the checkpoint the first ended with
+        goes on from it instead (its step, optimiser state and weights) to
+        ``total_steps`` (or ``num_steps``), as the source's Trainer went on
+        from its step count.
 
         Args:
             buffer: The replay buffer (torch face or worldloom's).
@@ -115,22 +120,37 @@ class Trainer:
         _check_trainable(self.model, "Trainer.train")
         trainer = self.jax_trainer
         self._source_state._begin()
+        goes_on = False
         if resume_from is not None:
             trainer.resume_from = resume_from
         elif not resume and trainer.resume_from is None and trainer.state is not None:
-            warnings.warn(f"Trainer.train runs from step 0 again, from the model's current weights with a fresh "
-                          f"optimiser state ({trainer.step} updates ran before); WorldLoom's Trainer went on from "
-                          "its step count. Pass num_steps= for the updates this call should run.", RuntimeWarning,
-                          stacklevel=2)
+            resume = goes_on = self._saved_last()
+            if not goes_on:
+                warnings.warn(f"Trainer.train runs from step 0 again, from the model's current weights with a "
+                              f"fresh optimiser state ({trainer.step} updates ran before); WorldLoom's Trainer went "
+                              "on from its step count. Pass num_steps= for the updates this call should run.",
+                              RuntimeWarning, stacklevel=2)
         self.model.sync_to_jax(copy=True)
         config = trainer.config
         if num_steps is not None:
             trainer.config = config.replace(total_steps=int(num_steps))
         try:
-            trainer.train(unwrap_buffer(buffer), resume=resume)
+            with warnings.catch_warnings():
+                if goes_on:  # the same run going on, on whatever buffer this call gives it
+                    warnings.filterwarnings("ignore", r"Resuming from .* buffer", RuntimeWarning)
+                trainer.train(unwrap_buffer(buffer), resume=resume)
         finally:
             trainer.config = config
         return _after_training(self.model)
+
+    def _saved_last(self) -> bool:
+        """Whether a checkpoint directory of the run (``config.checkpoint_dir``, a ``CheckpointCallback``'s)
+        holds the checkpoint the last run ended with: its run's, at its step."""
+        trainer = self.jax_trainer
+        directories = [c.save_dir for c in trainer.callbacks if isinstance(c, JaxCheckpointCallback)]
+        directories += [trainer.config.checkpoint_dir] if trainer.config.checkpoint_dir else []
+        ends = [list_checkpoints(directory, trainer.run_id)[-1:] for directory in directories]
+        return trainer.run_id is not None and any(end and end[0][0] == trainer.step for end in ends)
 
     def load_checkpoint(self, path) -> None:
         """Load the checkpoint ``path`` names (a directory written by :meth:`save_checkpoint` or a
@@ -149,11 +169,10 @@ class Trainer:
         self._source_state._step = step
 
     @property
-    def state(self) -> TrainingState | None:
-        """The run's state: the source's ``global_step``, ``metrics``, ``should_stop``, ... and the JAX train
-        state's fields (None before training)."""
-        trainer, state = self.jax_trainer, self._source_state
-        return state if trainer is not None and (trainer.state is not None or state._step is not None) else None
+    def state(self) -> TrainingState:
+        """The run's state, there from the start as in the source: ``global_step`` (0 before training),
+        ``metrics``, ``should_stop``, ... and, once training has run, the JAX train state's fields."""
+        return self._source_state
 
     # ------------------------------------------------------------ source-style callbacks
 
@@ -162,9 +181,11 @@ class Trainer:
         self._source_state._begin()
         self._pull_weights()
 
-    def _reached(self, step: int, losses: dict[str, float]) -> None:
+    def _reached(self, step: int, losses: dict[str, float], pull: bool = True) -> None:
+        """``step``'s losses into ``state``; with ``pull``, the newest weights into the module."""
         self._source_state._reached(step, self.model.with_source_names(losses))
-        self._pull_weights()
+        if pull:
+            self._pull_weights()
 
     def _end(self) -> None:
         self._source_state._step = None
@@ -226,11 +247,15 @@ class TrainingState:
 
     @property
     def global_step(self) -> int:
-        return int(self._trainer.jax_trainer.step) if self._step is None else self._step
+        if self._step is not None:
+            return self._step
+        trainer = self._trainer.jax_trainer
+        return 0 if trainer is None else int(trainer.step)
 
     @property
     def should_stop(self) -> bool:
-        return bool(self._trainer.jax_trainer.stop_training)
+        trainer = self._trainer.jax_trainer
+        return trainer is not None and bool(trainer.stop_training)
 
     @should_stop.setter
     def should_stop(self, value: bool) -> None:
@@ -248,11 +273,19 @@ class TrainingState:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
-        return getattr(self._trainer.jax_trainer.state, name)
+        trainer = self._trainer.jax_trainer
+        if trainer is None or trainer.state is None:
+            raise AttributeError(f"TrainingState has no {name!r}: expected the source's global_step, metrics, "
+                                 "should_stop, best_loss, total_loss, num_batches or epoch, or a field of the JAX "
+                                 "train state, which exists once training has run (train() has not run yet).")
+        return getattr(trainer.state, name)
 
 
 def source_style(callback: Any) -> bool:
-    """Whether ``callback`` is written as the original source's: ``on_step_end(self, trainer)``.
+    """Whether ``callback`` is written as the original source's: ``on_step_end(self, trainer)``, or only
+    ``on_train_begin``/``on_train_end`` (a class of the user's, not worldloom's, that overrides none of
+    ``on_step_end``, ``on_eval_end`` and ``sync_interval``: e.g. a wandb ``init``/``finish``, or a
+    ``trainer.model.save_pretrained(...)`` at the end).
 
     Such a callback gets the torch :class:`Trainer` in ``on_train_begin``,
     ``on_step_end`` and ``on_train_end``, as in WorldLoom: ``trainer.state``
@@ -262,8 +295,10 @@ def source_style(callback: Any) -> bool:
     (``max_in_flight`` + 1) - 1 updates past ``global_step``; exactly those of
     ``global_step`` at the multiples of the callback's ``sync_interval()``).
     Callbacks written as worldloom documents, ``on_step_end(self, step, losses)``,
-    get worldloom's trainer.
+    and worldloom's own classes get worldloom's trainer.
     """
+    if isinstance(callback, Callback) and not _overrides_step_hooks(callback):
+        return not type(callback).__module__.startswith("worldloom")
     try:
         parameters = inspect.signature(callback.on_step_end).parameters.values()
     except (AttributeError, TypeError, ValueError):
@@ -274,11 +309,18 @@ def source_style(callback: Any) -> bool:
     return positional == 1 and inspect.Parameter.VAR_POSITIONAL not in kinds
 
 
+def _overrides_step_hooks(callback: Callback) -> bool:
+    """Whether ``callback``'s class defines its own ``on_step_end``, ``on_eval_end`` or ``sync_interval``."""
+    return any(getattr(type(callback), name) is not getattr(Callback, name)
+               for name in ("on_step_end", "on_eval_end", "sync_interval"))
+
+
 class _SourceCallback(Callback):
     """A source-style callback (:func:`source_style`) run by worldloom's trainer, given the torch Trainer."""
 
     def __init__(self, callback: Callback, trainer: Trainer):
         self.callback, self.torch_trainer = callback, trainer
+        self.steps = type(callback).on_step_end is not Callback.on_step_end  # else: begin/end hooks only
 
     def sync_interval(self) -> int | None:
         return self.callback.sync_interval()
@@ -289,8 +331,9 @@ class _SourceCallback(Callback):
         self.callback.on_train_begin(self.torch_trainer)
 
     def on_step_end(self, step: int, losses: dict[str, float]) -> None:
-        self.torch_trainer._reached(step, losses)
-        self.callback.on_step_end(self.torch_trainer)
+        self.torch_trainer._reached(step, losses, pull=self.steps)
+        if self.steps:
+            self.callback.on_step_end(self.torch_trainer)
 
     def on_eval_end(self, step: int, metrics: dict[str, float]) -> None:
         self.callback.on_eval_end(step, metrics)
