@@ -395,6 +395,27 @@ def test_predict_q_and_decode_give_the_q_ensemble(tdmpc):
     assert torch.equal(given["action"], action)
 
 
+@pytest.mark.slow(reason="compiles encode and predict of both families")
+def test_the_sources_method_arguments(dreamer, tdmpc):
+    torch.manual_seed(0)
+    obs, action = torch.randn(3, 4), torch.rand(3, 2)
+    dreamer.train()
+    with torch.no_grad():
+        start = dreamer.initial_state(3, torch.device("cpu"))  # the source's (batch_size, device)
+        assert start.deterministic.shape[0] == 3 and start.deterministic.device == torch.device("cpu")
+        state = dreamer.encode(obs, deterministic=True)
+        modes = [dreamer.predict(state, action, deterministic=True).stochastic for _ in range(2)]
+        samples = [dreamer.predict(state, action).stochastic for _ in range(2)]
+        assert torch.equal(*modes) and not torch.equal(*samples) and dreamer.training  # per call; mode kept
+        imagined = [dreamer.imagine(state, torch.rand(5, 3, 2), deterministic=True) for _ in range(2)]
+        assert imagined[0].states.stochastic.shape[0] == 6
+        latent = tdmpc.encode(torch.randn(3, 5), deterministic=True)
+        assert torch.equal(tdmpc.predict(latent, action, task_id=None).deterministic,
+                           tdmpc.predict(latent, action).deterministic)
+    with pytest.raises(ConfigError, match="task= and task_id= are the same argument"):
+        tdmpc.predict(latent, action, task=torch.zeros(3), task_id=torch.zeros(3))
+
+
 @pytest.mark.slow(reason="compiles the loss of both families (test_trainer_source_api's evaluate reuses it)")
 def test_compute_loss_has_the_sources_loss_names(dreamer, tdmpc):
     gen = torch.Generator().manual_seed(0)
@@ -646,6 +667,8 @@ def test_callbacks_written_as_the_sources_get_the_torch_trainer(dreamer, tmp_pat
     assert not all(torch.equal(seen, start) for seen, start in zip(weights, source.start))
     assert trainer.state.num_batches == 2 and trainer.state.total_loss == pytest.approx(
         sum(seen["loss"] for seen, _ in source.seen))
+    trainer.state.reset_epoch()
+    assert (trainer.state.total_loss, trainer.state.num_batches, trainer.state.metrics) == (0.0, 0, {})
     # train(): the same, around a Trainer of its own
     source = SourceStyle()
     train(dreamer, buffer, total_steps=2, batch_size=2, sequence_length=4, device="cpu", steps_per_dispatch=2,

@@ -18,6 +18,7 @@ its params as torch ``nn.Parameter``s and converts at the edge:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
@@ -289,16 +290,32 @@ class WorldModel(nn.Module):
 
     # ------------------------------------------------------------ protocol
 
-    def initial_state(self, batch_size: int) -> LatentState:
-        """The model's start state ``[batch_size, ...]``."""
-        return self._call("initial_state", positive_batch_size(batch_size))
+    def initial_state(self, batch_size: int, device: str | torch.device | None = None) -> LatentState:
+        """The model's start state ``[batch_size, ...]``, on ``device`` (the source's argument; default: the
+        model's)."""
+        state = self._call("initial_state", positive_batch_size(batch_size))
+        return state if device is None else state.to(device)
 
-    def encode(self, obs, **kwargs) -> LatentState:
+    def encode(self, obs, deterministic: bool = False, **kwargs) -> LatentState:
         """Posterior state of a first observation ``[B, *obs_shape]`` -> ``[B, ...]``.
 
-        ``**kwargs`` are family-specific extras (TD-MPC2: ``task``).
+        ``deterministic`` (the source's argument): the distributions' modes instead of samples, for this call
+        (as in :meth:`eval` mode). ``**kwargs`` are family-specific extras (TD-MPC2: ``task``).
         """
-        return self._call("encode", self._obs_in(obs, 1), **kwargs)
+        with self._modes(deterministic):
+            return self._call("encode", self._obs_in(obs, 1), **kwargs)
+
+    @contextlib.contextmanager
+    def _modes(self, deterministic: bool):
+        """The JAX handle in eval mode (modes, not samples) for one call when ``deterministic``."""
+        handle = self.jax_model
+        training = handle.training
+        if deterministic and training:
+            handle.train(False)
+        try:
+            yield
+        finally:
+            handle.train(training)
 
     def observe(self, state: LatentState, action, obs, **kwargs) -> LatentState:
         """One posterior step: ``state [B, ...]``, the ``action [B, A]`` taken in it and
@@ -322,9 +339,11 @@ class WorldModel(nn.Module):
         return self._call("observe_sequence", self._obs_in(obs, 2), actions, is_first=is_first, state=state,
                           **kwargs)
 
-    def predict(self, state: LatentState, action, **kwargs) -> LatentState:
-        """One prior step: ``state [B, ...]``, ``action [B, A]`` -> next state ``[B, ...]``."""
-        return self._call("predict", state, action, **kwargs)
+    def predict(self, state: LatentState, action, deterministic: bool = False, **kwargs) -> LatentState:
+        """One prior step: ``state [B, ...]``, ``action [B, A]`` -> next state ``[B, ...]``; ``deterministic``
+        as in :meth:`encode`."""
+        with self._modes(deterministic):
+            return self._call("predict", state, action, **kwargs)
 
     def decode(self, state: LatentState, *args, **kwargs) -> dict:
         """Heads of a state ``[..., ...]``: ``reward`` and ``continue`` ``[..., 1]`` and, where the
@@ -337,15 +356,17 @@ class WorldModel(nn.Module):
             out["obs"] = self._obs_out(out["obs"])
         return out
 
-    def imagine(self, initial_state: LatentState, actions, **kwargs) -> Trajectory:
+    def imagine(self, initial_state: LatentState, actions, deterministic: bool = False, **kwargs) -> Trajectory:
         """Roll the prior forward under ``actions`` ``[H, B, A]`` from ``initial_state`` ``[B, ...]``.
 
         Returns:
             :class:`Trajectory` with states ``[H + 1, B, ...]`` (``initial_state``
             first, then the state after each action, as the original's), rewards
-            ``[H, B]`` (real units) and continue probabilities ``[H, B]``.
+            ``[H, B]`` (real units) and continue probabilities ``[H, B]``; ``deterministic``
+            as in :meth:`encode`.
         """
-        return self._call(_imagine_from_start, initial_state, actions, **kwargs)
+        with self._modes(deterministic):
+            return self._call(_imagine_from_start, initial_state, actions, **kwargs)
 
     def compute_loss(self, batch: Mapping[str, Any], key=None) -> dict:
         """Loss terms on a ``[B, T, ...]`` batch (``obs, actions, rewards, continues``

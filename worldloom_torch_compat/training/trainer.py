@@ -261,6 +261,10 @@ class TrainingState:
     def should_stop(self, value: bool) -> None:
         self._trainer.jax_trainer.stop_training = bool(value)
 
+    def reset_epoch(self) -> None:
+        """The source's: clear ``total_loss``, ``num_batches`` and ``metrics``."""
+        self.total_loss, self.num_batches, self.metrics = 0.0, 0, {}
+
     def _begin(self) -> None:
         self._step, self._pulled = None, None
 

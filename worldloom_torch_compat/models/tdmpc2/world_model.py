@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import torch
 
+from worldloom.core.errors import ConfigError
 from worldloom_torch_compat.core.config import TDMPC2Config
 from worldloom_torch_compat.model import WorldModel
 from worldloom_torch_compat.types import LatentState
@@ -26,6 +27,14 @@ class TDMPC2WorldModel(WorldModel, family="tdmpc2"):
     latent_type = "simnorm"
     source_losses = {"consistency": "loss/consistency", "reward": "reward_loss", "td": "loss/value",
                      "continue": "continue_loss"}
+
+    def predict(self, state: LatentState, action, deterministic: bool = False, task=None,
+                task_id=None) -> LatentState:
+        """One latent step ``[B, latent_dim]`` -> ``[B, latent_dim]``; ``task_id`` is the source's name of
+        ``task`` (ids ``[B]`` of a multitask model)."""
+        if task is not None and task_id is not None:
+            raise ConfigError("predict: task= and task_id= are the same argument; pass one.")
+        return super().predict(state, action, deterministic, task=task if task_id is None else task_id)
 
     def predict_q(self, state: LatentState, action, task=None, reduce: str = "all") -> torch.Tensor:
         """Q of ``action`` ``[B, A]`` in ``state`` ``[B, latent_dim]``, real units.
