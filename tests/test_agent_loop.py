@@ -103,7 +103,7 @@ def test_a_new_run_refuses_a_directory_holding_what_it_writes(tmp_path):
     (out / "config.yaml").write_text("mine")
     config = AgentRunConfig(env="CartPole-v1", algo="dreamerv3", total_steps=40, out_dir=str(out))
     with pytest.raises(ConfigError, match=r"'.*mine' already holds checkpoints, config.yaml, which a new "
-                                          r"run writes; expected a new or empty directory"):
+                                          r"run writes; expected a directory without them"):
         run_agent(config, progress=False)
     with pytest.raises(CheckpointError, match=r"checkpoints' has no manifest.json: expected an agent checkpoint"):
         run_agent(config, progress=False, resume=True)  # not a checkpoint to go on from

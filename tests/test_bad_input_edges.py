@@ -295,13 +295,13 @@ def test_a_buffer_save_refuses_to_replace_a_file_that_is_not_a_worldloom_archive
     buffer = small_buffer()
     notes = tmp_path / "notes.txt"
     notes.write_text("my notes")
-    with pytest.raises(CheckpointError, match=r"notes.txt.*not a file worldloom wrote.*overwrite=True"):
+    with pytest.raises(CheckpointError, match=r"notes.txt.*not a replay buffer file worldloom wrote.*overwrite=True"):
         buffer.save(notes)
     assert notes.read_text() == "my notes" and leftovers(tmp_path) == []
     foreign = tmp_path / "theirs.npz"
     np.savez(foreign, x=np.zeros(3))  # a zip of arrays, but not one worldloom signed
     before = foreign.read_bytes()
-    with pytest.raises(CheckpointError, match=r"theirs.npz.*not a file worldloom wrote"):
+    with pytest.raises(CheckpointError, match=r"theirs.npz.*not a replay buffer file worldloom wrote"):
         buffer.save(foreign)
     assert foreign.read_bytes() == before
     # An earlier save (or another worldloom archive) is replaced; overwrite=True replaces anything.
@@ -315,6 +315,12 @@ def test_a_buffer_save_refuses_to_replace_a_file_that_is_not_a_worldloom_archive
     assert ReplayBuffer.load(earlier).num_episodes == 2
     buffer.save(notes, overwrite=True)
     assert ReplayBuffer.load(notes).num_episodes == 2
+    from worldloom.core.archives import write_npz
+
+    other = tmp_path / "other.npz"  # signed by worldloom, but not a buffer: refused as well
+    write_npz(other, {"x": np.zeros(3)}, format="worldloom-stream-replay", version=1)
+    with pytest.raises(CheckpointError, match=r"other.npz.*not a replay buffer file worldloom wrote"):
+        buffer.save(other)
     empty = tmp_path / "empty.npz"  # an empty file (tempfile.mkstemp's): nothing to lose, replaced
     empty.touch()
     buffer.save(empty)
@@ -328,5 +334,5 @@ def test_collect_refuses_to_replace_a_users_file(tmp_path, capsys):
     notes = tmp_path / "notes.txt"
     notes.write_text("my notes")
     assert main(["collect", "--env", "CartPole-v1", "--episodes", "1", "--out", str(notes)]) == 1
-    assert "not a file worldloom wrote" in capsys.readouterr().err
+    assert "not a replay buffer file worldloom wrote" in capsys.readouterr().err
     assert notes.read_text() == "my notes"

@@ -401,6 +401,9 @@ def test_an_interrupted_deletion_is_no_checkpoint_and_is_removed(buffer, referen
 def test_resume_falls_back_to_the_newest_good_checkpoint_and_says_so(buffer, reference, tmp_path):
     directory = copy_run(reference, tmp_path, keep=("step_00000002", "step_00000004", "step_00000006"))
     corrupt_largest_state_file(directory / "step_00000006")
+    with pytest.warns(RuntimeWarning, match=r"step_00000004, the newest checkpoint that loads"):
+        step, params = Trainer(make_model(), make_config()).checkpoint_params(directory)  # the same fallback
+    assert step == 4
     trainer = Trainer(make_model(), make_config(), [CheckpointCallback(directory, save_every=2, keep_last=None,
                                                                        save_best=False)])
     with pytest.warns(RuntimeWarning, match=r"Resuming from .*step_00000004, the newest checkpoint that loads; "

@@ -269,6 +269,14 @@ def test_resume_refuses_a_directory_worldloom_did_not_write(tmp_path, capsys):
         assert result.returncode == 2 and f"got '{mine}', which has no config.yaml" in result.stderr, result.stderr
     assert sorted(p.name for p in mine.iterdir()) == ["buffer.npz", "checkpoints"]
     assert (mine / "buffer.npz").read_text() == "my data"
+    # With a config.yaml of its own (a Hydra project's), or of the other command, and --config given too.
+    (tmp_path / "run.yaml").write_text("steps: 4\n")
+    for text, message in (("lr: 0.1\n", "whose config.yaml is not a worldloom run file"),
+                          ("env: CartPole-v1\nalgo: dreamerv3\n", "a run of `worldloom agent`")):
+        (mine / "config.yaml").write_text(text)
+        result = _run(capsys, "train", "--resume", str(mine), "--config", str(tmp_path / "run.yaml"))
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert sorted(p.name for p in mine.iterdir()) == ["buffer.npz", "checkpoints", "config.yaml"]
 
 
 @pytest.mark.slow

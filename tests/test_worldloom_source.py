@@ -580,6 +580,7 @@ def test_trainer_source_api(dreamer, tmp_path):
         getattr(trainer.state, "opt_state")  # noqa: B009 - the JAX train state's fields come with training
     assert trainer.train(buffer, num_steps=2) is dreamer
     assert trainer.state.global_step == 2 and trainer.config.total_steps == 4
+    assert trainer.state.opt_state is trainer.jax_trainer.state["opt_state"]  # the JAX state's fields
     metrics = trainer.evaluate(buffer, num_batches=2)
     assert isinstance(metrics["loss"], float) and math.isfinite(metrics["loss"]) and dreamer.training
     assert train(dreamer, buffer, total_steps=2, batch_size=2, sequence_length=4, device="cpu", steps_per_dispatch=2,
@@ -726,6 +727,21 @@ def test_load_checkpoint_loads_at_once_and_training_resumes_from_it(dreamer, tdm
     assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), dreamer.parameters()))
     again.train(buffer)  # resumes there: two more updates to total_steps
     assert again.state.global_step == 4
+
+    class Steps(face.training.Callback):
+        def on_step_end(self, step, losses):
+            self.seen.append(step)
+
+    steps = Steps()
+    again.add_callback(steps)
+    steps.seen = []
+    again.train(buffer, num_steps=6)  # on from 4, not from the loaded checkpoint again
+    assert steps.seen == [5, 6]
+    with pytest.raises(ConfigError, match="expected total_steps >= 6"):
+        again.train(buffer, num_steps=1)
+    steps.seen = []
+    again.train(buffer, num_steps=8)  # a failed call in between changes nothing
+    assert steps.seen == [7, 8]
     with pytest.raises(CheckpointError, match="written for a dreamerv3 model"):
         Trainer(tdmpc, config).load_checkpoint(tmp_path / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="No training checkpoint"):

@@ -249,26 +249,26 @@ def _parser() -> argparse.ArgumentParser:
 RUN_LOCK = ".worldloom-run.lock"  # held in a run directory while a command writes it
 
 
-def _resumed_run_file(command: str, run_dir: Path) -> Path | None:
-    """The run file (``config.yaml``) of the run ``--resume`` names, None where there is none.
+def _resumed_run_file(command: str, run_dir: Path) -> Path:
+    """The run file (``config.yaml``) of the run ``--resume`` names, checked to be a run of ``command``.
 
     Raises:
-        ConfigError: it is a run of the other command (``train`` or ``agent``).
+        ConfigError: no readable ``config.yaml`` (not a run worldloom wrote), or a run of the other command.
     """
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        return None
     import yaml
 
+    from worldloom.agents.run_file import run_kind
+
+    path = Path(run_dir) / "config.yaml"
     try:
-        keys = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return path  # the run file's reader says what is wrong with it
-    kind = "agent" if isinstance(keys, dict) and "algo" in keys else "train" if isinstance(keys, dict) else None
-    if kind not in (None, command):
-        raise ConfigError(f"--resume: expected a run of `worldloom {command}`, got {str(run_dir)!r}, a run of "
-                          f"`worldloom {kind}` (its config.yaml): resume it with `worldloom {kind} --resume "
-                          f"{run_dir}`.")
+        kind = run_kind(yaml.safe_load(path.read_text()))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"--resume: expected a run directory that worldloom wrote, holding its config.yaml, got "
+                          f"{str(run_dir)!r}: {err}") from err
+    if kind != command:
+        found = f"a run of `worldloom {kind}` (its config.yaml): resume it with `worldloom {kind} --resume " \
+                f"{run_dir}`" if kind else "whose config.yaml is not a worldloom run file"
+        raise ConfigError(f"--resume: expected a run of `worldloom {command}`, got {str(run_dir)!r}, {found}.")
     return path
 
 
@@ -579,7 +579,8 @@ def cmd_collect(args) -> None:
     from worldloom.training import _buffer_io
     from worldloom.training.data import collect_episodes
 
-    check_target(args.out, "replay buffer", earlier=_buffer_io.REQUIRED)  # before collecting: a user's file stays
+    # Before collecting: a user's file there stays.
+    check_target(args.out, "replay buffer", earlier=_buffer_io.REQUIRED, format=_buffer_io.FORMAT)
     buffer = collect_episodes(args.env, args.episodes, seed=args.seed, capacity=args.capacity)
     buffer.save(args.out)
     print(f"Wrote {buffer.num_transitions} transitions in {buffer.num_episodes} episodes of {args.env} "
@@ -724,9 +725,11 @@ def cmd_agent(args) -> dict:
 
     flags = _given_flags(args)
     run_file = args.config
-    if run_file is None and args.resume:  # a resumed run keeps its own settings; flags typed now override them
-        run_file = _resumed_run_file("agent", Path(flags.get("out_dir", args.out) if args.resume is True
-                                                   else args.resume))
+    if args.resume:  # a resumed run keeps its own settings (unless --config); flags typed now override them
+        run_dir = flags.get("out_dir", args.out) if args.resume is True else args.resume
+        _run_dir(run_dir, True)  # config.yaml and checkpoints/ there, before either is read
+        saved = _resumed_run_file("agent", Path(run_dir))
+        run_file = run_file or saved
     if run_file is None:  # no run file: the flags' defaults are the run's
         flags = {field: getattr(args, dest) for dest, field in AGENT_FLAGS.items()}
     config, model_overrides = resolve_run(run_file, flags, args.set)
@@ -814,9 +817,10 @@ def main(argv=None) -> int:
     args.training = {}
     if args.command == "train":
         try:
-            if args.resume and not args.config:  # a resumed run keeps its own settings; flags typed now override
+            if args.resume:  # a resumed run keeps its own settings (unless --config); flags typed now override
+                _run_dir(args.out, args.resume)  # config.yaml and checkpoints/ there, before either is read
                 saved = _resumed_run_file("train", Path(args.out if args.resume is True else args.resume))
-                args.config = None if saved is None else str(saved)
+                args.config = args.config or str(saved)
             _apply_train_file(args)
         except ConfigError as err:
             print(f"worldloom train: error: {err}", file=sys.stderr)

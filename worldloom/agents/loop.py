@@ -209,8 +209,8 @@ def plan_run(config: AgentRunConfig, resume: bool, model_overrides: dict, share:
         taken = run_files_in(out) if share.primary else []
         if not share.everyone(not taken):
             held = ", ".join(taken) if share.primary else "files (process 0 found them)"
-            raise ConfigError(f"out_dir {str(out)!r} already holds {held}, which a new run writes; expected a new "
-                              "or empty directory"
+            raise ConfigError(f"out_dir {str(out)!r} already holds {held}, which a new run writes; expected a "
+                              "directory without them (other files are left alone)"
                               + (", or one holding a checkpoint to resume from." if resume else
                                  ", or resume=True (worldloom agent --resume) to go on with the run there."))
     check_logger(config.logger)  # wandb without its package: said before anything runs
@@ -431,6 +431,8 @@ def run_agent(config: AgentRunConfig, *, progress: bool = True, resume: bool = F
         progress: Show progress (a tqdm bar on a terminal, periodic lines elsewhere) and phase notes.
         resume: Continue from ``out_dir/checkpoints`` when it exists (episodes in flight are restarted;
             replay, params, optimiser and counters resume; replay grows to the new ``total_steps``).
+            A run that does not resume refuses an ``out_dir`` holding any name a run writes
+            (:data:`RUN_FILES`): nothing of an earlier run or of yours is replaced.
         **model_overrides: World-model config overrides (e.g. ``deter=256``).
 
     Returns:

@@ -181,13 +181,14 @@ def _sign(handle, path: Path, format: str, version: int) -> None:  # noqa: A002 
     handle.write(head + f"{crc:08x}".encode())
 
 
-def is_worldloom_archive(path, earlier: tuple[str, ...] = ()) -> bool:
+def is_worldloom_archive(path, earlier: tuple[str, ...] = (), format: str | None = None) -> bool:  # noqa: A002
     """Whether ``path`` is a file worldloom wrote with :func:`write_npz`: a zip whose comment is a signature
     (of any format; its CRC is not checked, so a damaged archive of worldloom's still counts).
 
     Args:
         earlier: The arrays a file of an earlier worldloom holds (written without a signature, by
             ``np.savez``): an unsigned zip of ``.npy`` arrays only, among them all of these, counts too.
+        format: Only a signature of this format counts (default: any).
     """
     try:
         with open(path, "rb") as handle:
@@ -203,8 +204,9 @@ def is_worldloom_archive(path, earlier: tuple[str, ...] = ()) -> bool:
     if at < 0:
         return False
     comment = tail[at + _END_SIZE:]
-    if SIGNATURE.fullmatch(comment) is not None:
-        return True
+    signed = SIGNATURE.fullmatch(comment)
+    if signed is not None:
+        return format is None or signed["format"].decode() == format
     if comment or not earlier:
         return False
     try:
@@ -215,13 +217,14 @@ def is_worldloom_archive(path, earlier: tuple[str, ...] = ()) -> bool:
     return all(name.endswith(".npy") for name in names) and {f"{name}.npy" for name in earlier} <= set(names)
 
 
-def check_target(path, what: str, overwrite: bool = False, earlier: tuple[str, ...] = ()) -> None:
+def check_target(path, what: str, overwrite: bool = False, earlier: tuple[str, ...] = (),
+                 format: str | None = None) -> None:  # noqa: A002
     """Refuse a directory, and anything but a worldloom archive unless ``overwrite`` (see :func:`write_npz`):
     what :func:`write_npz` checks, for a caller to check before the work whose arrays go there."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{str(path)!r} is a directory: expected a file name such as 'buffer.npz'.")
-    if overwrite or not os.path.lexists(path) or is_worldloom_archive(path, earlier) or (
+    if overwrite or not os.path.lexists(path) or is_worldloom_archive(path, earlier, format) or (
             path.is_file() and not path.is_symlink() and path.stat().st_size == 0):  # an empty file (mkstemp's)
         return
     try:
@@ -231,7 +234,7 @@ def check_target(path, what: str, overwrite: bool = False, earlier: tuple[str, .
     if path.is_symlink():
         found = f"a symbolic link to {found}"
     raise CheckpointError(f"Cannot write the {what} to {str(path)!r}: expected a new file name or a file worldloom "
-                          f"wrote, got {found} without worldloom's signature: not a file worldloom wrote. "
+                          f"wrote, got {found} that is not a {what} file worldloom wrote. "
                           "Nothing was written; choose another name, or pass overwrite=True to replace it.")
 
 
@@ -251,7 +254,7 @@ def write_npz(path, arrays: dict[str, np.ndarray], *, format: str, version: int,
             the cause, e.g. ``No space left on device``; the original chained).
     """
     path = as_path(path)
-    check_target(path, what, overwrite, tuple(earlier))
+    check_target(path, what, overwrite, tuple(earlier), format)
     tmp = None
     try:
         with writing(path, what):

@@ -11,14 +11,12 @@ load in the same directory (:func:`worldloom.core.archives.remove_temp_files`).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from worldloom.core.archives import as_path, remove_temp_files
 from worldloom.core.archives import read_npz as read_archive
-from worldloom.core.archives import write_npz as write_archive
 from worldloom.core.arrays import check_finite
 from worldloom.core.errors import CheckpointError, DataError
 
@@ -29,19 +27,7 @@ REQUIRED = ("obs", "actions", "rewards", "dones")
 
 remove_leftovers = remove_temp_files  # the temp files of killed saves, as in the module doc
 
-__all__ = ["FORMAT", "VERSION", "as_path", "episode_ranges", "read_npz", "remove_leftovers", "resolve", "write_npz"]
-
-
-def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
-    """Write a buffer's ``arrays`` to ``path`` as a signed ``.npz``, atomically.
-
-    Leftover temp files of killed saves in the directory are removed first.
-
-    Raises:
-        ConfigError: ``path`` is not a file name. CheckpointError: it cannot be
-            written (naming the path and the cause, e.g. ``No space left on device``).
-    """
-    write_archive(path, arrays, format=FORMAT, version=VERSION, what="replay buffer")
+__all__ = ["FORMAT", "VERSION", "as_path", "episode_ranges", "read_npz", "remove_leftovers", "resolve"]
 
 
 # ------------------------------------------------------------ reading

@@ -102,7 +102,7 @@ def restore(lineage: Lineage, source: Path, like: Any, check: Callable[[Path, di
     """
     candidates = lineage.candidates if lineage.candidates[:1] == [Path(source)] else [Path(source)]
     try:
-        path, meta, tree = _first_loadable(candidates, like, check)
+        path, meta, tree = first_loadable(candidates, like, check)
         step = int(meta["step"])
         if step > total_steps:
             raise ConfigError(f"The checkpoint at {path} is at step {step}: expected total_steps >= {step}, got "
@@ -120,7 +120,12 @@ def restore(lineage: Lineage, source: Path, like: Any, check: Callable[[Path, di
     return meta, tree
 
 
-def _first_loadable(candidates: list[Path], like: Any, check: Callable[[Path, dict], None]):
+def first_loadable(candidates: list[Path], like: Any, check: Callable[[Path, dict], None]):
+    """``(path, meta, tree)`` of the first of ``candidates`` that loads, warning about those skipped.
+
+    Raises:
+        CheckpointError: none loads (``check`` raises for one of another model, without falling back).
+    """
     skipped: list[tuple[Path, CheckpointError]] = []
     for path in candidates:
         try:

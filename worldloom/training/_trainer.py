@@ -309,18 +309,16 @@ class Trainer:
 
     def checkpoint_params(self, path) -> tuple[int, Any]:
         """The step and the model's params of the checkpoint ``path`` names (a directory's newest, or one
-        ``step_<N>``), as NumPy arrays; nothing of this trainer changes.
+        ``step_<N>``; the newest that loads), as NumPy arrays; nothing of this trainer changes.
 
         Raises:
             CheckpointError: no loadable checkpoint there, or one of another model.
         """
-        source = _checkpoint.find_checkpoint(path)
-        meta = _checkpoint.read_meta(source)
-        self._check_checkpoint(source, meta)
         update = self.model.make_update(self.config.optimizer_settings())
         like = {"train_state": jax.eval_shape(update.init, self.model.params),
                 "key": jax.eval_shape(jax.random.PRNGKey, 0)}
-        tree = _checkpoint.load_state(source, like, meta)
+        # The newest that loads, as a resume takes it (a damaged newer one is skipped, with a warning).
+        _, meta, tree = _resume.first_loadable(_checkpoint.resume_candidates(path), like, self._check_checkpoint)
         return int(meta["step"]), update.params(tree["train_state"])
 
     def _check_checkpoint(self, source: Path, meta: dict) -> None:

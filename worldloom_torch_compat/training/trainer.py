@@ -61,8 +61,9 @@ class Trainer:
     """Trains a torch-facing world model with worldloom's JAX trainer.
 
     Args and attributes as :class:`worldloom.training.Trainer` (``step``,
-    ``state``, ``last_losses``, ``eval_history``, ``save_checkpoint``, ...
-    are the JAX trainer's), except that ``model`` is the torch module.
+    ``last_losses``, ``eval_history``, ``save_checkpoint``, ... are the JAX
+    trainer's), except that ``model`` is the torch module and ``state`` the
+    source's view (:class:`TrainingState`).
 
     Example:
         >>> trainer = Trainer(model, TrainingConfig(total_steps=1_000))
@@ -72,6 +73,7 @@ class Trainer:
     def __init__(self, model: Any, config: TrainingConfig | None = None, callbacks=(), *, resume_from=None):
         self.model = _as_module(model)
         self._source_state = TrainingState(self)
+        self._finished: tuple[str | None, int] | None = None  # (run id, step) where the last train() ended
         self.jax_trainer = JaxTrainer(self.model.jax_model, config, (), resume_from=resume_from)
         for callback in callbacks:
             self.add_callback(callback)
@@ -81,7 +83,7 @@ class Trainer:
         """The torch Trainer that source-style callbacks of :func:`train` get: its JAX trainer comes
         with their ``on_train_begin``."""
         trainer = cls.__new__(cls)
-        trainer.model, trainer.jax_trainer = module, None
+        trainer.model, trainer.jax_trainer, trainer._finished = module, None, None
         trainer._source_state = TrainingState(trainer)
         return trainer
 
@@ -123,7 +125,7 @@ class Trainer:
         goes_on = False
         if resume_from is not None:
             trainer.resume_from = resume_from
-        elif not resume and trainer.resume_from is None and trainer.state is not None:
+        elif not resume and trainer.resume_from is None and self._finished is not None:
             resume = goes_on = self._saved_last()
             if not goes_on:
                 warnings.warn(f"Trainer.train runs from step 0 again, from the model's current weights with a "
@@ -141,16 +143,18 @@ class Trainer:
                 trainer.train(unwrap_buffer(buffer), resume=resume)
         finally:
             trainer.config = config
+        # Done with: a later call goes on from where this one ended, not from resume_from again.
+        trainer.resume_from, self._finished = None, (trainer.run_id, trainer.step)
         return _after_training(self.model)
 
     def _saved_last(self) -> bool:
         """Whether a checkpoint directory of the run (``config.checkpoint_dir``, a ``CheckpointCallback``'s)
         holds the checkpoint the last run ended with: its run's, at its step."""
-        trainer = self.jax_trainer
+        trainer, (run_id, step) = self.jax_trainer, self._finished
         directories = [c.save_dir for c in trainer.callbacks if isinstance(c, JaxCheckpointCallback)]
         directories += [trainer.config.checkpoint_dir] if trainer.config.checkpoint_dir else []
-        ends = [list_checkpoints(directory, trainer.run_id)[-1:] for directory in directories]
-        return trainer.run_id is not None and any(end and end[0][0] == trainer.step for end in ends)
+        ends = [list_checkpoints(directory, run_id)[-1:] for directory in directories]
+        return run_id is not None and any(end and end[0][0] == step for end in ends)
 
     def load_checkpoint(self, path) -> None:
         """Load the checkpoint ``path`` names (a directory written by :meth:`save_checkpoint` or a
@@ -282,7 +286,13 @@ class TrainingState:
             raise AttributeError(f"TrainingState has no {name!r}: expected the source's global_step, metrics, "
                                  "should_stop, best_loss, total_loss, num_batches or epoch, or a field of the JAX "
                                  "train state, which exists once training has run (train() has not run yet).")
-        return getattr(trainer.state, name)
+        state = trainer.state
+        if isinstance(state, dict):  # the JAX train state is a dict of its fields
+            if name in state:
+                return state[name]
+            raise AttributeError(f"TrainingState has no {name!r}: expected the source's fields or one of the "
+                                 f"JAX train state's, {', '.join(sorted(state))}.")
+        return getattr(state, name)
 
 
 def source_style(callback: Any) -> bool:
@@ -302,7 +312,7 @@ def source_style(callback: Any) -> bool:
     and worldloom's own classes get worldloom's trainer.
     """
     if isinstance(callback, Callback) and not _overrides_step_hooks(callback):
-        return not type(callback).__module__.startswith("worldloom")
+        return type(callback).__module__.split(".")[0] not in ("worldloom", "worldloom_torch_compat")
     try:
         parameters = inspect.signature(callback.on_step_end).parameters.values()
     except (AttributeError, TypeError, ValueError):
