@@ -257,7 +257,7 @@ def _resumed_run_file(command: str, run_dir: Path) -> Path:
     """
     import yaml
 
-    from worldloom.agents.run_file import run_kind
+    from worldloom.training.plots import run_kind
 
     path = Path(run_dir) / "config.yaml"
     try:

@@ -25,8 +25,8 @@ def load_run_agent(run_dir, device=None):
     """``(agent, env_id, env_options)`` of a run directory written by :func:`run_agent`."""
     from worldloom.agents._run_io import read_agent_meta
     from worldloom.agents.dreamer import DreamerAgent
-    from worldloom.agents.run_file import read_agent_run
     from worldloom.agents.tdmpc2 import TDMPC2Agent
+    from worldloom.training.plots import read_agent_run
 
     run_dir = Path(run_dir)
     config = read_agent_run(run_dir)

@@ -125,39 +125,6 @@ def run_data(config: AgentRunConfig, model_overrides: dict) -> dict:
     return data
 
 
-def run_kind(config) -> str | None:
-    """Which command wrote a run file (a ``config.yaml`` read as a dict): ``"agent"`` (it names ``algo``),
-    ``"train"`` (it has a ``training`` section), or None (neither: not a worldloom run's)."""
-    if not isinstance(config, dict):
-        return None
-    return "agent" if "algo" in config else "train" if "training" in config else None
-
-
-def read_agent_run(run_dir) -> dict:
-    """The ``config.yaml`` of a ``worldloom agent`` run directory, as a dict holding at least ``env`` and ``algo``.
-
-    Raises:
-        CheckpointError: no readable ``config.yaml`` there, or one of another kind of run (``worldloom train``'s).
-    """
-    import yaml
-
-    from worldloom.core.errors import CheckpointError
-
-    path = Path(run_dir) / "config.yaml"
-    try:
-        config = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise CheckpointError(f"Expected a run directory of `worldloom agent` with config.yaml, got "
-                              f"{str(run_dir)!r}: {err}") from err
-    missing = [key for key in ("env", "algo") if not isinstance(config, dict) or key not in config]
-    if missing:
-        kind = " (a run of `worldloom train`, whose model `worldloom imagine RUN` shows)" if run_kind(
-            config) == "train" else ""
-        raise CheckpointError(f"Expected a run directory of `worldloom agent`, whose config.yaml names env and "
-                              f"algo, got {str(run_dir)!r}, whose config.yaml has no {' or '.join(missing)}{kind}.")
-    return config
-
-
 def write_run(path, config: AgentRunConfig, model_overrides: dict) -> Path:
     """Write ``config`` and the world-model overrides as a run file, atomically; comments at its top name
     the presets and the values they set."""
