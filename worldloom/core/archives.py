@@ -56,12 +56,13 @@ _READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, struct.err
                 KeyError, NotImplementedError, RuntimeError, SyntaxError, OverflowError, MemoryError)
 
 
-def as_path(path) -> Path:
-    """``path`` as a ``Path``; ConfigError for anything but ``str``/``os.PathLike``."""
+def as_path(path, name: str = "path", expected: str = "a non-empty str or os.PathLike file name") -> Path:
+    """``path`` as a ``Path``; ConfigError for anything but a non-empty ``str``/``os.PathLike`` (no NUL byte),
+    saying ``f"{name}: expected {expected}, got ..."``."""
     if isinstance(path, os.PathLike):
         path = os.fspath(path)
     if not isinstance(path, str) or not path or "\x00" in path:
-        raise ConfigError(f"path: expected a non-empty str or os.PathLike file name, got {path!r}.")
+        raise ConfigError(f"{name}: expected {expected}, got {path!r} ({type(path).__name__}).")
     return Path(path)
 
 

@@ -44,6 +44,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from worldloom.core.archives import as_path
 from worldloom.core.config import flag
 from worldloom.core.errors import CheckpointError, ConfigError
 from worldloom.core.files import atomic_directory, atomic_write_text, read_json_object, recover
@@ -270,12 +271,7 @@ def _summary(problems: list[str]) -> str:
 
 def model_path(path) -> Path:
     """``path`` as a ``Path``: ConfigError for anything but a non-empty ``str``/``os.PathLike`` directory name."""
-    if isinstance(path, os.PathLike):
-        path = os.fspath(path)
-    if not isinstance(path, str) or not path or "\x00" in path:
-        raise ConfigError(f"path: expected a non-empty str or os.PathLike directory name for the saved model, "
-                          f"got {path!r} ({type(path).__name__}).")
-    return Path(path)
+    return as_path(path, expected="a non-empty str or os.PathLike directory name for the saved model")
 
 
 def _record_file(path: Path) -> Path:

@@ -25,6 +25,7 @@ import json
 import os
 from pathlib import Path
 
+from worldloom.core.archives import as_path
 from worldloom.core.errors import CheckpointError, ConfigError, DataError
 from worldloom.core.files import remove_path, temp_path
 from worldloom.core.persist import writing
@@ -54,11 +55,7 @@ def check_figure_path(path, name: str = "out", *, make_parent: bool = False) -> 
         ConfigError: not a path, a suffix matplotlib does not write, a
             directory, or a missing parent directory (or a file in its place).
     """
-    if isinstance(path, os.PathLike):
-        path = os.fspath(path)
-    if not isinstance(path, str) or not path or "\x00" in path:
-        raise ConfigError(f"{name}: expected the path of an image file such as 'plot.png', got {path!r}.")
-    path = Path(path)
+    path = as_path(path, name, "the path of an image file such as 'plot.png'")
     suffix = path.suffix.lower().lstrip(".")
     formats = figure_formats()
     if suffix and suffix not in formats:

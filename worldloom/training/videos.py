@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from worldloom.core.archives import as_path
 from worldloom.core.errors import ConfigError, DataError
 
 VIDEO_SUFFIXES = (".gif", ".mp4")
@@ -184,11 +185,7 @@ def check_video_path(path, name: str = "video") -> Path:
         ConfigError: another type or suffix, a directory, or an ``.mp4`` without a usable writer
             (naming the packages to install).
     """
-    if isinstance(path, os.PathLike):
-        path = os.fspath(path)
-    if not isinstance(path, str) or not path:
-        raise ConfigError(f"{name}: expected the path of a .gif or .mp4 file, got {path!r}.")
-    path = Path(path)
+    path = as_path(path, name, "the path of a .gif or .mp4 file")
     if path.suffix.lower() not in VIDEO_SUFFIXES:
         raise ConfigError(f"{name}: expected a .gif or .mp4 file, got {str(path)!r}.")
     if path.is_dir():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import zipfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 
 from worldloom.core.errors import DeviceError
 from worldloom.training import ReplayBuffer as JaxReplayBuffer
+from worldloom.training import _buffer_io
 from worldloom.training.data import shape_tuple
 from worldloom_torch_compat.model import channels_first, channels_last
 
@@ -245,14 +245,11 @@ SOURCE_KEYS = frozenset({"obs", "actions", "rewards", "dones", "obs_shape", "act
 
 
 def source_format(path: str | os.PathLike) -> bool:
-    """Whether ``path`` (or ``path.npz``) is a buffer file in WorldLoom's format: an ``.npz`` without
-    worldloom's signature whose arrays are among :data:`SOURCE_KEYS`. False for anything unreadable
-    (the load then says what is wrong)."""
+    """Whether ``path`` (or ``path.npz``, as load resolves it) is a buffer file in WorldLoom's format: an
+    ``.npz`` without worldloom's signature whose arrays are among :data:`SOURCE_KEYS`. False for anything
+    unreadable (the load then says what is wrong)."""
     try:
-        path = Path(os.fspath(path))
-        if not path.is_file() and path.with_name(path.name + ".npz").is_file():
-            path = path.with_name(path.name + ".npz")
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(_buffer_io.resolve(path)) as archive:  # the file load reads
             names = {name.removesuffix(".npy") for name in archive.namelist()}
             signed = archive.comment.startswith(b"worldloom ")
     except (TypeError, OSError, zipfile.BadZipFile, ValueError):
