@@ -18,6 +18,7 @@ from typing import Any
 
 from worldloom.core.config import ConfigBase, require
 from worldloom.core.errors import ConfigError
+from worldloom.envs.factory import check_render_mode
 from worldloom.models.base import OptimizerSettings
 from worldloom.training.guard import NONFINITE_MODES
 from worldloom.training.reference import PRESETS, REFERENCE, stack_presets
@@ -157,10 +158,7 @@ class AgentRunConfig(ConfigBase):
                                               and "agent" not in self.env_options),
                 f"env_options must be a mapping of keyword names to values (the agent's suite settings come "
                 f"from algo, not an 'agent' key), got {self.env_options!r}.")
-        render_mode = (self.env_options or {}).get("render_mode")
-        require(render_mode is None or isinstance(render_mode, str),
-                f"env_options['render_mode']: expected a string such as 'rgb_array' (or null), got {render_mode!r} "
-                f"({type(render_mode).__name__}).")
+        check_render_mode((self.env_options or {}).get("render_mode"), "env_options['render_mode']")
         require(self.seed >= 0, f"seed must be a non-negative integer (it seeds the environments, the model and "
                                 f"sampling), got {self.seed}.")
         require(self.logger in ("tensorboard", "wandb"),

@@ -8,6 +8,13 @@ from worldloom.core.config import close_matches
 from worldloom.core.errors import ConfigError
 
 
+def check_render_mode(render_mode, name: str = "render_mode") -> None:
+    """ConfigError unless ``render_mode`` is a string (``"rgb_array"``, ...) or None."""
+    if render_mode is not None and not isinstance(render_mode, str):
+        raise ConfigError(f"{name}: expected a string such as 'rgb_array' (or None), got {render_mode!r} "
+                          f"({type(render_mode).__name__}).")
+
+
 def make_env(env_id: str, agent: str | None = None, **kwargs: Any):
     """``gymnasium.make(env_id, **kwargs)``, or a suite task (``dmc:...``, ``atari:...``).
 
@@ -29,10 +36,7 @@ def make_env(env_id: str, agent: str | None = None, **kwargs: Any):
 
     if not isinstance(env_id, str):
         raise ConfigError(f"env: expected a Gymnasium env id such as 'CartPole-v1', got {type(env_id).__name__}.")
-    render_mode = kwargs.get("render_mode")
-    if render_mode is not None and not isinstance(render_mode, str):
-        raise ConfigError(f"render_mode: expected a string such as 'rgb_array' (or None), got {render_mode!r} "
-                          f"({type(render_mode).__name__}).")
+    check_render_mode(kwargs.get("render_mode"))
     if is_suite_id(env_id):
         return make_suite_env(env_id, agent or "dreamerv3", **kwargs)
     try:
