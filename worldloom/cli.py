@@ -249,17 +249,18 @@ def _parser() -> argparse.ArgumentParser:
 RUN_LOCK = ".worldloom-run.lock"  # held in a run directory while a command writes it
 
 
-def _resumed_run_file(command: str, run_dir: Path) -> Path:
-    """The run file (``config.yaml``) of the run ``--resume`` names, checked to be a run of ``command``.
+def _resumed_run_file(command: str, run_dir) -> Path:
+    """The run file (``config.yaml``) of the run ``--resume`` names, checked to be a run of ``command``
+    (after :func:`_run_dir`'s check that ``config.yaml`` and ``checkpoints/`` are there).
 
     Raises:
-        ConfigError: no readable ``config.yaml`` (not a run worldloom wrote), or a run of the other command.
+        ConfigError: no run directory worldloom wrote, or a run of the other command.
     """
     import yaml
 
     from worldloom.training.plots import run_kind
 
-    path = Path(run_dir) / "config.yaml"
+    path = _run_dir(run_dir, True) / "config.yaml"
     try:
         kind = run_kind(yaml.safe_load(path.read_text()))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
@@ -726,9 +727,7 @@ def cmd_agent(args) -> dict:
     flags = _given_flags(args)
     run_file = args.config
     if args.resume:  # a resumed run keeps its own settings (unless --config); flags typed now override them
-        run_dir = flags.get("out_dir", args.out) if args.resume is True else args.resume
-        _run_dir(run_dir, True)  # config.yaml and checkpoints/ there, before either is read
-        saved = _resumed_run_file("agent", Path(run_dir))
+        saved = _resumed_run_file("agent", flags.get("out_dir", args.out) if args.resume is True else args.resume)
         run_file = run_file or saved
     if run_file is None:  # no run file: the flags' defaults are the run's
         flags = {field: getattr(args, dest) for dest, field in AGENT_FLAGS.items()}
@@ -818,8 +817,7 @@ def main(argv=None) -> int:
     if args.command == "train":
         try:
             if args.resume:  # a resumed run keeps its own settings (unless --config); flags typed now override
-                _run_dir(args.out, args.resume)  # config.yaml and checkpoints/ there, before either is read
-                saved = _resumed_run_file("train", Path(args.out if args.resume is True else args.resume))
+                saved = _resumed_run_file("train", args.out if args.resume is True else args.resume)
                 args.config = args.config or str(saved)
             _apply_train_file(args)
         except ConfigError as err:
