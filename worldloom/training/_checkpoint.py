@@ -81,15 +81,20 @@ def _complete(path: Path) -> bool:
     return (path / META_FILE).is_file() and (path / STATE_DIR).is_dir()
 
 
-def _damaged(path: Path) -> bool:
-    """Whether checkpoint ``path`` has a ``meta.json`` that cannot be read (a write cut short, a damaged disk)."""
-    return _complete(path) and read_json_object(path / META_FILE) is None
+_DAMAGED = object()
+
+
+def _written_by(path: Path) -> Any:
+    """The ``run_id`` in complete checkpoint ``path``'s ``meta.json``; ``_DAMAGED`` when that file cannot be read
+    (a write cut short, a damaged disk): such a checkpoint is no run's, and resume skips it."""
+    meta = read_json_object(path / META_FILE)
+    return _DAMAGED if meta is None else meta.get("run_id")
 
 
 def _check_target(target: Path, run_id: str | None) -> None:
     """CheckpointError when ``target`` holds something a checkpoint must not be written over: anything but a
-    checkpoint of this run, or a damaged checkpoint (:func:`_damaged`)."""
-    if not os.path.lexists(target) or (_complete(target) and (_damaged(target) or run_id_of(target) == run_id)):
+    checkpoint of this run, or a damaged checkpoint (:func:`_written_by`)."""
+    if not os.path.lexists(target) or (_complete(target) and _written_by(target) in (_DAMAGED, run_id)):
         return
     raise CheckpointError(f"Cannot write the checkpoint {str(target)!r}: expected nothing there or a checkpoint "
                           f"of this run, got {'a directory' if target.is_dir() else 'a file'} worldloom did not "
@@ -128,8 +133,7 @@ def foreign_checkpoints(directory, run_id: str | None) -> list[str]:
     """Names of the checkpoints (and ``best``) in ``directory`` written by a run other than ``run_id``. A
     ``best`` that is not a saved model is none of them: it is not this package's."""
     directory = Path(directory)
-    names = [path.name for _, path in list_checkpoints(directory)
-             if run_id_of(path) != run_id and not _damaged(path)]  # a damaged one is no run's: resume skips it
+    names = [path.name for _, path in list_checkpoints(directory) if _written_by(path) not in (_DAMAGED, run_id)]
     best = directory / BEST_DIR
     if is_saved_model(best) and run_id_of(best) != run_id:
         names.append(BEST_DIR)

@@ -187,7 +187,9 @@ class Trainer:
 
     def _reached(self, step: int, losses: dict[str, float], pull: bool = True) -> None:
         """``step``'s losses into ``state``; with ``pull``, the newest weights into the module."""
-        self._source_state._reached(step, self.model.with_source_names(losses))
+        state = self._source_state
+        if step != state._step:  # once per update, however many callbacks are told
+            state._reached(step, self.model.with_source_names(losses))
         if pull:
             self._pull_weights()
 
@@ -273,10 +275,9 @@ class TrainingState:
         self._step, self._pulled = None, None
 
     def _reached(self, step: int, metrics: dict[str, float]) -> None:
-        if step != self._step:  # once per update, however many callbacks are told
-            self._step, self.metrics = step, metrics
-            self.total_loss += metrics.get("loss", 0.0)
-            self.num_batches += 1
+        self._step, self.metrics = step, metrics
+        self.total_loss += metrics.get("loss", 0.0)
+        self.num_batches += 1
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
