@@ -47,8 +47,48 @@ def test_values_are_not_silently_coerced(overrides, message):
 def test_training_config_refuses_values_it_cannot_train_with(overrides, message):
     with pytest.raises(ConfigError, match=message):
         TrainingConfig(**overrides)
-    with pytest.raises(ConfigError, match="TrainingConfig.load: expected a file path, got NoneType None"):
+    with pytest.raises(ConfigError, match=r"TrainingConfig.load\(path\): expected a str or os.PathLike file name, "
+                                          r"got None \(NoneType\)"):
         TrainingConfig.load(None)
+
+
+def test_a_config_file_round_trips_names_its_family_and_replaces_only_a_config(tmp_path):
+    import json
+
+    from worldloom import CheckpointError
+    from worldloom.core.config import ConfigBase
+    from worldloom.models.dreamerv3 import DreamerV3Config
+    from worldloom.models.tdmpc2 import TDMPC2Config
+
+    config = DreamerV3Config.from_size("size1m", obs_shape=(16, 16, 3), action_dim=2, **TINY)
+    path = tmp_path / "dreamer.json"
+    config.save(path)
+    assert json.loads(path.read_text())["model_type"] == "dreamerv3"  # as a saved model's config.json
+    assert DreamerV3Config.load(path) == config and ConfigBase.load(str(path)) == config
+    tdmpc = TDMPC2Config.from_size("1m", obs_shape=(5,), action_dim=2)
+    tdmpc.save(path)  # a config file is replaced
+    assert type(ConfigBase.load(path)) is TDMPC2Config
+    with pytest.raises(ConfigError, match=r"holds a config of model_type 'tdmpc2'; expected model_type "
+                                          r"\['dreamerv3', 'dreamer'\]"):
+        DreamerV3Config.load(path)
+    with pytest.raises(ConfigError, match="expected no model_type"):
+        TrainingConfig.load(path)
+    (tmp_path / "notes.txt").write_text("my notes")
+    with pytest.raises(CheckpointError, match="got a file of 8 bytes, not a JSON config. Nothing was written"):
+        config.save(tmp_path / "notes.txt")
+    assert (tmp_path / "notes.txt").read_text() == "my notes"
+    with pytest.raises(CheckpointError, match="got a directory"):
+        config.save(tmp_path)
+    config.save(tmp_path / "notes.txt", overwrite=True)
+    assert DreamerV3Config.load(tmp_path / "notes.txt") == config
+    path.write_text(json.dumps({"deter": 64}))
+    with pytest.raises(ConfigError, match="model_type None in .* names no model family; expected one of"):
+        ConfigBase.load(path)
+    path.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="holds list; expected a JSON object of config fields"):
+        DreamerV3Config.load(path)
+    with pytest.raises(CheckpointError, match="cannot read a JSON config at .*missing.json"):
+        DreamerV3Config.load(tmp_path / "missing.json")
 
 
 @pytest.mark.slow

@@ -47,6 +47,7 @@ def test_unknown_preset_names_the_available_ones():
         create_world_model("dreamerv3:size3m", obs_shape=(4,), action_dim=2)
     message = str(err.value)
     assert "dreamerv3:size12m" in message and "dreamer-small" in message and "size3m" in message
+    assert message.startswith("Unknown model 'dreamerv3:size3m': model type 'dreamerv3' has no preset 'size3m'.")
 
 
 @pytest.mark.slow

@@ -177,8 +177,55 @@ def test_source_registry_names():
     assert "alias" not in face.get_model_info("dreamerv3:size12m")
     assert face.MODEL_CATALOG["dreamerv3:size12m"]["default_obs"] == (3, 64, 64)
     assert face.MODEL_CATALOG["tdmpc2:5m"]["default_obs"] == (24,)
-    with pytest.raises(ValueError, match="Unknown model"):
+    with pytest.raises(ValueError, match="Invalid model identifier 'unknown-model'"):  # the source's wording
         face.get_model_info("unknown-model")
+    with pytest.raises(ValueError, match=r"Unknown model type 'unknown' in 'unknown:size' \(types: dreamerv3, "):
+        face.core.registry.WorldModelRegistry.from_pretrained("unknown:size")
+
+
+def test_a_users_own_model_class_registers_as_in_the_source():
+    import dataclasses
+
+    from worldloom_torch_compat.core.registry import WorldModelRegistry
+
+    @dataclasses.dataclass
+    class MyConfig:
+        obs_shape: tuple = (4,)
+        action_dim: int = 2
+        hidden: int = 16
+
+        @classmethod
+        def from_size(cls, size, **fields):
+            return cls(**{"hidden": {"small": 16, "big": 64}[size], **fields})
+
+    try:
+        @WorldModelRegistry.register("mymodel", MyConfig)
+        class MyModel(torch.nn.Module):
+            def __init__(self, config):
+                super().__init__()
+                self.config = config
+                self.net = torch.nn.Linear(config.obs_shape[0], config.hidden)
+
+        model = face.create_world_model("mymodel:big", obs_shape=(7,), device="cpu")
+        assert isinstance(model, MyModel) and (model.net.in_features, model.net.out_features) == (7, 64)
+        assert WorldModelRegistry.from_pretrained("MyModel:small").config == MyConfig(hidden=16)
+        assert face.AutoConfig.from_pretrained("mymodel:small", action_dim=3) == MyConfig(action_dim=3)
+        assert WorldModelRegistry.list_models()["mymodel"] is MyModel
+        assert set(WorldModelRegistry.list_models()) == {"dreamer", "tdmpc2", "mymodel"}
+        WorldModelRegistry.register("bare")(MyModel)
+        with pytest.raises(ConfigError, match="'bare' was registered without a config class"):
+            face.create_world_model("bare:small")
+    finally:
+        for table in (WorldModelRegistry._model_registry, WorldModelRegistry._config_registry):
+            for name in ("mymodel", "bare"):
+                dict.pop(table, name, None)
+    for taken in ("dreamer", "TDMPC", "dreamer-small"):
+        with pytest.raises(ConfigError, match=f"{taken!r} is one of worldloom's model types"):
+            WorldModelRegistry.register(taken)
+    with pytest.raises(ConfigError, match="expected a model type name"):
+        WorldModelRegistry.register("a:b")
+    with pytest.raises(ValueError, match="Unknown model type 'mymodel'"):  # gone again
+        face.create_world_model("mymodel:small")
 
 
 def test_docs_list_the_source_names():
@@ -222,7 +269,7 @@ def test_latent_state_and_trajectory_reprs_show_shapes_not_values():
     mixed = face.LatentState(deterministic=torch.zeros(2, 8), prior_logits=torch.zeros(2, 3, 4, dtype=torch.bfloat16))
     assert "prior_logits=[2, 3, 4] bfloat16, dtype=float32" in repr(mixed)
     trajectory = face.Trajectory(state, torch.zeros(15, 32, 2, dtype=torch.float64), torch.zeros(15, 32),
-                                 torch.ones(15, 32))
+                                 continues=torch.ones(15, 32))
     assert repr(trajectory) == (f"Trajectory(states={state!r}, actions=[15, 32, 2] float64, rewards=[15, 32], "
                                 "continues=[15, 32])")
 
@@ -322,7 +369,7 @@ def test_model_config_reads_the_source_names(dreamer, tdmpc):
     config = dreamer.config
     assert (config.model_type, config.deter_dim, config.stoch_discrete, config.stoch_classes) == ("dreamer", 64, 4, 4)
     assert config.encoder_type == "mlp" and tuple(config.obs_shape) == (4,)
-    assert config.to_dict() == dreamer.jax_model.config.to_dict()  # the JAX model's config, read both ways
+    assert config.to_dict() == {"model_type": "dreamer", **dreamer.jax_model.config.to_dict()}  # read both ways
     assert tdmpc.config.model_type == "tdmpc2" and tdmpc.config.num_q_networks == 2 and tdmpc.config.gamma == 0.9
 
 
@@ -365,6 +412,22 @@ def test_imagined_trajectory_starts_with_the_start_state(dreamer, tdmpc):
         odd = face.LatentState(start.deterministic, start.stochastic, prior_logits=torch.zeros(2, 3))
         with pytest.raises(ShapeError, match=r"initial_state.prior_logits: expected shape \[2, 4, 4\]"):
             dreamer.imagine(odd, actions)
+
+
+def test_a_trajectory_takes_the_sources_fields_in_its_order():
+    # The source's Trajectory(states, actions, rewards=None, values=None, continues=None): a user's own rollout.
+    states = face.LatentState(deterministic=torch.zeros(4, 2, 8))
+    actions, rewards = torch.zeros(3, 2, 1), torch.ones(3, 2)
+    bare = face.Trajectory(states, actions)
+    assert (len(bare), bare.horizon, bare.batch_size) == (4, 3, 2)
+    assert bare.rewards is None and bare.continues is None and bare.values is None
+    assert bare.detach().to("cpu").horizon == 3
+    values, continues = torch.full((4, 2), 2.0), torch.full((3, 2), 0.5)
+    full = face.Trajectory(states, actions, rewards, values, continues)
+    assert full.values is values and full.continues is continues
+    torch.testing.assert_close(full.discounted_return(1.0), torch.full((2,), 1.75))  # 1 + 0.5 + 0.25
+    with pytest.raises(face.core.exceptions.StateError, match="has no rewards or continues"):
+        bare.discounted_return(0.99)
 
 
 @pytest.mark.slow(reason="compiles decode, predict_q at three reductions and the policy's acting program")
@@ -435,6 +498,23 @@ def test_compute_loss_has_the_sources_loss_names(dreamer, tdmpc):
 
 
 # ---------------------------------------------------------------- training
+
+
+def test_model_configs_save_and_load_as_the_sources(tmp_path):
+    from worldloom_torch_compat.core.config import WorldModelConfig
+
+    config = DreamerV3Config.from_size("size1m", obs_shape=(3, 16, 16), action_dim=2, **TINY)
+    assert isinstance(config, WorldModelConfig)
+    assert config.to_dict()["model_type"] == "dreamer" and DreamerV3Config(**config.to_dict()) == config
+    config.save(tmp_path / "config.json")
+    loaded = WorldModelConfig.load(tmp_path / "config.json")  # the base class picks the family
+    assert type(loaded) is DreamerV3Config and loaded == config and loaded.obs_shape == (3, 16, 16)
+    tdmpc = TDMPC2Config.from_size("1m", obs_shape=(5,), action_dim=2, num_q_networks=3)
+    tdmpc.save(tmp_path / "config.json")
+    assert WorldModelConfig.load(tmp_path / "config.json") == tdmpc
+    assert TDMPC2Config.from_dict(tdmpc.to_dict()).num_q_networks == 3
+    with pytest.raises(ConfigError, match="model_type 'tdmpc2'"):
+        DreamerV3Config.load(tmp_path / "config.json")
 
 
 def test_training_config_source_api(tmp_path):

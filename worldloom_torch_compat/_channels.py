@@ -14,10 +14,11 @@ class ChannelsFirst:
 
     @classmethod
     def jax_class(cls) -> type:
-        """The JAX config class this torch-face class extends."""
+        """The JAX family config class this torch-face class extends."""
         from worldloom.core.config import ConfigBase
 
-        return next(c for c in cls.__mro__[1:] if issubclass(c, ConfigBase) and not issubclass(c, ChannelsFirst))
+        return next(c for c in cls.__mro__[1:]
+                    if issubclass(c, ConfigBase) and c.MODEL_TYPES and not issubclass(c, ChannelsFirst))
 
     def to_jax(self):
         """The same config for the JAX model, ``obs_shape`` channels last."""

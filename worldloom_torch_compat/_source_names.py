@@ -97,6 +97,11 @@ class SourceNames:
     def model_type(self) -> str:
         return self.SOURCE_MODEL_TYPE
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fields, with the original's ``"model_type"`` first (as its ``to_dict``); the config class
+        takes the dict back."""
+        return {"model_type": self.model_type, **super().to_dict()}
+
     @property
     def model_name(self) -> str:
         for name, values in self.PRESETS.items():

@@ -498,8 +498,9 @@ def create_world_model(
     """Create a world model as a ``torch.nn.Module``; arguments as :func:`worldloom.create_world_model`.
 
     Args:
-        model: A preset (``"dreamerv3:size12m"``, also ``"dreamer:size12m"``), an alias or a
-            ``save_pretrained`` directory.
+        model: A preset (``"dreamerv3:size12m"``, also ``"dreamer:size12m"``), an alias, a
+            ``save_pretrained`` directory, or ``"type:size"`` of a model class registered with
+            ``WorldModelRegistry.register`` (built from its config class; ``seed`` does not apply).
         obs_shape: Observation shape; images channels first, ``(C, H, W)``. A new model
             without one gets the original's ``(3, 64, 64)``.
         action_dim: Action size (number of actions when discrete); by default the original's 6.
@@ -513,7 +514,10 @@ def create_world_model(
         UnknownModelError, ConfigError, CheckpointError, DeviceError: as worldloom's.
     """
     from worldloom_torch_compat._names import is_saved_path
+    from worldloom_torch_compat.core.registry import build_registered, registered_type
 
+    if registered_type(model) is not None:  # a user's own model class (WorldModelRegistry.register)
+        return build_registered(model, obs_shape, action_dim, device, **overrides)
     if not isinstance(model, (str, os.PathLike)) or is_saved_path(os.fspath(model)):
         handle = worldloom.create_world_model(model, channels_last(obs_shape), action_dim,
                                               device=_jax_device_name(device), seed=seed, **overrides)

@@ -182,25 +182,30 @@ class Trajectory:
             field the start state lacks (the prior logits of
             ``initial_state()``) is ``None`` for the whole trajectory.
         actions: The actions taken ``[H, B, action_dim]``.
-        rewards: Predicted reward of each action, real units, ``[H, B]``.
-        continues: Predicted probability that the episode goes on after each
-            action, ``[H, B]``.
+        rewards: Predicted reward of each action, real units, ``[H, B]``
+            (``imagine`` fills it; optional, as in the original).
         values: Optional values of the states ``[H + 1, B]`` (the original's
             field; ``imagine`` leaves it ``None``).
+        continues: Predicted probability that the episode goes on after each
+            action, ``[H, B]`` (``imagine`` fills it; optional).
+
+    The fields are in the original's order, so ``Trajectory(states, actions,
+    rewards, values, continues)`` means what it meant there.
     """
 
     states: LatentState
     actions: torch.Tensor
-    rewards: torch.Tensor
-    continues: torch.Tensor
+    rewards: torch.Tensor | None = None
     values: torch.Tensor | None = None
+    continues: torch.Tensor | None = None
 
     def __repr__(self) -> str:
         """Shapes, not values: ``Trajectory(states=LatentState(...), actions=[15, 8, 2], rewards=[15, 8], ...)``
-        (a dtype after a shape when it is not the rewards')."""
+        (a dtype after a shape when it is not the states')."""
+        dtype = self.states.features.dtype
         parts = [f"states={self.states!r}"] + [
-            f"{name}={_shape_text(getattr(self, name), self.rewards.dtype)}"
-            for name in ("actions", "rewards", "continues", "values") if getattr(self, name) is not None]
+            f"{name}={_shape_text(getattr(self, name), dtype)}"
+            for name in ("actions", "rewards", "values", "continues") if getattr(self, name) is not None]
         return f"Trajectory({', '.join(parts)})"
 
     def __len__(self) -> int:
@@ -223,7 +228,7 @@ class Trajectory:
 
     @property
     def batch_size(self) -> int:
-        return int(self.rewards.shape[1])
+        return int(self.actions.shape[1])
 
     def discounted_return(self, discount: float) -> torch.Tensor:
         """Sum of discounted predicted rewards, weighted by continues, ``[B]``.
@@ -233,12 +238,16 @@ class Trajectory:
         """
         from worldloom_torch_compat._autograd import call_jax
 
+        missing = [name for name in ("rewards", "continues") if getattr(self, name) is None]
+        if missing:
+            raise StateError(f"Trajectory.discounted_return: needs rewards and continues [H, B]; this trajectory "
+                             f"has no {' or '.join(missing)} (imagine() fills both).")
         return call_jax(lambda traj: traj.discounted_return(discount), to_jax_types(self),
                         device=self.rewards.device)
 
     def _map(self, fn) -> Trajectory:
-        return Trajectory(self.states.map(fn), *(_map(fn, getattr(self, n))
-                                                 for n in ("actions", "rewards", "continues", "values")))
+        return Trajectory(self.states.map(fn), **{n: _map(fn, getattr(self, n))
+                                                  for n in ("actions", "rewards", "values", "continues")})
 
     def to(self, *args, **kwargs) -> Trajectory:
         """``Tensor.to`` on every field."""
@@ -291,7 +300,8 @@ def from_jax_types(value: Any) -> Any:
     if isinstance(value, jax_types.LatentState):
         return LatentState(*(getattr(value, name) for name in _TENSOR_FIELDS))
     if isinstance(value, jax_types.Trajectory):
-        return Trajectory(from_jax_types(value.states), value.actions, value.rewards, value.continues)
+        return Trajectory(from_jax_types(value.states), value.actions, rewards=value.rewards,
+                          continues=value.continues)
     if isinstance(value, dict):
         return {k: from_jax_types(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from worldloom.core.errors import ConfigError
+from worldloom.core.errors import CheckpointError, ConfigError
 
 C = TypeVar("C", bound="ConfigBase")
 
@@ -164,7 +164,91 @@ class ConfigBase(metaclass=_ConfigMeta):
         return cls(**dict(data))
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        """The config as JSON; a model family's config names its family (``"model_type"``), as the
+        ``config.json`` of a saved model does."""
+        data = self.to_dict()
+        if self.MODEL_TYPES:
+            data = {"model_type": self.MODEL_TYPES[0], **data}
+        return json.dumps(data, indent=2, sort_keys=True)
+
+    def save(self, path, *, overwrite: bool = False) -> None:
+        """Write the config to ``path`` as JSON (:meth:`to_json`; read it back with :meth:`load`), whole or
+        not at all.
+
+        A file there is replaced only when it is empty or holds a JSON object
+        (a config written before), unless ``overwrite=True``.
+
+        Raises:
+            ConfigError: ``path`` is not a file name.
+            CheckpointError: ``path`` is a directory or another file, or the write failed.
+        """
+        from worldloom.core.archives import as_path
+        from worldloom.core.files import atomic_write_text
+
+        path = as_path(path, f"{type(self).__name__}.save(path)", "a str or os.PathLike file name")
+        if path.is_dir() or not (overwrite or not path.exists() or _holds_json_object(path)):
+            found = "a directory" if path.is_dir() else f"a file of {path.stat().st_size} bytes, not a JSON config"
+            raise CheckpointError(f"{type(self).__name__}.save: cannot write to {str(path)!r}: expected a new file "
+                                  f"name or a JSON config file, got {found}. Nothing was written; choose another "
+                                  "name, or pass overwrite=True to replace a file.")
+        atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls: type[C], path) -> C:
+        """Read a config written by :meth:`save` (or any JSON object of its fields, such as a saved model's
+        ``config.json``).
+
+        On a family's class the file's ``model_type``, when present, must be that family's; on the base
+        class (the original's ``WorldModelConfig.load``) it chooses the class.
+
+        Raises:
+            ConfigError: ``path`` is not a file name, the file holds no JSON object, or names another family.
+            CheckpointError: a missing or unreadable file.
+        """
+        from worldloom.core.archives import as_path
+
+        path = as_path(path, f"{cls.__name__}.load(path)", "a str or os.PathLike file name")
+        try:
+            with open(path) as file:
+                data = json.load(file)
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"{cls.__name__}.load: cannot read a JSON config at {str(path)!r}: {err}") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"{cls.__name__}.load: {str(path)!r} holds {type(data).__name__}; expected a JSON "
+                              "object of config fields.")
+        return cls.family_config(data.get("model_type"), path).from_dict(data)
+
+    @classmethod
+    def family_config(cls, model_type, path=None) -> type:
+        """The config class to read a file whose ``"model_type"`` is ``model_type``: ``cls`` itself when it
+        is a concrete config, else the registered family's class of that type."""
+        if cls.field_names():
+            if model_type is not None and str(model_type).lower() not in cls.MODEL_TYPES:
+                expected = f"model_type {list(cls.MODEL_TYPES)}" if cls.MODEL_TYPES else "no model_type"
+                raise ConfigError(f"{cls.__name__}: {str(path) if path is not None else 'the data'!r} holds a config "
+                                  f"of model_type {model_type!r}; expected {expected}. Read it with that family's "
+                                  "config class, or the base class's load.")
+            return cls
+        from worldloom.core import registry
+
+        classes = [family.config_cls for family in registry.families().values()]
+        for config_cls in classes:
+            if str(model_type).lower() in config_cls.MODEL_TYPES:
+                return config_cls
+        where = f" in {str(path)!r}" if path is not None else ""
+        raise ConfigError(f"{cls.__name__}: model_type {model_type!r}{where} names no model family; expected one of "
+                          f"{[t for c in classes for t in c.MODEL_TYPES]}.")
+
+
+def _holds_json_object(path) -> bool:
+    """Whether ``path`` is an empty file or one holding a JSON object (a config that may be replaced)."""
+    try:
+        if not path.is_file() or path.is_symlink():
+            return False
+        text = path.read_text()
+        return not text or isinstance(json.loads(text), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def require(condition: bool, message: str) -> None:

@@ -72,15 +72,20 @@ def resolve(name: str) -> tuple[ModelFamily, str]:
     """
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
-    family_name, _, preset = key.partition(":")
+    family_name, sep, preset = key.partition(":")
     family = _FAMILIES.get(family_name)
     if family is not None:
         preset = preset or family.default_preset
         if preset in family.presets:
             return family, preset
+        what = f"Unknown model {name!r}: model type {family_name!r} has no preset {preset!r}."
+    elif sep:
+        what = f"Unknown model type {family_name!r} in {name!r} (types: {', '.join(_FAMILIES)})."
+    else:
+        what = f"Invalid model identifier {name!r}: not a model type, an alias or a 'type:preset' name."
     known = preset_names() + sorted(_ALIASES)
     raise UnknownModelError(
-        f"Unknown model {name!r}.{close_matches(key, known)} "
+        f"{what}{close_matches(key, known)} "
         f"Available presets: {', '.join(preset_names())}; aliases: {', '.join(sorted(_ALIASES))}; "
         "or pass the path of a directory written by save_pretrained()."
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, ClassVar
 
@@ -155,34 +154,6 @@ class TrainingConfig(ConfigBase):
 
         platform = resolve_device(self.device).platform
         return "cuda" if platform == "gpu" else platform
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the config to ``path`` as JSON (read it back with :meth:`load`); written whole or not at all."""
-        from pathlib import Path
-
-        from worldloom.core.files import atomic_write_text
-
-        require(isinstance(path, (str, os.PathLike)), f"TrainingConfig.save: expected a file path, got "
-                f"{type(path).__name__} {path!r}.")
-        atomic_write_text(Path(path), self.to_json())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> TrainingConfig:
-        """Read a config written by :meth:`save` (or any JSON dict of its fields).
-
-        Raises:
-            CheckpointError: a missing or unreadable file.
-        """
-        from worldloom.core.errors import CheckpointError
-
-        require(isinstance(path, (str, os.PathLike)), f"TrainingConfig.load: expected a file path, got "
-                f"{type(path).__name__} {path!r}.")
-        try:
-            with open(path) as file:
-                data = json.load(file)
-        except (OSError, ValueError) as err:
-            raise CheckpointError(f"TrainingConfig.load: cannot read a JSON config at {path}: {err}") from err
-        return cls.from_dict(data)
 
     def optimizer_settings(self) -> OptimizerSettings:
         """The optimiser fields as the models' :class:`OptimizerSettings`."""

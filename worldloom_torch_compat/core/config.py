@@ -29,8 +29,17 @@ from worldloom_torch_compat._source_names import (
     SourceNames,
 )
 
-WorldModelConfig = ConfigBase
-"""The original's config base class: worldloom's :class:`~worldloom.core.config.ConfigBase`."""
+
+@dataclasses.dataclass(frozen=True)
+class WorldModelConfig(ConfigBase):
+    """The original's config base class: worldloom's :class:`~worldloom.core.config.ConfigBase` whose
+    ``load(path)`` reads a config file as the torch face's class of its ``model_type`` (image ``obs_shape``
+    channels first)."""
+
+    @classmethod
+    def family_config(cls, model_type, path=None) -> type:
+        config_cls = super().family_config(model_type, path)
+        return next((c for c in (DreamerV3Config, TDMPC2Config) if c.jax_class() is config_cls), config_cls)
 
 
 class LatentType(enum.Enum):
@@ -52,7 +61,7 @@ class DynamicsType(enum.Enum):
 
 
 @dataclasses.dataclass(frozen=True)
-class DreamerV3Config(SourceNames, ChannelsFirst, dreamerv3.DreamerV3Config):
+class DreamerV3Config(SourceNames, ChannelsFirst, WorldModelConfig, dreamerv3.DreamerV3Config):
     """:class:`worldloom.models.dreamerv3.DreamerV3Config` with image ``obs_shape`` channels first
     (default ``(3, 64, 64)`` and ``action_dim`` 6, the original's defaults) and the source's names
     (``stoch_discrete``, ``stoch_classes``, ``encoder_type``, ``decoder_type``) beside the docs'."""
@@ -68,7 +77,7 @@ class DreamerV3Config(SourceNames, ChannelsFirst, dreamerv3.DreamerV3Config):
 
 
 @dataclasses.dataclass(frozen=True)
-class TDMPC2Config(SourceNames, ChannelsFirst, tdmpc2.TDMPC2Config):
+class TDMPC2Config(SourceNames, ChannelsFirst, WorldModelConfig, tdmpc2.TDMPC2Config):
     """:class:`worldloom.models.tdmpc2.TDMPC2Config` with image ``obs_shape`` channels first and
     the source's names (``num_q_networks``, ``gamma``) beside the docs'."""
 
