@@ -52,6 +52,17 @@ def test_training_config_refuses_values_it_cannot_train_with(overrides, message)
         TrainingConfig.load(None)
 
 
+def test_a_range_error_names_its_config():
+    from worldloom.models.dreamerv3 import DreamerV3Config
+
+    torch_face = pytest.importorskip("worldloom_torch_compat.core.config")
+    for config_cls in (DreamerV3Config, torch_face.DreamerV3Config):
+        with pytest.raises(ConfigError, match=r"^DreamerV3Config: unimix must be in \[0, 1\)"):
+            config_cls(unimix=5)
+    with pytest.raises(ConfigError, match=r"^TrainingConfig: seed must be >= 0, got -1\.$"):
+        TrainingConfig(seed=-1)
+
+
 def test_a_config_file_round_trips_names_its_family_and_replaces_only_a_config(tmp_path):
     import json
 

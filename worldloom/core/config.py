@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import json
 import numbers
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
@@ -97,10 +98,16 @@ class ConfigBase(metaclass=_ConfigMeta):
         """Raise :class:`ConfigError` when a value is out of range."""
 
     def __post_init__(self) -> None:
+        owner = type(self).__name__
         for field in dataclasses.fields(self):
-            value = _checked(type(self).__name__, field, getattr(self, field.name))
+            value = _checked(owner, field, getattr(self, field.name))
             object.__setattr__(self, field.name, value)
-        self.validate()
+        try:
+            self.validate()
+        except ConfigError as err:  # each message names a config, as the type checks' do
+            if re.match(r"[A-Z]\w*[:.]", str(err)):
+                raise
+            raise ConfigError(f"{owner}: {err}") from None
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

@@ -346,4 +346,5 @@ def saved_config(config_cls: type[C], data: Any, source) -> C:
     try:
         return config_cls.from_dict(data)
     except ConfigError as err:
-        raise CheckpointError(f"{source}: the saved {config_cls.__name__} is not valid: {err}") from err
+        detail = str(err).removeprefix(f"{config_cls.__name__}: ")
+        raise CheckpointError(f"{source}: the saved {config_cls.__name__} is not valid: {detail}") from err
