@@ -61,6 +61,8 @@ def test_a_range_error_names_its_config():
             config_cls(unimix=5)
     with pytest.raises(ConfigError, match=r"^TrainingConfig: seed must be >= 0, got -1\.$"):
         TrainingConfig(seed=-1)
+    with pytest.raises(ConfigError, match=r"^TrainingConfig: learning_rate must be finite and > 0"):
+        TrainingConfig(learning_rate=-1.0)  # checked by the OptimizerSettings it builds: named as the user's
 
 
 def test_a_config_file_round_trips_names_its_family_and_replaces_only_a_config(tmp_path):
@@ -72,6 +74,8 @@ def test_a_config_file_round_trips_names_its_family_and_replaces_only_a_config(t
     from worldloom.models.tdmpc2 import TDMPC2Config
 
     config = DreamerV3Config.from_size("size1m", obs_shape=(16, 16, 3), action_dim=2, **TINY)
+    config.save(tmp_path / "new" / "dir" / "c.json")  # missing parents are made, as the original's save did
+    assert DreamerV3Config.load(tmp_path / "new" / "dir" / "c.json") == config
     path = tmp_path / "dreamer.json"
     config.save(path)
     assert json.loads(path.read_text())["model_type"] == "dreamerv3"  # as a saved model's config.json
@@ -93,7 +97,7 @@ def test_a_config_file_round_trips_names_its_family_and_replaces_only_a_config(t
     config.save(tmp_path / "notes.txt", overwrite=True)
     assert DreamerV3Config.load(tmp_path / "notes.txt") == config
     path.write_text(json.dumps({"deter": 64}))
-    with pytest.raises(ConfigError, match="model_type None in .* names no model family; expected one of"):
+    with pytest.raises(ConfigError, match="dreamer.json' has no model_type; expected a model_type of"):
         ConfigBase.load(path)
     path.write_text("[1, 2]")
     with pytest.raises(ConfigError, match="holds list; expected a JSON object of config fields"):

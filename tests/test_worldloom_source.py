@@ -177,13 +177,15 @@ def test_source_registry_names():
     assert "alias" not in face.get_model_info("dreamerv3:size12m")
     assert face.MODEL_CATALOG["dreamerv3:size12m"]["default_obs"] == (3, 64, 64)
     assert face.MODEL_CATALOG["tdmpc2:5m"]["default_obs"] == (24,)
-    with pytest.raises(ValueError, match="Invalid model identifier 'unknown-model'"):  # the source's wording
-        face.get_model_info("unknown-model")
+    for entry in (face.get_model_info, face.core.registry.WorldModelRegistry.from_pretrained):
+        # The source's phrases: its get_model_info's and its registry's
+        with pytest.raises(ValueError, match="Unknown model 'unknown-model'. Invalid model identifier: not a model"):
+            entry("unknown-model")
     with pytest.raises(ValueError, match=r"Unknown model type 'unknown' in 'unknown:size' \(types: dreamerv3, "):
         face.core.registry.WorldModelRegistry.from_pretrained("unknown:size")
 
 
-def test_a_users_own_model_class_registers_as_in_the_source():
+def test_a_users_own_model_class_registers_as_in_the_source(tmp_path, monkeypatch):
     import dataclasses
 
     from worldloom_torch_compat.core.registry import WorldModelRegistry
@@ -215,9 +217,27 @@ def test_a_users_own_model_class_registers_as_in_the_source():
         WorldModelRegistry.register("bare")(MyModel)
         with pytest.raises(ConfigError, match="'bare' was registered without a config class"):
             face.create_world_model("bare:small")
+
+        @dataclasses.dataclass
+        class Named:  # no from_size: the size is its model_name, as the source's config_class(model_name=size)
+            model_name: str = "unnamed"
+            obs_shape: tuple = (4,)
+
+        @WorldModelRegistry.register("named", Named)
+        class Plain(torch.nn.Module):
+            def __init__(self, config):
+                super().__init__()
+                self.config = config
+
+        assert face.create_world_model("named:big").config == Named(model_name="big")
+        # A saved model's directory is that model, whatever type is registered under its name
+        saved = face.create_world_model("dreamer:size1m", obs_shape=(4,), action_dim=2, device="cpu", **TINY)
+        saved.save_pretrained(tmp_path / "named")
+        monkeypatch.chdir(tmp_path)
+        assert isinstance(face.create_world_model("named"), face.DreamerV3WorldModel)
     finally:
         for table in (WorldModelRegistry._model_registry, WorldModelRegistry._config_registry):
-            for name in ("mymodel", "bare"):
+            for name in ("mymodel", "bare", "named"):
                 dict.pop(table, name, None)
     for taken in ("dreamer", "TDMPC", "dreamer-small"):
         with pytest.raises(ConfigError, match=f"{taken!r} is one of worldloom's model types"):
@@ -268,6 +288,9 @@ def test_latent_state_and_trajectory_reprs_show_shapes_not_values():
     assert repr(codes) == "LatentState(type='deterministic', codebook=[2, 4], dtype=int64, device=cpu)"
     mixed = face.LatentState(deterministic=torch.zeros(2, 8), prior_logits=torch.zeros(2, 3, 4, dtype=torch.bfloat16))
     assert "prior_logits=[2, 3, 4] bfloat16, dtype=float32" in repr(mixed)
+    codes_only = face.Trajectory(face.LatentState(codebook_indices=torch.zeros(4, 2, 3, dtype=torch.long)),
+                                 torch.zeros(3, 2, 1))
+    assert repr(codes_only).endswith("actions=[3, 2, 1] float32)")  # a dtype after a shape unlike the state's
     trajectory = face.Trajectory(state, torch.zeros(15, 32, 2, dtype=torch.float64), torch.zeros(15, 32),
                                  continues=torch.ones(15, 32))
     assert repr(trajectory) == (f"Trajectory(states={state!r}, actions=[15, 32, 2] float64, rewards=[15, 32], "
@@ -509,6 +532,14 @@ def test_model_configs_save_and_load_as_the_sources(tmp_path):
     config.save(tmp_path / "config.json")
     loaded = WorldModelConfig.load(tmp_path / "config.json")  # the base class picks the family
     assert type(loaded) is DreamerV3Config and loaded == config and loaded.obs_shape == (3, 16, 16)
+    # One file format on both faces: a saved model's config.json (images channels last).
+    from worldloom.core.config import ConfigBase
+
+    assert json.loads((tmp_path / "config.json").read_text())["obs_shape"] == [16, 16, 3]
+    assert ConfigBase.load(tmp_path / "config.json") == config.to_jax()
+    model = face.create_world_model("dreamer:size1m", obs_shape=(3, 16, 16), action_dim=2, device="cpu", **TINY)
+    model.save_pretrained(tmp_path / "model")
+    assert WorldModelConfig.load(tmp_path / "model" / "config.json") == model.config == config
     tdmpc = TDMPC2Config.from_size("1m", obs_shape=(5,), action_dim=2, num_q_networks=3)
     tdmpc.save(tmp_path / "config.json")
     assert WorldModelConfig.load(tmp_path / "config.json") == tdmpc

@@ -65,9 +65,10 @@ def get_config(model: str | os.PathLike, **fields: Any):
     """The torch-face config (images channels first) of a preset, an alias or a saved model directory,
     with ``fields`` (any of the config's names, ``obs_shape`` channels first) set on top; for
     ``"type:size"`` of a registered model type, its config class's ``from_size(size, **fields)``."""
+    from worldloom_torch_compat._names import is_saved_path
     from worldloom_torch_compat.core.registry import registered_config, registered_type
 
-    if registered_type(model) is not None:
+    if registered_type(model) is not None and not is_saved_path(model):  # a saved directory of that name wins
         return registered_config(model, **fields)
     config = worldloom.get_config(preset_name(model))
     family = next(f for f in registry.families().values() if isinstance(config, f.config_cls))

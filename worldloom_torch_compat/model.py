@@ -516,9 +516,10 @@ def create_world_model(
     from worldloom_torch_compat._names import is_saved_path
     from worldloom_torch_compat.core.registry import build_registered, registered_type
 
-    if registered_type(model) is not None:  # a user's own model class (WorldModelRegistry.register)
+    saved = not isinstance(model, (str, os.PathLike)) or is_saved_path(os.fspath(model))
+    if not saved and registered_type(model) is not None:  # a user's own model class (WorldModelRegistry.register)
         return build_registered(model, obs_shape, action_dim, device, **overrides)
-    if not isinstance(model, (str, os.PathLike)) or is_saved_path(os.fspath(model)):
+    if saved:
         handle = worldloom.create_world_model(model, channels_last(obs_shape), action_dim,
                                               device=_jax_device_name(device), seed=seed, **overrides)
         return wrap(handle)

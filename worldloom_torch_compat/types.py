@@ -202,7 +202,8 @@ class Trajectory:
     def __repr__(self) -> str:
         """Shapes, not values: ``Trajectory(states=LatentState(...), actions=[15, 8, 2], rewards=[15, 8], ...)``
         (a dtype after a shape when it is not the states')."""
-        dtype = self.states.features.dtype
+        dtype = next((t.dtype for t in (getattr(self.states, n) for n in _TENSOR_FIELDS) if t is not None),
+                     self.actions.dtype)  # the state's first field's, as its own repr shows
         parts = [f"states={self.states!r}"] + [
             f"{name}={_shape_text(getattr(self, name), dtype)}"
             for name in ("actions", "rewards", "values", "continues") if getattr(self, name) is not None]

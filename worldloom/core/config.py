@@ -104,10 +104,11 @@ class ConfigBase(metaclass=_ConfigMeta):
             object.__setattr__(self, field.name, value)
         try:
             self.validate()
-        except ConfigError as err:  # each message names a config, as the type checks' do
-            if re.match(r"[A-Z]\w*[:.]", str(err)):
+        except ConfigError as err:  # each message names the config built, as the type checks' do
+            if str(err).startswith((f"{owner}:", f"{owner}.")):
                 raise
-            raise ConfigError(f"{owner}: {err}") from None
+            detail = re.sub(r"^[A-Z]\w*: ", "", str(err))  # a config it builds inside (OptimizerSettings)
+            raise ConfigError(f"{owner}: {detail}") from None
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -193,6 +194,8 @@ class ConfigBase(metaclass=_ConfigMeta):
         from worldloom.core.files import atomic_write_text
 
         path = as_path(path, f"{type(self).__name__}.save(path)", "a str or os.PathLike file name")
+        if not path.parent.is_dir() and not path.parent.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)  # as the original's save did
         if path.is_dir() or not (overwrite or not path.exists() or _holds_json_object(path)):
             found = "a directory" if path.is_dir() else f"a file of {path.stat().st_size} bytes, not a JSON config"
             raise CheckpointError(f"{type(self).__name__}.save: cannot write to {str(path)!r}: expected a new file "
@@ -232,8 +235,9 @@ class ConfigBase(metaclass=_ConfigMeta):
         if cls.field_names():
             if model_type is not None and str(model_type).lower() not in cls.MODEL_TYPES:
                 expected = f"model_type {list(cls.MODEL_TYPES)}" if cls.MODEL_TYPES else "no model_type"
-                raise ConfigError(f"{cls.__name__}: {str(path) if path is not None else 'the data'!r} holds a config "
-                                  f"of model_type {model_type!r}; expected {expected}. Read it with that family's "
+                where = repr(str(path)) if path is not None else "the data"
+                raise ConfigError(f"{cls.__name__}: {where} holds a config of model_type {model_type!r}; expected "
+                                  f"{expected}. Read it with that family's "
                                   "config class, or the base class's load.")
             return cls
         from worldloom.core import registry
@@ -242,8 +246,9 @@ class ConfigBase(metaclass=_ConfigMeta):
         for config_cls in classes:
             if str(model_type).lower() in config_cls.MODEL_TYPES:
                 return config_cls
-        where = f" in {str(path)!r}" if path is not None else ""
-        raise ConfigError(f"{cls.__name__}: model_type {model_type!r}{where} names no model family; expected one of "
+        where = f"{str(path)!r}" if path is not None else "the data"
+        found = "has no model_type" if model_type is None else f"has model_type {model_type!r}, which names no family"
+        raise ConfigError(f"{cls.__name__}: {where} {found}; expected a model_type of "
                           f"{[t for c in classes for t in c.MODEL_TYPES]}.")
 
 

@@ -82,7 +82,7 @@ def resolve(name: str) -> tuple[ModelFamily, str]:
     elif sep:
         what = f"Unknown model type {family_name!r} in {name!r} (types: {', '.join(_FAMILIES)})."
     else:
-        what = f"Invalid model identifier {name!r}: not a model type, an alias or a 'type:preset' name."
+        what = f"Unknown model {name!r}. Invalid model identifier: not a model type, an alias or a 'type:preset' name."
     known = preset_names() + sorted(_ALIASES)
     raise UnknownModelError(
         f"{what}{close_matches(key, known)} "

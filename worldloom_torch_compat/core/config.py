@@ -32,14 +32,27 @@ from worldloom_torch_compat._source_names import (
 
 @dataclasses.dataclass(frozen=True)
 class WorldModelConfig(ConfigBase):
-    """The original's config base class: worldloom's :class:`~worldloom.core.config.ConfigBase` whose
-    ``load(path)`` reads a config file as the torch face's class of its ``model_type`` (image ``obs_shape``
-    channels first)."""
+    """The original's config base class: worldloom's :class:`~worldloom.core.config.ConfigBase`.
+
+    A config file is one format on both faces, that of a saved model's
+    ``config.json`` (an image ``obs_shape`` channels last, as the JAX model
+    takes it): ``save`` writes the JAX model's config, and ``load`` (on this
+    class, the class its ``model_type`` names) reads one back as the torch
+    face's class, channels first.
+    """
+
+    def save(self, path, *, overwrite: bool = False) -> None:
+        """Write the config as JSON, as a saved model's ``config.json`` holds it (image ``obs_shape`` channels
+        last); :meth:`load` reads it back channels first."""
+        self.to_jax().save(path, overwrite=overwrite)
 
     @classmethod
-    def family_config(cls, model_type, path=None) -> type:
-        config_cls = super().family_config(model_type, path)
-        return next((c for c in (DreamerV3Config, TDMPC2Config) if c.jax_class() is config_cls), config_cls)
+    def load(cls, path):
+        """Read a config file (:meth:`save`'s, or a saved model's ``config.json``) as this face's class."""
+        from worldloom_torch_compat._source_names import torch_config
+
+        jax_cls = cls.jax_class() if cls.MODEL_TYPES else ConfigBase
+        return torch_config(jax_cls.load(path))
 
 
 class LatentType(enum.Enum):

@@ -46,8 +46,11 @@ def registered_config(name: str, **fields: Any):
         raise ConfigError(f"Model type {key!r} was registered without a config class: register it with "
                           f"WorldModelRegistry.register({key!r}, config_class=...) to build it from {name!r}.")
     size = name.strip().partition(":")[2]
-    return config_class.from_size(size, **fields) if size and hasattr(config_class, "from_size") \
-        else config_class(**fields)
+    if size and hasattr(config_class, "from_size"):
+        return config_class.from_size(size, **fields)
+    if size and "model_name" in getattr(config_class, "__dataclass_fields__", {}):
+        fields = {"model_name": size, **fields}  # as the source: config_class(model_name=size, ...)
+    return config_class(**fields)
 
 
 def build_registered(name: str, obs_shape=None, action_dim=None, device=None, **fields: Any):
