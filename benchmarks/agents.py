@@ -1,4 +1,4 @@
-"""Agents learning real tasks: DreamerV3 on CartPole-v1, TD-MPC2 on Pendulum-v1 and dmc:cartpole-balance.
+"""Agents learning real tasks: DreamerV3 on CartPole-v1, TD-MPC2 on Pendulum-v1, CartPole-v1 and dmc:cartpole-balance.
 
     python -m benchmarks.agents --task cartpole --seeds 0 1 2
     python -m benchmarks.agents --task cartpole-quick --seeds 0 1   # the quick preset
@@ -6,14 +6,16 @@
     python -m benchmarks.agents --task cartpole-tdmpc2 --seeds 0   # TD-MPC2, episodic
     python -m benchmarks.agents --task cartpole-balance-tdmpc2 --seeds 0   # TD-MPC2 on dmc:cartpole-balance
     python -m benchmarks.agents --task cartpole --steps 5000 --quick   # a short look
-    python -m benchmarks.agents --throughput --against HEAD --steps 1000 --rounds 3
+    python -m benchmarks.agents --throughput --against HEAD --steps 3000 --rounds 3
     python -m benchmarks.agents --throughput --burst --against HEAD --steps 120 --rounds 2
 
 ``--throughput`` times the online loop instead: DreamerV3 ``size1m`` at train
 ratio 64 on CartPole-v1 (one update every 16 environment steps), updates per
 second of the loop's wall time (acting, stepping, replay and updates; the
-programs compiled by an earlier run in the same process through JAX's
-persistent cache). ``--against REV`` runs the same measurement on a git
+programs compiled by an earlier run of as many steps in the same process,
+through JAX's persistent cache). Learning starts once replay holds 16 x 64
+windows (about 1,100 steps), so ``--steps`` must be well above that (default
+3,000). ``--against REV`` runs the same measurement on a git
 revision's ``worldloom/`` (exported with ``git archive``) in alternating
 rounds and prints the ratio of the medians (above 1: the working tree is faster).
 ``--burst`` times the loop where K-update programs apply: a tiny DreamerV3
@@ -26,7 +28,8 @@ CartPole-v1 within 10,000 steps, and at least 900 on ``dmc:cartpole-balance``
 within 20,000 steps. Each run writes its learning curve, logs and
 agent under ``runs/benchmarks/<task>-seed<N>/``; the summary (seed, target
 reached at which step, best and final evaluation return, wall time, curve path)
-is appended to ``docs/results.md`` and printed.
+is printed and appended to ``<out>/results.md`` (``--results FILE`` for another;
+docs/results.md is written by hand from these).
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ settings, steps = json.loads(sys.argv[1]), int(sys.argv[2])
 model = settings.pop("world_model", {})
 settings = {k: v for k, v in settings.items() if k in AgentRunConfig.field_names()}  # a tree before presets
 root = tempfile.mkdtemp()
-run_agent(AgentRunConfig(**settings, total_steps=min(steps, 200), out_dir=root + "/warm"), progress=False, **model)
+run_agent(AgentRunConfig(**settings, total_steps=steps, out_dir=root + "/warm"), progress=False, **model)
 result = run_agent(AgentRunConfig(**settings, total_steps=steps, out_dir=root + "/timed"), progress=False, **model)
 print(json.dumps({"updates": result["updates"], "wall_time": result["wall_time"]}))
 """
@@ -91,6 +94,9 @@ def _measure(tree: str, steps: int, cache: str, settings: dict) -> float:
     out = subprocess.run([sys.executable, "-c", _MEASURE, json.dumps(settings), str(steps)], env=env, check=True,
                          capture_output=True, text=True, cwd=tempfile.gettempdir()).stdout
     row = json.loads(out.strip().splitlines()[-1])
+    if not row["updates"]:
+        raise SystemExit(f"benchmarks.agents --throughput: the run of {steps} environment steps made no update "
+                         "(learning had not started); pass a larger --steps.")
     return row["updates"] / row["wall_time"]
 
 
@@ -136,11 +142,11 @@ def main(argv=None) -> int:
     parser.add_argument("--stop-at-target", action="store_true",
                         help="end a seed's run at the first evaluation that reaches the target")
     parser.add_argument("--out", default="runs/benchmarks")
-    parser.add_argument("--results", default="docs/results.md")
+    parser.add_argument("--results", help="the Markdown file the summary is appended to (default: <out>/results.md)")
     parser.add_argument("--quick", action="store_true", help="do not append to the results file")
     args = parser.parse_args(argv)
     if args.throughput:
-        print(json.dumps(throughput(args.against, args.steps or 1000, args.rounds, args.burst), indent=2))
+        print(json.dumps(throughput(args.against, args.steps or 3000, args.rounds, args.burst), indent=2))
         return 0
     if args.task is None:
         parser.error("--task is required (or --throughput)")
@@ -174,13 +180,14 @@ def main(argv=None) -> int:
         })
         print(json.dumps(rows[-1]))
     if not args.quick:
-        path = Path(args.results)
+        path = Path(args.results or Path(args.out) / "results.md")
+        path.parent.mkdir(parents=True, exist_ok=True)
         new = not path.exists()
         with path.open("a") as handle:
             if new:
                 handle.write("# Results\n\nLearning runs of `python -m benchmarks.agents`; each row is one seed.\n")
             stamp = datetime.date.today().isoformat()
-            handle.write(f"\n## {args.task} ({stamp}, {platform.machine()}, {os.cpu_count()} cores)\n\n")
+            handle.write(f"\n## {args.task} ({stamp}, {platform.machine()}, {len(os.sched_getaffinity(0))} cores)\n\n")
             handle.write("| seed | env steps | training | lr | updates | target | reached at step | best eval "
                          "| final eval | wall time (min) | curve |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
             for row in rows:

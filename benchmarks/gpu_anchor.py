@@ -174,6 +174,8 @@ class Side:
                     "temp_gib": _gib(self.setup.get("temp_bytes")), "peak_gib": _gib(self.peak_bytes)})
         if "versions" in self.setup:  # the official side's libraries, as imported in its process
             out["versions"] = self.setup["versions"]
+        elif "jax" in self.setup:  # worldloom's worker reports the jax it imported
+            out["versions"] = {"jax": self.setup["jax"]}
         if "graph_breaks" in self.setup:  # torch.compile's, by reason
             out["graph_breaks"] = self.setup["graph_breaks"]
         if times:
@@ -316,6 +318,7 @@ def markdown(document: dict) -> str:
 def run_line(header: dict) -> str:
     """One line naming a run's device, versions and official commits."""
     return (f"{header['device']}; jax {header['jax']}, torch {header.get('torch')}; "
+            + ("tiny configs (a check of the script, not a measurement); " if header.get("tiny") else "")
             + "; ".join(f"{entry['repo']} {entry['commit'] or 'commit unknown'}"
                         + (" (missing)" if "missing" in entry else "") for entry in header["official"].values()))
 
@@ -383,7 +386,14 @@ def main(argv=None) -> int:
                            "repeats": repeats, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())},
                 "cases": []}
     if args.resume and args.json and args.json.is_file():
-        document["cases"] = json.loads(args.json.read_text())["cases"]
+        earlier = json.loads(args.json.read_text())
+        mismatch = [key for key in ("tiny", "device") if earlier.get("header", {}).get(key) != document["header"][key]]
+        if mismatch:
+            parser.error(f"--resume: {args.json} holds a run with other {' and '.join(mismatch)} ("
+                         + ", ".join(f"{key} {earlier.get('header', {}).get(key)!r} there, {document['header'][key]!r} "
+                                     "now" for key in mismatch)
+                         + "); its cases are not this run's. Pass another --json, or remove that file.")
+        document["cases"] = earlier["cases"]
     done = {row["case"] for row in document["cases"]}
     print(json.dumps(document["header"]), flush=True)
     platform = document["header"]["platform"]

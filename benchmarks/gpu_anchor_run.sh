@@ -32,10 +32,12 @@ fi
 export JAX_COMPILATION_CACHE_DIR=$state/jax-cache TORCHINDUCTOR_CACHE_DIR=$state/inductor-cache PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv >"$out/nvidia-smi.csv" 2>&1
 python3 -m pip list 2>/dev/null | grep -E -i '^(jax|jaxlib|jax-cuda[0-9]+-(plugin|pjrt)|flax|optax|orbax-checkpoint|torch|triton|numpy) ' >"$out/packages.txt"
-# GPU_ANCHOR_ARGS: more options for benchmarks.gpu_anchor (--rounds 3, or --tiny for a check of this script).
-timeout --signal=INT --kill-after=30 "$limit" python3 -m benchmarks.gpu_anchor --json "$state/gpu_anchor.json" \
-  --resume --site "$site" ${GPU_ANCHOR_ARGS:-} ${1:+--cases "$@"} 2>&1 | tee -a "$state/gpu_anchor.log"
+# GPU_ANCHOR_ARGS: more options for benchmarks.gpu_anchor (--rounds 3, or --tiny for a check of this script;
+# a tiny run keeps its own results file, so that a full run never resumes from its cases).
+case " ${GPU_ANCHOR_ARGS:-} " in *" --tiny "*) name=gpu_anchor-tiny ;; *) name=gpu_anchor ;; esac
+timeout --signal=INT --kill-after=30 "$limit" python3 -m benchmarks.gpu_anchor --json "$state/$name.json" \
+  --resume --site "$site" ${GPU_ANCHOR_ARGS:-} ${1:+--cases "$@"} 2>&1 | tee -a "$state/$name.log"
 status=${PIPESTATUS[0]}
-cp "$state/gpu_anchor.json" "$state/gpu_anchor.log" "$out/" 2>/dev/null
+cp "$state/$name.json" "$state/$name.log" "$out/" 2>/dev/null
 [ "$status" -eq 124 ] && echo "gpu_anchor_run: stopped at the ${limit} s limit; rerun to resume after the cases done" >&2
 exit "$status"

@@ -37,6 +37,23 @@ from pathlib import Path
 from worldloom.training.published import ATARI, DMC_PROPRIO, DMC_VISION, human_normalized  # noqa: F401 - re-exported
 
 
+def task_runs(path: str | Path, task: str) -> list[dict]:
+    """The runs (one per seed) of ``task`` in a scores file of danijar/dreamerv3.
+
+    Raises:
+        SystemExit: the file is missing or not a scores file, or has no run of ``task``.
+    """
+    try:
+        with gzip.open(path, "rt") as file:
+            runs = [run for run in json.load(file) if run["task"] == task]
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise SystemExit(f"{path}: expected a DreamerV3 scores file (.json.gz), "
+                         f"got {type(err).__name__}: {err}") from None
+    if not runs:
+        raise SystemExit(f"{path}: expected runs of task {task!r}, found none.")
+    return runs
+
+
 def published_curve(path: str | Path, task: str, frames, half_window: int = 10_000, seeds: bool = False):
     """DreamerV3's published return around each frame count of ``frames``.
 
@@ -55,14 +72,7 @@ def published_curve(path: str | Path, task: str, frames, half_window: int = 10_0
     Raises:
         SystemExit: the file is missing or not a scores file, or has no run of ``task``.
     """
-    try:
-        with gzip.open(path, "rt") as file:
-            runs = [run for run in json.load(file) if run["task"] == task]
-    except (OSError, ValueError, TypeError, KeyError) as err:
-        raise SystemExit(f"{path}: expected a DreamerV3 scores file (.json.gz), "
-                         f"got {type(err).__name__}: {err}") from None
-    if not runs:
-        raise SystemExit(f"{path}: expected runs of task {task!r}, found none.")
+    runs = task_runs(path, task)
     means, lows, highs = [], [], []
     for frame in frames:
         per_seed = []
@@ -77,7 +87,8 @@ def published_curve(path: str | Path, task: str, frames, half_window: int = 10_0
 
 
 def plot(path: Path, task: str, scores: str, ours: list[tuple[int, float]], repeat: int, ratio: float,
-         batch_steps: int = 1024, reference_ratio: float = 512, title: str = "") -> None:
+         batch_steps: int = 1024, reference_ratio: float = 512, title: str = "", episodes: int | None = None,
+         target: float | None = None) -> None:
     """Draw a run's evaluations beside the published curve, by frames and by updates; written to a temporary, renamed.
 
     ``ours`` are ``(agent step, return)`` pairs; frames are ``repeat`` per agent step. Updates are
@@ -92,6 +103,7 @@ def plot(path: Path, task: str, scores: str, ours: list[tuple[int, float]], repe
 
     grid = list(range(10_000, 200_001, 2_000))
     means, lows, highs = published_curve(scores, task, grid, seeds=True)
+    runs = len(task_runs(scores, task))
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for axis, scale_ours, scale_ref, label in (
             (axes[0], repeat, 1, "frames (physics steps; the published curve's axis)"),
@@ -99,10 +111,11 @@ def plot(path: Path, task: str, scores: str, ours: list[tuple[int, float]], repe
         axis.fill_between([f * scale_ref for f in grid], lows, highs, color="tab:green", alpha=0.2,
                           label="DreamerV3 published, seed range")
         axis.plot([f * scale_ref for f in grid], means, color="tab:green",
-                  label="DreamerV3 published, mean of 10 seeds (training episodes)")
+                  label=f"DreamerV3 published, mean of {runs} seeds (training episodes)")
         axis.plot([s * scale_ours for s, _ in ours], [r for _, r in ours], "o-", color="tab:orange",
-                  label="worldloom, evaluation (5 episodes)")
-        axis.axhline(700, color="gray", lw=0.8)
+                  label="worldloom, evaluation" + (f" ({episodes} episodes)" if episodes else ""))
+        if target is not None:
+            axis.axhline(target, color="gray", lw=0.8)
         axis.set_xlabel(label)
         axis.set_ylabel("return")
         axis.set_ylim(0, 1000)
@@ -127,14 +140,20 @@ def main(argv=None) -> int:
     parser.add_argument("--ratio", type=float, default=64, help="the run's replayed steps per agent step")
     parser.add_argument("--plot", type=Path, help="draw the run beside the published curve into this file")
     parser.add_argument("--title", default="")
+    parser.add_argument("--episodes", type=int, help="evaluation episodes behind each of the run's returns")
+    parser.add_argument("--target", type=float, help="draw a line at this return (a task's target)")
     args = parser.parse_args(argv)
     means, lows, highs = published_curve(args.scores, args.task, args.frames, seeds=True)
     print("| frames | DreamerV3 (mean over seeds) | lowest seed | highest seed |\n|---|---|---|---|")
     for frame, mean, low, high in zip(args.frames, means, lows, highs):
         print(f"| {frame:,} | " + " | ".join("-" if v is None else f"{v:.1f}" for v in (mean, low, high)) + " |")
     if args.plot:
+        if not args.ours:
+            parser.error("--plot draws a run beside the published curve: give its evaluations with --ours "
+                         "STEP:RETURN ...")
         ours = [(int(step), float(ret)) for step, ret in (item.split(":") for item in args.ours)]
-        plot(args.plot, args.task, args.scores, ours, args.repeat, args.ratio, title=args.title)
+        plot(args.plot, args.task, args.scores, ours, args.repeat, args.ratio, title=args.title,
+             episodes=args.episodes, target=args.target)
     return 0
 
 

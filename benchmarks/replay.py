@@ -13,9 +13,11 @@ windows (DreamerV3's batch, 16 x 65) from each in turn, round after round:
 
 - ``ram``: the RAM replay;
 - ``disk (page cache)``: the disk replay, its pages wherever the kernel keeps them;
-- ``disk (cold)``: the disk replay after the pages of its files are dropped
+- ``disk (cold at round start)``: the disk replay after the pages of its files are dropped
   from the page cache (``posix_fadvise(DONTNEED)``, on this benchmark's files
-  only), so windows are read from the disk.
+  only) at the start of each round, so the round's first reads come from the
+  disk; rows it reads again within the round come from the page cache (a
+  small replay is soon all cached: the label means cold at the round's start).
 
 It prints windows per second (median over rounds) and each disk figure as a
 ratio of the RAM one, as a Markdown table and one JSON line. The files are
@@ -193,7 +195,8 @@ def main(argv=None) -> dict:
         disk.disk.flush()
         used = allocated_bytes(directory / "replay")
         print(f"  filled in {seconds:.0f} s; the files now use {size_text(used)} of disk", flush=True)
-        cases = {"ram": (ram, None), "disk (page cache)": (disk, None), "disk (cold)": (disk, lambda: drop_cache(disk))}
+        cases = {"ram": (ram, None), "disk (page cache)": (disk, None),
+                 "disk (cold at round start)": (disk, lambda: drop_cache(disk))}
         rates = {name: [] for name in cases}
         for round_index in range(args.rounds):  # interleaved: each round measures every case once
             for name, (replay, before) in cases.items():

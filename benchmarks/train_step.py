@@ -1,10 +1,11 @@
 """Speed of one world-model update, imagination and planning, against the device's limits.
 
     python -m benchmarks.train_step --model dreamerv3:size12m --obs vector --batch 16 --seq 64
-    python -m benchmarks.train_step --suite            # the table in docs/performance.md
+    python -m benchmarks.train_step --suite            # size12m/200m vector+image, TD-MPC2 5m and 48m
 
 For each case it reports compile time, updates/s, replayed steps/s (B*T*updates/s),
-peak host and device memory, FLOPs and bytes per update from XLA's cost
+peak host and device memory (``--suite`` runs each case in its own process, so
+each peak is that case's), FLOPs and bytes per update from XLA's cost
 analysis, and the fraction of the device's limit reached: FLOP/s against a
 measured large-matmul peak, bytes/s against a measured copy bandwidth. DreamerV3
 cases add imagination latency (H=15 from B states), TD-MPC2 cases MPPI planning
@@ -99,6 +100,8 @@ def run_case(model: str, obs: str, batch: int, seq: int, updates: int = 10, comp
     family = model.split(":")[0]
     shape = (64, 64, 3) if obs == "image" else ((39,) if family == "dreamerv3" else (24,))
     action_dim = 6
+    if family != "dreamerv3":
+        compute_dtype = "float32"  # TD-MPC2 computes in float32 (its config has no compute_dtype)
     overrides = {"compute_dtype": compute_dtype} if family == "dreamerv3" else {}
     handle = create_world_model(model, obs_shape=shape, action_dim=action_dim, device=device, **overrides)
     rng = np.random.default_rng(0)
@@ -112,10 +115,11 @@ def run_case(model: str, obs: str, batch: int, seq: int, updates: int = 10, comp
     compile_s = time.perf_counter() - start
     flops, bytes_accessed = _cost(compiled)
     state, metrics = compiled(state, data, key)
-    jax.block_until_ready(metrics)
+    keys = list(jax.random.split(key, updates))  # made before the clock starts: no op of theirs is timed
+    jax.block_until_ready((metrics, keys))
     start = time.perf_counter()
-    for i in range(updates):
-        state, metrics = compiled(state, data, jax.random.fold_in(key, i))
+    for step_key in keys:
+        state, metrics = compiled(state, data, step_key)
     jax.block_until_ready(metrics)
     seconds = (time.perf_counter() - start) / updates
     result = {
@@ -145,11 +149,37 @@ def run_case(model: str, obs: str, batch: int, seq: int, updates: int = 10, comp
     return result
 
 
+def _guarded_case(case: dict, args, peaks: dict) -> dict:
+    try:
+        return run_case(**case, updates=args.updates, compute_dtype=args.dtype, peaks=peaks, device=args.device)
+    except Exception as err:  # noqa: BLE001 - report and go on (e.g. out of memory)
+        return {**case, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"}
+
+
+def _case_in_own_process(case: dict, args, peaks: dict) -> dict:
+    """``case`` run by a fresh process, so that its peak memory is its own (a process's peak only grows)."""
+    import os
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        out = os.path.join(scratch, "row.json")
+        command = [sys.executable, "-m", "benchmarks.train_step", "--model", case["model"], "--obs", case["obs"],
+                   "--batch", str(case["batch"]), "--seq", str(case["seq"]), "--updates", str(args.updates),
+                   "--dtype", args.dtype, "--device", args.device, "--peaks", json.dumps(peaks), "--row-out", out]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if os.path.exists(out):
+            with open(out) as handle:
+                return json.load(handle)
+    last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+    return {**case, "error": f"the case's process failed: {last[:120]}"}
+
+
 def machine_name(device) -> str:
     if device.platform == "cpu":
         import os
 
-        return f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+        return f"CPU: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores"
     return f"{device.platform.upper()}: {device.device_kind}"
 
 
@@ -183,13 +213,21 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default="", help="with --suite: comma-separated model names to keep")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", help="append JSON lines to this file")
+    parser.add_argument("--peaks", help=argparse.SUPPRESS)  # a suite's child process: the parent's peaks
+    parser.add_argument("--row-out", help=argparse.SUPPRESS)  # ... and where it writes its row
     args = parser.parse_args(argv)
 
     from worldloom.core.devices import resolve_device
 
     device = resolve_device(args.device)
+    if args.row_out:  # one case of a suite, in its own process
+        row = _guarded_case(dict(model=args.model, obs=args.obs, batch=args.batch, seq=args.seq), args,
+                            json.loads(args.peaks))
+        with open(args.row_out, "w") as handle:
+            json.dump(row, handle)
+        return 0
     peaks = device_peaks(device)
-    header = {"machine": machine_name(device), "jax": jax.__version__, **peaks}
+    header = {"machine": machine_name(device), "jax": jax.__version__, "device": str(device), **peaks}
     print(json.dumps(header))
     cases = SUITE if args.suite else [dict(model=args.model, obs=args.obs, batch=args.batch, seq=args.seq)]
     if args.only:
@@ -197,10 +235,7 @@ def main(argv=None) -> int:
         cases = [c for c in cases if c["model"] in keep]
     rows = []
     for case in cases:
-        try:
-            row = run_case(**case, updates=args.updates, compute_dtype=args.dtype, peaks=peaks, device=args.device)
-        except Exception as err:  # noqa: BLE001 - report and go on (e.g. out of memory)
-            row = {**case, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"}
+        row = _case_in_own_process(case, args, peaks) if args.suite else _guarded_case(case, args, peaks)
         row["machine"] = header["machine"]
         rows.append(row)
         print(json.dumps(row), flush=True)

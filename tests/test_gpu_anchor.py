@@ -79,10 +79,13 @@ def test_resume_skips_the_cases_the_results_file_holds(tmp_path, monkeypatch):
     done = {"case": TINY_CASES[0], "overrides": {}, "flops": None,
             "sides": {"worldloom": {"median_ms": 1.0, "min_ms": 1.0, "params": 1, "compile_s": 1.0,
                                     "peak_gib": None, "temp_gib": None}}}
-    out.write_text(json.dumps({"header": {}, "cases": [done]}))
+    out.write_text(json.dumps({"header": {**gpu_anchor.device_info(), "tiny": True}, "cases": [done]}))
     ran = []
     monkeypatch.setattr(gpu_anchor, "run_case", lambda case, *args: ran.append(case) or dict(done, case=case))
     monkeypatch.setattr(gpu_anchor, "matmul_rates", lambda seconds: {"f32": 1e9, "bf16": 2e9})
+    with pytest.raises(SystemExit):  # a full run never takes a tiny run's cases as its own
+        gpu_anchor.main(["--json", str(out), "--resume", "--official", str(tmp_path)])
+    assert ran == []
     gpu_anchor.main(["--tiny", "--json", str(out), "--resume", "--official", str(tmp_path)])
     assert ran == TINY_CASES[1:]
     assert [row["case"] for row in json.loads(out.read_text())["cases"]] == TINY_CASES
