@@ -766,6 +766,7 @@ def test_callbacks_written_as_the_sources_get_the_torch_trainer(dreamer, tmp_pat
     source, documented, ends = SourceStyle(stop_at=2), Documented(), BeginEnd()
     trainer = Trainer(dreamer, config, callbacks=[source, ends])
     trainer.add_callback(documented)
+    assert trainer.callbacks == [source, ends, documented]  # as given, not their adapters
     trainer.train(buffer)
     assert ends.begin == (0, dreamer) and ends.end == 2
     saved = face.create_world_model(str(tmp_path / "saved"))  # the weights the run ended with

@@ -87,6 +87,12 @@ class Trainer:
         trainer._source_state = TrainingState(trainer)
         return trainer
 
+    @property
+    def callbacks(self) -> list:
+        """The callbacks added, as they were given (a source-style one is run through an adapter)."""
+        added = self.jax_trainer.callbacks if self.jax_trainer is not None else ()
+        return [c.callback if isinstance(c, _SourceCallback) else c for c in added]
+
     def add_callback(self, callback) -> None:
         """Add a callback (an instance of :class:`~worldloom.training.callbacks.Callback`).
 
