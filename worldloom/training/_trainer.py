@@ -309,7 +309,8 @@ class Trainer:
 
     def checkpoint_params(self, path) -> tuple[int, Any]:
         """The step and the model's params of the checkpoint ``path`` names (a directory's newest, or one
-        ``step_<N>``; the newest that loads), as NumPy arrays; nothing of this trainer changes.
+        ``step_<N>``; the newest that loads), as NumPy arrays; nothing of this trainer changes. With several
+        processes, process 0 reads it (the path need exist there only) and the others receive it.
 
         Raises:
             CheckpointError: no loadable checkpoint there, or one of another model.
@@ -317,9 +318,16 @@ class Trainer:
         update = self.model.make_update(self.config.optimizer_settings())
         like = {"train_state": jax.eval_shape(update.init, self.model.params),
                 "key": jax.eval_shape(jax.random.PRNGKey, 0)}
-        # The newest that loads, as a resume takes it (a damaged newer one is skipped, with a warning).
-        _, meta, tree = _resume.first_loadable(_checkpoint.resume_candidates(path), like, self._check_checkpoint)
-        return int(meta["step"]), update.params(tree["train_state"])
+        # The newest that loads, as a resume takes it (a damaged newer one is skipped, with a warning). With
+        # several processes process 0 reads it and sends it to the others, as a resume does.
+        tree = step = None
+        if distributed.is_primary():
+            _, meta, tree = _resume.first_loadable(_checkpoint.resume_candidates(path), like,
+                                                   self._check_checkpoint)
+            step = int(meta["step"])
+        if distributed.process_count() > 1:
+            tree, step = distributed.broadcast_arrays(tree, like), distributed.broadcast(step)
+        return step, update.params(tree["train_state"])
 
     def _check_checkpoint(self, source: Path, meta: dict) -> None:
         """CheckpointError for a checkpoint of another model; a warning for other run settings."""
