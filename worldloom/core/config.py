@@ -195,7 +195,11 @@ class ConfigBase(metaclass=_ConfigMeta):
 
         path = as_path(path, f"{type(self).__name__}.save(path)", "a str or os.PathLike file name")
         if not path.parent.is_dir() and not path.parent.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)  # as the original's save did
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)  # as the original's save did
+            except OSError as err:
+                raise CheckpointError(f"{type(self).__name__}.save: cannot make the directory {str(path.parent)!r} "
+                                      f"for {str(path)!r}: {err}. Nothing was written.") from err
         if path.is_dir() or not (overwrite or not path.exists() or _holds_json_object(path)):
             found = "a directory" if path.is_dir() else f"a file of {path.stat().st_size} bytes, not a JSON config"
             raise CheckpointError(f"{type(self).__name__}.save: cannot write to {str(path)!r}: expected a new file "
