@@ -334,17 +334,21 @@ def test_train_run_file_reproduces_and_set_reaches_training_fields(run_dir, tmp_
     assert saved["steps"] == 8 and saved["world_model"]["deter"] == 64 and "grad_clip" in saved["training"]
     out = tmp_path / "again"
     # A field that leaves the update program as it was: the rerun finds run_dir's in the compilation cache.
-    assert main(["train", "--config", str(run_dir / "config.yaml"), "--steps", "4", "--out", str(out),
+    assert main(["train", "--config", str(run_dir / "config.yaml"), "--set", "total_steps=4", "--out", str(out),
                  "--set", "keep_checkpoints=5", "--set", "log_interval=2", "--no-progress"]) == 0
     again = yaml.safe_load((out / "config.yaml").read_text())
     assert (again["steps"], again["episodes"], again["training"]["keep_checkpoints"]) == (4, 8, 5)
     assert again["log_interval"] == 2 and "log_interval" not in again["training"]  # a flag's field, as if typed
+    assert "total_steps" not in again["training"]  # a field under its flag's name (steps), as the run did it
     assert again["training"]["grad_clip"] == saved["training"]["grad_clip"]
     assert again["world_model"] == saved["world_model"]
     assert json.loads((out / "summary.json").read_text())["steps"] == 4
     (tmp_path / "bad.yaml").write_text("episode: 3\n")
     bad = _run(capsys, "train", "--config", str(tmp_path / "bad.yaml"))
     assert bad.returncode == 2 and "Did you mean 'episodes'" in bad.stderr
+    bad = _run(capsys, "train", "--config", str(run_dir / "config.yaml"), "--set", "learning_rat=1e-3")
+    assert bad.returncode == 2 and "--set learning_rat: not a setting of worldloom train, a DreamerV3Config field " \
+        "or a TrainingConfig field. Did you mean 'learning_rate'?" in bad.stderr, bad.stderr
 
 
 @pytest.mark.slow(reason="a training run (run_dir's program) stopped by SIGTERM, then resumed from its run file")

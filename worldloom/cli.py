@@ -59,11 +59,16 @@ def _apply_train_file(args) -> None:
     from worldloom.training import TrainingConfig
 
     training_fields = set(TrainingConfig.field_names())
+    field_flags = {field: flag for flag, field in TRAIN_FLAGS.items()}  # learning_rate -> lr, ...
 
     def place(values: dict, parts: dict, key: str, value) -> None:
         section, _, name = key.partition(".") if key.startswith(("world_model.", "training.")) else ("", "", key)
         if not section and name in TRAIN_FILE_KEYS:  # a setting with a flag of its own: as if the flag was typed
             values[name] = value
+            return
+        if section != "world_model" and name in field_flags:  # a TrainingConfig field a flag sets: that flag,
+            if not (section and field_flags[name] in typed):  # so the run file records it (a typed flag wins
+                values[field_flags[name]] = value             # over a file's training section)
             return
         parts["training" if section == "training" or name in training_fields else "world_model"][name] = value
 
@@ -370,6 +375,7 @@ def cmd_train(args) -> dict:
     """``worldloom train``: collect, train with progress and TensorBoard, save, evaluate, plot."""
     from worldloom import distributed as dist
     from worldloom.core import registry
+    from worldloom.core.config import close_matches
     from worldloom.core.devices import resolve_device
     from worldloom.envs import make_env
     from worldloom.models.factory import get_config, names_saved_model
@@ -395,10 +401,17 @@ def cmd_train(args) -> dict:
     try:
         obs_shape, action_dim, discrete = env_spaces(env, "worldloom train")
         overrides = dict(model_sets)
-        if not names_saved_model(args.model):
-            family, _ = registry.resolve(args.model)
-            if discrete and "action_type" in family.config_cls.field_names():
-                overrides.setdefault("action_type", "discrete")
+        config_cls = type(get_config(args.model)) if names_saved_model(args.model) else \
+            registry.resolve(args.model)[0].config_cls
+        if not names_saved_model(args.model) and discrete and "action_type" in config_cls.field_names():
+            overrides.setdefault("action_type", "discrete")
+        for key in overrides:  # neither the model's field nor training's: say so, with both sets of names
+            if key not in config_cls.accepted_names():
+                known = (*config_cls.accepted_names(), *TrainingConfig.field_names(), *TRAIN_FILE_KEYS)
+                raise ConfigError(f"--set {key}: not a setting of worldloom train, a {config_cls.__name__} field or "
+                                  f"a TrainingConfig field.{close_matches(key, known)} Model fields: "
+                                  f"{', '.join(config_cls.field_names())}; TrainingConfig fields: "
+                                  f"{', '.join(TrainingConfig.field_names())}.")
         get_config(args.model, obs_shape=obs_shape, action_dim=action_dim, **overrides)
     except BaseException:
         env.close()
