@@ -157,6 +157,16 @@ def _run(capsys, *args) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(args, code, captured.out, captured.err)
 
 
+def test_evaluate_and_imagine_of_an_agent_run_say_where_its_model_and_replay_are(tmp_path, capsys):
+    run = tmp_path / "pend"
+    (run / "agent" / "world_model").mkdir(parents=True)
+    for command in ("evaluate", "imagine"):
+        out = _run(capsys, command, str(run))
+        assert out.returncode == 2 and f"'{run}' is a `worldloom agent` run" in out.stderr, out.stderr
+        assert f"--model {run / 'agent' / 'world_model'} --buffer {run / 'checkpoints' / 'replay.npz'}" in out.stderr
+        assert f"worldloom {command}: error: expected" not in out.stderr
+
+
 def test_version_and_help_show_defaults(capsys, monkeypatch):
     from importlib.metadata import version
 

@@ -379,3 +379,11 @@ def test_bernoulli16_frequency_and_keys(p):
     assert abs(both - exact**2) < 5 * np.sqrt(exact**2 * (1 - exact**2) / len(flat))
     other = wnn.bernoulli16(jax.random.PRNGKey(1), p, shape)
     assert float((mask != other).mean()) > p * (1 - p)
+
+
+def test_global_norm_is_the_l2_norm_of_every_leaf_together():
+    from worldloom.nn.optim import global_norm
+
+    tree = {"a": jnp.full((2, 3), 2.0), "b": [jnp.array([3.0, -4.0]), jnp.ones((1,), jnp.bfloat16)]}
+    assert float(global_norm(tree)) == pytest.approx((6 * 4.0 + 9.0 + 16.0 + 1.0) ** 0.5)
+    assert float(global_norm({})) == 0.0

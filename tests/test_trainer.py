@@ -202,8 +202,9 @@ def test_resume_from_a_checkpoint_matches_the_uninterrupted_run(buffer, referenc
     trainer = Trainer(make_model(), make_config(), resume_from=os.path.join(reference_run["dir"], "step_00000004"))
     record = Record()
     trainer.add_callback(record)
+    assert trainer.start_step == 0
     model = trainer.train(buffer)
-    assert record.steps == list(range(5, 11))
+    assert record.steps == list(range(5, 11)) and (trainer.start_step, trainer.step) == (4, 10)
     assert same(leaves(model), reference_run["params"])
 
 
@@ -217,6 +218,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_true_continues(buffer, reference_r
     trainer = Trainer(make_model(), config, [Interrupt()])
     trainer.train(buffer)  # returns instead of raising
     assert trainer.interrupted and trainer.step == 3  # stops at the end of the dispatch (cut at save_interval)
+    assert trainer.start_step == 0  # a fresh run
     assert sorted(os.listdir(tmp_path / "ckpt")) == ["best", "step_00000003"]
     # resume=True takes the newest checkpoint of any checkpoint directory, here not the first one's (empty).
     resumed = Trainer(make_model(), config, [CheckpointCallback(tmp_path / "more", save_every=100)])

@@ -571,7 +571,8 @@ def _train(args, config, env, block: tuple[int, int], overrides: dict, model_set
         "open_loop": {k: v for k, v in result.items() if isinstance(v, (int, float))},
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-    print(f"\nTrained {trainer.step} updates in {summary['seconds']:.0f} s"
+    resumed = f" (resumed at step {trainer.start_step}; {trainer.step} in all)" if trainer.start_step else ""
+    print(f"\nTrained {trainer.step - trainer.start_step} updates in {summary['seconds']:.0f} s{resumed}"
           + (" (interrupted)" if trainer.interrupted else ""))
     print(f"  final train losses: {_losses_text(trainer.last_losses)}")
     print(f"  held-out loss on test_buffer.npz ({test.num_episodes} episodes never trained on): "
@@ -601,13 +602,20 @@ def cmd_collect(args) -> None:
           f"to {args.out}")
 
 
-def _model_and_buffer(args, command: str) -> None:
+def _model_and_buffer(args) -> None:
     """``args.model`` and ``args.buffer`` from a run directory (RUN) where they are not named."""
+    if args.run is not None and (Path(args.run) / "agent" / "world_model").is_dir() and not (
+            args.model and args.buffer):
+        run = Path(args.run)
+        raise ConfigError(f"{str(run)!r} is a `worldloom agent` run, which keeps no held-out "
+                          f"episodes: expected a `worldloom train` run, or --model and --buffer, e.g. --model "
+                          f"{run / 'agent' / 'world_model'} --buffer {run / 'checkpoints' / 'replay.npz'} (the "
+                          f"agent's replay, which it trained on); `worldloom play {run}` runs its agent.")
     if args.run is not None:  # a train run directory: its model and held-out episodes, unless named
         args.model = args.model or str(Path(args.run) / "model")
         args.buffer = args.buffer or str(Path(args.run) / "test_buffer.npz")
     if args.model is None or args.buffer is None:
-        raise ConfigError(f"worldloom {command}: expected a run directory (RUN) or both --model and --buffer, got "
+        raise ConfigError(f"expected a run directory (RUN) or both --model and --buffer, got "
                           f"{'--model alone' if args.model else '--buffer alone' if args.buffer else 'neither'}.")
 
 
@@ -627,7 +635,7 @@ def _load(args):
 def cmd_evaluate(args) -> dict:
     from worldloom.training.evaluation import evaluate_loss
 
-    _model_and_buffer(args, "evaluate")
+    _model_and_buffer(args)
     model, buffer = _load(args)
     losses = evaluate_loss(model, buffer, args.batch_size, args.seq_len, args.batches, seed=args.seed)
     print(f"Loss of {args.model} on {args.buffer} ({args.batches} batches of {args.batch_size}x{args.seq_len}):")
@@ -655,7 +663,7 @@ def cmd_imagine(args) -> dict:
     from worldloom.training._buffer_io import read_rewards
     from worldloom.training.evaluation import open_loop_prediction, plot_open_loop
 
-    _model_and_buffer(args, "imagine")
+    _model_and_buffer(args)
     if args.out is None:
         args.out = str(Path(args.run) / "imagine.png") if args.run is not None else "imagination.png"
     from worldloom.training.plots import check_figure_path

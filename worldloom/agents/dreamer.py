@@ -22,7 +22,7 @@ from worldloom.models.dreamerv3.config import DreamerV3Config
 from worldloom.models.dreamerv3.losses import DreamerV3Functions
 from worldloom.models.dreamerv3.model import DreamerV3WorldModel
 from worldloom.nn.layers import jit_init
-from worldloom.nn.optim import laprop_agc
+from worldloom.nn.optim import global_norm, laprop_agc
 from worldloom.training.guard import guard_update
 
 sg = jax.lax.stop_gradient
@@ -296,7 +296,7 @@ def _update_functions(wm_config: DreamerV3Config, config: DreamerAgentConfig, se
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         slow = ema_update(state["slow_critic"], params["critic"], rate)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+        metrics = dict(metrics, grad_norm=global_norm(grads))
         posteriors = {"deter": sg(post.deterministic), "stoch": sg(post.stochastic)}
         return ({"params": params, "opt_state": opt_state, "slow_critic": slow, "retnorm": retnorm}, metrics,
                 posteriors)

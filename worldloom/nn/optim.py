@@ -9,6 +9,12 @@ import jax.numpy as jnp
 import optax
 
 
+def global_norm(tree) -> jax.Array:
+    """The L2 norm of all of ``tree``'s leaves together, a scalar (the norm ``optax.clip_by_global_norm`` clips;
+    ``optax.global_norm`` is deprecated)."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree_util.tree_leaves(tree)))
+
+
 def clip_by_agc(clip: float = 0.3, pmin: float = 1e-3) -> optax.GradientTransformation:
     """Adaptive gradient clipping per parameter tensor (DreamerV3).
 

@@ -114,6 +114,8 @@ class Trainer:
 
     Attributes:
         step: Updates done (the step of ``state``).
+        start_step: The step the current (or last) run started at: its checkpoint's when it resumed,
+            else 0 (so ``step - start_step`` updates were run).
         state: The train state pytree (params, optimiser state, ...).
         stop_training: Set by a callback to stop after the current dispatch.
         interrupted: Whether the last run was stopped by Ctrl-C or SIGTERM.
@@ -143,6 +145,7 @@ class Trainer:
         self.resume_from = resume_from
         self.learner = Learner()  # holds the train state and the step
         self.stop_training = False
+        self.start_step = 0
         self.interrupted = False
         self.interrupt_signal = None
         self.last_losses: dict[str, float] = {}
@@ -473,6 +476,7 @@ class Trainer:
             state, key, self.step, seed = self._restore(source, shapes, key)
         else:
             state, self.step = program.update.init(model.params), 0  # init owns copies of the params
+        self.start_step = self.step
         # Committed on the device (replicated on a mesh), so every dispatch hits the same executable.
         self.state, self._key = place.replicate((state, key))
         train_key, eval_key = jax.random.split(self._key)

@@ -28,7 +28,7 @@ from worldloom.models.base import (
 from worldloom.models.dreamerv3.config import DreamerV3Config
 from worldloom.models.dreamerv3.losses import DreamerV3Functions
 from worldloom.nn.layers import jit_init
-from worldloom.nn.optim import laprop_agc
+from worldloom.nn.optim import global_norm, laprop_agc
 
 
 class DreamerV3WorldModel(WorldModel):
@@ -328,7 +328,7 @@ def make_simple_update(loss_fn, tx: optax.GradientTransformation) -> UpdateFunct
     def apply_gradients(state, grads, metrics):
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+        metrics = dict(metrics, grad_norm=global_norm(grads))
         return {"params": params, "opt_state": opt_state}, metrics
 
     return UpdateFunctions(init=init, step=step_from_gradients(gradients, apply_gradients),

@@ -24,7 +24,7 @@ from worldloom.models.base import OptimizerSettings, UpdateFunctions, owned_stat
 from worldloom.models.tdmpc2.functions import TDMPC2Functions
 from worldloom.models.tdmpc2.losses import make_chunks, policy_loss, world_model_loss
 from worldloom.models.tdmpc2.scale import running_scale
-from worldloom.nn.optim import kernels
+from worldloom.nn.optim import global_norm, kernels
 
 POLICY = "pi"
 
@@ -117,8 +117,8 @@ def make_update(fns: TDMPC2Functions, settings: OptimizerSettings) -> UpdateFunc
         metrics = dict(aux.metrics)
         metrics.update(stats)
         metrics["loss/policy"] = pi_value
-        metrics["grad_norm"] = optax.global_norm(grads)
-        metrics["pi_grad_norm"] = optax.global_norm(pi_grads)
+        metrics["grad_norm"] = global_norm(grads)
+        metrics["pi_grad_norm"] = global_norm(pi_grads)
         metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
         return new_state, metrics
 
