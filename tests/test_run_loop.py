@@ -132,7 +132,7 @@ def no_stepping(monkeypatch):
      "has no field 'no_such_field'"),
     (("agent", "--algo", "tdmpc2", "--env", "Pendulum-v1", "--model", "tdmpc2:7m"), "tdmpc2:7m"),
     (("train", "--set", "deter=abc"), "deter: expected an int"),
-    (("train", "--set", "no_such_field=3"), "has no field 'no_such_field'"),
+    (("train", "--set", "no_such_field=3"), "--set no_such_field: not a setting of worldloom train"),
     (("train", "--model", "dreamerv3:size7m"), "dreamerv3:size7m"),
 ])
 def test_every_setting_is_checked_before_any_environment_is_stepped(no_stepping, tmp_path, capsys, args,
