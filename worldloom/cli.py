@@ -401,9 +401,9 @@ def cmd_train(args) -> dict:
     try:
         obs_shape, action_dim, discrete = env_spaces(env, "worldloom train")
         overrides = dict(model_sets)
-        config_cls = type(get_config(args.model)) if names_saved_model(args.model) else \
-            registry.resolve(args.model)[0].config_cls
-        if not names_saved_model(args.model) and discrete and "action_type" in config_cls.field_names():
+        saved_model = names_saved_model(args.model)
+        config_cls = type(get_config(args.model)) if saved_model else registry.resolve(args.model)[0].config_cls
+        if not saved_model and discrete and "action_type" in config_cls.field_names():
             overrides.setdefault("action_type", "discrete")
         for key in overrides:  # neither the model's field nor training's: say so, with both sets of names
             if key not in config_cls.accepted_names():

@@ -236,10 +236,10 @@ class ConfigBase(metaclass=_ConfigMeta):
     def family_config(cls, model_type, path=None) -> type:
         """The config class to read a file whose ``"model_type"`` is ``model_type``: ``cls`` itself when it
         is a concrete config, else the registered family's class of that type."""
+        where = repr(str(path)) if path is not None else "the data"
         if cls.field_names():
             if model_type is not None and str(model_type).lower() not in cls.MODEL_TYPES:
                 expected = f"model_type {list(cls.MODEL_TYPES)}" if cls.MODEL_TYPES else "no model_type"
-                where = repr(str(path)) if path is not None else "the data"
                 raise ConfigError(f"{cls.__name__}: {where} holds a config of model_type {model_type!r}; expected "
                                   f"{expected}. Read it with that family's "
                                   "config class, or the base class's load.")
@@ -250,7 +250,6 @@ class ConfigBase(metaclass=_ConfigMeta):
         for config_cls in classes:
             if str(model_type).lower() in config_cls.MODEL_TYPES:
                 return config_cls
-        where = f"{str(path)!r}" if path is not None else "the data"
         found = "has no model_type" if model_type is None else f"has model_type {model_type!r}, which names no family"
         raise ConfigError(f"{cls.__name__}: {where} {found}; expected a model_type of "
                           f"{[t for c in classes for t in c.MODEL_TYPES]}.")

@@ -135,9 +135,10 @@ class WorldModelRegistry:
 
         ``create_world_model(f"{model_type}:{size}", obs_shape=..., ...)`` and
         :meth:`from_pretrained` then build ``model_class(config)`` with
-        ``config = config_class.from_size(size, **fields)`` (or
-        ``config_class(**fields)`` for a class without ``from_size``), and move
-        it to ``device``. Such a model runs in torch: train it with a torch
+        ``config = config_class.from_size(size, **fields)`` (for a class
+        without ``from_size``, ``config_class(model_name=size, **fields)`` when
+        it has a ``model_name`` field, else ``config_class(**fields)``), and
+        move it to ``device``. Such a model runs in torch: train it with a torch
         optimiser over its own loss (``Trainer`` trains worldloom's families).
 
         Example::
